@@ -1,0 +1,635 @@
+"""The aiosip 0.2.0 integration, all in one place.
+
+:class:`Application` subclasses ``aiosip.Application`` and overrides five of its
+public methods (``start_dialog``, ``create_connection``, ``handle_incoming``,
+``dispatch``, ``send_message``); :class:`Dialog` subclasses ``aiosip.Dialog``.
+Each override falls through to aiosip for anything that is not WebSocket, so
+aiosip's UDP keeps working.  No aiosip code is copied and nothing is patched.
+
+Where aiosip 0.2.0 is wrong for a connection-oriented transport, this module
+owns that part.  Every workaround is named after the defect it answers (the
+D-numbers of ``aiosip-0.2.0.md``) and has a test in ``tests/test_aiosip_workarounds.py``:
+
+* D1-D7, D10, D11, D21 - aiosip's parser and ``str(msg)`` are never used on the
+  wire: :mod:`aiosip_ws.codec` parses and writes, :func:`to_aiosip` and
+  :func:`to_wire` convert, keeping header order, repeated headers, the
+  Request-URI, the CSeq number and the exact body.
+* D6 - the ``%(protocol)s`` Via template becomes ``SIP/2.0/WS <token>.invalid``
+  (or ``WSS``) with a fresh RFC 3261 branch.
+* D7 - From/To/Contact details are built from a copy without flag parameters
+  (``;ob``, ``;lr``) that aiosip cannot parse; the headers stay as received.
+* D8 - responses are matched to their transaction; a stray one is dropped and
+  logged, never routed as a request; in-dialog requests (To tag) go to their
+  dialog, others to the router; a request for an unknown dialog gets 481.
+* D9 - a request's dialog is bound to the connection it arrived on: replies and
+  later requests go back over it, whatever Via and Contact say.
+* D12 - :meth:`Dialog.reply` copies Via, From, To, Call-ID and CSeq.
+* D13 - provisional responses other than 100/180 do not end a transaction.
+* D15/D20 - :meth:`Application.close` tears everything down.
+* D17 - outgoing Contact headers are written whole (``;transport=ws`` kept).
+* D19 - route handlers run in tracked tasks; their exceptions are logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+from multidict import CIMultiDict
+
+from . import codec
+from .codec import SIPMessage, Via
+from .compat import import_aiosip
+from .errors import ConfigurationError, ConnectionLost, SIPParseError, TransactionTimeout
+from .options import ClientOptions, ServerOptions
+from .registry import WS, _register_builtins, get_transport
+from .selection import select
+from .sipuri import NameAddr, SipURI, format_params
+from .transport import WSConnection, WSListener, listen, open_connection
+
+aiosip = import_aiosip()
+_register_builtins(aiosip)
+
+__all__ = ['Application', 'Dialog', 'to_aiosip', 'to_wire', 'aiosip']
+
+logger = logging.getLogger(__name__)
+
+#: The aiosip "protocol" key type of every WebSocket dialog (``type(dialog.protocol)``).
+CONNECTION_TYPES = (WSConnection,)
+_DIALOG_FORMING = frozenset({'INVITE', 'SUBSCRIBE', 'REFER', 'NOTIFY'})
+
+
+def new_branch() -> str:
+    """An RFC 3261 branch: the magic cookie and 64 random bits."""
+    return 'z9hG4bK' + secrets.token_hex(8)
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+# ---------------------------------------------------------------------------- conversion
+def _aiosip_safe(name_addr: NameAddr) -> str:
+    """A From/To/Contact value aiosip's regexes can parse (D7): flags and IPv6 removed."""
+    uri = name_addr.uri
+    host = uri.host
+    if host.startswith('['):                    # aiosip's URI regex has no IPv6 literals
+        host = 'ipv6-' + host.strip('[]').replace(':', '-').replace('.', '-') + '.invalid'
+    params = tuple((k, v) for k, v in uri.params if v is not None)
+    safe_uri = SipURI(uri.scheme if uri.scheme in ('sip', 'sips') else 'sip', uri.user,
+                      host if uri.scheme in ('sip', 'sips') else 'non-sip-uri.invalid',
+                      uri.port, params)
+    header_params = format_params(tuple((k, v) for k, v in name_addr.params if v is not None))
+    return '<%s>%s' % (safe_uri, header_params)
+
+
+def _details(message: SIPMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ('From', 'To', 'Contact'):
+        value = message.get_all(name)[:1] if name == 'Contact' else [message.get(name)]
+        if not value or value[0] is None:
+            continue
+        try:
+            parsed = NameAddr.parse(value[0])
+        except SIPParseError:
+            if name == 'Contact':
+                continue
+            raise
+        if parsed.star:
+            continue
+        out[name.lower() + '_details'] = aiosip.Contact.from_header(_aiosip_safe(parsed))
+    return out
+
+
+def to_aiosip(message: SIPMessage) -> Any:
+    """Build an ``aiosip.Request``/``aiosip.Response`` from a parsed message.
+
+    Needs a running loop (aiosip's ``Request`` creates a Future).  The codec
+    message stays reachable as ``msg.raw``; a request's URI as ``msg.request_uri``.
+    """
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in message.headers:
+        headers.add(name, value)
+    payload = message.body.decode('utf-8', 'surrogateescape') if message.body else None
+    details = _details(message)
+    if message.is_request:
+        number, _ = message.cseq
+        msg = aiosip.Request(message.method, cseq=number, headers=headers, payload=payload,
+                             **details)                                # D11: the real CSeq
+        msg.request_uri = message.uri                                  # D10: keep it
+    else:
+        msg = aiosip.Response(message.status, message.reason, headers=headers, payload=payload,
+                              **details)
+    msg.raw = message
+    return msg
+
+
+def _header_values(value: Any) -> list[str]:
+    if isinstance(value, (list, tuple)):                               # D4
+        return [str(item) for item in value]
+    return [str(value)]
+
+
+_HEADER_ORDER = {name: index for index, name in enumerate((
+    'via', 'max-forwards', 'route', 'record-route', 'from', 'to', 'call-id', 'cseq', 'contact',
+    'expires', 'supported', 'require', 'allow', 'allow-events', 'authorization',
+    'proxy-authorization', 'user-agent', 'server', 'content-type'))}
+
+
+def _is_aiosip_user_agent(value: str) -> bool:
+    return value.startswith('Python/') and 'aiosip/' in value
+
+
+def to_wire(msg: Any, conn: WSConnection, *, request_uri: str | None = None) -> SIPMessage:
+    """Turn an aiosip message into the codec message to send on ``conn``.
+
+    Fills aiosip's Via template (D6), keeps header order and repeated headers
+    (D4, D21), writes the Request-URI (D10), and leaves Content-Length to the codec.
+    """
+    from . import __version__
+    is_request = not isinstance(msg, aiosip.Response)
+    headers: list[tuple[str, str]] = []
+    for name, value in list(msg.headers.items()):
+        lname = name.lower()
+        if lname == 'content-length':
+            continue
+        for item in _header_values(value):
+            if lname == 'via' and '%(protocol)s' in item:
+                item = str(Via(conn.via_transport, conn.via_host, None, (('branch', new_branch()),)))
+                msg.headers['Via'] = item                # what went on the wire, for later use
+            elif lname == 'user-agent' and _is_aiosip_user_agent(item):
+                item = 'aiosip-ws/%s aiosip/0.2.0' % __version__              # D21
+                if not is_request:
+                    name = 'Server'
+            elif lname == 'max-forwards' and not is_request:
+                continue                                                   # D21
+            headers.append((name, item))
+    # aiosip inserts headers in an arbitrary order; write the usual one (stable
+    # sort, so repeated headers such as Via keep their relative order).
+    headers.sort(key=lambda item: _HEADER_ORDER.get(item[0].lower(), len(_HEADER_ORDER)))
+    payload = msg.payload
+    if payload is None:
+        body = b''
+    elif isinstance(payload, bytes):
+        body = payload
+    else:
+        body = str(payload).encode('utf-8', 'surrogateescape')
+    if not is_request:
+        return SIPMessage(status=int(msg.status_code), reason=str(msg.status_message),
+                          headers=headers, body=body)
+    return SIPMessage(method=msg.method, uri=request_uri or _request_uri(msg), headers=headers,
+                      body=body)
+
+
+def _request_uri(msg: Any) -> str:
+    """D10: the Request-URI aiosip throws away."""
+    explicit = getattr(msg, 'request_uri', None)
+    if explicit:
+        return str(explicit)
+    to_uri = NameAddr.parse(str(msg.headers['To'])).uri
+    if msg.method == 'REGISTER':                      # RFC 3261 10.2: no userinfo
+        return str(SipURI(to_uri.scheme, None, to_uri.host, to_uri.port))
+    return str(to_uri)
+
+
+# ---------------------------------------------------------------------------- dialog
+class Dialog(aiosip.Dialog):
+    """``aiosip.Dialog`` for WebSocket flows.
+
+    Adds :meth:`reply` (D12), writes the whole Contact (D17), sends in-dialog
+    requests to the remote target (D10), and keeps provisional responses from
+    ending a transaction (D13).
+    """
+
+    #: the Contact header value sent on requests of this dialog (D17)
+    contact_header: str | None = None
+    #: where in-dialog requests go: the peer's Contact (RFC 3261 12.1)
+    remote_target: str | None = None
+
+    def send_message(self, method: str, to_details: Any = None, from_details: Any = None,
+                     contact_details: Any = None, headers: Any = None, content_type: Any = None,
+                     payload: Any = None, future: Any = None) -> Any:
+        headers = CIMultiDict(headers) if headers else CIMultiDict()
+        conn = self.protocol
+        if isinstance(conn, WSConnection):
+            vias = headers.getall('Via', [])
+            if vias and conn.via_host in str(vias[0]):
+                # aiosip re-sends a challenged request with its old headers: a new
+                # transaction needs a new branch (RFC 3261 8.1.3.5), so drop our Via.
+                del headers['Via']
+            if self.contact_header and 'Contact' not in headers:
+                headers['Contact'] = self.contact_header
+        return super().send_message(method, to_details=to_details, from_details=from_details,
+                                    contact_details=contact_details, headers=headers,
+                                    content_type=content_type, payload=payload, future=future)
+
+    def reply(self, request: Any, status_code: int, status_message: str | None = None, *,
+              headers: Any = None, content_type: str | None = None, payload: Any = None) -> None:
+        """Answer ``request`` (RFC 3261 8.2.6): all Vias, From, To with tag, Call-ID, CSeq."""
+        raw: SIPMessage | None = getattr(request, 'raw', None)
+        if raw is None:
+            raw = SIPMessage(method=request.method, uri='', headers=[
+                (k, str(v)) for k, vs in request.headers.items() for v in _header_values(vs)])
+        self.to_details.add_tag()
+        tag = self.to_details['params']['tag']
+        extra = [(k, str(v)) for k, v in (headers.items() if headers is not None else ())]
+        if content_type:
+            extra.append(('Content-Type', content_type))
+        response = codec.make_response(raw, status_code, status_message,
+                                       to_tag=tag if status_code > 100 else None, headers=extra)
+        hdrs: CIMultiDict[str] = CIMultiDict()
+        for name, value in response.headers:
+            hdrs.add(name, value)
+        msg = aiosip.Response(status_code, response.reason, headers=hdrs, payload=payload,
+                              **_details(response))
+        self.app.send_message(type(self.protocol), self.local_addr, self.remote_addr, msg)
+
+    def receive_message(self, msg: Any) -> Any:
+        if isinstance(msg, aiosip.Response):
+            if 100 < msg.status_code < 200 and msg.status_code != 180:
+                logger.debug('%s: provisional %d kept the transaction open (D13)',
+                             self.call_id, msg.status_code)
+                return None
+            if (msg.method == 'INVITE' and 200 <= msg.status_code < 300
+                    and 'Contact' in msg.headers):
+                self.remote_target = str(NameAddr.parse(msg.headers['Contact']).uri)
+        return super().receive_message(msg)
+
+
+# ---------------------------------------------------------------------------- application
+class _Pending:
+    __slots__ = ('future', 'conn', 'timer', 'proxy')
+
+    def __init__(self, future: asyncio.Future[Any], conn: WSConnection,
+                 timer: asyncio.TimerHandle | None, proxy: bool) -> None:
+        self.future, self.conn, self.timer, self.proxy = future, conn, timer, proxy
+
+
+class Application(aiosip.Application):
+    """An aiosip 0.2.0 ``Application`` that speaks SIP over WebSocket (RFC 7118).
+
+    Build it inside a running loop.  Client role: ``await app.start_dialog(...,
+    remote_addr='wss://edge.example.com/ws')`` (or ``transport='ws'``, or a
+    ``sip:...;transport=ws`` URI).  Server role: ``await app.listen('ws://0.0.0.0:8080/')``
+    and ``app.router.add_route(...)``.  ``await app.close()`` when done.
+    """
+
+    def __init__(self, *, loop: asyncio.AbstractEventLoop | None = None,
+                 client_options: ClientOptions | None = None,
+                 server_options: ServerOptions | None = None,
+                 dialog_class: type = Dialog, **kwargs: Any) -> None:
+        super().__init__(loop=loop or asyncio.get_running_loop(), **kwargs)
+        self.client_options = client_options or ClientOptions()
+        self.server_options = server_options or ServerOptions()
+        self.client_options.validate()
+        self.server_options.validate()
+        self.dialog_class = dialog_class
+        self._ws_routes: dict[tuple[Any, Any, Any], WSConnection] = {}
+        self._client_connections: dict[str, WSConnection] = {}
+        self._connecting: dict[str, asyncio.Future[WSConnection]] = {}
+        self._listeners: list[WSListener] = []
+        self._connections: set[WSConnection] = set()
+        self._pending: dict[str, _Pending] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # -- connections ------------------------------------------------------------
+    async def connect(self, url: str, options: ClientOptions | None = None) -> WSConnection:
+        """The open client connection to ``url``, opening it if needed (R-4.1.5: reuse)."""
+        conn = self._client_connections.get(url)
+        if conn is not None and conn.is_open:
+            return conn
+        if self._closing:
+            raise ConnectionLost('the application is closed')
+        pending = self._connecting.get(url)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[WSConnection] = self.loop.create_future()
+        self._connecting[url] = future
+        try:
+            conn = await open_connection(url, self, options or self.client_options)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()                   # retrieved: waiters re-raise their own
+            raise
+        else:
+            future.set_result(conn)
+        finally:
+            self._connecting.pop(url, None)
+        self._client_connections[url] = conn
+        return conn
+
+    async def listen(self, url: str, options: ServerOptions | None = None) -> WSListener:
+        """Accept SIP WebSocket clients on ``url`` (``ws://host:port/path`` or ``wss://``)."""
+        listener = await listen(url, self, options or self.server_options)
+        self._listeners.append(listener)
+        return listener
+
+    @property
+    def connections(self) -> set[WSConnection]:
+        """Every open WebSocket connection, both roles."""
+        return set(self._connections)
+
+    # ConnectionHandler -----------------------------------------------------------
+    def connection_made(self, conn: WSConnection) -> None:
+        self._connections.add(conn)
+        self._ws_routes[(type(conn), conn.local_addr, conn.remote_addr)] = conn
+        self.ws_connection_made(conn)
+
+    def connection_lost(self, conn: WSConnection, exc: BaseException | None) -> None:
+        self._connections.discard(conn)
+        for key in [k for k, v in self._ws_routes.items() if v is conn]:
+            del self._ws_routes[key]
+        if conn.url and self._client_connections.get(conn.url) is conn:
+            del self._client_connections[conn.url]
+        for call_id, dialog in list(conn.dialogs.items()):
+            if self._dialogs.get(call_id) is dialog:
+                del self._dialogs[call_id]
+        conn.dialogs.clear()
+        for branch, pending in list(self._pending.items()):
+            if pending.conn is conn:
+                self._finish_pending(branch, ConnectionLost(
+                    'the WebSocket connection %r closed (code %s) before the final response'
+                    % (conn, conn.close_code)))
+        self.ws_connection_lost(conn, exc)
+
+    def message_received(self, conn: WSConnection, message: SIPMessage) -> None:
+        if message.is_request:
+            self._request_received(conn, message)
+        else:
+            self._response_received(conn, message)
+
+    # Hooks for subclasses ----------------------------------------------------------
+    def ws_connection_made(self, conn: WSConnection) -> None:
+        """Called for every new WebSocket connection, both roles."""
+
+    def ws_connection_lost(self, conn: WSConnection, exc: BaseException | None) -> None:
+        """Called when a WebSocket connection is gone (after its state is cleaned up)."""
+
+    # -- aiosip overrides -----------------------------------------------------------
+    async def start_dialog(self, from_uri: str, to_uri: str, contact_uri: str | None = None,
+                           call_id: str | None = None, protocol: Any = None,
+                           local_addr: Any = None, remote_addr: Any = None,
+                           password: str | None = '', dialog: type | None = None, *,
+                           transport: str | None = None) -> Any:
+        """aiosip's ``start_dialog`` plus transport selection.
+
+        ``protocol`` may also be a registry name or a connection; ``transport``
+        names a registered transport; ``remote_addr`` may be a ``ws(s)://`` URL
+        or a SIP URI; a To URI with ``;transport=ws`` selects WebSocket too.
+        """
+        conn: WSConnection | None = protocol if isinstance(protocol, WSConnection) else None
+        if conn is None:
+            if isinstance(protocol, str):
+                transport, protocol = protocol, None
+            if protocol is None:
+                selection = select(transport=transport, remote_addr=remote_addr, to_uri=to_uri)
+                if not selection.is_websocket:
+                    return await super().start_dialog(
+                        from_uri, to_uri, contact_uri, call_id, selection.implementation,
+                        local_addr, remote_addr, password, dialog or aiosip.Dialog)
+                conn = await self._connect_target(selection.target, selection.name)
+            elif isinstance(protocol, type) and issubclass(protocol, WS):
+                selection = select(transport=protocol.name, remote_addr=remote_addr, to_uri=to_uri)
+                conn = await self._connect_target(selection.target, selection.name)
+            else:
+                return await super().start_dialog(from_uri, to_uri, contact_uri, call_id, protocol,
+                                                  local_addr, remote_addr, password,
+                                                  dialog or aiosip.Dialog)
+        from_addr = NameAddr.parse(from_uri)
+        if contact_uri is None:
+            contact = SipURI('sip', from_addr.uri.user, conn.via_host, None, (('transport', 'ws'),))
+            contact_header = '<%s>' % contact
+        else:
+            contact_header = str(NameAddr.parse(contact_uri))
+        dlg = await super().start_dialog(
+            _aiosip_safe(from_addr), _aiosip_safe(NameAddr.parse(to_uri)),
+            _aiosip_safe(NameAddr.parse(contact_header)), call_id, conn,
+            conn.local_addr, conn.remote_addr, password, dialog or self.dialog_class)
+        if isinstance(dlg, Dialog):
+            dlg.contact_header = contact_header
+        conn.dialogs[dlg.call_id] = dlg                    # app._dialogs is weak (D8)
+        return dlg
+
+    async def _connect_target(self, target: str | None, name: str) -> WSConnection:
+        if target is None:
+            raise ConfigurationError('transport %r needs a ws(s):// URL or SIP URI' % name)
+        if target.startswith(('ws://', 'wss://', 'WS://', 'WSS://')):
+            return await self.connect(target)
+        return await self.connect_uri(target)
+
+    async def connect_uri(self, uri: str) -> WSConnection:
+        """Connect to the WebSocket server a SIP URI names (without DNS discovery)."""
+        from .selection import ws_url_for_uri
+        return await self.connect(ws_url_for_uri(NameAddr.parse(uri).uri))
+
+    async def create_connection(self, protocol: Any, local_addr: Any, remote_addr: Any,
+                                mode: str = 'client') -> Any:
+        """aiosip's hook, extended: a connection object, a WS class, or a transport name."""
+        if isinstance(protocol, WSConnection):
+            self._ws_routes[(type(protocol), local_addr, remote_addr)] = protocol
+            return protocol
+        if isinstance(protocol, str):
+            protocol = get_transport(protocol)
+        if isinstance(protocol, type) and issubclass(protocol, WS):
+            scheme = 'wss' if protocol.secure else 'ws'
+            if mode == 'server':            # D18: aiosip's own server mode is broken
+                host, port = local_addr if local_addr else ('127.0.0.1', 0)
+                return await self.listen('%s://%s:%d/' % (scheme, host, port))
+            url = remote_addr if isinstance(remote_addr, str) else '%s://%s:%d/' % (
+                scheme, remote_addr[0], remote_addr[1])
+            conn = await self.connect(url)
+            self._ws_routes[(type(conn), local_addr, remote_addr)] = conn
+            return conn
+        return await super().create_connection(protocol, local_addr, remote_addr, mode)
+
+    def dispatch(self, protocol: Any, msg: Any, addr: Any) -> None:
+        if not isinstance(protocol, WSConnection):
+            return super().dispatch(protocol, msg, addr)
+        raw = getattr(msg, 'raw', None)
+        if raw is None:
+            raw = to_wire(msg, protocol)
+        self.message_received(protocol, raw)
+
+    async def handle_incoming(self, protocol: Any, msg: Any, addr: Any, route: Any) -> None:
+        if not isinstance(protocol, WSConnection):
+            return await super().handle_incoming(protocol, msg, addr, route)
+        conn = protocol
+        dlg = await self.start_dialog(msg.headers['From'], msg.headers['To'],
+                                      call_id=msg.headers['Call-ID'], protocol=conn,
+                                      password=None, contact_uri=self._local_contact(conn))
+        contact = msg.raw.get_all('Contact')
+        if contact and isinstance(dlg, Dialog):
+            try:
+                dlg.remote_target = str(NameAddr.parse(contact[0]).uri)
+            except SIPParseError:
+                pass
+        try:
+            await route(dlg, msg)                                           # D19
+        except Exception:  # noqa: BLE001
+            logger.exception('route for %s %s failed', msg.method, msg.request_uri)
+            if msg.method != 'ACK' and conn.is_open:
+                self._reply_raw(conn, msg.raw, 500)
+        finally:
+            # Out-of-dialog requests do not keep their dialog: the handler keeps
+            # it (a reference) if it wants to stay in it, as aiosip intends.
+            if conn.dialogs.get(dlg.call_id) is dlg and msg.method not in _DIALOG_FORMING:
+                del conn.dialogs[dlg.call_id]
+
+    def _local_contact(self, conn: WSConnection) -> str:
+        return '<sip:%s;transport=ws>' % conn.via_host
+
+    def send_message(self, protocol: Any, local_addr: Any, remote_addr: Any, msg: Any) -> None:
+        if not (isinstance(protocol, type) and issubclass(protocol, CONNECTION_TYPES)):
+            return super().send_message(protocol, local_addr, remote_addr, msg)
+        conn = self._ws_routes.get((protocol, local_addr, remote_addr))
+        is_request = not isinstance(msg, aiosip.Response)
+        if conn is None or not conn.is_open:
+            if not is_request:                        # X-3261-2: cannot reconnect to a WS client
+                logger.warning('dropped %d %s: the WebSocket connection to %s is gone',
+                               msg.status_code, msg.status_message, remote_addr)
+                return None
+            raise ConnectionLost('cannot send %s: the WebSocket connection to %s is closed'
+                                 % (msg.method, remote_addr))
+        request_uri = None
+        if is_request and not getattr(msg, 'request_uri', None) and msg.method != 'REGISTER':
+            dialog = conn.dialogs.get(str(msg.headers.get('Call-ID')))
+            request_uri = getattr(dialog, 'remote_target', None)     # D10; else the To URI
+        wire = to_wire(msg, conn, request_uri=request_uri)
+        if is_request and wire.method != 'ACK':
+            self._track(wire, conn, msg.future, proxy=False)
+        conn.send(wire)
+        return None
+
+    # -- transactions ---------------------------------------------------------------
+    def _track(self, request: SIPMessage, conn: WSConnection, future: asyncio.Future[Any],
+               proxy: bool) -> None:
+        branch = request.vias[0].branch if request.get('Via') else None
+        if not branch:
+            return
+        timeout = conn.options.transaction_timeout
+        timer = self.loop.call_later(timeout, self._finish_pending, branch, TransactionTimeout(
+            'no final response to %s %s within %.0f s (Timer F)' % (request.method, request.uri,
+                                                                   timeout)))
+        self._pending[branch] = _Pending(future, conn, timer, proxy)
+
+    def _finish_pending(self, branch: str, outcome: Any) -> None:
+        pending = self._pending.pop(branch, None)
+        if pending is None:
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if pending.future.done():
+            return
+        if isinstance(outcome, BaseException):
+            pending.future.set_exception(outcome)
+        elif pending.proxy:
+            pending.future.set_result(outcome)
+
+    def send_request(self, conn: WSConnection, request: SIPMessage) -> asyncio.Future[SIPMessage]:
+        """Send a codec-level request as a stateful proxy would: add our Via, track it.
+
+        The returned future gets the final response (a :class:`SIPMessage`), or
+        fails with :class:`TransactionTimeout` / :class:`ConnectionLost`.
+        """
+        branch = new_branch()
+        request.headers.insert(0, ('Via', str(Via(conn.via_transport, conn.via_host, None,
+                                                   (('branch', branch),)))))
+        future: asyncio.Future[SIPMessage] = self.loop.create_future()
+        self._track(request, conn, future, proxy=True)
+        conn.send(request)
+        return future
+
+    def _response_received(self, conn: WSConnection, message: SIPMessage) -> None:
+        try:
+            branch = message.vias[0].branch if message.get('Via') else None
+        except SIPParseError as exc:
+            logger.warning('%r: dropped a response with a bad Via: %s', conn, exc)
+            return
+        pending = self._pending.get(branch) if branch else None
+        if pending is not None and pending.proxy:
+            if message.status >= 200:
+                self._finish_pending(branch, message)
+            return
+        call_id = message.get('Call-ID')
+        dialog = self._dialogs.get(call_id)
+        if dialog is None:                                                  # D8
+            logger.info('%r: dropped a response for no known transaction (%s %s, Call-ID %s)',
+                        conn, message.status, message.reason, call_id)
+            return
+        if pending is not None and message.status >= 200:
+            self._pending.pop(branch, None)
+            if pending.timer is not None:
+                pending.timer.cancel()
+        try:
+            dialog.receive_message(to_aiosip(message))
+        except (ValueError, asyncio.InvalidStateError) as exc:
+            # aiosip: "This Response SIP message doesn't have Request", or a late answer
+            # to a transaction that already timed out.
+            logger.info('%r: dropped a response aiosip could not match: %s', conn, exc)
+
+    def _request_received(self, conn: WSConnection, message: SIPMessage) -> None:
+        try:
+            msg = to_aiosip(message)
+        except (SIPParseError, ValueError, AttributeError) as exc:
+            logger.info('%r: %s request refused: %s', conn, message.method, exc)
+            self._reply_raw(conn, message, 400, 'Bad Request (%s)' % str(exc)[:100])
+            return
+        to_tag = NameAddr.parse(message.get('To') or '').tag if message.get('To') else None
+        call_id = message.get('Call-ID')
+        if to_tag is not None or message.method in ('ACK', 'CANCEL'):
+            dialog = self._dialogs.get(call_id)
+            if dialog is not None and dialog.protocol is conn:
+                dialog.receive_message(msg)
+                return
+            if message.method == 'ACK':
+                logger.debug('%r: dropped an ACK for no known dialog', conn)
+                return
+            if to_tag is not None or message.method == 'CANCEL':
+                self._reply_raw(conn, message, 481)
+                return
+        route = self.router.routes.get(message.method)
+        if route is None:
+            allow = ', '.join(sorted(self.router.routes))
+            self._reply_raw(conn, message, 405 if allow else 501,
+                            headers=[('Allow', allow)] if allow else [])
+            return
+        task = self.loop.create_task(self.handle_incoming(conn, msg, conn.remote_addr, route))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _reply_raw(self, conn: WSConnection, request: SIPMessage, status: int,
+                   reason: str | None = None, headers: list[tuple[str, str]] | None = None) -> None:
+        if request.method == 'ACK':
+            return
+        conn.send(codec.make_response(request, status, reason, to_tag=new_tag(),
+                                      headers=headers or []))
+
+    # -- shutdown -----------------------------------------------------------------
+    async def close(self, code: int = 1001, reason: str = 'going away') -> None:
+        """Close listeners and connections (clients see ``code``), end every task (D15/D20)."""
+        self._closing = True
+        for listener in self._listeners:
+            await listener.close(code, reason)
+        self._listeners.clear()
+        for conn in list(self._connections):
+            await conn.close(code, reason)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for branch in list(self._pending):
+            self._finish_pending(branch, ConnectionLost('the application closed'))
+        for transport in list(self._transports.values()):        # aiosip's own UDP sockets
+            transport.close()
+        self._transports.clear()
+        self._protocols.clear()
+        await self.finish()
+
+    async def __aenter__(self) -> 'Application':
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,125 @@
+"""Which transport, and where: choosing from a config name, a URL or a SIP URI.
+
+All three ways of selecting a transport end in the registry
+(:mod:`aiosip_ws.registry`):
+
+* a config name: ``transport='ws'`` / ``'wss'`` / ``'udp'``;
+* a URL scheme: ``ws://...`` selects ``ws``, ``wss://...`` selects ``wss``;
+* a SIP URI: ``sip:...;transport=ws`` selects ``ws`` and ``sips:...;transport=ws``
+  selects ``wss`` (RFC 7118 5.2 defines only ``ws``, used over TLS too; the
+  non-standard ``transport=wss`` some stacks emit is accepted as an alias of
+  WebSocket over TLS).  A ``sips:`` URI never goes over plain ``ws`` (RFC 7118 9.2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigurationError
+from .registry import WS, get_transport
+from .sipuri import NameAddr, SipURI
+from .transport import split_ws_url
+
+__all__ = ['Selection', 'select', 'is_ws_url', 'is_sip_uri', 'ws_url_for_uri']
+
+WS_TRANSPORT_VALUES = {'ws': False, 'wss': True}
+
+
+@dataclass(frozen=True)
+class Selection:
+    name: str                 # registry name: 'ws', 'wss', 'udp', ...
+    implementation: Any       # what the registry holds for it
+    target: str | None        # ws(s):// URL or SIP URI to connect to (WebSocket transports)
+
+    @property
+    def is_websocket(self) -> bool:
+        return isinstance(self.implementation, type) and issubclass(self.implementation, WS)
+
+
+def is_ws_url(value: Any) -> bool:
+    return isinstance(value, str) and value[:5].lower() in ('ws://', 'wss:/')
+
+
+def is_sip_uri(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lstrip('<')[:4].lower() in ('sip:', 'sips')
+
+
+def _uri_of(value: str) -> SipURI:
+    return NameAddr.parse(value).uri
+
+
+def transport_of_uri(uri: SipURI) -> str | None:
+    """``ws``/``wss`` if ``uri`` asks for WebSocket, else None (other or no transport)."""
+    value = uri.transport
+    if value not in WS_TRANSPORT_VALUES:
+        return None
+    secure = uri.scheme == 'sips' or WS_TRANSPORT_VALUES[value]
+    return 'wss' if secure else 'ws'
+
+
+def ws_url_for_uri(uri: SipURI, *, path: str = '/') -> str:
+    """The WebSocket URL for a SIP URI *without* DNS discovery (RFC 7118 5.5 default ports).
+
+    Used for numeric hosts and when discovery is off: host and port come from
+    the URI, the port defaulting to 80 (``ws``) or 443 (``wss``).
+    """
+    name = transport_of_uri(uri) or ('wss' if uri.scheme == 'sips' else 'ws')
+    port = uri.port or (443 if name == 'wss' else 80)
+    return '%s://%s:%d%s' % (name, uri.host, port, path)
+
+
+def select(*, transport: Any = None, remote_addr: Any = None, to_uri: str | None = None) -> Selection:
+    """Choose the transport for a new dialog.
+
+    ``transport`` is a registry name (or None); ``remote_addr`` may be a
+    ``ws(s)://`` URL, a SIP URI or aiosip's ``(host, port)``; ``to_uri`` is the
+    dialog's To, consulted for ``;transport=ws`` when nothing else decides.
+    """
+    named = None
+    if transport is not None:
+        if not isinstance(transport, str):
+            raise ConfigurationError('transport must be a name such as "ws", not %r' % (transport,))
+        named = transport.strip().lower()
+        get_transport(named)                                   # fail early on unknown names
+    if is_ws_url(remote_addr):
+        secure, _, _, _ = split_ws_url(remote_addr)
+        by_url = 'wss' if secure else 'ws'
+        if named is not None and named in ('ws', 'wss') and named != by_url:
+            raise ConfigurationError('transport=%r conflicts with the URL %s; use a %s:// URL'
+                                     % (named, remote_addr, named))
+        if named is not None and named not in ('ws', 'wss'):
+            raise ConfigurationError('transport=%r cannot use the WebSocket URL %s'
+                                     % (named, remote_addr))
+        return Selection(by_url, get_transport(by_url), remote_addr)
+    if is_sip_uri(remote_addr):
+        uri = _uri_of(remote_addr)
+        by_uri = transport_of_uri(uri)
+        if by_uri is None and named in ('ws', 'wss'):
+            by_uri = 'wss' if (named == 'wss' or uri.scheme == 'sips') else 'ws'
+        if by_uri is None:
+            raise ConfigurationError('%s does not select a WebSocket transport: add ;transport=ws '
+                                     'or pass transport="ws"' % remote_addr)
+        if named == 'ws' and by_uri == 'wss' and uri.scheme == 'sips':
+            raise ConfigurationError('%s is a sips: URI; it must not be reached over plain ws '
+                                     '(RFC 7118 9.2)' % remote_addr)
+        return Selection(by_uri, get_transport(by_uri), str(uri))
+    if named is not None:
+        implementation = get_transport(named)
+        selection = Selection(named, implementation, None)
+        if selection.is_websocket:
+            if isinstance(remote_addr, tuple) and len(remote_addr) == 2:
+                host, port = remote_addr
+                target = '%s://%s:%d/' % (named, host, int(port or (443 if named == 'wss' else 80)))
+                return Selection(named, implementation, target)
+            if remote_addr is None and to_uri:
+                uri = _uri_of(to_uri)
+                return Selection(named, implementation, str(uri.with_param('transport', 'ws')))
+            raise ConfigurationError('transport=%r needs a server: pass remote_addr as a ws(s):// '
+                                     'URL or a SIP URI' % named)
+        return selection
+    if remote_addr is None and to_uri:
+        uri = _uri_of(to_uri)
+        by_uri = transport_of_uri(uri)
+        if by_uri is not None:
+            return Selection(by_uri, get_transport(by_uri), str(uri))
+    return Selection('udp', get_transport('udp'), None)

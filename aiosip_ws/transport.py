@@ -1,0 +1,413 @@
+"""The asyncio WebSocket transport: a thin layer over ``websockets.asyncio``.
+
+:class:`WSConnection` carries SIP messages over one WebSocket connection, in
+either role; :func:`open_connection` opens one as a client and :func:`listen`
+accepts them as a server.  The SIP <-> WebSocket mapping itself lives in
+:mod:`aiosip_ws.framing` (pure); what happens to the SIP messages is up to the
+``handler`` (in practice :class:`aiosip_ws.adapter.Application`).
+
+Every network wait is bounded: ``open_timeout`` for the handshake, WebSocket
+Ping/Pong and optional CRLF keep-alives for idle links, ``close_timeout`` for
+the closing handshake.  Sending is synchronous for the caller (aiosip needs
+that) and ordered: frames go through a per-connection queue drained by a
+writer task that exists only while there is something to write.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import http
+import logging
+import random
+import secrets
+import ssl as _ssl
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.http11 import Request, Response
+
+from . import framing
+from .codec import SIPMessage
+from .errors import ConfigurationError, HandshakeError
+from .framing import SUBPROTOCOL
+from .options import ClientOptions, ServerOptions
+
+__all__ = ['WSConnection', 'WSListener', 'ConnectionHandler', 'open_connection', 'listen',
+           'random_invalid_host', 'split_ws_url']
+
+logger = logging.getLogger(__name__)
+#: Every SIP message and keep-alive sent or received, at DEBUG level (``--trace``).
+wire_logger = logging.getLogger('aiosip_ws.wire')
+
+Address = tuple  # (host, port) as the socket reports it
+
+
+class ConnectionHandler(Protocol):
+    """What a :class:`WSConnection` reports to."""
+
+    def connection_made(self, conn: 'WSConnection') -> None: ...
+
+    def message_received(self, conn: 'WSConnection', message: SIPMessage) -> None: ...
+
+    def connection_lost(self, conn: 'WSConnection', exc: BaseException | None) -> None: ...
+
+
+def random_invalid_host() -> str:
+    """A random ``<token>.invalid`` host for Via and Contact (RFC 7118 B.1, RFC 6761)."""
+    alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789'
+    return ''.join(secrets.choice(alphabet) for _ in range(12)) + '.invalid'
+
+
+def split_ws_url(url: str) -> tuple[bool, str, int, str]:
+    """``wss://h:1/p`` -> ``(secure, host, port, path)``, with the RFC 6455 default ports."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ('ws', 'wss'):
+        raise ConfigurationError('%r is not a ws:// or wss:// URL' % url)
+    if not parts.hostname:
+        raise ConfigurationError('%r has no host' % url)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError('%r has a bad port: %s' % (url, exc)) from None
+    secure = scheme == 'wss'
+    return secure, parts.hostname, (443 if secure else 80) if port is None else port, parts.path or '/'
+
+
+def _sockaddr(address: Any) -> Address:
+    if isinstance(address, (tuple, list)) and len(address) >= 2:
+        return (address[0], address[1])
+    return (str(address), 0)
+
+
+class WSConnection:
+    """One WebSocket connection carrying SIP, either role.
+
+    aiosip 0.2.0 uses it as its "protocol" object: it has ``ready`` and
+    ``transport`` as aiosip expects; the adapter keeps aiosip's own
+    ``send_message(msg)`` path away from it and calls :meth:`send` instead.
+    """
+
+    def __init__(self, websocket: ClientConnection | ServerConnection,
+                 handler: ConnectionHandler, *, role: str, secure: bool,
+                 options: ClientOptions | ServerOptions, url: str | None = None,
+                 via_host: str | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.websocket = websocket
+        self.handler = handler
+        self.role = role
+        self.secure = secure
+        self.options = options
+        self.url = url
+        #: ``ws`` or ``wss``
+        self.transport_name = 'wss' if secure else 'ws'
+        #: Via transport token: ``WS`` or ``WSS`` (RFC 7118 5.1)
+        self.via_transport = 'WSS' if secure else 'WS'
+        self.local_addr: Address = _sockaddr(websocket.local_address)
+        self.remote_addr: Address = _sockaddr(websocket.remote_address)
+        if via_host is None:
+            via_host = random_invalid_host() if role == 'client' else '%s:%d' % self.local_addr
+        #: the sent-by of Vias added on this connection
+        self.via_host = via_host
+        self.ready: asyncio.Future[WSConnection] = loop.create_future()
+        self.ready.set_result(self)
+        self.transport = self
+        #: strong references to aiosip dialogs bound to this connection (adapter state)
+        self.dialogs: dict[str, Any] = {}
+        #: free-form per-connection state for applications (e.g. the registrar)
+        self.state: dict[str, Any] = {}
+        self._queue: collections.deque[str | bytes] = collections.deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pong_waiter: asyncio.Future[None] | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.close_exception: BaseException | None = None
+
+    def __repr__(self) -> str:
+        peer = self.url or '%s:%s' % self.remote_addr
+        return '<WSConnection %s %s %s>' % (self.role, self.transport_name, peer)
+
+    @property
+    def is_open(self) -> bool:
+        return not self.closed.done()
+
+    @property
+    def close_code(self) -> int | None:
+        return self.websocket.close_code
+
+    # -- sending ----------------------------------------------------------------
+    def send(self, message: SIPMessage) -> None:
+        """Queue one SIP message as one WebSocket message (R-5.0.2)."""
+        data = framing.encode(message)
+        if wire_logger.isEnabledFor(logging.DEBUG):
+            wire_logger.debug('%r sent %s:\n%s', self, 'binary' if isinstance(data, bytes) else 'text',
+                              data if isinstance(data, str) else data.decode('utf-8', 'replace'))
+        self.send_frame(data)
+
+    def send_frame(self, data: str | bytes) -> None:
+        """Queue one raw WebSocket message; frames leave in the order queued."""
+        if self.closed.done():
+            logger.warning('%r is closed: dropped an outgoing message of %d bytes', self, len(data))
+            return
+        self._queue.append(data)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        try:
+            while self._queue:
+                data = self._queue.popleft()
+                await self.websocket.send(data)
+        except ConnectionClosed:
+            if self._queue:
+                logger.warning('%r closed with %d message(s) unsent', self, len(self._queue))
+            self._queue.clear()
+        except Exception:  # noqa: BLE001 - a writer must never die silently
+            logger.exception('%r: sending failed', self)
+            self._queue.clear()
+        finally:
+            self._writer = None
+
+    async def drain(self) -> None:
+        """Wait until every queued message has been handed to the socket."""
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    # -- receiving --------------------------------------------------------------
+    async def run(self) -> None:
+        """Read messages until the connection closes, then report it lost."""
+        exc: BaseException | None = None
+        keepalive = None
+        if self.options.crlf_ping_interval:
+            keepalive = asyncio.get_running_loop().create_task(self._crlf_keepalive())
+        try:
+            async for data in self.websocket:
+                self._data_received(data)
+        except ConnectionClosed as closed:
+            exc = closed
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            logger.exception('%r: receive loop failed', self)
+            exc = error
+        finally:
+            if keepalive is not None:
+                keepalive.cancel()
+                await asyncio.gather(keepalive, return_exceptions=True)
+            self._lost(exc)
+
+    def _lost(self, exc: BaseException | None) -> None:
+        if self.closed.done():
+            return
+        self.close_exception = exc
+        self.closed.set_result(None)
+        logger.debug('%r lost (close code %s)', self, self.close_code)
+        try:
+            self.handler.connection_lost(self, exc)
+        except Exception:  # noqa: BLE001
+            logger.exception('%r: connection_lost handler failed', self)
+
+    def _data_received(self, data: str | bytes) -> None:
+        event = framing.receive(data, server_header=getattr(self.options, 'server_header', None))
+        if isinstance(event, framing.MessageReceived):
+            if wire_logger.isEnabledFor(logging.DEBUG):
+                wire_logger.debug('%r received %s:\n%s', self, 'binary' if event.binary else 'text',
+                                  data if isinstance(data, str) else data.decode('utf-8', 'replace'))
+            try:
+                self.handler.message_received(self, event.message)
+            except Exception:  # noqa: BLE001 - one bad message must not end the connection
+                logger.exception('%r: handling a received message failed', self)
+        elif isinstance(event, framing.KeepAlivePing):
+            wire_logger.debug('%r received CRLF ping, answering CRLF pong', self)
+            self.send_frame(framing.CRLF_PONG)
+        elif isinstance(event, framing.KeepAlivePong):
+            wire_logger.debug('%r received CRLF pong', self)
+            if self._pong_waiter is not None and not self._pong_waiter.done():
+                self._pong_waiter.set_result(None)
+        else:
+            assert isinstance(event, framing.MessageRejected)
+            if event.response is not None:
+                logger.info('%r: malformed request answered %d: %s', self, event.response.status,
+                            event.error.reason)
+                self.send(event.response)
+            else:
+                logger.warning('%r: dropped a malformed message: %s', self, event.error.reason)
+
+    async def _crlf_keepalive(self) -> None:
+        """RFC 5626 4.4.1 CRLF keep-alive: ping every [0.8x, x] s, pong within the timeout."""
+        interval = float(self.options.crlf_ping_interval or 0)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.0))
+            self._pong_waiter = loop.create_future()
+            wire_logger.debug('%r sending CRLF ping', self)
+            self.send_frame(framing.CRLF_PING)
+            try:
+                await asyncio.wait_for(self._pong_waiter, self.options.crlf_pong_timeout)
+            except asyncio.TimeoutError:
+                logger.warning('%r: no CRLF pong within %.1f s, closing the flow', self,
+                               self.options.crlf_pong_timeout)
+                await self.websocket.close(1011, 'keep-alive timeout')
+                return
+
+    # -- closing ----------------------------------------------------------------
+    async def close(self, code: int = 1000, reason: str = '') -> None:
+        """Close the connection (after queued messages) and wait until it is gone."""
+        if self._writer is not None:
+            try:
+                await asyncio.wait_for(self.drain(), self.options.close_timeout)
+            except asyncio.TimeoutError:
+                logger.warning('%r: queued messages not sent within close_timeout', self)
+        await self.websocket.close(code, reason)
+        if self._run_task is not None:
+            await asyncio.gather(self._run_task, return_exceptions=True)
+        else:
+            self._lost(None)
+
+
+# ---------------------------------------------------------------------------- client
+async def open_connection(url: str, handler: ConnectionHandler,
+                          options: ClientOptions | None = None, *,
+                          connect_kwargs: dict[str, Any] | None = None) -> WSConnection:
+    """Open a client connection to ``url`` offering the ``sip`` subprotocol.
+
+    ``connect_kwargs`` go to ``websockets.asyncio.client.connect`` as they are
+    (e.g. ``host``/``port``/``server_hostname`` from DNS discovery).
+    Raises :class:`HandshakeError` when no usable SIP connection results
+    (refused, TLS failure, HTTP error, timeout, or no ``sip`` subprotocol).
+    """
+    options = options or ClientOptions()
+    options.validate()
+    secure, _, _, _ = split_ws_url(url)
+    kwargs: dict[str, Any] = dict(
+        subprotocols=[SUBPROTOCOL], origin=options.origin,
+        additional_headers=dict(options.headers) or None, compression=None,
+        open_timeout=options.open_timeout, ping_interval=options.ping_interval,
+        ping_timeout=options.ping_timeout, close_timeout=options.close_timeout,
+        max_size=options.max_size, proxy=options.proxy, user_agent_header=_user_agent(),
+    )
+    if secure:
+        kwargs['ssl'] = options.ssl or _ssl.create_default_context()
+    elif options.ssl is not None:
+        raise ConfigurationError('an ssl context was given for %s; use a wss:// URL for TLS' % url)
+    kwargs.update(connect_kwargs or {})
+    try:
+        websocket = await connect(url, **kwargs)
+    except InvalidStatus as exc:
+        raise HandshakeError('WebSocket handshake with %s refused: HTTP %d %s'
+                             % (url, exc.response.status_code, exc.response.reason_phrase)) from exc
+    except InvalidHandshake as exc:
+        raise HandshakeError('WebSocket handshake with %s failed: %s' % (url, exc)) from exc
+    except _ssl.SSLError as exc:
+        raise HandshakeError('TLS with %s failed: %s' % (url, exc)) from exc
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise HandshakeError('cannot connect to %s: %s' % (url, exc or type(exc).__name__)) from exc
+    if websocket.subprotocol != SUBPROTOCOL:                              # R-4.1.3
+        await websocket.close(1002, 'sip subprotocol required')
+        raise HandshakeError('%s did not select the "sip" WebSocket subprotocol (it answered %r); '
+                             'it is not a SIP WebSocket server (RFC 7118 4.1)'
+                             % (url, websocket.subprotocol))
+    conn = WSConnection(websocket, handler, role='client', secure=secure, options=options, url=url)
+    handler.connection_made(conn)
+    conn._run_task = asyncio.get_running_loop().create_task(conn.run())
+    return conn
+
+
+def _user_agent() -> str:
+    from . import __version__
+    return 'aiosip-ws/%s' % __version__
+
+
+# ---------------------------------------------------------------------------- server
+class WSListener:
+    """A listening WebSocket server for SIP; :meth:`close` ends every connection with 1001."""
+
+    def __init__(self, server: Server, url: str, connections: set[WSConnection]) -> None:
+        self.server = server
+        self.url = url
+        self.connections = connections
+
+    @property
+    def sockets(self) -> list[Any]:
+        return list(self.server.sockets)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.sockets[0].getsockname()[1])
+
+    @property
+    def bound_url(self) -> str:
+        """The URL with the port actually bound (useful with port 0)."""
+        secure, host, _, path = split_ws_url(self.url)
+        host = '[%s]' % host if ':' in host else host
+        return '%s://%s:%d%s' % ('wss' if secure else 'ws', host, self.port, path)
+
+    async def close(self, code: int = 1001, reason: str = 'server shutting down') -> None:
+        self.server.close(close_connections=True, code=code, reason=reason)
+        await self.server.wait_closed()
+
+    async def __aenter__(self) -> 'WSListener':
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def listen(url: str, handler: ConnectionHandler,
+                 options: ServerOptions | None = None) -> WSListener:
+    """Accept SIP WebSocket connections on ``url`` (``ws://host:port/path`` or ``wss://``).
+
+    Handshakes that do not offer ``sip`` are refused with HTTP 400 (R-4.1.4),
+    a disallowed Origin with 403 (R-A.1), another path than a non-root
+    ``path`` with 404.  A ``/`` path accepts any path, as Kamailio does.
+    """
+    options = options or ServerOptions()
+    options.validate()
+    secure, host, port, path = split_ws_url(url)
+    if secure and options.ssl is None:
+        raise ConfigurationError('%s needs a TLS certificate: pass ServerOptions(ssl=...) '
+                                 '(or --tls-cert/--tls-key)' % url)
+    if not secure and options.ssl is not None:
+        raise ConfigurationError('a TLS context was given for %s; use a wss:// URL' % url)
+    connections: set[WSConnection] = set()
+    allowed = None if options.allowed_origins is None else set(options.allowed_origins)
+
+    def check_request(connection: ServerConnection, request: Request) -> Response | None:
+        if path != '/' and urlsplit(request.path).path != path:
+            logger.info('refused handshake from %s: path %s is not %s',
+                        connection.remote_address, request.path, path)
+            return connection.respond(http.HTTPStatus.NOT_FOUND, 'no SIP WebSocket service here\n')
+        if allowed is not None:
+            origin = request.headers.get('Origin')
+            if origin is None and options.allow_missing_origin:
+                return None
+            if origin not in allowed:
+                logger.info('refused handshake from %s: Origin %r not allowed',
+                            connection.remote_address, origin)
+                return connection.respond(http.HTTPStatus.FORBIDDEN, 'Origin not allowed\n')
+        return None
+
+    async def on_connection(websocket: ServerConnection) -> None:
+        conn = WSConnection(websocket, handler, role='server', secure=secure, options=options)
+        connections.add(conn)
+        try:
+            handler.connection_made(conn)
+            conn._run_task = asyncio.current_task()  # type: ignore[assignment]
+            await conn.run()
+        finally:
+            connections.discard(conn)
+
+    server = await serve(
+        on_connection, host, port, subprotocols=[SUBPROTOCOL], process_request=check_request,
+        compression=None, ssl=options.ssl, open_timeout=options.open_timeout,
+        ping_interval=options.ping_interval, ping_timeout=options.ping_timeout,
+        close_timeout=options.close_timeout, max_size=options.max_size,
+        server_header=options.server_header or _user_agent(),
+    )
+    logger.info('listening for SIP over WebSocket on %s', url)
+    return WSListener(server, url, connections)
+
