@@ -233,7 +233,8 @@ class Dialog(aiosip.Dialog):
                 (k, str(v)) for k, vs in request.headers.items() for v in _header_values(vs)])
         self.to_details.add_tag()
         tag = self.to_details['params']['tag']
-        extra = [(k, str(v)) for k, v in (headers.items() if headers is not None else ())]
+        pairs = headers.items() if hasattr(headers, 'items') else (headers or ())
+        extra = [(str(k), str(v)) for k, v in pairs]
         if content_type:
             extra.append(('Content-Type', content_type))
         response = codec.make_response(raw, status_code, status_message,
