@@ -193,6 +193,14 @@ def _request_uri(msg: Any) -> str:
     return str(to_uri)
 
 
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode('utf-8')
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 # ---------------------------------------------------------------------------- dialog
 class Dialog(aiosip.Dialog):
     """``aiosip.Dialog`` for WebSocket flows.
@@ -220,6 +228,13 @@ class Dialog(aiosip.Dialog):
                 del headers['Via']
             if self.contact_header and 'Contact' not in headers:
                 headers['Contact'] = self.contact_header
+        if isinstance(payload, (bytes, bytearray)) or (
+                isinstance(payload, str) and not payload.isascii() and _has_surrogates(payload)):
+            # D5: aiosip computes Content-Length with payload.encode(), which fails
+            # for bytes; a preset value skips that (the codec writes the real one).
+            body = bytes(payload) if not isinstance(payload, str) else payload.encode(
+                'utf-8', 'surrogateescape')
+            headers['Content-Length'] = str(len(body))
         return super().send_message(method, to_details=to_details, from_details=from_details,
                                     contact_details=contact_details, headers=headers,
                                     content_type=content_type, payload=payload, future=future)

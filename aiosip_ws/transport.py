@@ -290,10 +290,8 @@ async def open_connection(url: str, handler: ConnectionHandler,
         ping_timeout=options.ping_timeout, close_timeout=options.close_timeout,
         max_size=options.max_size, proxy=options.proxy, user_agent_header=_user_agent(),
     )
-    if secure:
+    if secure:                                     # options.ssl serves wss:// URLs only
         kwargs['ssl'] = options.ssl or _ssl.create_default_context()
-    elif options.ssl is not None:
-        raise ConfigurationError('an ssl context was given for %s; use a wss:// URL for TLS' % url)
     kwargs.update(connect_kwargs or {})
     try:
         websocket = await connect(url, **kwargs)
