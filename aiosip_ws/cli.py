@@ -92,6 +92,11 @@ async def _serve(args: argparse.Namespace) -> int:
         await stop.wait()
         print('aiosip-ws serve: shutting down', flush=True)
         await server.close()
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if left:
+            logger.error('tasks left behind at shutdown: %r', left)
+            return 1
+        print('aiosip-ws serve: stopped cleanly', flush=True)
         return 0
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):

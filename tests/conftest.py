@@ -133,8 +133,9 @@ class ServeProcess:
             self.proc.kill()
             raise RuntimeError('aiosip-ws serve did not start: %s' % self.proc.stderr.read())
 
-    def stop(self, timeout: float = 15) -> tuple[int, str, str]:
-        if self.proc.poll() is None:
+    def stop(self, timeout: float = 15, *, terminate: bool = True) -> tuple[int, str, str]:
+        """Wait for the process to end (sending SIGTERM first unless ``terminate`` is False)."""
+        if terminate and self.proc.poll() is None:
             self.proc.terminate()
         try:
             out, err = self.proc.communicate(timeout=timeout)
