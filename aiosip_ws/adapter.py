@@ -44,7 +44,7 @@ from .compat import import_aiosip
 from .errors import ConfigurationError, ConnectionLost, SIPParseError, TransactionTimeout
 from .options import ClientOptions, ServerOptions
 from .registry import WS, _register_builtins, get_transport
-from .selection import select
+from .selection import select, uri_from_string, ws_url_for_uri
 from .sipuri import NameAddr, SipURI, format_params
 from .transport import WSConnection, WSListener, listen, open_connection
 
@@ -438,8 +438,7 @@ class Application(aiosip.Application):
 
     async def connect_uri(self, uri: str) -> WSConnection:
         """Connect to the WebSocket server a SIP URI names (without DNS discovery)."""
-        from .selection import ws_url_for_uri
-        return await self.connect(ws_url_for_uri(NameAddr.parse(uri).uri))
+        return await self.connect(ws_url_for_uri(uri_from_string(uri)))
 
     async def create_connection(self, protocol: Any, local_addr: Any, remote_addr: Any,
                                 mode: str = 'client') -> Any:

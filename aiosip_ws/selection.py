@@ -20,7 +20,7 @@ from .registry import WS, get_transport
 from .sipuri import NameAddr, SipURI
 from .transport import split_ws_url
 
-__all__ = ['Selection', 'select', 'is_ws_url', 'is_sip_uri', 'ws_url_for_uri']
+__all__ = ['Selection', 'select', 'is_ws_url', 'is_sip_uri', 'ws_url_for_uri', 'uri_from_string']
 
 WS_TRANSPORT_VALUES = {'ws': False, 'wss': True}
 
@@ -44,8 +44,12 @@ def is_sip_uri(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lstrip('<')[:4].lower() in ('sip:', 'sips')
 
 
-def _uri_of(value: str) -> SipURI:
-    return NameAddr.parse(value).uri
+def uri_from_string(value: str) -> SipURI:
+    """A URI given as a string: ``<...>`` is a name-addr, anything else a bare URI whose
+    ``;params`` are URI parameters (what a user writing ``sip:h;transport=ws`` means)."""
+    if '<' in value:
+        return NameAddr.parse(value).uri
+    return SipURI.parse(value)
 
 
 def transport_of_uri(uri: SipURI) -> str | None:
@@ -92,7 +96,7 @@ def select(*, transport: Any = None, remote_addr: Any = None, to_uri: str | None
                                      % (named, remote_addr))
         return Selection(by_url, get_transport(by_url), remote_addr)
     if is_sip_uri(remote_addr):
-        uri = _uri_of(remote_addr)
+        uri = uri_from_string(remote_addr)
         by_uri = transport_of_uri(uri)
         if by_uri is None and named in ('ws', 'wss'):
             by_uri = 'wss' if (named == 'wss' or uri.scheme == 'sips') else 'ws'
@@ -112,13 +116,13 @@ def select(*, transport: Any = None, remote_addr: Any = None, to_uri: str | None
                 target = '%s://%s:%d/' % (named, host, int(port or (443 if named == 'wss' else 80)))
                 return Selection(named, implementation, target)
             if remote_addr is None and to_uri:
-                uri = _uri_of(to_uri)
+                uri = uri_from_string(to_uri)
                 return Selection(named, implementation, str(uri.with_param('transport', 'ws')))
             raise ConfigurationError('transport=%r needs a server: pass remote_addr as a ws(s):// '
                                      'URL or a SIP URI' % named)
         return selection
     if remote_addr is None and to_uri:
-        uri = _uri_of(to_uri)
+        uri = uri_from_string(to_uri)
         by_uri = transport_of_uri(uri)
         if by_uri is not None:
             return Selection(by_uri, get_transport(by_uri), str(uri))
