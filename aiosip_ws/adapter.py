@@ -44,7 +44,8 @@ from .compat import import_aiosip
 from .errors import ConfigurationError, ConnectionLost, SIPParseError, TransactionTimeout
 from .options import ClientOptions, ServerOptions
 from .registry import WS, _register_builtins, get_transport
-from .selection import select, uri_from_string, ws_url_for_uri
+from .discovery import Resolver, Target, connect_first
+from .selection import is_ws_url, select
 from .sipuri import NameAddr, SipURI, format_params
 from .transport import WSConnection, WSListener, listen, open_connection
 
@@ -294,13 +295,15 @@ class Application(aiosip.Application):
     def __init__(self, *, loop: asyncio.AbstractEventLoop | None = None,
                  client_options: ClientOptions | None = None,
                  server_options: ServerOptions | None = None,
-                 dialog_class: type = Dialog, **kwargs: Any) -> None:
+                 dialog_class: type = Dialog, resolver: Resolver | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(loop=loop or asyncio.get_running_loop(), **kwargs)
         self.client_options = client_options or ClientOptions()
         self.server_options = server_options or ServerOptions()
         self.client_options.validate()
         self.server_options.validate()
         self.dialog_class = dialog_class
+        self._resolver = resolver
         self._ws_routes: dict[tuple[Any, Any, Any], WSConnection] = {}
         self._client_connections: dict[str, WSConnection] = {}
         self._connecting: dict[str, asyncio.Future[WSConnection]] = {}
@@ -312,7 +315,12 @@ class Application(aiosip.Application):
 
     # -- connections ------------------------------------------------------------
     async def connect(self, url: str, options: ClientOptions | None = None) -> WSConnection:
-        """The open client connection to ``url``, opening it if needed (R-4.1.5: reuse)."""
+        """The open client connection to ``url``, opening it if needed (R-4.1.5: reuse).
+
+        ``url`` is a ``ws://``/``wss://`` URL, or a SIP URI that RFC 3263 / RFC 7118
+        discovery (NAPTR ``SIP+D2W``/``SIPS+D2W``, SRV, A/AAAA; see
+        :mod:`aiosip_ws.discovery`) turns into targets tried in order.
+        """
         conn = self._client_connections.get(url)
         if conn is not None and conn.is_open:
             return conn
@@ -324,7 +332,7 @@ class Application(aiosip.Application):
         future: asyncio.Future[WSConnection] = self.loop.create_future()
         self._connecting[url] = future
         try:
-            conn = await open_connection(url, self, options or self.client_options)
+            conn = await self._open(url, options or self.client_options)
         except BaseException as exc:
             if not future.done():
                 future.set_exception(exc)
@@ -336,6 +344,28 @@ class Application(aiosip.Application):
             self._connecting.pop(url, None)
         self._client_connections[url] = conn
         return conn
+
+    async def _open(self, target: str, options: ClientOptions) -> WSConnection:
+        if is_ws_url(target):
+            return await open_connection(target, self, options)
+        targets = await self.resolver.resolve(target)
+
+        async def attempt(found: Target) -> WSConnection:
+            kwargs = found.connect_kwargs(ssl=options.ssl)
+            if options.proxy is not None:
+                kwargs['proxy'] = options.proxy
+            return await open_connection(found.url, self, options, connect_kwargs=kwargs)
+
+        found, conn = await connect_first(targets, attempt, logger=logger)
+        logger.info('%s: connected to %s', target, found.describe())
+        return conn
+
+    @property
+    def resolver(self) -> Resolver:
+        """The RFC 3263 resolver used for SIP URI targets (system DNS unless configured)."""
+        if self._resolver is None:
+            self._resolver = Resolver()
+        return self._resolver
 
     async def listen(self, url: str, options: ServerOptions | None = None) -> WSListener:
         """Accept SIP WebSocket clients on ``url`` (``ws://host:port/path`` or ``wss://``)."""
@@ -358,8 +388,8 @@ class Application(aiosip.Application):
         self._connections.discard(conn)
         for key in [k for k, v in self._ws_routes.items() if v is conn]:
             del self._ws_routes[key]
-        if conn.url and self._client_connections.get(conn.url) is conn:
-            del self._client_connections[conn.url]
+        for key in [k for k, v in self._client_connections.items() if v is conn]:
+            del self._client_connections[key]
         for call_id, dialog in list(conn.dialogs.items()):
             if self._dialogs.get(call_id) is dialog:
                 del self._dialogs[call_id]
@@ -432,13 +462,7 @@ class Application(aiosip.Application):
     async def _connect_target(self, target: str | None, name: str) -> WSConnection:
         if target is None:
             raise ConfigurationError('transport %r needs a ws(s):// URL or SIP URI' % name)
-        if target.startswith(('ws://', 'wss://', 'WS://', 'WSS://')):
-            return await self.connect(target)
-        return await self.connect_uri(target)
-
-    async def connect_uri(self, uri: str) -> WSConnection:
-        """Connect to the WebSocket server a SIP URI names (without DNS discovery)."""
-        return await self.connect(ws_url_for_uri(uri_from_string(uri)))
+        return await self.connect(target)
 
     async def create_connection(self, protocol: Any, local_addr: Any, remote_addr: Any,
                                 mode: str = 'client') -> Any:

@@ -369,8 +369,8 @@ def order_srv(records: Sequence[Any], rng: random.Random | None = None) -> list[
     running weight sum is >= ``r``.  One refinement: when no weight-0 record is
     left, ``r`` is drawn from ``[1, sum]``; RFC 2782's literal ``[0, sum]`` would
     then hand the first record in DNS answer order an extra ``1/(sum+1)`` share
-    (with weights 1:3, 60/40 or 80/20 depending on answer order instead of
-    25/75).  So positive weights get exactly their proportional share, and weight-0
+    (weights 1:3 would split 40/60 or 20/80 depending on answer order instead
+    of 25/75).  So positive weights get exactly their proportional share, and weight-0
     records keep the "very small chance" (``1/(sum+1)``) RFC 2782 gives them.
     """
     rng = rng or _default_rng
@@ -518,8 +518,8 @@ class Resolver:
 
     async def _query(self, run: _Run, name: str, rdtype: str) -> _Answer:
         """One bounded query; NXDOMAIN/NODATA are answers, other failures are errors."""
-        qname = dns.name.from_text(name)
         try:
+            qname = dns.name.from_text(name)
             answer = await self._resolver().resolve(qname, rdtype, search=False,
                                                     raise_on_no_answer=False,
                                                     lifetime=self.lifetime)
@@ -677,8 +677,17 @@ class Resolver:
                               via='numeric', domain=numeric)]
             return self._finish(run, targets)
 
+        try:
+            # IDNA-encode (the URL and Host header need ASCII) and validate the name
+            host = _norm_name(dns.name.from_text(host).to_text(omit_final_dot=True))
+        except (dns.exception.DNSException, UnicodeError) as exc:
+            raise ConfigurationError('cannot resolve %s: bad host name %r: %s' % (run.uri, host, exc)) from exc
+        run.domain = host
+        self._resolver()      # configuration errors surface before any query
+
         if parsed.port is not None:
             transport = explicit or self._default_transport(parsed)
+            run.allowed = (transport,)
             targets, nxdomain = await self._from_host(run, transport, host, parsed.port, via='explicit')
             if nxdomain:
                 raise self._nxdomain(run)
@@ -698,9 +707,9 @@ class Resolver:
         if answer.error is not None:
             raise DiscoveryError('cannot resolve %s: NAPTR query failed: %s' % (run.uri, answer.error))
         if answer.records:
-            targets = await self._from_naptr(run, parsed, allowed, answer.records)
-            if targets is not None:
-                return self._finish(run, targets)
+            from_naptr = await self._from_naptr(run, parsed, allowed, answer.records)
+            if from_naptr is not None:
+                return self._finish(run, from_naptr)
 
         # no (usable) NAPTR: SRV guesses for each enabled transport, then A/AAAA
         targets = await self._srv_guess(run, allowed, host)
@@ -771,8 +780,9 @@ class Resolver:
                 keys.add(key)
                 unique.append(target)
         if not unique:
-            raise DiscoveryError('no WebSocket server found for %s (transports %s); queried: %s'
-                                 % (run.uri, ','.join(run.allowed), run.summary()))
+            failed = ', %d DNS failure(s)' % len(run.errors) if run.errors else ''
+            raise DiscoveryError('no WebSocket server found for %s (transports %s%s); queried: %s'
+                                 % (run.uri, ','.join(run.allowed), failed, run.summary()))
         _log.debug('%s resolved to %d target(s): %s', run.uri, len(unique),
                    '; '.join(t.describe() for t in unique))
         return unique

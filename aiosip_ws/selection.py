@@ -20,7 +20,7 @@ from .registry import WS, get_transport
 from .sipuri import NameAddr, SipURI
 from .transport import split_ws_url
 
-__all__ = ['Selection', 'select', 'is_ws_url', 'is_sip_uri', 'ws_url_for_uri', 'uri_from_string']
+__all__ = ['Selection', 'select', 'is_ws_url', 'is_sip_uri', 'uri_from_string']
 
 WS_TRANSPORT_VALUES = {'ws': False, 'wss': True}
 
@@ -61,17 +61,6 @@ def transport_of_uri(uri: SipURI) -> str | None:
     return 'wss' if secure else 'ws'
 
 
-def ws_url_for_uri(uri: SipURI, *, path: str = '/') -> str:
-    """The WebSocket URL for a SIP URI *without* DNS discovery (RFC 7118 5.5 default ports).
-
-    Used for numeric hosts and when discovery is off: host and port come from
-    the URI, the port defaulting to 80 (``ws``) or 443 (``wss``).
-    """
-    name = transport_of_uri(uri) or ('wss' if uri.scheme == 'sips' else 'ws')
-    port = uri.port or (443 if name == 'wss' else 80)
-    return '%s://%s:%d%s' % (name, uri.host, port, path)
-
-
 def select(*, transport: Any = None, remote_addr: Any = None, to_uri: str | None = None) -> Selection:
     """Choose the transport for a new dialog.
 
@@ -98,11 +87,12 @@ def select(*, transport: Any = None, remote_addr: Any = None, to_uri: str | None
     if is_sip_uri(remote_addr):
         uri = uri_from_string(remote_addr)
         by_uri = transport_of_uri(uri)
-        if by_uri is None and named in ('ws', 'wss'):
-            by_uri = 'wss' if (named == 'wss' or uri.scheme == 'sips') else 'ws'
+        if by_uri is None and uri.transport is not None:
+            raise ConfigurationError('%s asks for transport %r, not WebSocket: use ;transport=ws '
+                                     'or remove the parameter' % (remote_addr, uri.transport))
         if by_uri is None:
-            raise ConfigurationError('%s does not select a WebSocket transport: add ;transport=ws '
-                                     'or pass transport="ws"' % remote_addr)
+            # No transport parameter: DNS discovery (NAPTR SIP+D2W/SIPS+D2W) decides.
+            by_uri = 'wss' if (named == 'wss' or uri.scheme == 'sips') else 'ws'
         if named == 'ws' and by_uri == 'wss' and uri.scheme == 'sips':
             raise ConfigurationError('%s is a sips: URI; it must not be reached over plain ws '
                                      '(RFC 7118 9.2)' % remote_addr)

@@ -41,6 +41,8 @@ def test_register_refuses_to_overwrite_silently():
     (dict(remote_addr='sips:example.com;transport=ws'), 'wss', 'sips:example.com;transport=ws'),
     (dict(remote_addr='sip:example.com;transport=wss'), 'wss', 'sip:example.com;transport=wss'),
     (dict(remote_addr='sip:example.com;transport=WS'), 'ws', 'sip:example.com;transport=WS'),
+    (dict(remote_addr='sips:alice@example.com'), 'wss', 'sips:alice@example.com'),
+    (dict(remote_addr='sip:example.com'), 'ws', 'sip:example.com'),
     (dict(to_uri='<sip:bob@example.com;transport=ws>'), 'ws', 'sip:bob@example.com;transport=ws'),
     (dict(transport='ws', remote_addr=('10.0.0.1', 8080)), 'ws', 'ws://10.0.0.1:8080/'),
     (dict(transport='udp', remote_addr=('127.0.0.1', 5060)), 'udp', None),
@@ -57,7 +59,7 @@ def test_selection(kwargs, name, target):
     (dict(transport='ws', remote_addr='sips:example.com;transport=ws'), 'RFC 7118 9.2'),
     (dict(transport='nope'), 'unknown transport'),
     (dict(transport='ws'), 'needs a server'),
-    (dict(remote_addr='sip:example.com;transport=udp'), 'does not select a WebSocket'),
+    (dict(remote_addr='sip:example.com;transport=udp'), "asks for transport 'udp'"),
 ])
 def test_selection_errors_say_what_to_fix(kwargs, message):
     """R-9.3: a sips: target never goes over plain ws."""
