@@ -18,7 +18,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
@@ -28,11 +27,7 @@ import websockets.version
 from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import ServerConnection, serve
 
-try:
-    from dnsmasq import Dnsmasq
-except ImportError:  # tests/ not on sys.path (e.g. --import-mode=importlib)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from dnsmasq import Dnsmasq
+from tests.dnsmasq import Dnsmasq
 
 from aiosip_ws.discovery import (DEFAULT_PORTS, DEFAULT_SRV_LABELS, AllTargetsFailed, Resolver,
                                  Target, connect_first, is_sip_uri, order_srv, parse_nameserver,
