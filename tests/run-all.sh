@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Install what the test suite needs, then run it on every supported Python.
+#
+#   bash tests/run-all.sh                 # Python 3.10, 3.11, 3.12 and 3.13
+#   PYTHONS="3.12" bash tests/run-all.sh  # some of them
+#   bash tests/run-all.sh -k relay        # extra arguments go to pytest
+#
+# Needs: Debian (apt-get, as root or with sudo) for dnsmasq and Kamailio, Node.js with
+# npm for JsSIP and SIP.js, and the Pythons (pyenv's, or python3.X on PATH).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PYTHONS=${PYTHONS:-"3.10 3.11 3.12 3.13"}
+
+say() { printf '\n=== %s\n' "$*"; }
+
+# --- Debian packages ------------------------------------------------------------
+packages=(dnsmasq-base kamailio kamailio-websocket-modules kamailio-tls-modules openssl)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
+        || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq \
+        --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian package starts a system Kamailio; the tests start their own.
+if command -v systemctl >/dev/null 2>&1; then
+    systemctl stop kamailio >/dev/null 2>&1 || true
+fi
+
+# --- npm packages for the interop peers -----------------------------------------
+if [ -f tests/interop/node/package.json ]; then
+    say "installing JsSIP and SIP.js (npm ci)"
+    (cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# --- one virtualenv per Python ------------------------------------------------------
+find_python() {
+    local version=$1 root candidate
+    root=$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")
+    for candidate in "$root"/versions/"$version".*/bin/python"$version"; do
+        [ -x "$candidate" ] && { echo "$candidate"; return 0; }
+    done
+    command -v "python$version" 2>/dev/null && return 0
+    return 1
+}
+
+failed=()
+for version in $PYTHONS; do
+    python=$(find_python "$version") || { echo "Python $version not found" >&2; failed+=("$version(missing)"); continue; }
+    venv="$ROOT/.venv-$version"
+    say "Python $version: $python"
+    [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"
+    if ! "$venv/bin/python" -W error::DeprecationWarning -c 'import aiosip_ws'; then
+        failed+=("$version(import)")
+        continue
+    fi
+    if ! "$venv/bin/python" -m pytest -p no:cacheprovider "$@"; then
+        failed+=("$version")
+    fi
+done
+
+if [ ${#failed[@]} -gt 0 ]; then
+    say "FAILED on Python: ${failed[*]}"
+    exit 1
+fi
+say "all passed on Python $PYTHONS"
