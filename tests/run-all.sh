@@ -51,14 +51,23 @@ find_python() {
     return 1
 }
 
+# pip, without the machine's notes about unused index locations
+quiet_pip() {
+    local python=$1
+    shift
+    "$python" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
+        | { grep -v -e 'is ignored: it is neither a file nor a directory' -e 'BuildBackendWarning' || true; }
+    return "${PIPESTATUS[0]}"
+}
+
 failed=()
 for version in $PYTHONS; do
     python=$(find_python "$version") || { echo "Python $version not found" >&2; failed+=("$version(missing)"); continue; }
     venv="$ROOT/.venv-$version"
     say "Python $version: $python"
     [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"
+    quiet_pip "$venv/bin/python" --upgrade pip
+    quiet_pip "$venv/bin/python" -e "$ROOT[test]"
     if ! "$venv/bin/python" -W error::DeprecationWarning -c 'import aiosip_ws'; then
         failed+=("$version(import)")
         continue
