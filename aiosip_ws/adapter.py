@@ -41,11 +41,12 @@ from multidict import CIMultiDict
 from . import codec
 from .codec import SIPMessage, Via
 from .compat import import_aiosip
+from .digest import DigestError, authorization, choose_challenge
 from .errors import ConfigurationError, ConnectionLost, SIPParseError, TransactionTimeout
 from .options import ClientOptions, ServerOptions
 from .registry import WS, _register_builtins, get_transport
 from .discovery import Resolver, Target, connect_first
-from .selection import is_ws_url, select
+from .selection import is_ws_url, select, uri_from_string
 from .sipuri import NameAddr, SipURI, format_params
 from .transport import WSConnection, WSListener, listen, open_connection
 
@@ -203,22 +204,56 @@ def _has_surrogates(text: str) -> bool:
 
 
 # ---------------------------------------------------------------------------- dialog
+class _Sent:
+    """What a Dialog needs to answer a challenge to a request it sent (D16)."""
+
+    __slots__ = ('method', 'headers', 'payload', 'content_type', 'future', 'answered', 'stale')
+
+    def __init__(self, method: str, headers: Any, payload: Any, content_type: Any,
+                 future: Any, answered: int, stale: int) -> None:
+        self.method, self.headers, self.payload = method, headers, payload
+        self.content_type, self.future = content_type, future
+        self.answered, self.stale = answered, stale
+
+
 class Dialog(aiosip.Dialog):
     """``aiosip.Dialog`` for WebSocket flows.
 
-    Adds :meth:`reply` (D12), writes the whole Contact (D17), sends in-dialog
-    requests to the remote target (D10), and keeps provisional responses from
-    ending a transaction (D13).
+    Adds :meth:`reply` (D12), writes the whole Contact (D17), chooses the
+    Request-URI (D10), answers Digest challenges properly (D16), keeps
+    provisional responses from ending a transaction (D13), and ACKs non-2xx
+    final responses to INVITE.
     """
 
     #: the Contact header value sent on requests of this dialog (D17)
     contact_header: str | None = None
     #: where in-dialog requests go: the peer's Contact (RFC 3261 12.1)
     remote_target: str | None = None
+    #: the To URI as given, with its URI parameters (aiosip keeps a lossy copy)
+    to_uri: str | None = None
+    #: Digest username; None uses the user part of the From URI
+    auth_username: str | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sent: dict[tuple[str, int], _Sent] = {}
+        self._nonce_counts: dict[str, int] = {}
+
+    def request_uri_for(self, method: str) -> str:
+        """The Request-URI of a request of this dialog (D10)."""
+        to_uri = uri_from_string(self.to_uri) if self.to_uri else None
+        if method == 'REGISTER' and to_uri is not None:     # RFC 3261 10.2: no userinfo
+            return str(SipURI(to_uri.scheme, None, to_uri.host, to_uri.port))
+        if self.remote_target:
+            return self.remote_target
+        if to_uri is not None:
+            return str(to_uri)
+        return str(self.to_details['uri'])
 
     def send_message(self, method: str, to_details: Any = None, from_details: Any = None,
                      contact_details: Any = None, headers: Any = None, content_type: Any = None,
-                     payload: Any = None, future: Any = None) -> Any:
+                     payload: Any = None, future: Any = None, *,
+                     _auth: tuple[int, int] = (0, 0)) -> Any:
         headers = CIMultiDict(headers) if headers else CIMultiDict()
         conn = self.protocol
         if isinstance(conn, WSConnection):
@@ -236,9 +271,14 @@ class Dialog(aiosip.Dialog):
             body = bytes(payload) if not isinstance(payload, str) else payload.encode(
                 'utf-8', 'surrogateescape')
             headers['Content-Length'] = str(len(body))
-        return super().send_message(method, to_details=to_details, from_details=from_details,
-                                    contact_details=contact_details, headers=headers,
-                                    content_type=content_type, payload=payload, future=future)
+        result = super().send_message(method, to_details=to_details, from_details=from_details,
+                                      contact_details=contact_details, headers=headers,
+                                      content_type=content_type, payload=payload, future=future)
+        if method != 'ACK' and result is not None:
+            key = (method, self.cseqs[method])
+            self._sent[key] = _Sent(method, headers, payload, content_type, result, *_auth)
+            result.add_done_callback(lambda _, key=key: self._sent.pop(key, None))
+        return result
 
     def reply(self, request: Any, status_code: int, status_message: str | None = None, *,
               headers: Any = None, content_type: str | None = None, payload: Any = None) -> None:
@@ -264,14 +304,89 @@ class Dialog(aiosip.Dialog):
 
     def receive_message(self, msg: Any) -> Any:
         if isinstance(msg, aiosip.Response):
-            if 100 < msg.status_code < 200 and msg.status_code != 180:
+            status = msg.status_code
+            if 100 < status < 200 and status != 180:
                 logger.debug('%s: provisional %d kept the transaction open (D13)',
-                             self.call_id, msg.status_code)
+                             self.call_id, status)
                 return None
-            if (msg.method == 'INVITE' and 200 <= msg.status_code < 300
-                    and 'Contact' in msg.headers):
+            if msg.method == 'INVITE' and status >= 300:
+                self._ack_non_2xx(msg)
+            if status in (401, 407) and (msg.method, msg.cseq) in self._sent:
+                if not self._answer_challenge(msg):
+                    self._deliver_final(msg)
+                return None
+            if msg.method == 'INVITE' and 200 <= status < 300 and 'Contact' in msg.headers:
                 self.remote_target = str(NameAddr.parse(msg.headers['Contact']).uri)
         return super().receive_message(msg)
+
+    # -- Digest (D16) -----------------------------------------------------------------
+    def _answer_challenge(self, msg: Any) -> bool:
+        """Re-send the challenged request with credentials; False to give up."""
+        sent = self._sent[(msg.method, msg.cseq)]
+        proxy = msg.status_code == 407
+        header = 'Proxy-Authenticate' if proxy else 'WWW-Authenticate'
+        raw: SIPMessage | None = getattr(msg, 'raw', None)
+        values = raw.get_all(header) if raw is not None else msg.headers.getall(header, [])
+        if not values or not self.password:
+            logger.info('%s %s: %d and no password to answer it', self.call_id, msg.method,
+                        msg.status_code)
+            return False
+        try:
+            challenge = choose_challenge(values, proxy=proxy)
+        except DigestError as exc:
+            logger.warning('%s %s: cannot answer the challenge: %s', self.call_id, msg.method, exc)
+            return False
+        answered, stale = sent.answered, sent.stale
+        if answered and not challenge.stale:
+            logger.warning('%s %s: credentials refused (%d %s)', self.call_id, msg.method,
+                           msg.status_code, msg.status_message)
+            return False
+        if challenge.stale:
+            if stale:
+                return False
+            stale += 1
+        nc = self._nonce_counts.get(challenge.nonce, 0) + 1
+        self._nonce_counts = {challenge.nonce: nc}          # only the current nonce counts
+        username = self.auth_username or self.from_details['uri']['user'] or ''
+        payload = sent.payload
+        body = payload if isinstance(payload, bytes) else (payload or '').encode(
+            'utf-8', 'surrogateescape')
+        credentials = authorization(challenge, method=msg.method,
+                                    uri=self.request_uri_for(msg.method), username=username,
+                                    password=self.password, nc=nc, body=body)
+        headers = CIMultiDict(sent.headers)
+        for name in ('Via', 'CSeq', 'Content-Length',
+                     'Proxy-Authorization' if proxy else 'Authorization'):
+            headers.popall(name, None)
+        headers['Proxy-Authorization' if proxy else 'Authorization'] = credentials
+        self._msgs[msg.method].pop(msg.cseq, None)          # aiosip's record of it (D16)
+        self.send_message(msg.method, headers=headers, payload=payload,
+                          content_type=None, future=sent.future, _auth=(answered + 1, stale))
+        return True
+
+    def _deliver_final(self, msg: Any) -> None:
+        """End the transaction with ``msg``, as aiosip would for any other final response."""
+        sent = self._sent.pop((msg.method, msg.cseq), None)
+        self._msgs[msg.method].pop(msg.cseq, None)          # aiosip's record of it (D16)
+        if msg.method == 'REGISTER':
+            self.register_current_attempt = None
+        elif msg.method == 'INVITE':
+            self.invite_current_attempt = None
+        if sent is not None and not sent.future.done():
+            sent.future.set_result(msg)
+
+    def _ack_non_2xx(self, msg: Any) -> None:
+        """RFC 3261 17.1.1.3: the ACK of a non-2xx final response to INVITE."""
+        raw: SIPMessage | None = getattr(msg, 'raw', None)
+        conn = self.protocol
+        if raw is None or not isinstance(conn, WSConnection) or not conn.is_open:
+            return
+        vias = raw.get_all('Via')
+        ack = SIPMessage(method='ACK', uri=self.request_uri_for('INVITE'), headers=[
+            ('Via', vias[0] if vias else ''), ('Max-Forwards', '70'),
+            ('From', raw.get('From') or ''), ('To', raw.get('To') or ''),
+            ('Call-ID', raw.get('Call-ID') or ''), ('CSeq', '%d ACK' % raw.cseq[0])])
+        conn.send(ack)
 
 
 # ---------------------------------------------------------------------------- application
@@ -456,6 +571,7 @@ class Application(aiosip.Application):
             conn.local_addr, conn.remote_addr, password, dialog or self.dialog_class)
         if isinstance(dlg, Dialog):
             dlg.contact_header = contact_header
+            dlg.to_uri = to_uri
         conn.dialogs[dlg.call_id] = dlg                    # app._dialogs is weak (D8)
         return dlg
 
@@ -499,6 +615,10 @@ class Application(aiosip.Application):
         dlg = await self.start_dialog(msg.headers['From'], msg.headers['To'],
                                       call_id=msg.headers['Call-ID'], protocol=conn,
                                       password=None, contact_uri=self._local_contact(conn))
+        if isinstance(dlg, Dialog):
+            # aiosip builds the server-side dialog from the peer's From (D14): requests
+            # the server sends in it go to the peer's Contact, else its From URI.
+            dlg.to_uri = str(NameAddr.parse(msg.headers['From']).uri)
         contact = msg.raw.get_all('Contact')
         if contact and isinstance(dlg, Dialog):
             try:
@@ -533,9 +653,10 @@ class Application(aiosip.Application):
             raise ConnectionLost('cannot send %s: the WebSocket connection to %s is closed'
                                  % (msg.method, remote_addr))
         request_uri = None
-        if is_request and not getattr(msg, 'request_uri', None) and msg.method != 'REGISTER':
+        if is_request and not getattr(msg, 'request_uri', None):
             dialog = conn.dialogs.get(str(msg.headers.get('Call-ID')))
-            request_uri = getattr(dialog, 'remote_target', None)     # D10; else the To URI
+            if isinstance(dialog, Dialog):
+                request_uri = dialog.request_uri_for(msg.method)      # D10
         wire = to_wire(msg, conn, request_uri=request_uri)
         if is_request and wire.method != 'ACK':
             self._track(wire, conn, msg.future, proxy=False)
