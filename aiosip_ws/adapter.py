@@ -133,6 +133,7 @@ def _header_values(value: Any) -> list[str]:
     return [str(value)]
 
 
+_AIOSIP_ALLOW_EVENTS = 'talk,hold,conference,refer,check-sync'
 _HEADER_ORDER = {name: index for index, name in enumerate((
     'via', 'max-forwards', 'route', 'record-route', 'from', 'to', 'call-id', 'cseq', 'contact',
     'expires', 'supported', 'require', 'allow', 'allow-events', 'authorization',
@@ -166,6 +167,8 @@ def to_wire(msg: Any, conn: WSConnection, *, request_uri: str | None = None) -> 
                     name = 'Server'
             elif lname == 'max-forwards' and not is_request:
                 continue                                                   # D21
+            elif lname == 'allow-events' and item == _AIOSIP_ALLOW_EVENTS:
+                continue             # aiosip's register() claims event packages we do not serve
             headers.append((name, item))
     # aiosip inserts headers in an arbitrary order; write the usual one (stable
     # sort, so repeated headers such as Via keep their relative order).
@@ -279,6 +282,18 @@ class Dialog(aiosip.Dialog):
             self._sent[key] = _Sent(method, headers, payload, content_type, result, *_auth)
             result.add_done_callback(lambda _, key=key: self._sent.pop(key, None))
         return result
+
+    def register(self, headers: Any = None, attempts: int = 3, expires: int = 360) -> Any:
+        """aiosip's ``register``, advertising the methods this application really takes.
+
+        aiosip 0.2.0 puts a fixed ``Allow`` without MESSAGE in every REGISTER; a
+        registrar that honours it (Kamailio) then refuses to deliver MESSAGE (405).
+        """
+        headers = CIMultiDict(headers) if headers else CIMultiDict()
+        if 'Allow' not in headers:
+            methods = set(self.app.router.routes) | {'ACK', 'BYE', 'CANCEL'}
+            headers['Allow'] = ', '.join(sorted(methods))
+        return super().register(headers=headers, attempts=attempts, expires=expires)
 
     def reply(self, request: Any, status_code: int, status_message: str | None = None, *,
               headers: Any = None, content_type: str | None = None, payload: Any = None) -> None:

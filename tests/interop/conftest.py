@@ -1,0 +1,73 @@
+"""Fixtures for interop tests against real peers (Kamailio, JsSIP, SIP.js).
+
+If Kamailio or Node/npm are missing the interop tests are skipped, unless
+AIOSIP_WS_INTEROP_REQUIRED=1 is set (CI), in which case they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import peers  # noqa: E402
+
+
+def _required() -> bool:
+    return os.environ.get("AIOSIP_WS_INTEROP_REQUIRED", "") not in ("", "0", "no", "false")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "interop: needs real peers (kamailio, node + jssip/sip.js)")
+
+
+def _unavailable(what: str, exc: Exception):
+    msg = f"{what} unavailable: {exc}"
+    if _required():
+        pytest.fail(msg + " (AIOSIP_WS_INTEROP_REQUIRED is set)", pytrace=False)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def kamailio_version() -> str:
+    try:
+        return peers.ensure_kamailio()
+    except RuntimeError as exc:
+        _unavailable("kamailio", exc)
+
+
+@pytest.fixture(scope="session")
+def kamailio_tls(kamailio_version) -> str:
+    try:
+        return peers.ensure_kamailio(tls=True)
+    except RuntimeError as exc:
+        _unavailable("kamailio tls module", exc)
+
+
+@pytest.fixture(scope="session")
+def node_agents_ready() -> None:
+    try:
+        peers.ensure_node_modules()
+    except RuntimeError as exc:
+        _unavailable("node agents", exc)
+
+
+@pytest.fixture
+def kamailio_peer(kamailio_version, tmp_path):
+    """Kamailio on a free port: ws only, digest auth on REGISTER, 5 s keepalive."""
+    with peers.kamailio(tmp_path / "kamailio", ws_port=peers.free_port()) as peer:
+        yield peer
+
+
+@pytest.fixture(scope="session")
+def test_certs(tmp_path_factory):
+    """Throw-away CA + server certificate for 127.0.0.1 (needs openssl)."""
+    try:
+        return peers.make_test_certs(tmp_path_factory.mktemp("certs"))
+    except RuntimeError as exc:
+        _unavailable("openssl", exc)

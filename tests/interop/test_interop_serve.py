@@ -1,0 +1,102 @@
+"""Browser SIP stacks against `aiosip-ws serve`: JsSIP 3.13 and SIP.js 0.21 in Node, ws and wss.
+
+Each scenario registers a JsSIP and a SIP.js user agent with a real `aiosip-ws serve`
+process, exchanges MESSAGEs both ways through it, un-registers, and checks what
+crossed the wire (status codes, bodies, Via transport, Contact parameters).
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from peers import NodeAgent
+
+pytestmark = pytest.mark.interop
+
+
+def first_line(data: str) -> str:
+    return data.split('\r\n', 1)[0]
+
+
+def header(data: str, name: str) -> list[str]:
+    return re.findall(r'(?im)^%s\s*:\s*(.*?)\r?$' % re.escape(name), data)
+
+
+@pytest.mark.parametrize('scheme', ['ws', 'wss'])
+async def test_jssip_and_sipjs_register_and_message_through_serve(
+        scheme, serve_process, certs, node_agents_ready):
+    """R-4.1.1/4.1.2 (both stacks negotiate `sip`), R-5.1.1 (Via WS/WSS), R-5.2.1 (Contact
+    transport=ws over wss too), R-B.5 (delivery over the registered connection)."""
+    args = ['--listen', '%s://127.0.0.1:0/' % scheme, '--log-level', 'DEBUG']
+    env = {}
+    if scheme == 'wss':
+        args += ['--tls-cert', str(certs.cert), '--tls-key', str(certs.key)]
+        env['NODE_EXTRA_CA_CERTS'] = str(certs.ca_cert)
+    process = serve_process(*args)
+    [url] = process.urls
+    async with NodeAgent('jssip', url=url, aor='sip:alice@example.com', env=env) as alice, \
+            NodeAgent('sipjs', url=url, aor='sip:bob@example.com', env=env) as bob:
+        await alice.register()
+        await bob.register()
+
+        # what the stacks sent, and that our server accepted their quirks
+        [jssip_register] = alice.sip('out', 'REGISTER')[:1]
+        contact = header(jssip_register, 'Contact')[0]
+        assert 'reg-id=1' in contact and '+sip.instance="<urn:uuid:' in contact
+        assert header(jssip_register, 'Via')[0].startswith('SIP/2.0/%s ' % scheme.upper())
+        assert 'transport=ws' in contact                         # R-5.2.1, also over wss
+        [sipjs_register] = bob.sip('out', 'REGISTER')[:1]
+        assert header(sipjs_register, 'CSeq')[0] == '2 REGISTER'   # SIP.js starts at CSeq 2
+        for agent in (alice, bob):
+            [ok] = agent.sip('in', 'SIP/2.0 200')[:1]
+            assert 'expires=' in header(ok, 'Contact')[0]
+
+        await alice.message('sip:bob@example.com', 'hello from JsSIP ☎')
+        got = await bob.wait_event('message', timeout=10)
+        assert got['body'] == 'hello from JsSIP ☎' and 'alice@example.com' in got['from']
+        sent = await alice.wait_event('messageSent', timeout=10)
+        assert sent['status'] == 200
+
+        await bob.message('sip:alice@example.com', 'and back from SIP.js')
+        got = await alice.wait_event('message', timeout=10)
+        assert got['body'] == 'and back from SIP.js'
+        assert (await bob.wait_event('messageSent', timeout=10))['status'] == 200
+        [relayed] = alice.sip('in', 'MESSAGE')[:1]
+        vias = header(relayed, 'Via')
+        assert vias[0].startswith('SIP/2.0/%s 127.0.0.1:' % scheme.upper())   # our own Via
+
+        await alice.unregister()
+        await bob.message('sip:alice@example.com', 'anyone there?')
+        failed = await bob.wait_event('messageFailed', timeout=10)
+        assert failed['status'] == 404
+        await bob.unregister()
+    code, out, err = await asyncio.get_running_loop().run_in_executor(None, process.stop)
+    assert code == 0 and 'stopped cleanly' in out
+    assert 'malformed' not in err and 'Traceback' not in err
+
+
+async def test_crlf_ping_from_serve_and_pong_swallowed(serve_process, node_agents_ready):
+    """R-6.2 / X-5626-2 from the server side: serve pings JsSIP with CRLF CRLF, JsSIP
+    answers CRLF, and the pong is swallowed: no SIP error, the flow stays up."""
+    process = serve_process('--listen', 'ws://127.0.0.1:0/', '--crlf-ping-interval', '0.5',
+                            '--log-level', 'DEBUG')
+    [url] = process.urls
+    async with NodeAgent('jssip', url=url, aor='sip:carol@example.com') as carol, \
+            NodeAgent('jssip', url=url, aor='sip:dave@example.com') as dave:
+        await carol.register()
+        await dave.register()
+        for _ in range(60):
+            if carol.raw('in').count('\r\n\r\n') >= 3:
+                break
+            await asyncio.sleep(0.1)
+        assert carol.raw('in').count('\r\n\r\n') >= 3
+        assert '\r\n' in carol.raw('out')
+        await carol.message('sip:dave@example.com', 'still here')
+        assert (await dave.wait_event('message', timeout=10))['body'] == 'still here'
+        assert 'disconnected' not in carol.event_names()
+    code, _, err = await asyncio.get_running_loop().run_in_executor(None, process.stop)
+    assert code == 0
+    assert 'received CRLF pong' in err
+    assert 'no CRLF pong' not in err and 'malformed' not in err
