@@ -84,8 +84,16 @@ class ServerOptions(ConnectionOptions):
     open_timeout: float = 10.0
     #: ``Server`` header of the handshake response and of SIP responses (None: none)
     server_header: str | None = None
+    #: most WebSocket connections at once on one listener; more get HTTP 503 (None: no cap)
+    max_connections: int | None = None
+    #: most connections at once from one source IP address; more get HTTP 503 (None: no cap)
+    max_connections_per_ip: int | None = None
 
     def validate(self) -> None:
         super().validate()
         if self.open_timeout <= 0:
             raise ConfigurationError('open_timeout must be a positive number of seconds')
+        for name in ('max_connections', 'max_connections_per_ip'):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigurationError('%s must be at least 1 (or None for no cap)' % name)

@@ -374,7 +374,21 @@ async def listen(url: str, handler: ConnectionHandler,
     connections: set[WSConnection] = set()
     allowed = None if options.allowed_origins is None else set(options.allowed_origins)
 
+    def busy(connection: ServerConnection, why: str) -> Response:
+        logger.warning('refused handshake from %s: %s', connection.remote_address, why)
+        response = connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, why + '\n')
+        response.headers['Retry-After'] = '5'
+        return response
+
     def check_request(connection: ServerConnection, request: Request) -> Response | None:
+        if options.max_connections is not None and len(connections) >= options.max_connections:
+            return busy(connection, 'too many connections (%d)' % options.max_connections)
+        if options.max_connections_per_ip is not None:
+            source = connection.remote_address[0]
+            count = sum(1 for c in connections if c.remote_addr[0] == source)
+            if count >= options.max_connections_per_ip:
+                return busy(connection, 'too many connections from %s (%d)'
+                            % (source, options.max_connections_per_ip))
         if path != '/' and urlsplit(request.path).path != path:
             logger.info('refused handshake from %s: path %s is not %s',
                         connection.remote_address, request.path, path)
