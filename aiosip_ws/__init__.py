@@ -18,6 +18,7 @@ from .errors import (AiosipWSError, ConfigurationError, ConnectionLost, Discover
                      HandshakeError, SIPParseError, TransactionTimeout, TransportError,
                      UnknownTransportError)
 from .options import ClientOptions, ServerOptions  # noqa: E402
+from .registration import Registration, RegistrationError  # noqa: E402
 from .registry import (WS, WSS, get_transport, register_transport,  # noqa: E402
                        transport_names, unregister_transport)
 from .sipuri import NameAddr, SipURI  # noqa: E402
@@ -27,6 +28,6 @@ __all__ = [
     '__version__', 'aiosip', 'Application', 'Dialog', 'to_aiosip', 'to_wire', 'SIPMessage', 'Via',
     'AiosipWSError', 'ConfigurationError', 'ConnectionLost', 'DiscoveryError', 'HandshakeError',
     'SIPParseError', 'TransactionTimeout', 'TransportError', 'UnknownTransportError',
-    'ClientOptions', 'ServerOptions', 'WS', 'WSS', 'get_transport', 'register_transport',
+    'ClientOptions', 'ServerOptions', 'Registration', 'RegistrationError', 'WS', 'WSS', 'get_transport', 'register_transport',
     'transport_names', 'unregister_transport', 'NameAddr', 'SipURI', 'WSConnection', 'WSListener',
 ]
