@@ -518,8 +518,8 @@ class Application(aiosip.Application):
         self._connections.discard(conn)
         for key in [k for k, v in self._ws_routes.items() if v is conn]:
             del self._ws_routes[key]
-        for key in [k for k, v in self._client_connections.items() if v is conn]:
-            del self._client_connections[key]
+        for target in [k for k, v in self._client_connections.items() if v is conn]:
+            del self._client_connections[target]
         for call_id, dialog in list(conn.dialogs.items()):
             if self._dialogs.get(call_id) is dialog:
                 del self._dialogs[call_id]
@@ -719,13 +719,14 @@ class Application(aiosip.Application):
 
     def _response_received(self, conn: WSConnection, message: SIPMessage) -> None:
         try:
-            branch = message.vias[0].branch if message.get('Via') else None
+            branch = (message.vias[0].branch if message.get('Via') else None) or ''
         except SIPParseError as exc:
             logger.warning('%r: dropped a response with a bad Via: %s', conn, exc)
             return
-        pending = self._pending.get(branch) if branch else None
+        status = message.status or 0
+        pending = self._pending.get(branch)
         if pending is not None and pending.proxy:
-            if message.status >= 200:
+            if status >= 200:
                 self._finish_pending(branch, message)
             return
         call_id = message.get('Call-ID')
@@ -734,7 +735,7 @@ class Application(aiosip.Application):
             logger.info('%r: dropped a response for no known transaction (%s %s, Call-ID %s)',
                         conn, message.status, message.reason, call_id)
             return
-        if pending is not None and message.status >= 200:
+        if pending is not None and status >= 200:
             self._pending.pop(branch, None)
             if pending.timer is not None:
                 pending.timer.cancel()

@@ -28,6 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from . import framing
 from .codec import SIPMessage
@@ -284,7 +285,7 @@ async def open_connection(url: str, handler: ConnectionHandler,
     options.validate()
     secure, _, _, _ = split_ws_url(url)
     kwargs: dict[str, Any] = dict(
-        subprotocols=[SUBPROTOCOL], origin=options.origin,
+        subprotocols=[Subprotocol(SUBPROTOCOL)], origin=options.origin,
         additional_headers=dict(options.headers) or None, compression=None,
         open_timeout=options.open_timeout, ping_interval=options.ping_interval,
         ping_timeout=options.ping_timeout, close_timeout=options.close_timeout,
@@ -414,7 +415,7 @@ async def listen(url: str, handler: ConnectionHandler,
             connections.discard(conn)
 
     server = await serve(
-        on_connection, host, port, subprotocols=[SUBPROTOCOL], process_request=check_request,
+        on_connection, host, port, subprotocols=[Subprotocol(SUBPROTOCOL)], process_request=check_request,
         compression=None, ssl=options.ssl, open_timeout=options.open_timeout,
         ping_interval=options.ping_interval, ping_timeout=options.ping_timeout,
         close_timeout=options.close_timeout, max_size=options.max_size,
