@@ -434,6 +434,8 @@ class Application(aiosip.Application):
         self.server_options.validate()
         self.dialog_class = dialog_class
         self._resolver = resolver
+        #: option tags a request may Require (RFC 3261 8.2.2.3); others get 420
+        self.supported_extensions: set[str] = {'outbound', 'path'}
         self._ws_routes: dict[tuple[Any, Any, Any], WSConnection] = {}
         self._client_connections: dict[str, WSConnection] = {}
         self._connecting: dict[str, asyncio.Future[WSConnection]] = {}
@@ -766,6 +768,10 @@ class Application(aiosip.Application):
             if to_tag is not None or message.method == 'CANCEL':
                 self._reply_raw(conn, message, 481)
                 return
+        unsupported = self._unsupported_extensions(message)
+        if unsupported:                                          # RFC 3261 8.2.2.3
+            self._reply_raw(conn, message, 420, headers=[('Unsupported', ', '.join(unsupported))])
+            return
         route = self.router.routes.get(message.method)
         if route is None:
             allow = ', '.join(sorted(self.router.routes))
@@ -775,6 +781,14 @@ class Application(aiosip.Application):
         task = self.loop.create_task(self.handle_incoming(conn, msg, conn.remote_addr, route))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _unsupported_extensions(self, message: SIPMessage) -> list[str]:
+        """Option tags in Require that this application does not support (not for ACK/CANCEL)."""
+        if message.method in ('ACK', 'CANCEL'):
+            return []
+        required = [tag.strip() for value in message.get_all('Require')
+                    for tag in value.split(',') if tag.strip()]
+        return [tag for tag in required if tag.lower() not in self.supported_extensions]
 
     def _reply_raw(self, conn: WSConnection, request: SIPMessage, status: int,
                    reason: str | None = None, headers: list[tuple[str, str]] | None = None) -> None:

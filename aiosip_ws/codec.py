@@ -17,6 +17,17 @@ What the parser accepts that aiosip 0.2.0's does not: compact header names,
 ``Name:value`` and ``Name : value`` with any whitespace, repeated headers,
 folded (continuation) lines, comma-joined Via/Contact/Route values, Kamailio's
 ``SIP/2.0/WS  host`` (two spaces), bodies with CRLFs or arbitrary bytes.
+
+What it refuses, each with the status a request gets (RFC 4475's torture
+messages, ``tests/test_torture.py``): a Request-Line that is not exactly
+``Method SP Request-URI SP SIP-Version`` (extra SP, ``<uri>``, a SIP URI with
+``?headers``), bare CR or LF in the headers, headers not ended by a blank line,
+a malformed Via, two From/To/Call-ID/CSeq/Max-Forwards, conflicting or
+non-numeric Content-Length, a CSeq number over 2**31 - 1 or a CSeq method
+other than the request's; an unknown SIP version gets 505.  For a broken
+request :class:`SIPParseError` carries what could be parsed (``partial``), so
+that a 400 can still be routed back.  URI schemes, header semantics and
+everything else the application understands are left to the layers above.
 """
 from __future__ import annotations
 
@@ -55,12 +66,23 @@ MULTI_VALUE_HEADERS = frozenset({'via', 'contact', 'route', 'record-route', 'pat
 #: Headers every request and response must carry (RFC 3261 8.1.1, 8.2.6.2).
 MANDATORY_HEADERS = ('Via', 'From', 'To', 'Call-ID', 'CSeq')
 
-_TOKEN = re.compile(rb"^[A-Za-z0-9\-.!%*_+`'~]+$")
-_TOKEN_STR = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
-_STATUS_LINE = re.compile(rb'^SIP/(\d+\.\d+) (\d{3})(?: (.*))?$', re.DOTALL)
-_SECOND_MESSAGE = re.compile(rb'^(?:\r\n)*(?:[A-Za-z]+ \S+ SIP/\d|SIP/\d\.\d \d{3})')
-_VIA = re.compile(r'^\s*SIP\s*/\s*(\d+\.\d+)\s*/\s*([A-Za-z0-9\-.!%*_+`\'~]+)\s+'
-                  r'(\[[0-9A-Fa-f:.]+\]|[^\s;:]+)(?:\s*:\s*(\d+))?\s*(.*)$', re.DOTALL)
+# \Z, not $: "$" also matches before a final "\n".
+_TOKEN = re.compile(rb"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_TOKEN_STR = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_STATUS_LINE = re.compile(rb'SIP/(\d+\.\d+) (\d{3})(?: (.*))?\Z', re.DOTALL)
+_VERSION = re.compile(rb'[Ss][Ii][Pp]/\d+\.\d+\Z')
+#: scheme ":" then no CTL, SP, DEL, "<", ">" or '"' (RFC 3261 25.1, RFC 3986 3.1)
+_REQUEST_URI = re.compile(rb'[A-Za-z][A-Za-z0-9+.\-]*:[^\x00-\x20\x7f<>"]+\Z')
+_SECOND_MESSAGE = re.compile(rb'(?:\r\n)*(?:[A-Za-z]+ \S+ SIP/\d|SIP/\d\.\d \d{3})')
+_VIA = re.compile(r'\s*SIP\s*/\s*(\d+\.\d+)\s*/\s*([A-Za-z0-9\-.!%*_+`\'~]+)\s+'
+                  r'(\[[0-9A-Fa-f:.]+\]|[^\s;:]+)(?:\s*:\s*(\d{1,5}))?\s*(.*)\Z',
+                  re.DOTALL | re.ASCII)
+#: Headers the parser checks (counted, and Via / Content-Length / CSeq values read).
+_CHECKED = frozenset({'Via', 'From', 'To', 'Call-ID', 'CSeq', 'Max-Forwards', 'Content-Length',
+                      'Content-Type'})
+#: Headers that may appear once only (RFC 3261 7.3.1, RFC 4475 3.3.8); Content-Length
+#: may repeat with one value (lenient), different values are refused.
+_SINGLE_VALUED = ('From', 'To', 'Call-ID', 'CSeq', 'Max-Forwards')
 
 
 def canonical_name(name: str) -> str:
@@ -86,10 +108,10 @@ class Via:
     def parse(cls, value: str) -> 'Via':
         m = _VIA.match(value)
         if not m:
-            raise SIPParseError('bad Via header %r' % value)
+            raise SIPParseError('bad Via header %s' % _excerpt(value))
         rest = m.group(5).strip()
         if rest and not rest.startswith(';'):
-            raise SIPParseError('bad Via parameters %r' % value)
+            raise SIPParseError('bad Via parameters %s' % _excerpt(value))
         return cls(transport=m.group(2).upper(), host=m.group(3),
                    port=int(m.group(4)) if m.group(4) else None,
                    params=parse_params(rest), version=m.group(1))
@@ -187,28 +209,44 @@ class SIPMessage:
 
 def _parse_cseq(value: str) -> tuple[int, str]:
     parts = value.split()
-    if len(parts) != 2 or not parts[0].isdigit() or not _TOKEN_STR.match(parts[1]):
-        raise SIPParseError('bad CSeq header %r' % value)
-    number = int(parts[0])
-    if number >= 2 ** 31:
-        raise SIPParseError('CSeq number %s is larger than 2**31 - 1' % parts[0])
-    return number, parts[1]
+    # isascii(): str.isdigit() is also true for digits int() refuses ("²")
+    if (len(parts) != 2 or not parts[0].isascii() or not parts[0].isdigit()
+            or not _TOKEN_STR.match(parts[1])):
+        raise SIPParseError('bad CSeq header %s' % _excerpt(value))
+    # int() of a huge string is slow (and refused past 4300 digits): look at the length first
+    digits = parts[0].lstrip('0') or '0'
+    if len(digits) > 10 or int(digits) >= 2 ** 31:
+        raise SIPParseError('CSeq number %s is larger than 2**31 - 1' % _excerpt(parts[0]))
+    return int(digits), parts[1]
 
 
 def _unfold(lines: Iterable[bytes]) -> Iterator[bytes]:
-    """Join continuation lines (starting with SP or HTAB) onto the header above."""
-    pending: bytes | None = None
+    """Join continuation lines (starting with SP or HTAB) onto the header above.
+
+    LWS around the fold becomes one SP (RFC 3261 7.3.1).  Parts are joined once per
+    header, so a header folded over thousands of lines costs linear time.
+    """
+    parts: list[bytes] = []
     for line in lines:
         if line[:1] in (b' ', b'\t'):
-            if pending is None:
+            if not parts:
                 raise SIPParseError('continuation line before the first header')
-            pending = pending.rstrip() + b' ' + line.strip()
+            parts[-1] = parts[-1].rstrip(b' \t')
+            parts.append(line.strip(b' \t'))
             continue
-        if pending is not None:
-            yield pending
-        pending = line
-    if pending is not None:
-        yield pending
+        if parts:
+            yield b' '.join(parts)
+        parts = [line]
+    if parts:
+        yield b' '.join(parts)
+
+
+def _excerpt(data: bytes | str | None, limit: int = 60, *, quote: bool = True) -> str:
+    """``data`` for an error message: repr'd (so no CR/LF/NUL leaks into logs or a reason
+    phrase) and cut short (a peer controls it, up to max_size bytes)."""
+    text = _decode(data) if isinstance(data, bytes) else str(data)
+    short = text if len(text) <= limit else text[:limit] + '...'
+    return repr(short) if quote or short != text or not short.isprintable() else short
 
 
 def _decode(data: bytes) -> str:
@@ -217,14 +255,87 @@ def _decode(data: bytes) -> str:
     return data.decode('utf-8', 'surrogateescape')
 
 
+def _request_line(line: bytes, msg: SIPMessage) -> str | None:
+    """Fill ``msg`` from ``Method SP Request-URI SP SIP-Version``; the error, or None."""
+    parts = line.split(b' ')
+    if len(parts) != 3 or not all(parts):
+        # RFC 4475 3.1.2.8-3.1.2.10: LWS in the URI, several SP, SP at the end
+        return 'bad request line %s' % _excerpt(line)
+    method, uri, version = parts
+    if not _TOKEN.match(method):
+        return 'bad method %s' % _excerpt(method)
+    if not _REQUEST_URI.match(uri):
+        # RFC 4475 3.1.2.7: no <>; RFC 3261 25.1: a URI holds no CTL, SP, <, > or "
+        return 'bad Request-URI %s' % _excerpt(uri)
+    colon = uri.index(b':')
+    if uri[:colon].lower() in (b'sip', b'sips') and b'?' in uri[uri.rfind(b'@') + 1:]:
+        # RFC 3261 19.1.1 (headers are not allowed in a Request-URI), RFC 4475 3.1.2.11;
+        # "?" is legal in the user part, so only the part after the last "@" counts.
+        return 'headers in the Request-URI %s' % _excerpt(uri)
+    if not _VERSION.match(version):
+        return 'bad SIP version %s' % _excerpt(version)
+    msg.method, msg.uri, msg.version = method.decode(), _decode(uri), version.decode()
+    return None
+
+
+def _parse_headers(lines: list[bytes], msg: SIPMessage, folded: bool = True) -> None:
+    headers = msg.headers
+    names = _NAMES
+    for line in (_unfold(lines) if folded else lines):
+        raw_name, colon, value = line.partition(b':')
+        name = names.get(raw_name) if colon else None
+        if name is None:
+            stripped = raw_name.rstrip(b' \t')
+            if not colon or not _TOKEN.match(stripped):
+                raise SIPParseError('bad header line %s' % _excerpt(line))
+            name = canonical_name(stripped.decode())
+            if len(names) < _NAMES_MAX:
+                names[raw_name] = name
+        headers.append((name, _decode(value.strip(b' \t'))))
+
+
+#: raw header name (as it came, before ":") -> canonical name: most messages use a few
+#: dozen spellings, and this skips the token check and the lookups for them.  Bounded,
+#: so that a peer inventing names cannot grow it.
+_NAMES: dict[bytes, str] = {}
+_NAMES_MAX = 2048
+
+
+def _salvage(lines: list[bytes]) -> SIPMessage:
+    """What a broken request's error response can use: its method and the header lines
+    before the first bad one (lines with a bare CR or LF are left out: never echo them)."""
+    msg = SIPMessage()
+    method = lines[0].split(b' ', 1)[0]
+    if _TOKEN.match(method):
+        msg.method = method.decode()
+    good: list[bytes] = []
+    for line in lines[1:]:
+        if not line:
+            break
+        if b'\r' in line or b'\n' in line:
+            continue
+        good.append(line)
+    try:
+        _parse_headers(good, msg)
+    except SIPParseError:
+        pass
+    return msg
+
+
 def parse(data: bytes | str, *, strict_mandatory: bool = True) -> SIPMessage:
     """Parse one WebSocket message into one :class:`SIPMessage`.
 
     Raises :class:`SIPParseError` (with the status a request should get and
-    whatever could be parsed in ``partial``) for anything malformed.
+    whatever could be parsed in ``partial``) for anything malformed; never
+    another exception, whatever ``data`` holds.
     """
     if isinstance(data, str):
-        data = data.encode('utf-8', 'surrogateescape')
+        try:
+            data = data.encode('utf-8', 'surrogateescape')
+        except UnicodeEncodeError:
+            # only a str built by hand can hold lone surrogates; a text frame cannot
+            raise SIPParseError('text with unpaired surrogates is not UTF-8',
+                                is_request=None) from None
     # RFC 3261 7.5: CRLFs before the start line are ignored.
     start = 0
     while data.startswith(CRLF, start):
@@ -233,86 +344,107 @@ def parse(data: bytes | str, *, strict_mandatory: bool = True) -> SIPMessage:
         data = data[start:]
     if not data:
         raise SIPParseError('empty message', is_request=None)
+    is_request = not data.startswith(b'SIP/')
     head_end = data.find(b'\r\n\r\n')
     if head_end < 0:
-        is_request = not data.startswith(b'SIP/')
-        raise SIPParseError('no blank line (CRLF CRLF) after the headers', is_request=is_request)
+        # RFC 3261 7: the headers end with an empty line, even when the frame ends there
+        raise SIPParseError('no blank line (CRLF CRLF) after the headers', is_request=is_request,
+                            partial=_salvage(data.split(CRLF)) if is_request else None)
     head, body = data[:head_end], data[head_end + 4:]
     lines = head.split(CRLF)
-    first = lines[0]
+    if head.count(b'\n') >= len(lines) or head.count(b'\r') >= len(lines):
+        # A bare CR or LF ends a line for some parsers and not for others: refused, so
+        # that nothing relayed from here can smuggle in a header (RFC 3261 7.3.1).
+        raise SIPParseError('bare CR or LF in the start line or headers', is_request=is_request,
+                            partial=_salvage(lines) if is_request else None)
     msg = SIPMessage()
-    if first.startswith(b'SIP/'):
-        m = _STATUS_LINE.match(first)
+    if is_request:
+        error = _request_line(lines[0], msg)
+        if error is not None:
+            raise SIPParseError(error, is_request=True, partial=_salvage(lines))
+    else:
+        m = _STATUS_LINE.match(lines[0])
         if not m:
-            raise SIPParseError('bad status line %r' % _decode(first), is_request=False)
+            raise SIPParseError('bad status line %s' % _excerpt(lines[0]), is_request=False)
         code = int(m.group(2))
         if not 100 <= code <= 699:
             raise SIPParseError('status code %d out of range' % code, is_request=False)
         msg.status, msg.reason = code, _decode(m.group(3) or b'')
         msg.version = 'SIP/' + m.group(1).decode()
-        is_request = False
-    else:
-        parts = first.split(b' ')
-        is_request = True
-        if len(parts) != 3 or not all(parts):
-            raise SIPParseError('bad request line %r' % _decode(first), is_request=True)
-        method, uri, version = parts
-        if not _TOKEN.match(method):
-            raise SIPParseError('bad method %r' % _decode(method), is_request=True)
-        msg.method, msg.uri, msg.version = method.decode(), _decode(uri), _decode(version)
     try:
-        for line in _unfold(lines[1:]):
-            name, colon, value = line.partition(b':')
-            name = name.rstrip(b' \t')
-            if not colon or not _TOKEN.match(name):
-                raise SIPParseError('bad header line %r' % _decode(line))
-            msg.headers.append((canonical_name(name.decode()), _decode(value.strip(b' \t'))))
+        _parse_headers(lines[1:], msg, b'\r\n ' in head or b'\r\n\t' in head)
+        if msg.version != 'SIP/2.0' and msg.version.upper() != 'SIP/2.0':
+            version = _excerpt(msg.version, quote=False)
+            raise SIPParseError('SIP version %s is not supported' % version,
+                                status=505)
+        _check_headers(msg, body, is_request, strict_mandatory)
     except SIPParseError as exc:
         exc.is_request, exc.partial = is_request, msg
         raise
-    if msg.version.upper() != 'SIP/2.0':
-        raise SIPParseError('SIP version %s is not supported' % msg.version, status=505,
-                            is_request=is_request, partial=msg)
-    msg.body = _frame_body(msg, body, is_request)
-    _check_mandatory(msg, is_request, strict_mandatory)
     return msg
 
 
-def _frame_body(msg: SIPMessage, body: bytes, is_request: bool) -> bytes:
-    lengths = {value.strip() for key, value in msg.headers if key == 'Content-Length'}
+def _check_headers(msg: SIPMessage, body: bytes, is_request: bool, strict: bool) -> None:
+    """Everything about the headers a transport needs right, in one pass; sets ``msg.body``."""
+    counts: dict[str, int] = {}
+    lengths: list[str] = []
+    cseq: str | None = None
+    for name, value in msg.headers:
+        if name in _CHECKED:
+            counts[name] = counts.get(name, 0) + 1
+            if name == 'Via':
+                _check_via(value)
+            elif name == 'Content-Length':
+                lengths.append(value)
+            elif name == 'CSeq' and cseq is None:
+                cseq = value
+    repeated = [name for name in _SINGLE_VALUED if counts.get(name, 0) > 1]
+    if repeated:
+        # RFC 4475 3.3.8: one value only (RFC 3261 7.3.1); which one to believe?
+        raise SIPParseError('more than one %s header' % ', '.join(repeated))
+    msg.body = _frame_body(body, lengths, 'Content-Type' in counts)
+    if strict:
+        missing = [name for name in MANDATORY_HEADERS if name not in counts]
+        if missing:
+            raise SIPParseError('missing mandatory header%s %s' % (
+                's' if len(missing) > 1 else '', ', '.join(missing)))
+    if cseq is not None:
+        _, cseq_method = _parse_cseq(cseq)
+        if is_request and cseq_method != msg.method:
+            raise SIPParseError('CSeq method %s does not match request method %s' % (
+                _excerpt(cseq_method, quote=False), _excerpt(msg.method, quote=False)))
+
+
+def _check_via(value: str) -> None:
+    """Every Via entry must be ``SIP/2.0/transport sent-by *(;param)`` (RFC 3261 20.42):
+    responses are routed and transactions matched on it."""
+    for item in (split_header_values(value) if ',' in value else (value,)):
+        m = _VIA.match(item)
+        if not m or not (m.group(5) == '' or m.group(5).startswith(';')):
+            raise SIPParseError('bad Via header %s' % _excerpt(item))
+
+
+def _frame_body(body: bytes, lengths: list[str], typed: bool) -> bytes:
     if not lengths:
+        if body and not typed and _SECOND_MESSAGE.match(body):
+            # A body needs a Content-Type (RFC 3261 7.4.1): this is a second message.
+            raise SIPParseError('two SIP messages in one WebSocket message')   # R-5.0.2
         return body                                  # R-5.0.4 (a): body runs to the end
-    if len(lengths) > 1:
-        raise SIPParseError('conflicting Content-Length headers', is_request=is_request, partial=msg)
-    declared = lengths.pop()
-    if not declared.isdigit():
-        raise SIPParseError('bad Content-Length %r' % declared, is_request=is_request, partial=msg)
-    length = int(declared)
-    if length > len(body):                           # R-5.0.4 (c)
-        raise SIPParseError('body is %d bytes, shorter than Content-Length %d'
-                            % (len(body), length), is_request=is_request, partial=msg)
+    declared = lengths[0]
+    for other in lengths[1:]:
+        if other != declared:
+            raise SIPParseError('conflicting Content-Length headers')      # RFC 4475 3.3.9
+    if not (declared.isascii() and declared.isdigit()):
+        raise SIPParseError('bad Content-Length %s' % _excerpt(declared))  # RFC 4475 3.1.2.3
+    digits = declared.lstrip('0') or '0'
+    length = int(digits) if len(digits) <= 18 else len(body) + 1    # no int() of huge strings
+    if length > len(body):                           # R-5.0.4 (c), RFC 4475 3.1.2.2
+        raise SIPParseError('body is %d bytes, shorter than Content-Length %s'
+                            % (len(body), _excerpt(declared, quote=False)))
     extra = body[length:]
     if extra and _SECOND_MESSAGE.match(extra):      # R-5.0.2 / R-5.0.3
-        raise SIPParseError('two SIP messages in one WebSocket message',
-                            is_request=is_request, partial=msg)
+        raise SIPParseError('two SIP messages in one WebSocket message')
     return body[:length]                             # R-5.0.4 (b): the rest is discarded
-
-
-def _check_mandatory(msg: SIPMessage, is_request: bool, strict: bool) -> None:
-    present = {key.lower() for key, _ in msg.headers}
-    missing = [name for name in MANDATORY_HEADERS if name.lower() not in present]
-    if missing and strict:
-        raise SIPParseError('missing mandatory header%s %s' % ('s' if len(missing) > 1 else '',
-                            ', '.join(missing)), is_request=is_request, partial=msg)
-    if 'cseq' in present:
-        try:
-            _, cseq_method = msg.cseq
-        except SIPParseError as exc:
-            exc.is_request, exc.partial = is_request, msg
-            raise
-        if is_request and cseq_method != msg.method:
-            raise SIPParseError('CSeq method %s does not match request method %s'
-                                % (cseq_method, msg.method), is_request=True, partial=msg)
 
 
 def serialize(msg: SIPMessage) -> bytes:
@@ -340,6 +472,7 @@ REASONS = {
 
 #: Headers a response copies from its request (RFC 3261 8.2.6.2).
 _COPIED_TO_RESPONSE = ('via', 'from', 'to', 'call-id', 'cseq', 'record-route')
+_COPIED_ONCE = frozenset({'from', 'to', 'call-id', 'cseq'})
 
 
 def make_response(request: SIPMessage, status: int, reason: str | None = None, *,
@@ -352,12 +485,17 @@ def make_response(request: SIPMessage, status: int, reason: str | None = None, *
     has a tag.  ``request`` may be a partially parsed message (for a 400).
     """
     copied: list[tuple[str, str]] = []
+    once: set[str] = set()
     for name, value in request.headers:
         lname = name.lower()
         if lname not in _COPIED_TO_RESPONSE:
             continue
         if lname == 'record-route' and not (status < 300 and status > 100):
             continue
+        if lname in _COPIED_ONCE:
+            if lname in once:      # a 400 to a request with two To (RFC 4475 3.3.8): one
+                continue
+            once.add(lname)
         if lname == 'to' and to_tag and status > 100 and ';tag=' not in value.replace(' ', '').lower():
             value = '%s;tag=%s' % (value, to_tag)
         copied.append((name, value))

@@ -10,6 +10,13 @@ checklist R-6.2, X-5626-2); neither reaches the SIP layer.
 :func:`encode` turns an outgoing :class:`~aiosip_ws.codec.SIPMessage` into the
 ``str`` (text frame) or ``bytes`` (binary frame) to hand to the WebSocket
 library.  Nothing here does I/O; :mod:`aiosip_ws.transport` does.
+
+A message the codec refuses becomes :class:`MessageRejected`, carrying the error
+response a broken request can still get (400, or 505 for another SIP version),
+addressed with the request's own Via and CSeq; a well-formed request whose
+Request-URI scheme is not served (anything but ``sip``/``sips`` by default) is
+refused with 416 here as well (RFC 3261 8.2.2.1, 16.3; RFC 4475 3.3.2).
+:func:`receive` never raises, whatever the peer sends.
 """
 from __future__ import annotations
 
@@ -21,7 +28,8 @@ from .codec import SIPMessage
 from .errors import SIPParseError
 
 __all__ = ['CRLF_PING', 'CRLF_PONG', 'KeepAlivePing', 'KeepAlivePong', 'MessageReceived',
-           'MessageRejected', 'Event', 'receive', 'encode', 'SUBPROTOCOL']
+           'MessageRejected', 'Event', 'receive', 'encode', 'error_response', 'SUBPROTOCOL',
+           'URI_SCHEMES']
 
 #: The WebSocket subprotocol RFC 7118 registers (section 10, R-10.1).
 SUBPROTOCOL = 'sip'
@@ -48,11 +56,12 @@ class MessageReceived:
 
 @dataclass(frozen=True)
 class MessageRejected:
-    """The message could not be parsed.
+    """The message could not be parsed, or is a request no SIP element here can serve.
 
     ``response`` is the error response to send back (a request that got far
     enough to be answered), or None when the message must only be dropped and
-    logged (a broken response, or a request without the headers a response needs).
+    logged (a broken response, an ACK, or a request without the Via and CSeq a
+    response needs).
     """
 
     error: SIPParseError
@@ -62,31 +71,56 @@ class MessageRejected:
 
 Event = Union[KeepAlivePing, KeepAlivePong, MessageReceived, MessageRejected]
 
-_KEEPALIVE_CHARS = frozenset('\r\n')
-_KEEPALIVE_BYTES = frozenset(b'\r\n')
+_KEEPALIVE_START = ('\r', '\n')
+_KEEPALIVE_START_BYTES = (b'\r', b'\n')
+
+#: Request-URI schemes served here; other requests get 416 (RFC 3261 8.2.2.1, 16.3).
+URI_SCHEMES = frozenset({'sip', 'sips'})
 
 
-def receive(data: str | bytes, *, server_header: str | None = None) -> Event:
-    """Classify and parse one incoming WebSocket message."""
+def receive(data: str | bytes, *, server_header: str | None = None,
+            uri_schemes: frozenset[str] = URI_SCHEMES) -> Event:
+    """Classify and parse one incoming WebSocket message; never raises.
+
+    ``uri_schemes`` are the Request-URI schemes accepted (lower case); a request
+    for another scheme is well formed but is answered 416 Unsupported URI Scheme
+    without reaching the SIP layer (RFC 4475 3.3.2, 3.3.3).
+    """
     binary = isinstance(data, bytes)
-    if data and set(data) <= (_KEEPALIVE_BYTES if binary else _KEEPALIVE_CHARS):
-        ping = (b'\r\n\r\n' in data) if binary else ('\r\n\r\n' in data)   # type: ignore[operator]
-        return KeepAlivePing() if ping else KeepAlivePong()
+    # Only a message starting with CR or LF can be a keep-alive: the common case
+    # costs one look at the first character, not a scan of the whole message.
+    if isinstance(data, bytes):
+        if data[:1] in _KEEPALIVE_START_BYTES and not data.strip(b'\r\n'):
+            return KeepAlivePing() if b'\r\n\r\n' in data else KeepAlivePong()
+    elif data[:1] in _KEEPALIVE_START and not data.strip('\r\n'):
+        return KeepAlivePing() if '\r\n\r\n' in data else KeepAlivePong()
     try:
-        return MessageReceived(codec.parse(data), binary)
+        message = codec.parse(data)
     except SIPParseError as error:
         return MessageRejected(error, error_response(error, server_header), binary)
+    if message.method is not None:
+        uri = message.uri or ''
+        scheme = uri[:uri.find(':')].lower()
+        if scheme not in uri_schemes:
+            refused = SIPParseError('Request-URI scheme %r is not supported' % scheme[:20],
+                                    status=416, is_request=True, partial=message)
+            return MessageRejected(refused, error_response(refused, server_header), binary)
+    return MessageReceived(message, binary)
 
 
 def error_response(error: SIPParseError, server_header: str | None = None) -> SIPMessage | None:
-    """The response a broken request gets, if one can be built (RFC 3261 8.2, 16.3)."""
+    """The response a broken request gets, if one can be built (RFC 3261 8.2, 16.3).
+
+    It needs the top Via (where the response goes, and its branch) and CSeq (the
+    client matches the response to its transaction on those two, RFC 3261 17.1.3);
+    From, To and Call-ID are copied when present (RFC 4475 3.3.1: a request
+    without them "ideally" gets 400 too).  An ACK is never answered.
+    """
     partial = error.partial
     if not error.is_request or not isinstance(partial, SIPMessage) or partial.method == 'ACK':
         return None
-    present = {name.lower() for name, _ in partial.headers}
-    # A response is routed by Via and matched by Call-ID/CSeq: without them it
-    # would reach nobody, so such a request is dropped instead.
-    if not {'via', 'call-id', 'cseq', 'from', 'to'} <= present:
+    cseq = partial.get('CSeq')
+    if partial.get('Via') is None or cseq is None or cseq.split()[-1:] == ['ACK']:
         return None
     extra = [('Server', server_header)] if server_header else []
     reason = '%s (%s)' % (codec.REASONS.get(error.status, 'Bad Request'), error.reason)

@@ -232,7 +232,7 @@ class WSConnection:
         else:
             assert isinstance(event, framing.MessageRejected)
             if event.response is not None:
-                logger.info('%r: malformed request answered %d: %s', self, event.response.status,
+                logger.info('%r: request refused with %d: %s', self, event.response.status,
                             event.error.reason)
                 self.send(event.response)
             else:
