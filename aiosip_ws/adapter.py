@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from typing import Any
 
@@ -72,6 +73,16 @@ def new_tag() -> str:
 
 
 # ---------------------------------------------------------------------------- conversion
+_FLAG_PARAM = re.compile(r";[A-Za-z0-9.!%*_+`'~-]+\s*(?=[;>,?]|$)")
+
+
+def _aiosip_safe_text(text: str) -> str:
+    """``text`` itself when aiosip's regexes can parse it, else a cleaned copy (D7)."""
+    if '[' not in text and '"' not in text and ',' not in text and not _FLAG_PARAM.search(text):
+        return text
+    return _aiosip_safe(NameAddr.parse(text))
+
+
 def _aiosip_safe(name_addr: NameAddr) -> str:
     """A From/To/Contact value aiosip's regexes can parse (D7): flags and IPv6 removed."""
     uri = name_addr.uri
@@ -110,21 +121,28 @@ def to_aiosip(message: SIPMessage) -> Any:
     Needs a running loop (aiosip's ``Request`` creates a Future).  The codec
     message stays reachable as ``msg.raw``; a request's URI as ``msg.request_uri``.
     """
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in message.headers:
-        headers.add(name, value)
+    headers: CIMultiDict[str] = CIMultiDict(message.headers)
     payload = message.body.decode('utf-8', 'surrogateescape') if message.body else None
-    details = _details(message)
+    try:
+        # aiosip parses From/To/Contact itself when they are plain; when its regexes
+        # fail (D7: ;ob, ;lr, IPv6, several Contacts) we hand it pre-built details.
+        msg = _construct(message, headers, payload, {})
+    except (ValueError, AttributeError, TypeError, KeyError):
+        msg = _construct(message, CIMultiDict(message.headers), payload, _details(message))
+    msg.raw = message
+    return msg
+
+
+def _construct(message: SIPMessage, headers: Any, payload: str | None,
+               details: dict[str, Any]) -> Any:
     if message.is_request:
         number, _ = message.cseq
         msg = aiosip.Request(message.method, cseq=number, headers=headers, payload=payload,
                              **details)                                # D11: the real CSeq
         msg.request_uri = message.uri                                  # D10: keep it
-    else:
-        msg = aiosip.Response(message.status, message.reason, headers=headers, payload=payload,
-                              **details)
-    msg.raw = message
-    return msg
+        return msg
+    return aiosip.Response(message.status, message.reason, headers=headers, payload=payload,
+                           **details)
 
 
 def _header_values(value: Any) -> list[str]:
@@ -313,8 +331,11 @@ class Dialog(aiosip.Dialog):
         hdrs: CIMultiDict[str] = CIMultiDict()
         for name, value in response.headers:
             hdrs.add(name, value)
-        msg = aiosip.Response(status_code, response.reason, headers=hdrs, payload=payload,
-                              **_details(response))
+        try:
+            msg = aiosip.Response(status_code, response.reason, headers=hdrs, payload=payload)
+        except (ValueError, AttributeError, TypeError, KeyError):      # D7, see to_aiosip
+            msg = aiosip.Response(status_code, response.reason, headers=CIMultiDict(
+                response.headers), payload=payload, **_details(response))
         self.app.send_message(type(self.protocol), self.local_addr, self.remote_addr, msg)
 
     def receive_message(self, msg: Any) -> Any:
@@ -583,8 +604,8 @@ class Application(aiosip.Application):
         else:
             contact_header = str(NameAddr.parse(contact_uri))
         dlg = await super().start_dialog(
-            _aiosip_safe(from_addr), _aiosip_safe(NameAddr.parse(to_uri)),
-            _aiosip_safe(NameAddr.parse(contact_header)), call_id, conn,
+            _aiosip_safe_text(from_uri), _aiosip_safe_text(to_uri),
+            _aiosip_safe_text(contact_header), call_id, conn,
             conn.local_addr, conn.remote_addr, password, dialog or self.dialog_class)
         if isinstance(dlg, Dialog):
             dlg.contact_header = contact_header
@@ -683,7 +704,8 @@ class Application(aiosip.Application):
     # -- transactions ---------------------------------------------------------------
     def _track(self, request: SIPMessage, conn: WSConnection, future: asyncio.Future[Any],
                proxy: bool) -> None:
-        branch = request.vias[0].branch if request.get('Via') else None
+        top = request.top_via
+        branch = top.branch if top is not None else None
         if not branch:
             return
         timeout = conn.options.transaction_timeout
@@ -721,7 +743,8 @@ class Application(aiosip.Application):
 
     def _response_received(self, conn: WSConnection, message: SIPMessage) -> None:
         try:
-            branch = (message.vias[0].branch if message.get('Via') else None) or ''
+            top = message.top_via
+            branch = (top.branch if top is not None else None) or ''
         except SIPParseError as exc:
             logger.warning('%r: dropped a response with a bad Via: %s', conn, exc)
             return

@@ -201,6 +201,16 @@ class SIPMessage:
     def vias(self) -> list[Via]:
         return [Via.parse(value) for value in self.get_all('Via')]
 
+    @property
+    def top_via(self) -> Via | None:
+        """The first Via entry (parsed alone: responses are matched by it)."""
+        for key, value in self.headers:
+            if key == 'Via':
+                if ',' in value:
+                    value = split_header_values(value)[0]
+                return Via.parse(value)
+        return None
+
     def start_line(self) -> str:
         if self.is_request:
             return '%s %s %s' % (self.method, self.uri, self.version)

@@ -29,6 +29,12 @@ _HOSTPORT = re.compile(r'^(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(\d{1,5}))?$')
 
 def _split_outside_quotes(text: str, sep: str) -> Iterator[str]:
     """Split on ``sep`` except inside double quotes or angle brackets."""
+    if sep not in text:
+        yield text
+        return
+    if '"' not in text and '<' not in text:     # the common case: nothing to protect
+        yield from text.split(sep)
+        return
     depth = 0
     quoted = False
     start = 0
@@ -194,13 +200,16 @@ class NameAddr:
         if text == '*':
             return cls(uri=SipURI('sip', None, '*'), star=True, bracketed=False)
         lt = -1
-        quoted = False
-        for i, ch in enumerate(text):
-            if ch == '"' and (i == 0 or text[i - 1] != '\\'):
-                quoted = not quoted
-            elif ch == '<' and not quoted:
-                lt = i
-                break
+        if '"' not in text:                         # no display name in quotes: find '<'
+            lt = text.find('<')
+        else:
+            quoted = False
+            for i, ch in enumerate(text):
+                if ch == '"' and (i == 0 or text[i - 1] != '\\'):
+                    quoted = not quoted
+                elif ch == '<' and not quoted:
+                    lt = i
+                    break
         if lt >= 0:
             gt = text.find('>', lt)
             if gt < 0:
