@@ -35,7 +35,7 @@ import asyncio
 import logging
 import re
 import secrets
-from typing import Any
+from typing import Any, Callable
 
 from multidict import CIMultiDict
 
@@ -254,6 +254,8 @@ class Dialog(aiosip.Dialog):
     to_uri: str | None = None
     #: Digest username; None uses the user part of the From URI
     auth_username: str | None = None
+    #: the request aiosip is answering right now (see receive_message)
+    answering: SIPMessage | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -324,6 +326,9 @@ class Dialog(aiosip.Dialog):
         tag = self.to_details['params']['tag']
         pairs = headers.items() if hasattr(headers, 'items') else (headers or ())
         extra = [(str(k), str(v)) for k, v in pairs]
+        if (raw.method in _DIALOG_FORMING and 100 < status_code < 300 and self.contact_header
+                and not any(k.lower() in ('contact', 'm') for k, _ in extra)):
+            extra.append(('Contact', self.contact_header))      # RFC 3261 12.1.1: a must
         if content_type:
             extra.append(('Content-Type', content_type))
         response = codec.make_response(raw, status_code, status_message,
@@ -351,9 +356,20 @@ class Dialog(aiosip.Dialog):
                 if not self._answer_challenge(msg):
                     self._deliver_final(msg)
                 return None
-            if msg.method == 'INVITE' and 200 <= status < 300 and 'Contact' in msg.headers:
-                self.remote_target = str(NameAddr.parse(msg.headers['Contact']).uri)
-        return super().receive_message(msg)
+            if msg.method == 'INVITE' and 200 <= status < 300:
+                if 'Contact' in msg.headers:
+                    self.remote_target = str(NameAddr.parse(msg.headers['Contact']).uri)
+                remote_tag = NameAddr.parse(msg.headers['To']).tag
+                if remote_tag:                       # aiosip never learns the remote tag
+                    self.to_details['params']['tag'] = remote_tag
+            return super().receive_message(msg)
+        # aiosip answers in-dialog requests itself (200), copying only the first Via
+        # (D4); while it does, the adapter restores every Via from this request.
+        self.answering = getattr(msg, 'raw', None)
+        try:
+            return super().receive_message(msg)
+        finally:
+            self.answering = None
 
     # -- Digest (D16) -----------------------------------------------------------------
     def _answer_challenge(self, msg: Any) -> bool:
@@ -427,11 +443,13 @@ class Dialog(aiosip.Dialog):
 
 # ---------------------------------------------------------------------------- application
 class _Pending:
-    __slots__ = ('future', 'conn', 'timer', 'proxy')
+    __slots__ = ('future', 'conn', 'timer', 'proxy', 'method', 'on_provisional')
 
     def __init__(self, future: asyncio.Future[Any], conn: WSConnection,
-                 timer: asyncio.TimerHandle | None, proxy: bool) -> None:
+                 timer: asyncio.TimerHandle | None, proxy: bool, method: str | None,
+                 on_provisional: Callable[[SIPMessage], None] | None = None) -> None:
         self.future, self.conn, self.timer, self.proxy = future, conn, timer, proxy
+        self.method, self.on_provisional = method, on_provisional
 
 
 class Application(aiosip.Application):
@@ -696,6 +714,13 @@ class Application(aiosip.Application):
             if isinstance(dialog, Dialog):
                 request_uri = dialog.request_uri_for(msg.method)      # D10
         wire = to_wire(msg, conn, request_uri=request_uri)
+        if not is_request:
+            dialog = conn.dialogs.get(str(msg.headers.get('Call-ID')))
+            answering = getattr(dialog, 'answering', None)
+            if answering is not None and answering.get('CSeq') == wire.get('CSeq'):
+                vias = [(k, v) for k, v in answering.headers if k == 'Via']     # D4
+                rest = [(k, v) for k, v in wire.headers if k != 'Via']
+                wire.headers = vias + rest
         if is_request and wire.method != 'ACK':
             self._track(wire, conn, msg.future, proxy=False)
         conn.send(wire)
@@ -703,7 +728,7 @@ class Application(aiosip.Application):
 
     # -- transactions ---------------------------------------------------------------
     def _track(self, request: SIPMessage, conn: WSConnection, future: asyncio.Future[Any],
-               proxy: bool) -> None:
+               proxy: bool, on_provisional: Callable[[SIPMessage], None] | None = None) -> None:
         top = request.top_via
         branch = top.branch if top is not None else None
         if not branch:
@@ -712,7 +737,8 @@ class Application(aiosip.Application):
         timer = self.loop.call_later(timeout, self._finish_pending, branch, TransactionTimeout(
             'no final response to %s %s within %.0f s (Timer F)' % (request.method, request.uri,
                                                                    timeout)))
-        self._pending[branch] = _Pending(future, conn, timer, proxy)
+        self._pending[branch] = _Pending(future, conn, timer, proxy, request.method,
+                                         on_provisional)
 
     def _finish_pending(self, branch: str, outcome: Any) -> None:
         pending = self._pending.pop(branch, None)
@@ -727,19 +753,40 @@ class Application(aiosip.Application):
         elif pending.proxy:
             pending.future.set_result(outcome)
 
-    def send_request(self, conn: WSConnection, request: SIPMessage) -> asyncio.Future[SIPMessage]:
+    def send_request(self, conn: WSConnection, request: SIPMessage, *,
+                     on_provisional: Callable[[SIPMessage], None] | None = None
+                     ) -> asyncio.Future[SIPMessage]:
         """Send a codec-level request as a stateful proxy would: add our Via, track it.
 
         The returned future gets the final response (a :class:`SIPMessage`), or
-        fails with :class:`TransactionTimeout` / :class:`ConnectionLost`.
+        fails with :class:`TransactionTimeout` / :class:`ConnectionLost`;
+        ``on_provisional`` is called with each 1xx response.  An ACK is sent
+        untracked and gets a future that is already done (with None).
         """
         branch = new_branch()
         request.headers.insert(0, ('Via', str(Via(conn.via_transport, conn.via_host, None,
                                                    (('branch', branch),)))))
         future: asyncio.Future[SIPMessage] = self.loop.create_future()
-        self._track(request, conn, future, proxy=True)
+        if request.method == 'ACK':
+            future.set_result(None)  # type: ignore[arg-type]
+        else:
+            self._track(request, conn, future, proxy=True, on_provisional=on_provisional)
         conn.send(request)
         return future
+
+    def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        """Run ``coroutine`` in a task that :meth:`close` waits for (or cancels)."""
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def intercept_request(self, conn: WSConnection, message: SIPMessage) -> bool:
+        """Hook for proxies: see every incoming request first; True means handled.
+
+        The default handles nothing, so requests go on to dialogs and routes.
+        """
+        return False
 
     def _response_received(self, conn: WSConnection, message: SIPMessage) -> None:
         try:
@@ -751,8 +798,13 @@ class Application(aiosip.Application):
         status = message.status or 0
         pending = self._pending.get(branch)
         if pending is not None and pending.proxy:
+            cseq_method = message.cseq[1] if message.get('CSeq') else None
+            if cseq_method != pending.method:
+                return                          # e.g. the 200 to our CANCEL: nothing to do
             if status >= 200:
                 self._finish_pending(branch, message)
+            elif pending.on_provisional is not None:
+                pending.on_provisional(message)
             return
         call_id = message.get('Call-ID')
         dialog = self._dialogs.get(call_id)
@@ -772,6 +824,8 @@ class Application(aiosip.Application):
             logger.info('%r: dropped a response aiosip could not match: %s', conn, exc)
 
     def _request_received(self, conn: WSConnection, message: SIPMessage) -> None:
+        if self.intercept_request(conn, message):
+            return
         try:
             msg = to_aiosip(message)
         except (SIPParseError, ValueError, AttributeError) as exc:
@@ -801,9 +855,7 @@ class Application(aiosip.Application):
             self._reply_raw(conn, message, 405 if allow else 501,
                             headers=[('Allow', allow)] if allow else [])
             return
-        task = self.loop.create_task(self.handle_incoming(conn, msg, conn.remote_addr, route))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.spawn(self.handle_incoming(conn, msg, conn.remote_addr, route))
 
     def _unsupported_extensions(self, message: SIPMessage) -> list[str]:
         """Option tags in Require that this application does not support (not for ACK/CANCEL)."""

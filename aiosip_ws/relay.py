@@ -12,8 +12,12 @@ An :class:`aiosip_ws.Application` with aiosip routes:
   back over the connection the request came in on;
 * an unregistered AOR gets 404, an expired hop count 483.
 
-INVITE is refused with 501: relaying a call needs Record-Route and in-dialog
-routing by flow token, which this release does not do yet.
+An INVITE is relayed the same way, record-routed; its provisional responses
+are relayed as they come, a CANCEL follows it, and the server ACKs a non-2xx
+final response itself.  In-dialog requests (ACK, BYE, re-INVITE, ...) are
+routed by the connection behind their Request-URI: a WebSocket client's
+Contact host is a random ``.invalid`` name, learnt from the Contacts that
+cross each connection, never resolved (RFC 7118 B.1, checklist R-B.5).
 """
 from __future__ import annotations
 
@@ -21,12 +25,12 @@ import dataclasses
 import logging
 from typing import Any
 
-from .adapter import Application
-from .codec import SIPMessage
+from .adapter import Application, new_tag
+from .codec import SIPMessage, make_response
 from .errors import ConnectionLost, SIPParseError, TransactionTimeout
 from .options import ServerOptions
 from .registrar import Registrar
-from .sipuri import NameAddr, split_header_values
+from .sipuri import NameAddr, SipURI, split_header_values
 from .transport import WSConnection, WSListener
 
 __all__ = ['RelayServer', 'ALLOWED_METHODS']
@@ -47,6 +51,10 @@ class RelayServer:
         self.registrar = registrar or Registrar()
         self.app: Application | None = None
         self.listeners: list[WSListener] = []
+        #: `.invalid` Contact host -> the connection behind it (in-dialog routing)
+        self._contacts: dict[str, WSConnection] = {}
+        #: INVITEs being relayed, for CANCEL: (Call-ID, CSeq, branch) -> (peer, forwarded)
+        self._invites: dict[tuple[str, int, str], tuple[WSConnection, SIPMessage]] = {}
 
     async def start(self, *urls: str) -> list[WSListener]:
         self.app = _RelayApplication(self, server_options=self.server_options)
@@ -108,9 +116,6 @@ class RelayServer:
             else:
                 dialog.reply(msg, 404, 'Not Found (no user in the Request-URI)')
             return
-        if raw.method == 'INVITE':
-            dialog.reply(msg, 501, 'Not Implemented (aiosip-ws serve does not relay calls yet)')
-            return
         max_forwards = (raw.get('Max-Forwards') or '70').strip()
         if not max_forwards.isdigit():
             dialog.reply(msg, 400, 'Bad Request (bad Max-Forwards)')
@@ -122,7 +127,7 @@ class RelayServer:
         if not bindings:
             dialog.reply(msg, 404)
             return
-        response = await self._relay(raw, int(max_forwards) - 1, bindings)
+        response = await self._relay(raw, int(max_forwards) - 1, bindings, conn)
         if response is None:
             dialog.reply(msg, 480)
             return
@@ -132,22 +137,141 @@ class RelayServer:
             logger.warning('dropped the %d response to %s: the requester left', response.status,
                            raw.method)
 
-    async def _relay(self, raw: SIPMessage, max_forwards: int, bindings: list[Any]) -> SIPMessage | None:
-        """Forward to the newest binding; on a dead flow try the next one."""
+    async def _relay(self, raw: SIPMessage, max_forwards: int, bindings: list[Any],
+                     origin: WSConnection) -> SIPMessage | None:
+        """Forward to the newest binding; on a dead flow try the next one.
+
+        An INVITE is record-routed, its provisional responses are relayed as they
+        come, a CANCEL for it is followed downstream, and a non-2xx final response
+        is ACKed downstream here (RFC 3261 16.7, 17.1.1.3).
+        """
         assert self.app is not None
+        invite = raw.method == 'INVITE'
+        key = _transaction_key(raw) if invite else None
         for binding in bindings:
+            peer: WSConnection = binding.connection
             forwarded = SIPMessage(method=raw.method, uri=str(binding.uri),
                                    headers=list(raw.headers), body=raw.body)
             forwarded.set('Max-Forwards', str(max_forwards))
             forwarded.remove('Route')                  # loose routes pointing at us end here
+            if invite:
+                forwarded.headers.insert(0, ('Record-Route', '<sip:%s;transport=ws;lr>'
+                                             % peer.via_host))
+            relay_provisional = (lambda r: self._relay_provisional(origin, r)) if invite else None
+            future = self.app.send_request(peer, forwarded, on_provisional=relay_provisional)
+            if key is not None:
+                self._invites[key] = (peer, forwarded)
             try:
-                response = await self.app.send_request(binding.connection, forwarded)
+                response = await future
             except (ConnectionLost, TransactionTimeout) as exc:
                 logger.info('relaying %s to %s failed: %s', raw.method, binding.uri, exc)
                 continue
+            finally:
+                if key is not None:
+                    self._invites.pop(key, None)
+            self._learn_contact(peer, response)
+            if invite and (response.status or 0) >= 300:
+                peer.send(_ack_for(forwarded, response))
             response.headers = _without_top_via(response.headers)
             return response
         return None
+
+    def _relay_provisional(self, origin: WSConnection, response: SIPMessage) -> None:
+        if response.status == 100 or not origin.is_open:
+            return                                     # 100 Trying is hop-by-hop
+        relayed = SIPMessage(status=response.status, reason=response.reason,
+                             headers=_without_top_via(response.headers), body=response.body)
+        origin.send(relayed)
+
+    # -- in-dialog requests, ACK and CANCEL (the adapter's intercept hook) -------------
+    def _learn_contact(self, conn: WSConnection, message: SIPMessage) -> None:
+        """Remember which connection a `.invalid` Contact host lives behind (R-B.5)."""
+        for value in message.get_all('Contact')[:1]:
+            try:
+                host = NameAddr.parse(value).uri.host
+            except SIPParseError:
+                return
+            if host.endswith('.invalid'):
+                self._contacts[host] = conn
+
+    def intercept(self, conn: WSConnection, message: SIPMessage) -> bool:
+        """Route in-dialog requests by the connection behind their Request-URI's host."""
+        assert self.app is not None
+        self._learn_contact(conn, message)
+        if message.method == 'CANCEL':
+            return self._cancel(conn, message)
+        try:
+            to_tag = NameAddr.parse(message.get('To') or '').tag
+            target = SipURI.parse(message.uri or '')
+        except SIPParseError:
+            return False
+        if to_tag is None and message.method != 'ACK':
+            return False                               # out of dialog: the routes decide
+        peer = self._contacts.get(target.host)
+        if peer is None or not peer.is_open:
+            if message.method == 'ACK':
+                return True        # the ACK of a non-2xx we relayed (we ACKed downstream)
+            return False           # the adapter answers 481
+        max_forwards = (message.get('Max-Forwards') or '70').strip()
+        if not max_forwards.isdigit() or int(max_forwards) == 0:
+            if message.method != 'ACK':
+                conn.send(make_response(message, 483 if max_forwards == '0' else 400,
+                                        to_tag=to_tag))
+            return True
+        forwarded = SIPMessage(method=message.method, uri=message.uri, body=message.body,
+                               headers=[(k, v) for k, v in message.headers if k != 'Route'])
+        forwarded.set('Max-Forwards', str(int(max_forwards) - 1))
+        self.app.spawn(self._forward_in_dialog(conn, peer, forwarded, message))
+        return True
+
+    async def _forward_in_dialog(self, origin: WSConnection, peer: WSConnection,
+                                 forwarded: SIPMessage, original: SIPMessage) -> None:
+        assert self.app is not None
+        future = self.app.send_request(
+            peer, forwarded, on_provisional=lambda r: self._relay_provisional(origin, r))
+        if forwarded.method == 'ACK':
+            return
+        try:
+            response = await future
+        except (ConnectionLost, TransactionTimeout) as exc:
+            logger.info('relaying in-dialog %s failed: %s', forwarded.method, exc)
+            response = make_response(original, 408 if isinstance(exc, TransactionTimeout)
+                                     else 480)
+        else:
+            self._learn_contact(peer, response)
+            response.headers = _without_top_via(response.headers)
+        if origin.is_open:
+            origin.send(response)
+
+    def _cancel(self, conn: WSConnection, cancel: SIPMessage) -> bool:
+        """RFC 3261 16.10: answer the CANCEL, then cancel the INVITE we forwarded."""
+        entry = self._invites.get(_transaction_key(cancel))
+        if entry is None:
+            conn.send(make_response(cancel, 481, to_tag=new_tag()))
+            return True
+        conn.send(make_response(cancel, 200, to_tag=new_tag()))
+        peer, forwarded = entry
+        number, _ = forwarded.cseq
+        peer.send(SIPMessage(method='CANCEL', uri=forwarded.uri, headers=[
+            ('Via', forwarded.get_all('Via')[0]), ('Max-Forwards', '70'),
+            ('From', forwarded.get('From') or ''), ('To', forwarded.get('To') or ''),
+            ('Call-ID', forwarded.get('Call-ID') or ''), ('CSeq', '%d CANCEL' % number)]))
+        return True
+
+
+def _transaction_key(request: SIPMessage) -> tuple[str, int, str]:
+    """What ties a CANCEL to its INVITE: Call-ID, CSeq number, top Via branch (RFC 3261 9.1)."""
+    top = request.top_via
+    return (request.get('Call-ID') or '', request.cseq[0], (top.branch if top else '') or '')
+
+
+def _ack_for(forwarded: SIPMessage, response: SIPMessage) -> SIPMessage:
+    """The hop-by-hop ACK of a non-2xx final response to an INVITE we forwarded."""
+    number, _ = forwarded.cseq
+    return SIPMessage(method='ACK', uri=forwarded.uri, headers=[
+        ('Via', forwarded.get_all('Via')[0]), ('Max-Forwards', '70'),
+        ('From', forwarded.get('From') or ''), ('To', response.get('To') or ''),
+        ('Call-ID', forwarded.get('Call-ID') or ''), ('CSeq', '%d ACK' % number)])
 
 
 def _without_top_via(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -170,7 +294,13 @@ class _RelayApplication(Application):
         super().__init__(**kwargs)
         self._relay = relay
 
+    def intercept_request(self, conn: WSConnection, message: SIPMessage) -> bool:
+        return self._relay.intercept(conn, message)
+
     def ws_connection_lost(self, conn: WSConnection, exc: BaseException | None) -> None:
+        contacts = self._relay._contacts
+        for host in [h for h, c in contacts.items() if c is conn]:
+            del contacts[host]
         removed = self._relay.registrar.remove_connection(conn)
         if removed:
             logger.info('%r closed: removed %d binding(s)', conn, removed)
