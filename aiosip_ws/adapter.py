@@ -158,6 +158,11 @@ _HEADER_ORDER = {name: index for index, name in enumerate((
     'proxy-authorization', 'user-agent', 'server', 'content-type'))}
 
 
+def _server_header() -> str:
+    from . import __version__
+    return 'aiosip-ws/%s aiosip/0.2.0' % __version__
+
+
 def _is_aiosip_user_agent(value: str) -> bool:
     return value.startswith('Python/') and 'aiosip/' in value
 
@@ -168,7 +173,6 @@ def to_wire(msg: Any, conn: WSConnection, *, request_uri: str | None = None) -> 
     Fills aiosip's Via template (D6), keeps header order and repeated headers
     (D4, D21), writes the Request-URI (D10), and leaves Content-Length to the codec.
     """
-    from . import __version__
     is_request = not isinstance(msg, aiosip.Response)
     headers: list[tuple[str, str]] = []
     for name, value in list(msg.headers.items()):
@@ -180,7 +184,7 @@ def to_wire(msg: Any, conn: WSConnection, *, request_uri: str | None = None) -> 
                 item = str(Via(conn.via_transport, conn.via_host, None, (('branch', new_branch()),)))
                 msg.headers['Via'] = item                # what went on the wire, for later use
             elif lname == 'user-agent' and _is_aiosip_user_agent(item):
-                item = 'aiosip-ws/%s aiosip/0.2.0' % __version__              # D21
+                item = _server_header()                                         # D21
                 if not is_request:
                     name = 'Server'
             elif lname == 'max-forwards' and not is_request:
@@ -333,6 +337,21 @@ class Dialog(aiosip.Dialog):
             extra.append(('Content-Type', content_type))
         response = codec.make_response(raw, status_code, status_message,
                                        to_tag=tag if status_code > 100 else None, headers=extra)
+        conn = self.protocol
+        if isinstance(conn, WSConnection):
+            # Straight to the wire: the codec message is the response; an aiosip
+            # Response would only be converted back (and costs its regex parsers).
+            if not any(k.lower() == 'server' for k, _ in extra):
+                response.headers.append(('Server', _server_header()))
+            if payload is not None:
+                response.body = payload if isinstance(payload, bytes) else str(payload).encode(
+                    'utf-8', 'surrogateescape')
+            if conn.is_open:
+                conn.send(response)
+            else:                                     # X-3261-2: cannot reconnect to a WS client
+                logger.warning('dropped %d %s: the WebSocket connection is gone', status_code,
+                               response.reason)
+            return
         hdrs: CIMultiDict[str] = CIMultiDict()
         for name, value in response.headers:
             hdrs.add(name, value)

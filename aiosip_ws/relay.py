@@ -197,9 +197,16 @@ class RelayServer:
     def intercept(self, conn: WSConnection, message: SIPMessage) -> bool:
         """Route in-dialog requests by the connection behind their Request-URI's host."""
         assert self.app is not None
-        self._learn_contact(conn, message)
-        if message.method == 'CANCEL':
+        method = message.method
+        if method == 'CANCEL':
             return self._cancel(conn, message)
+        if method != 'ACK' and 'tag=' not in (message.get('To') or ''):
+            # out of dialog (the common case, kept cheap): the routes decide; a caller's
+            # Contact is worth remembering for the in-dialog requests to come
+            if method in _LEARN_FROM:
+                self._learn_contact(conn, message)
+            return False
+        self._learn_contact(conn, message)
         try:
             to_tag = NameAddr.parse(message.get('To') or '').tag
             target = SipURI.parse(message.uri or '')
@@ -257,6 +264,10 @@ class RelayServer:
             ('From', forwarded.get('From') or ''), ('To', forwarded.get('To') or ''),
             ('Call-ID', forwarded.get('Call-ID') or ''), ('CSeq', '%d CANCEL' % number)]))
         return True
+
+
+#: out-of-dialog requests whose Contact becomes a remote target of a dialog
+_LEARN_FROM = frozenset({'INVITE', 'SUBSCRIBE', 'REFER'})
 
 
 def _transaction_key(request: SIPMessage) -> tuple[str, int, str]:
