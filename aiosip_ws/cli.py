@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help='largest WebSocket message (default %(default)s); bigger: close 1009')
     serve.add_argument('--ping-interval', type=float, default=20.0, metavar='SECONDS',
                        help='WebSocket Ping interval, 0 to disable (default %(default)s)')
+    serve.add_argument('--max-connections', type=int, default=None, metavar='N',
+                       help='most WebSocket connections at once; more get HTTP 503 (default: '
+                       'no cap)')
+    serve.add_argument('--max-connections-per-ip', type=int, default=None, metavar='N',
+                       help='most connections from one address; more get HTTP 503')
+    serve.add_argument('--open-timeout', type=float, default=10.0, metavar='SECONDS',
+                       help='time a client has to finish the handshake (default %(default)s)')
     serve.add_argument('--crlf-ping-interval', type=float, default=0.0, metavar='SECONDS',
                        help='send RFC 5626 CRLF pings this often, 0 to disable (default 0)')
     serve.add_argument('--log-level', default='INFO',
@@ -198,9 +205,17 @@ def _server_options(args: argparse.Namespace) -> ServerOptions:
             context.load_cert_chain(args.tls_cert, args.tls_key)
         except (OSError, ssl.SSLError) as exc:
             raise SystemExit('aiosip-ws serve: cannot load the TLS certificate/key: %s' % exc)
-    return ServerOptions(ssl=context, allowed_origins=args.allow_origin, max_size=args.max_size,
-                         ping_interval=args.ping_interval or None,
-                         crlf_ping_interval=args.crlf_ping_interval or None)
+    options = ServerOptions(ssl=context, allowed_origins=args.allow_origin, max_size=args.max_size,
+                            ping_interval=args.ping_interval or None,
+                            crlf_ping_interval=args.crlf_ping_interval or None,
+                            max_connections=args.max_connections,
+                            max_connections_per_ip=args.max_connections_per_ip,
+                            open_timeout=args.open_timeout)
+    try:
+        options.validate()
+    except ConfigurationError as exc:
+        raise SystemExit('aiosip-ws serve: %s' % exc)
+    return options
 
 
 async def _serve(args: argparse.Namespace) -> int:

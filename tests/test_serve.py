@@ -168,3 +168,17 @@ async def test_serve_process_over_wss(serve_process, certs):
                       'From: <sip:t@example.com>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: t1\r\n'
                       'CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n\r\n')
         assert parse(await asyncio.wait_for(ws.recv(), 5)).status == 200
+
+
+async def test_serve_process_connection_cap(serve_process):
+    """`--max-connections-per-ip`: a further handshake from the same address gets HTTP 503."""
+    from websockets.exceptions import InvalidStatus
+    process = serve_process('--listen', 'ws://127.0.0.1:0/', '--max-connections-per-ip', '1')
+    [url] = process.urls
+    async with connect(url, subprotocols=['sip'], proxy=None):
+        try:
+            await connect(url, subprotocols=['sip'], proxy=None)
+        except InvalidStatus as exc:
+            assert exc.response.status_code == 503
+        else:
+            raise AssertionError('the second connection was accepted')
