@@ -34,7 +34,7 @@ import signal
 import ssl
 import sys
 import time
-from typing import Any, Awaitable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from . import __version__
 from .errors import AiosipWSError, ConfigurationError, SIPParseError
@@ -374,7 +374,9 @@ def _connect_error(exc: BaseException) -> str:
     return '%s: %s' % (type(exc).__name__, exc)
 
 
-async def _options_command(args: argparse.Namespace) -> int:
+async def _one_transaction(command: str, args: argparse.Namespace,
+                           send: Callable[[Any], Awaitable[Any]]) -> int:
+    """Connect, run one transaction (``send(probe)``), print it; 0 on a 2xx."""
     from .probe import PROBE_ERRORS, Probe
     probe = Probe(args.target, client_options=_client_options(args), resolver=_resolver(args),
                   timeout=args.timeout)
@@ -382,38 +384,28 @@ async def _options_command(args: argparse.Namespace) -> int:
         try:
             timings = await probe.connect()
         except PROBE_ERRORS as exc:
-            return _fail('options', 'cannot connect to %s: %s' % (args.target, _connect_error(exc)))
+            return _fail(command, 'cannot connect to %s: %s' % (args.target, _connect_error(exc)))
         _print_connected(timings)
-        txn = await probe.options(to_uri=args.to, from_uri=args.from_uri)
+        txn = await send(probe)
         _print_response(txn)
         print(txn.describe(), flush=True)
         if not txn.ok:
-            return _fail('options', txn.outcome())
+            return _fail(command, txn.outcome())
         return 0
     finally:
         await probe.close()
+
+
+async def _options_command(args: argparse.Namespace) -> int:
+    return await _one_transaction('options', args, lambda probe: probe.options(
+        to_uri=args.to, from_uri=args.from_uri))
 
 
 async def _message_command(args: argparse.Namespace) -> int:
-    from .probe import PROBE_ERRORS, Probe
     body = sys.stdin.read() if args.body == '-' else args.body
-    probe = Probe(args.target, client_options=_client_options(args), resolver=_resolver(args),
-                  timeout=args.timeout)
-    try:
-        try:
-            timings = await probe.connect()
-        except PROBE_ERRORS as exc:
-            return _fail('message', 'cannot connect to %s: %s' % (args.target, _connect_error(exc)))
-        _print_connected(timings)
-        txn = await probe.message(args.aor, args.to, body, content_type=args.content_type,
-                                  user=args.user, password=args.password)
-        _print_response(txn)
-        print(txn.describe(), flush=True)
-        if not txn.ok:
-            return _fail('message', txn.outcome())
-        return 0
-    finally:
-        await probe.close()
+    return await _one_transaction('message', args, lambda probe: probe.message(
+        args.aor, args.to, body, content_type=args.content_type, user=args.user,
+        password=args.password))
 
 
 async def _register_command(args: argparse.Namespace) -> int:
