@@ -215,30 +215,29 @@ class KamailioPeer:
     def log_tail(self, lines: int = 40) -> str:
         return _tail(self.log_text(), lines)
 
+    def _log_match(self, rx: re.Pattern, deadline: float, timeout: float) -> Optional[re.Match]:
+        """The match in the log so far, None to poll again, TimeoutError past ``deadline``."""
+        m = rx.search(self.log_text())
+        if m:
+            return m
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{rx.pattern!r} not in kamailio log after {timeout}s; tail:\n{self.log_tail()}")
+        return None
+
     def wait_log(self, pattern: str, timeout: float = 5.0) -> re.Match:
         """Poll Kamailio's log until ``pattern`` (a regex) appears."""
-        deadline = time.monotonic() + timeout
-        rx = re.compile(pattern, re.M)
-        while True:
-            m = rx.search(self.log_text())
-            if m:
-                return m
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{pattern!r} not in kamailio log after {timeout}s; tail:\n{self.log_tail()}")
+        deadline, rx = time.monotonic() + timeout, re.compile(pattern, re.M)
+        while (m := self._log_match(rx, deadline, timeout)) is None:
             time.sleep(0.1)
+        return m
 
     async def async_wait_log(self, pattern: str, timeout: float = 5.0) -> re.Match:
-        deadline = time.monotonic() + timeout
-        rx = re.compile(pattern, re.M)
-        while True:
-            m = rx.search(self.log_text())
-            if m:
-                return m
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{pattern!r} not in kamailio log after {timeout}s; tail:\n{self.log_tail()}")
+        """``wait_log`` without blocking the event loop."""
+        deadline, rx = time.monotonic() + timeout, re.compile(pattern, re.M)
+        while (m := self._log_match(rx, deadline, timeout)) is None:
             await asyncio.sleep(0.1)
+        return m
 
 
 def _ws_handshake_probe(host: str, port: int, timeout: float = 1.0) -> bool:
