@@ -97,6 +97,9 @@ def _aiosip_safe(name_addr: NameAddr) -> str:
     return '<%s>%s' % (safe_uri, header_params)
 
 
+_BODY: Any = object()          # to_aiosip: take the payload from the message body
+
+
 def _details(message: SIPMessage) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in ('From', 'To', 'Contact'):
@@ -115,14 +118,16 @@ def _details(message: SIPMessage) -> dict[str, Any]:
     return out
 
 
-def to_aiosip(message: SIPMessage) -> Any:
+def to_aiosip(message: SIPMessage, *, payload: Any = _BODY) -> Any:
     """Build an ``aiosip.Request``/``aiosip.Response`` from a parsed message.
 
     Needs a running loop (aiosip's ``Request`` creates a Future).  The codec
     message stays reachable as ``msg.raw``; a request's URI as ``msg.request_uri``.
+    ``payload``, when given, is used instead of the decoded body.
     """
     headers: CIMultiDict[str] = CIMultiDict(message.headers)
-    payload = message.body.decode('utf-8', 'surrogateescape') if message.body else None
+    if payload is _BODY:
+        payload = message.body.decode('utf-8', 'surrogateescape') if message.body else None
     try:
         # aiosip parses From/To/Contact itself when they are plain; when its regexes
         # fail (D7: ;ob, ;lr, IPv6, several Contacts) we hand it pre-built details.
@@ -133,7 +138,7 @@ def to_aiosip(message: SIPMessage) -> Any:
     return msg
 
 
-def _construct(message: SIPMessage, headers: Any, payload: str | None,
+def _construct(message: SIPMessage, headers: Any, payload: Any,
                details: dict[str, Any]) -> Any:
     if message.is_request:
         number, _ = message.cseq
@@ -352,14 +357,7 @@ class Dialog(aiosip.Dialog):
                 logger.warning('dropped %d %s: the WebSocket connection is gone', status_code,
                                response.reason)
             return
-        hdrs: CIMultiDict[str] = CIMultiDict()
-        for name, value in response.headers:
-            hdrs.add(name, value)
-        try:
-            msg = aiosip.Response(status_code, response.reason, headers=hdrs, payload=payload)
-        except (ValueError, AttributeError, TypeError, KeyError):      # D7, see to_aiosip
-            msg = aiosip.Response(status_code, response.reason, headers=CIMultiDict(
-                response.headers), payload=payload, **_details(response))
+        msg = to_aiosip(response, payload=payload)
         self.app.send_message(type(self.protocol), self.local_addr, self.remote_addr, msg)
 
     def receive_message(self, msg: Any) -> Any:

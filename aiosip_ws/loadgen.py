@@ -53,6 +53,7 @@ from .codec import SIPMessage
 from .discovery import Resolver, Target, connect_first, is_sip_uri
 from .errors import AiosipWSError, ConfigurationError
 from .options import ClientOptions
+from .probe import target_domain
 from .sipuri import NameAddr
 from .transport import WSConnection, open_connection, split_ws_url
 
@@ -232,12 +233,7 @@ class BenchConfig:
 
     @property
     def sip_domain(self) -> str:
-        if self.domain:
-            return self.domain
-        if is_sip_uri(self.target):
-            return NameAddr.parse(self.target).uri.host
-        host = split_ws_url(self.target)[1]
-        return '[%s]' % host if ':' in host else host
+        return self.domain or target_domain(self.target)
 
 
 # ---------------------------------------------------------------------------- results

@@ -15,12 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .discovery import is_sip_uri
 from .errors import ConfigurationError
 from .registry import WS, get_transport
 from .sipuri import NameAddr, SipURI
 from .transport import split_ws_url
 
-__all__ = ['Selection', 'select', 'is_ws_url', 'is_sip_uri', 'uri_from_string']
+__all__ = ['Selection', 'select', 'is_ws_url', 'uri_from_string']
 
 WS_TRANSPORT_VALUES = {'ws': False, 'wss': True}
 
@@ -38,10 +39,6 @@ class Selection:
 
 def is_ws_url(value: Any) -> bool:
     return isinstance(value, str) and value[:5].lower() in ('ws://', 'wss:/')
-
-
-def is_sip_uri(value: Any) -> bool:
-    return isinstance(value, str) and value.strip().lstrip('<')[:4].lower() in ('sip:', 'sips')
 
 
 def uri_from_string(value: str) -> SipURI:
@@ -84,7 +81,7 @@ def select(*, transport: Any = None, remote_addr: Any = None, to_uri: str | None
             raise ConfigurationError('transport=%r cannot use the WebSocket URL %s'
                                      % (named, remote_addr))
         return Selection(by_url, get_transport(by_url), remote_addr)
-    if is_sip_uri(remote_addr):
+    if isinstance(remote_addr, str) and is_sip_uri(remote_addr):
         uri = uri_from_string(remote_addr)
         by_uri = transport_of_uri(uri)
         if by_uri is None and uri.transport is not None:
