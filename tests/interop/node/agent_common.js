@@ -207,7 +207,23 @@ function runCommandLoop(handlers, onQuit) {
   rl.on('close', () => shutdown(0));
 }
 
+// The start every agent shares: error handlers, the command line (exit 2 on a usage
+// error), and a global WebSocket for the SIP library.
+function setUp() {
+  installErrorHandlers();
+  let opts;
+  try {
+    opts = parseArgs(process.argv.slice(2));
+  } catch (err) {
+    emit({ event: 'error', kind: 'usage', message: err.message });
+    process.exit(2);
+  }
+  installWebSocket();
+  return opts;
+}
+
 module.exports = {
+  setUp,
   emit,
   log,
   parseArgs,

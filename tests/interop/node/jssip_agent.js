@@ -8,17 +8,7 @@
 const common = require('./agent_common');
 const { emit, log } = common;
 
-common.installErrorHandlers();
-
-let opts;
-try {
-  opts = common.parseArgs(process.argv.slice(2));
-} catch (err) {
-  emit({ event: 'error', kind: 'usage', message: err.message });
-  process.exit(2);
-}
-
-common.installWebSocket();
+const opts = common.setUp();
 const JsSIP = require('jssip');
 emit({ event: 'started', library: 'jssip', version: JsSIP.version, pid: process.pid });
 

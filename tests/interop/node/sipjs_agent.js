@@ -11,18 +11,8 @@
 const common = require('./agent_common');
 const { emit, log } = common;
 
-common.installErrorHandlers();
-
 async function main() {
-  let opts;
-  try {
-    opts = common.parseArgs(process.argv.slice(2));
-  } catch (err) {
-    emit({ event: 'error', kind: 'usage', message: err.message });
-    process.exit(2);
-  }
-
-  common.installWebSocket();
+  const opts = common.setUp();
   const SIP = await import('sip.js');
   const { UserAgent, Registerer, RegistererState, Messager } = SIP;
 
