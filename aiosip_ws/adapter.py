@@ -450,12 +450,7 @@ class Dialog(aiosip.Dialog):
         conn = self.protocol
         if raw is None or not isinstance(conn, WSConnection) or not conn.is_open:
             return
-        vias = raw.get_all('Via')
-        ack = SIPMessage(method='ACK', uri=self.request_uri_for('INVITE'), headers=[
-            ('Via', vias[0] if vias else ''), ('Max-Forwards', '70'),
-            ('From', raw.get('From') or ''), ('To', raw.get('To') or ''),
-            ('Call-ID', raw.get('Call-ID') or ''), ('CSeq', '%d ACK' % raw.cseq[0])])
-        conn.send(ack)
+        conn.send(codec.invite_companion('ACK', raw, uri=self.request_uri_for('INVITE')))
 
 
 # ---------------------------------------------------------------------------- application

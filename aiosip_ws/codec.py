@@ -512,3 +512,18 @@ def make_response(request: SIPMessage, status: int, reason: str | None = None, *
     copied.extend(headers)
     return SIPMessage(status=status, reason=reason or REASONS.get(status, ''), headers=copied,
                       body=body)
+
+
+def invite_companion(method: str, invite: SIPMessage, *, uri: str,
+                     to: str | None = None) -> SIPMessage:
+    """The CANCEL of an INVITE (RFC 3261 9.1) or the ACK of its non-2xx response (17.1.1.3).
+
+    Both keep the INVITE's Request-URI, top Via, From, Call-ID and CSeq number;
+    the ACK's To is the response's (with its tag).  ``invite`` may be the INVITE or
+    the response to it (a response repeats all of these but the Request-URI).
+    """
+    vias = invite.get_all('Via')
+    return SIPMessage(method=method, uri=uri, headers=[
+        ('Via', vias[0] if vias else ''), ('Max-Forwards', '70'),
+        ('From', invite.get('From') or ''), ('To', to if to is not None else invite.get('To') or ''),
+        ('Call-ID', invite.get('Call-ID') or ''), ('CSeq', '%d %s' % (invite.cseq[0], method))])

@@ -26,7 +26,7 @@ import logging
 from typing import Any
 
 from .adapter import Application, new_tag
-from .codec import SIPMessage, make_response
+from .codec import SIPMessage, invite_companion, make_response
 from .errors import ConnectionLost, SIPParseError, TransactionTimeout
 from .options import ServerOptions
 from .registrar import Registrar
@@ -171,7 +171,8 @@ class RelayServer:
                     self._invites.pop(key, None)
             self._learn_contact(peer, response)
             if invite and (response.status or 0) >= 300:
-                peer.send(_ack_for(forwarded, response))
+                peer.send(invite_companion('ACK', forwarded, uri=forwarded.uri or '',
+                                           to=response.get('To') or ''))    # hop by hop
             response.headers = _without_top_via(response.headers)
             return response
         return None
@@ -258,11 +259,7 @@ class RelayServer:
             return True
         conn.send(make_response(cancel, 200, to_tag=new_tag()))
         peer, forwarded = entry
-        number, _ = forwarded.cseq
-        peer.send(SIPMessage(method='CANCEL', uri=forwarded.uri, headers=[
-            ('Via', forwarded.get_all('Via')[0]), ('Max-Forwards', '70'),
-            ('From', forwarded.get('From') or ''), ('To', forwarded.get('To') or ''),
-            ('Call-ID', forwarded.get('Call-ID') or ''), ('CSeq', '%d CANCEL' % number)]))
+        peer.send(invite_companion('CANCEL', forwarded, uri=forwarded.uri or ''))
         return True
 
 
@@ -274,15 +271,6 @@ def _transaction_key(request: SIPMessage) -> tuple[str, int, str]:
     """What ties a CANCEL to its INVITE: Call-ID, CSeq number, top Via branch (RFC 3261 9.1)."""
     top = request.top_via
     return (request.get('Call-ID') or '', request.cseq[0], (top.branch if top else '') or '')
-
-
-def _ack_for(forwarded: SIPMessage, response: SIPMessage) -> SIPMessage:
-    """The hop-by-hop ACK of a non-2xx final response to an INVITE we forwarded."""
-    number, _ = forwarded.cseq
-    return SIPMessage(method='ACK', uri=forwarded.uri, headers=[
-        ('Via', forwarded.get_all('Via')[0]), ('Max-Forwards', '70'),
-        ('From', forwarded.get('From') or ''), ('To', response.get('To') or ''),
-        ('Call-ID', forwarded.get('Call-ID') or ''), ('CSeq', '%d ACK' % number)])
 
 
 def _without_top_via(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -228,3 +228,22 @@ async def test_d15_d20_close_leaves_no_connection_or_task(echo_server):
     assert not app.connections and not conn.is_open and conn.close_code == 1001
     assert 'aiosip' in repr(type(app).__mro__)         # still an aiosip.Application
     assert isinstance(app, aiosip.Application)
+
+
+async def test_non_2xx_final_response_to_invite_is_acked(raw_server):
+    """RFC 3261 17.1.1.3 (aiosip does not do it): the ACK of a 486 keeps the INVITE's
+    branch, From, Call-ID and CSeq number, and takes the response's To tag."""
+    url, frames, script = raw_server
+    script.append([(486, [])])
+    app = Application()
+    try:
+        dialog = await app.start_dialog('sip:a@example.com', 'sip:b@example.com', remote_addr=url)
+        response = await asyncio.wait_for(dialog.send_message('INVITE', payload='v=0\r\n',
+                                                              content_type='application/sdp'), 5)
+        assert response.status_code == 486
+        invite, ack = parse(await frames.get()), parse(await asyncio.wait_for(frames.get(), 5))
+        assert ack.method == 'ACK' and ack.uri == invite.uri
+        assert ack.vias[0].branch == invite.vias[0].branch and ack.cseq == (invite.cseq[0], 'ACK')
+        assert ack.get('From') == invite.get('From') and ack.get('To').endswith(';tag=rt')
+    finally:
+        await app.close()
