@@ -1,33 +1,73 @@
 """aiosip-ws: SIP over WebSocket (RFC 7118) for aiosip.
 
-Import this package before anything runs a bare ``import aiosip``: it makes
-aiosip 0.2.0 importable on Python 3.10-3.13 (see :mod:`aiosip_ws.compat`) and
-re-exports the shimmed module as ``aiosip_ws.aiosip``.
+The package is built in five layers, each a subpackage that imports only from
+the layers below it (``tests/test_layers.py`` checks this):
+
+``core``       sans-I/O SIP: grammar, URIs, messages, parser, RFC 7118 framing, digest,
+               transactions as data;
+``transport``  asyncio: the WebSocket connection and listener, RFC 3263 discovery;
+``adapter``    the only code that imports aiosip: the compat shim, conversion, Dialog,
+               Application, the transport registry, Registration;
+``serve``      ``aiosip-ws serve``: registrar and relay;
+``tools``      the command line, the probe and the load generator.
+
+Importing this package installs an import hook (:mod:`aiosip_ws.adapter.compat`)
+so that a later bare ``import aiosip`` works on Python 3.10-3.13; aiosip itself
+is imported only when an aiosip-facing name (``Application``, ``aiosip``, ...)
+is first used, so ``import aiosip_ws.core`` never loads it.
 """
 from __future__ import annotations
 
-__version__ = '0.1.0'
+import importlib
+from typing import Any
 
-from .compat import import_aiosip
+from ._version import __version__
+from .adapter.compat import install_import_hook
+from .errors import (AiosipWSError, ConfigurationError, ConnectionLost, DiscoveryError,
+                     HandshakeError, InvalidURIError, RegistrationError, SIPParseError,
+                     TransactionTimeout, TransportError, UnknownTransportError)
+from .options import ClientOptions, ServerOptions
 
-aiosip = import_aiosip()
+install_import_hook()
 
-from .adapter import Application, Dialog, to_aiosip, to_wire  # noqa: E402
-from .codec import SIPMessage, Via  # noqa: E402
-from .errors import (AiosipWSError, ConfigurationError, ConnectionLost, DiscoveryError,  # noqa: E402
-                     HandshakeError, SIPParseError, TransactionTimeout, TransportError,
-                     UnknownTransportError)
-from .options import ClientOptions, ServerOptions  # noqa: E402
-from .registration import Registration, RegistrationError  # noqa: E402
-from .registry import (WS, WSS, get_transport, register_transport,  # noqa: E402
-                       transport_names, unregister_transport)
-from .sipuri import NameAddr, SipURI  # noqa: E402
-from .transport import WSConnection, WSListener  # noqa: E402
+#: public name -> the module that defines it, imported on first use (PEP 562)
+_LAZY = {
+    'SIPMessage': 'aiosip_ws.core.codec',
+    'Via': 'aiosip_ws.core.codec',
+    'NameAddr': 'aiosip_ws.core.sipuri',
+    'SipURI': 'aiosip_ws.core.sipuri',
+    'WSConnection': 'aiosip_ws.transport.websocket',
+    'WSListener': 'aiosip_ws.transport.websocket',
+    'aiosip': 'aiosip_ws.adapter.application',
+    'Application': 'aiosip_ws.adapter.application',
+    'Dialog': 'aiosip_ws.adapter.application',
+    'to_aiosip': 'aiosip_ws.adapter.convert',
+    'to_wire': 'aiosip_ws.adapter.convert',
+    'Registration': 'aiosip_ws.adapter.registration',
+    'WS': 'aiosip_ws.adapter.registry',
+    'WSS': 'aiosip_ws.adapter.registry',
+    'get_transport': 'aiosip_ws.adapter.registry',
+    'register_transport': 'aiosip_ws.adapter.registry',
+    'transport_names': 'aiosip_ws.adapter.registry',
+    'unregister_transport': 'aiosip_ws.adapter.registry',
+}
 
 __all__ = [
-    '__version__', 'aiosip', 'Application', 'Dialog', 'to_aiosip', 'to_wire', 'SIPMessage', 'Via',
-    'AiosipWSError', 'ConfigurationError', 'ConnectionLost', 'DiscoveryError', 'HandshakeError',
-    'SIPParseError', 'TransactionTimeout', 'TransportError', 'UnknownTransportError',
-    'ClientOptions', 'ServerOptions', 'Registration', 'RegistrationError', 'WS', 'WSS', 'get_transport', 'register_transport',
-    'transport_names', 'unregister_transport', 'NameAddr', 'SipURI', 'WSConnection', 'WSListener',
+    '__version__', 'AiosipWSError', 'ConfigurationError', 'ConnectionLost', 'DiscoveryError',
+    'HandshakeError', 'InvalidURIError', 'RegistrationError', 'SIPParseError',
+    'TransactionTimeout', 'TransportError', 'UnknownTransportError', 'ClientOptions',
+    'ServerOptions', *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError('module %r has no attribute %r' % (__name__, name))
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

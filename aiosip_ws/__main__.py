@@ -1,6 +1,6 @@
 """``python -m aiosip_ws``: the same as the ``aiosip-ws`` command."""
 import sys
 
-from .cli import main
+from .tools.cli import main
 
 sys.exit(main())

@@ -7,6 +7,8 @@ code written for plain Python keeps working (``ValueError`` for bad input,
 """
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 __all__ = [
     'AiosipWSError',
     'ConfigurationError',
@@ -17,6 +19,11 @@ __all__ = [
     'TransactionTimeout',
     'DiscoveryError',
     'UnknownTransportError',
+    'InvalidURIError',
+    'DigestError',
+    'RegistrationError',
+    'AllTargetsFailed',
+    'Interrupted',
 ]
 
 
@@ -52,6 +59,19 @@ class SIPParseError(AiosipWSError, ValueError):
         self.partial = partial
 
 
+class InvalidURIError(ConfigurationError, SIPParseError):
+    """A URI or address given by the user (``remote_addr``, ``--to``, an option) is not valid.
+
+    It is both a :class:`ConfigurationError` (the caller must fix what it passed)
+    and a :class:`SIPParseError` (it failed the SIP URI grammar), so ``except``
+    clauses written for either keep working.
+    """
+
+
+class DigestError(AiosipWSError, ValueError):
+    """A challenge cannot be answered (unknown algorithm or qop, broken header)."""
+
+
 class TransportError(AiosipWSError, ConnectionError):
     """The WebSocket transport failed (RFC 3261 8.1.3.1: treat like a 503)."""
 
@@ -70,3 +90,26 @@ class TransactionTimeout(AiosipWSError, TimeoutError):
 
 class DiscoveryError(TransportError):
     """RFC 3263 / RFC 7118 DNS discovery found no usable WebSocket target."""
+
+
+class AllTargetsFailed(DiscoveryError):
+    """Every target was tried and none connected; ``attempts`` holds (target, error) pairs."""
+
+    def __init__(self, attempts: Sequence[tuple[Any, BaseException]]) -> None:
+        self.attempts = list(attempts)
+        details = '; '.join('%s: %s: %s' % (t.describe(), type(e).__name__, e)
+                            for t, e in self.attempts)
+        super().__init__('could not connect to any of %d target(s): %s'
+                         % (len(self.attempts), details))
+
+
+class RegistrationError(AiosipWSError):
+    """The registrar refused the REGISTER (the final response is in ``response``)."""
+
+    def __init__(self, message: str, response: Any = None) -> None:
+        super().__init__(message)
+        self.response = response
+
+
+class Interrupted(AiosipWSError):
+    """A command-line tool was stopped by SIGINT or SIGTERM before it finished."""

@@ -440,7 +440,7 @@ async def mode_callee(url: str, aor: str, fast: bool) -> None:
     ``dialog.reply`` (the public API), or (``fast``) straight from the codec."""
     sys.path.insert(0, str(REPO))
     import aiosip_ws
-    from aiosip_ws import codec
+    from aiosip_ws.core import codec
     count = 0
 
     class FastApp(aiosip_ws.Application):
@@ -471,12 +471,12 @@ async def mode_callee(url: str, aor: str, fast: bool) -> None:
 
 
 class LeanRelay:
-    """Registrar + stateful relay on aiosip_ws.transport and aiosip_ws.codec alone (no
+    """Registrar + stateful relay on aiosip_ws.transport.websocket and aiosip_ws.core.codec alone (no
     aiosip objects, no dialogs): what serve does for REGISTER/OPTIONS/MESSAGE, with the
     same Registrar and codec calls.  It measures the floor of codec + transport."""
 
     def __init__(self) -> None:
-        from aiosip_ws.registrar import Registrar
+        from aiosip_ws.serve.registrar import Registrar
         self.registrar = Registrar()
         self.pending: dict[str, tuple[Any, Any]] = {}
 
@@ -490,8 +490,8 @@ class LeanRelay:
                 del self.pending[branch]
 
     def message_received(self, conn: Any, msg: Any) -> None:
-        from aiosip_ws import codec
-        from aiosip_ws.sipuri import NameAddr
+        from aiosip_ws.core import codec
+        from aiosip_ws.core.sipuri import NameAddr
         if not msg.is_request:
             branch = msg.vias[0].branch
             entry = self.pending.pop(branch, None)
@@ -530,7 +530,7 @@ class LeanRelay:
 
 async def mode_lean_relay() -> None:
     from aiosip_ws.options import ServerOptions
-    from aiosip_ws.transport import listen
+    from aiosip_ws.transport.websocket import listen
     listener = await listen('ws://%s:0/' % HOST, LeanRelay(), ServerOptions())
     print('READY %s' % listener.bound_url, flush=True)
     await _until_stdin_closes()
@@ -931,8 +931,9 @@ def codec_costs(repeat: int = 5, number: int = 2000) -> dict[str, float]:
     import timeit
     sys.path.insert(0, str(REPO))
     import aiosip_ws
-    from aiosip_ws import adapter, codec, framing
-    from aiosip_ws.sipuri import NameAddr, split_header_values
+    from aiosip_ws.adapter import convert
+    from aiosip_ws.core import codec, framing
+    from aiosip_ws.core.sipuri import NameAddr, split_header_values
     from websockets.frames import Frame, Opcode
 
     request = codec.parse(MESSAGE_TEXT)
@@ -946,7 +947,7 @@ def codec_costs(repeat: int = 5, number: int = 2000) -> dict[str, float]:
         return lines[0].split(' ', 2), [line.partition(':') for line in lines[1:]], body
 
     async def conversions() -> dict[str, Any]:
-        return {'adapter.to_aiosip(request)': lambda: adapter.to_aiosip(request)}
+        return {'adapter.to_aiosip(request)': lambda: convert.to_aiosip(request)}
 
     cases: dict[str, Any] = {
         'codec.parse(MESSAGE, 9 headers)': lambda: codec.parse(MESSAGE_TEXT),

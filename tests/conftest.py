@@ -15,7 +15,7 @@ from typing import AsyncIterator, Iterator
 import pytest
 
 import aiosip_ws  # noqa: F401  - makes aiosip 0.2.0 importable before anything else
-from aiosip_ws.relay import RelayServer
+from aiosip_ws.serve.relay import RelayServer
 
 REPO = Path(__file__).resolve().parent.parent
 

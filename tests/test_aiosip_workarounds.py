@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
 from aiosip_ws import Application, aiosip
-from aiosip_ws.codec import parse, serialize, make_response
+from aiosip_ws.core.codec import parse, serialize, make_response
 
 
 def request(method: str = 'MESSAGE', *, call_id: str = 'w-1', extra: tuple[str, ...] = (),

@@ -16,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 
 import aiosip_ws
 from aiosip_ws import Application, ClientOptions, ConnectionLost, HandshakeError, ServerOptions
-from aiosip_ws.codec import parse
+from aiosip_ws.core.codec import parse
 
 SDP = ('v=0\r\no=- 4858 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n'
        'm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n'

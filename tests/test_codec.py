@@ -1,9 +1,9 @@
-"""The pure SIP codec (aiosip_ws.codec): parsing and writing, RFC 3261 7 and 18.3, RFC 7118 5."""
+"""The pure SIP codec (aiosip_ws.core.codec): parsing and writing, RFC 3261 7 and 18.3, RFC 7118 5."""
 from __future__ import annotations
 
 import pytest
 
-from aiosip_ws.codec import SIPMessage, Via, make_response, parse, serialize
+from aiosip_ws.core.codec import SIPMessage, Via, make_response, parse, serialize
 from aiosip_ws.errors import SIPParseError
 
 SDP = (b'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n'

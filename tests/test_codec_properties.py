@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from aiosip_ws import framing
-from aiosip_ws.codec import COMPACT_FORMS, SIPMessage, canonical_name, parse, serialize
+from aiosip_ws.core import framing
+from aiosip_ws.core.codec import COMPACT_FORMS, SIPMessage, canonical_name, parse, serialize
 from aiosip_ws.errors import SIPParseError
 
 #: Few enough examples for the file to run in a few seconds; a deadline generous enough

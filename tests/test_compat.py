@@ -1,4 +1,4 @@
-"""The aiosip 0.2.0 compatibility shim (aiosip_ws.compat): one module, stdlib left as found."""
+"""The aiosip 0.2.0 compatibility shim (aiosip_ws.adapter.compat): one module, stdlib left as found."""
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import aiosip_ws
-from aiosip_ws.compat import import_aiosip, legacy_coroutine, patched_stdlib
+from aiosip_ws.adapter.compat import import_aiosip, legacy_coroutine, patched_stdlib
 
 
 def test_import_works_with_deprecation_warnings_as_errors():

@@ -1,4 +1,4 @@
-"""Digest authentication (aiosip_ws.digest and the Dialog's challenge handling), D16."""
+"""Digest authentication (aiosip_ws.core.digest and the Dialog's challenge handling), D16."""
 from __future__ import annotations
 
 import asyncio
@@ -8,8 +8,8 @@ import pytest
 from websockets.asyncio.server import serve
 
 from aiosip_ws import Application
-from aiosip_ws.codec import make_response, parse, serialize
-from aiosip_ws.digest import DigestError, authorization, choose_challenge, parse_challenges
+from aiosip_ws.core.codec import make_response, parse, serialize
+from aiosip_ws.core.digest import DigestError, authorization, choose_challenge, parse_challenges
 
 
 def test_rfc2617_md5_qop_auth_vector():

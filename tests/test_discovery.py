@@ -1,4 +1,4 @@
-"""RFC 3263 / RFC 7118 discovery (aiosip_ws.discovery) against a real dnsmasq on 127.0.0.1.
+"""RFC 3263 / RFC 7118 discovery (aiosip_ws.transport.discovery) against a real dnsmasq on 127.0.0.1.
 
 Checklist items: R-5.5.1 (NAPTR SIP+D2W / SIPS+D2W selection and order), R-5.5.2
 (default ports 80/443), R-5.5.3 (SRV names: NAPTR replacement queried verbatim,
@@ -29,7 +29,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from tests.dnsmasq import Dnsmasq
 
-from aiosip_ws.discovery import (DEFAULT_PORTS, DEFAULT_SRV_LABELS, AllTargetsFailed, Resolver,
+from aiosip_ws.transport.discovery import (DEFAULT_PORTS, DEFAULT_SRV_LABELS, AllTargetsFailed, Resolver,
                                  Target, connect_first, is_sip_uri, order_srv, parse_nameserver,
                                  resolve_sip_uri)
 from aiosip_ws.errors import ConfigurationError, DiscoveryError, TransportError
@@ -556,7 +556,7 @@ async def test_dead_first_target_then_second(caplog: pytest.LogCaptureFixture,
                      hosts=[('dead.fail.test', '127.0.0.1'), ('live.fail.test', '127.0.0.1')]) as dns:
             targets = await Resolver([dns.nameserver]).resolve('sip:fail.test')
         assert summary(targets) == [('ws', '127.0.0.1', dead), ('ws', '127.0.0.1', port)]
-        caplog.set_level(logging.WARNING, logger='aiosip_ws.discovery')
+        caplog.set_level(logging.WARNING, logger='aiosip_ws.transport.discovery')
         target, ws = await connect_first(targets, ws_connector())
         await ws.close()
         assert target is targets[1] and target.target_name == 'live.fail.test'

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from aiosip_ws import Application, DiscoveryError
-from aiosip_ws.discovery import Resolver
+from aiosip_ws.transport.discovery import Resolver
 from tests.dnsmasq import Dnsmasq
 
 

@@ -1,10 +1,10 @@
-"""The sans-I/O SIP <-> WebSocket mapping (aiosip_ws.framing), RFC 7118 4.2, 5 and 6."""
+"""The sans-I/O SIP <-> WebSocket mapping (aiosip_ws.core.framing), RFC 7118 4.2, 5 and 6."""
 from __future__ import annotations
 
 import pytest
 
-from aiosip_ws import framing
-from aiosip_ws.codec import SIPMessage
+from aiosip_ws.core import framing
+from aiosip_ws.core.codec import SIPMessage
 
 REQUEST = ('OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS a.invalid;branch=z9hG4bK1\r\n'
            'From: <sip:a@example.com>;tag=1\r\nTo: <sip:example.com>\r\nCall-ID: c1\r\n'

@@ -1,4 +1,4 @@
-"""The open-loop load generator (aiosip_ws.loadgen) against an in-process relay on 127.0.0.1:
+"""The open-loop load generator (aiosip_ws.tools.loadgen) against an in-process relay on 127.0.0.1:
 counts, scenarios, digest, exact percentiles, and coordinated omission (a slow server or a
 stalled client must show up in the latencies)."""
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 
 from aiosip_ws import Application
 from aiosip_ws.errors import ConfigurationError
-from aiosip_ws.loadgen import (BenchConfig, LoadGenerator, digest_authorization, parse_challenge,
+from aiosip_ws.tools.loadgen import (BenchConfig, LoadGenerator, digest_authorization, parse_challenge,
                                percentile, run_bench, summarize)
-from aiosip_ws.relay import RelayServer
+from aiosip_ws.serve.relay import RelayServer
 
 
 def counting(server: RelayServer, method: str, delay: float = 0.0,

@@ -9,8 +9,8 @@ import pytest
 
 import aiosip_ws
 from aiosip_ws import WS, WSS, ConfigurationError, UnknownTransportError
-from aiosip_ws.registry import get_transport, register_transport, transport_names, unregister_transport
-from aiosip_ws.selection import select
+from aiosip_ws.adapter.registry import get_transport, register_transport, transport_names, unregister_transport
+from aiosip_ws.adapter.selection import select
 
 
 def test_builtin_transports():
@@ -78,7 +78,7 @@ def test_entry_point_group_registers_third_party_transports(tmp_path):
         import sys
         sys.path.insert(0, %r)
         import aiosip_ws
-        from aiosip_ws.registry import get_transport, transport_names
+        from aiosip_ws.adapter.registry import get_transport, transport_names
         assert 'demo' in transport_names(), transport_names()
         assert get_transport('demo').__name__ == 'Demo'
         assert get_transport('ws') is aiosip_ws.WS

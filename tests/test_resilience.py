@@ -14,8 +14,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from aiosip_ws import Application, ClientOptions, ConnectionLost, ServerOptions
-from aiosip_ws.registration import Registration
-from aiosip_ws.relay import RelayServer
+from aiosip_ws.adapter.registration import Registration
+from aiosip_ws.serve.relay import RelayServer
 
 
 def free_port() -> int:

@@ -7,7 +7,7 @@ import signal
 from websockets.asyncio.client import connect
 
 from aiosip_ws import Application
-from aiosip_ws.codec import parse
+from aiosip_ws.core.codec import parse
 
 
 class UA:

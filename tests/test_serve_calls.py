@@ -7,7 +7,7 @@ import asyncio
 from websockets.asyncio.client import connect
 
 from aiosip_ws import Application
-from aiosip_ws.codec import SIPMessage, make_response, parse, serialize
+from aiosip_ws.core.codec import SIPMessage, make_response, parse, serialize
 
 SDP = ('v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n'
        'm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n')
@@ -82,7 +82,7 @@ async def test_call_between_two_aiosip_clients(relay):
 
 
 def NameAddr_tag(value: str | None) -> str | None:  # noqa: N802 - reads like the class
-    from aiosip_ws.sipuri import NameAddr
+    from aiosip_ws.core.sipuri import NameAddr
     return NameAddr.parse(value or '').tag
 
 

@@ -31,8 +31,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.frames import Frame, Opcode
 
-from aiosip_ws import Application, ServerOptions, framing
-from aiosip_ws.codec import parse
+from aiosip_ws import Application, ServerOptions
+from aiosip_ws.core import framing
+from aiosip_ws.core.codec import parse
 
 #: the RFC 4475 messages, one per file: $RFC4475_DIR, else a copy in tests/rfc4475, else
 #: the shared reference copy

@@ -25,7 +25,7 @@ from typing import Union
 
 from . import codec
 from .codec import SIPMessage
-from .errors import SIPParseError
+from ..errors import SIPParseError
 
 __all__ = ['CRLF_PING', 'CRLF_PONG', 'KeepAlivePing', 'KeepAlivePong', 'MessageReceived',
            'MessageRejected', 'Event', 'receive', 'encode', 'error_response', 'SUBPROTOCOL',

@@ -18,14 +18,13 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .errors import AiosipWSError
+from ..errors import DigestError
 
 __all__ = ['Challenge', 'DigestError', 'parse_challenges', 'choose_challenge', 'authorization',
            'ALGORITHMS']
 
 
-class DigestError(AiosipWSError, ValueError):
-    """A challenge cannot be answered (unknown algorithm or qop, broken header)."""
+
 
 
 def _hash_for(name: str):  # type: ignore[no-untyped-def]

@@ -26,20 +26,15 @@ from typing import Any, Callable
 
 from multidict import CIMultiDict
 
-from .errors import AiosipWSError, ConfigurationError, TransportError
-from .sipuri import NameAddr, SipURI
+from ..errors import AiosipWSError, ConfigurationError, RegistrationError, TransportError
+from ..core.sipuri import NameAddr, SipURI
 
 __all__ = ['Registration', 'RegistrationError']
 
 logger = logging.getLogger(__name__)
 
 
-class RegistrationError(AiosipWSError):
-    """The registrar refused the REGISTER (the final response is in ``response``)."""
 
-    def __init__(self, message: str, response: Any = None) -> None:
-        super().__init__(message)
-        self.response = response
 
 
 class Registration:

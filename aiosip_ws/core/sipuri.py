@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Iterator
 
-from .errors import SIPParseError
+from ..errors import SIPParseError
 
 __all__ = ['SipURI', 'NameAddr', 'split_header_values', 'parse_params', 'format_params']
 

@@ -142,8 +142,8 @@ try:
 except ImportError:  # pragma: no cover - dnspython < 2.4
     _Do53Nameserver = None
 
-from .errors import ConfigurationError, DiscoveryError, SIPParseError
-from .sipuri import SipURI
+from ..errors import AllTargetsFailed, ConfigurationError, DiscoveryError, SIPParseError
+from ..core.sipuri import SipURI
 
 __all__ = [
     'Target',
@@ -794,13 +794,7 @@ async def resolve_sip_uri(uri: str | SipURI, **options: Any) -> list[Target]:
 
 
 # --------------------------------------------------------------------------- failover
-class AllTargetsFailed(DiscoveryError):
-    """Every target was tried and none connected; ``attempts`` holds (target, error) pairs."""
 
-    def __init__(self, attempts: Sequence[tuple[Target, BaseException]]) -> None:
-        self.attempts = list(attempts)
-        details = '; '.join('%s: %s: %s' % (t.describe(), type(e).__name__, e) for t, e in self.attempts)
-        super().__init__('could not connect to any of %d target(s): %s' % (len(self.attempts), details))
 
 
 async def connect_first(targets: Iterable[Target],

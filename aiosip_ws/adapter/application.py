@@ -39,19 +39,20 @@ from typing import Any, Callable
 
 from multidict import CIMultiDict
 
-from . import codec
-from .codec import SIPMessage, Via
-from .compat import import_aiosip
-from .digest import DigestError, authorization, choose_challenge
-from .errors import ConfigurationError, ConnectionLost, SIPParseError, TransactionTimeout
-from .options import ClientOptions, ServerOptions
+from ..core import codec
+from ..core.codec import SIPMessage, Via
+from ..core.digest import authorization, choose_challenge
+from ..core.sipuri import NameAddr, SipURI
+from ..core.transaction import new_branch, new_tag
+from ..errors import (ConfigurationError, ConnectionLost, DigestError, SIPParseError,
+                      TransactionTimeout)
+from ..options import ClientOptions, ServerOptions
+from ..transport.discovery import Resolver, Target, connect_first
+from ..transport.websocket import WSConnection, WSListener, listen, open_connection
+from .convert import aiosip, aiosip_safe_text, has_surrogates, server_header, to_aiosip, to_wire
 from .registry import WS, _register_builtins, get_transport
-from .discovery import Resolver, Target, connect_first
 from .selection import is_ws_url, select, uri_from_string
-from .sipuri import NameAddr, SipURI, format_params
-from .transport import WSConnection, WSListener, listen, open_connection
 
-aiosip = import_aiosip()
 _register_builtins(aiosip)
 
 __all__ = ['Application', 'Dialog', 'to_aiosip', 'to_wire', 'aiosip']
@@ -61,176 +62,6 @@ logger = logging.getLogger(__name__)
 #: The aiosip "protocol" key type of every WebSocket dialog (``type(dialog.protocol)``).
 CONNECTION_TYPES = (WSConnection,)
 _DIALOG_FORMING = frozenset({'INVITE', 'SUBSCRIBE', 'REFER', 'NOTIFY'})
-
-
-def new_branch() -> str:
-    """An RFC 3261 branch: the magic cookie and 64 random bits."""
-    return 'z9hG4bK' + secrets.token_hex(8)
-
-
-def new_tag() -> str:
-    return secrets.token_hex(6)
-
-
-# ---------------------------------------------------------------------------- conversion
-_FLAG_PARAM = re.compile(r";[A-Za-z0-9.!%*_+`'~-]+\s*(?=[;>,?]|$)")
-
-
-def _aiosip_safe_text(text: str) -> str:
-    """``text`` itself when aiosip's regexes can parse it, else a cleaned copy (D7)."""
-    if '[' not in text and '"' not in text and ',' not in text and not _FLAG_PARAM.search(text):
-        return text
-    return _aiosip_safe(NameAddr.parse(text))
-
-
-def _aiosip_safe(name_addr: NameAddr) -> str:
-    """A From/To/Contact value aiosip's regexes can parse (D7): flags and IPv6 removed."""
-    uri = name_addr.uri
-    host = uri.host
-    if host.startswith('['):                    # aiosip's URI regex has no IPv6 literals
-        host = 'ipv6-' + host.strip('[]').replace(':', '-').replace('.', '-') + '.invalid'
-    params = tuple((k, v) for k, v in uri.params if v is not None)
-    safe_uri = SipURI(uri.scheme if uri.scheme in ('sip', 'sips') else 'sip', uri.user,
-                      host if uri.scheme in ('sip', 'sips') else 'non-sip-uri.invalid',
-                      uri.port, params)
-    header_params = format_params(tuple((k, v) for k, v in name_addr.params if v is not None))
-    return '<%s>%s' % (safe_uri, header_params)
-
-
-_BODY: Any = object()          # to_aiosip: take the payload from the message body
-
-
-def _details(message: SIPMessage) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in ('From', 'To', 'Contact'):
-        value = message.get_all(name)[:1] if name == 'Contact' else [message.get(name)]
-        if not value or value[0] is None:
-            continue
-        try:
-            parsed = NameAddr.parse(value[0])
-        except SIPParseError:
-            if name == 'Contact':
-                continue
-            raise
-        if parsed.star:
-            continue
-        out[name.lower() + '_details'] = aiosip.Contact.from_header(_aiosip_safe(parsed))
-    return out
-
-
-def to_aiosip(message: SIPMessage, *, payload: Any = _BODY) -> Any:
-    """Build an ``aiosip.Request``/``aiosip.Response`` from a parsed message.
-
-    Needs a running loop (aiosip's ``Request`` creates a Future).  The codec
-    message stays reachable as ``msg.raw``; a request's URI as ``msg.request_uri``.
-    ``payload``, when given, is used instead of the decoded body.
-    """
-    headers: CIMultiDict[str] = CIMultiDict(message.headers)
-    if payload is _BODY:
-        payload = message.body.decode('utf-8', 'surrogateescape') if message.body else None
-    try:
-        # aiosip parses From/To/Contact itself when they are plain; when its regexes
-        # fail (D7: ;ob, ;lr, IPv6, several Contacts) we hand it pre-built details.
-        msg = _construct(message, headers, payload, {})
-    except (ValueError, AttributeError, TypeError, KeyError):
-        msg = _construct(message, CIMultiDict(message.headers), payload, _details(message))
-    msg.raw = message
-    return msg
-
-
-def _construct(message: SIPMessage, headers: Any, payload: Any,
-               details: dict[str, Any]) -> Any:
-    if message.is_request:
-        number, _ = message.cseq
-        msg = aiosip.Request(message.method, cseq=number, headers=headers, payload=payload,
-                             **details)                                # D11: the real CSeq
-        msg.request_uri = message.uri                                  # D10: keep it
-        return msg
-    return aiosip.Response(message.status, message.reason, headers=headers, payload=payload,
-                           **details)
-
-
-def _header_values(value: Any) -> list[str]:
-    if isinstance(value, (list, tuple)):                               # D4
-        return [str(item) for item in value]
-    return [str(value)]
-
-
-_AIOSIP_ALLOW_EVENTS = 'talk,hold,conference,refer,check-sync'
-_HEADER_ORDER = {name: index for index, name in enumerate((
-    'via', 'max-forwards', 'route', 'record-route', 'from', 'to', 'call-id', 'cseq', 'contact',
-    'expires', 'supported', 'require', 'allow', 'allow-events', 'authorization',
-    'proxy-authorization', 'user-agent', 'server', 'content-type'))}
-
-
-def _server_header() -> str:
-    from . import __version__
-    return 'aiosip-ws/%s aiosip/0.2.0' % __version__
-
-
-def _is_aiosip_user_agent(value: str) -> bool:
-    return value.startswith('Python/') and 'aiosip/' in value
-
-
-def to_wire(msg: Any, conn: WSConnection, *, request_uri: str | None = None) -> SIPMessage:
-    """Turn an aiosip message into the codec message to send on ``conn``.
-
-    Fills aiosip's Via template (D6), keeps header order and repeated headers
-    (D4, D21), writes the Request-URI (D10), and leaves Content-Length to the codec.
-    """
-    is_request = not isinstance(msg, aiosip.Response)
-    headers: list[tuple[str, str]] = []
-    for name, value in list(msg.headers.items()):
-        lname = name.lower()
-        if lname == 'content-length':
-            continue
-        for item in _header_values(value):
-            if lname == 'via' and '%(protocol)s' in item:
-                item = str(Via(conn.via_transport, conn.via_host, None, (('branch', new_branch()),)))
-                msg.headers['Via'] = item                # what went on the wire, for later use
-            elif lname == 'user-agent' and _is_aiosip_user_agent(item):
-                item = _server_header()                                         # D21
-                if not is_request:
-                    name = 'Server'
-            elif lname == 'max-forwards' and not is_request:
-                continue                                                   # D21
-            elif lname == 'allow-events' and item == _AIOSIP_ALLOW_EVENTS:
-                continue             # aiosip's register() claims event packages we do not serve
-            headers.append((name, item))
-    # aiosip inserts headers in an arbitrary order; write the usual one (stable
-    # sort, so repeated headers such as Via keep their relative order).
-    headers.sort(key=lambda item: _HEADER_ORDER.get(item[0].lower(), len(_HEADER_ORDER)))
-    payload = msg.payload
-    if payload is None:
-        body = b''
-    elif isinstance(payload, bytes):
-        body = payload
-    else:
-        body = str(payload).encode('utf-8', 'surrogateescape')
-    if not is_request:
-        return SIPMessage(status=int(msg.status_code), reason=str(msg.status_message),
-                          headers=headers, body=body)
-    return SIPMessage(method=msg.method, uri=request_uri or _request_uri(msg), headers=headers,
-                      body=body)
-
-
-def _request_uri(msg: Any) -> str:
-    """D10: the Request-URI aiosip throws away."""
-    explicit = getattr(msg, 'request_uri', None)
-    if explicit:
-        return str(explicit)
-    to_uri = NameAddr.parse(str(msg.headers['To'])).uri
-    if msg.method == 'REGISTER':                      # RFC 3261 10.2: no userinfo
-        return str(SipURI(to_uri.scheme, None, to_uri.host, to_uri.port))
-    return str(to_uri)
-
-
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode('utf-8')
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 # ---------------------------------------------------------------------------- dialog
@@ -297,7 +128,7 @@ class Dialog(aiosip.Dialog):
             if self.contact_header and 'Contact' not in headers:
                 headers['Contact'] = self.contact_header
         if isinstance(payload, (bytes, bytearray)) or (
-                isinstance(payload, str) and not payload.isascii() and _has_surrogates(payload)):
+                isinstance(payload, str) and not payload.isascii() and has_surrogates(payload)):
             # D5: aiosip computes Content-Length with payload.encode(), which fails
             # for bytes; a preset value skips that (the codec writes the real one).
             body = bytes(payload) if not isinstance(payload, str) else payload.encode(
@@ -347,7 +178,7 @@ class Dialog(aiosip.Dialog):
             # Straight to the wire: the codec message is the response; an aiosip
             # Response would only be converted back (and costs its regex parsers).
             if not any(k.lower() == 'server' for k, _ in extra):
-                response.headers.append(('Server', _server_header()))
+                response.headers.append(('Server', server_header()))
             if payload is not None:
                 response.body = payload if isinstance(payload, bytes) else str(payload).encode(
                     'utf-8', 'surrogateescape')
@@ -634,8 +465,8 @@ class Application(aiosip.Application):
         else:
             contact_header = str(NameAddr.parse(contact_uri))
         dlg = await super().start_dialog(
-            _aiosip_safe_text(from_uri), _aiosip_safe_text(to_uri),
-            _aiosip_safe_text(contact_header), call_id, conn,
+            aiosip_safe_text(from_uri), aiosip_safe_text(to_uri),
+            aiosip_safe_text(contact_header), call_id, conn,
             conn.local_addr, conn.remote_addr, password, dialog or self.dialog_class)
         if isinstance(dlg, Dialog):
             dlg.contact_header = contact_header

@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from .errors import SIPParseError
+from ..errors import SIPParseError
 from .sipuri import parse_params, split_header_values
 
 __all__ = ['SIPMessage', 'Via', 'parse', 'serialize', 'COMPACT_FORMS', 'MULTI_VALUE_HEADERS',

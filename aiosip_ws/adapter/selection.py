@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .discovery import is_sip_uri
-from .errors import ConfigurationError
+from ..transport.discovery import is_sip_uri
+from ..errors import ConfigurationError
 from .registry import WS, get_transport
-from .sipuri import NameAddr, SipURI
-from .transport import split_ws_url
+from ..core.sipuri import NameAddr, SipURI
+from ..transport.websocket import split_ws_url
 
 __all__ = ['Selection', 'select', 'is_ws_url', 'uri_from_string']
 

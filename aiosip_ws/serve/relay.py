@@ -25,13 +25,13 @@ import dataclasses
 import logging
 from typing import Any
 
-from .adapter import Application, new_tag
-from .codec import SIPMessage, invite_companion, make_response
-from .errors import ConnectionLost, SIPParseError, TransactionTimeout
-from .options import ServerOptions
+from ..adapter.application import Application, new_tag
+from ..core.codec import SIPMessage, invite_companion, make_response
+from ..errors import ConnectionLost, SIPParseError, TransactionTimeout
+from ..options import ServerOptions
 from .registrar import Registrar
-from .sipuri import NameAddr, SipURI, split_header_values
-from .transport import WSConnection, WSListener
+from ..core.sipuri import NameAddr, SipURI, split_header_values
+from ..transport.websocket import WSConnection, WSListener
 
 __all__ = ['RelayServer', 'ALLOWED_METHODS']
 

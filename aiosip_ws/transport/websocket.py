@@ -30,11 +30,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from . import framing
-from .codec import SIPMessage
-from .errors import ConfigurationError, HandshakeError
-from .framing import SUBPROTOCOL
-from .options import ClientOptions, ServerOptions
+from ..core import framing
+from ..core.codec import SIPMessage
+from ..errors import ConfigurationError, HandshakeError
+from ..core.framing import SUBPROTOCOL
+from ..options import ClientOptions, ServerOptions
 
 __all__ = ['WSConnection', 'WSListener', 'ConnectionHandler', 'open_connection', 'listen',
            'random_invalid_host', 'split_ws_url']
@@ -317,7 +317,7 @@ async def open_connection(url: str, handler: ConnectionHandler,
 
 
 def _user_agent() -> str:
-    from . import __version__
+    from .._version import __version__
     return 'aiosip-ws/%s' % __version__
 
 

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from .codec import SIPMessage
-from .errors import SIPParseError
-from .sipuri import NameAddr, SipURI
+from ..core.codec import SIPMessage
+from ..errors import SIPParseError
+from ..core.sipuri import NameAddr, SipURI
 
 __all__ = ['Binding', 'Registrar', 'RegisterResult']
 

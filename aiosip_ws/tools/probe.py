@@ -30,16 +30,16 @@ from typing import Any, Awaitable, Callable
 
 from websockets.asyncio.client import ClientConnection
 
-from . import codec
-from .adapter import Application
-from .compat import import_aiosip
-from .codec import SIPMessage
-from .discovery import Resolver, Target, connect_first, is_sip_uri
-from .errors import (AiosipWSError, ConfigurationError, ConnectionLost, HandshakeError,
+from ..core import codec
+from ..adapter.application import Application
+from ..adapter.compat import import_aiosip
+from ..core.codec import SIPMessage
+from ..transport.discovery import Resolver, Target, connect_first, is_sip_uri
+from ..errors import (AiosipWSError, ConfigurationError, ConnectionLost, HandshakeError,
                      SIPParseError, TransactionTimeout)
-from .options import ClientOptions
-from .sipuri import NameAddr, SipURI
-from .transport import WSConnection, open_connection, split_ws_url
+from ..options import ClientOptions
+from ..core.sipuri import NameAddr, SipURI
+from ..transport.websocket import WSConnection, open_connection, split_ws_url
 
 __all__ = ['Probe', 'ConnectTimings', 'Transaction', 'timed_connect', 'default_request_uri',
            'target_domain', 'bindings_of', 'granted_expires', 'format_message', 'PROBE_ERRORS']

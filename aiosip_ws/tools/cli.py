@@ -36,10 +36,10 @@ import sys
 import time
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
-from . import __version__
-from .errors import AiosipWSError, ConfigurationError, SIPParseError
-from .options import DEFAULT_MAX_SIZE, ClientOptions, ServerOptions
-from .sipuri import NameAddr
+from .._version import __version__
+from ..errors import AiosipWSError, ConfigurationError, Interrupted, SIPParseError
+from ..options import DEFAULT_MAX_SIZE, ClientOptions, ServerOptions
+from ..core.sipuri import NameAddr
 
 __all__ = ['main', 'build_parser']
 
@@ -219,7 +219,7 @@ def _server_options(args: argparse.Namespace) -> ServerOptions:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from .relay import RelayServer
+    from ..serve.relay import RelayServer
     urls = args.listen or ['ws://127.0.0.1:8080/']
     base = _server_options(args)
     server = RelayServer(server_options=base)
@@ -262,8 +262,7 @@ async def _serve(args: argparse.Namespace) -> int:
 T = TypeVar('T')
 
 
-class _Stopped(Exception):
-    """Ctrl-C or SIGTERM arrived while a client command was waiting."""
+
 
 
 class _TraceFormatter(logging.Formatter):
@@ -314,7 +313,7 @@ def _client_options(args: argparse.Namespace, **extra: Any) -> ClientOptions:
 def _resolver(args: argparse.Namespace) -> Any:
     if not args.dns:
         return None
-    from .discovery import Resolver
+    from ..transport.discovery import Resolver
     return Resolver([args.dns])
 
 
@@ -342,7 +341,7 @@ def _remove_stop(installed: list[int]) -> None:
 
 
 async def _unless_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T:
-    """Await ``awaitable``; if ``stop`` is set first, cancel it and raise :class:`_Stopped`."""
+    """Await ``awaitable``; if ``stop`` is set first, cancel it and raise :class:`Interrupted`."""
     task = asyncio.ensure_future(awaitable)
     stopper = asyncio.ensure_future(stop.wait())
     try:
@@ -354,7 +353,7 @@ async def _unless_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T:
         await asyncio.gather(stopper, return_exceptions=True)
     if not task.done() or task.cancelled():
         await asyncio.gather(task, return_exceptions=True)
-        raise _Stopped()
+        raise Interrupted()
     return task.result()
 
 
@@ -463,7 +462,7 @@ async def _register_command(args: argparse.Namespace) -> int:
             if not txn.ok:
                 return _fail('register', 'refresh: %s' % txn.outcome())
             granted = granted_expires(txn.response, probe.contact_uri, args.expires)
-    except _Stopped:
+    except Interrupted:
         print('interrupted', flush=True)
     finally:
         _remove_stop(installed)
@@ -516,7 +515,7 @@ async def _bench_command(args: argparse.Namespace) -> int:
     installed = _install_stop(stop)
     try:
         result = await _unless_stopped(generator.run(), stop)
-    except _Stopped:
+    except Interrupted:
         print('\naiosip-ws bench: interrupted', file=sys.stderr)
         return 130
     finally:

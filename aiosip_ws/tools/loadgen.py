@@ -47,15 +47,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from . import codec
-from .adapter import Application
-from .codec import SIPMessage
-from .discovery import Resolver, Target, connect_first, is_sip_uri
-from .errors import AiosipWSError, ConfigurationError
-from .options import ClientOptions
+from ..core import codec
+from ..adapter.application import Application
+from ..core.codec import SIPMessage
+from ..transport.discovery import Resolver, Target, connect_first, is_sip_uri
+from ..errors import AiosipWSError, ConfigurationError
+from ..options import ClientOptions
 from .probe import target_domain
-from .sipuri import NameAddr
-from .transport import WSConnection, open_connection, split_ws_url
+from ..core.sipuri import NameAddr
+from ..transport.websocket import WSConnection, open_connection, split_ws_url
 
 __all__ = ['SCENARIOS', 'BenchConfig', 'BenchResult', 'LatencySummary', 'Progress',
            'LoadGenerator', 'percentile', 'summarize', 'digest_authorization', 'run_bench']

@@ -24,7 +24,7 @@ import threading
 from importlib import metadata
 from typing import Any
 
-from .errors import ConfigurationError, UnknownTransportError
+from ..errors import ConfigurationError, UnknownTransportError
 
 __all__ = ['register_transport', 'unregister_transport', 'get_transport', 'transport_names',
            'transport_name_of', 'ENTRY_POINT_GROUP', 'WS', 'WSS']

@@ -20,8 +20,11 @@ and ``asyncio.run()`` would refuse them.  Like the removed decorator, it also
 awaits an awaitable returned by a decorated plain function (``Dialog.invite``
 returns a Future, so ``await dialog.invite()`` waits for the final response).
 
-Import ``aiosip_ws`` (or call :func:`import_aiosip`) before anything runs a
-bare ``import aiosip``; on 3.10+ that bare import fails otherwise.
+``import aiosip_ws`` calls :func:`install_import_hook`: a finder on
+``sys.meta_path`` that applies :func:`patched_stdlib` while aiosip's package
+executes, whoever imports it first and whenever.  So a bare ``import aiosip``
+after ``import aiosip_ws`` works, and ``import aiosip_ws`` alone does not load
+aiosip at all (``aiosip_ws.core`` and ``aiosip_ws.transport`` never need it).
 """
 from __future__ import annotations
 
@@ -31,12 +34,14 @@ import collections.abc
 import contextlib
 import functools
 import importlib
+import importlib.abc
+import importlib.machinery
 import inspect
 import sys
 import types
 from typing import Any, Callable, Iterator
 
-__all__ = ['legacy_coroutine', 'patched_stdlib', 'import_aiosip']
+__all__ = ['legacy_coroutine', 'patched_stdlib', 'install_import_hook', 'import_aiosip']
 
 _MISSING = object()
 
@@ -92,10 +97,51 @@ def patched_stdlib() -> Iterator[None]:
             del collections.MutableMapping  # type: ignore[attr-defined]
 
 
+class _ShimLoader(importlib.abc.Loader):
+    """Runs aiosip's own loader inside :func:`patched_stdlib`."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        with patched_stdlib():
+            self._loader.exec_module(module)
+
+    def __getattr__(self, name: str) -> Any:      # get_resource_reader, is_package, ...
+        return getattr(self._loader, name)
+
+
+class AiosipFinder(importlib.abc.MetaPathFinder):
+    """Finds the ``aiosip`` package with the other finders and wraps its loader."""
+
+    def find_spec(self, fullname: str, path: Any = None,
+                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != 'aiosip':
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, 'find_spec'):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _ShimLoader(spec.loader)
+                return spec
+        return None
+
+
+def install_import_hook() -> None:
+    """Make every later ``import aiosip`` work on Python 3.10-3.13 (idempotent)."""
+    if not any(isinstance(finder, AiosipFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, AiosipFinder())
+
+
 def import_aiosip() -> types.ModuleType:
     """Import aiosip 0.2.0 (or return it if it is already imported)."""
     module = sys.modules.get('aiosip')
     if module is not None:
         return module
-    with patched_stdlib():
-        return importlib.import_module('aiosip')
+    install_import_hook()
+    return importlib.import_module('aiosip')

@@ -1,0 +1,1 @@
+"""``aiosip-ws serve``: the registrar (location service) and the relay."""
