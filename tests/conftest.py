@@ -16,8 +16,8 @@ import pytest
 
 import aiosip_ws  # noqa: F401  - makes aiosip 0.2.0 importable before anything else
 from aiosip_ws.serve.relay import RelayServer
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass

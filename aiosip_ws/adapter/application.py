@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import secrets
 from typing import Any, Callable
 
 from multidict import CIMultiDict

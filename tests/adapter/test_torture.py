@@ -24,7 +24,6 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Union
 
 import pytest
@@ -33,12 +32,11 @@ from websockets.frames import Frame, Opcode
 
 from aiosip_ws import Application, ServerOptions
 from aiosip_ws.core import framing
+from tests.support import RFC4475_DIR
 from aiosip_ws.core.codec import parse
 
-#: the RFC 4475 messages, one per file: $RFC4475_DIR, else a copy in tests/rfc4475, else
-#: the shared reference copy
-TORTURE_DIR = Path(os.environ.get('RFC4475_DIR') or next(
-    (str(p) for p in (Path(__file__).parent / 'rfc4475',) if p.is_dir()), '/work/shared/rfc4475'))
+#: the RFC 4475 messages, one per file (tests/rfc4475)
+TORTURE_DIR = RFC4475_DIR
 #: seconds the OPTIONS probe sent after every torture message has to get its 200
 PROBE_TIMEOUT = 2.0
 
@@ -164,10 +162,6 @@ EXPECTED: dict[str, Expect] = {
 #: plus NEWMETHOD so that mismatch02's 400 cannot be confused with a 405/501)
 ROUTED_METHODS = ('REGISTER', 'INVITE', 'OPTIONS', 'MESSAGE', 'NEWMETHOD', 'RE%47IST%45R',
                   "!interesting-Method0123456789_*+`.%indeed'~")
-
-
-needs_torture_files = pytest.mark.skipif(not TORTURE_DIR.is_dir(),
-                                         reason='RFC 4475 messages not found (set RFC4475_DIR)')
 
 
 def torture_files() -> list[str]:
@@ -313,8 +307,6 @@ def check_seen(server: TortureServer, *, method: str | None, call_id: str | None
 # ---------------------------------------------------------------------------- RFC 4475
 def test_every_torture_file_has_an_expectation():
     """The table covers exactly the files present (a new file needs a decision)."""
-    if not TORTURE_DIR.is_dir():
-        pytest.skip('RFC 4475 messages not found in %s (set RFC4475_DIR)' % TORTURE_DIR)
     files = torture_files()
     assert len(files) >= 50
     assert sorted(EXPECTED) == files
@@ -379,7 +371,6 @@ def test_framing_view_of_each_torture_file(name):
             assert event.response is not None and event.response.status == expect.outcome, event.error
 
 
-@needs_torture_files
 async def test_tortuous_invite_without_its_to_tag_reaches_the_route(server):
     """RFC 4475 3.1.1.1 (wsinv) as an out-of-dialog request: every tortuous part is read
     right: folded and comma-joined Vias, "cseq: 0009 INVITE" over two lines, the body."""
@@ -397,7 +388,6 @@ async def test_tortuous_invite_without_its_to_tag_reaches_the_route(server):
     assert invite.get('Subject') == '' and len(invite.body) == 150
 
 
-@needs_torture_files
 async def test_multipart_binary_body_reaches_the_route_byte_for_byte(server):
     """RFC 4475 3.1.1.11, R-4.2.1: a body that is not UTF-8 survives a binary frame intact."""
     data = (TORTURE_DIR / 'valid/mpart01.dat').read_bytes()

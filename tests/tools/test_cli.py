@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
-from tests.dnsmasq import Dnsmasq, DnsmasqNotFound, find_dnsmasq
+from tests.support import REPO
+from tests.support.dnsmasq import Dnsmasq, DnsmasqNotFound, find_dnsmasq
 
 
 def run_cli(*args: str, timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -27,7 +27,7 @@ import websockets.version
 from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from tests.dnsmasq import Dnsmasq
+from tests.support.dnsmasq import Dnsmasq
 
 from aiosip_ws.transport.discovery import (DEFAULT_PORTS, DEFAULT_SRV_LABELS, AllTargetsFailed, Resolver,
                                  Target, connect_first, is_sip_uri, order_srv, parse_nameserver,

@@ -13,7 +13,6 @@ import functools
 import os
 import re
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 from aiosip_ws.core import framing
 from aiosip_ws.core.codec import COMPACT_FORMS, SIPMessage, canonical_name, parse, serialize
 from aiosip_ws.errors import SIPParseError
+from tests.support import RFC4475_DIR
 
 #: Few enough examples for the file to run in a few seconds; a deadline generous enough
 #: for a slow, shared CI machine (it only catches pathological slowness, e.g. backtracking).
@@ -31,9 +31,7 @@ PROPERTY = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=2),
 #: for the cheap properties (most random input fails on the first line)
 MANY = settings(PROPERTY, max_examples=EXAMPLES * 4)
 
-TORTURE_VALID = Path(os.environ.get('RFC4475_DIR') or next(
-    (str(p) for p in (Path(__file__).parent / 'rfc4475',) if p.is_dir()),
-    '/work/shared/rfc4475')) / 'valid'     # seeds for the mutations, when present
+TORTURE_VALID = RFC4475_DIR / 'valid'     # seeds for the mutations
 
 # ---------------------------------------------------------------------------- strategies
 TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"

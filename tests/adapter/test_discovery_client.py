@@ -9,7 +9,7 @@ import pytest
 
 from aiosip_ws import Application, DiscoveryError
 from aiosip_ws.transport.discovery import Resolver
-from tests.dnsmasq import Dnsmasq
+from tests.support.dnsmasq import Dnsmasq
 
 
 def closed_port() -> int:

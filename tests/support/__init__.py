@@ -1,0 +1,11 @@
+"""Helpers shared by the test suite, each written once: free ports, certificates, a raw
+WebSocket client, the RFC 4475 vectors and launchers for real peers (dnsmasq, Kamailio,
+aiosip-ws serve, the Node agents)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+#: the repository's top folder
+REPO = Path(__file__).resolve().parent.parent.parent
+#: RFC 4475's torture messages, one per file (tests/rfc4475/{valid,invalid})
+RFC4475_DIR = REPO / 'tests' / 'rfc4475'
