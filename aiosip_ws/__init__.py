@@ -23,9 +23,19 @@ from typing import Any
 
 from ._version import __version__
 from .adapter.compat import install_import_hook
-from .errors import (AiosipWSError, ConfigurationError, ConnectionLost, DiscoveryError,
-                     HandshakeError, InvalidURIError, RegistrationError, SIPParseError,
-                     TransactionTimeout, TransportError, UnknownTransportError)
+from .errors import (
+    AiosipWSError,
+    ConfigurationError,
+    ConnectionLost,
+    DiscoveryError,
+    HandshakeError,
+    InvalidURIError,
+    RegistrationError,
+    SIPParseError,
+    TransactionTimeout,
+    TransportError,
+    UnknownTransportError,
+)
 from .options import ClientOptions, ServerOptions
 
 install_import_hook()

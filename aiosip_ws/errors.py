@@ -7,7 +7,8 @@ code written for plain Python keeps working (``ValueError`` for bad input,
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     'AiosipWSError',

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import ssl as _ssl
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from .errors import ConfigurationError
 

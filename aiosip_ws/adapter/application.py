@@ -40,16 +40,17 @@ from multidict import CIMultiDict
 from ..core import codec
 from ..core.codec import SIPMessage, Via
 from ..core.digest import authorization, choose_challenge
-from ..core.sipuri import NameAddr, SipURI
+from ..core.sipuri import NameAddr, SipURI, ws_contact
 from ..core.transaction import new_branch, new_tag
 from ..errors import (ConfigurationError, ConnectionLost, DigestError, SIPParseError,
                       TransactionTimeout)
 from ..options import ClientOptions, ServerOptions
-from ..transport.discovery import Resolver, Target, connect_first
+from ..transport.connect import connect
+from ..transport.discovery import Resolver
 from ..transport.websocket import WSConnection, WSListener, listen, open_connection
 from .convert import aiosip, aiosip_safe_text, has_surrogates, server_header, to_aiosip, to_wire
 from .registry import WS, _register_builtins, get_transport
-from .selection import is_ws_url, select, uri_from_string
+from .selection import select, uri_from_string
 
 _register_builtins(aiosip)
 
@@ -358,19 +359,7 @@ class Application(aiosip.Application):
         return conn
 
     async def _open(self, target: str, options: ClientOptions) -> WSConnection:
-        if is_ws_url(target):
-            return await open_connection(target, self, options)
-        targets = await self.resolver.resolve(target)
-
-        async def attempt(found: Target) -> WSConnection:
-            kwargs = found.connect_kwargs(ssl=options.ssl)
-            if options.proxy is not None:
-                kwargs['proxy'] = options.proxy
-            return await open_connection(found.url, self, options, connect_kwargs=kwargs)
-
-        found, conn = await connect_first(targets, attempt, logger=logger)
-        logger.info('%s: connected to %s', target, found.describe())
-        return conn
+        return await connect(target, self, options, resolver=self.resolver, logger=logger)
 
     @property
     def resolver(self) -> Resolver:
@@ -458,8 +447,7 @@ class Application(aiosip.Application):
                                                   dialog or aiosip.Dialog)
         from_addr = NameAddr.parse(from_uri)
         if contact_uri is None:
-            contact = SipURI('sip', from_addr.uri.user, conn.via_host, None, (('transport', 'ws'),))
-            contact_header = '<%s>' % contact
+            contact_header = ws_contact(conn.via_host, from_addr.uri.user)
         else:
             contact_header = str(NameAddr.parse(contact_uri))
         dlg = await super().start_dialog(
@@ -511,7 +499,7 @@ class Application(aiosip.Application):
         conn = protocol
         dlg = await self.start_dialog(msg.headers['From'], msg.headers['To'],
                                       call_id=msg.headers['Call-ID'], protocol=conn,
-                                      password=None, contact_uri=self._local_contact(conn))
+                                      password=None, contact_uri=ws_contact(conn.via_host))
         if isinstance(dlg, Dialog):
             # aiosip builds the server-side dialog from the peer's From (D14): requests
             # the server sends in it go to the peer's Contact, else its From URI.
@@ -533,9 +521,6 @@ class Application(aiosip.Application):
             # it (a reference) if it wants to stay in it, as aiosip intends.
             if conn.dialogs.get(dlg.call_id) is dlg and msg.method not in _DIALOG_FORMING:
                 del conn.dialogs[dlg.call_id]
-
-    def _local_contact(self, conn: WSConnection) -> str:
-        return '<sip:%s;transport=ws>' % conn.via_host
 
     def send_message(self, protocol: Any, local_addr: Any, remote_addr: Any, msg: Any) -> None:
         if not (isinstance(protocol, type) and issubclass(protocol, CONNECTION_TYPES)):

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from multidict import CIMultiDict
 
 from ..errors import AiosipWSError, ConfigurationError, RegistrationError, TransportError
-from ..core.sipuri import NameAddr, SipURI
+from ..core.sipuri import NameAddr, SipURI, ws_contact
 
 __all__ = ['Registration', 'RegistrationError']
 
@@ -155,11 +155,10 @@ class Registration:
                                                    password=self.password)
         if self.username:
             self._dialog.auth_username = self.username
-        contact = SipURI('sip', NameAddr.parse(self.aor).uri.user, conn.via_host, None,
-                         (('transport', 'ws'),) + ((('ob', None),) if self.outbound else ()))
-        self._contact = '<%s>' % contact
-        if self.outbound:
-            self._contact += ';reg-id=%d;+sip.instance="<%s>"' % (self.reg_id, self.instance_id)
+        self._contact = ws_contact(conn.via_host, NameAddr.parse(self.aor).uri.user,
+                                   outbound=self.outbound,
+                                   reg_id=self.reg_id if self.outbound else None,
+                                   instance=self.instance_id)
         response = await self._register(self.expires)
         self.failures = 0
         self.registrations += 1

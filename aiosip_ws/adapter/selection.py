@@ -15,16 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..transport.discovery import is_sip_uri
-from ..errors import ConfigurationError
-from .registry import WS, get_transport
+from ..core.grammar import (WS_DEFAULT_PORTS, WS_SCHEMES, is_sip_uri, is_ws_url, url_host,
+                            ws_scheme_for)
 from ..core.sipuri import NameAddr, SipURI
+from ..errors import ConfigurationError
 from ..transport.websocket import split_ws_url
+from .registry import WS, get_transport
 
-__all__ = ['Selection', 'select', 'is_ws_url', 'uri_from_string']
-
-WS_TRANSPORT_VALUES = {'ws': False, 'wss': True}
-
+__all__ = ['Selection', 'select', 'uri_from_string']
 
 @dataclass(frozen=True)
 class Selection:
@@ -37,10 +35,6 @@ class Selection:
         return isinstance(self.implementation, type) and issubclass(self.implementation, WS)
 
 
-def is_ws_url(value: Any) -> bool:
-    return isinstance(value, str) and value[:5].lower() in ('ws://', 'wss:/')
-
-
 def uri_from_string(value: str) -> SipURI:
     """A URI given as a string: ``<...>`` is a name-addr, anything else a bare URI whose
     ``;params`` are URI parameters (what a user writing ``sip:h;transport=ws`` means)."""
@@ -51,11 +45,7 @@ def uri_from_string(value: str) -> SipURI:
 
 def transport_of_uri(uri: SipURI) -> str | None:
     """``ws``/``wss`` if ``uri`` asks for WebSocket, else None (other or no transport)."""
-    value = uri.transport
-    if value not in WS_TRANSPORT_VALUES:
-        return None
-    secure = uri.scheme == 'sips' or WS_TRANSPORT_VALUES[value]
-    return 'wss' if secure else 'ws'
+    return ws_scheme_for(uri.scheme, uri.transport)
 
 
 def select(*, transport: Any = None, remote_addr: Any = None, to_uri: str | None = None) -> Selection:
@@ -74,10 +64,10 @@ def select(*, transport: Any = None, remote_addr: Any = None, to_uri: str | None
     if is_ws_url(remote_addr):
         secure, _, _, _ = split_ws_url(remote_addr)
         by_url = 'wss' if secure else 'ws'
-        if named is not None and named in ('ws', 'wss') and named != by_url:
+        if named is not None and named in WS_SCHEMES and named != by_url:
             raise ConfigurationError('transport=%r conflicts with the URL %s; use a %s:// URL'
                                      % (named, remote_addr, named))
-        if named is not None and named not in ('ws', 'wss'):
+        if named is not None and named not in WS_SCHEMES:
             raise ConfigurationError('transport=%r cannot use the WebSocket URL %s'
                                      % (named, remote_addr))
         return Selection(by_url, get_transport(by_url), remote_addr)
@@ -100,7 +90,7 @@ def select(*, transport: Any = None, remote_addr: Any = None, to_uri: str | None
         if selection.is_websocket:
             if isinstance(remote_addr, tuple) and len(remote_addr) == 2:
                 host, port = remote_addr
-                target = '%s://%s:%d/' % (named, host, int(port or (443 if named == 'wss' else 80)))
+                target = '%s://%s:%d/' % (named, url_host(str(host)), int(port or WS_DEFAULT_PORTS[named]))
                 return Selection(named, implementation, target)
             if remote_addr is None and to_uri:
                 uri = uri_from_string(to_uri)

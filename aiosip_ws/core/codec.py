@@ -31,12 +31,14 @@ everything else the application understands are left to the layers above.
 """
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 from ..errors import SIPParseError
-from .sipuri import parse_params, split_header_values
+from .grammar import DEFAULT_MAX_FORWARDS, TOKEN_RE
+from .sipuri import format_params, param_value, parse_params, split_header_values
 
 __all__ = ['SIPMessage', 'Via', 'parse', 'serialize', 'COMPACT_FORMS', 'MULTI_VALUE_HEADERS',
            'MANDATORY_HEADERS']
@@ -68,7 +70,6 @@ MANDATORY_HEADERS = ('Via', 'From', 'To', 'Call-ID', 'CSeq')
 
 # \Z, not $: "$" also matches before a final "\n".
 _TOKEN = re.compile(rb"[A-Za-z0-9\-.!%*_+`'~]+\Z")
-_TOKEN_STR = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _STATUS_LINE = re.compile(rb'SIP/(\d+\.\d+) (\d{3})(?: (.*))?\Z', re.DOTALL)
 _VERSION = re.compile(rb'[Ss][Ii][Pp]/\d+\.\d+\Z')
 #: scheme ":" then no CTL, SP, DEL, "<", ">" or '"' (RFC 3261 25.1, RFC 3986 3.1)
@@ -105,7 +106,7 @@ class Via:
     version: str = '2.0'
 
     @classmethod
-    def parse(cls, value: str) -> 'Via':
+    def parse(cls, value: str) -> Via:
         m = _VIA.match(value)
         if not m:
             raise SIPParseError('bad Via header %s' % _excerpt(value))
@@ -117,10 +118,8 @@ class Via:
                    params=parse_params(rest), version=m.group(1))
 
     def param(self, name: str) -> str | None:
-        for key, value in self.params:
-            if key.lower() == name:
-                return value
-        return None
+        """A Via parameter's value; names compare case-insensitively (RFC 3261 §7.3.1)."""
+        return param_value(self.params, name)
 
     @property
     def branch(self) -> str | None:
@@ -128,8 +127,7 @@ class Via:
 
     def __str__(self) -> str:
         sent_by = self.host if self.port is None else '%s:%d' % (self.host, self.port)
-        params = ''.join(';%s' % k if v is None else ';%s=%s' % (k, v) for k, v in self.params)
-        return 'SIP/%s/%s %s%s' % (self.version, self.transport, sent_by, params)
+        return 'SIP/%s/%s %s%s' % (self.version, self.transport, sent_by, format_params(self.params))
 
 
 @dataclass
@@ -221,7 +219,7 @@ def _parse_cseq(value: str) -> tuple[int, str]:
     parts = value.split()
     # isascii(): str.isdigit() is also true for digits int() refuses ("²")
     if (len(parts) != 2 or not parts[0].isascii() or not parts[0].isdigit()
-            or not _TOKEN_STR.match(parts[1])):
+            or not TOKEN_RE.match(parts[1])):
         raise SIPParseError('bad CSeq header %s' % _excerpt(value))
     # int() of a huge string is slow (and refused past 4300 digits): look at the length first
     digits = parts[0].lstrip('0') or '0'
@@ -325,10 +323,8 @@ def _salvage(lines: list[bytes]) -> SIPMessage:
         if b'\r' in line or b'\n' in line:
             continue
         good.append(line)
-    try:
+    with contextlib.suppress(SIPParseError):
         _parse_headers(good, msg)
-    except SIPParseError:
-        pass
     return msg
 
 
@@ -524,6 +520,6 @@ def invite_companion(method: str, invite: SIPMessage, *, uri: str,
     """
     vias = invite.get_all('Via')
     return SIPMessage(method=method, uri=uri, headers=[
-        ('Via', vias[0] if vias else ''), ('Max-Forwards', '70'),
+        ('Via', vias[0] if vias else ''), ('Max-Forwards', str(DEFAULT_MAX_FORWARDS)),
         ('From', invite.get('From') or ''), ('To', to if to is not None else invite.get('To') or ''),
         ('Call-ID', invite.get('Call-ID') or ''), ('CSeq', '%d %s' % (invite.cseq[0], method))])

@@ -21,11 +21,10 @@ refused with 416 here as well (RFC 3261 8.2.2.1, 16.3; RFC 4475 3.3.2).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
+from ..errors import SIPParseError
 from . import codec
 from .codec import SIPMessage
-from ..errors import SIPParseError
 
 __all__ = ['CRLF_PING', 'CRLF_PONG', 'KeepAlivePing', 'KeepAlivePong', 'MessageReceived',
            'MessageRejected', 'Event', 'receive', 'encode', 'error_response', 'SUBPROTOCOL',
@@ -69,7 +68,7 @@ class MessageRejected:
     binary: bool
 
 
-Event = Union[KeepAlivePing, KeepAlivePong, MessageReceived, MessageRejected]
+Event = KeepAlivePing | KeepAlivePong | MessageReceived | MessageRejected
 
 _KEEPALIVE_START = ('\r', '\n')
 _KEEPALIVE_START_BYTES = (b'\r', b'\n')

@@ -14,8 +14,8 @@ formats URIs here and never round-trips a URI through aiosip.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 from ..errors import SIPParseError
 
@@ -81,7 +81,9 @@ def format_params(params: Params) -> str:
                    for name, value in params)
 
 
-def _get(params: Params, name: str) -> str | None:
+def param_value(params: Params, name: str) -> str | None:
+    """The value of parameter ``name`` (case-insensitive, RFC 3261 §7.3.1); None if absent
+    or a flag."""
     name = name.lower()
     for key, value in params:
         if key.lower() == name:
@@ -89,7 +91,8 @@ def _get(params: Params, name: str) -> str | None:
     return None
 
 
-def _has(params: Params, name: str) -> bool:
+def has_param(params: Params, name: str) -> bool:
+    """True if parameter ``name`` is present (case-insensitive), with or without a value."""
     name = name.lower()
     return any(key.lower() == name for key, _ in params)
 
@@ -107,7 +110,7 @@ class SipURI:
     password: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> 'SipURI':
+    def parse(cls, text: str) -> SipURI:
         text = text.strip()
         if text.startswith('<') and text.endswith('>'):
             text = text[1:-1].strip()
@@ -140,16 +143,16 @@ class SipURI:
 
     # -- parameters -----------------------------------------------------------
     def param(self, name: str) -> str | None:
-        return _get(self.params, name)
+        return param_value(self.params, name)
 
     def has_param(self, name: str) -> bool:
-        return _has(self.params, name)
+        return has_param(self.params, name)
 
-    def with_param(self, name: str, value: str | None = None) -> 'SipURI':
+    def with_param(self, name: str, value: str | None = None) -> SipURI:
         kept = tuple(p for p in self.params if p[0].lower() != name.lower())
         return replace(self, params=kept + ((name, value),))
 
-    def without_param(self, name: str) -> 'SipURI':
+    def without_param(self, name: str) -> SipURI:
         return replace(self, params=tuple(p for p in self.params if p[0].lower() != name.lower()))
 
     @property
@@ -195,7 +198,7 @@ class NameAddr:
     bracketed: bool = True
 
     @classmethod
-    def parse(cls, text: str) -> 'NameAddr':
+    def parse(cls, text: str) -> NameAddr:
         text = text.strip()
         if text == '*':
             return cls(uri=SipURI('sip', None, '*'), star=True, bracketed=False)
@@ -226,16 +229,16 @@ class NameAddr:
         return cls(uri=SipURI.parse(uri_text), params=parse_params(paramtext), bracketed=False)
 
     def param(self, name: str) -> str | None:
-        return _get(self.params, name)
+        return param_value(self.params, name)
 
     def has_param(self, name: str) -> bool:
-        return _has(self.params, name)
+        return has_param(self.params, name)
 
     @property
     def tag(self) -> str | None:
         return self.param('tag')
 
-    def with_param(self, name: str, value: str | None = None) -> 'NameAddr':
+    def with_param(self, name: str, value: str | None = None) -> NameAddr:
         kept = tuple(p for p in self.params if p[0].lower() != name.lower())
         return replace(self, params=kept + ((name, value),))
 
@@ -247,3 +250,18 @@ class NameAddr:
             out = '"%s" ' % self.display_name
         return out + '<%s>' % self.uri + format_params(self.params)
 
+
+
+def ws_contact(host: str, user: str | None = None, *, outbound: bool = False,
+               reg_id: int | None = None, instance: str | None = None) -> str:
+    """The Contact header value of a WebSocket UA (RFC 7118 §5.2, RFC 5626 §4.2).
+
+    ``<sip:USER@HOST;transport=ws>``, with ``;ob`` when ``outbound`` and, with a
+    ``reg_id`` and ``instance`` (a URN), ``;reg-id=N;+sip.instance="<URN>"``.
+    ``host`` is normally the connection's random ``.invalid`` name (RFC 7118 Appendix B.1).
+    """
+    params: Params = (('transport', 'ws'),) + ((('ob', None),) if outbound else ())
+    value = '<%s>' % SipURI('sip', user or None, host, None, params)
+    if reg_id is not None and instance is not None:
+        value += ';reg-id=%d;+sip.instance="<%s>"' % (reg_id, instance)
+    return value

@@ -25,8 +25,10 @@ import dataclasses
 import logging
 from typing import Any
 
-from ..adapter.application import Application, new_tag
+from ..adapter.application import Application
 from ..core.codec import SIPMessage, invite_companion, make_response
+from ..core.grammar import DEFAULT_MAX_FORWARDS
+from ..core.transaction import cancel_key, new_tag
 from ..errors import ConnectionLost, SIPParseError, TransactionTimeout
 from ..options import ServerOptions
 from .registrar import Registrar
@@ -116,7 +118,7 @@ class RelayServer:
             else:
                 dialog.reply(msg, 404, 'Not Found (no user in the Request-URI)')
             return
-        max_forwards = (raw.get('Max-Forwards') or '70').strip()
+        max_forwards = (raw.get('Max-Forwards') or str(DEFAULT_MAX_FORWARDS)).strip()
         if not max_forwards.isdigit():
             dialog.reply(msg, 400, 'Bad Request (bad Max-Forwards)')
             return
@@ -147,7 +149,7 @@ class RelayServer:
         """
         assert self.app is not None
         invite = raw.method == 'INVITE'
-        key = _transaction_key(raw) if invite else None
+        key = cancel_key(raw) if invite else None
         for binding in bindings:
             peer: WSConnection = binding.connection
             forwarded = SIPMessage(method=raw.method, uri=str(binding.uri),
@@ -220,7 +222,7 @@ class RelayServer:
             if message.method == 'ACK':
                 return True        # the ACK of a non-2xx we relayed (we ACKed downstream)
             return False           # the adapter answers 481
-        max_forwards = (message.get('Max-Forwards') or '70').strip()
+        max_forwards = (message.get('Max-Forwards') or str(DEFAULT_MAX_FORWARDS)).strip()
         if not max_forwards.isdigit() or int(max_forwards) == 0:
             if message.method != 'ACK':
                 conn.send(make_response(message, 483 if max_forwards == '0' else 400,
@@ -253,7 +255,7 @@ class RelayServer:
 
     def _cancel(self, conn: WSConnection, cancel: SIPMessage) -> bool:
         """RFC 3261 16.10: answer the CANCEL, then cancel the INVITE we forwarded."""
-        entry = self._invites.get(_transaction_key(cancel))
+        entry = self._invites.get(cancel_key(cancel))
         if entry is None:
             conn.send(make_response(cancel, 481, to_tag=new_tag()))
             return True
@@ -265,12 +267,6 @@ class RelayServer:
 
 #: out-of-dialog requests whose Contact becomes a remote target of a dialog
 _LEARN_FROM = frozenset({'INVITE', 'SUBSCRIBE', 'REFER'})
-
-
-def _transaction_key(request: SIPMessage) -> tuple[str, int, str]:
-    """What ties a CANCEL to its INVITE: Call-ID, CSeq number, top Via branch (RFC 3261 9.1)."""
-    top = request.top_via
-    return (request.get('Call-ID') or '', request.cseq[0], (top.branch if top else '') or '')
 
 
 def _without_top_via(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

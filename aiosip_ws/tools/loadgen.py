@@ -50,15 +50,20 @@ from typing import Any, Callable, Sequence
 from ..core import codec
 from ..adapter.application import Application
 from ..core.codec import SIPMessage
-from ..transport.discovery import Resolver, Target, connect_first, is_sip_uri
-from ..errors import AiosipWSError, ConfigurationError
+from ..core.digest import Challenge, authorization, choose_challenge
+from ..transport.connect import connect
+from ..core.grammar import is_sip_uri
+from ..transport.discovery import Resolver, Target
+from ..errors import AiosipWSError, ConfigurationError, DigestError
 from ..options import ClientOptions
 from .probe import target_domain
-from ..core.sipuri import NameAddr
+from ..core.grammar import DEFAULT_MAX_FORWARDS
+from ..core.sipuri import NameAddr, ws_contact
+from ..core.transaction import new_branch, new_call_id, new_tag
 from ..transport.websocket import WSConnection, open_connection, split_ws_url
 
 __all__ = ['SCENARIOS', 'BenchConfig', 'BenchResult', 'LatencySummary', 'Progress',
-           'LoadGenerator', 'percentile', 'summarize', 'digest_authorization', 'run_bench']
+           'LoadGenerator', 'percentile', 'summarize', 'run_bench']
 
 logger = logging.getLogger(__name__)
 
@@ -111,57 +116,6 @@ def summarize(values: Sequence[float]) -> LatencySummary:
     return LatencySummary(len(ordered), ordered[0], percentile(ordered, 50),
                           percentile(ordered, 90), percentile(ordered, 99), ordered[-1],
                           math.fsum(ordered) / len(ordered))
-
-
-# ---------------------------------------------------------------------------- digest
-_CHALLENGE_PARAM = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
-_HASHES = {'MD5': hashlib.md5, 'MD5-SESS': hashlib.md5, 'SHA-256': hashlib.sha256,
-           'SHA-256-SESS': hashlib.sha256}
-
-
-def parse_challenge(value: str) -> dict[str, str]:
-    """``Digest realm="x", nonce="y", qop="auth"`` -> lower-case parameter dict."""
-    scheme, _, rest = value.strip().partition(' ')
-    if scheme.lower() != 'digest':
-        raise ConfigurationError('unsupported authentication scheme %r' % scheme)
-    return {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-            for m in _CHALLENGE_PARAM.finditer(rest)}
-
-
-def digest_authorization(challenge: dict[str, str], *, method: str, uri: str, username: str,
-                         password: str, nc: int = 1, cnonce: str | None = None) -> str:
-    """The credentials (RFC 3261 22.4, RFC 7616) answering a parsed digest challenge.
-
-    MD5 and SHA-256 (and their -sess variants); ``qop=auth`` when offered.
-    """
-    algorithm = (challenge.get('algorithm') or 'MD5').upper()
-    hasher = _HASHES.get(algorithm)
-    if hasher is None:
-        raise ConfigurationError('unsupported digest algorithm %r' % algorithm)
-
-    def h(text: str) -> str:
-        return hasher(text.encode('utf-8')).hexdigest()
-
-    realm, nonce = challenge.get('realm', ''), challenge.get('nonce', '')
-    cnonce = cnonce or secrets.token_hex(8)
-    ha1 = h('%s:%s:%s' % (username, realm, password))
-    if algorithm.endswith('-SESS'):
-        ha1 = h('%s:%s:%s' % (ha1, nonce, cnonce))
-    ha2 = h('%s:%s' % (method, uri))
-    qops = [q.strip() for q in (challenge.get('qop') or '').split(',') if q.strip()]
-    fields = ['username="%s"' % username, 'realm="%s"' % realm, 'nonce="%s"' % nonce,
-              'uri="%s"' % uri]
-    if 'auth' in qops:
-        ncs = '%08x' % nc
-        response = h('%s:%s:%s:%s:auth:%s' % (ha1, nonce, ncs, cnonce, ha2))
-        fields += ['response="%s"' % response, 'algorithm=%s' % algorithm, 'qop=auth',
-                   'cnonce="%s"' % cnonce, 'nc=%s' % ncs]
-    else:
-        response = h('%s:%s:%s' % (ha1, nonce, ha2))
-        fields += ['response="%s"' % response, 'algorithm=%s' % algorithm]
-    if 'opaque' in challenge:
-        fields.append('opaque="%s"' % challenge['opaque'])
-    return 'Digest ' + ', '.join(fields)
 
 
 # ---------------------------------------------------------------------------- config
@@ -404,19 +358,19 @@ class _Client:
         uri = NameAddr.parse(aor).uri
         self.host = uri.host
         self.contact = ''
-        self.reg_call_id = secrets.token_hex(10)
-        self.msg_call_id = secrets.token_hex(10)
-        self.tag = secrets.token_hex(5)
+        self.reg_call_id = new_call_id()
+        self.msg_call_id = new_call_id()
+        self.tag = new_tag()
         self.cseq = 0
         self.peer: str | None = None
-        self.challenge: dict[str, str] | None = None
+        self.challenge: Challenge | None = None
         self.nc = 0
         self.auth_header = 'Authorization'
 
     def attach(self, conn: WSConnection) -> None:
         self.conn = conn
         user = NameAddr.parse(self.aor).uri.user
-        self.contact = '<sip:%s@%s;transport=ws>' % (user or 'bench', conn.via_host)
+        self.contact = ws_contact(conn.via_host, user or 'bench')
 
 
 #: outcome of an unmeasured transaction: (status, None) or (None, error kind)
@@ -458,7 +412,7 @@ class _BenchApplication(Application):
             return
         if message.method in ('MESSAGE', 'OPTIONS'):
             self._generator.result.requests_received += 1
-            conn.send(codec.make_response(message, 200, to_tag=secrets.token_hex(4)))
+            conn.send(codec.make_response(message, 200, to_tag=new_tag()))
             return
         super().message_received(conn, message)
 
@@ -572,16 +526,8 @@ class LoadGenerator:
         extra: dict[str, Any] = {}
         if cfg.source_addresses:
             extra['local_addr'] = (cfg.source_addresses[index % len(cfg.source_addresses)], 0)
-        if self._targets is None:
-            return await open_connection(cfg.target, self._app, options, connect_kwargs=extra)
-
-        async def attempt(found: Target) -> WSConnection:
-            kwargs = found.connect_kwargs(ssl=options.ssl)
-            kwargs.update(extra)
-            return await open_connection(found.url, self._app, options, connect_kwargs=kwargs)
-
-        _, conn = await connect_first(self._targets, attempt, logger=logger)
-        return conn
+        return await connect(self._targets or cfg.target, self._app, options,
+                             resolver=self._app.resolver, connect_kwargs=extra, logger=logger)
 
     async def _register_all(self, clients: list[_Client], expires: int,
                             measure_failures: bool) -> None:
@@ -724,7 +670,7 @@ class LoadGenerator:
         assert conn is not None
         headers = [('Via', 'SIP/2.0/%s %s;branch=%s' % (conn.via_transport, conn.via_host,
                                                         txn.branch)),
-                   ('Max-Forwards', '70'), ('From', '<%s>;tag=%s' % (client.aor, client.tag)),
+                   ('Max-Forwards', str(DEFAULT_MAX_FORWARDS)), ('From', '<%s>;tag=%s' % (client.aor, client.tag)),
                    ('To', to), ('Call-ID', call_id), ('CSeq', '%d %s' % (client.cseq, method))]
         body = b''
         if method == 'REGISTER':
@@ -733,7 +679,7 @@ class LoadGenerator:
         if client.challenge is not None and cfg.password is not None and (
                 method == 'REGISTER' or client.auth_header == 'Proxy-Authorization'):
             client.nc += 1
-            headers.append((client.auth_header, digest_authorization(
+            headers.append((client.auth_header, authorization(
                 client.challenge, method=method, uri=uri, username=client.user,
                 password=cfg.password, nc=client.nc)))
         if method == 'MESSAGE':
@@ -749,7 +695,7 @@ class LoadGenerator:
             self._finish(txn, None, 'no connection')
             return
         txn.conn = conn
-        txn.branch = 'z9hG4bK' + secrets.token_hex(8)
+        txn.branch = new_branch()
         request = self._request(txn)
         txn.sent_at = self._loop.time()
         self._pending[txn.branch] = txn
@@ -804,13 +750,13 @@ class LoadGenerator:
             self._idle.set()
 
     def _take_challenge(self, client: _Client, response: SIPMessage, status: int) -> bool:
-        header = 'WWW-Authenticate' if status == 401 else 'Proxy-Authenticate'
-        value = response.get(header)
-        if not value:
+        proxy = status == 407
+        values = response.get_all('Proxy-Authenticate' if proxy else 'WWW-Authenticate')
+        if not values:
             return False
         try:
-            client.challenge = parse_challenge(value)
-        except ConfigurationError as exc:
+            client.challenge = choose_challenge(values, proxy=proxy)
+        except DigestError as exc:
             logger.info('cannot answer the challenge: %s', exc)
             return False
         client.nc = 0

@@ -20,7 +20,6 @@ Nothing here prints: results come back as :class:`ConnectTimings` and
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 import ssl as _ssl
@@ -34,7 +33,9 @@ from ..core import codec
 from ..adapter.application import Application
 from ..adapter.compat import import_aiosip
 from ..core.codec import SIPMessage
-from ..transport.discovery import Resolver, Target, connect_first, is_sip_uri
+from ..transport.connect import open_target
+from ..core.grammar import ip_literal, is_sip_uri, url_host
+from ..transport.discovery import Resolver, Target
 from ..errors import (AiosipWSError, ConfigurationError, ConnectionLost, HandshakeError,
                      SIPParseError, TransactionTimeout)
 from ..options import ClientOptions
@@ -106,13 +107,6 @@ def _msf(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 3)
 
 
-def _ip_literal(host: str) -> 'ipaddress.IPv4Address | ipaddress.IPv6Address | None':
-    try:
-        return ipaddress.ip_address(host.strip('[]'))
-    except ValueError:
-        return None
-
-
 async def _getaddrinfo(loop: asyncio.AbstractEventLoop, host: str, port: int,
                        timeout: float) -> list[Any]:
     try:
@@ -129,11 +123,11 @@ async def _tcp_connect(host: str, port: int, timeout: float,
     """Resolve and connect a TCP socket: (socket, 'ip:port', dns seconds, tcp seconds)."""
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
-    literal = _ip_literal(host)
+    literal = ip_literal(host)
     if literal is not None:                          # no lookup, no thread-pool round trip
-        if literal.version == 6:
+        if ':' in literal:
             infos: list[Any] = [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, '',
-                                 (str(literal), port, 0, 0))]
+                                 (literal, port, 0, 0))]
         else:
             infos = [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, '',
                       (str(literal), port))]
@@ -162,29 +156,6 @@ async def _tcp_connect(host: str, port: int, timeout: float,
                                                         'no address found'))
 
 
-async def _timed_open(url: str, host: str, port: int, app: Application, options: ClientOptions,
-                      extra: dict[str, Any] | None = None) -> tuple[WSConnection, ConnectTimings]:
-    started = time.perf_counter()
-    secure = split_ws_url(url)[0]
-    sock, address, dns, tcp = await _tcp_connect(host, port, options.open_timeout)
-    kwargs: dict[str, Any] = dict(extra or {})
-    for key in ('host', 'port', 'proxy'):           # the socket is already connected
-        kwargs.pop(key, None)
-    kwargs['sock'] = sock
-    kwargs['create_connection'] = _TimedClientConnection
-    ws_started = time.perf_counter()
-    try:
-        conn = await open_connection(url, app, options, connect_kwargs=kwargs)
-    except BaseException:
-        sock.close()
-        raise
-    done = time.perf_counter()
-    ready = getattr(conn.websocket, 'transport_ready_at', None) or ws_started
-    return conn, ConnectTimings(url=url, address=address, dns=dns, tcp=tcp,
-                                tls=(ready - ws_started) if secure else None,
-                                handshake=done - ready, total=done - started)
-
-
 async def timed_connect(app: Application, target: str,
                         options: ClientOptions | None = None) -> tuple[WSConnection, ConnectTimings]:
     """Open a new connection of ``app`` to ``target`` (URL or SIP URI), timing each phase.
@@ -193,25 +164,42 @@ async def timed_connect(app: Application, target: str,
     order.  Raises :class:`HandshakeError` or :class:`DiscoveryError`.
     """
     options = options or app.client_options
-    if not is_sip_uri(target):
-        _, host, port, _ = split_ws_url(target)
-        return await _timed_open(target, host, port, app, options)
     started = time.perf_counter()
-    targets = await app.resolver.resolve(target)
-    discovery = time.perf_counter() - started
+    discovery: float | None = None
     tried = 0
+    if is_sip_uri(target):
+        targets: str | list[Target] = await app.resolver.resolve(target)
+        discovery = time.perf_counter() - started
+    else:
+        targets = target
 
-    async def attempt(found: Target) -> tuple[WSConnection, ConnectTimings]:
+    async def timed_open(url: str, kwargs: dict[str, Any]) -> tuple[WSConnection, ConnectTimings]:
         nonlocal tried
         tried += 1
-        return await _timed_open(found.url, found.host, found.port, app, options,
-                                 found.connect_kwargs(ssl=options.ssl))
+        attempt_started = time.perf_counter()
+        secure, url_host, url_port, _ = split_ws_url(url)
+        host, port = kwargs.pop('host', url_host), kwargs.pop('port', url_port)
+        kwargs.pop('proxy', None)                  # the socket is connected here, directly
+        sock, address, dns, tcp = await _tcp_connect(host, port, options.open_timeout)
+        kwargs['sock'] = sock
+        kwargs['create_connection'] = _TimedClientConnection
+        ws_started = time.perf_counter()
+        try:
+            conn = await open_connection(url, app, options, connect_kwargs=kwargs)
+        except BaseException:
+            sock.close()
+            raise
+        done = time.perf_counter()
+        ready = getattr(conn.websocket, 'transport_ready_at', None) or ws_started
+        return conn, ConnectTimings(url=url, address=address, dns=dns, tcp=tcp,
+                                    tls=(ready - ws_started) if secure else None,
+                                    handshake=done - ready, total=done - attempt_started)
 
-    found, (conn, timings) = await connect_first(targets, attempt, logger=logger)
-    logger.info('%s: connected to %s', target, found.describe())
-    timings.discovery = discovery
-    timings.attempts = tried
-    timings.total = time.perf_counter() - started
+    _, (conn, timings) = await open_target(targets, timed_open, options=options, logger=logger)
+    if discovery is not None:
+        timings.discovery = discovery
+        timings.attempts = tried
+        timings.total = time.perf_counter() - started
     return conn, timings
 
 
@@ -221,8 +209,7 @@ def target_domain(target: str) -> str:
     if is_sip_uri(target):
         uri = NameAddr.parse(target).uri
         return uri.host
-    host = split_ws_url(target)[1]
-    return '[%s]' % host if ':' in host else host
+    return url_host(split_ws_url(target)[1])
 
 
 def default_request_uri(target: str) -> str:

@@ -121,14 +121,13 @@ list).
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import ipaddress
 import logging
 import random
 import ssl as ssl_module
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -142,8 +141,10 @@ try:
 except ImportError:  # pragma: no cover - dnspython < 2.4
     _Do53Nameserver = None
 
-from ..errors import AllTargetsFailed, ConfigurationError, DiscoveryError, SIPParseError
+from ..core.grammar import (SIP_SCHEMES, WS_DEFAULT_PORTS, WS_SCHEMES, ip_literal, is_sip_uri,
+                            strip_brackets, url_host, ws_scheme_for)
 from ..core.sipuri import SipURI
+from ..errors import AllTargetsFailed, ConfigurationError, DiscoveryError, SIPParseError
 
 __all__ = [
     'Target',
@@ -152,7 +153,6 @@ __all__ = [
     'connect_first',
     'AllTargetsFailed',
     'order_srv',
-    'is_sip_uri',
     'parse_nameserver',
     'DEFAULT_PORTS',
     'DEFAULT_SRV_LABELS',
@@ -164,7 +164,7 @@ _log = logging.getLogger(__name__)
 T = TypeVar('T')
 
 #: Default port per transport when no SRV record gives one (RFC 7118 5.5, R-5.5.2).
-DEFAULT_PORTS: Mapping[str, int] = {'ws': 80, 'wss': 443}
+DEFAULT_PORTS: Mapping[str, int] = WS_DEFAULT_PORTS
 
 #: SRV owner labels tried without NAPTR (or with an explicit transport), per transport,
 #: in order.  No RFC defines them (R-5.5.3); see the module docstring.
@@ -177,49 +177,14 @@ DEFAULT_SRV_LABELS: Mapping[str, tuple[str, ...]] = {
 NAPTR_SERVICES: Mapping[str, str] = {'SIPS+D2W': 'wss', 'SIP+D2W': 'ws'}
 _SERVICE_OF = {'wss': 'SIPS+D2W', 'ws': 'SIP+D2W'}
 
-_TRANSPORTS = ('ws', 'wss')
+_TRANSPORTS = WS_SCHEMES
 _NAME_POLICIES = ('domain', 'target')
 _ADDRESS_TYPES = ('A', 'AAAA')
 
 
 # --------------------------------------------------------------------------- targets
-def _strip_brackets(host: str) -> str:
-    if host.startswith('[') and host.endswith(']'):
-        return host[1:-1]
-    return host
-
-
-def _ip_literal(host: str) -> str | None:
-    """The bare IP address if ``host`` is a numeric (possibly bracketed) address."""
-    try:
-        return str(ipaddress.ip_address(_strip_brackets(host)))
-    except ValueError:
-        return None
-
-
-def _url_host(name: str) -> str:
-    """``name`` as it appears in a URL authority (IPv6 literals in brackets)."""
-    name = _strip_brackets(name)
-    if ':' in name:
-        return '[%s]' % name
-    return name
-
-
 def _norm_name(name: str) -> str:
     return name.rstrip('.').lower()
-
-
-@functools.lru_cache(maxsize=1)
-def _websockets_has_proxy() -> bool:
-    """True when websockets' asyncio ``connect`` takes ``proxy=`` (websockets >= 15)."""
-    try:
-        from websockets.asyncio.client import connect
-    except ImportError:  # pragma: no cover - websockets is a dependency
-        return False
-    try:
-        return 'proxy' in inspect.signature(connect.__init__).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return False
 
 
 @dataclass(frozen=True)
@@ -260,10 +225,10 @@ class Target:
             raise ConfigurationError('Target transport must be ws or wss, not %r' % (self.transport,))
         if not 0 < int(self.port) < 65536:
             raise ConfigurationError('Target port out of range: %r' % (self.port,))
-        object.__setattr__(self, 'host', _strip_brackets(self.host))
+        object.__setattr__(self, 'host', strip_brackets(self.host))
         if not self.host_header:
             object.__setattr__(self, 'host_header', self.host)
-        object.__setattr__(self, 'host_header', _strip_brackets(self.host_header))
+        object.__setattr__(self, 'host_header', strip_brackets(self.host_header))
         path = self.path or '/'
         if not path.startswith('/'):
             path = '/' + path
@@ -281,7 +246,7 @@ class Target:
     @property
     def url(self) -> str:
         """The WebSocket URL for the handshake: ``scheme://host_header[:port]/path``."""
-        authority = _url_host(self.host_header)
+        authority = url_host(self.host_header)
         if self.port != DEFAULT_PORTS[self.transport]:
             authority += ':%d' % self.port
         return '%s://%s%s' % (self.transport, authority, self.path)
@@ -294,12 +259,10 @@ class Target:
         ``server_hostname`` is the TLS name; ``ssl`` is passed through when given
         for ``wss`` targets (else websockets uses ``ssl.create_default_context()``) and
         ignored for ``ws`` ones, so one context can serve a mixed target list;
-        ``proxy=None`` stops websockets >= 15 from routing through a proxy from
-        the environment, which would bypass ``host``/``port``.
+        ``proxy=None`` stops websockets from routing through a proxy from the
+        environment, which would bypass ``host``/``port``.
         """
-        kwargs: dict[str, Any] = {'host': self.host, 'port': self.port}
-        if _websockets_has_proxy():
-            kwargs['proxy'] = None
+        kwargs: dict[str, Any] = {'host': self.host, 'port': self.port, 'proxy': None}
         if self.secure:
             kwargs['server_hostname'] = self.tls_name
             if ssl is not None:
@@ -308,7 +271,7 @@ class Target:
 
     def describe(self) -> str:
         """A one-line description for logs: URL, address and how it was found."""
-        addr = '%s:%d' % (_url_host(self.host), self.port)
+        addr = '%s:%d' % (url_host(self.host), self.port)
         how = self.via
         if self.naptr_service:
             how += ' ' + self.naptr_service
@@ -324,12 +287,6 @@ class Target:
 
 
 # --------------------------------------------------------------------------- helpers
-def is_sip_uri(text: str) -> bool:
-    """True if ``text`` looks like a ``sip:``/``sips:`` URI (rather than a ws:// URL)."""
-    head = text.strip().lstrip('<').lower()
-    return head.startswith('sip:') or head.startswith('sips:')
-
-
 def parse_nameserver(text: str) -> tuple[str, int]:
     """``'HOST'``, ``'HOST:PORT'``, ``'[V6]:PORT'`` or a bare IPv6 address -> (ip, port).
 
@@ -514,7 +471,7 @@ class Resolver:
     def _servers_text(self) -> str:
         if self.nameservers is None:
             return 'system resolver'
-        return ', '.join('%s:%d' % (_url_host(h), p) for h, p in self.nameservers)
+        return ', '.join('%s:%d' % (url_host(h), p) for h, p in self.nameservers)
 
     async def _query(self, run: _Run, name: str, rdtype: str) -> _Answer:
         """One bounded query; NXDOMAIN/NODATA are answers, other failures are errors."""
@@ -616,7 +573,7 @@ class Resolver:
                 parsed = SipURI.parse(uri)
             except SIPParseError as exc:
                 raise ConfigurationError('cannot resolve %r: %s' % (uri, exc)) from exc
-        if parsed.scheme not in ('sip', 'sips'):
+        if parsed.scheme not in SIP_SCHEMES:
             raise ConfigurationError('only sip: and sips: URIs can be resolved, not %r' % str(uri))
         return parsed
 
@@ -624,12 +581,8 @@ class Resolver:
         value = parsed.transport
         if value is None:
             return None
-        secure = parsed.scheme == 'sips'
-        if value == 'ws':
-            transport = 'wss' if secure else 'ws'
-        elif value == 'wss':
-            transport = 'wss'
-        else:
+        transport = ws_scheme_for(parsed.scheme, value)
+        if transport is None:
             raise ConfigurationError('%s: transport=%s is not a WebSocket transport; aiosip-ws '
                                      'resolves only transport=ws (RFC 7118) or the alias wss'
                                      % (parsed, value))
@@ -664,10 +617,10 @@ class Resolver:
         allowed = self._allowed(parsed)
         explicit = self._explicit_transport(parsed)
         maddr = parsed.param('maddr')
-        host = _norm_name(_strip_brackets(maddr or parsed.host))
+        host = _norm_name(strip_brackets(maddr or parsed.host))
         run = _Run(uri=str(parsed), domain=host, allowed=(explicit,) if explicit else tuple(allowed))
 
-        numeric = _ip_literal(host)
+        numeric = ip_literal(host)
         if numeric is not None:
             transport = explicit or self._default_transport(parsed)
             port = parsed.port or DEFAULT_PORTS[transport]

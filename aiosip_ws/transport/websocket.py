@@ -32,8 +32,9 @@ from websockets.typing import Subprotocol
 
 from ..core import framing
 from ..core.codec import SIPMessage
-from ..errors import ConfigurationError, HandshakeError
+from ..core.grammar import WS_DEFAULT_PORTS, WS_SCHEMES, url_host
 from ..core.framing import SUBPROTOCOL
+from ..errors import ConfigurationError, HandshakeError
 from ..options import ClientOptions, ServerOptions
 
 __all__ = ['WSConnection', 'WSListener', 'ConnectionHandler', 'open_connection', 'listen',
@@ -43,17 +44,17 @@ logger = logging.getLogger(__name__)
 #: Every SIP message and keep-alive sent or received, at DEBUG level (``--trace``).
 wire_logger = logging.getLogger('aiosip_ws.wire')
 
-Address = tuple  # (host, port) as the socket reports it
+Address = tuple[str, int]  # (host, port) as the socket reports it
 
 
 class ConnectionHandler(Protocol):
     """What a :class:`WSConnection` reports to."""
 
-    def connection_made(self, conn: 'WSConnection') -> None: ...
+    def connection_made(self, conn: WSConnection) -> None: ...
 
-    def message_received(self, conn: 'WSConnection', message: SIPMessage) -> None: ...
+    def message_received(self, conn: WSConnection, message: SIPMessage) -> None: ...
 
-    def connection_lost(self, conn: 'WSConnection', exc: BaseException | None) -> None: ...
+    def connection_lost(self, conn: WSConnection, exc: BaseException | None) -> None: ...
 
 
 def random_invalid_host() -> str:
@@ -66,7 +67,7 @@ def split_ws_url(url: str) -> tuple[bool, str, int, str]:
     """``wss://h:1/p`` -> ``(secure, host, port, path)``, with the RFC 6455 default ports."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme not in ('ws', 'wss'):
+    if scheme not in WS_SCHEMES:
         raise ConfigurationError('%r is not a ws:// or wss:// URL' % url)
     if not parts.hostname:
         raise ConfigurationError('%r has no host' % url)
@@ -75,7 +76,7 @@ def split_ws_url(url: str) -> tuple[bool, str, int, str]:
     except ValueError as exc:
         raise ConfigurationError('%r has a bad port: %s' % (url, exc)) from None
     secure = scheme == 'wss'
-    return secure, parts.hostname, (443 if secure else 80) if port is None else port, parts.path or '/'
+    return secure, parts.hostname, WS_DEFAULT_PORTS[scheme] if port is None else port, parts.path or '/'
 
 
 def _sockaddr(address: Any) -> Address:
@@ -342,14 +343,13 @@ class WSListener:
     def bound_url(self) -> str:
         """The URL with the port actually bound (useful with port 0)."""
         secure, host, _, path = split_ws_url(self.url)
-        host = '[%s]' % host if ':' in host else host
-        return '%s://%s:%d%s' % ('wss' if secure else 'ws', host, self.port, path)
+        return '%s://%s:%d%s' % ('wss' if secure else 'ws', url_host(host), self.port, path)
 
     async def close(self, code: int = 1001, reason: str = 'server shutting down') -> None:
         self.server.close(close_connections=True, code=code, reason=reason)
         await self.server.wait_closed()
 
-    async def __aenter__(self) -> 'WSListener':
+    async def __aenter__(self) -> WSListener:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -409,7 +409,7 @@ async def listen(url: str, handler: ConnectionHandler,
         connections.add(conn)
         try:
             handler.connection_made(conn)
-            conn._run_task = asyncio.current_task()  # type: ignore[assignment]
+            conn._run_task = asyncio.current_task()
             await conn.run()
         finally:
             connections.discard(conn)

@@ -125,8 +125,9 @@ def test_cseq_method_must_match_the_request_method():
         parse(request(start='OPTIONS sip:bob@example.com SIP/2.0'))
 
 
-@pytest.mark.parametrize('data', [b'', b'garbage', b'INVITE sip:x SIP/2.0\r\nVia: x', b'SIP/2.0 99 Low\r\n\r\n',
-                                  b'\x00\x01\x02\r\n\r\n', b'MESSAGE  sip:x SIP/2.0\r\n\r\n'])
+@pytest.mark.parametrize('data', [b'', b'garbage', b'INVITE sip:x SIP/2.0\r\nVia: x',
+                                  b'SIP/2.0 99 Low\r\n\r\n', b'\x00\x01\x02\r\n\r\n',
+                                  b'MESSAGE  sip:x SIP/2.0\r\n\r\n'])
 def test_malformed_input_raises_only_the_codec_error(data):
     with pytest.raises(SIPParseError):
         parse(data)
@@ -154,3 +155,11 @@ def test_non_utf8_header_bytes_round_trip():
     msg = parse(data)
     assert serialize(msg).endswith(b'\xff\xfe\x00binary')
     assert b'Subject: caf\xe9\r\n' in serialize(msg)
+
+
+def test_via_parameter_names_are_case_insensitive():
+    """RFC 3261 §7.3.1: parameter names compare case-insensitively, also on Via."""
+    via = Via.parse('SIP/2.0/WS abc.invalid;BRANCH=z9hG4bKx1;Received=10.0.0.1;RPort')
+    assert via.branch == 'z9hG4bKx1'
+    assert via.param('received') == via.param('RECEIVED') == '10.0.0.1'
+    assert str(via) == 'SIP/2.0/WS abc.invalid;BRANCH=z9hG4bKx1;Received=10.0.0.1;RPort'
