@@ -21,13 +21,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from multidict import CIMultiDict
 
 from ..errors import AiosipWSError, ConfigurationError, RegistrationError, TransportError
-from ..core.sipuri import NameAddr, SipURI, ws_contact
+from ..core.register import granted_expires
+from ..core.sipuri import NameAddr, ws_contact
 
 __all__ = ['Registration', 'RegistrationError']
 
@@ -45,7 +48,10 @@ class Registration:
                  instance_id: str | None = None, reg_id: int = 1,
                  recovery_min: float = 2.0, recovery_max: float = 30.0,
                  refresh_ratio: float = 0.8, rng: random.Random | None = None,
-                 on_registered: Callable[['Registration'], Any] | None = None) -> None:
+                 on_registered: Callable[['Registration'], Any] | None = None,
+                 on_response: Callable[['Registration', int, Any, float], Any] | None = None,
+                 connect: Callable[[], Awaitable[Any]] | None = None,
+                 reconnect: bool = True) -> None:
         if not 0 < recovery_min <= recovery_max:
             raise ConfigurationError('need 0 < recovery_min <= recovery_max, got %r and %r'
                                      % (recovery_min, recovery_max))
@@ -64,6 +70,13 @@ class Registration:
         self.refresh_ratio = refresh_ratio
         self.rng = rng or random.Random()
         self.on_registered = on_registered
+        #: called as ``on_response(registration, expires, response, seconds)`` after every
+        #: REGISTER this object sends (the first, each refresh, the un-REGISTER)
+        self.on_response = on_response
+        #: how to get a connection (default ``app.connect(target)``)
+        self._connect = connect
+        #: whether a lost flow is recovered (RFC 5626 §4.5); else the loop ends with it
+        self.reconnect = reconnect
         #: how many times a connection was (re)established and registered
         self.registrations = 0
         #: consecutive failed attempts (reset by a successful registration)
@@ -141,16 +154,22 @@ class Registration:
                 logger.warning('%s: %s', self.aor, exc)
             except (TransportError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
                 self._last_error = exc
+                if not self.reconnect and self._first is not None and not self._first.done():
+                    self._first.set_exception(exc)
+                    return
                 logger.info('%s: registration attempt failed: %s', self.aor, exc)
             else:
                 await self._keep_alive()
+                if not self.reconnect:
+                    self.registered.clear()
+                    return
                 logger.info('%s: flow lost, reconnecting', self.aor)
             self.registered.clear()
             self.failures += 1
             await asyncio.sleep(self.backoff())
 
     async def _connect_and_register(self) -> None:
-        conn = await self.app.connect(self.target)
+        conn = await (self._connect() if self._connect is not None else self.app.connect(self.target))
         self._dialog = await self.app.start_dialog(self.aor, self.aor, protocol=conn,
                                                    password=self.password)
         if self.username:
@@ -176,38 +195,46 @@ class Registration:
         headers['Contact'] = self._contact or ''
         if self.outbound:
             headers['Supported'] = 'outbound, path'
+        started = time.perf_counter()
         response = await asyncio.wait_for(
             self._dialog.register(headers=headers, expires=expires),
             self.connection.options.transaction_timeout + 5)
         self.last_response = response
+        if self.on_response is not None:
+            self.on_response(self, expires, response, time.perf_counter() - started)
         if not 200 <= response.status_code < 300:
             raise RegistrationError('%s: REGISTER refused: %d %s' % (
                 self.aor, response.status_code, response.status_message), response)
         return response
 
-    def _granted(self) -> int:
+    def granted(self) -> int:
         """Seconds the registrar granted our Contact (its ;expires, else Expires, else ours)."""
-        response = self.last_response
-        if response is None:
+        raw = getattr(self.last_response, 'raw', None)
+        if raw is None:
             return self.expires
-        raw = getattr(response, 'raw', None)
-        values = raw.get_all('Contact') if raw is not None else []
-        own = NameAddr.parse(self._contact).uri if self._contact else None
-        for value in values:
-            try:
-                binding = NameAddr.parse(value)
-            except AiosipWSError:
-                continue
-            if own is not None and binding.uri.host == own.host and binding.param('expires'):
-                return int(binding.param('expires') or self.expires)
-        header = response.headers.get('Expires')
-        return int(header) if header and str(header).isdigit() else self.expires
+        own = NameAddr.parse(self._contact).uri.host if self._contact else None
+        return granted_expires(raw, own, self.expires)
+
+    def refresh_delay(self) -> float:
+        """When to refresh: ``refresh_ratio`` of the granted time, at least one second."""
+        return max(1.0, self.granted() * self.refresh_ratio)
+
+    @property
+    def stopped(self) -> bool:
+        """True once the background loop has ended (stopped, refused or, without
+        ``reconnect``, the flow was lost)."""
+        return self._task is None or self._task.done()
+
+    async def wait_stopped(self) -> None:
+        """Wait until the background loop ends."""
+        if self._task is not None:
+            await asyncio.wait({self._task})
 
     async def _keep_alive(self) -> None:
         """Refresh before expiry until the connection is lost."""
         conn = self.connection
         while not self._stopping and conn.is_open:
-            delay = max(1.0, self._granted() * self.refresh_ratio)
+            delay = self.refresh_delay()
             try:
                 await asyncio.wait_for(asyncio.shield(conn.closed), delay)
                 return                                            # connection lost

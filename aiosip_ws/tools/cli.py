@@ -37,9 +37,10 @@ import time
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from .._version import __version__
-from ..errors import AiosipWSError, ConfigurationError, Interrupted, SIPParseError
+from ..errors import (AiosipWSError, ConfigurationError, Interrupted, RegistrationError,
+                      SIPParseError)
 from ..options import DEFAULT_MAX_SIZE, ClientOptions, ServerOptions
-from ..core.sipuri import NameAddr
+from ..core.sipuri import NameAddr, SipURI
 
 __all__ = ['main', 'build_parser']
 
@@ -408,7 +409,9 @@ async def _message_command(args: argparse.Namespace) -> int:
 
 
 async def _register_command(args: argparse.Namespace) -> int:
-    from .probe import PROBE_ERRORS, Probe, bindings_of, granted_expires
+    from ..adapter.registration import Registration
+    from ..core.register import bindings_of
+    from .probe import PROBE_ERRORS, Probe, Transaction
     if args.expires < 1:
         raise ConfigurationError('--expires must be at least 1 (un-registering is automatic)')
 
@@ -423,10 +426,34 @@ async def _register_command(args: argparse.Namespace) -> int:
         else:
             print('%s from %s answered 200' % (request.method, sender), flush=True)
 
+    def on_response(registration: Registration, expires: int, response: Any,
+                    seconds: float) -> None:
+        raw = response.raw
+        uri = NameAddr.parse(registration.aor).uri
+        txn = Transaction(method='REGISTER', request_uri=str(SipURI(uri.scheme, None, uri.host,
+                                                                    uri.port)),
+                          sent_at=0.0, final_at=seconds, response=raw)
+        if expires == 0:
+            print('un-register: %s' % txn.describe(), flush=True)
+            if txn.ok:
+                own = NameAddr.parse(registration.contact or '').uri.host
+                _print_bindings(args.aor, [b for b in bindings_of(raw) if own not in b],
+                                after=True)
+            else:
+                print('aiosip-ws register: un-register failed: %s' % txn.outcome(),
+                      file=sys.stderr, flush=True)
+        elif registration.registrations == 0:
+            print(txn.describe(), flush=True)
+            if txn.ok:
+                _print_bindings(args.aor, bindings_of(raw))
+        else:
+            print('refreshed: %s' % txn.describe(), flush=True)
+
     stop = asyncio.Event()
     installed = _install_stop(stop)
     probe = Probe(args.target, client_options=_client_options(args), resolver=_resolver(args),
                   timeout=args.timeout, on_request=on_request)
+    registration: Registration | None = None
     try:
         try:
             timings = await _unless_stopped(probe.connect(), stop)
@@ -434,49 +461,38 @@ async def _register_command(args: argparse.Namespace) -> int:
             return _fail('register', 'cannot connect to %s: %s' % (args.target,
                                                                    _connect_error(exc)))
         _print_connected(timings)
-        txn = await _unless_stopped(probe.register(args.aor, user=args.user,
-                                                   password=args.password,
-                                                   expires=args.expires), stop)
-        print(txn.describe(), flush=True)
-        if not txn.ok:
-            return _fail('register', txn.outcome())
-        _print_bindings(args.aor, bindings_of(txn.response))
-        deadline = None if args.duration is None else time.monotonic() + args.duration
+
+        async def connection() -> Any:
+            return probe.connection
+
+        registration = Registration(probe.app, args.aor, args.target, password=args.password,
+                                    username=args.user, expires=args.expires, outbound=False,
+                                    reconnect=False, connect=connection, on_response=on_response)
+        try:
+            await _unless_stopped(registration.start(timeout=args.timeout), stop)
+        except RegistrationError as exc:
+            registration = None
+            response = getattr(exc.response, 'raw', None)
+            return _fail('register', '%d %s' % (response.status, response.reason)
+                         if response is not None else str(exc))
         print('registered; %s' % ('un-registering in %g s' % args.duration
-                                  if deadline is not None else 'Ctrl-C to un-register and exit'),
+                                  if args.duration is not None else 'Ctrl-C to un-register and exit'),
               flush=True)
-        granted = granted_expires(txn.response, probe.contact_uri, args.expires)
-        while True:
-            refresh_in = max(1.0, granted / 2.0)
-            wait = refresh_in if deadline is None else min(refresh_in, deadline - time.monotonic())
-            closed = probe.connection.closed
-            if wait > 0:
-                await _unless_stopped(asyncio.wait({closed}, timeout=wait), stop)
-            if closed.done():
-                return _fail('register', 'the connection closed (code %s)'
-                             % probe.connection.close_code)
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            txn = await _unless_stopped(probe.refresh(args.expires), stop)
-            print('refreshed: %s' % txn.describe(), flush=True)
-            if not txn.ok:
-                return _fail('register', 'refresh: %s' % txn.outcome())
-            granted = granted_expires(txn.response, probe.contact_uri, args.expires)
+        try:
+            await _unless_stopped(asyncio.wait_for(registration.wait_stopped(), args.duration),
+                                  stop)
+        except asyncio.TimeoutError:
+            pass                                              # --duration is over
+        else:
+            return _fail('register', 'the connection closed (code %s)'
+                         % probe.connection.close_code)
     except Interrupted:
         print('interrupted', flush=True)
     finally:
         _remove_stop(installed)
         try:
-            txn = await probe.unregister()
-            if txn is not None:
-                print('un-register: %s' % txn.describe(), flush=True)
-                if txn.ok:
-                    remaining = [b for b in bindings_of(txn.response)
-                                 if probe.contact_uri is None or probe.contact_uri not in b]
-                    _print_bindings(args.aor, remaining, after=True)
-                else:
-                    print('aiosip-ws register: un-register failed: %s' % txn.outcome(),
-                          file=sys.stderr, flush=True)
+            if registration is not None:
+                await registration.stop(unregister=True, timeout=args.timeout)
         finally:
             await probe.close()
     return 0

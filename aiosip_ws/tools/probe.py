@@ -43,7 +43,7 @@ from ..core.sipuri import NameAddr, SipURI
 from ..transport.websocket import WSConnection, open_connection, split_ws_url
 
 __all__ = ['Probe', 'ConnectTimings', 'Transaction', 'timed_connect', 'default_request_uri',
-           'target_domain', 'bindings_of', 'granted_expires', 'format_message', 'PROBE_ERRORS']
+           'target_domain', 'format_message', 'PROBE_ERRORS']
 
 logger = logging.getLogger(__name__)
 _aiosip = import_aiosip()
@@ -224,26 +224,6 @@ def default_request_uri(target: str) -> str:
     return 'sip:%s' % target_domain(target)
 
 
-def bindings_of(response: SIPMessage) -> list[str]:
-    """The Contact values of a REGISTER response (RFC 3261 10.2.4)."""
-    return response.get_all('Contact')
-
-
-def granted_expires(response: SIPMessage, contact_uri: str | None, default: int) -> int:
-    """The expiry the registrar granted our Contact (its ;expires, else Expires:)."""
-    for value in bindings_of(response):
-        try:
-            contact = NameAddr.parse(value)
-        except SIPParseError:
-            continue
-        if contact_uri is None or str(contact.uri) == contact_uri:
-            expires = contact.param('expires')
-            if expires and expires.isdigit():
-                return int(expires)
-    header = (response.get('Expires') or '').strip()
-    return int(header) if header.isdigit() else default
-
-
 def format_message(message: SIPMessage) -> str:
     """The message as it looks on the wire (body decoded for display)."""
     return codec.serialize(message).decode('utf-8', 'replace').rstrip('\r\n').replace('\r\n', '\n')
@@ -364,10 +344,6 @@ class Probe:
         self.app: _ProbeApplication | None = None
         self.conn: WSConnection | None = None
         self.timings: ConnectTimings | None = None
-        self.registration: Any = None          # the aiosip dialog of register()
-        self.registered_aor: str | None = None
-        #: True once a REGISTER got a 2xx (and until unregister())
-        self.registered = False
 
     async def __aenter__(self) -> 'Probe':
         await self.connect()
@@ -439,49 +415,6 @@ class Probe:
         dialog = await self.app.start_dialog(from_uri, to_uri, protocol=self.connection)
         return await self._transact(dialog, 'OPTIONS', to_uri,
                                     lambda: dialog.send_message('OPTIONS'))
-
-    async def register(self, aor: str, *, user: str | None = None, password: str | None = None,
-                       expires: int = 3600) -> Transaction:
-        """REGISTER ``aor`` (digest auth with ``user``/``password`` when challenged).
-
-        The dialog is kept: :meth:`refresh` re-registers and :meth:`unregister`
-        removes the binding, both with the same Call-ID and Contact.
-        """
-        assert self.app is not None
-        if self.registration is None:
-            dialog = await self.app.start_dialog(aor, aor, protocol=self.connection,
-                                                 password=password or '')
-            # aiosip 0.2.0 answers challenges with the To user as username; the
-            # Dialog of aiosip_ws uses auth_username when set.
-            dialog.auth_username = user or NameAddr.parse(aor).uri.user
-            self.registration, self.registered_aor = dialog, aor
-        return await self.refresh(expires)
-
-    async def refresh(self, expires: int) -> Transaction:
-        if self.registration is None:
-            raise ConfigurationError('refresh() needs a register() first')
-        dialog = self.registration
-        uri = NameAddr.parse(self.registered_aor or '').uri
-        request_uri = str(SipURI(uri.scheme, None, uri.host, uri.port))
-        txn = await self._transact(dialog, 'REGISTER', request_uri,
-                                   lambda: dialog.register(expires=expires))
-        if txn.ok and expires > 0:
-            self.registered = True
-        return txn
-
-    async def unregister(self) -> Transaction | None:
-        """REGISTER with Expires: 0 for our Contact, if registered and still connected."""
-        if not self.registered or self.conn is None or not self.conn.is_open:
-            return None
-        txn = await self.refresh(0)
-        self.registered = False
-        return txn
-
-    @property
-    def contact_uri(self) -> str | None:
-        """Our Contact URI (as registered), if any."""
-        header = getattr(self.registration, 'contact_header', None)
-        return str(NameAddr.parse(header).uri) if header else None
 
     async def message(self, from_uri: str, to_uri: str, body: str, *,
                       content_type: str = 'text/plain', user: str | None = None,
