@@ -51,9 +51,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -128,7 +129,7 @@ class Helper:
     def __init__(self, args: list[str], *, ready: str = 'READY', timeout: float = 60,
                  log: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.log = log
-        self._log_file = open(log, 'wb') if log else subprocess.DEVNULL
+        self._log_file = open(log, 'wb') if log else subprocess.DEVNULL  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log_file,
                                      stdin=subprocess.PIPE, text=True, cwd=REPO,
                                      env=dict(os.environ, PYTHONUNBUFFERED='1', **(env or {})),
@@ -201,7 +202,7 @@ def kamailio(tmp: Path, *, shm_mb: int = 512, tcp_children: int = 2,
     port = free_port()
     work = tmp / 'kamailio'
     (work / 'run').mkdir(parents=True, exist_ok=True)
-    log = open(work / 'kamailio.log', 'wb')
+    log = open(work / 'kamailio.log', 'wb')  # noqa: SIM115 - open while Kamailio runs, closed below
     proc = subprocess.Popen(
         [binary, '-DD', '-E', '-f', str(HERE / 'kamailio-bench.cfg'), '-Y', str(work / 'run'),
          '-P', str(work / 'kamailio.pid'), '-m', str(shm_mb), '-M', '16', '-w', str(work),
@@ -222,10 +223,8 @@ def kamailio(tmp: Path, *, shm_mb: int = 512, tcp_children: int = 2,
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -316,7 +315,7 @@ class CpuWatch:
             self.samples.append((time.monotonic(), self._read()))
             self._stop.wait(self.interval)
 
-    def start(self) -> 'CpuWatch':
+    def start(self) -> CpuWatch:
         self._thread.start()
         return self
 
@@ -930,11 +929,12 @@ def codec_costs(repeat: int = 5, number: int = 2000) -> dict[str, float]:
     """Microseconds per call (best of ``repeat``) of the pieces a relayed MESSAGE goes through."""
     import timeit
     sys.path.insert(0, str(REPO))
+    from websockets.frames import Frame, Opcode
+
     import aiosip_ws
     from aiosip_ws.adapter import convert
     from aiosip_ws.core import codec, framing
     from aiosip_ws.core.sipuri import NameAddr, split_header_values
-    from websockets.frames import Frame, Opcode
 
     request = codec.parse(MESSAGE_TEXT)
     response = codec.parse(RESPONSE_TEXT)
@@ -1055,7 +1055,7 @@ def profile_summary(path: Path, top: int = 12) -> dict[str, Any]:
     wanted = re.compile(r'aiosip_ws/(codec|adapter|transport|relay|registrar|framing|loadgen)\.py|'
                         r'aiosip/(dialog|message|contact|application)\.py|'
                         r'websockets/(asyncio/connection|protocol|frames)\.py')
-    for (filename, line, funcname), (cc, nc, tottime, cumtime, _) in raw.items():
+    for (filename, line, funcname), (_cc, nc, _tottime, cumtime, _) in raw.items():
         if wanted.search(filename):
             cumulative.append((cumtime, '%s:%d(%s)' % (re.sub(r'.*/(aiosip_ws|aiosip|websockets)/',
                                                              r'\1/', filename), line, funcname), nc))

@@ -60,10 +60,56 @@ quiet_pip() {
     return "${PIPESTATUS[0]}"
 }
 
+# ruff and mypy (pinned in setup.cfg's lint extra), in the virtualenv of one Python
+lint_checks() {
+    local python=$1 status=0
+    quiet_pip "$python" -e "$ROOT[test,lint]" || return 1
+    "$python" -m ruff check aiosip_ws tests benchmarks || status=1
+    "$python" -m mypy --strict aiosip_ws/core aiosip_ws/transport || status=1
+    return "$status"
+}
+
+# The sdist and wheel as `python -m build` makes them; the wheel installed (not editable) in
+# a new virtualenv and run from outside the clone must print _version.py's version, and it
+# must carry py.typed.
+package_checks() {
+    local python=$1 out expected wheel printed status=0
+    out=$(mktemp -d)
+    expected=$(sed -n "s/^__version__ = ['\"]\(.*\)['\"]\$/\1/p" "$ROOT/aiosip_ws/_version.py")
+    if ! "$python" -m build --outdir "$out/dist" "$ROOT" >"$out/build.log" 2>&1; then
+        tail -n 30 "$out/build.log" >&2
+        rm -rf "$out"
+        return 1
+    fi
+    wheel=$(echo "$out"/dist/*.whl)
+    ls "$out"/dist
+    "$python" -m zipfile -l "$wheel" | grep '^aiosip_ws/py\.typed ' >/dev/null \
+        || { echo "$wheel has no aiosip_ws/py.typed" >&2; status=1; }
+    if ! { "$python" -m venv "$out/venv" && quiet_pip "$out/venv/bin/python" "$wheel"; }; then
+        rm -rf "$out"
+        return 1
+    fi
+    printed=$(cd "$out" && "$out/venv/bin/aiosip-ws" --version) || status=1
+    [ "$printed" = "aiosip-ws $expected" ] \
+        || { echo "aiosip-ws --version printed '$printed', not 'aiosip-ws $expected'" >&2; status=1; }
+    printed=$(cd "$out" && "$out/venv/bin/python" -c \
+        "import aiosip_ws, aiosip_ws.core, aiosip; print(aiosip_ws.__version__)") || status=1
+    [ "$printed" = "$expected" ] \
+        || { echo "the installed aiosip_ws.__version__ is '$printed', not '$expected'" >&2; status=1; }
+    printed=$(cd "$out" && "$out/venv/bin/python" -c 'import aiosip_ws; print(aiosip_ws.__file__)')
+    case $printed in
+        "$out"/venv/*) ;;
+        *) echo "aiosip_ws was imported from $printed, not from the wheel" >&2; status=1 ;;
+    esac
+    rm -rf "$out"
+    return "$status"
+}
+
 # The interop tests fail (rather than skip) when a peer cannot be installed or started.
 export AIOSIP_WS_INTEROP_REQUIRED=${AIOSIP_WS_INTEROP_REQUIRED:-1}
 
 failed=()
+passed=()
 for version in $PYTHONS; do
     python=$(find_python "$version") || { echo "Python $version not found" >&2; failed+=("$version(missing)"); continue; }
     venv="$ROOT/.venv-$version"
@@ -77,8 +123,19 @@ for version in $PYTHONS; do
     fi
     if ! "$venv/bin/python" -m pytest -p no:cacheprovider "$@"; then
         failed+=("$version")
+    else
+        passed+=("$version")
     fi
 done
+
+# --- lint, types and the built package, once: on the first Python that passed ------
+if [ ${#passed[@]} -gt 0 ]; then
+    version=${passed[0]}
+    say "ruff and mypy (Python $version)"
+    lint_checks "$ROOT/.venv-$version/bin/python" || failed+=("$version(lint)")
+    say "sdist and wheel, the wheel installed in a new virtualenv (Python $version)"
+    package_checks "$ROOT/.venv-$version/bin/python" || failed+=("$version(package)")
+fi
 
 if [ ${#failed[@]} -gt 0 ]; then
     say "FAILED on Python: ${failed[*]}"

@@ -1,10 +1,10 @@
 """The package's layers: core < transport < adapter < serve < tools, nothing imported upward.
 
 ``errors``, ``options`` and ``_version`` sit at the top and import no layer (only each
-other: ``options`` raises ``errors.ConfigurationError``); ``__init__`` (the lazy public API) and ``__main__`` are the package's faces and
-may name any layer.  aiosip is imported by ``adapter/`` only, every exception class
-lives in ``errors.py``, and every name the 0.1 API exported from ``aiosip_ws`` still
-imports.
+other: ``options`` raises ``errors.ConfigurationError``); ``__init__`` (the lazy public
+API) and ``__main__`` are the package's faces and may name any layer.  aiosip is imported
+by ``adapter/`` only, every exception class lives in ``errors.py``, and every name the 0.1
+API exported from ``aiosip_ws`` still imports.
 """
 from __future__ import annotations
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
+from tests.support.net import free_port
+
 README = (REPO / 'README.rst').read_text()
 
 
@@ -21,12 +21,6 @@ def code_block(first_line: str) -> str:
         if code.startswith(first_line):
             return code
     raise AssertionError('README.rst has no python block starting with %r' % first_line)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_client_and_server_examples_work_as_written(tmp_path):

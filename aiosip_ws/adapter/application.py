@@ -8,7 +8,8 @@ aiosip's UDP keeps working.  No aiosip code is copied and nothing is patched.
 
 Where aiosip 0.2.0 is wrong for a connection-oriented transport, this module
 owns that part.  Every workaround is named after the defect it answers (the
-D-numbers of ``aiosip-0.2.0.md``) and has a test in ``tests/test_aiosip_workarounds.py``:
+D-numbers of ``docs/aiosip-0.2.0.rst``) and has a test in
+``tests/adapter/test_aiosip_workarounds.py``:
 
 * D1-D7, D10, D11, D21 - aiosip's parser and ``str(msg)`` are never used on the
   wire: :mod:`aiosip_ws.codec` parses and writes, :func:`to_aiosip` and
@@ -32,8 +33,10 @@ D-numbers of ``aiosip-0.2.0.md``) and has a test in ``tests/test_aiosip_workarou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from multidict import CIMultiDict
 
@@ -42,13 +45,20 @@ from ..core.codec import SIPMessage, Via
 from ..core.digest import authorization, choose_challenge
 from ..core.sipuri import NameAddr, SipURI, ws_contact
 from ..core.transaction import new_branch, new_tag
-from ..errors import (ConfigurationError, ConnectionLost, DigestError, SIPParseError,
-                      TransactionTimeout)
+from ..errors import ConfigurationError, ConnectionLost, DigestError, SIPParseError, TransactionTimeout
 from ..options import ClientOptions, ServerOptions
 from ..transport.connect import connect
 from ..transport.discovery import Resolver
-from ..transport.websocket import WSConnection, WSListener, listen, open_connection
-from .convert import aiosip, aiosip_safe_text, has_surrogates, server_header, to_aiosip, to_wire
+from ..transport.websocket import WSConnection, WSListener, listen
+from .convert import (
+    aiosip,
+    aiosip_safe_text,
+    has_surrogates,
+    header_values,
+    server_header,
+    to_aiosip,
+    to_wire,
+)
 from .registry import WS, _register_builtins, get_transport
 from .selection import select, uri_from_string
 
@@ -160,7 +170,7 @@ class Dialog(aiosip.Dialog):
         raw: SIPMessage | None = getattr(request, 'raw', None)
         if raw is None:
             raw = SIPMessage(method=request.method, uri='', headers=[
-                (k, str(v)) for k, vs in request.headers.items() for v in _header_values(vs)])
+                (k, str(v)) for k, vs in request.headers.items() for v in header_values(vs)])
         self.to_details.add_tag()
         tag = self.to_details['params']['tag']
         pairs = headers.items() if hasattr(headers, 'items') else (headers or ())
@@ -183,7 +193,7 @@ class Dialog(aiosip.Dialog):
                     'utf-8', 'surrogateescape')
             if conn.is_open:
                 conn.send(response)
-            else:                                     # X-3261-2: cannot reconnect to a WS client
+            else:                                     # RFC 3261 §18.2.2: cannot reconnect to a WS client
                 logger.warning('dropped %d %s: the WebSocket connection is gone', status_code,
                                response.reason)
             return
@@ -328,7 +338,7 @@ class Application(aiosip.Application):
 
     # -- connections ------------------------------------------------------------
     async def connect(self, url: str, options: ClientOptions | None = None) -> WSConnection:
-        """The open client connection to ``url``, opening it if needed (R-4.1.5: reuse).
+        """The open client connection to ``url``, opening it if needed (RFC 5626 §4.3: reuse).
 
         ``url`` is a ``ws://``/``wss://`` URL, or a SIP URI that RFC 3263 / RFC 7118
         discovery (NAPTR ``SIP+D2W``/``SIPS+D2W``, SRV, A/AAAA; see
@@ -506,10 +516,8 @@ class Application(aiosip.Application):
             dlg.to_uri = str(NameAddr.parse(msg.headers['From']).uri)
         contact = msg.raw.get_all('Contact')
         if contact and isinstance(dlg, Dialog):
-            try:
+            with contextlib.suppress(SIPParseError):
                 dlg.remote_target = str(NameAddr.parse(contact[0]).uri)
-            except SIPParseError:
-                pass
         try:
             await route(dlg, msg)                                           # D19
         except Exception:  # noqa: BLE001
@@ -528,7 +536,7 @@ class Application(aiosip.Application):
         conn = self._ws_routes.get((protocol, local_addr, remote_addr))
         is_request = not isinstance(msg, aiosip.Response)
         if conn is None or not conn.is_open:
-            if not is_request:                        # X-3261-2: cannot reconnect to a WS client
+            if not is_request:                        # RFC 3261 §18.2.2: cannot reconnect to a WS client
                 logger.warning('dropped %d %s: the WebSocket connection to %s is gone',
                                msg.status_code, msg.status_message, remote_addr)
                 return None
@@ -719,7 +727,7 @@ class Application(aiosip.Application):
         self._protocols.clear()
         await self.finish()
 
-    async def __aenter__(self) -> 'Application':
+    async def __aenter__(self) -> Application:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -39,7 +39,8 @@ import importlib.machinery
 import inspect
 import sys
 import types
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 __all__ = ['legacy_coroutine', 'patched_stdlib', 'install_import_hook', 'import_aiosip']
 

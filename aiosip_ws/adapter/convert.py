@@ -22,7 +22,8 @@ from .compat import import_aiosip
 
 aiosip = import_aiosip()
 
-__all__ = ['to_aiosip', 'to_wire', 'aiosip_safe_text', 'server_header', 'has_surrogates']
+__all__ = ['to_aiosip', 'to_wire', 'aiosip_safe_text', 'server_header', 'has_surrogates',
+           'header_values']
 _FLAG_PARAM = re.compile(r";[A-Za-z0-9.!%*_+`'~-]+\s*(?=[;>,?]|$)")
 
 
@@ -100,7 +101,7 @@ def _construct(message: SIPMessage, headers: Any, payload: Any,
                            **details)
 
 
-def _header_values(value: Any) -> list[str]:
+def header_values(value: Any) -> list[str]:
     if isinstance(value, (list, tuple)):                               # D4
         return [str(item) for item in value]
     return [str(value)]
@@ -134,7 +135,7 @@ def to_wire(msg: Any, conn: WSConnection, *, request_uri: str | None = None) -> 
         lname = name.lower()
         if lname == 'content-length':
             continue
-        for item in _header_values(value):
+        for item in header_values(value):
             if lname == 'via' and '%(protocol)s' in item:
                 item = str(Via(conn.via_transport, conn.via_host, None, (('branch', new_branch()),)))
                 msg.headers['Via'] = item                # what went on the wire, for later use

@@ -28,9 +28,9 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from ..errors import AiosipWSError, ConfigurationError, RegistrationError, TransportError
 from ..core.register import granted_expires
 from ..core.sipuri import NameAddr, ws_contact
+from ..errors import AiosipWSError, ConfigurationError, RegistrationError, TransportError
 
 __all__ = ['Registration', 'RegistrationError']
 
@@ -48,8 +48,8 @@ class Registration:
                  instance_id: str | None = None, reg_id: int = 1,
                  recovery_min: float = 2.0, recovery_max: float = 30.0,
                  refresh_ratio: float = 0.8, rng: random.Random | None = None,
-                 on_registered: Callable[['Registration'], Any] | None = None,
-                 on_response: Callable[['Registration', int, Any, float], Any] | None = None,
+                 on_registered: Callable[[Registration], Any] | None = None,
+                 on_response: Callable[[Registration, int, Any, float], Any] | None = None,
                  connect: Callable[[], Awaitable[Any]] | None = None,
                  reconnect: bool = True) -> None:
         if not 0 < recovery_min <= recovery_max:

@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.grammar import (WS_DEFAULT_PORTS, WS_SCHEMES, is_sip_uri, is_ws_url, url_host,
-                            ws_scheme_for)
+from ..core.grammar import WS_DEFAULT_PORTS, WS_SCHEMES, is_sip_uri, is_ws_url, url_host, ws_scheme_for
 from ..core.sipuri import NameAddr, SipURI
 from ..errors import ConfigurationError
 from ..transport.websocket import split_ws_url

@@ -4,14 +4,14 @@ Pure and I/O-free, like h11: bytes in, :class:`SIPMessage` out, and back.  It
 knows nothing of aiosip or asyncio; :mod:`aiosip_ws.adapter` turns its
 messages into aiosip objects.
 
-Framing rule (RFC 7118 5, checklist R-5.0.3/R-5.0.4): the WebSocket message
+Framing rule (RFC 7118 §5, RFC 3261 §18.3): the WebSocket message
 *is* the SIP message.  The body is everything after the first blank line, so
 Content-Length may be absent.  When it is present, RFC 3261 18.3's rules for
 message-oriented transports apply: bytes beyond it are discarded, and a body
 shorter than it is an error (a request gets 400, a response is dropped).
 Content-Length never makes the receiver wait for more data.  Bytes beyond
 Content-Length that begin a second SIP message are refused: one SIP message
-per WebSocket message (R-5.0.2).
+per WebSocket message (RFC 7118 §5).
 
 What the parser accepts that aiosip 0.2.0's does not: compact header names,
 ``Name:value`` and ``Name : value`` with any whitespace, repeated headers,
@@ -434,8 +434,8 @@ def _frame_body(body: bytes, lengths: list[str], typed: bool) -> bytes:
     if not lengths:
         if body and not typed and _SECOND_MESSAGE.match(body):
             # A body needs a Content-Type (RFC 3261 7.4.1): this is a second message.
-            raise SIPParseError('two SIP messages in one WebSocket message')   # R-5.0.2
-        return body                                  # R-5.0.4 (a): body runs to the end
+            raise SIPParseError('two SIP messages in one WebSocket message')   # RFC 7118 §5
+        return body                                  # RFC 7118 §5: body runs to the end
     declared = lengths[0]
     for other in lengths[1:]:
         if other != declared:
@@ -444,17 +444,17 @@ def _frame_body(body: bytes, lengths: list[str], typed: bool) -> bytes:
         raise SIPParseError('bad Content-Length %s' % _excerpt(declared))  # RFC 4475 3.1.2.3
     digits = declared.lstrip('0') or '0'
     length = int(digits) if len(digits) <= 18 else len(body) + 1    # no int() of huge strings
-    if length > len(body):                           # R-5.0.4 (c), RFC 4475 3.1.2.2
+    if length > len(body):                           # RFC 3261 §18.3, RFC 4475 3.1.2.2
         raise SIPParseError('body is %d bytes, shorter than Content-Length %s'
                             % (len(body), _excerpt(declared, quote=False)))
     extra = body[length:]
-    if extra and _SECOND_MESSAGE.match(extra):      # R-5.0.2 / R-5.0.3
+    if extra and _SECOND_MESSAGE.match(extra):      # RFC 7118 §5
         raise SIPParseError('two SIP messages in one WebSocket message')
-    return body[:length]                             # R-5.0.4 (b): the rest is discarded
+    return body[:length]                             # RFC 3261 §18.3: the rest is discarded
 
 
 def serialize(msg: SIPMessage) -> bytes:
-    """Write ``msg`` in wire form with exactly one, correct Content-Length (R-5.0.5)."""
+    """Write ``msg`` in wire form with exactly one, correct Content-Length (RFC 3261 §20.14)."""
     out = [msg.start_line()]
     for name, value in msg.headers:
         if name.lower() in ('content-length', 'l'):

@@ -4,7 +4,7 @@ One WebSocket message carries exactly one SIP message (RFC 7118 5), in a text
 frame when the whole message is valid UTF-8 and in a binary frame otherwise
 (RFC 7118 4.2).  Messages made only of CR and LF are RFC 5626 keep-alives: a
 double CRLF is a ping to answer with one CRLF, anything else a pong (RFC 7118 6,
-checklist R-6.2, X-5626-2); neither reaches the SIP layer.
+RFC 5626 §4.4 and §5.4); neither reaches the SIP layer.
 
 :func:`receive` turns an incoming WebSocket message into one event, and
 :func:`encode` turns an outgoing :class:`~aiosip_ws.codec.SIPMessage` into the
@@ -30,7 +30,7 @@ __all__ = ['CRLF_PING', 'CRLF_PONG', 'KeepAlivePing', 'KeepAlivePong', 'MessageR
            'MessageRejected', 'Event', 'receive', 'encode', 'error_response', 'SUBPROTOCOL',
            'URI_SCHEMES']
 
-#: The WebSocket subprotocol RFC 7118 registers (section 10, R-10.1).
+#: The WebSocket subprotocol RFC 7118 registers (section 10).
 SUBPROTOCOL = 'sip'
 #: RFC 5626 keep-alive ping and pong, as RFC 7118 6 carries them.
 CRLF_PING = '\r\n\r\n'

@@ -2,7 +2,7 @@
 
 aiosip 0.2.0's own URI code cannot parse flag parameters such as ``;ob`` or
 ``;lr``, IPv6 hosts or ``Contact: *`` and drops URI parameters when it writes a
-URI back (defects D7 and D17 in ``aiosip-0.2.0.md``), so aiosip-ws parses and
+URI back (defects D7 and D17 in ``docs/aiosip-0.2.0.rst``), so aiosip-ws parses and
 formats URIs here and never round-trips a URI through aiosip.
 
 >>> uri = SipURI.parse('sips:alice@[2001:db8::1]:5061;transport=ws;ob')

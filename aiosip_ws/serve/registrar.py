@@ -2,8 +2,8 @@
 
 Bindings map an address-of-record to the Contacts registered for it, each
 tied to the WebSocket connection the REGISTER arrived on: a WebSocket client
-can only be reached over the connection it opened (RFC 7118 B.1, checklist
-R-B.5), so when that connection closes its bindings go too (X-5626-7).
+can only be reached over the connection it opened (RFC 7118 Appendix
+B.1), so when that connection closes its bindings go too (RFC 5626 §5.3).
 
 With SIP Outbound (RFC 5626), a Contact that carries ``+sip.instance`` and
 ``reg-id`` names a *flow*: a new REGISTER for the same instance and reg-id
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ..core.codec import SIPMessage
-from ..errors import SIPParseError
 from ..core.sipuri import NameAddr, SipURI
+from ..errors import SIPParseError
 
 __all__ = ['Binding', 'Registrar', 'RegisterResult']
 
@@ -68,6 +69,9 @@ class Registrar:
         self.max_expires = max_expires
         self.clock = clock
         self._bindings: dict[str, list[Binding]] = {}
+        #: connection -> the AORs it holds bindings of, so that a closing connection
+        #: costs what it owns, not what the registrar holds
+        self._aors_of: dict[Any, set[str]] = {}
 
     # -- queries --------------------------------------------------------------------
     def lookup(self, aor: str) -> list[Binding]:
@@ -91,7 +95,9 @@ class Registrar:
     def remove_connection(self, connection: Any) -> int:
         """Drop every binding registered over ``connection``; returns how many."""
         removed = 0
-        for aor in list(self._bindings):
+        for aor in self._aors_of.pop(connection, ()):
+            if aor not in self._bindings:
+                continue
             kept = [b for b in self._bindings[aor] if b.connection is not connection]
             removed += len(self._bindings[aor]) - len(kept)
             if kept:
@@ -123,7 +129,7 @@ class Registrar:
         outbound = self._supports_outbound(request)
         with_reg_id = [c for c in contacts if c.param('reg-id') is not None
                        and self._expires_of(c, header_expires) != 0]
-        if outbound and len(with_reg_id) > 1:                      # RFC 5626 6, X-5626-8
+        if outbound and len(with_reg_id) > 1:                      # RFC 5626 §6
             return RegisterResult(400, 'Bad Request (more than one Contact with reg-id)')
         for contact in contacts:
             expires = self._expires_of(contact, header_expires)
@@ -146,6 +152,7 @@ class Registrar:
             if expires > 0:
                 current.append(Binding(aor, bare, connection, now + expires, call_id, cseq,
                                        instance, reg_id, registered_at=now))
+                self._aors_of.setdefault(connection, set()).add(aor)
         return self._ok(aor, now, request)
 
     # -- helpers --------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""``aiosip-ws serve``: a WebSocket registrar and relay built on aiosip-ws.
+"""``aiosip-ws serve``: a WebSocket registrar and relay on the aiosip-ws core and transport.
 
-An :class:`aiosip_ws.Application` with aiosip routes:
+The server handles codec messages (:class:`~aiosip_ws.core.codec.SIPMessage`) straight
+from :mod:`aiosip_ws.transport.websocket`; it builds no aiosip object:
 
-* ``REGISTER`` goes to the in-memory :class:`~aiosip_ws.registrar.Registrar`;
+* ``REGISTER`` goes to the in-memory :class:`~aiosip_ws.serve.registrar.Registrar`;
   the 200 OK lists the AOR's current Contacts with their remaining expiry;
 * ``OPTIONS`` to the server itself (a Request-URI without a user part) gets 200;
 * any other out-of-dialog request (MESSAGE, OPTIONS, SUBSCRIBE, ...) to a
@@ -10,66 +11,99 @@ An :class:`aiosip_ws.Application` with aiosip routes:
   Max-Forwards decremented, Request-URI set to the binding's Contact), over
   that client's own WebSocket connection, and its final response is relayed
   back over the connection the request came in on;
-* an unregistered AOR gets 404, an expired hop count 483.
+* an unregistered AOR gets 404, an expired hop count 483, a method we do not
+  serve 405, an option tag we do not support 420 (RFC 3261 §8.2.2.3).
 
 An INVITE is relayed the same way, record-routed; its provisional responses
 are relayed as they come, a CANCEL follows it, and the server ACKs a non-2xx
 final response itself.  In-dialog requests (ACK, BYE, re-INVITE, ...) are
 routed by the connection behind their Request-URI: a WebSocket client's
 Contact host is a random ``.invalid`` name, learnt from the Contacts that
-cross each connection, never resolved (RFC 7118 B.1, checklist R-B.5).
+cross each connection, never resolved (RFC 7118 Appendix B.1).
+
+Everything a connection owns (its bindings, its Contact hosts, the client
+transactions sent over it) is indexed by that connection, so a closing
+connection costs what it owns, not what the server holds.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..adapter.application import Application
-from ..core.codec import SIPMessage, invite_companion, make_response
-from ..core.grammar import DEFAULT_MAX_FORWARDS
-from ..core.transaction import cancel_key, new_tag
+from .._version import __version__
+from ..core.codec import SIPMessage, Via, invite_companion, make_response
+from ..core.grammar import DEFAULT_MAX_FORWARDS, SIP_SCHEMES
+from ..core.sipuri import NameAddr, SipURI, split_header_values
+from ..core.transaction import cancel_key, new_branch, new_tag
 from ..errors import ConnectionLost, SIPParseError, TransactionTimeout
 from ..options import ServerOptions
-from .registrar import Registrar
-from ..core.sipuri import NameAddr, SipURI, split_header_values
-from ..transport.websocket import WSConnection, WSListener
+from ..transport.websocket import WSConnection, WSListener, listen
+from .registrar import Binding, Registrar
 
-__all__ = ['RelayServer', 'ALLOWED_METHODS']
+__all__ = ['RelayServer', 'ALLOWED_METHODS', 'SERVER_HEADER']
 
 logger = logging.getLogger(__name__)
 
 #: Methods the relay answers or relays (the Allow header of its responses).
 ALLOWED_METHODS = ('REGISTER', 'OPTIONS', 'MESSAGE', 'SUBSCRIBE', 'NOTIFY', 'PUBLISH', 'INFO',
                    'REFER', 'INVITE')
+#: the Server header of the responses serve builds itself
+SERVER_HEADER = 'aiosip-ws/%s' % __version__
+#: option tags a request may Require (RFC 3261 §8.2.2.3); others get 420
+SUPPORTED_EXTENSIONS = frozenset({'outbound', 'path'})
+#: out-of-dialog requests whose Contact becomes a remote target of a dialog
+_LEARN_FROM = frozenset({'INVITE', 'SUBSCRIBE', 'REFER'})
+
+#: a route: ``route(connection, request)``, plain or a coroutine function
+Route = Callable[[WSConnection, SIPMessage], 'Awaitable[None] | None']
+
+
+class _Pending:
+    """A request serve sent and waits on (a client transaction of the proxy)."""
+
+    __slots__ = ('future', 'conn', 'timer', 'method', 'on_provisional')
+
+    def __init__(self, future: asyncio.Future[SIPMessage], conn: WSConnection,
+                 timer: asyncio.TimerHandle, method: str,
+                 on_provisional: Callable[[SIPMessage], None] | None) -> None:
+        self.future, self.conn, self.timer = future, conn, timer
+        self.method, self.on_provisional = method, on_provisional
 
 
 class RelayServer:
-    """Registrar + relay; ``await start(url)``, then ``await close()``."""
+    """Registrar + relay; ``await start(url, ...)``, then ``await close()``."""
 
     def __init__(self, *, server_options: ServerOptions | None = None,
                  registrar: Registrar | None = None) -> None:
         self.server_options = server_options or ServerOptions()
+        self.server_options.validate()
         self.registrar = registrar or Registrar()
-        self.app: Application | None = None
         self.listeners: list[WSListener] = []
+        #: every open connection
+        self.connections: set[WSConnection] = set()
+        #: method -> route; replace an entry to change how a method is handled
+        self.routes: dict[str, Route] = {method: self._on_request for method in ALLOWED_METHODS}
+        self.routes['REGISTER'] = self._on_register
         #: `.invalid` Contact host -> the connection behind it (in-dialog routing)
         self._contacts: dict[str, WSConnection] = {}
         #: INVITEs being relayed, for CANCEL: (Call-ID, CSeq, branch) -> (peer, forwarded)
         self._invites: dict[tuple[str, int, str], tuple[WSConnection, SIPMessage]] = {}
+        #: our client transactions by the branch of the Via we added
+        self._pending: dict[str, _Pending] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
+    # -- life cycle -------------------------------------------------------------------
     async def start(self, *urls: str) -> list[WSListener]:
-        self.app = _RelayApplication(self, server_options=self.server_options)
-        router = self.app.router
-        router.add_route('REGISTER', self._on_register)
-        for method in ALLOWED_METHODS:
-            if method != 'REGISTER':
-                router.add_route(method, self._on_request)
         try:
             for url in urls:
-                self.listeners.append(await self.app.listen(url, self._options_for(url)))
+                self.listeners.append(await listen(url, self, self._options_for(url)))
         except BaseException:
-            await self.app.close()
+            await self.close()
             raise
         return self.listeners
 
@@ -79,94 +113,189 @@ class RelayServer:
             return self.server_options
         return dataclasses.replace(self.server_options, ssl=None)
 
-    async def close(self) -> None:
-        """Stop listening; every client gets close code 1001 (going away)."""
-        if self.app is not None:
-            await self.app.close(1001, 'server shutting down')
+    async def close(self, code: int = 1001, reason: str = 'server shutting down') -> None:
+        """Stop listening; every client gets ``code`` (1001, going away); end every task."""
+        self._closing = True
+        for listener in self.listeners:
+            await listener.close(code, reason)
+        self.listeners.clear()
+        for conn in list(self.connections):
+            await conn.close(code, reason)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for branch in list(self._pending):
+            self._finish(branch, ConnectionLost('the server closed'))
 
-    async def __aenter__(self) -> 'RelayServer':
+    async def __aenter__(self) -> RelayServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # -- routes ---------------------------------------------------------------------
-    async def _on_register(self, dialog: Any, msg: Any) -> None:
-        conn: WSConnection = dialog.protocol
-        result = self.registrar.register(msg.raw, conn)
-        if result.status == 200:
-            logger.info('REGISTER %s from %s: %d binding(s)', msg.headers.get('To'),
-                        conn.remote_addr, len(result.headers))
-        dialog.reply(msg, result.status, result.reason, headers=result.headers)
+    def spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task[Any]:
+        """Run ``coroutine`` in a task that :meth:`close` cancels if it is still running."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
-    async def _on_request(self, dialog: Any, msg: Any) -> None:
-        conn: WSConnection = dialog.protocol
-        raw: SIPMessage = msg.raw
-        try:
-            target = NameAddr.parse(raw.uri or '').uri
-        except SIPParseError as exc:
-            dialog.reply(msg, 400, 'Bad Request (%s)' % exc)
+    # -- ConnectionHandler ----------------------------------------------------------------
+    def connection_made(self, conn: WSConnection) -> None:
+        self.connections.add(conn)
+        conn.state['contact_hosts'] = set()
+        conn.state['pending'] = set()
+
+    def connection_lost(self, conn: WSConnection, exc: BaseException | None) -> None:
+        self.connections.discard(conn)
+        for host in conn.state.pop('contact_hosts', ()):
+            if self._contacts.get(host) is conn:
+                del self._contacts[host]
+        for branch in list(conn.state.pop('pending', ())):
+            self._finish(branch, ConnectionLost(
+                'the WebSocket connection %r closed (code %s) before the final response'
+                % (conn, conn.close_code)))
+        removed = self.registrar.remove_connection(conn)
+        if removed:
+            logger.info('%r closed: removed %d binding(s)', conn, removed)
+
+    def message_received(self, conn: WSConnection, message: SIPMessage) -> None:
+        if message.is_request:
+            self._request_received(conn, message)
+        else:
+            self._response_received(conn, message)
+
+    # -- requests -------------------------------------------------------------------------
+    def _request_received(self, conn: WSConnection, message: SIPMessage) -> None:
+        method = message.method
+        if method == 'CANCEL':
+            self._cancel(conn, message)
             return
-        if target.scheme not in ('sip', 'sips'):
-            dialog.reply(msg, 416)
+        if method == 'ACK' or 'tag=' in (message.get('To') or ''):
+            self._in_dialog(conn, message)
+            return
+        if method in _LEARN_FROM:
+            self._learn_contact(conn, message)
+        self._route(conn, message)
+
+    def _route(self, conn: WSConnection, message: SIPMessage) -> None:
+        """Hand an out-of-dialog request to the route of its method."""
+        method = message.method
+        unsupported = _unsupported_extensions(message)
+        if unsupported:
+            self.reply(conn, message, 420, headers=[('Unsupported', ', '.join(unsupported))])
+            return
+        route = self.routes.get(method or '')
+        if route is None:
+            self.reply(conn, message, 405, headers=[('Allow', ', '.join(ALLOWED_METHODS))])
+            return
+        try:
+            outcome = route(conn, message)
+        except Exception:  # noqa: BLE001 - one request must not take the server down
+            logger.exception('%r: the %s route failed', conn, method)
+            self.reply(conn, message, 500)
+            return
+        if inspect.isawaitable(outcome):
+            self.spawn(self._run_route(conn, message, outcome))
+
+    async def _run_route(self, conn: WSConnection, message: SIPMessage,
+                         outcome: Awaitable[None]) -> None:
+        try:
+            await outcome
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            logger.exception('%r: the %s route failed', conn, message.method)
+            self.reply(conn, message, 500)
+
+    def reply(self, conn: WSConnection, request: SIPMessage, status: int,
+              reason: str | None = None, *, headers: list[tuple[str, str]] | None = None) -> None:
+        """Answer ``request`` on ``conn`` (RFC 3261 §8.2.6): Vias, From, To with a tag,
+        Call-ID, CSeq, plus ``headers`` and our Server header.  ACKs get no answer."""
+        if request.method == 'ACK':
+            return
+        response = make_response(request, status, reason, to_tag=new_tag(),
+                                 headers=list(headers or ()) + [('Server', SERVER_HEADER)])
+        if conn.is_open:
+            conn.send(response)
+        else:                           # RFC 3261 §18.2.2: a WebSocket client cannot be reached
+            logger.warning('dropped %d %s to %s: the WebSocket connection is gone', status,
+                           response.reason, request.method)
+
+    def _on_register(self, conn: WSConnection, request: SIPMessage) -> None:
+        result = self.registrar.register(request, conn)
+        if result.status == 200:
+            logger.info('REGISTER %s from %s: %d binding(s)', request.get('To'),
+                        conn.remote_addr, len(result.headers))
+        self.reply(conn, request, result.status, result.reason, headers=result.headers)
+
+    async def _on_request(self, conn: WSConnection, request: SIPMessage) -> None:
+        try:
+            target = NameAddr.parse(request.uri or '').uri
+        except SIPParseError as exc:
+            self.reply(conn, request, 400, 'Bad Request (%s)' % exc)
+            return
+        if target.scheme not in SIP_SCHEMES:
+            self.reply(conn, request, 416)
             return
         if target.user is None:                                # addressed to the server itself
-            if raw.method == 'OPTIONS':
-                dialog.reply(msg, 200, headers=[('Allow', ', '.join(ALLOWED_METHODS)),
-                                                ('Accept', 'application/sdp, text/plain'),
-                                                ('Supported', 'path, outbound')])
+            if request.method == 'OPTIONS':
+                self.reply(conn, request, 200,
+                           headers=[('Allow', ', '.join(ALLOWED_METHODS)),
+                                    ('Accept', 'application/sdp, text/plain'),
+                                    ('Supported', 'path, outbound')])
             else:
-                dialog.reply(msg, 404, 'Not Found (no user in the Request-URI)')
+                self.reply(conn, request, 404, 'Not Found (no user in the Request-URI)')
             return
-        max_forwards = (raw.get('Max-Forwards') or str(DEFAULT_MAX_FORWARDS)).strip()
-        if not max_forwards.isdigit():
-            dialog.reply(msg, 400, 'Bad Request (bad Max-Forwards)')
+        max_forwards = _max_forwards(request)
+        if max_forwards is None:
+            self.reply(conn, request, 400, 'Bad Request (bad Max-Forwards)')
             return
-        if int(max_forwards) == 0:
-            dialog.reply(msg, 483)
+        if max_forwards == 0:
+            self.reply(conn, request, 483)
             return
         bindings = self.registrar.lookup(target.aor)
         if not bindings:
-            dialog.reply(msg, 404)
+            self.reply(conn, request, 404)
             return
-        response = await self._relay(raw, int(max_forwards) - 1, bindings, conn)
+        response = await self._relay(request, max_forwards - 1, bindings, conn)
         if response is None:
-            dialog.reply(msg, 480)
+            self.reply(conn, request, 480)
             return
         if conn.is_open:
             conn.send(response)
         else:
             logger.warning('dropped the %d response to %s: the requester left', response.status,
-                           raw.method)
+                           request.method)
 
-    async def _relay(self, raw: SIPMessage, max_forwards: int, bindings: list[Any],
+    async def _relay(self, request: SIPMessage, max_forwards: int, bindings: list[Binding],
                      origin: WSConnection) -> SIPMessage | None:
         """Forward to the newest binding; on a dead flow try the next one.
 
         An INVITE is record-routed, its provisional responses are relayed as they
         come, a CANCEL for it is followed downstream, and a non-2xx final response
-        is ACKed downstream here (RFC 3261 16.7, 17.1.1.3).
+        is ACKed downstream here (RFC 3261 §16.7, §17.1.1.3).
         """
-        assert self.app is not None
-        invite = raw.method == 'INVITE'
-        key = cancel_key(raw) if invite else None
+        invite = request.method == 'INVITE'
+        key = cancel_key(request) if invite else None
         for binding in bindings:
             peer: WSConnection = binding.connection
-            forwarded = SIPMessage(method=raw.method, uri=str(binding.uri),
-                                   headers=list(raw.headers), body=raw.body)
+            forwarded = SIPMessage(method=request.method, uri=str(binding.uri),
+                                   headers=list(request.headers), body=request.body)
             forwarded.set('Max-Forwards', str(max_forwards))
             forwarded.remove('Route')                  # loose routes pointing at us end here
             if invite:
                 forwarded.headers.insert(0, ('Record-Route', '<sip:%s;transport=ws;lr>'
                                              % peer.via_host))
             relay_provisional = (lambda r: self._relay_provisional(origin, r)) if invite else None
-            future = self.app.send_request(peer, forwarded, on_provisional=relay_provisional)
+            future = self.send_request(peer, forwarded, on_provisional=relay_provisional)
             if key is not None:
                 self._invites[key] = (peer, forwarded)
             try:
                 response = await future
             except (ConnectionLost, TransactionTimeout) as exc:
-                logger.info('relaying %s to %s failed: %s', raw.method, binding.uri, exc)
+                logger.info('relaying %s to %s failed: %s', request.method, binding.uri, exc)
                 continue
             finally:
                 if key is not None:
@@ -186,87 +315,153 @@ class RelayServer:
                              headers=_without_top_via(response.headers), body=response.body)
         origin.send(relayed)
 
-    # -- in-dialog requests, ACK and CANCEL (the adapter's intercept hook) -------------
+    # -- in-dialog requests, ACK and CANCEL ---------------------------------------------
     def _learn_contact(self, conn: WSConnection, message: SIPMessage) -> None:
-        """Remember which connection a `.invalid` Contact host lives behind (R-B.5)."""
+        """Remember which connection a `.invalid` Contact host lives behind (RFC 7118 B.1)."""
         for value in message.get_all('Contact')[:1]:
             try:
                 host = NameAddr.parse(value).uri.host
             except SIPParseError:
                 return
-            if host.endswith('.invalid'):
+            if host.endswith('.invalid') and conn.is_open:
+                previous = self._contacts.get(host)
+                if previous is not None and previous is not conn:
+                    previous.state.get('contact_hosts', set()).discard(host)
                 self._contacts[host] = conn
+                conn.state.setdefault('contact_hosts', set()).add(host)
 
-    def intercept(self, conn: WSConnection, message: SIPMessage) -> bool:
-        """Route in-dialog requests by the connection behind their Request-URI's host."""
-        assert self.app is not None
-        method = message.method
-        if method == 'CANCEL':
-            return self._cancel(conn, message)
-        if method != 'ACK' and 'tag=' not in (message.get('To') or ''):
-            # out of dialog (the common case, kept cheap): the routes decide; a caller's
-            # Contact is worth remembering for the in-dialog requests to come
-            if method in _LEARN_FROM:
-                self._learn_contact(conn, message)
-            return False
+    def _in_dialog(self, conn: WSConnection, message: SIPMessage) -> None:
+        """Route an in-dialog request by the connection behind its Request-URI's host."""
         self._learn_contact(conn, message)
+        is_ack = message.method == 'ACK'
         try:
             to_tag = NameAddr.parse(message.get('To') or '').tag
             target = SipURI.parse(message.uri or '')
-        except SIPParseError:
-            return False
-        if to_tag is None and message.method != 'ACK':
-            return False                               # out of dialog: the routes decide
+        except SIPParseError as exc:
+            if not is_ack:
+                self.reply(conn, message, 400, 'Bad Request (%s)' % exc)
+            return
+        if to_tag is None and not is_ack:
+            self._route(conn, message)                 # ``tag=`` was not the To tag
+            return
         peer = self._contacts.get(target.host)
         if peer is None or not peer.is_open:
-            if message.method == 'ACK':
-                return True        # the ACK of a non-2xx we relayed (we ACKed downstream)
-            return False           # the adapter answers 481
-        max_forwards = (message.get('Max-Forwards') or str(DEFAULT_MAX_FORWARDS)).strip()
-        if not max_forwards.isdigit() or int(max_forwards) == 0:
-            if message.method != 'ACK':
-                conn.send(make_response(message, 483 if max_forwards == '0' else 400,
+            if not is_ack:                 # an ACK here is for a non-2xx we ACKed downstream
+                self.reply(conn, message, 481)
+            return
+        max_forwards = _max_forwards(message)
+        if max_forwards is None or max_forwards == 0:
+            if not is_ack:
+                conn.send(make_response(message, 400 if max_forwards is None else 483,
                                         to_tag=to_tag))
-            return True
+            return
         forwarded = SIPMessage(method=message.method, uri=message.uri, body=message.body,
                                headers=[(k, v) for k, v in message.headers if k != 'Route'])
-        forwarded.set('Max-Forwards', str(int(max_forwards) - 1))
-        self.app.spawn(self._forward_in_dialog(conn, peer, forwarded, message))
-        return True
+        forwarded.set('Max-Forwards', str(max_forwards - 1))
+        future = self.send_request(
+            peer, forwarded, on_provisional=lambda r: self._relay_provisional(conn, r))
+        if not is_ack:
+            future.add_done_callback(lambda done: self._in_dialog_answered(conn, peer, message,
+                                                                          done))
 
-    async def _forward_in_dialog(self, origin: WSConnection, peer: WSConnection,
-                                 forwarded: SIPMessage, original: SIPMessage) -> None:
-        assert self.app is not None
-        future = self.app.send_request(
-            peer, forwarded, on_provisional=lambda r: self._relay_provisional(origin, r))
-        if forwarded.method == 'ACK':
+    def _in_dialog_answered(self, origin: WSConnection, peer: WSConnection,
+                            original: SIPMessage, done: asyncio.Future[SIPMessage]) -> None:
+        if done.cancelled():
             return
-        try:
-            response = await future
-        except (ConnectionLost, TransactionTimeout) as exc:
-            logger.info('relaying in-dialog %s failed: %s', forwarded.method, exc)
+        exc = done.exception()
+        if exc is not None:
+            logger.info('relaying in-dialog %s failed: %s', original.method, exc)
             response = make_response(original, 408 if isinstance(exc, TransactionTimeout)
                                      else 480)
         else:
+            response = done.result()
             self._learn_contact(peer, response)
             response.headers = _without_top_via(response.headers)
         if origin.is_open:
             origin.send(response)
 
-    def _cancel(self, conn: WSConnection, cancel: SIPMessage) -> bool:
-        """RFC 3261 16.10: answer the CANCEL, then cancel the INVITE we forwarded."""
+    def _cancel(self, conn: WSConnection, cancel: SIPMessage) -> None:
+        """RFC 3261 §16.10: answer the CANCEL, then cancel the INVITE we forwarded."""
         entry = self._invites.get(cancel_key(cancel))
         if entry is None:
-            conn.send(make_response(cancel, 481, to_tag=new_tag()))
-            return True
-        conn.send(make_response(cancel, 200, to_tag=new_tag()))
+            self.reply(conn, cancel, 481)
+            return
+        self.reply(conn, cancel, 200)
         peer, forwarded = entry
         peer.send(invite_companion('CANCEL', forwarded, uri=forwarded.uri or ''))
-        return True
+
+    # -- client transactions --------------------------------------------------------------
+    def send_request(self, conn: WSConnection, request: SIPMessage, *,
+                     on_provisional: Callable[[SIPMessage], None] | None = None
+                     ) -> asyncio.Future[SIPMessage]:
+        """Send ``request`` as a stateful proxy does: our Via on top, tracked by its branch.
+
+        The future gets the final response, or fails with :class:`TransactionTimeout`
+        (Timer F) or :class:`ConnectionLost`; ``on_provisional`` sees each 1xx.  An
+        ACK is not tracked: its future is done at once (with None).
+        """
+        branch = new_branch()
+        request.headers.insert(0, ('Via', str(Via(conn.via_transport, conn.via_host, None,
+                                                   (('branch', branch),)))))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[SIPMessage] = loop.create_future()
+        if request.method == 'ACK':
+            future.set_result(None)  # type: ignore[arg-type]
+        else:
+            timeout = conn.options.transaction_timeout
+            timer = loop.call_later(timeout, self._finish, branch, TransactionTimeout(
+                'no final response to %s %s within %.0f s (Timer F)'
+                % (request.method, request.uri, timeout)))
+            self._pending[branch] = _Pending(future, conn, timer, request.method or '',
+                                             on_provisional)
+            conn.state.setdefault('pending', set()).add(branch)
+        conn.send(request)
+        return future
+
+    def _finish(self, branch: str, outcome: SIPMessage | BaseException) -> None:
+        pending = self._pending.pop(branch, None)
+        if pending is None:
+            return
+        pending.timer.cancel()
+        pending.conn.state.get('pending', set()).discard(branch)
+        if pending.future.done():
+            return
+        if isinstance(outcome, BaseException):
+            pending.future.set_exception(outcome)
+        else:
+            pending.future.set_result(outcome)
+
+    def _response_received(self, conn: WSConnection, message: SIPMessage) -> None:
+        try:
+            top = message.top_via
+            branch = (top.branch if top is not None else None) or ''
+        except SIPParseError as exc:
+            logger.warning('%r: dropped a response with a bad Via: %s', conn, exc)
+            return
+        pending = self._pending.get(branch)
+        if pending is None or pending.conn is not conn:
+            logger.info('%r: dropped a response for no known transaction (%s %s, Call-ID %s)',
+                        conn, message.status, message.reason, message.get('Call-ID'))
+            return
+        if message.cseq[1] != pending.method:
+            return                              # e.g. the 200 to our CANCEL: nothing to do
+        if (message.status or 0) >= 200:
+            self._finish(branch, message)
+        elif pending.on_provisional is not None:
+            pending.on_provisional(message)
 
 
-#: out-of-dialog requests whose Contact becomes a remote target of a dialog
-_LEARN_FROM = frozenset({'INVITE', 'SUBSCRIBE', 'REFER'})
+def _max_forwards(message: SIPMessage) -> int | None:
+    """The Max-Forwards value (RFC 3261 §8.1.1.6 default when absent); None if malformed."""
+    value = (message.get('Max-Forwards') or str(DEFAULT_MAX_FORWARDS)).strip()
+    return int(value) if value.isdigit() and value.isascii() else None
+
+
+def _unsupported_extensions(message: SIPMessage) -> list[str]:
+    """Option tags in Require that serve does not support (RFC 3261 §8.2.2.3)."""
+    required = [tag.strip() for value in message.get_all('Require')
+                for tag in value.split(',') if tag.strip()]
+    return [tag for tag in required if tag.lower() not in SUPPORTED_EXTENSIONS]
 
 
 def _without_top_via(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -282,21 +477,3 @@ def _without_top_via(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
             continue
         out.append((name, value))
     return out
-
-
-class _RelayApplication(Application):
-    def __init__(self, relay: RelayServer, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._relay = relay
-
-    def intercept_request(self, conn: WSConnection, message: SIPMessage) -> bool:
-        return self._relay.intercept(conn, message)
-
-    def ws_connection_lost(self, conn: WSConnection, exc: BaseException | None) -> None:
-        contacts = self._relay._contacts
-        for host in [h for h, c in contacts.items() if c is conn]:
-            del contacts[host]
-        removed = self._relay.registrar.remove_connection(conn)
-        if removed:
-            logger.info('%r closed: removed %d binding(s)', conn, removed)
-

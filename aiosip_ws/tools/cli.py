@@ -34,13 +34,13 @@ import signal
 import ssl
 import sys
 import time
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from .._version import __version__
-from ..errors import (AiosipWSError, ConfigurationError, Interrupted, RegistrationError,
-                      SIPParseError)
-from ..options import DEFAULT_MAX_SIZE, ClientOptions, ServerOptions
 from ..core.sipuri import NameAddr, SipURI
+from ..errors import AiosipWSError, ConfigurationError, Interrupted, RegistrationError, SIPParseError
+from ..options import DEFAULT_MAX_SIZE, ClientOptions, ServerOptions
 
 __all__ = ['main', 'build_parser']
 
@@ -205,7 +205,7 @@ def _server_options(args: argparse.Namespace) -> ServerOptions:
         try:
             context.load_cert_chain(args.tls_cert, args.tls_key)
         except (OSError, ssl.SSLError) as exc:
-            raise SystemExit('aiosip-ws serve: cannot load the TLS certificate/key: %s' % exc)
+            raise SystemExit('aiosip-ws serve: cannot load the TLS certificate/key: %s' % exc) from None
     options = ServerOptions(ssl=context, allowed_origins=args.allow_origin, max_size=args.max_size,
                             ping_interval=args.ping_interval or None,
                             crlf_ping_interval=args.crlf_ping_interval or None,
@@ -215,7 +215,7 @@ def _server_options(args: argparse.Namespace) -> ServerOptions:
     try:
         options.validate()
     except ConfigurationError as exc:
-        raise SystemExit('aiosip-ws serve: %s' % exc)
+        raise SystemExit('aiosip-ws serve: %s' % exc) from None
     return options
 
 
@@ -306,7 +306,7 @@ def _client_options(args: argparse.Namespace, **extra: Any) -> ClientOptions:
             try:
                 context = ssl.create_default_context(cafile=args.ca_file)
             except (OSError, ssl.SSLError) as exc:
-                raise ConfigurationError('cannot load --ca-file %s: %s' % (args.ca_file, exc))
+                raise ConfigurationError('cannot load --ca-file %s: %s' % (args.ca_file, exc)) from exc
     return ClientOptions(ssl=context, origin=args.origin, open_timeout=args.timeout,
                          transaction_timeout=args.timeout, **extra)
 

@@ -36,31 +36,29 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import logging
 import math
 import re
-import secrets
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from ..core import codec
 from ..adapter.application import Application
+from ..core import codec
 from ..core.codec import SIPMessage
 from ..core.digest import Challenge, authorization, choose_challenge
-from ..transport.connect import connect
-from ..core.grammar import is_sip_uri
-from ..transport.discovery import Resolver, Target
-from ..errors import AiosipWSError, ConfigurationError, DigestError
-from ..options import ClientOptions
-from .probe import target_domain
-from ..core.grammar import DEFAULT_MAX_FORWARDS
+from ..core.grammar import DEFAULT_MAX_FORWARDS, is_sip_uri
 from ..core.sipuri import NameAddr, ws_contact
 from ..core.transaction import new_branch, new_call_id, new_tag
-from ..transport.websocket import WSConnection, open_connection, split_ws_url
+from ..errors import AiosipWSError, ConfigurationError, DigestError
+from ..options import ClientOptions
+from ..transport.connect import connect
+from ..transport.discovery import Resolver, Target
+from ..transport.websocket import WSConnection, split_ws_url
+from .probe import target_domain
 
 __all__ = ['SCENARIOS', 'BenchConfig', 'BenchResult', 'LatencySummary', 'Progress',
            'LoadGenerator', 'percentile', 'summarize', 'run_bench']
@@ -386,7 +384,7 @@ class _Txn:
                  'done', 'branch', 'conn')
 
     def __init__(self, client: _Client, method: str, intended: float, measure: bool,
-                 expires: int, done: 'asyncio.Future[_Outcome] | None' = None) -> None:
+                 expires: int, done: asyncio.Future[_Outcome] | None = None) -> None:
         self.client = client
         self.method = method
         self.intended = intended
@@ -402,7 +400,7 @@ class _Txn:
 class _BenchApplication(Application):
     """Answers incoming MESSAGE/OPTIONS with 200 at once, without aiosip dialogs."""
 
-    def __init__(self, generator: 'LoadGenerator', **kwargs: Any) -> None:
+    def __init__(self, generator: LoadGenerator, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._generator = generator
 
@@ -670,7 +668,8 @@ class LoadGenerator:
         assert conn is not None
         headers = [('Via', 'SIP/2.0/%s %s;branch=%s' % (conn.via_transport, conn.via_host,
                                                         txn.branch)),
-                   ('Max-Forwards', str(DEFAULT_MAX_FORWARDS)), ('From', '<%s>;tag=%s' % (client.aor, client.tag)),
+                   ('Max-Forwards', str(DEFAULT_MAX_FORWARDS)),
+                   ('From', '<%s>;tag=%s' % (client.aor, client.tag)),
                    ('To', to), ('Call-ID', call_id), ('CSeq', '%d %s' % (client.cseq, method))]
         body = b''
         if method == 'REGISTER':
@@ -738,11 +737,11 @@ class LoadGenerator:
         self._outstanding -= 1
         if response is not None:
             status = response.status or 0
-            if status in (401, 407) and self.config.password is not None and txn.auth_tries < 2:
-                if self._take_challenge(txn.client, response, status):
-                    txn.auth_tries += 1
-                    self._send(txn)                    # same intended time: counts in latency
-                    return
+            if (status in (401, 407) and self.config.password is not None and txn.auth_tries < 2
+                    and self._take_challenge(txn.client, response, status)):
+                txn.auth_tries += 1
+                self._send(txn)                        # same intended time: counts in latency
+                return
             self._finish(txn, status, None)
         else:
             self._finish(txn, None, error)

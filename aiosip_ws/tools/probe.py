@@ -24,22 +24,28 @@ import logging
 import socket
 import ssl as _ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 
-from ..core import codec
 from ..adapter.application import Application
 from ..adapter.compat import import_aiosip
+from ..core import codec
 from ..core.codec import SIPMessage
-from ..transport.connect import open_target
 from ..core.grammar import ip_literal, is_sip_uri, url_host
-from ..transport.discovery import Resolver, Target
-from ..errors import (AiosipWSError, ConfigurationError, ConnectionLost, HandshakeError,
-                     SIPParseError, TransactionTimeout)
-from ..options import ClientOptions
 from ..core.sipuri import NameAddr, SipURI
+from ..errors import (
+    AiosipWSError,
+    ConfigurationError,
+    ConnectionLost,
+    HandshakeError,
+    TransactionTimeout,
+)
+from ..options import ClientOptions
+from ..transport.connect import open_target
+from ..transport.discovery import Resolver, Target
 from ..transport.websocket import WSConnection, open_connection, split_ws_url
 
 __all__ = ['Probe', 'ConnectTimings', 'Transaction', 'timed_connect', 'default_request_uri',
@@ -345,7 +351,7 @@ class Probe:
         self.conn: WSConnection | None = None
         self.timings: ConnectTimings | None = None
 
-    async def __aenter__(self) -> 'Probe':
+    async def __aenter__(self) -> Probe:
         await self.connect()
         return self
 

@@ -4,7 +4,7 @@
 is turned into an ordered list of concrete :class:`Target` objects (transport,
 IP address, port, URL path, Host name, TLS name); a client tries them in order
 and moves to the next one when a connection fails (RFC 3263 section 4.3,
-checklist R-4.1.6), which :func:`connect_first` does.
+RFC 7118 section 4.1), which :func:`connect_first` does.
 
 Example (inside a coroutine)::
 
@@ -12,8 +12,8 @@ Example (inside a coroutine)::
     target, ws = await connect_first(targets, lambda t: websockets.asyncio.client.connect(
         t.url, subprotocols=['sip'], **t.connect_kwargs()))
 
-Procedure (RFC 3263 section 4, RFC 7118 section 5.5, checklist R-5.5.1 .. R-5.5.4)
------------------------------------------------------------------------------------
+Procedure (RFC 3263 section 4, RFC 7118 section 5.5)
+----------------------------------------------------
 The *target* is the URI host, or its ``maddr`` parameter when present.
 
 1. **Transport.**  ``;transport=ws`` is the only value RFC 7118 defines; it
@@ -22,7 +22,7 @@ The *target* is the URI host, or its ``maddr`` parameter when present.
    other transport (udp, tcp, tls, sctp ...) raises
    :class:`~aiosip_ws.errors.ConfigurationError`: aiosip-ws only speaks
    WebSocket.  A ``sips:`` URI only ever yields ``wss`` targets (RFC 3261 26.2,
-   RFC 7118 9.2, R-9.3); if the resolver is configured without ``wss`` it is
+   RFC 7118 9.2); if the resolver is configured without ``wss`` it is
    refused locally with ``ConfigurationError``.
 2. **Numeric IP host** (``sip:127.0.0.1``, ``sip:[::1]:8080``): no DNS at all.
    Transport: the explicit one, else ``ws`` for ``sip:`` (``wss`` if ``ws`` is
@@ -35,9 +35,9 @@ The *target* is the URI host, or its ``maddr`` parameter when present.
    at the default port.
 5. **Otherwise NAPTR** for the target.  Records are kept when their service is
    ``SIPS+D2W`` (wss) or ``SIP+D2W`` (ws, never for a ``sips:`` URI) *and* that
-   transport is enabled (R-5.5.1); they are sorted by order, then preference,
+   transport is enabled (RFC 7118 §5.5); they are sorted by order, then preference,
    and all of them are used, in that order, as failover candidates.  Flag ``S``:
-   the replacement is an SRV owner name and is queried verbatim (R-5.5.3); flag
+   the replacement is an SRV owner name and is queried verbatim (RFC 7118 §5.5); flag
    ``A``: the replacement is a host name, looked up with A/AAAA at the default
    port.  If none of the kept records leads to an address, A/AAAA of the target
    at the default port is used (RFC 3263 4.2).  When NAPTR records exist but
@@ -60,8 +60,8 @@ The *target* is the URI host, or its ``maddr`` parameter when present.
    each address becomes one :class:`Target`.  Duplicates (same transport,
    address and port) are removed, keeping the first.
 
-SRV names and default ports (R-5.5.2, R-5.5.3)
-----------------------------------------------
+SRV names and default ports (RFC 7118 §5.5)
+-------------------------------------------
 No RFC defines an SRV label for WebSocket.  With NAPTR the replacement field
 names the SRV record, so no label is needed.  Without NAPTR (or with an
 explicit ``;transport=``) this module queries, by default
@@ -73,25 +73,25 @@ explicit ``;transport=``) this module queries, by default
 * ``ws``: ``_sip._ws.<domain>``.
 
 ``srv_labels`` replaces that table; ``srv_labels={}`` disables the guess and
-goes straight to A/AAAA (the "no guess" mode of R-5.5.3).  Default ports when
+goes straight to A/AAAA (no guess at all).  Default ports when
 no SRV record gives one (:data:`DEFAULT_PORTS`): **80 for ws, 443 for wss**
-(RFC 7118 5.5, R-5.5.2), i.e. the ``ws://`` and ``wss://`` URI defaults of
+(RFC 7118 5.5), i.e. the ``ws://`` and ``wss://`` URI defaults of
 RFC 6455.  The 5080/5081 ports some servers use are only found through SRV or
 an explicit port.
 
-URL path, Host header and TLS name (R-5.5.4, R-9.2)
----------------------------------------------------
+URL path, Host header and TLS name (RFC 7118 §5.5, §9.1)
+--------------------------------------------------------
 NAPTR and SRV only give a host and a port.
 
 * **Path**: ``paths`` maps a name to a path; the SRV/NAPTR target name is
   looked up first, then the SIP domain (case-insensitive), else
   ``default_path`` (``/``).  Many servers expect ``/ws`` or ``/sip``; there is
-  no standard (R-5.5.4), so it has to be configuration.
+  no standard (RFC 7118 §5.5 is silent), so it has to be configuration.
 * **Host header and TLS name** (``name_policy``): by default (``'domain'``)
   the WebSocket URL is built with the *SIP domain the user asked for*
   (``wss://example.com:5081/``), so that name is the Host header, the TLS SNI
   and the name the certificate must match, while the TCP connection goes to
-  the address found through NAPTR/SRV/A.  Why: RFC 7118 9.1 (R-9.2) asks for
+  the address found through NAPTR/SRV/A.  Why: RFC 7118 9.1 asks for
   HTTPS-style checking of "the host in the WS URI"; which name that is, is our
   choice, and only the user-supplied domain is trustworthy: NAPTR/SRV answers
   are not authenticated without DNSSEC, so checking the certificate against
@@ -141,8 +141,16 @@ try:
 except ImportError:  # pragma: no cover - dnspython < 2.4
     _Do53Nameserver = None
 
-from ..core.grammar import (SIP_SCHEMES, WS_DEFAULT_PORTS, WS_SCHEMES, ip_literal, is_sip_uri,
-                            strip_brackets, url_host, ws_scheme_for)
+from ..core.grammar import (
+    SIP_SCHEMES,
+    WS_DEFAULT_PORTS,
+    WS_SCHEMES,
+    ip_literal,
+    strip_brackets,
+    url_host,
+    ws_scheme_for,
+)
+from ..core.grammar import is_sip_uri as is_sip_uri  # still importable from here, as before
 from ..core.sipuri import SipURI
 from ..errors import AllTargetsFailed, ConfigurationError, DiscoveryError, SIPParseError
 
@@ -163,11 +171,11 @@ _log = logging.getLogger(__name__)
 
 T = TypeVar('T')
 
-#: Default port per transport when no SRV record gives one (RFC 7118 5.5, R-5.5.2).
+#: Default port per transport when no SRV record gives one (RFC 7118 5.5).
 DEFAULT_PORTS: Mapping[str, int] = WS_DEFAULT_PORTS
 
 #: SRV owner labels tried without NAPTR (or with an explicit transport), per transport,
-#: in order.  No RFC defines them (R-5.5.3); see the module docstring.
+#: in order.  No RFC defines them; see the module docstring.
 DEFAULT_SRV_LABELS: Mapping[str, tuple[str, ...]] = {
     'wss': ('_sips._ws', '_sips._wss'),
     'ws': ('_sip._ws',),
@@ -344,7 +352,7 @@ def order_srv(records: Sequence[Any], rng: random.Random | None = None) -> list[
             has_zero = int(remaining[0].weight) == 0
             pick = rng.randint(0 if has_zero else 1, total)
             running = 0
-            for index, rec in enumerate(remaining):
+            for index, rec in enumerate(remaining):  # noqa: B007 - index is used after the loop
                 running += int(rec.weight)
                 if running >= pick:
                     break
@@ -455,7 +463,8 @@ class Resolver:
                 try:
                     res = dns.asyncresolver.Resolver()
                 except dns.exception.DNSException as exc:
-                    raise ConfigurationError('no system DNS configuration (%s); pass nameservers=' % exc) from exc
+                    raise ConfigurationError('no system DNS configuration (%s); pass nameservers='
+                                             % exc) from exc
             else:
                 res = dns.asyncresolver.Resolver(configure=False)
                 if _Do53Nameserver is not None:
@@ -546,7 +555,7 @@ class Resolver:
         per_record = await asyncio.gather(*(
             self._addresses(run, _norm_name(r.target.to_text())) for r in ordered))
         targets: list[Target] = []
-        for rec, (addresses, _) in zip(ordered, per_record):
+        for rec, (addresses, _) in zip(ordered, per_record, strict=True):
             target_name = _norm_name(rec.target.to_text())
             for address in addresses:
                 targets.append(self._make(run, transport, address, int(rec.port), via=via,
@@ -634,7 +643,8 @@ class Resolver:
             # IDNA-encode (the URL and Host header need ASCII) and validate the name
             host = _norm_name(dns.name.from_text(host).to_text(omit_final_dot=True))
         except (dns.exception.DNSException, UnicodeError) as exc:
-            raise ConfigurationError('cannot resolve %s: bad host name %r: %s' % (run.uri, host, exc)) from exc
+            raise ConfigurationError('cannot resolve %s: bad host name %r: %s'
+                                     % (run.uri, host, exc)) from exc
         run.domain = host
         self._resolver()      # configuration errors surface before any query
 
@@ -649,7 +659,8 @@ class Resolver:
         if explicit is not None:
             targets = await self._srv_guess(run, (explicit,), host)
             if not targets:
-                targets, nxdomain = await self._from_host(run, explicit, host, DEFAULT_PORTS[explicit], via='a')
+                targets, nxdomain = await self._from_host(run, explicit, host, DEFAULT_PORTS[explicit],
+                                                          via='a')
                 if nxdomain:
                     raise self._nxdomain(run)
             return self._finish(run, targets)
@@ -757,7 +768,7 @@ async def connect_first(targets: Iterable[Target],
     """Try ``await connect(target)`` for each target in order; return the first success.
 
     Any ``Exception`` from ``connect`` (refused, TLS failure, handshake error,
-    timeout ...) moves on to the next target (RFC 3263 4.3, R-4.1.6).  Cancellation
+    timeout ...) moves on to the next target (RFC 3263 4.3, RFC 7118 4.1).  Cancellation
     is never swallowed: a ``CancelledError`` (or any ``BaseException``) propagates at
     once and no further target is tried.  ``attempt_timeout`` bounds each attempt.
 

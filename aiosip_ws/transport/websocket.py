@@ -32,8 +32,8 @@ from websockets.typing import Subprotocol
 
 from ..core import framing
 from ..core.codec import SIPMessage
-from ..core.grammar import WS_DEFAULT_PORTS, WS_SCHEMES, url_host
 from ..core.framing import SUBPROTOCOL
+from ..core.grammar import WS_DEFAULT_PORTS, WS_SCHEMES, url_host
 from ..errors import ConfigurationError, HandshakeError
 from ..options import ClientOptions, ServerOptions
 
@@ -143,7 +143,7 @@ class WSConnection:
 
     # -- sending ----------------------------------------------------------------
     def send(self, message: SIPMessage) -> None:
-        """Queue one SIP message as one WebSocket message (R-5.0.2)."""
+        """Queue one SIP message as one WebSocket message (RFC 7118 §5)."""
         data = framing.encode(message)
         if wire_logger.isEnabledFor(logging.DEBUG):
             wire_logger.debug('%r sent %s:\n%s', self, 'binary' if isinstance(data, bytes) else 'text',
@@ -306,7 +306,7 @@ async def open_connection(url: str, handler: ConnectionHandler,
         raise HandshakeError('TLS with %s failed: %s' % (url, exc)) from exc
     except (OSError, asyncio.TimeoutError) as exc:
         raise HandshakeError('cannot connect to %s: %s' % (url, exc or type(exc).__name__)) from exc
-    if websocket.subprotocol != SUBPROTOCOL:                              # R-4.1.3
+    if websocket.subprotocol != SUBPROTOCOL:                              # RFC 7118 §4.1
         await websocket.close(1002, 'sip subprotocol required')
         raise HandshakeError('%s did not select the "sip" WebSocket subprotocol (it answered %r); '
                              'it is not a SIP WebSocket server (RFC 7118 4.1)'
@@ -360,8 +360,8 @@ async def listen(url: str, handler: ConnectionHandler,
                  options: ServerOptions | None = None) -> WSListener:
     """Accept SIP WebSocket connections on ``url`` (``ws://host:port/path`` or ``wss://``).
 
-    Handshakes that do not offer ``sip`` are refused with HTTP 400 (R-4.1.4),
-    a disallowed Origin with 403 (R-A.1), another path than a non-root
+    Handshakes that do not offer ``sip`` are refused with HTTP 400 (RFC 6455 §4.2.2),
+    a disallowed Origin with 403 (RFC 7118 Appendix A.1), another path than a non-root
     ``path`` with 404.  A ``/`` path accepts any path, as Kamailio does.
     """
     options = options or ServerOptions()

@@ -1,4 +1,4 @@
-"""Every aiosip 0.2.0 defect aiosip-ws works around, by its D-number in aiosip-0.2.0.md.
+"""Every aiosip 0.2.0 defect aiosip-ws works around, by its D-number in docs/aiosip-0.2.0.rst.
 
 Each test drives the real stack over a real WebSocket on 127.0.0.1 and would
 fail if the workaround were removed.
@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
 from aiosip_ws import Application, aiosip
-from aiosip_ws.core.codec import parse, serialize, make_response
+from aiosip_ws.core.codec import make_response, parse, serialize
 
 
 def request(method: str = 'MESSAGE', *, call_id: str = 'w-1', extra: tuple[str, ...] = (),
@@ -164,7 +164,7 @@ async def test_d6_d17_via_and_contact_on_the_wire(raw_server):
         assert wire.startswith('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS ')
         assert '%(protocol)s' not in wire and ':None' not in wire
         assert parse(wire).get('Contact') == contact
-        # the default Contact has the .invalid host and transport=ws (R-B.1, R-5.2.1)
+        # the default Contact has the .invalid host and transport=ws (RFC 7118 B.1, §5.2)
         dialog2 = await app.start_dialog('sip:alice@example.com', 'sip:bob@example.com',
                                          remote_addr=url)
         await asyncio.wait_for(dialog2.send_message('OPTIONS'), 5)

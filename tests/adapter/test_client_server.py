@@ -66,7 +66,7 @@ async def client():
 
 @pytest.mark.parametrize('scheme', ['ws', 'wss'])
 async def test_register_and_message_in_both_directions(scheme, certs):
-    """R-4.1.1, R-4.1.2, R-5.1.1, R-5.2.1, R-B.1, X-3261-2: REGISTER and MESSAGE both ways.
+    """RFC 7118 §4.1, §5.1, §5.2, Appendix B.1; RFC 3261 §18.2.2: REGISTER and MESSAGE both ways.
 
     Responses and the server's own MESSAGE go over the connection the client opened,
     although Via and Contact name a `.invalid` host.
@@ -90,15 +90,15 @@ async def test_register_and_message_in_both_directions(scheme, certs):
         assert response.status_code == 200
         register = await srv.requests.get()
         via = register.raw.vias[0]
-        assert via.transport == scheme.upper()                                   # R-5.1.1
-        assert re.fullmatch(r'[a-z0-9]{12}\.invalid', via.host) and via.port is None  # R-B.1
+        assert via.transport == scheme.upper()                                   # RFC 7118 §5.1
+        assert re.fullmatch(r'[a-z0-9]{12}\.invalid', via.host) and via.port is None  # RFC 7118 B.1
         assert via.branch.startswith('z9hG4bK') and len(via.branch) > 7 + 8
         contact = aiosip_ws.NameAddr.parse(register.headers['Contact']).uri
-        assert contact.param('transport') == 'ws' and contact.host == via.host   # R-5.2.1
+        assert contact.param('transport') == 'ws' and contact.host == via.host   # RFC 7118 §5.2
         assert register.request_uri == 'sip:example.com'                          # D10
         assert response.headers['Contact'].endswith(';expires=60')
 
-        # client -> server MESSAGE on the same connection (R-4.1.5)
+        # client -> server MESSAGE on the same connection (RFC 5626 §4.3)
         out = await client.start_dialog('sip:alice@example.com', 'sip:bob@example.com', remote_addr=url)
         response = await asyncio.wait_for(out.send_message('MESSAGE', content_type='text/plain',
                                                            payload='hi server'), 5)
@@ -125,7 +125,7 @@ async def test_register_and_message_in_both_directions(scheme, certs):
 
 
 async def test_invite_sdp_arrives_byte_identical(server, client):
-    """D1, R-5.0.5: a multi-line SDP offer and answer survive byte for byte."""
+    """D1, RFC 3261 §20.14: a multi-line SDP offer and answer survive byte for byte."""
     server.answer_sdp = SDP.replace('actpass', 'active')
     url = await server.listen()
     dialog = await client.start_dialog('sip:alice@example.com', 'sip:bob@example.com', remote_addr=url)
@@ -158,7 +158,7 @@ def raw_request(method: str, *extra: str, body: str = '', content_length: int | 
 
 
 async def test_binary_frame_request_is_processed(server):
-    """R-4.2.1: a SIP message in a binary WebSocket message is accepted."""
+    """RFC 7118 §4.2 (RFC7118-4.2-a): a SIP message in a binary WebSocket message is accepted."""
     url = await server.listen()
     reply = await raw_exchange(url, raw_request('MESSAGE', body='binary hello').encode())
     assert isinstance(reply, str) and reply.startswith('SIP/2.0 200 OK\r\n')
@@ -166,7 +166,7 @@ async def test_binary_frame_request_is_processed(server):
 
 
 async def test_non_utf8_message_goes_out_in_a_binary_frame(certs):
-    """R-4.2.2: the server sends a message that is not valid UTF-8 as a binary frame."""
+    """RFC 7118 §4.2 (RFC7118-4.2-b): the server sends a message that is not valid UTF-8 as a binary frame."""
     received: asyncio.Queue = asyncio.Queue()
 
     async def peer(ws):
@@ -191,7 +191,7 @@ async def test_non_utf8_message_goes_out_in_a_binary_frame(certs):
 
 
 async def test_message_without_content_length(server):
-    """R-5.0.3, R-5.0.4 (a): no Content-Length; the body is the rest of the WebSocket message."""
+    """RFC 7118 §5 (RFC7118-5-c): no Content-Length; the body is the rest of the WebSocket message."""
     url = await server.listen()
     reply = await raw_exchange(url, raw_request('MESSAGE', 'Content-Type: text/plain',
                                                 body='no length\r\nline 2'))
@@ -200,7 +200,7 @@ async def test_message_without_content_length(server):
 
 
 async def test_content_length_shorter_than_body_discards_the_rest(server):
-    """R-5.0.4 (b)."""
+    """RFC 3261 §18.3 (RFC3261-18.3-a): what follows Content-Length is discarded."""
     url = await server.listen()
     reply = await raw_exchange(url, raw_request('MESSAGE', body='0123456789EXTRA', content_length=10))
     assert reply.startswith('SIP/2.0 200 OK')
@@ -208,7 +208,7 @@ async def test_content_length_shorter_than_body_discards_the_rest(server):
 
 
 async def test_content_length_longer_than_body_gets_400_at_once(server):
-    """R-5.0.4 (c): 400 Bad Request, without waiting for more bytes."""
+    """RFC 3261 §18.3 (RFC3261-18.3-a): 400 Bad Request, without waiting for more bytes."""
     url = await server.listen()
     reply = await raw_exchange(url, raw_request('MESSAGE', body='short', content_length=100))
     response = parse(reply)
@@ -236,7 +236,7 @@ async def test_compact_and_oddly_spaced_headers_over_the_wire(server):
 
 
 async def test_crlf_ping_is_answered_and_never_reaches_sip(server):
-    """R-6.2: `\\r\\n\\r\\n` is answered `\\r\\n` on the same connection; no SIP is produced."""
+    """RFC 7118 §6: `\\r\\n\\r\\n` is answered `\\r\\n` on the same connection; no SIP is produced."""
     url = await server.listen()
     async with connect(url, subprotocols=['sip'], proxy=None) as ws:
         await ws.send('\r\n\r\n')
@@ -251,7 +251,7 @@ async def test_crlf_ping_is_answered_and_never_reaches_sip(server):
 
 
 async def test_client_sends_crlf_pings_at_an_interval():
-    """X-5626-1: with crlf_ping_interval the client pings and takes the pong."""
+    """RFC 5626 §4.4.1 (RFC5626-4.4.1-a): with crlf_ping_interval the client pings and takes the pong."""
     seen: list[str] = []
 
     async def peer(ws):
@@ -274,7 +274,7 @@ async def test_client_sends_crlf_pings_at_an_interval():
 
 @pytest.mark.parametrize('offer', [None, ['chat']])
 async def test_handshake_without_sip_is_refused_with_400(server, offer):
-    """R-4.1.4: no `sip` offered: HTTP 400, as Kamailio does."""
+    """RFC 6455 §4.2.2 (RFC6455-4.2.2-a): no `sip` offered: HTTP 400, as Kamailio does."""
     url = await server.listen()
     with pytest.raises(InvalidStatus) as info:
         async with connect(url, subprotocols=offer, proxy=None):
@@ -283,7 +283,7 @@ async def test_handshake_without_sip_is_refused_with_400(server, offer):
 
 
 async def test_origin_allow_list():
-    """R-A.1: a forbidden Origin gets 403; an allowed one and a missing one get 101."""
+    """RFC 7118 Appendix A.1: a forbidden Origin gets 403; an allowed one and a missing one get 101."""
     srv = Server(ServerOptions(allowed_origins=['https://phone.example.com']))
     try:
         url = await srv.listen()
@@ -301,7 +301,7 @@ async def test_origin_allow_list():
 
 
 async def test_client_handshake_offers_sip_and_sends_origin_and_headers():
-    """R-4.1.1, R-7.1: `sip` offered; Origin, Cookie and Authorization options are sent."""
+    """RFC 7118 §4.1, §7: `sip` offered; Origin, Cookie and Authorization options are sent."""
     seen = {}
 
     def record(connection, request):
@@ -324,7 +324,7 @@ async def test_client_handshake_offers_sip_and_sends_origin_and_headers():
 
 
 async def test_server_that_does_not_select_sip_is_an_error():
-    """R-4.1.3: a 101 without `sip` is a transport error that says so."""
+    """RFC 7118 §4.1 (RFC7118-4.1-c): a 101 without `sip` is a transport error that says so."""
     async with serve(lambda ws: ws.wait_closed(), '127.0.0.1', 0,
                      select_subprotocol=lambda conn, offered: None) as raw_server:
         port = raw_server.sockets[0].getsockname()[1]
@@ -338,7 +338,7 @@ async def test_server_that_does_not_select_sip_is_an_error():
 
 
 async def test_refused_handshake_is_a_transport_error(server):
-    """R-4.1.6: HTTP errors and refused TCP connections become HandshakeError."""
+    """RFC 7118 §4.1 (RFC7118-4.1-e): HTTP errors and refused TCP connections become HandshakeError."""
     url = await server.listen('ws://127.0.0.1:0/only-here')
     app = Application()
     try:
@@ -352,7 +352,7 @@ async def test_refused_handshake_is_a_transport_error(server):
 
 
 async def test_one_connection_is_reused_for_one_url(server, client):
-    """R-4.1.5: REGISTER then OPTIONS to the same URL share one WebSocket connection."""
+    """RFC 5626 §4.3: REGISTER then OPTIONS to the same URL share one WebSocket connection."""
     url = await server.listen()
     first = await client.start_dialog('sip:alice@example.com', 'sip:alice@example.com', remote_addr=url)
     second = await client.start_dialog('sip:alice@example.com', 'sip:example.com', remote_addr=url)
@@ -381,7 +381,7 @@ async def test_pending_transaction_fails_when_the_connection_closes():
 
 
 async def test_transaction_times_out_with_timer_f():
-    """R-5.0.1: no retransmission over WS; Timer F (configurable) ends the transaction."""
+    """RFC 7118 §5 (RFC7118-5-a): no retransmission over WS; Timer F (configurable) ends the transaction."""
     frames: list[str] = []
 
     async def silent(ws):
@@ -408,7 +408,7 @@ async def test_request_without_route_gets_405_with_allow(server):
 
 
 async def test_oversize_message_closes_with_1009():
-    """Checklist "Maximum message size": over max_size the connection closes with 1009."""
+    """RFC 6455 §7.4.1 (PRACTICE-max-size): over max_size the connection closes with 1009."""
     srv = Server(ServerOptions(max_size=2048))
     try:
         url = await srv.listen()

@@ -3,23 +3,17 @@ in real connections to `aiosip-ws serve` (RFC 3263 + RFC 7118 5.5)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
 from aiosip_ws import Application, DiscoveryError
 from aiosip_ws.transport.discovery import Resolver
 from tests.support.dnsmasq import Dnsmasq
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+from tests.support.net import closed_port
 
 
 async def test_naptr_srv_a_to_serve_then_register_and_message(relay):
-    """R-5.5.1, R-5.5.3: NAPTR SIP+D2W -> SRV -> A -> a real REGISTER and relayed MESSAGE."""
+    """RFC 7118 §5.5: NAPTR SIP+D2W -> SRV -> A -> a real REGISTER and relayed MESSAGE."""
     server, url = relay
     port = int(url.rsplit(':', 1)[1].strip('/'))
     with Dnsmasq(naptr=[('disc.test', 10, 10, 's', 'SIP+D2W', '', '_sip._ws.disc.test')],
@@ -45,7 +39,7 @@ async def test_naptr_srv_a_to_serve_then_register_and_message(relay):
                                               remote_addr='sip:disc.test')
             response = await asyncio.wait_for(dialog.send_message('MESSAGE', payload='found you'), 5)
             assert response.status_code == 200 and (await inbox.get()).payload == 'found you'
-            assert len(alice.connections) == 1                 # R-4.1.5: the URI's connection reused
+            assert len(alice.connections) == 1                 # RFC 5626 §4.3: the URI's connection reused
         finally:
             await alice.close()
             await bob.close()
@@ -53,7 +47,7 @@ async def test_naptr_srv_a_to_serve_then_register_and_message(relay):
 
 
 async def test_dead_first_target_client_uses_the_second(relay):
-    """R-4.1.6, RFC 3263 4.3: the first SRV target refuses; the client connects to the second."""
+    """RFC 7118 §4.1, RFC 3263 4.3: the first SRV target refuses; the client connects to the second."""
     _, url = relay
     port = int(url.rsplit(':', 1)[1].strip('/'))
     with Dnsmasq(srv=[('_sip._ws.two.test', 'dead.two.test', closed_port(), 10, 1),

@@ -9,7 +9,12 @@ import pytest
 
 import aiosip_ws
 from aiosip_ws import WS, WSS, ConfigurationError, UnknownTransportError
-from aiosip_ws.adapter.registry import get_transport, register_transport, transport_names, unregister_transport
+from aiosip_ws.adapter.registry import (
+    get_transport,
+    register_transport,
+    transport_names,
+    unregister_transport,
+)
 from aiosip_ws.adapter.selection import select
 
 
@@ -49,7 +54,7 @@ def test_register_refuses_to_overwrite_silently():
     (dict(to_uri='sip:bob@example.com'), 'udp', None),
 ])
 def test_selection(kwargs, name, target):
-    """R-5.2.1 (ws, and wss accepted as an alias), R-10.1 (case-insensitive), URL schemes."""
+    """RFC 7118 §5.2 (ws, and wss accepted as an alias), §10 (case-insensitive), URL schemes."""
     selection = select(**kwargs)
     assert (selection.name, selection.target) == (name, target)
 
@@ -62,7 +67,7 @@ def test_selection(kwargs, name, target):
     (dict(remote_addr='sip:example.com;transport=udp'), "asks for transport 'udp'"),
 ])
 def test_selection_errors_say_what_to_fix(kwargs, message):
-    """R-9.3: a sips: target never goes over plain ws."""
+    """RFC 7118 §9.2 (RFC7118-9.2-a): a sips: target never goes over plain ws."""
     with pytest.raises(ConfigurationError, match=message):
         select(**kwargs)
 

@@ -4,36 +4,33 @@ Every message of ``tests/rfc4475`` (RFC 4475's torture tests) goes, as ONE WebSo
 text too when it is valid UTF-8), to an ``aiosip_ws.Application`` listening on
 127.0.0.1.  What must happen to each is decided in :data:`EXPECTED` below, from
 RFC 4475's description of that message; over WebSocket the frame is the message
-boundary (R-5.0.3, R-5.0.4), so Content-Length never makes the server wait.
+boundary (RFC 7118 §5, RFC 3261 §18.3), so Content-Length never makes the server wait.
 After each message a normal OPTIONS goes on the same connection and must get its
 200 within 2 s: no message may crash the server or leave the connection stuck.
 
 The second half sends what a WebSocket peer can send that is not a SIP message
 at all: invalid UTF-8 in a text frame (1007), oversize messages (1009), empty
-messages, NUL bytes, two SIP messages in one WebSocket message (R-5.0.2), stray
-responses and fragmented messages (X-6455-3), the malformed frames crafted below
+messages, NUL bytes, two SIP messages in one WebSocket message (RFC 7118 §5), stray
+responses and fragmented messages (RFC 6455 §5.4), the malformed frames crafted below
 the websockets library on a hand-made handshake.
 """
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
-import os
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.frames import Frame, Opcode
 
 from aiosip_ws import Application, ServerOptions
 from aiosip_ws.core import framing
-from tests.support import RFC4475_DIR
 from aiosip_ws.core.codec import parse
+from tests.support import RFC4475_DIR
+from tests.support.websocket import Opcode, RawWebSocket
 
 #: the RFC 4475 messages, one per file (tests/rfc4475)
 TORTURE_DIR = RFC4475_DIR
@@ -50,7 +47,7 @@ DROP = 'drop'
 #: the transaction layer (never routed as a request)
 STRAY = 'stray'
 
-Outcome = Union[int, str]   # a status code the server answers with, or ROUTE / DROP / STRAY
+Outcome = int | str   # a status code the server answers with, or ROUTE / DROP / STRAY
 
 
 @dataclass(frozen=True)
@@ -80,8 +77,8 @@ EXPECTED: dict[str, Expect] = {
     'valid/longreq.dat': Expect(ROUTE, '3.1.1.7', 'long values, 34 Vias in every spelling'),
     'valid/dblreq.dat': Expect(400, '3.1.1.8', 'RFC 4475 (UDP): process the REGISTER, discard '
                                'the INVITE after Content-Length.  Over WebSocket a second SIP '
-                               'message in one WebSocket message is refused (R-5.0.2, '
-                               'R-5.0.3): the REGISTER gets 400, the INVITE never reaches SIP'),
+                               'message in one WebSocket message is refused (RFC 7118 '
+                               '§5): the REGISTER gets 400, the INVITE never reaches SIP'),
     'valid/semiuri.dat': Expect(ROUTE, '3.1.1.9', '";" in the Request-URI user part'),
     'valid/transports.dat': Expect(ROUTE, '3.1.1.10', 'SCTP, TLS, UNKNOWN transports in Via'),
     'valid/mpart01.dat': Expect(ROUTE, '3.1.1.11', 'multipart body with binary (not UTF-8) '
@@ -93,7 +90,7 @@ EXPECTED: dict[str, Expect] = {
     # -- 3.1.2 invalid messages --------------------------------------------------------
     'invalid/badinv01.dat': Expect(400, '3.1.2.1', 'empty Via/Contact values (";;,;,,")'),
     'invalid/clerr.dat': Expect(400, '3.1.2.2', 'Content-Length 9999, body shorter: 400 at '
-                                'once, never wait for more bytes (R-5.0.4 c)'),
+                                'once, never wait for more bytes (RFC 3261 §18.3)'),
     'invalid/ncl.dat': Expect(400, '3.1.2.3', 'negative Content-Length'),
     'invalid/scalar02.dat': Expect(400, '3.1.2.4', 'CSeq number > 2**31-1 (400 "due to the '
                                    'CSeq error")'),
@@ -314,7 +311,7 @@ def test_every_torture_file_has_an_expectation():
 
 @pytest.mark.parametrize('name, kind', torture_cases())
 async def test_torture_message(server, logs, name, kind):
-    """R-4.2.1, R-5.0.2, R-5.0.3, R-5.0.4: one RFC 4475 message in one WebSocket message.
+    """RFC 7118 §4.2 and §5, RFC 3261 §18.3: one RFC 4475 message in one WebSocket message.
 
     The outcome is the one in EXPECTED; then an OPTIONS on the same connection gets
     its 200 within 2 s, the connection stays open and nothing was logged as a crash.
@@ -389,7 +386,7 @@ async def test_tortuous_invite_without_its_to_tag_reaches_the_route(server):
 
 
 async def test_multipart_binary_body_reaches_the_route_byte_for_byte(server):
-    """RFC 4475 3.1.1.11, R-4.2.1: a body that is not UTF-8 survives a binary frame intact."""
+    """RFC 4475 3.1.1.11, RFC 7118 §4.2: a body that is not UTF-8 survives a binary frame intact."""
     data = (TORTURE_DIR / 'valid/mpart01.dat').read_bytes()
     async with connect(server.url, subprotocols=['sip'], proxy=None) as ws:
         assert [status_of(f) for f in await send_with_probe(ws, data)] == [200]
@@ -398,79 +395,13 @@ async def test_multipart_binary_body_reaches_the_route_byte_for_byte(server):
 
 
 # ---------------------------------------------------------------------------- raw frames
-class RawWebSocket:
-    """A WebSocket client written by hand, to send frames the websockets library refuses to."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, url: str) -> 'RawWebSocket':
-        m = re.match(r'ws://([^:/]+):(\d+)(/.*)$', url)
-        assert m, url
-        host, port, path = m.group(1), int(m.group(2)), m.group(3)
-        reader, writer = await asyncio.open_connection(host, port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(('GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n'
-                      'Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n'
-                      'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n\r\n'
-                      % (path, host, port, key)).encode())
-        head = await asyncio.wait_for(reader.readuntil(b'\r\n\r\n'), 5)
-        accept = base64.b64encode(hashlib.sha1(
-            (key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').encode()).digest()).decode()
-        assert head.startswith(b'HTTP/1.1 101 '), head
-        assert accept.encode() in head
-        assert b'sec-websocket-protocol: sip\r\n' in head.lower()
-        return cls(reader, writer)
-
-    def send_frame(self, opcode: Opcode, data: bytes, fin: bool = True) -> None:
-        self.writer.write(Frame(opcode, data, fin=fin).serialize(mask=True))
-
-    async def recv_frame(self) -> tuple[Opcode, bytes]:
-        """The next whole frame from the server (servers never mask, never fragment here)."""
-        b0, b1 = await self.reader.readexactly(2)
-        length = b1 & 0x7F
-        if length == 126:
-            length = int.from_bytes(await self.reader.readexactly(2), 'big')
-        elif length == 127:
-            length = int.from_bytes(await self.reader.readexactly(8), 'big')
-        assert not b1 & 0x80 and b0 & 0x80, 'servers send unmasked, unfragmented frames'
-        return Opcode(b0 & 0x0F), await self.reader.readexactly(length)
-
-    async def recv_message(self) -> str:
-        """The next text message, answering nothing else."""
-        while True:
-            opcode, data = await self.recv_frame()
-            if opcode == Opcode.TEXT:
-                return data.decode('utf-8')
-            assert opcode in (Opcode.PING, Opcode.PONG), (opcode, data)
-
-    async def recv_close(self) -> int:
-        """Wait for the server's Close frame; its status code."""
-        while True:
-            opcode, data = await asyncio.wait_for(self.recv_frame(), 5)
-            if opcode == Opcode.CLOSE:
-                return int.from_bytes(data[:2], 'big')
-
-    async def close(self) -> None:
-        try:
-            self.send_frame(Opcode.CLOSE, (1000).to_bytes(2, 'big'))
-        except (ConnectionError, OSError):
-            pass
-        self.writer.close()
-        try:
-            await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
-
-
 async def test_text_frame_with_invalid_utf8_closes_with_1007(server, logs):
-    """Checklist "Text vs binary frames": invalid UTF-8 in a text frame is a WebSocket failure
-    (RFC 6455 8.1, close code 1007), not a SIP 400; the server keeps serving others."""
-    raw = await RawWebSocket.open(server.url)
+    """RFC 6455 §8.1 (RFC6455-8.1-a): invalid UTF-8 in a text frame is a WebSocket failure
+    (close code 1007), not a SIP 400; the server keeps serving others."""
+    raw = await RawWebSocket.open(server.url, strict=True)
     try:
-        body = 'OPTIONS sip:127.0.0.1 SIP/2.0\r\nSubject: caf'.encode() + b'\xe9\xff\r\n\r\n'
-        raw.send_frame(Opcode.TEXT, body)
+        body = b'OPTIONS sip:127.0.0.1 SIP/2.0\r\nSubject: caf' + b'\xe9\xff\r\n\r\n'
+        await raw.send_frame(Opcode.TEXT, body)
         assert await raw.recv_close() == 1007
     finally:
         await raw.close()
@@ -480,7 +411,7 @@ async def test_text_frame_with_invalid_utf8_closes_with_1007(server, logs):
 
 
 async def test_message_in_three_fragments_is_parsed_once(server):
-    """X-6455-3: one SIP message sent as a text frame and two continuation frames is
+    """RFC 6455 §5.4 (RFC6455-5.4-a): one SIP message sent as a text frame and two continuation frames is
     reassembled and parsed once: one route call, one 200."""
     sdp = ('v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n'
            'm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n')
@@ -490,13 +421,13 @@ async def test_message_in_three_fragments_is_parsed_once(server):
               'Contact: <sip:frag@frag.invalid;transport=ws>\r\nContent-Type: application/sdp\r\n'
               'Content-Length: %d\r\n\r\n%s' % (len(sdp), sdp)).encode()
     third = len(invite) // 3
-    raw = await RawWebSocket.open(server.url)
+    raw = await RawWebSocket.open(server.url, strict=True)
     try:
-        raw.send_frame(Opcode.TEXT, invite[:third], fin=False)
-        raw.send_frame(Opcode.CONT, invite[third:2 * third], fin=False)
-        raw.send_frame(Opcode.CONT, invite[2 * third:], fin=True)
-        raw.send_frame(Opcode.TEXT, probe('probe-frag').encode())
-        replies = await replies_until_probe(raw.recv_message, 'probe-frag')
+        await raw.send_frame(Opcode.TEXT, invite[:third], fin=False)
+        await raw.send_frame(Opcode.CONT, invite[third:2 * third], fin=False)
+        await raw.send_frame(Opcode.CONT, invite[2 * third:], fin=True)
+        await raw.send_frame(Opcode.TEXT, probe('probe-frag').encode())
+        replies = await replies_until_probe(lambda: raw.recv_text(auto_pong=False), 'probe-frag')
     finally:
         await raw.close()
     assert [status_of(r) for r in replies] == [200] and call_id_of(replies[0]) == 'frag-1'
@@ -506,7 +437,7 @@ async def test_message_in_three_fragments_is_parsed_once(server):
 
 
 async def test_oversize_message_closes_with_1009_and_the_server_keeps_serving(logs):
-    """Checklist "Maximum message size": over ServerOptions(max_size) the connection closes
+    """RFC 6455 §7.4.1 (PRACTICE-max-size): over ServerOptions(max_size) the connection closes
     with 1009; a message of exactly max_size is still processed; new connections work."""
     srv = TortureServer(ServerOptions(max_size=2048))
     try:
@@ -566,7 +497,7 @@ async def test_headers_without_the_blank_line(server, logs, ending):
 
 
 async def test_binary_frames_with_nul_bytes(server, logs):
-    """R-4.2.1: a binary body full of NULs is delivered byte for byte; a message of NULs is
+    """RFC 7118 §4.2: a binary body full of NULs is delivered byte for byte; a message of NULs is
     dropped and logged; a NUL in the Request-URI gets 400; the connection stays up."""
     body = b'\x00\x01\x00\xff\x00' * 20
     async with connect(server.url, subprotocols=['sip'], proxy=None) as ws:
@@ -586,7 +517,7 @@ async def test_binary_frames_with_nul_bytes(server, logs):
 
 @pytest.mark.parametrize('content_length', [True, False], ids=['with-length', 'without-length'])
 async def test_two_sip_messages_in_one_websocket_message_are_refused(server, logs, content_length):
-    """R-5.0.2, R-5.0.3: a WebSocket message holding two SIP messages is malformed: the first
+    """RFC 7118 §5 (RFC7118-5-b): a WebSocket message holding two SIP messages is malformed: the first
     gets 400, the second is never delivered.  Without Content-Length (and so without a body
     type) the second message would otherwise pass for the body of the first."""
     first = request_head('two-1').replace('MESSAGE', 'OPTIONS')
@@ -601,7 +532,7 @@ async def test_two_sip_messages_in_one_websocket_message_are_refused(server, log
 
 
 async def test_response_for_an_unknown_transaction_is_dropped(server, logs):
-    """X-3261 / D8: a response no transaction waits for is dropped and logged, never routed
+    """D8, RFC 3261 §17.1.3: a response no transaction waits for is dropped and logged, never routed
     as a request, and the connection stays up."""
     response = ('SIP/2.0 200 OK\r\nVia: SIP/2.0/WS nobody.invalid;branch=z9hG4bK%s\r\n'
                 'From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>;tag=2\r\n'

@@ -18,19 +18,19 @@ def request(*headers: str, body: bytes = b'', start: str = 'MESSAGE sip:bob@exam
 
 
 def test_body_runs_to_the_end_without_content_length():
-    """R-5.0.3, R-5.0.4 (a): the WebSocket message is the SIP message; no Content-Length needed."""
+    """RFC 7118 §5 (RFC7118-5-c): the WebSocket message is the SIP message; no Content-Length needed."""
     msg = parse(request(body=b'x' * 50))
     assert msg.body == b'x' * 50
 
 
 def test_bytes_beyond_content_length_are_discarded():
-    """R-5.0.4 (b): RFC 3261 18.3 for message-oriented transports."""
+    """RFC 3261 §18.3 (RFC3261-18.3-a), for message-oriented transports."""
     base = request(body=b'0123456789' * 5).replace(b'\r\n\r\n', b'\r\nContent-Length: 10\r\n\r\n', 1)
     assert parse(base).body == b'0123456789'
 
 
 def test_body_shorter_than_content_length_is_an_error_with_status_400():
-    """R-5.0.4 (c): a request gets 400, and parsing never waits for more bytes."""
+    """RFC 3261 §18.3 (RFC3261-18.3-a): a request gets 400, and parsing never waits for more bytes."""
     data = request(body=b'short').replace(b'\r\n\r\n', b'\r\nContent-Length: 100\r\n\r\n', 1)
     with pytest.raises(SIPParseError) as info:
         parse(data)
@@ -39,7 +39,7 @@ def test_body_shorter_than_content_length_is_an_error_with_status_400():
 
 
 def test_two_messages_in_one_websocket_message_are_refused():
-    """R-5.0.2 / R-5.0.3: one SIP message per WebSocket message."""
+    """RFC 7118 §5 (RFC7118-5-b): one SIP message per WebSocket message."""
     one = request(start='OPTIONS sip:example.com SIP/2.0').replace(b'MESSAGE', b'OPTIONS')
     one = one.replace(b'\r\n\r\n', b'\r\nContent-Length: 0\r\n\r\n', 1)
     with pytest.raises(SIPParseError, match='two SIP messages'):
@@ -93,7 +93,7 @@ def test_folded_header_lines_are_unfolded():
 
 
 def test_kamailio_via_with_two_spaces_parses():
-    """R-5.1.2: Kamailio writes `SIP/2.0/WS  127.0.0.1:8088` (two spaces); transports any case."""
+    """RFC 7118 §5.1: Kamailio writes `SIP/2.0/WS  127.0.0.1:8088` (two spaces); transports any case."""
     via = Via.parse('SIP/2.0/WS  127.0.0.1:8088;branch=z9hG4bK.k;rport')
     assert (via.transport, via.host, via.port, via.branch) == ('WS', '127.0.0.1', 8088, 'z9hG4bK.k')
     assert Via.parse('SIP / 2.0 / wss abc.invalid;branch=z9hG4bK1').transport == 'WSS'
@@ -101,7 +101,7 @@ def test_kamailio_via_with_two_spaces_parses():
 
 
 def test_serialize_writes_exactly_one_correct_content_length_in_bytes():
-    """R-5.0.5: Content-Length is the byte length (multi-byte UTF-8 counted in bytes)."""
+    """RFC 3261 §20.14: Content-Length is the byte length (multi-byte UTF-8 counted in bytes)."""
     body = 'héllo wörld ☎'.encode()
     msg = SIPMessage(method='MESSAGE', uri='sip:bob@example.com',
                      headers=[('Via', 'SIP/2.0/WS a.invalid;branch=z9hG4bK1'), ('Content-Length', '3'),

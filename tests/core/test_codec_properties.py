@@ -1,7 +1,7 @@
 """Property-based tests of the pure codec and framing (hypothesis).
 
-(a) any valid :class:`SIPMessage` survives ``serialize`` then ``parse`` (R-5.0.5:
-    Content-Length is recomputed; R-5.0.3/R-5.0.4: it may also be left out);
+(a) any valid :class:`SIPMessage` survives ``serialize`` then ``parse`` (RFC 3261
+    §20.14: Content-Length is recomputed; RFC 7118 §5: it may also be left out);
 (b) ``parse`` of arbitrary bytes, arbitrary text and mutations of valid messages
     raises nothing but :class:`SIPParseError`, and what it accepts re-serialises
     to the same message;
@@ -123,7 +123,7 @@ def sip_messages(draw: st.DrawFn) -> SIPMessage:
         headers.append((draw(spellings('Content-Type')), draw(values)))
     extra_names = tokens.filter(lambda n: canonical_name(n).lower() not in CHECKED)
     headers += draw(st.lists(st.tuples(extra_names, values), max_size=6))
-    if draw(st.booleans()):                  # any Content-Length given is replaced (R-5.0.5)
+    if draw(st.booleans()):                  # any Content-Length given is replaced (RFC 3261 §20.14)
         headers.append((draw(spellings('Content-Length')), str(draw(st.integers(0, 99)))))
     headers = draw(st.permutations(headers))
     body = draw(st.one_of(st.binary(max_size=300), st.sampled_from([
@@ -166,7 +166,7 @@ def looks_like_a_second_message(data: bytes) -> bool:
 @PROPERTY
 @given(sip_messages())
 def test_serialize_then_parse_gives_the_same_message(msg):
-    """R-5.0.5: serialize writes one correct Content-Length; parse gives the message back,
+    """RFC 3261 §20.14: serialize writes one correct Content-Length; parse gives the message back,
     header order, repeated and comma-joined headers, compact forms and body bytes kept."""
     wire = serialize(msg)
     assert wire.count(b'\r\nContent-Length: ') == 1
@@ -177,8 +177,8 @@ def test_serialize_then_parse_gives_the_same_message(msg):
 @PROPERTY
 @given(sip_messages())
 def test_without_content_length_the_body_runs_to_the_end(msg):
-    """R-5.0.3, R-5.0.4 (a): without Content-Length the body is the rest of the WebSocket
-    message, unless it is untyped and is a SIP message itself (R-5.0.2)."""
+    """RFC 7118 §5 (RFC7118-5-c): without Content-Length the body is the rest of the WebSocket
+    message, unless it is untyped and is a SIP message itself (RFC7118-5-b)."""
     wire = without_content_length(serialize(msg))
     typed = any(canonical_name(name) == 'Content-Type' for name, _ in msg.headers)
     if not typed and looks_like_a_second_message(msg.body):
@@ -192,8 +192,8 @@ def test_without_content_length_the_body_runs_to_the_end(msg):
 @given(sip_messages(), st.one_of(st.binary(max_size=50), st.sampled_from(
     [b'OPTIONS sip:x SIP/2.0\r\n\r\n', b'\r\nSIP/2.0 200 OK\r\n\r\n', b'\r\n', b'junk'])))
 def test_bytes_beyond_content_length_are_discarded(msg, extra):
-    """R-5.0.4 (b): with Content-Length, what follows the body is not part of the message,
-    and is refused when it starts another SIP message (R-5.0.2)."""
+    """RFC 3261 §18.3 (RFC3261-18.3-a): with Content-Length, what follows the body is not part of the message,
+    and is refused when it starts another SIP message (RFC7118-5-b)."""
     wire = serialize(msg) + extra
     if looks_like_a_second_message(extra):
         with pytest.raises(SIPParseError, match='two SIP messages'):
@@ -324,5 +324,5 @@ def check_receive(data: bytes | str) -> None:
 @example(b'\n\r')
 @example('\r\n\r\nOPTIONS')
 def test_framing_receive_never_raises(data):
-    """R-6.2, R-5.0.3: every WebSocket message becomes exactly one event, never an exception."""
+    """RFC 7118 §6 and §5: every WebSocket message becomes exactly one event, never an exception."""
     check_receive(data)

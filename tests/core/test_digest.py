@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 
 import pytest
 from websockets.asyncio.server import serve
@@ -10,6 +9,7 @@ from websockets.asyncio.server import serve
 from aiosip_ws import Application
 from aiosip_ws.core.codec import make_response, parse, serialize
 from aiosip_ws.core.digest import DigestError, authorization, choose_challenge, parse_challenges
+from tests.support.digest import independent_response
 
 
 def test_rfc2617_md5_qop_auth_vector():
@@ -54,18 +54,6 @@ def test_strongest_algorithm_is_chosen_and_unknown_ones_refused():
         choose_challenge(['Digest realm="r", nonce="a", algorithm=AKAv1-MD5'])
     with pytest.raises(DigestError, match='no Digest challenge'):
         choose_challenge(['Basic realm="r"'])
-
-
-def independent_response(fields: dict[str, str], method: str, password: str) -> str:
-    """RFC 7616 3.4.1, computed here without aiosip_ws.digest."""
-    name = {'MD5': 'md5', 'SHA-256': 'sha256'}[fields.get('algorithm', 'MD5')]
-
-    def h(text: str) -> str:
-        return hashlib.new(name, text.encode()).hexdigest()
-
-    ha1 = h('%s:%s:%s' % (fields['username'], fields['realm'], password))
-    ha2 = h('%s:%s' % (method, fields['uri']))
-    return h(':'.join([ha1, fields['nonce'], fields['nc'], fields['cnonce'], fields['qop'], ha2]))
 
 
 def authorization_fields(value: str) -> dict[str, str]:

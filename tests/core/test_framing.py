@@ -12,25 +12,25 @@ REQUEST = ('OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS a.invalid;branch=
 
 
 def test_constants_are_the_registered_values():
-    """R-10.1: subprotocol token `sip`."""
+    """RFC 7118 §10 (RFC7118-10-a): subprotocol token `sip`."""
     assert framing.SUBPROTOCOL == 'sip'
     assert (framing.CRLF_PING, framing.CRLF_PONG) == ('\r\n\r\n', '\r\n')
 
 
 @pytest.mark.parametrize('data', ['\r\n\r\n', b'\r\n\r\n', '\r\n\r\n\r\n\r\n'])
 def test_double_crlf_is_a_ping(data):
-    """R-6.2: `\\r\\n\\r\\n`, text or binary, is a keep-alive ping, never a SIP message."""
+    """RFC 7118 §6: `\\r\\n\\r\\n`, text or binary, is a keep-alive ping, never a SIP message."""
     assert isinstance(framing.receive(data), framing.KeepAlivePing)
 
 
 @pytest.mark.parametrize('data', ['\r\n', b'\r\n', '\n', '\r'])
 def test_single_crlf_is_a_pong(data):
-    """X-5626-2: a CRLF pong (and any CR/LF-only message) is swallowed."""
+    """RFC 5626 §4.4 (RFC5626-4.4-a): a CRLF pong (and any CR/LF-only message) is swallowed."""
     assert isinstance(framing.receive(data), framing.KeepAlivePong)
 
 
 def test_text_and_binary_messages_parse_the_same():
-    """R-4.2.1: both frame types carry SIP."""
+    """RFC 7118 §4.2 (RFC7118-4.2-a): both frame types carry SIP."""
     text = framing.receive(REQUEST)
     binary = framing.receive(REQUEST.encode())
     assert isinstance(text, framing.MessageReceived) and isinstance(binary, framing.MessageReceived)
@@ -38,7 +38,7 @@ def test_text_and_binary_messages_parse_the_same():
 
 
 def test_utf8_message_goes_in_a_text_frame_and_other_bytes_in_a_binary_frame():
-    """R-4.2.2, R-4.2.3."""
+    """RFC 7118 §4.2 (RFC7118-4.2-b, RFC7118-4.2-c)."""
     msg = SIPMessage(method='MESSAGE', uri='sip:b@example.com', headers=[('Via', 'SIP/2.0/WS a.invalid')],
                      body='héllo'.encode())
     assert isinstance(framing.encode(msg), str)

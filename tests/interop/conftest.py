@@ -7,14 +7,12 @@ AIOSIP_WS_INTEROP_REQUIRED=1 is set (CI), in which case they fail.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import peers  # noqa: E402
+from tests.support.kamailio import ensure_kamailio, kamailio
+from tests.support.net import free_port
+from tests.support.node import ensure_node_modules
 
 
 def _required() -> bool:
@@ -36,7 +34,7 @@ def _unavailable(what: str, exc: Exception):
 @pytest.fixture(scope="session")
 def kamailio_version() -> str:
     try:
-        return peers.ensure_kamailio()
+        return ensure_kamailio()
     except RuntimeError as exc:
         _unavailable("kamailio", exc)
 
@@ -44,7 +42,7 @@ def kamailio_version() -> str:
 @pytest.fixture(scope="session")
 def kamailio_tls(kamailio_version) -> str:
     try:
-        return peers.ensure_kamailio(tls=True)
+        return ensure_kamailio(tls=True)
     except RuntimeError as exc:
         _unavailable("kamailio tls module", exc)
 
@@ -52,7 +50,7 @@ def kamailio_tls(kamailio_version) -> str:
 @pytest.fixture(scope="session")
 def node_agents_ready() -> None:
     try:
-        peers.ensure_node_modules()
+        ensure_node_modules()
     except RuntimeError as exc:
         _unavailable("node agents", exc)
 
@@ -60,14 +58,5 @@ def node_agents_ready() -> None:
 @pytest.fixture
 def kamailio_peer(kamailio_version, tmp_path):
     """Kamailio on a free port: ws only, digest auth on REGISTER, 5 s keepalive."""
-    with peers.kamailio(tmp_path / "kamailio", ws_port=peers.free_port()) as peer:
+    with kamailio(tmp_path / "kamailio", ws_port=free_port()) as peer:
         yield peer
-
-
-@pytest.fixture(scope="session")
-def test_certs(tmp_path_factory):
-    """Throw-away CA + server certificate for 127.0.0.1 (needs openssl)."""
-    try:
-        return peers.make_test_certs(tmp_path_factory.mktemp("certs"))
-    except RuntimeError as exc:
-        _unavailable("openssl", exc)

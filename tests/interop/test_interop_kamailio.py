@@ -9,9 +9,10 @@ import asyncio
 
 import pytest
 
-import peers
 from aiosip_ws import Application, ClientOptions
-from peers import NodeAgent
+from tests.support.kamailio import kamailio as run_kamailio
+from tests.support.net import free_port
+from tests.support.node import NodeAgent
 
 pytestmark = pytest.mark.interop
 
@@ -47,7 +48,7 @@ async def test_register_with_digest_options_and_message_both_ways(
         kamailio_version, node_agents_ready, tmp_path):
     """D16 against a real registrar: qop=auth MD5; OPTIONS; MESSAGE to and from a JsSIP
     client on the same Kamailio; Kamailio's `SIP/2.0/WS  host` Via; its keep-alive pings."""
-    with peers.kamailio(tmp_path / 'k', ws_port=peers.free_port(), keepalive=1) as kamailio:
+    with run_kamailio(tmp_path / 'k', ws_port=free_port(), keepalive=1) as kamailio:
         client = Client(kamailio.ws_url)
         try:
             response = await client.register()
@@ -88,8 +89,8 @@ async def test_register_with_digest_options_and_message_both_ways(
 async def test_sha256_digest_against_kamailio(kamailio_version, tmp_path):
     """RFC 7616 SHA-256 against Kamailio's auth module (JsSIP and SIP.js only do MD5, so two
     aiosip-ws clients register and exchange a MESSAGE through Kamailio)."""
-    with peers.kamailio(tmp_path / 'k', ws_port=peers.free_port(),
-                        defines=('AUTH_ALGORITHM="SHA-256"',)) as kamailio:
+    with run_kamailio(tmp_path / 'k', ws_port=free_port(),
+                      defines=('AUTH_ALGORITHM="SHA-256"',)) as kamailio:
         alice, bob = Client(kamailio.ws_url, 'alice'), Client(kamailio.ws_url, 'bob')
         try:
             assert (await alice.register()).status_code == 200
@@ -112,12 +113,12 @@ async def test_wrong_password_gets_the_final_401(kamailio_peer):
         await client.close()
 
 
-async def test_client_over_wss_to_kamailio(kamailio_tls, test_certs, tmp_path):
+async def test_client_over_wss_to_kamailio(kamailio_tls, certs, tmp_path):
     """wss: our client verifies Kamailio's certificate (test CA) and speaks WSS."""
-    with peers.kamailio(tmp_path / 'k', ws_port=peers.free_port(), wss_port=peers.free_port(),
-                        cert=test_certs.cert, key=test_certs.key) as kamailio:
+    with run_kamailio(tmp_path / 'k', ws_port=free_port(), wss_port=free_port(),
+                      cert=certs.cert, key=certs.key) as kamailio:
         import ssl
-        context = ssl.create_default_context(cafile=str(test_certs.ca_cert))
+        context = ssl.create_default_context(cafile=str(certs.ca_cert))
         client = Client(kamailio.wss_url, options=ClientOptions(ssl=context))
         try:
             response = await client.register()

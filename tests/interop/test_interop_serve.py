@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from peers import NodeAgent
+from tests.support.node import NodeAgent
 
 pytestmark = pytest.mark.interop
 
@@ -27,8 +27,8 @@ def header(data: str, name: str) -> list[str]:
 @pytest.mark.parametrize('scheme', ['ws', 'wss'])
 async def test_jssip_and_sipjs_register_and_message_through_serve(
         scheme, serve_process, certs, node_agents_ready):
-    """R-4.1.1/4.1.2 (both stacks negotiate `sip`), R-5.1.1 (Via WS/WSS), R-5.2.1 (Contact
-    transport=ws over wss too), R-B.5 (delivery over the registered connection)."""
+    """RFC 7118 §4.1 (both stacks negotiate `sip`), §5.1 (Via WS/WSS), §5.2 (Contact
+    transport=ws over wss too), Appendix B.1 (delivery over the registered connection)."""
     args = ['--listen', '%s://127.0.0.1:0/' % scheme, '--log-level', 'DEBUG']
     env = {}
     if scheme == 'wss':
@@ -46,7 +46,7 @@ async def test_jssip_and_sipjs_register_and_message_through_serve(
         contact = header(jssip_register, 'Contact')[0]
         assert 'reg-id=1' in contact and '+sip.instance="<urn:uuid:' in contact
         assert header(jssip_register, 'Via')[0].startswith('SIP/2.0/%s ' % scheme.upper())
-        assert 'transport=ws' in contact                         # R-5.2.1, also over wss
+        assert 'transport=ws' in contact                         # RFC 7118 §5.2, also over wss
         [sipjs_register] = bob.sip('out', 'REGISTER')[:1]
         assert header(sipjs_register, 'CSeq')[0] == '2 REGISTER'   # SIP.js starts at CSeq 2
         for agent in (alice, bob):
@@ -78,7 +78,7 @@ async def test_jssip_and_sipjs_register_and_message_through_serve(
 
 
 async def test_crlf_ping_from_serve_and_pong_swallowed(serve_process, node_agents_ready):
-    """R-6.2 / X-5626-2 from the server side: serve pings JsSIP with CRLF CRLF, JsSIP
+    """RFC 7118 §6, RFC 5626 §4.4 from the server side: serve pings JsSIP with CRLF CRLF, JsSIP
     answers CRLF, and the pong is swallowed: no SIP error, the flow stays up."""
     process = serve_process('--listen', 'ws://127.0.0.1:0/', '--crlf-ping-interval', '0.5',
                             '--log-level', 'DEBUG')

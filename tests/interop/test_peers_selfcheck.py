@@ -12,16 +12,15 @@ import asyncio
 import os
 import re
 import ssl
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import peers  # noqa: E402
-from peers import NodeAgent, RawWebSocket, OP_PING, OP_PONG, OP_TEXT  # noqa: E402
+from tests.support.digest import digest_authorization
+from tests.support.kamailio import kamailio
+from tests.support.net import free_port, port_open
+from tests.support.node import NodeAgent
+from tests.support.websocket import Opcode, RawWebSocket
 
 websockets = pytest.importorskip("websockets")
 
@@ -89,7 +88,7 @@ async def raw_register(ws: RawWebSocket, user: str, password: str = "secret") ->
     await ws.send_text(register(user, call_id=call_id, cseq=1))
     challenge = await ws.recv_text()
     assert challenge.startswith("SIP/2.0 401"), challenge
-    auth = peers.digest_authorization(
+    auth = digest_authorization(
         header(challenge, "WWW-Authenticate"), method="REGISTER",
         uri="sip:example.com", username=user, password=password)
     await ws.send_text(register(user, call_id=call_id, cseq=2, auth=auth))
@@ -103,8 +102,8 @@ async def raw_register(ws: RawWebSocket, user: str, password: str = "secret") ->
 # --------------------------------------------------------------------------
 
 def test_kamailio_starts_and_leaves_nothing_behind(kamailio_version, tmp_path):
-    port = peers.free_port()
-    with peers.kamailio(tmp_path, ws_port=port) as peer:
+    port = free_port()
+    with kamailio(tmp_path, ws_port=port) as peer:
         assert peer.ws_url == f"ws://127.0.0.1:{port}/"
         os.killpg(peer.pid, 0)  # the process group exists
         assert peer.process.poll() is None
@@ -113,16 +112,15 @@ def test_kamailio_starts_and_leaves_nothing_behind(kamailio_version, tmp_path):
     assert peer.process.returncode is not None
     with pytest.raises(ProcessLookupError):
         os.killpg(pgid, 0)
-    assert not peers._port_open("127.0.0.1", port)
+    assert not port_open("127.0.0.1", port)
 
 
 def test_kamailio_bad_start_reports_log(kamailio_version, tmp_path):
     bad_cfg = tmp_path / "bad.cfg"
     bad_cfg.write_text("#!KAMAILIO\nthis is not a config\n")
-    with pytest.raises(RuntimeError, match=r"exited with code .*log tail"):
-        with peers.kamailio(tmp_path, ws_port=peers.free_port(), cfg=bad_cfg,
-                            startup_timeout=10):
-            pass
+    with pytest.raises(RuntimeError, match=r"exited with code .*log tail"), \
+            kamailio(tmp_path, ws_port=free_port(), cfg=bad_cfg, startup_timeout=10):
+        pass
 
 
 # --------------------------------------------------------------------------
@@ -144,8 +142,8 @@ async def test_python_websockets_register_gets_401_then_200(kamailio_peer):
         # Kamailio adds received/rport to our Via (RFC 7118 5.3 allows either)
         assert re.search(r";rport=\d+;received=127\.0\.0\.1$", header(challenge, "Via"))
 
-        auth = peers.digest_authorization(www, method="REGISTER", uri="sip:example.com",
-                                          username="alice", password="secret")
+        auth = digest_authorization(www, method="REGISTER", uri="sip:example.com",
+                                    username="alice", password="secret")
         await ws.send(register("alice", call_id=call_id, cseq=2, auth=auth))
         ok = await asyncio.wait_for(ws.recv(), 5)
         assert ok.startswith("SIP/2.0 200 OK\r\n"), ok
@@ -181,7 +179,7 @@ async def test_kamailio_via_toward_ws_client_and_keepalives(kamailio_version, no
     """Kamailio -> WS client: Via `SIP/2.0/WS  127.0.0.1:PORT` (two spaces),
     idle links get WS Ping frames, CRLF keep-alives get a CRLF back."""
     keepalive = 2
-    with peers.kamailio(tmp_path, ws_port=peers.free_port(), keepalive=keepalive) as peer:
+    with kamailio(tmp_path, ws_port=free_port(), keepalive=keepalive) as peer:
         carol = await RawWebSocket.connect("127.0.0.1", peer.ws_port)
         try:
             await raw_register(carol, "carol")
@@ -214,22 +212,22 @@ async def test_kamailio_via_toward_ws_client_and_keepalives(kamailio_version, no
                     except asyncio.TimeoutError:
                         break
                     frames.append((op, data))
-                    if op == OP_PING:
-                        await carol.send_frame(OP_PONG, data)
-                        if sum(1 for o, _ in frames if o == OP_PING) >= 2:
+                    if op == Opcode.PING:
+                        await carol.send_frame(Opcode.PONG, data)
+                        if sum(1 for o, _ in frames if o == Opcode.PING) >= 2:
                             break
-                pings = [d for op, d in frames if op == OP_PING]
+                pings = [d for op, d in frames if op == Opcode.PING]
                 assert len(pings) >= 2, frames
                 assert set(pings) == {b"kamailio-ka"}
-                assert [f for f in frames if f[0] != OP_PING] == [], frames
+                assert [f for f in frames if f[0] != Opcode.PING] == [], frames
 
                 # CRLF keep-alive from the client is answered with one CRLF
                 for ka in ("\r\n\r\n", "\r\n"):
                     await carol.send_text(ka)
                     op, data = await carol.recv_frame(timeout=3)
-                    while op == OP_PING:
+                    while op == Opcode.PING:
                         op, data = await carol.recv_frame(timeout=3)
-                    assert (op, data) == (OP_TEXT, b"\r\n")
+                    assert (op, data) == (Opcode.TEXT, b"\r\n")
 
                 # the JsSIP agent saw the same Ping frames
                 ping = await alice.wait_event("wsPing", timeout=keepalive + 5)
@@ -391,13 +389,12 @@ async def test_wrong_password_is_rejected(kamailio_peer, node_agents_ready, kind
 @pytest.mark.asyncio
 async def test_without_auth_and_with_proxy_auth(kamailio_version, node_agents_ready, tmp_path):
     # auth=False: no credentials at all
-    with peers.kamailio(tmp_path / "noauth", ws_port=peers.free_port(), auth=False) as peer:
+    with kamailio(tmp_path / "noauth", ws_port=free_port(), auth=False) as peer:
         async with NodeAgent("sipjs", url=peer.ws_url, aor=CAROL) as carol:
             await carol.register()
             assert len(carol.sip("out", "REGISTER")) == 1
     # proxy_auth=True: MESSAGE is challenged with 407 and retried
-    with peers.kamailio(tmp_path / "proxyauth", ws_port=peers.free_port(),
-                        proxy_auth=True) as peer:
+    with kamailio(tmp_path / "proxyauth", ws_port=free_port(), proxy_auth=True) as peer:
         async with NodeAgent("jssip", url=peer.ws_url, aor=ALICE, password="secret") as alice, \
                 NodeAgent("sipjs", url=peer.ws_url, aor=BOB, password="secret") as bob:
             await alice.register()
@@ -431,11 +428,11 @@ async def test_sipjs_crlf_keepalive_is_answered(kamailio_peer, node_agents_ready
 # --------------------------------------------------------------------------
 
 @pytest.mark.asyncio
-async def test_wss_with_test_ca(kamailio_tls, node_agents_ready, test_certs, tmp_path):
-    with peers.kamailio(tmp_path, ws_port=peers.free_port(), wss_port=peers.free_port(),
-                        cert=test_certs.cert, key=test_certs.key) as peer:
+async def test_wss_with_test_ca(kamailio_tls, node_agents_ready, certs, tmp_path):
+    with kamailio(tmp_path, ws_port=free_port(), wss_port=free_port(),
+                  cert=certs.cert, key=certs.key) as peer:
         assert peer.wss_url == f"wss://127.0.0.1:{peer.wss_port}/"
-        ctx = ssl.create_default_context(cafile=str(test_certs.ca_cert))
+        ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
         async with websockets.connect(peer.wss_url, subprotocols=["sip"], proxy=None,
                                       ssl=ctx, open_timeout=5) as ws:
             assert ws.subprotocol == "sip"
@@ -444,7 +441,7 @@ async def test_wss_with_test_ca(kamailio_tls, node_agents_ready, test_certs, tmp
             assert challenge.startswith("SIP/2.0 401"), challenge
             assert header(challenge, "Via").startswith("SIP/2.0/WSS pytest.invalid;")
 
-        env = {"NODE_EXTRA_CA_CERTS": str(test_certs.ca_cert)}
+        env = {"NODE_EXTRA_CA_CERTS": str(certs.ca_cert)}
         async with NodeAgent("jssip", url=peer.wss_url, aor=ALICE, password="secret",
                              env=env) as alice, \
                 NodeAgent("sipjs", url=peer.wss_url, aor=BOB, password="secret",

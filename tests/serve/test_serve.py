@@ -44,7 +44,7 @@ class UA:
 
 
 async def test_relay_message_between_two_registered_clients(relay):
-    """R-B.5, X-3261-2: MESSAGE relayed over the callee's own connection, response back."""
+    """RFC 7118 B.1, RFC 3261 §18.2.2: MESSAGE relayed over the callee's own connection, response back."""
     server, url = relay
     alice, bob = UA('alice', url), UA('bob', url)
     try:
@@ -98,7 +98,7 @@ async def test_register_lists_bindings_and_expires_zero_removes(relay):
 
 
 async def test_bindings_go_when_the_connection_closes(relay):
-    """X-5626-7: a closed WebSocket connection takes its bindings with it."""
+    """RFC 5626 §5.3 (RFC5626-5.3-a): a closed WebSocket connection takes its bindings with it."""
     server, url = relay
     alice, bob = UA('alice', url), UA('bob', url)
     try:
@@ -133,7 +133,8 @@ async def test_serve_process_relays_and_shuts_down_with_1001(serve_process):
             assert raw.close_code == 1001
         for ua in (alice, bob):
             await asyncio.wait_for(ua.connection.closed, 10) if ua.app.connections else None
-        code, out, err = await asyncio.get_running_loop().run_in_executor(None, lambda: process.stop(terminate=False))
+        code, out, err = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: process.stop(terminate=False))
         assert code == 0, err
         assert 'stopped cleanly' in out and 'left behind' not in err
     finally:
@@ -142,7 +143,7 @@ async def test_serve_process_relays_and_shuts_down_with_1001(serve_process):
 
 
 async def test_serve_process_client_close_codes(serve_process):
-    """Each connected client observes 1001 (going away) on shutdown (X-6455-2)."""
+    """Each connected client observes 1001 (going away) on shutdown (RFC 6455 §7.4.1)."""
     process = serve_process('--listen', 'ws://127.0.0.1:0/')
     [url] = process.urls
     sockets = [await connect(url, subprotocols=['sip'], proxy=None) for _ in range(3)]
@@ -154,7 +155,8 @@ async def test_serve_process_client_close_codes(serve_process):
     finally:
         for ws in sockets:
             await ws.close()
-    code, out, _ = await asyncio.get_running_loop().run_in_executor(None, lambda: process.stop(terminate=False))
+    code, out, _ = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: process.stop(terminate=False))
     assert code == 0 and 'stopped cleanly' in out
 
 

@@ -9,3 +9,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 #: RFC 4475's torture messages, one per file (tests/rfc4475/{valid,invalid})
 RFC4475_DIR = REPO / 'tests' / 'rfc4475'
+
+
+def tail(text: str, lines: int = 40) -> str:
+    """The last ``lines`` lines of ``text`` (a peer's log, for error messages)."""
+    return '\n'.join(text.splitlines()[-lines:])

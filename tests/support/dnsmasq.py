@@ -24,25 +24,26 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Sequence, Union
 
 import dns.exception
 import dns.message
 import dns.query
 
+from tests.support.net import free_port
+
 __all__ = ['Dnsmasq', 'DnsmasqNotFound', 'DnsmasqError', 'find_dnsmasq']
 
 _log = logging.getLogger(__name__)
 
-NaptrSpec = Union[str, Sequence[object]]
-SrvSpec = Union[str, Sequence[object]]
-HostSpec = Union[str, Sequence[object]]
+NaptrSpec = str | Sequence[object]
+SrvSpec = str | Sequence[object]
+HostSpec = str | Sequence[object]
 
 _QUERY_LINE = re.compile(r'query\[([A-Za-z0-9]+)\] (\S+) from ')
 _sentinels = itertools.count(1)
@@ -65,21 +66,6 @@ def find_dnsmasq() -> str:
             return path
     raise DnsmasqNotFound('dnsmasq is not installed (looked in $DNSMASQ, $PATH, /usr/sbin, /sbin); '
                           'the DNS discovery tests need it: apt-get install dnsmasq-base')
-
-
-def _free_port(address: str) -> int:
-    """A port that is free for both UDP and TCP on ``address`` right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((address, 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((address, port))
-                except OSError:
-                    continue
-                return port
-    raise DnsmasqError('no free UDP+TCP port on %s' % address)
 
 
 def _join(spec: str | Sequence[object]) -> str:
@@ -141,14 +127,17 @@ class Dnsmasq:
         return args + self.extra_args
 
     # -- lifecycle --------------------------------------------------------------
-    def start(self) -> 'Dnsmasq':
+    def start(self) -> Dnsmasq:
         if self.process is not None:
             raise DnsmasqError('dnsmasq already started')
         self._tmp = tempfile.TemporaryDirectory(prefix='aiosip-ws-dnsmasq-')
         last_error = ''
         try:
             for _attempt in range(5):
-                self.port = _free_port(self.address)
+                try:
+                    self.port = free_port(self.address, udp=True)
+                except OSError as exc:
+                    raise DnsmasqError(str(exc)) from exc
                 stderr_path = Path(self._tmp.name) / 'stderr'
                 with open(stderr_path, 'wb') as stderr:
                     self.process = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL,
@@ -210,14 +199,14 @@ class Dnsmasq:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def __enter__(self) -> 'Dnsmasq':
+    def __enter__(self) -> Dnsmasq:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
 
-    async def __aenter__(self) -> 'Dnsmasq':
+    async def __aenter__(self) -> Dnsmasq:
         return self.start()
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

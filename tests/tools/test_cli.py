@@ -3,37 +3,26 @@ options, register (un-registering on SIGINT), message and bench (--json)."""
 from __future__ import annotations
 
 import json
-import os
 import queue
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from tests.support import REPO
+from tests.support.cli import run_aiosip_ws as run_cli
+from tests.support.cli import start_aiosip_ws
 from tests.support.dnsmasq import Dnsmasq, DnsmasqNotFound, find_dnsmasq
 from tests.support.net import closed_port
-
-
-def run_cli(*args: str, timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    return subprocess.run([sys.executable, '-W', 'error::DeprecationWarning', '-m', 'aiosip_ws',
-                           *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env=env, input=stdin)
 
 
 class CLIProcess:
     """A long-running `aiosip-ws` command whose stdout is read line by line."""
 
     def __init__(self, *args: str) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED='1')
-        self.proc = subprocess.Popen(
-            [sys.executable, '-W', 'error::DeprecationWarning', '-m', 'aiosip_ws', *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+        self.proc = start_aiosip_ws(*args)
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -164,7 +153,7 @@ def silent_websocket_server(subprotocols: list[str] | None):
 
 
 def test_options_not_a_sip_websocket_server_exits_1():
-    """A WebSocket server that does not select `sip` (R-4.1.3) is a failure, with the reason."""
+    """A WebSocket server that does not select `sip` (RFC 7118 §4.1) is a failure, with the reason."""
     port, stop = silent_websocket_server(None)
     try:
         result = run_cli('options', 'ws://127.0.0.1:%d/' % port, '--timeout', '5')

@@ -4,9 +4,7 @@ stalled client must show up in the latencies)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
-import socket
 import time
 
 import pytest
@@ -16,6 +14,8 @@ from aiosip_ws.core.digest import parse_challenges
 from aiosip_ws.errors import ConfigurationError
 from aiosip_ws.serve.relay import RelayServer
 from aiosip_ws.tools.loadgen import BenchConfig, LoadGenerator, percentile, run_bench, summarize
+from tests.support.digest import independent_response
+from tests.support.net import closed_port
 
 
 def counting(server: RelayServer, method: str, delay: float = 0.0,
@@ -23,21 +23,26 @@ def counting(server: RelayServer, method: str, delay: float = 0.0,
     """Wrap the relay's route for ``method``: note arrival times, optionally slow it down
     (``serialize``: one request at a time, so the server's capacity is 1/delay per second)."""
     seen: list[float] = []
-    route = server.app.router.routes[method]
+    route = server.routes[method]
     lock = asyncio.Lock()
 
-    async def wrapped(dialog, msg):
+    async def run(conn, msg):
+        outcome = route(conn, msg)
+        if outcome is not None:
+            await outcome
+
+    async def wrapped(conn, msg):
         seen.append(time.monotonic())
         if serialize:
             async with lock:
                 await asyncio.sleep(delay)
-                await route(dialog, msg)
+                await run(conn, msg)
         else:
             if delay:
                 await asyncio.sleep(delay)
-            await route(dialog, msg)
+            await run(conn, msg)
 
-    server.app.router.routes[method] = wrapped
+    server.routes[method] = wrapped
     return seen
 
 
@@ -166,9 +171,7 @@ async def test_closed_loop_mode_measures_capacity(relay):
 
 
 async def test_unreachable_target_counts_failed_connections():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
+    port = closed_port()
     result = await run_bench(BenchConfig('ws://127.0.0.1:%d/' % port, clients=3, rate=10,
                                          duration=0.2, timeout=2))
     assert (result.connections_opened, result.connections_failed) == (0, 3)
@@ -185,10 +188,10 @@ async def test_server_closing_connections_counts_errors_and_lost_connections(rel
 
     async def close_server_side():
         await asyncio.sleep(0.3)
-        while not server.app.connections:
+        while not server.connections:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)
-        for conn in list(server.app.connections):
+        for conn in list(server.connections):
             await conn.close(1011, 'test')
         closer_done.set()
 
@@ -208,10 +211,9 @@ async def test_digest_challenge_is_answered_and_counted_as_one_transaction():
     seen: list[str] = []
 
     def expected(auth: dict[str, str]) -> str:
-        h = lambda text: hashlib.sha256(text.encode()).hexdigest()  # noqa: E731
-        ha1 = h('%s:%s:%s' % (auth['username'], realm, password))
-        ha2 = h('REGISTER:%s' % auth['uri'])
-        return h('%s:%s:%s:%s:auth:%s' % (ha1, nonce, auth['nc'], auth['cnonce'], ha2))
+        """The response for the realm, nonce, algorithm and qop challenged (not the echoed ones)."""
+        return independent_response(dict(auth, realm=realm, nonce=nonce, algorithm='SHA-256',
+                                         qop='auth'), 'REGISTER', password)
 
     async def on_register(dialog, msg):
         header = msg.headers.get('Authorization')

@@ -1,9 +1,10 @@
 """RFC 3263 / RFC 7118 discovery (aiosip_ws.transport.discovery) against a real dnsmasq on 127.0.0.1.
 
-Checklist items: R-5.5.1 (NAPTR SIP+D2W / SIPS+D2W selection and order), R-5.5.2
-(default ports 80/443), R-5.5.3 (SRV names: NAPTR replacement queried verbatim,
-documented guesses without NAPTR), R-5.5.4 (URL path / Host), R-4.1.6 (next target
-after a failed connection), R-9.2 (TLS name checking), R-9.3 (sips: only over wss).
+Requirements (rows of docs/conformance.rst): RFC 7118 §5.5 (NAPTR SIP+D2W / SIPS+D2W
+selection and order, default ports 80/443, SRV names: NAPTR replacement queried verbatim,
+documented guesses without NAPTR, URL path / Host), RFC 7118 §4.1 and RFC 3263 §4.3 (next
+target after a failed connection), RFC 7118 §9.1 (TLS name checking), §9.2 (sips: only
+over wss).
 
 Only loopback addresses appear in the records; the ones the tests connect to are
 127.0.0.1.  Other 127.0.0.x addresses are only resolved, never connected to.
@@ -14,25 +15,33 @@ import asyncio
 import contextlib
 import logging
 import random
-import shutil
 import socket
 import ssl
-import subprocess
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import websockets.version
 from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from tests.support.dnsmasq import Dnsmasq
-
-from aiosip_ws.transport.discovery import (DEFAULT_PORTS, DEFAULT_SRV_LABELS, AllTargetsFailed, Resolver,
-                                 Target, connect_first, is_sip_uri, order_srv, parse_nameserver,
-                                 resolve_sip_uri)
 from aiosip_ws.errors import ConfigurationError, DiscoveryError, TransportError
+from aiosip_ws.transport.discovery import (
+    DEFAULT_PORTS,
+    DEFAULT_SRV_LABELS,
+    AllTargetsFailed,
+    Resolver,
+    Target,
+    connect_first,
+    is_sip_uri,
+    order_srv,
+    parse_nameserver,
+    resolve_sip_uri,
+)
+from tests.support.certs import CertFiles, make_certificates
+from tests.support.dnsmasq import Dnsmasq
+from tests.support.net import closed_port
 
 # --------------------------------------------------------------------------- the zone
 NAPTR = [
@@ -121,7 +130,7 @@ def srv_queries(zone: Dnsmasq) -> list[str]:
 # --------------------------------------------------------------------------- NAPTR
 @pytest.mark.asyncio
 async def test_naptr_srv_a_order_and_preference(zone: Dnsmasq) -> None:
-    """R-5.5.1: keep SIPS+D2W and SIP+D2W, sort by order then preference; R-5.5.3: the
+    """RFC 7118 §5.5: keep SIPS+D2W and SIP+D2W, sort by order then preference; the
     NAPTR replacement is queried verbatim, unsupported services are never queried."""
     zone.clear_queries()
     targets = await make_resolver(zone).resolve('sip:both.test')
@@ -141,7 +150,7 @@ async def test_naptr_srv_a_order_and_preference(zone: Dnsmasq) -> None:
 
 @pytest.mark.asyncio
 async def test_sips_uri_keeps_only_sips_d2w(zone: Dnsmasq) -> None:
-    """R-5.5.1 / R-9.3: a sips: URI keeps only SIPS+D2W and yields only wss targets."""
+    """RFC 7118 §5.5, §9.2: a sips: URI keeps only SIPS+D2W and yields only wss targets."""
     zone.clear_queries()
     targets = await make_resolver(zone).resolve('sips:alice@both.test')
     assert summary(targets) == [('wss', '127.0.0.11', 5081)]
@@ -152,7 +161,7 @@ async def test_sips_uri_keeps_only_sips_d2w(zone: Dnsmasq) -> None:
 
 @pytest.mark.asyncio
 async def test_client_without_tls_picks_sip_d2w(zone: Dnsmasq) -> None:
-    """R-5.5.1: services for transports the client does not implement are dropped."""
+    """RFC 7118 §5.5 (RFC7118-5.5-a): services for transports the client does not implement are dropped."""
     targets = await make_resolver(zone, transports=('ws',)).resolve('sip:both.test')
     assert summary(targets) == [('ws', '127.0.0.12', 5080), ('ws', '127.0.0.13', 5082)]
     tls_only = await make_resolver(zone, transports=('wss',)).resolve('sip:both.test')
@@ -161,7 +170,7 @@ async def test_client_without_tls_picks_sip_d2w(zone: Dnsmasq) -> None:
 
 @pytest.mark.asyncio
 async def test_sips_uri_without_sips_naptr_is_an_error(zone: Dnsmasq) -> None:
-    """R-9.3: sips: never falls back to plain WS, even when the domain only offers SIP+D2W."""
+    """RFC 7118 §9.2: sips: never falls back to plain WS, even when the domain only offers SIP+D2W."""
     with pytest.raises(DiscoveryError) as info:
         await make_resolver(zone).resolve('sips:wsonly.test')
     text = str(info.value)
@@ -175,7 +184,7 @@ async def test_sips_uri_without_sips_naptr_is_an_error(zone: Dnsmasq) -> None:
 
 @pytest.mark.asyncio
 async def test_only_unsupported_naptr_services(zone: Dnsmasq) -> None:
-    """R-5.5.1 + RFC 3263 4.1: NAPTR exists but offers only SIP+D2U/SIP+D2T -> a clear
+    """RFC 7118 §5.5 + RFC 3263 4.1: NAPTR exists but offers only SIP+D2U/SIP+D2T -> a clear
     error by default (the SRV fallback is only for "no NAPTR records"); naptr_fallback=True
     continues as if there were no NAPTR."""
     with pytest.raises(DiscoveryError) as info:
@@ -190,7 +199,7 @@ async def test_only_unsupported_naptr_services(zone: Dnsmasq) -> None:
 
 @pytest.mark.asyncio
 async def test_naptr_without_srv_falls_back_to_a(zone: Dnsmasq) -> None:
-    """RFC 3263 4.2 / R-5.5.2: NAPTR points to a missing SRV -> A/AAAA at the default port."""
+    """RFC 3263 4.2 / RFC 7118 §5.5: NAPTR points to a missing SRV -> A/AAAA at the default port."""
     targets = await make_resolver(zone).resolve('sip:nosrv.test')
     assert summary(targets) == [('wss', '127.0.0.43', DEFAULT_PORTS['wss'])]
     assert targets[0].url == 'wss://nosrv.test/'
@@ -198,7 +207,7 @@ async def test_naptr_without_srv_falls_back_to_a(zone: Dnsmasq) -> None:
 
 @pytest.mark.asyncio
 async def test_naptr_a_flag(zone: Dnsmasq) -> None:
-    """R-5.5.1: a NAPTR record with flag "A" names a host, used at the default port."""
+    """RFC 7118 §5.5: a NAPTR record with flag "A" names a host, used at the default port."""
     targets = await make_resolver(zone).resolve('sips:aflag.test')
     assert summary(targets) == [('wss', '127.0.0.44', 443)]
     assert targets[0].host_header == 'aflag.test' and targets[0].target_name == 'edge.aflag.test'
@@ -207,7 +216,7 @@ async def test_naptr_a_flag(zone: Dnsmasq) -> None:
 # --------------------------------------------------------------------------- SRV without NAPTR
 @pytest.mark.asyncio
 async def test_no_naptr_falls_back_to_srv_labels(zone: Dnsmasq) -> None:
-    """R-5.5.3: without NAPTR, the documented SRV labels are queried (wss first)."""
+    """RFC 7118 §5.5 (RFC7118-5.5-c): without NAPTR, the documented SRV labels are queried (wss first)."""
     assert DEFAULT_SRV_LABELS == {'wss': ('_sips._ws', '_sips._wss'), 'ws': ('_sip._ws',)}
     zone.clear_queries()
     targets = await make_resolver(zone).resolve('sip:srvonly.test')
@@ -224,7 +233,7 @@ async def test_no_naptr_falls_back_to_srv_labels(zone: Dnsmasq) -> None:
 
 @pytest.mark.asyncio
 async def test_no_srv_guess_mode(zone: Dnsmasq) -> None:
-    """R-5.5.3: srv_labels={} queries no SRV at all and goes to A/AAAA with the R-5.5.2 port."""
+    """RFC 7118 §5.5: srv_labels={} queries no SRV at all and goes to A/AAAA at the default port."""
     zone.clear_queries()
     targets = await make_resolver(zone, srv_labels={}).resolve('sip:srvonly.test')
     assert summary(targets) == [('ws', '127.0.0.21', 80)]
@@ -243,7 +252,7 @@ async def test_srv_target_dot_means_unavailable(zone: Dnsmasq) -> None:
 
 @pytest.mark.asyncio
 async def test_srv_priority_and_weight_statistics(zone: Dnsmasq) -> None:
-    """R-5.5.1 / RFC 2782: priority 10 records always precede priority 20; within
+    """RFC 7118 §5.5 / RFC 2782: priority 10 records always precede priority 20; within
     priority 10 weights 3:1 make the heavy record first 75% of the time.  2000 draws:
     mean 1500, sd 19.4; the +-120 band is 6.2 sd, so a false failure has probability
     about 6e-10."""
@@ -298,7 +307,7 @@ def test_order_srv_unit() -> None:
 # --------------------------------------------------------------------------- A only, explicit
 @pytest.mark.asyncio
 async def test_a_and_aaaa_only_default_ports(zone: Dnsmasq) -> None:
-    """R-5.5.2: no NAPTR, no SRV: sip: -> ws port 80, sips: -> wss port 443; AAAA (::1)
+    """RFC 7118 §5.5 (RFC7118-5.5-b): no NAPTR, no SRV: sip: -> ws port 80, sips: -> wss port 443; AAAA (::1)
     results are included after A; Host and TLS name are the domain."""
     targets = await make_resolver(zone).resolve('sip:aonly.test')
     assert summary(targets) == [('ws', '127.0.0.22', 80), ('ws', '::1', 80)]
@@ -314,7 +323,7 @@ async def test_a_and_aaaa_only_default_ports(zone: Dnsmasq) -> None:
 
 @pytest.mark.asyncio
 async def test_per_domain_path(zone: Dnsmasq) -> None:
-    """R-5.5.4: the URL path comes from configuration per domain (default /)."""
+    """RFC 7118 §5.5 (RFC7118-5.5-d): the URL path comes from configuration per domain (default /)."""
     resolver = make_resolver(zone, paths={'aonly.test': '/sip', 'ws.wsonly.test': 'edge'})
     assert (await resolver.resolve('sip:aonly.test'))[0].url == 'ws://aonly.test/sip'
     # the SRV/NAPTR target name is looked up too; a missing leading / is added
@@ -326,7 +335,7 @@ async def test_per_domain_path(zone: Dnsmasq) -> None:
 
 @pytest.mark.asyncio
 async def test_name_policy_target(zone: Dnsmasq) -> None:
-    """R-9.2: name_policy='target' puts the SRV target in the URL, Host and TLS name."""
+    """RFC 7118 §9.1: name_policy='target' puts the SRV target in the URL, Host and TLS name."""
     targets = await make_resolver(zone, name_policy='target').resolve('sips:both.test')
     assert targets[0].url == 'wss://wss.both.test:5081/'
     assert targets[0].tls_name == 'wss.both.test'
@@ -348,7 +357,7 @@ async def test_explicit_port_skips_naptr_and_srv(zone: Dnsmasq) -> None:
 
 @pytest.mark.asyncio
 async def test_explicit_transport_skips_naptr(zone: Dnsmasq) -> None:
-    """RFC 3263 4.1 / R-5.5.2: ;transport=ws skips NAPTR; sip: -> ws, sips: -> wss;
+    """RFC 3263 4.1 / RFC 7118 §5.5: ;transport=ws skips NAPTR; sip: -> ws, sips: -> wss;
     SRV for that transport only, then A at 80/443; ;transport=wss is an alias for WSS."""
     zone.clear_queries()
     plain = await make_resolver(zone).resolve('sip:explicit.test;transport=ws')
@@ -452,7 +461,7 @@ def test_helpers() -> None:
 
 
 def test_target_url_and_kwargs() -> None:
-    """R-5.5.4: the URL carries the name, the non-default port and the path."""
+    """RFC 7118 §5.5 (RFC7118-5.5-d): the URL carries the name, the non-default port and the path."""
     t = Target('wss', '127.0.0.1', 443, '/sip', 'example.test')
     assert t.url == 'wss://example.test/sip' and t.tls_name == 'example.test'
     kwargs = t.connect_kwargs()
@@ -495,14 +504,6 @@ async def sip_ws_server(ssl_context: ssl.SSLContext | None = None
         yield port, seen
 
 
-def closed_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on (connections are refused)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def ws_connector(ssl_context: ssl.SSLContext | None = None) -> Any:
     async def connect(target: Target) -> Any:
         return await ws_connect(target.url, subprotocols=['sip'], open_timeout=5,  # type: ignore[list-item]
@@ -523,7 +524,7 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.asyncio
 async def test_naptr_srv_a_real_connection(no_proxy_env: None) -> None:
-    """R-5.5.1 + R-5.5.4: NAPTR SIP+D2W -> SRV -> A 127.0.0.1 -> a real WebSocket
+    """RFC 7118 §5.5: NAPTR SIP+D2W -> SRV -> A 127.0.0.1 -> a real WebSocket
     handshake with subprotocol sip; the URL, hence the Host header, names the SIP
     domain while the socket goes to the resolved address (the URL host conn.test
     does not resolve through the system, so host=/port= were honoured)."""
@@ -547,7 +548,7 @@ async def test_naptr_srv_a_real_connection(no_proxy_env: None) -> None:
 @pytest.mark.asyncio
 async def test_dead_first_target_then_second(caplog: pytest.LogCaptureFixture,
                                             no_proxy_env: None) -> None:
-    """R-4.1.6 / RFC 3263 4.3: the priority-10 target refuses the connection, the
+    """RFC 7118 §4.1 / RFC 3263 4.3: the priority-10 target refuses the connection, the
     client moves on to the priority-20 one; the server sees Host = the SIP domain."""
     dead = closed_port()
     async with sip_ws_server() as (port, seen):
@@ -566,7 +567,7 @@ async def test_dead_first_target_then_second(caplog: pytest.LogCaptureFixture,
 
 @pytest.mark.asyncio
 async def test_all_targets_fail() -> None:
-    """R-4.1.6: when no target connects, the error lists every target and cause."""
+    """RFC 3263 §4.3 (RFC3263-4.3-a): when no target connects, the error lists every target and cause."""
     a, b = closed_port(), closed_port()
     targets = [Target('ws', '127.0.0.1', a, host_header='x.test'),
                Target('ws', '127.0.0.1', b, host_header='x.test')]
@@ -609,44 +610,23 @@ async def test_connect_first_timeout_and_cancellation() -> None:
 
 # --------------------------------------------------------------------------- wss
 @pytest.fixture(scope='module')
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A test CA and a server certificate for tls.test (openssl CLI)."""
-    openssl = shutil.which('openssl')
-    if openssl is None:
-        pytest.skip('openssl CLI not installed')
-    d = tmp_path_factory.mktemp('tls')
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True, timeout=60)
-
-    ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
-    run('req', '-x509', *ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2',
-        '-subj', '/CN=aiosip-ws test CA', '-addext', 'basicConstraints=critical,CA:TRUE',
-        '-addext', 'keyUsage=critical,keyCertSign,cRLSign')
-    run('req', *ec, '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=tls.test')
-    (d / 'ext.cnf').write_text('basicConstraints=critical,CA:FALSE\n'
-                               'keyUsage=critical,digitalSignature\n'
-                               'extendedKeyUsage=serverAuth\n'
-                               'subjectAltName=DNS:tls.test\n'
-                               'subjectKeyIdentifier=hash\n'
-                               'authorityKeyIdentifier=keyid\n')
-    run('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key',
-        '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'ext.cnf')
-    return {'ca': d / 'ca.pem', 'cert': d / 'server.pem', 'key': d / 'server.key'}
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
+    """A test CA and a server certificate for tls.test (and no other name or address)."""
+    return make_certificates(tmp_path_factory.mktemp('tls'), names=('tls.test',), ips=())
 
 
 @pytest.mark.asyncio
-async def test_wss_verifies_the_domain_name(tls_files: dict[str, Path], no_proxy_env: None) -> None:
-    """R-9.2 / R-5.5.1: sips: -> NAPTR SIPS+D2W -> SRV edge.tls.test -> 127.0.0.1; the
+async def test_wss_verifies_the_domain_name(tls_files: CertFiles, no_proxy_env: None) -> None:
+    """RFC 7118 §9.1 / §5.5: sips: -> NAPTR SIPS+D2W -> SRV edge.tls.test -> 127.0.0.1; the
     client connects to 127.0.0.1 while sending SNI and Host tls.test and verifying the
     certificate for tls.test.  With name_policy='target' the name checked is the SRV
     target edge.tls.test, which the certificate does not cover, so TLS fails; a numeric
     URI (wss://127.0.0.1) fails the same way."""
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(tls_files['cert'], tls_files['key'])
+    server_ctx.load_cert_chain(tls_files.cert, tls_files.key)
     sni: list[str | None] = []
     server_ctx.sni_callback = lambda sock, name, ctx: sni.append(name)
-    client_ctx = ssl.create_default_context(cafile=str(tls_files['ca']))
+    client_ctx = ssl.create_default_context(cafile=str(tls_files.ca_cert))
 
     async with sip_ws_server(server_ctx) as (port, seen):
         with Dnsmasq(naptr=[('tls.test', 10, 10, 's', 'SIPS+D2W', '', '_sips._ws.tls.test'),

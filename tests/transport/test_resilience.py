@@ -3,11 +3,9 @@ and resource hygiene over many connections."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import random
 import signal
-import socket
 
 import pytest
 from websockets.asyncio.client import connect
@@ -16,29 +14,18 @@ from websockets.exceptions import InvalidStatus
 from aiosip_ws import Application, ClientOptions, ConnectionLost, ServerOptions
 from aiosip_ws.adapter.registration import Registration
 from aiosip_ws.serve.relay import RelayServer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+from tests.support.net import free_port
+from tests.support.websocket import RawWebSocket
 
 
 async def raw_handshake(port: int, *, complete: bool = True) -> tuple[asyncio.StreamReader,
                                                                         asyncio.StreamWriter]:
-    """Open TCP and (optionally) finish a WebSocket handshake by hand, then do nothing."""
-    reader, writer = await asyncio.open_connection('127.0.0.1', port)
-    if complete:
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(('GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n'
-                      'Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n'
-                      'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n\r\n'
-                      % (port, key)).encode())
-        status = await asyncio.wait_for(reader.readline(), 5)
-        assert b' 101 ' in status
-        while (await asyncio.wait_for(reader.readline(), 5)) not in (b'\r\n', b''):
-            pass
-    return reader, writer
+    """Open TCP and (optionally) finish a WebSocket handshake, then do nothing: never send
+    the handshake (``complete=False``), or never answer a Ping."""
+    if not complete:
+        return await asyncio.open_connection('127.0.0.1', port)
+    raw = await RawWebSocket.connect('127.0.0.1', port)
+    return raw.reader, raw.writer
 
 
 async def read_until_eof(reader: asyncio.StreamReader, timeout: float) -> None:
@@ -98,19 +85,19 @@ async def test_connection_caps_answer_503():
 
 
 async def test_dead_peer_is_reaped_by_websocket_pings():
-    """R-6.1: a peer that stops answering Pings is closed and its bindings removed."""
+    """RFC 7118 §6 (RFC7118-6-a): a peer that stops answering Pings is closed and its bindings removed."""
     relay = RelayServer(server_options=ServerOptions(ping_interval=0.2, ping_timeout=0.3,
                                                       close_timeout=0.5))
     [listener] = await relay.start('ws://127.0.0.1:0/')
     try:
         reader, writer = await raw_handshake(listener.port)           # never answers a Ping
-        assert len(relay.app.connections) == 1
+        assert len(relay.connections) == 1
         await read_until_eof(reader, 5)
         for _ in range(50):
-            if not relay.app.connections:
+            if not relay.connections:
                 break
             await asyncio.sleep(0.02)
-        assert not relay.app.connections
+        assert not relay.connections
         writer.close()
     finally:
         await relay.close()
@@ -131,7 +118,7 @@ def test_backoff_grows_with_jitter_between_the_bounds():
 
 
 async def test_outbound_registration_replaces_the_old_flow(relay):
-    """RFC 5626 / X-5626-8: same +sip.instance and reg-id on a new connection replaces the
+    """RFC 5626 §6 (RFC5626-6-a): same +sip.instance and reg-id on a new connection replaces the
     binding; without Outbound each Contact is a binding of its own."""
     server, url = relay
     apps = [Application(), Application()]
@@ -247,12 +234,12 @@ async def test_many_connect_register_drop_cycles_leave_nothing_behind():
         for start in range(0, 1000, 50):
             await asyncio.gather(*(cycle(n) for n in range(start, start + 50)))
         for _ in range(100):
-            if not relay.app.connections and len(asyncio.all_tasks()) <= base_tasks:
+            if not relay.connections and len(asyncio.all_tasks()) <= base_tasks:
                 break
             await asyncio.sleep(0.05)
-        assert not relay.app.connections
+        assert not relay.connections
         assert len(relay.registrar) == 0
-        assert len(relay.app._dialogs) == 0
+        assert not relay._pending and not relay._contacts and not relay._invites
         assert len(asyncio.all_tasks()) <= base_tasks
         assert fds() <= base_fds
     finally:

@@ -1,0 +1,60 @@
+"""``aiosip-ws`` commands as real processes, run from the repository's top folder with
+unbuffered output and DeprecationWarnings as errors; ``ServeProcess`` is ``aiosip-ws
+serve`` (the ``serve_process`` fixture starts them)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.support import REPO
+
+
+def aiosip_ws_command(*args: str) -> list[str]:
+    """``python -W error::DeprecationWarning -m aiosip_ws ARGS``."""
+    return [sys.executable, '-W', 'error::DeprecationWarning', '-m', 'aiosip_ws', *args]
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONUNBUFFERED='1')
+
+
+def run_aiosip_ws(*args: str, timeout: float = 60,
+                  stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``aiosip-ws ARGS`` to its end, its output captured (text)."""
+    return subprocess.run(aiosip_ws_command(*args), capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env=_env(), input=stdin)
+
+
+def start_aiosip_ws(*args: str) -> subprocess.Popen[str]:
+    """Start ``aiosip-ws ARGS``, its stdout and stderr piped (text)."""
+    return subprocess.Popen(aiosip_ws_command(*args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+
+
+class ServeProcess:
+    """``python -m aiosip_ws serve`` as a real process, its listening URLs read from stdout."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = start_aiosip_ws('serve', *args)
+        self.urls: list[str] = []
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if 'listening on' in line:
+                self.urls.append(line.split('listening on', 1)[1].strip())
+                if len(self.urls) == max(1, sum(1 for a in args if a == '--listen')):
+                    break
+        if not self.urls:
+            self.proc.kill()
+            raise RuntimeError('aiosip-ws serve did not start: %s' % self.proc.stderr.read())
+
+    def stop(self, timeout: float = 15, *, terminate: bool = True) -> tuple[int, str, str]:
+        """Wait for the process to end (sending SIGTERM first unless ``terminate`` is False)."""
+        if terminate and self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        return self.proc.returncode, out, err
