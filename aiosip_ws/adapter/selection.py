@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.grammar import WS_DEFAULT_PORTS, WS_SCHEMES, is_sip_uri, is_ws_url, url_host, ws_scheme_for
-from ..core.sipuri import NameAddr, SipURI
+from ..core.sipuri import SipURI, user_uri
 from ..errors import ConfigurationError
 from ..transport.websocket import split_ws_url
 from .registry import WS, get_transport
@@ -35,11 +35,9 @@ class Selection:
 
 
 def uri_from_string(value: str) -> SipURI:
-    """A URI given as a string: ``<...>`` is a name-addr, anything else a bare URI whose
-    ``;params`` are URI parameters (what a user writing ``sip:h;transport=ws`` means)."""
-    if '<' in value:
-        return NameAddr.parse(value).uri
-    return SipURI.parse(value)
+    """A URI given as a string (see :func:`aiosip_ws.core.sipuri.user_uri`); raises
+    :class:`~aiosip_ws.errors.InvalidURIError`."""
+    return user_uri(value, 'remote_addr/To')
 
 
 def transport_of_uri(uri: SipURI) -> str | None:

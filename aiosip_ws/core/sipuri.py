@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from ..errors import SIPParseError
+from ..errors import InvalidURIError, SIPParseError
 
 __all__ = ['SipURI', 'NameAddr', 'split_header_values', 'parse_params', 'format_params']
 
@@ -265,3 +265,20 @@ def ws_contact(host: str, user: str | None = None, *, outbound: bool = False,
     if reg_id is not None and instance is not None:
         value += ';reg-id=%d;+sip.instance="<%s>"' % (reg_id, instance)
     return value
+
+
+def user_uri(value: str, what: str = 'URI') -> SipURI:
+    """A SIP URI given by a user (an option, ``remote_addr``, ``--to``).
+
+    ``<...>`` is a name-addr; anything else is a bare URI whose ``;params`` are URI
+    parameters (what a user writing ``sip:h;transport=ws`` means).  Raises
+    :class:`~aiosip_ws.errors.InvalidURIError` (a ``ConfigurationError`` and a
+    ``SIPParseError``) naming ``what`` and the accepted form.
+    """
+    try:
+        if '<' in value:
+            return NameAddr.parse(value).uri
+        return SipURI.parse(value)
+    except SIPParseError as exc:
+        raise InvalidURIError('%s %r is not a valid SIP URI (%s); write it as sip:user@host '
+                              'or sip:user@host;transport=ws' % (what, value, exc)) from None

@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from .._version import __version__
-from ..core.sipuri import NameAddr, SipURI
+from ..core.sipuri import NameAddr, SipURI, user_uri
 from ..errors import AiosipWSError, ConfigurationError, Interrupted, RegistrationError, SIPParseError
 from ..options import DEFAULT_MAX_SIZE, ClientOptions, ServerOptions
 
@@ -560,6 +560,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger('websockets').setLevel(logging.WARNING)
     _setup_trace(getattr(args, 'trace', False))
     try:
+        for option in ('aor', 'to', 'from_uri'):            # usage errors before any network
+            value = getattr(args, option, None)
+            if value:
+                user_uri(value, '--%s' % option.replace('_uri', '').replace('_', '-'))
         return asyncio.run(args.func(args))
     except ConfigurationError as exc:
         print('aiosip-ws %s: %s' % (args.command, exc), file=sys.stderr)

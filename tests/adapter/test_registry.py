@@ -91,3 +91,11 @@ def test_entry_point_group_registers_third_party_transports(tmp_path):
     ''' % str(tmp_path))
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == 'ok', result.stderr
+
+
+def test_a_bad_remote_addr_raises_invalid_uri_error():
+    from aiosip_ws import ConfigurationError, InvalidURIError, SIPParseError
+    with pytest.raises(InvalidURIError) as caught:
+        select(transport='ws', remote_addr='sip:alice@[not-closed')
+    assert isinstance(caught.value, ConfigurationError) and isinstance(caught.value, SIPParseError)
+    assert 'remote_addr/To' in str(caught.value)

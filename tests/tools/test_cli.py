@@ -368,3 +368,12 @@ def test_serve_still_listed_and_help():
     result = run_cli('--help')
     for command in ('serve', 'options', 'register', 'message', 'bench'):
         assert command in result.stdout
+
+
+def test_a_bad_uri_option_is_a_usage_error():
+    """--to/--aor must be SIP URIs: exit 2 with what to write, before any connection."""
+    result = run_cli('message', 'ws://127.0.0.1:%d/' % closed_port(), '--aor', 'sip:a@example.com',
+                     '--to', 'sip:bob@[bad', '--body', 'x')
+    assert result.returncode == 2
+    assert "--to 'sip:bob@[bad' is not a valid SIP URI" in result.stderr
+    assert 'write it as sip:user@host' in result.stderr
