@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+from pathlib import Path
 
 from tests.support import REPO
-from tests.support.net import free_port
+from tests.support.net import closed_port
 
 README = (REPO / 'README.rst').read_text()
 
@@ -23,30 +25,99 @@ def code_block(first_line: str) -> str:
     raise AssertionError('README.rst has no python block starting with %r' % first_line)
 
 
-def test_client_and_server_examples_work_as_written(tmp_path):
+def python(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-W', 'error::DeprecationWarning', *args],
+                          capture_output=True, text=True, timeout=60, **kwargs)
+
+
+def aiosip_ws_command() -> str:
+    """The ``aiosip-ws`` script of the interpreter running the tests."""
+    script = Path(sys.executable).with_name('aiosip-ws')
+    assert script.exists(), 'aiosip-ws is not installed next to %s' % sys.executable
+    return str(script)
+
+
+def stop(process: subprocess.Popen) -> tuple[int, str]:
+    process.send_signal(signal.SIGINT)
+    try:
+        _, err = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return process.returncode, err
+
+
+def test_the_examples_work_as_written_next_to_the_main_job(tmp_path):
+    """The set-up section's ``aiosip-ws serve`` (port 8080), then client.py unchanged
+    against it; then server.py unchanged (port 8081) beside it, and client.py pointed at
+    it the way the README shows."""
     (tmp_path / 'server.py').write_text(code_block('# server.py'))
     (tmp_path / 'client.py').write_text(code_block('# client.py'))
-    url = 'ws://127.0.0.1:%d/' % free_port()
-    env = dict(os.environ, LISTEN_URL=url, SERVER_URL=url, PYTHONUNBUFFERED='1')
-    server = subprocess.Popen([sys.executable, '-W', 'error::DeprecationWarning', 'server.py'],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    env.pop('SERVER_URL', None)
+    env.pop('LISTEN_URL', None)
+    serve = subprocess.Popen([aiosip_ws_command(), 'serve'], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert server.stdout is not None
-        assert server.stdout.readline().strip() == 'listening on %s' % url
-        client = subprocess.run([sys.executable, '-W', 'error::DeprecationWarning', 'client.py'],
-                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert serve.stdout is not None
+        first = serve.stdout.readline().strip()
+        assert first == 'aiosip-ws serve: listening on ws://127.0.0.1:8080/', (
+            first or serve.stderr.read())               # e.g. port 8080 already taken
+        client = python('client.py', cwd=tmp_path, env=env)
         assert client.returncode == 0, client.stderr
         assert client.stdout.splitlines() == ['REGISTER: 200 OK', 'MESSAGE: 200 OK',
-                                              'received: echo: hello']
-    finally:
-        server.send_signal(signal.SIGINT)
+                                              'received: hello']
+
+        server = subprocess.Popen([sys.executable, '-W', 'error::DeprecationWarning', 'server.py'],
+                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
         try:
-            _, err = server.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
-    assert server.returncode == 0, err
+            assert server.stdout is not None
+            assert server.stdout.readline().strip() == 'listening on ws://127.0.0.1:8081/'
+            assert '\n    SERVER_URL=ws://127.0.0.1:8081/ python client.py\n' in README
+            client = python('client.py', cwd=tmp_path,
+                            env=dict(env, SERVER_URL='ws://127.0.0.1:8081/'))
+            assert client.returncode == 0, client.stderr
+            assert client.stdout.splitlines() == ['REGISTER: 200 OK', 'MESSAGE: 200 OK',
+                                                  'received: echo: hello']
+        finally:
+            code, err = stop(server)
+        assert code == 0, err
+    finally:
+        code, err = stop(serve)
+    assert code == 0, err
+
+
+def test_the_client_example_reports_a_refusal_and_an_unreachable_server(tmp_path):
+    """A non-2xx answer prints the status and exits 1; no server: one line, exit 1; never
+    a traceback."""
+    (tmp_path / 'client.py').write_text(code_block('# client.py'))
+    from websockets.sync.server import serve as sync_serve
+
+    from aiosip_ws.core.codec import make_response, parse, serialize
+
+    def refuse(websocket) -> None:
+        for data in websocket:
+            request = parse(data if isinstance(data, bytes) else data.encode())
+            websocket.send(serialize(make_response(request, 403, to_tag='x1')).decode())
+
+    with sync_serve(refuse, '127.0.0.1', 0, subprotocols=['sip']) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = 'ws://127.0.0.1:%d/' % server.socket.getsockname()[1]
+            refused = python('client.py', cwd=tmp_path, env=dict(os.environ, SERVER_URL=url))
+        finally:
+            server.shutdown()
+            thread.join(10)
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stdout.splitlines() == ['REGISTER: 403 Forbidden']
+    assert 'Traceback' not in refused.stderr
+
+    gone = python('client.py', cwd=tmp_path,
+                  env=dict(os.environ, SERVER_URL='ws://127.0.0.1:%d/' % closed_port()))
+    assert gone.returncode == 1
+    assert gone.stderr.startswith('failed: ') and 'Traceback' not in gone.stderr
 
 
 def test_readme_test_command_is_what_ci_runs():

@@ -295,13 +295,17 @@ class Dialog(aiosip.Dialog):
 
 # ---------------------------------------------------------------------------- application
 class _Pending:
-    __slots__ = ('future', 'conn', 'timer', 'proxy', 'method', 'on_provisional')
+    __slots__ = ('future', 'conn', 'timer', 'proxy', 'method', 'on_provisional', 'dialog')
 
     def __init__(self, future: asyncio.Future[Any], conn: WSConnection,
                  timer: asyncio.TimerHandle | None, proxy: bool, method: str | None,
-                 on_provisional: Callable[[SIPMessage], None] | None = None) -> None:
+                 on_provisional: Callable[[SIPMessage], None] | None = None,
+                 dialog: Any = None) -> None:
         self.future, self.conn, self.timer, self.proxy = future, conn, timer, proxy
         self.method, self.on_provisional = method, on_provisional
+        #: the dialog that sent the request: its response goes there, even when another
+        #: dialog with the same Call-ID came along meanwhile (D8)
+        self.dialog = dialog
 
 
 class Application(aiosip.Application):
@@ -556,13 +560,15 @@ class Application(aiosip.Application):
                 rest = [(k, v) for k, v in wire.headers if k != 'Via']
                 wire.headers = vias + rest
         if is_request and wire.method != 'ACK':
-            self._track(wire, conn, msg.future, proxy=False)
+            self._track(wire, conn, msg.future, proxy=False,
+                        dialog=self._dialogs.get(str(msg.headers.get('Call-ID'))))
         conn.send(wire)
         return None
 
     # -- transactions ---------------------------------------------------------------
     def _track(self, request: SIPMessage, conn: WSConnection, future: asyncio.Future[Any],
-               proxy: bool, on_provisional: Callable[[SIPMessage], None] | None = None) -> None:
+               proxy: bool, on_provisional: Callable[[SIPMessage], None] | None = None,
+               dialog: Any = None) -> None:
         top = request.top_via
         branch = top.branch if top is not None else None
         if not branch:
@@ -572,7 +578,7 @@ class Application(aiosip.Application):
             'no final response to %s %s within %.0f s (Timer F)' % (request.method, request.uri,
                                                                    timeout)))
         self._pending[branch] = _Pending(future, conn, timer, proxy, request.method,
-                                         on_provisional)
+                                         on_provisional, dialog)
 
     def _finish_pending(self, branch: str, outcome: Any) -> None:
         pending = self._pending.pop(branch, None)
@@ -641,7 +647,9 @@ class Application(aiosip.Application):
                 pending.on_provisional(message)
             return
         call_id = message.get('Call-ID')
-        dialog = self._dialogs.get(call_id)
+        dialog = pending.dialog if pending is not None else None
+        if dialog is None:
+            dialog = self._dialogs.get(call_id)
         if dialog is None:                                                  # D8
             logger.info('%r: dropped a response for no known transaction (%s %s, Call-ID %s)',
                         conn, message.status, message.reason, call_id)

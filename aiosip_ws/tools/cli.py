@@ -38,9 +38,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from .._version import __version__
+from ..core.grammar import is_sip_uri, is_ws_url
 from ..core.sipuri import NameAddr, SipURI, user_uri
 from ..errors import AiosipWSError, ConfigurationError, Interrupted, RegistrationError, SIPParseError
 from ..options import DEFAULT_MAX_SIZE, ClientOptions, ServerOptions
+from ..transport.websocket import split_ws_url
 
 __all__ = ['main', 'build_parser']
 
@@ -551,6 +553,26 @@ def _json_default(value: Any) -> Any:
     raise TypeError('not JSON serialisable: %r' % (value,))
 
 
+def target_forms() -> list[str]:
+    """The TARGET forms the client commands accept, from the transport registry."""
+    from ..adapter.registry import WS, get_transport, transport_names
+    forms = ['%s://HOST[:PORT][/PATH]' % name for name in transport_names()
+             if isinstance(get_transport(name), type) and issubclass(get_transport(name), WS)]
+    return forms + ['sip:[USER@]DOMAIN[;transport=ws]', 'sips:[USER@]DOMAIN']
+
+
+def _check_target(target: str) -> None:
+    """A TARGET that is neither a WebSocket URL nor a SIP URI is a usage error (exit 2)."""
+    if is_sip_uri(target):
+        user_uri(target, 'TARGET')
+        return
+    if is_ws_url(target):
+        split_ws_url(target)                              # host and port must be there
+        return
+    raise ConfigurationError('TARGET %r is not a URL or SIP URI that aiosip-ws can reach; use '
+                             'one of: %s' % (target, ', '.join(target_forms())))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = getattr(args, 'log_level', 'INFO')
@@ -560,6 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger('websockets').setLevel(logging.WARNING)
     _setup_trace(getattr(args, 'trace', False))
     try:
+        if getattr(args, 'target', None):
+            _check_target(args.target)
         for option in ('aor', 'to', 'from_uri'):            # usage errors before any network
             value = getattr(args, option, None)
             if value:

@@ -221,13 +221,17 @@ def target_domain(target: str) -> str:
 def default_request_uri(target: str) -> str:
     """Where an OPTIONS probe goes by default: the server itself (no user part).
 
-    For a SIP URI target, the URI itself without transport-selection parameters.
+    For a SIP URI target, the URI itself without transport-selection parameters.  For a
+    URL, ``sip:HOST:PORT;transport=ws`` (``ws`` over TLS too, RFC 7118 §5.2): with the
+    port, a server that checks ``uri == myself`` (Kamailio) recognises itself even
+    when it has no SIP listener on 5060.
     """
     if is_sip_uri(target):
         uri = NameAddr.parse(target).uri
         params = tuple((k, v) for k, v in uri.params if k.lower() not in ('transport', 'maddr'))
         return str(SipURI(uri.scheme, uri.user, uri.host, uri.port, params))
-    return 'sip:%s' % target_domain(target)
+    _, host, port, _ = split_ws_url(target)
+    return str(SipURI('sip', None, url_host(host), port, (('transport', 'ws'),)))
 
 
 def format_message(message: SIPMessage) -> str:

@@ -421,6 +421,7 @@ async def listen(url: str, handler: ConnectionHandler,
         close_timeout=options.close_timeout, max_size=options.max_size,
         server_header=options.server_header or _user_agent(),
     )
-    logger.info('listening for SIP over WebSocket on %s', url)
-    return WSListener(server, url, connections)
+    listener = WSListener(server, url, connections)
+    logger.info('listening for SIP over WebSocket on %s', listener.bound_url)   # port 0: the real one
+    return listener
 

@@ -77,6 +77,32 @@ async def test_d8_stray_response_is_dropped_not_routed(echo_server, caplog):
     assert 'no known transaction' in caplog.text
 
 
+async def test_d8_a_note_to_self_through_a_proxy_reaches_both_dialogs(relay):
+    """A MESSAGE to our own AOR comes back through the relay with the Call-ID of the
+    dialog that sent it: the incoming one goes to the route, and the 200 still reaches
+    the sending dialog (aiosip keys dialogs by Call-ID alone)."""
+    _, url = relay
+    app = Application()
+    inbox: asyncio.Queue = asyncio.Queue()
+
+    async def on_message(dialog, msg):
+        dialog.reply(msg, 200)
+        await inbox.put(msg.payload)
+
+    app.router.add_route('MESSAGE', on_message)
+    try:
+        me = 'sip:self@example.com'
+        registration = await app.start_dialog(me, me, remote_addr=url)
+        assert (await asyncio.wait_for(registration.register(expires=60), 5)).status_code == 200
+        chat = await app.start_dialog(me, me, remote_addr=url)
+        response = await asyncio.wait_for(
+            chat.send_message('MESSAGE', content_type='text/plain', payload='to myself'), 5)
+        assert response.status_code == 200
+        assert await asyncio.wait_for(inbox.get(), 5) == 'to myself'
+    finally:
+        await app.close()
+
+
 async def test_d8_in_dialog_request_for_unknown_dialog_gets_481(echo_server):
     url, seen, _ = echo_server
     [reply] = await exchange(url, request('MESSAGE', to='<sip:bob@example.com>;tag=gone'))

@@ -10,6 +10,7 @@ import asyncio
 import pytest
 
 from aiosip_ws import Application, ClientOptions
+from tests.support.cli import run_aiosip_ws as run_cli
 from tests.support.kamailio import kamailio as run_kamailio
 from tests.support.net import free_port
 from tests.support.node import NodeAgent
@@ -129,3 +130,12 @@ async def test_client_over_wss_to_kamailio(kamailio_tls, certs, tmp_path):
             assert 'SIP/2.0/WSS ' in kamailio.log_text()
         finally:
             await client.close()
+
+
+def test_the_options_command_probes_kamailio_without_a_sip_port(kamailio_version, tmp_path):
+    """``aiosip-ws options ws://HOST:PORT/`` asks for sip:HOST:PORT;transport=ws, which
+    Kamailio's ``uri == myself`` recognises although it has no listener on 5060."""
+    with run_kamailio(tmp_path / 'k', ws_port=free_port()) as kamailio:
+        result = run_cli('options', kamailio.ws_url, '--timeout', '5')
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'OPTIONS sip:127.0.0.1:%d;transport=ws -> 200 OK' % kamailio.ws_port in result.stdout

@@ -184,3 +184,15 @@ async def test_serve_process_connection_cap(serve_process):
             assert exc.response.status_code == 503
         else:
             raise AssertionError('the second connection was accepted')
+
+
+def test_serve_logs_the_bound_address_not_port_0(serve_process):
+    """With ``--listen ws://127.0.0.1:0/`` the log names the port the kernel chose, the one
+    stdout shows."""
+    process = serve_process('--listen', 'ws://127.0.0.1:0/', '--log-level', 'INFO')
+    [url] = process.urls
+    assert not url.endswith(':0/')
+    code, _, err = process.stop()
+    assert code == 0, err
+    assert 'listening for SIP over WebSocket on %s' % url in err
+    assert ':0/' not in err

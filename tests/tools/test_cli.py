@@ -101,8 +101,21 @@ def test_options_prints_the_response_and_timings_and_exits_0(serve_url):
     assert out.startswith('connected to %s (127.0.0.1:' % serve_url)
     assert re.search(r'tcp \d+\.\d ms, websocket handshake \d+\.\d ms \(total \d+\.\d ms\)', out)
     assert 'SIP/2.0 200 OK' in out and 'Allow: REGISTER' in out
-    assert re.search(r'OPTIONS sip:127\.0\.0\.1 -> 200 OK \(first response [\d.]+ ms, '
-                     r'final [\d.]+ ms\)', out)
+    port = serve_url.rsplit(':', 1)[1].rstrip('/')
+    # the Request-URI is the server itself, with the URL's port (Kamailio's myself check)
+    assert re.search(r'OPTIONS sip:127\.0\.0\.1:%s;transport=ws -> 200 OK \(first response '
+                     r'[\d.]+ ms, final [\d.]+ ms\)' % port, out)
+
+
+@pytest.mark.parametrize('target', ['127.0.0.1:8080', 'http://127.0.0.1:8080/', 'localhost'])
+def test_a_target_that_is_no_url_or_sip_uri_is_a_usage_error(target):
+    """No scheme: exit 2 at once, listing the forms the transport registry accepts."""
+    result = run_cli('options', target, '--timeout', '3')
+    assert result.returncode == 2
+    assert 'is not a URL or SIP URI that aiosip-ws can reach' in result.stderr
+    for form in ('ws://HOST[:PORT][/PATH]', 'wss://HOST[:PORT][/PATH]', 'sip:[USER@]DOMAIN'):
+        assert form in result.stderr
+    assert 'cannot connect' not in result.stderr
 
 
 def test_options_non_2xx_exits_1_with_the_reason(serve_url):
@@ -173,7 +186,7 @@ def test_options_without_answer_times_out_and_exits_1():
         stop()
     assert result.returncode == 1
     assert re.search(r'failed: (timeout|no final response)', result.stderr), result.stderr
-    assert 'OPTIONS sip:127.0.0.1 -> ' in result.stdout
+    assert 'OPTIONS sip:127.0.0.1:%d;transport=ws -> ' % port in result.stdout
     assert elapsed < 15
 
 
@@ -182,7 +195,8 @@ def test_options_trace_shows_sip_messages_and_websocket_events(serve_url):
     assert result.returncode == 0
     trace = result.stderr
     assert 'sip <WSConnection client ws %s> sent text:' % serve_url in trace
-    assert '    OPTIONS sip:127.0.0.1 SIP/2.0' in trace
+    port = serve_url.rsplit(':', 1)[1].rstrip('/')
+    assert '    OPTIONS sip:127.0.0.1:%s;transport=ws SIP/2.0' % port in trace
     assert 'received text:' in trace and '    SIP/2.0 200 OK' in trace
     for event in ('= connection is CONNECTING', '> GET / HTTP/1.1', '< HTTP/1.1 101',
                   'Sec-WebSocket-Protocol: sip', '= connection is OPEN', '> CLOSE 1000'):
