@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 
 from .._version import __version__
 from ..core.codec import SIPMessage, Via
+from ..core.grammar import TOKEN_CLASS
 from ..core.sipuri import NameAddr, SipURI, format_params
 from ..core.transaction import new_branch
 from ..errors import SIPParseError
@@ -24,7 +25,7 @@ aiosip = import_aiosip()
 
 __all__ = ['to_aiosip', 'to_wire', 'aiosip_safe_text', 'server_header', 'has_surrogates',
            'header_values']
-_FLAG_PARAM = re.compile(r";[A-Za-z0-9.!%*_+`'~-]+\s*(?=[;>,?]|$)")
+_FLAG_PARAM = re.compile(r';' + TOKEN_CLASS + r'+\s*(?=[;>,?]|$)')
 
 
 def aiosip_safe_text(text: str) -> str:

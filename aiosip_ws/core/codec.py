@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import SIPParseError
-from .grammar import DEFAULT_MAX_FORWARDS, TOKEN_RE
+from .grammar import DEFAULT_MAX_FORWARDS, SCHEME_CLASS, TOKEN_BYTES_RE, TOKEN_CLASS, TOKEN_RE
 from .sipuri import format_params, param_value, parse_params, split_header_values
 
 __all__ = ['SIPMessage', 'Via', 'parse', 'serialize', 'COMPACT_FORMS', 'MULTI_VALUE_HEADERS',
@@ -69,13 +69,13 @@ MULTI_VALUE_HEADERS = frozenset({'via', 'contact', 'route', 'record-route', 'pat
 MANDATORY_HEADERS = ('Via', 'From', 'To', 'Call-ID', 'CSeq')
 
 # \Z, not $: "$" also matches before a final "\n".
-_TOKEN = re.compile(rb"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_TOKEN = TOKEN_BYTES_RE
 _STATUS_LINE = re.compile(rb'SIP/(\d+\.\d+) (\d{3})(?: (.*))?\Z', re.DOTALL)
 _VERSION = re.compile(rb'[Ss][Ii][Pp]/\d+\.\d+\Z')
 #: scheme ":" then no CTL, SP, DEL, "<", ">" or '"' (RFC 3261 25.1, RFC 3986 3.1)
-_REQUEST_URI = re.compile(rb'[A-Za-z][A-Za-z0-9+.\-]*:[^\x00-\x20\x7f<>"]+\Z')
+_REQUEST_URI = re.compile(SCHEME_CLASS.encode() + rb':[^\x00-\x20\x7f<>"]+\Z')
 _SECOND_MESSAGE = re.compile(rb'(?:\r\n)*(?:[A-Za-z]+ \S+ SIP/\d|SIP/\d\.\d \d{3})')
-_VIA = re.compile(r'\s*SIP\s*/\s*(\d+\.\d+)\s*/\s*([A-Za-z0-9\-.!%*_+`\'~]+)\s+'
+_VIA = re.compile(r'\s*SIP\s*/\s*(\d+\.\d+)\s*/\s*(' + TOKEN_CLASS + r'+)\s+'
                   r'(\[[0-9A-Fa-f:.]+\]|[^\s;:]+)(?:\s*:\s*(\d{1,5}))?\s*(.*)\Z',
                   re.DOTALL | re.ASCII)
 #: Headers the parser checks (counted, and Via / Content-Length / CSeq values read).

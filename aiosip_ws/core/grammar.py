@@ -11,15 +11,22 @@ import ipaddress
 import re
 
 __all__ = [
-    'TOKEN_CHARS', 'TOKEN_RE', 'MAGIC_COOKIE', 'DEFAULT_MAX_FORWARDS', 'SIP_SCHEMES',
+    'TOKEN_CHARS', 'TOKEN_CLASS', 'TOKEN_RE', 'TOKEN_BYTES_RE', 'SCHEME_CLASS', 'MAGIC_COOKIE',
+    'DEFAULT_MAX_FORWARDS', 'SIP_SCHEMES',
     'WS_SCHEMES', 'WS_TRANSPORT_PARAMS', 'WS_DEFAULT_PORTS', 'ws_scheme_for',
     'is_ws_url', 'is_sip_uri', 'strip_brackets', 'url_host', 'ip_literal',
 ]
 
 #: RFC 3261 §25.1 ``token`` characters (besides ALPHA and DIGIT)
 TOKEN_CHARS = "-.!%*_+`'~"
+#: one token character, as a regular-expression class
+TOKEN_CLASS = r'[A-Za-z0-9' + re.escape(TOKEN_CHARS) + r']'
 #: a whole RFC 3261 token
-TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+TOKEN_RE = re.compile(TOKEN_CLASS + r'+\Z')
+#: the same over bytes (the parser's view of a request line)
+TOKEN_BYTES_RE = re.compile(TOKEN_CLASS.encode() + rb'+\Z')
+#: RFC 3261 §19.1.1 ``scheme``: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
+SCHEME_CLASS = r'[A-Za-z][A-Za-z0-9+.\-]*'
 
 #: RFC 3261 §8.1.1.7: every branch this stack generates starts with it
 MAGIC_COOKIE = 'z9hG4bK'

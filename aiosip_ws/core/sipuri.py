@@ -18,12 +18,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from ..errors import InvalidURIError, SIPParseError
+from .grammar import SCHEME_CLASS
 
 __all__ = ['SipURI', 'NameAddr', 'split_header_values', 'parse_params', 'format_params']
 
 Params = tuple[tuple[str, 'str | None'], ...]
 
-_SCHEME = re.compile(r'^([A-Za-z][A-Za-z0-9+.\-]*):')
+_SCHEME = re.compile(r'^(' + SCHEME_CLASS + r'):')
 _HOSTPORT = re.compile(r'^(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(\d{1,5}))?$')
 
 
