@@ -37,7 +37,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import SIPParseError
-from .grammar import DEFAULT_MAX_FORWARDS, SCHEME_CLASS, TOKEN_BYTES_RE, TOKEN_CLASS, TOKEN_RE
+from .grammar import (
+    DEFAULT_MAX_FORWARDS,
+    SCHEME_CLASS,
+    TOKEN_BYTES_RE,
+    TOKEN_CLASS,
+    TOKEN_RE,
+    parse_content_length,
+    parse_cseq_number,
+)
 from .sipuri import format_params, param_value, parse_params, split_header_values
 
 __all__ = ['SIPMessage', 'Via', 'parse', 'serialize', 'COMPACT_FORMS', 'MULTI_VALUE_HEADERS',
@@ -217,15 +225,12 @@ class SIPMessage:
 
 def _parse_cseq(value: str) -> tuple[int, str]:
     parts = value.split()
-    # isascii(): str.isdigit() is also true for digits int() refuses ("²")
-    if (len(parts) != 2 or not parts[0].isascii() or not parts[0].isdigit()
-            or not TOKEN_RE.match(parts[1])):
+    if len(parts) != 2 or not TOKEN_RE.match(parts[1]):
         raise SIPParseError('bad CSeq header %s' % _excerpt(value))
-    # int() of a huge string is slow (and refused past 4300 digits): look at the length first
-    digits = parts[0].lstrip('0') or '0'
-    if len(digits) > 10 or int(digits) >= 2 ** 31:
-        raise SIPParseError('CSeq number %s is larger than 2**31 - 1' % _excerpt(parts[0]))
-    return int(digits), parts[1]
+    try:
+        return parse_cseq_number(parts[0]), parts[1]
+    except SIPParseError as exc:
+        raise SIPParseError('bad CSeq header %s: %s' % (_excerpt(value), exc.reason)) from None
 
 
 def _unfold(lines: Iterable[bytes]) -> Iterator[bytes]:
@@ -440,10 +445,10 @@ def _frame_body(body: bytes, lengths: list[str], typed: bool) -> bytes:
     for other in lengths[1:]:
         if other != declared:
             raise SIPParseError('conflicting Content-Length headers')      # RFC 4475 3.3.9
-    if not (declared.isascii() and declared.isdigit()):
-        raise SIPParseError('bad Content-Length %s' % _excerpt(declared))  # RFC 4475 3.1.2.3
-    digits = declared.lstrip('0') or '0'
-    length = int(digits) if len(digits) <= 18 else len(body) + 1    # no int() of huge strings
+    try:
+        length = parse_content_length(declared, limit=len(body) + 1)
+    except SIPParseError:
+        raise SIPParseError('bad Content-Length %s' % _excerpt(declared)) from None  # RFC 4475 3.1.2.3
     if length > len(body):                           # RFC 3261 §18.3, RFC 4475 3.1.2.2
         raise SIPParseError('body is %d bytes, shorter than Content-Length %s'
                             % (len(body), _excerpt(declared, quote=False)))

@@ -10,11 +10,15 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from ..errors import SIPParseError
+
 __all__ = [
     'TOKEN_CHARS', 'TOKEN_CLASS', 'TOKEN_RE', 'TOKEN_BYTES_RE', 'SCHEME_CLASS', 'MAGIC_COOKIE',
     'DEFAULT_MAX_FORWARDS', 'SIP_SCHEMES',
     'WS_SCHEMES', 'WS_TRANSPORT_PARAMS', 'WS_DEFAULT_PORTS', 'ws_scheme_for',
     'is_ws_url', 'is_sip_uri', 'strip_brackets', 'url_host', 'ip_literal',
+    'DELTA_SECONDS_MAX', 'CSEQ_LIMIT', 'MAX_FORWARDS_MAX', 'parse_delta_seconds',
+    'parse_cseq_number', 'parse_max_forwards', 'parse_content_length', 'parse_qvalue',
 ]
 
 #: RFC 3261 §25.1 ``token`` characters (besides ALPHA and DIGIT)
@@ -86,3 +90,70 @@ def ip_literal(host: str) -> str | None:
         return str(ipaddress.ip_address(strip_brackets(host)))
     except ValueError:
         return None
+
+
+# ---------------------------------------------------------------------------- numbers
+#: RFC 3261 §10.2.1.1 / §20.19: delta-seconds above this are taken as this
+DELTA_SECONDS_MAX = 2 ** 32 - 1
+#: RFC 3261 §8.1.1.5: a CSeq number is below 2**31
+CSEQ_LIMIT = 2 ** 31
+#: RFC 3261 §20.22: Max-Forwards is 0-255
+MAX_FORWARDS_MAX = 255
+
+
+def _digits(value: str, what: str) -> str:
+    """``value`` stripped; its ASCII digits without leading zeros, or SIPParseError.
+
+    ``str.isdigit`` alone is also true for ``²`` and ``٣``, which RFC 3261's DIGIT is not.
+    """
+    text = value.strip()
+    if not text or not text.isascii() or not text.isdigit():
+        raise SIPParseError('bad %s %r: digits 0-9 only' % (what, text[:20]))
+    return text.lstrip('0') or '0'
+
+
+def parse_delta_seconds(value: str, what: str = 'delta-seconds') -> int:
+    """RFC 3261 delta-seconds (Expires, ``expires=``, Retry-After, Min-Expires).
+
+    ASCII digits only; a value above 2**32-1 is taken as 2**32-1 (RFC 3261 §10.2.1.1),
+    however many digits it has (no ``int()`` of a huge string).
+    """
+    digits = _digits(value, what)
+    if len(digits) > 10:
+        return DELTA_SECONDS_MAX
+    return min(int(digits), DELTA_SECONDS_MAX)
+
+
+def parse_cseq_number(value: str) -> int:
+    """A CSeq sequence number: ASCII digits, below 2**31 (RFC 3261 §8.1.1.5)."""
+    digits = _digits(value, 'CSeq number')
+    if len(digits) > 10 or int(digits) >= CSEQ_LIMIT:
+        raise SIPParseError('CSeq number %s is not below 2**31' % digits[:20])
+    return int(digits)
+
+
+def parse_max_forwards(value: str) -> int:
+    """A Max-Forwards value, 0-255 (RFC 3261 §20.22)."""
+    digits = _digits(value, 'Max-Forwards')
+    if len(digits) > 3 or int(digits) > MAX_FORWARDS_MAX:
+        raise SIPParseError('Max-Forwards %s is above 255' % digits[:20])
+    return int(digits)
+
+
+def parse_content_length(value: str, limit: int = 2 ** 62) -> int:
+    """A Content-Length: ASCII digits; anything at or above ``limit`` is ``limit``."""
+    digits = _digits(value, 'Content-Length')
+    if len(digits) > 18:
+        return limit
+    return min(int(digits), limit)
+
+
+_QVALUE = re.compile(r'(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\Z')
+
+
+def parse_qvalue(value: str) -> float:
+    """An RFC 3261 §25.1 qvalue: ``0`` [``.`` 0-3 digits] or ``1`` [``.`` 0-3 zeros]."""
+    text = value.strip()
+    if not _QVALUE.match(text):
+        raise SIPParseError('bad qvalue %r: 0 to 1 with at most 3 decimals' % text[:20])
+    return float(text.rstrip('.') or '0')

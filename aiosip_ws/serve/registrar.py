@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.codec import SIPMessage
+from ..core.grammar import parse_delta_seconds
 from ..core.sipuri import NameAddr, SipURI
-from ..errors import SIPParseError
+from ..errors import ConfigurationError, SIPParseError
 
 __all__ = ['Binding', 'Registrar', 'RegisterResult']
 
@@ -51,6 +52,31 @@ class Binding:
     def remaining(self, now: float) -> int:
         return max(0, int(round(self.expires_at - now)))
 
+    @property
+    def key(self) -> tuple[str, ...]:
+        """What a new Contact must match to refresh or replace this binding."""
+        return _key(self.contact, self.instance, self.reg_id)
+
+    @property
+    def public_contact(self) -> NameAddr:
+        """The Contact as other connections may see it: without ``+sip.instance`` and
+        ``reg-id``, which would let them replace the flow."""
+        hidden = ('+sip.instance', 'reg-id')
+        return NameAddr(self.contact.uri, self.contact.display_name,
+                        tuple(p for p in self.contact.params if p[0].lower() not in hidden))
+
+
+def _key(contact: NameAddr, instance: str | None, reg_id: str | None) -> tuple[str, ...]:
+    """RFC 5626 §6: a flow is (instance, reg-id); otherwise the Contact URI (RFC 3261 §10.3)."""
+    if instance and reg_id:
+        return ('flow', instance, reg_id)
+    return ('uri', str(contact.uri))
+
+
+def _address(connection: Any) -> str:
+    host, port = getattr(connection, 'remote_addr', ('?', 0))
+    return '%s:%s' % (host, port)
+
 
 @dataclass
 class RegisterResult:
@@ -63,10 +89,15 @@ class Registrar:
     """Bindings by AOR, with expiry; no I/O.  ``clock`` is injectable for tests."""
 
     def __init__(self, *, default_expires: int = 3600, min_expires: int = 1,
-                 max_expires: int = 3600, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_expires: int = 3600, max_contacts: int = 10,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if max_contacts < 1:
+            raise ConfigurationError('max_contacts must be at least 1, not %r' % (max_contacts,))
         self.default_expires = default_expires
         self.min_expires = min_expires
         self.max_expires = max_expires
+        #: most bindings one address-of-record may have (``--max-contacts-per-aor``)
+        self.max_contacts = max_contacts
         self.clock = clock
         self._bindings: dict[str, list[Binding]] = {}
         #: connection -> the AORs it holds bindings of, so that a closing connection
@@ -107,87 +138,127 @@ class Registrar:
         return removed
 
     def register(self, request: SIPMessage, connection: Any) -> RegisterResult:
-        """Apply a REGISTER as RFC 3261 10.3 says; the result says what to answer."""
+        """Apply a REGISTER as RFC 3261 §10.3 says; the result says what to answer.
+
+        Without authentication the connection stands for the client: a binding can be
+        refreshed, replaced or removed only over the connection that created it, or by
+        an RFC 5626 flow replacement (same ``+sip.instance`` and ``reg-id``: the
+        reconnect case).  An AOR holds at most ``max_contacts`` bindings; a REGISTER
+        that would add more gets 403, while refreshes and removals always go through.
+        The work is linear in the request's Contacts.
+        """
         try:
             aor = NameAddr.parse(request.get('To') or '').uri.aor
             contacts = [NameAddr.parse(value) for value in request.get_all('Contact')]
         except SIPParseError as exc:
             return RegisterResult(400, 'Bad Request (%s)' % exc)
+        expires_header = request.get('Expires')
+        try:
+            header_expires = (None if expires_header is None
+                              else parse_delta_seconds(expires_header, 'Expires'))
+        except SIPParseError as exc:              # RFC 3261 §10.2.1.1 deviation: see conformance
+            return RegisterResult(400, 'Bad Request (%s)' % exc.reason)
         call_id = request.get('Call-ID') or ''
         cseq, _ = request.cseq
-        header_expires = self._int(request.get('Expires'))
         now = self.clock()
-        current = self._bindings.setdefault(aor, [])
+        current = self._bindings.get(aor, [])
 
-        if any(c.star for c in contacts):                          # RFC 3261 10.3 step 6
-            if len(contacts) != 1 or header_expires != 0:
-                return RegisterResult(400, 'Bad Request (Contact: * needs Expires: 0 and no '
-                                      'other Contact)')
-            current.clear()
-            return self._ok(aor, now, request)
+        if any(c.star for c in contacts):                          # RFC 3261 §10.3 step 6
+            if len(contacts) != 1:
+                return RegisterResult(400, 'Bad Request (Contact: * must be the only Contact)')
+            if header_expires != 0:
+                return RegisterResult(400, 'Bad Request (Contact: * needs Expires: 0)')
+            # without authentication, "all bindings" are the ones this connection made
+            kept = [b for b in current if b.connection is not connection]
+            if len(kept) != len(current):
+                self._store(aor, kept)
+            return self._ok(aor, now, request, connection)
 
         outbound = self._supports_outbound(request)
-        with_reg_id = [c for c in contacts if c.param('reg-id') is not None
-                       and self._expires_of(c, header_expires) != 0]
-        if outbound and len(with_reg_id) > 1:                      # RFC 5626 §6
-            return RegisterResult(400, 'Bad Request (more than one Contact with reg-id)')
+        planned: list[tuple[NameAddr, int, str | None, str | None]] = []
         for contact in contacts:
-            expires = self._expires_of(contact, header_expires)
+            value = contact.param('expires')
+            try:
+                expires = (header_expires if value is None
+                           else parse_delta_seconds(value, 'expires parameter'))
+            except SIPParseError as exc:
+                return RegisterResult(400, 'Bad Request (%s)' % exc.reason)
             if expires is None:
-                return RegisterResult(400, 'Bad Request (bad expires value)')
+                expires = self.default_expires
             if 0 < expires < self.min_expires:
                 return RegisterResult(423, headers=[('Min-Expires', str(self.min_expires))])
-        for contact in contacts:
-            expires = min(self._expires_of(contact, header_expires) or 0, self.max_expires)
             bare = NameAddr(contact.uri, contact.display_name,
                             tuple(p for p in contact.params if p[0].lower() != 'expires'))
             instance = contact.param('+sip.instance') if outbound else None
             reg_id = contact.param('reg-id') if outbound else None
-            same = [b for b in current if self._same_binding(b, bare, instance, reg_id)]
-            for old in same:
-                if old.call_id == call_id and old.cseq >= cseq:       # RFC 3261 10.3 step 7
-                    return RegisterResult(500, 'Server Internal Error (CSeq out of order)')
-            for old in same:
-                current.remove(old)
+            planned.append((bare, min(expires, self.max_expires), instance, reg_id))
+        if outbound and sum(1 for _, e, _, r in planned if r is not None and e) > 1:
+            return RegisterResult(400, 'Bad Request (more than one Contact with reg-id)')  # §5626 6
+
+        index = {b.key: b for b in current}
+        adding = 0
+        for bare, expires, instance, reg_id in planned:
+            old = index.get(_key(bare, instance, reg_id))
+            if old is None:
+                adding += 1 if expires > 0 else 0
+                continue
+            if old.call_id == call_id and old.cseq >= cseq:          # RFC 3261 §10.3 step 7
+                return RegisterResult(500, 'Server Internal Error (CSeq out of order)')
+            if old.connection is not connection and old.flow_key is None:
+                return RegisterResult(403, 'Forbidden (%s was registered over another '
+                                      'connection)' % old.uri)
+        if adding and len(current) + adding > self.max_contacts:
+            return RegisterResult(403, 'Forbidden (at most %d bindings per address-of-record)'
+                                  % self.max_contacts)
+
+        for bare, expires, instance, reg_id in planned:
+            key = _key(bare, instance, reg_id)
+            old = index.pop(key, None)
+            if old is not None and old.connection is not connection:
+                logger.info('%s: flow %s moved from %s to %s (RFC 5626 flow replacement)', aor,
+                            old.flow_key, _address(old.connection), _address(connection))
             if expires > 0:
-                current.append(Binding(aor, bare, connection, now + expires, call_id, cseq,
-                                       instance, reg_id, registered_at=now))
+                index[key] = Binding(aor, bare, connection, now + expires, call_id, cseq,
+                                     instance, reg_id, registered_at=now)
                 self._aors_of.setdefault(connection, set()).add(aor)
-        return self._ok(aor, now, request)
+        self._store(aor, list(index.values()))
+        return self._ok(aor, now, request, connection)
+
+    def replaces_flow(self, request: SIPMessage, owner: Any) -> bool:
+        """True if ``request`` is an RFC 5626 flow replacement of a binding held over
+        ``owner``: same AOR, a Contact with the same ``+sip.instance`` and ``reg-id``."""
+        if not self._supports_outbound(request):
+            return False
+        try:
+            aor = NameAddr.parse(request.get('To') or '').uri.aor
+            contacts = [NameAddr.parse(value) for value in request.get_all('Contact')]
+        except SIPParseError:
+            return False
+        flows = {(c.param('+sip.instance'), c.param('reg-id')) for c in contacts}
+        return any(b.connection is owner and b.flow_key in flows
+                   for b in self._bindings.get(aor, ()))
 
     # -- helpers --------------------------------------------------------------------
-    @staticmethod
-    def _int(value: str | None) -> int | None:
-        if value is None:
-            return None
-        value = value.strip()
-        return int(value) if value.isdigit() else -1
-
-    def _expires_of(self, contact: NameAddr, header_expires: int | None) -> int | None:
-        value = self._int(contact.param('expires'))
-        if value is None:
-            value = header_expires
-        if value is None:
-            value = self.default_expires
-        return None if value < 0 else value
+    def _store(self, aor: str, bindings: list[Binding]) -> None:
+        if bindings:
+            self._bindings[aor] = bindings
+        else:
+            self._bindings.pop(aor, None)
 
     @staticmethod
     def _supports_outbound(request: SIPMessage) -> bool:
         tokens = {t.strip().lower() for v in request.get_all('Supported') for t in v.split(',')}
         return 'outbound' in tokens
 
-    @staticmethod
-    def _same_binding(old: Binding, contact: NameAddr, instance: str | None,
-                      reg_id: str | None) -> bool:
-        if instance and reg_id:
-            return old.flow_key == (instance, reg_id)
-        return old.flow_key is None and str(old.uri) == str(contact.uri)
-
-    def _ok(self, aor: str, now: float, request: SIPMessage) -> RegisterResult:
-        headers = [('Contact', '%s;expires=%d' % (b.contact, b.remaining(now)))
-                   for b in self.lookup(aor)]
-        if any(b.flow_key for b in self._bindings.get(aor, ())) and self._supports_outbound(request):
-            headers.append(('Require', 'outbound'))                     # RFC 5626 6
+    def _ok(self, aor: str, now: float, request: SIPMessage, connection: Any) -> RegisterResult:
+        """200 OK with every binding of ``aor``; the Outbound parameters of bindings that
+        other connections hold are left out, so that a query cannot learn them."""
+        live = self.lookup(aor)
+        headers = [('Contact', '%s;expires=%d' % (b.contact if b.connection is connection
+                                                  else b.public_contact, b.remaining(now)))
+                   for b in live]
+        if any(b.flow_key for b in live) and self._supports_outbound(request):
+            headers.append(('Require', 'outbound'))                     # RFC 5626 §6
         return RegisterResult(200, headers=headers)
 
     def snapshot(self) -> dict[str, list[str]]:

@@ -36,7 +36,7 @@ from typing import Any
 
 from .._version import __version__
 from ..core.codec import SIPMessage, Via, invite_companion, make_response
-from ..core.grammar import DEFAULT_MAX_FORWARDS, SIP_SCHEMES
+from ..core.grammar import DEFAULT_MAX_FORWARDS, SIP_SCHEMES, parse_max_forwards
 from ..core.sipuri import NameAddr, SipURI, split_header_values
 from ..core.transaction import cancel_key, new_branch, new_tag
 from ..errors import ConnectionLost, SIPParseError, TransactionTimeout
@@ -81,7 +81,7 @@ class RelayServer:
                  registrar: Registrar | None = None) -> None:
         self.server_options = server_options or ServerOptions()
         self.server_options.validate()
-        self.registrar = registrar or Registrar()
+        self.registrar = registrar if registrar is not None else Registrar()   # (empty is falsy)
         self.listeners: list[WSListener] = []
         #: every open connection
         self.connections: set[WSConnection] = set()
@@ -224,8 +224,22 @@ class RelayServer:
                            response.reason, request.method)
 
     def _on_register(self, conn: WSConnection, request: SIPMessage) -> None:
+        hosts = _invalid_hosts(request)
+        for host in hosts:
+            # A `.invalid` host names one client's connection for in-dialog routing: only
+            # an RFC 5626 flow replacement may take it from another live connection.
+            owner = self._contacts.get(host)
+            if (owner is not None and owner is not conn and owner.is_open
+                    and not self.registrar.replaces_flow(request, owner)):
+                logger.info('%r: REGISTER refused: Contact host %s belongs to %r', conn, host,
+                            owner)
+                self.reply(conn, request, 403, 'Forbidden (Contact host %s is in use by '
+                           'another connection)' % host)
+                return
         result = self.registrar.register(request, conn)
         if result.status == 200:
+            for host in hosts:
+                self._claim_host(host, conn)
             logger.info('REGISTER %s from %s: %d binding(s)', request.get('To'),
                         conn.remote_addr, len(result.headers))
         self.reply(conn, request, result.status, result.reason, headers=result.headers)
@@ -250,7 +264,7 @@ class RelayServer:
             return
         max_forwards = _max_forwards(request)
         if max_forwards is None:
-            self.reply(conn, request, 400, 'Bad Request (bad Max-Forwards)')
+            self.reply(conn, request, 400, 'Bad Request (Max-Forwards must be a number 0-255)')
             return
         if max_forwards == 0:
             self.reply(conn, request, 483)
@@ -320,15 +334,26 @@ class RelayServer:
         """Remember which connection a `.invalid` Contact host lives behind (RFC 7118 B.1)."""
         for value in message.get_all('Contact')[:1]:
             try:
-                host = NameAddr.parse(value).uri.host
+                host = NameAddr.parse(value).uri.host.lower()
             except SIPParseError:
                 return
-            if host.endswith('.invalid') and conn.is_open:
-                previous = self._contacts.get(host)
-                if previous is not None and previous is not conn:
-                    previous.state.get('contact_hosts', set()).discard(host)
-                self._contacts[host] = conn
-                conn.state.setdefault('contact_hosts', set()).add(host)
+            if host.endswith('.invalid'):
+                owner = self._contacts.get(host)
+                if owner is None or owner is conn or not owner.is_open:
+                    self._claim_host(host, conn)
+
+    def _claim_host(self, host: str, conn: WSConnection) -> None:
+        """``host`` now routes to ``conn`` (indexed both ways, for O(owned) clean-up)."""
+        if not conn.is_open:
+            return
+        previous = self._contacts.get(host)
+        if previous is conn:
+            return
+        if previous is not None:
+            previous.state.get('contact_hosts', set()).discard(host)
+            logger.info('Contact host %s moved from %r to %r', host, previous, conn)
+        self._contacts[host] = conn
+        conn.state.setdefault('contact_hosts', set()).add(host)
 
     def _in_dialog(self, conn: WSConnection, message: SIPMessage) -> None:
         """Route an in-dialog request by the connection behind its Request-URI's host."""
@@ -344,7 +369,7 @@ class RelayServer:
         if to_tag is None and not is_ack:
             self._route(conn, message)                 # ``tag=`` was not the To tag
             return
-        peer = self._contacts.get(target.host)
+        peer = self._contacts.get(target.host.lower())
         if peer is None or not peer.is_open:
             if not is_ack:                 # an ACK here is for a non-2xx we ACKed downstream
                 self.reply(conn, message, 481)
@@ -453,8 +478,27 @@ class RelayServer:
 
 def _max_forwards(message: SIPMessage) -> int | None:
     """The Max-Forwards value (RFC 3261 §8.1.1.6 default when absent); None if malformed."""
-    value = (message.get('Max-Forwards') or str(DEFAULT_MAX_FORWARDS)).strip()
-    return int(value) if value.isdigit() and value.isascii() else None
+    value = message.get('Max-Forwards')
+    if value is None:
+        return DEFAULT_MAX_FORWARDS
+    try:
+        return parse_max_forwards(value)
+    except SIPParseError:
+        return None
+
+
+def _invalid_hosts(request: SIPMessage) -> set[str]:
+    """The `.invalid` hosts of a request's Contacts (RFC 7118 Appendix B.1)."""
+    hosts = set()
+    for value in request.get_all('Contact'):
+        for item in split_header_values(value):
+            try:
+                host = NameAddr.parse(item).uri.host.lower()
+            except SIPParseError:
+                continue
+            if host.endswith('.invalid'):
+                hosts.add(host)
+    return hosts
 
 
 def _unsupported_extensions(message: SIPMessage) -> list[str]:

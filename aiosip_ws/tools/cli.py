@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                        'no cap)')
     serve.add_argument('--max-connections-per-ip', type=int, default=None, metavar='N',
                        help='most connections from one address; more get HTTP 503')
+    serve.add_argument('--max-contacts-per-aor', type=int, default=10, metavar='N',
+                       help='most bindings one address-of-record may have; a REGISTER adding '
+                       'more gets 403 (refreshes and removals always pass; default %(default)s)')
     serve.add_argument('--open-timeout', type=float, default=10.0, metavar='SECONDS',
                        help='time a client has to finish the handshake (default %(default)s)')
     serve.add_argument('--crlf-ping-interval', type=float, default=0.0, metavar='SECONDS',
@@ -222,10 +225,12 @@ def _server_options(args: argparse.Namespace) -> ServerOptions:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    from ..serve.registrar import Registrar
     from ..serve.relay import RelayServer
     urls = args.listen or ['ws://127.0.0.1:8080/']
     base = _server_options(args)
-    server = RelayServer(server_options=base)
+    server = RelayServer(server_options=base,
+                         registrar=Registrar(max_contacts=args.max_contacts_per_aor))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -100,3 +100,30 @@ async def test_crlf_ping_from_serve_and_pong_swallowed(serve_process, node_agent
     assert code == 0
     assert 'received CRLF pong' in err
     assert 'no CRLF pong' not in err and 'malformed' not in err
+
+
+async def test_jssip_unregister_all_removes_its_bindings_with_contact_star(
+        serve_process, node_agents_ready):
+    """JsSIP's ``unregister({all: true})`` sends ``Contact: *`` with ``Expires: 0`` (RFC 3261
+    §10.3 step 6): serve answers 200 and alice is gone; without authentication only the
+    bindings of JsSIP's own connection are removed, so a second device of alice stays."""
+    process = serve_process('--listen', 'ws://127.0.0.1:0/')
+    [url] = process.urls
+    async with NodeAgent('jssip', url=url, aor='sip:alice@example.com') as alice, \
+            NodeAgent('sipjs', url=url, aor='sip:alice@example.com') as second, \
+            NodeAgent('sipjs', url=url, aor='sip:bob@example.com') as bob:
+        await alice.register()
+        await second.register()
+        await alice.unregister(all=True)
+        [star] = [m for m in alice.sip('out', 'REGISTER') if 'Contact: *' in m]
+        assert 'Expires: 0' in star
+        [answer] = alice.sip('in', 'SIP/2.0')[-1:]
+        assert answer.startswith('SIP/2.0 200')
+        await bob.message('sip:alice@example.com', 'second device?')
+        got = await second.wait_event('message', timeout=10)
+        assert got['body'] == 'second device?'
+        await second.unregister()
+        await bob.message('sip:alice@example.com', 'anyone?')
+        assert (await bob.wait_event('messageFailed', timeout=10))['status'] == 404
+    code, _, err = await asyncio.get_running_loop().run_in_executor(None, process.stop)
+    assert code == 0 and 'Traceback' not in err

@@ -216,8 +216,9 @@ class NodeAgent:
         await self.send(cmd="register")
         return await self.wait_event("registered", timeout=timeout)
 
-    async def unregister(self, timeout: float = 10) -> dict:
-        await self.send(cmd="unregister")
+    async def unregister(self, timeout: float = 10, *, all: bool = False) -> dict:
+        """Un-REGISTER; ``all=True`` asks JsSIP for ``Contact: *`` (every binding)."""
+        await self.send(cmd="unregister", all=all)
         return await self.wait_event("unregistered", timeout=timeout)
 
     async def message(self, to: str, body: str, *, content_type: str | None = None) -> None:

@@ -93,9 +93,9 @@ const handlers = {
     await whenConnected();
     ua.register();
   },
-  async unregister() {
+  async unregister(cmd) {
     await whenConnected();
-    ua.unregister({ all: false });
+    ua.unregister({ all: Boolean(cmd && cmd.all) });   // all: Contact: * with Expires: 0
   },
   async message(cmd) {
     if (!cmd.to) throw new Error('message needs "to"');
