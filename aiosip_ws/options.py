@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigurationError
 
-__all__ = ['ConnectionOptions', 'ClientOptions', 'ServerOptions', 'DEFAULT_MAX_SIZE']
+__all__ = ['ConnectionOptions', 'ClientOptions', 'ServerOptions', 'RelayLimits', 'DEFAULT_MAX_SIZE']
 
 #: Largest WebSocket message accepted by default (close code 1009 beyond it).  SIP
 #: messages are rarely over a few KiB; WebRTC SDP with many candidates reaches ~10 KiB.
@@ -33,8 +33,14 @@ class ConnectionOptions:
     crlf_pong_timeout: float = 10.0
     #: Timer B/F: seconds before a client transaction without a final response fails
     transaction_timeout: float = 32.0
+    #: most data (bytes; characters of text frames) waiting to be sent on one connection;
+    #: a peer that stops reading is closed with 1008 once it is exceeded (None: no bound)
+    max_send_queue: int | None = 1024 * 1024
 
     def validate(self) -> None:
+        if self.max_send_queue is not None and self.max_send_queue < self.max_size:
+            raise ConfigurationError('max_send_queue=%r must hold at least one message of '
+                                     'max_size=%r bytes' % (self.max_send_queue, self.max_size))
         if self.max_size < 1024:
             raise ConfigurationError('max_size=%r is too small for SIP; use at least 1024 bytes'
                                      % self.max_size)
@@ -88,12 +94,48 @@ class ServerOptions(ConnectionOptions):
     max_connections: int | None = None
     #: most connections at once from one source IP address; more get HTTP 503 (None: no cap)
     max_connections_per_ip: int | None = None
+    #: a connection that has sent this many SIP messages that are refused unparsed (dropped,
+    #: or answered 400/505/416) is closed with 1008, policy violation (None: never)
+    max_bad_messages: int | None = 20
 
     def validate(self) -> None:
         super().validate()
         if self.open_timeout <= 0:
             raise ConfigurationError('open_timeout must be a positive number of seconds')
-        for name in ('max_connections', 'max_connections_per_ip'):
+        for name in ('max_connections', 'max_connections_per_ip', 'max_bad_messages'):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigurationError('%s must be at least 1 (or None for no cap)' % name)
+
+
+@dataclass
+class RelayLimits:
+    """What one client may cost ``aiosip-ws serve`` (see README.rst, "``aiosip-ws serve``").
+
+    Beyond the pending-transaction caps and the request rate, serve answers 503 with
+    ``Retry-After`` (the only 503s it makes itself); a connection that stays over the
+    rate for ``rate_limit_grace`` seconds is closed with 1008.
+    """
+
+    #: requests being relayed, and waiting for their final response, in all
+    max_pending: int = 10000
+    #: the same, per connection: requests from it, and requests towards it
+    max_pending_per_connection: int = 200
+    #: sustained requests per second one connection may send (None: no limit)
+    max_requests_per_second: float | None = 500.0
+    #: requests one connection may send in a burst above that rate
+    burst: int = 1000
+    #: seconds a connection may stay over the rate before it is closed with 1008
+    rate_limit_grace: float = 10.0
+    #: the ``Retry-After`` of serve's 503 responses, in seconds
+    retry_after: int = 5
+
+    def validate(self) -> None:
+        for name in ('max_pending', 'max_pending_per_connection', 'burst', 'retry_after'):
+            if getattr(self, name) < 1:
+                raise ConfigurationError('%s must be at least 1, not %r' % (name, getattr(self, name)))
+        if self.max_requests_per_second is not None and self.max_requests_per_second <= 0:
+            raise ConfigurationError('max_requests_per_second must be positive or None, not %r'
+                                     % self.max_requests_per_second)
+        if self.rate_limit_grace < 0:
+            raise ConfigurationError('rate_limit_grace must not be negative')

@@ -8,6 +8,7 @@ import pytest
 
 import aiosip_ws  # noqa: F401  - makes aiosip 0.2.0 importable before anything else
 from aiosip_ws.serve.relay import RelayServer
+from aiosip_ws.transport.throttle import LogThrottle
 from tests.support.certs import CertFiles, make_certificates
 from tests.support.cli import ServeProcess
 
@@ -15,6 +16,13 @@ from tests.support.cli import ServeProcess
 @pytest.fixture(scope='session')
 def certs(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
     return make_certificates(tmp_path_factory.mktemp('tls'))
+
+
+@pytest.fixture(autouse=True)
+def fresh_log_throttles() -> None:
+    """Peer-input warnings are rate-limited per kind: one test's flood must not hide the
+    warnings the next test looks for."""
+    LogThrottle.reset_all()
 
 
 @pytest.fixture(autouse=True)

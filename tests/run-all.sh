@@ -5,6 +5,10 @@
 #   PYTHONS="3.12" bash tests/run-all.sh  # some of them
 #   bash tests/run-all.sh -k relay        # extra arguments go to pytest
 #
+# With Python 3.10 among them it also runs the suite, less the interop tests, on 3.10 with
+# setup.cfg's dependencies at their minimum (tests/constraints-minimum.txt, its own
+# virtualenv .venv-3.10-minimum); MINIMUM_PYTHON= skips that, MINIMUM_PYTHON=3.11 moves it.
+#
 # Needs: Debian (apt-get, as root or with sudo) for dnsmasq and Kamailio, Node.js with
 # npm for JsSIP and SIP.js, and the Pythons (pyenv's, or python3.X on PATH).
 set -euo pipefail
@@ -127,6 +131,34 @@ for version in $PYTHONS; do
         passed+=("$version")
     fi
 done
+
+# --- the minimum versions of the dependencies, on the oldest Python -------------------
+# setup.cfg's install_requires each at its floor (tests/constraints-minimum.txt), in a
+# virtualenv of its own; the suite less the interop tests (the peers are the same).
+MINIMUM_PYTHON=${MINIMUM_PYTHON-3.10}     # MINIMUM_PYTHON= skips it
+if [ -n "$MINIMUM_PYTHON" ] && [[ " $PYTHONS " == *" $MINIMUM_PYTHON "* ]]; then
+    started=$SECONDS
+    venv="$ROOT/.venv-$MINIMUM_PYTHON-minimum"
+    if ! python=$(find_python "$MINIMUM_PYTHON"); then
+        failed+=("$MINIMUM_PYTHON-minimum(missing)")
+    else
+        say "Python $MINIMUM_PYTHON, the minimum versions of tests/constraints-minimum.txt: $python"
+        if ! { { [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"; } \
+               && quiet_pip "$venv/bin/python" --upgrade pip \
+               && quiet_pip "$venv/bin/python" -c "$ROOT/tests/constraints-minimum.txt" -e "$ROOT[test]" \
+               && "$venv/bin/python" -W error::DeprecationWarning -c 'import aiosip_ws'; }; then
+            failed+=("$MINIMUM_PYTHON-minimum(install)")
+        else
+            "$venv/bin/python" -c 'from importlib.metadata import version as v
+print(", ".join("%s %s" % (n, v(n)) for n in ("aiosip", "websockets", "multidict", "dnspython")))' || true
+            status=0
+            "$venv/bin/python" -m pytest -p no:cacheprovider -m 'not interop' "$@" || status=$?
+            # 5: the arguments chose interop tests only
+            [ "$status" -eq 0 ] || [ "$status" -eq 5 ] || failed+=("$MINIMUM_PYTHON-minimum")
+        fi
+        echo "minimum versions: $((SECONDS - started)) s"
+    fi
+fi
 
 # --- lint, types and the built package, once: on the first Python that passed ------
 if [ ${#passed[@]} -gt 0 ]; then

@@ -40,13 +40,16 @@ from ..core.grammar import DEFAULT_MAX_FORWARDS, SIP_SCHEMES, parse_max_forwards
 from ..core.sipuri import NameAddr, SipURI, split_header_values
 from ..core.transaction import cancel_key, new_branch, new_tag
 from ..errors import ConnectionLost, SIPParseError, TransactionTimeout
-from ..options import ServerOptions
+from ..options import RelayLimits, ServerOptions
+from ..transport.throttle import LogThrottle
 from ..transport.websocket import WSConnection, WSListener, listen
 from .registrar import Binding, Registrar
 
 __all__ = ['RelayServer', 'ALLOWED_METHODS', 'SERVER_HEADER']
 
 logger = logging.getLogger(__name__)
+#: what clients cause (stray responses...): a few lines per kind and interval, then a summary
+peer_log = LogThrottle(logger)
 
 #: Methods the relay answers or relays (the Allow header of its responses).
 ALLOWED_METHODS = ('REGISTER', 'OPTIONS', 'MESSAGE', 'SUBSCRIBE', 'NOTIFY', 'PUBLISH', 'INFO',
@@ -78,9 +81,12 @@ class RelayServer:
     """Registrar + relay; ``await start(url, ...)``, then ``await close()``."""
 
     def __init__(self, *, server_options: ServerOptions | None = None,
-                 registrar: Registrar | None = None) -> None:
+                 registrar: Registrar | None = None, limits: RelayLimits | None = None) -> None:
         self.server_options = server_options or ServerOptions()
         self.server_options.validate()
+        #: what one client may cost: pending-transaction caps and the request rate
+        self.limits = limits or RelayLimits()
+        self.limits.validate()
         self.registrar = registrar if registrar is not None else Registrar()   # (empty is falsy)
         self.listeners: list[WSListener] = []
         #: every open connection
@@ -169,6 +175,8 @@ class RelayServer:
     # -- requests -------------------------------------------------------------------------
     def _request_received(self, conn: WSConnection, message: SIPMessage) -> None:
         method = message.method
+        if method not in ('ACK', 'CANCEL') and not self._within_rate(conn, message):
+            return
         if method == 'CANCEL':
             self._cancel(conn, message)
             return
@@ -209,6 +217,38 @@ class RelayServer:
             logger.exception('%r: the %s route failed', conn, message.method)
             self.reply(conn, message, 500)
 
+    def _within_rate(self, conn: WSConnection, request: SIPMessage) -> bool:
+        """Token bucket per connection (``max_requests_per_second``, ``burst``): over it a
+        request gets 503; a connection over it for ``rate_limit_grace`` s is closed (1008)."""
+        limits = self.limits
+        rate = limits.max_requests_per_second
+        if rate is None:
+            return True
+        now = asyncio.get_running_loop().time()
+        bucket = conn.state.get('bucket')
+        if bucket is None:       # [tokens, last refill, over since, last refusal]
+            bucket = conn.state['bucket'] = [float(limits.burst), now, None, 0.0]
+        tokens = min(float(limits.burst), bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            if bucket[2] is not None and now - bucket[3] > 1.0:
+                bucket[2] = None                      # a whole second without a refusal
+            return True
+        bucket[0], bucket[3] = tokens, now
+        if bucket[2] is None:
+            bucket[2] = now
+            logger.warning('%r: over %g requests per second: answering 503', conn, rate)
+        elif now - bucket[2] > limits.rate_limit_grace:
+            if not conn.state.get('rate_closing'):
+                conn.state['rate_closing'] = True
+                logger.warning('%r: over the request rate for %g s: closing with 1008', conn,
+                               limits.rate_limit_grace)
+                self.spawn(conn.close(1008, 'request rate limit exceeded'))
+            return False
+        self.busy(conn, request, 'over %g requests per second' % rate)
+        return False
+
     def reply(self, conn: WSConnection, request: SIPMessage, status: int,
               reason: str | None = None, *, headers: list[tuple[str, str]] | None = None) -> None:
         """Answer ``request`` on ``conn`` (RFC 3261 §8.2.6): Vias, From, To with a tag,
@@ -219,9 +259,9 @@ class RelayServer:
                                  headers=list(headers or ()) + [('Server', SERVER_HEADER)])
         if conn.is_open:
             conn.send(response)
-        else:                           # RFC 3261 §18.2.2: a WebSocket client cannot be reached
-            logger.warning('dropped %d %s to %s: the WebSocket connection is gone', status,
-                           response.reason, request.method)
+        elif not self._closing:         # RFC 3261 §18.2.2: a WebSocket client cannot be reached
+            logger.info('dropped %d %s to %s: the WebSocket connection is gone', status,
+                        response.reason, request.method)
 
     def _on_register(self, conn: WSConnection, request: SIPMessage) -> None:
         hosts = _invalid_hosts(request)
@@ -244,7 +284,7 @@ class RelayServer:
                         conn.remote_addr, len(result.headers))
         self.reply(conn, request, result.status, result.reason, headers=result.headers)
 
-    async def _on_request(self, conn: WSConnection, request: SIPMessage) -> None:
+    def _on_request(self, conn: WSConnection, request: SIPMessage) -> None:
         try:
             target = NameAddr.parse(request.uri or '').uri
         except SIPParseError as exc:
@@ -273,54 +313,43 @@ class RelayServer:
         if not bindings:
             self.reply(conn, request, 404)
             return
-        response = await self._relay(request, max_forwards - 1, bindings, conn)
-        if response is None:
-            self.reply(conn, request, 480)
+        busy = self._over_pending_caps(conn, bindings[0].connection)
+        if busy:
+            self.busy(conn, request, busy)
             return
-        if conn.is_open:
-            conn.send(response)
-        else:
-            logger.warning('dropped the %d response to %s: the requester left', response.status,
-                           request.method)
+        _Relayed(self, conn, request, bindings, max_forwards - 1).try_next()
 
-    async def _relay(self, request: SIPMessage, max_forwards: int, bindings: list[Binding],
-                     origin: WSConnection) -> SIPMessage | None:
-        """Forward to the newest binding; on a dead flow try the next one.
-
-        An INVITE is record-routed, its provisional responses are relayed as they
-        come, a CANCEL for it is followed downstream, and a non-2xx final response
-        is ACKed downstream here (RFC 3261 §16.7, §17.1.1.3).
-        """
-        invite = request.method == 'INVITE'
-        key = cancel_key(request) if invite else None
-        for binding in bindings:
-            peer: WSConnection = binding.connection
-            forwarded = SIPMessage(method=request.method, uri=str(binding.uri),
-                                   headers=list(request.headers), body=request.body)
-            forwarded.set('Max-Forwards', str(max_forwards))
-            forwarded.remove('Route')                  # loose routes pointing at us end here
-            if invite:
-                forwarded.headers.insert(0, ('Record-Route', '<sip:%s;transport=ws;lr>'
-                                             % peer.via_host))
-            relay_provisional = (lambda r: self._relay_provisional(origin, r)) if invite else None
-            future = self.send_request(peer, forwarded, on_provisional=relay_provisional)
-            if key is not None:
-                self._invites[key] = (peer, forwarded)
-            try:
-                response = await future
-            except (ConnectionLost, TransactionTimeout) as exc:
-                logger.info('relaying %s to %s failed: %s', request.method, binding.uri, exc)
-                continue
-            finally:
-                if key is not None:
-                    self._invites.pop(key, None)
-            self._learn_contact(peer, response)
-            if invite and (response.status or 0) >= 300:
-                peer.send(invite_companion('ACK', forwarded, uri=forwarded.uri or '',
-                                           to=response.get('To') or ''))    # hop by hop
-            response.headers = _without_top_via(response.headers)
-            return response
+    def _over_pending_caps(self, origin: WSConnection, peer: WSConnection) -> str | None:
+        """Why a new relayed request would exceed a pending-transaction cap, or None."""
+        limits = self.limits
+        if len(self._pending) >= limits.max_pending:
+            return 'too many requests in progress (%d)' % limits.max_pending
+        if origin.state.get('relaying', 0) >= limits.max_pending_per_connection:
+            return ('too many requests in progress from this connection (%d)'
+                    % limits.max_pending_per_connection)
+        if len(peer.state.get('pending', ())) >= limits.max_pending_per_connection:
+            return 'the callee has too many requests unanswered'
         return None
+
+    def busy(self, conn: WSConnection, request: SIPMessage, why: str) -> None:
+        """503 with Retry-After: serve itself is out of room for this request."""
+        self.reply(conn, request, 503, 'Service Unavailable (%s)' % why,
+                   headers=[('Retry-After', str(self.limits.retry_after))])
+
+    def relay_final(self, origin: WSConnection, peer: WSConnection, request: SIPMessage,
+                    response: SIPMessage) -> None:
+        """Send a downstream final response back upstream, our Via removed; a 503 becomes
+        500 (RFC 3261 §16.7: a downstream overload is not ours to advertise)."""
+        self._learn_contact(peer, response)
+        response.headers = _without_top_via(response.headers)
+        if response.status == 503:
+            response.status, response.reason = 500, 'Server Internal Error (downstream 503)'
+            response.remove('Retry-After')
+        if origin.is_open:
+            origin.send(response)
+        elif not self._closing:
+            logger.info('dropped the %d response to %s: the requester left', response.status,
+                        request.method)
 
     def _relay_provisional(self, origin: WSConnection, response: SIPMessage) -> None:
         if response.status == 100 or not origin.is_open:
@@ -394,16 +423,13 @@ class RelayServer:
         if done.cancelled():
             return
         exc = done.exception()
-        if exc is not None:
-            logger.info('relaying in-dialog %s failed: %s', original.method, exc)
-            response = make_response(original, 408 if isinstance(exc, TransactionTimeout)
-                                     else 480)
-        else:
-            response = done.result()
-            self._learn_contact(peer, response)
-            response.headers = _without_top_via(response.headers)
+        if exc is None:
+            self.relay_final(origin, peer, original, done.result())
+            return
+        logger.info('relaying in-dialog %s failed: %s', original.method, exc)
         if origin.is_open:
-            origin.send(response)
+            origin.send(make_response(original, 408 if isinstance(exc, TransactionTimeout)
+                                      else 480))
 
     def _cancel(self, conn: WSConnection, cancel: SIPMessage) -> None:
         """RFC 3261 §16.10: answer the CANCEL, then cancel the INVITE we forwarded."""
@@ -440,7 +466,9 @@ class RelayServer:
             self._pending[branch] = _Pending(future, conn, timer, request.method or '',
                                              on_provisional)
             conn.state.setdefault('pending', set()).add(branch)
-        conn.send(request)
+        if not conn.send(request):           # closed, or its peer stopped reading (1008)
+            self._finish(branch, ConnectionLost('%r cannot take more: the request was not sent'
+                                                % conn))
         return future
 
     def _finish(self, branch: str, outcome: SIPMessage | BaseException) -> None:
@@ -461,12 +489,14 @@ class RelayServer:
             top = message.top_via
             branch = (top.branch if top is not None else None) or ''
         except SIPParseError as exc:
-            logger.warning('%r: dropped a response with a bad Via: %s', conn, exc)
+            peer_log.warning('dropped responses with a bad Via',
+                             '%r: dropped a response with a bad Via: %s', conn, exc)
             return
         pending = self._pending.get(branch)
         if pending is None or pending.conn is not conn:
-            logger.info('%r: dropped a response for no known transaction (%s %s, Call-ID %s)',
-                        conn, message.status, message.reason, message.get('Call-ID'))
+            peer_log.info('dropped stray responses',
+                          '%r: dropped a response for no known transaction (%s %s, Call-ID %s)',
+                          conn, message.status, message.reason, message.get('Call-ID'))
             return
         if message.cseq[1] != pending.method:
             return                              # e.g. the 200 to our CANCEL: nothing to do
@@ -521,3 +551,82 @@ def _without_top_via(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
             continue
         out.append((name, value))
     return out
+
+
+class _Relayed:
+    """One request serve relays (its server transaction as a proxy) and the branches it
+    tries in turn: the newest binding first, the next one when a flow is dead.
+
+    Callback-driven, no task per request: an INVITE is record-routed, its provisional
+    responses are relayed as they come, a CANCEL for it is followed downstream, and a
+    non-2xx final response is ACKed downstream here (RFC 3261 §16.7, §17.1.1.3).
+    """
+
+    __slots__ = ('server', 'origin', 'request', 'bindings', 'index', 'max_forwards', 'key',
+                 'peer', 'forwarded', 'timed_out')
+
+    def __init__(self, server: RelayServer, origin: WSConnection, request: SIPMessage,
+                 bindings: list[Binding], max_forwards: int) -> None:
+        self.server, self.origin, self.request = server, origin, request
+        self.bindings, self.index, self.max_forwards = bindings, 0, max_forwards
+        self.key = cancel_key(request) if request.method == 'INVITE' else None
+        self.peer: WSConnection | None = None
+        self.forwarded: SIPMessage | None = None
+        #: the last branch failed by Timer F (408), not by a lost flow (480)
+        self.timed_out = False
+        origin.state['relaying'] = origin.state.get('relaying', 0) + 1
+
+    def try_next(self) -> None:
+        server, request = self.server, self.request
+        while self.index < len(self.bindings):
+            binding = self.bindings[self.index]
+            self.index += 1
+            peer: WSConnection = binding.connection
+            if not peer.is_open:
+                continue
+            forwarded = SIPMessage(method=request.method, uri=str(binding.uri),
+                                   headers=list(request.headers), body=request.body)
+            forwarded.set('Max-Forwards', str(self.max_forwards))
+            forwarded.remove('Route')                  # loose routes pointing at us end here
+            provisional = None
+            if self.key is not None:
+                forwarded.headers.insert(0, ('Record-Route', '<sip:%s;transport=ws;lr>'
+                                             % peer.via_host))
+                provisional = self._provisional
+            self.peer, self.forwarded = peer, forwarded
+            future = server.send_request(peer, forwarded, on_provisional=provisional)
+            if self.key is not None:
+                server._invites[self.key] = (peer, forwarded)
+            future.add_done_callback(self._answered)
+            return
+        self._done()
+        server.reply(self.origin, request, 408 if self.timed_out else 480)
+
+    def _provisional(self, response: SIPMessage) -> None:
+        self.server._relay_provisional(self.origin, response)
+
+    def _answered(self, future: asyncio.Future[SIPMessage]) -> None:
+        server = self.server
+        if self.key is not None and server._invites.get(self.key, (None,))[0] is self.peer:
+            del server._invites[self.key]
+        if future.cancelled():
+            self._done()
+            return
+        exc = future.exception()
+        if exc is not None:
+            logger.info('relaying %s to %s failed: %s', self.request.method,
+                        self.bindings[self.index - 1].uri, exc)
+            self.timed_out = isinstance(exc, TransactionTimeout)
+            self.try_next()
+            return
+        response = future.result()
+        peer, forwarded = self.peer, self.forwarded
+        assert peer is not None and forwarded is not None
+        if self.key is not None and (response.status or 0) >= 300:
+            peer.send(invite_companion('ACK', forwarded, uri=forwarded.uri or '',
+                                       to=response.get('To') or ''))    # hop by hop
+        self._done()
+        server.relay_final(self.origin, peer, self.request, response)
+
+    def _done(self) -> None:
+        self.origin.state['relaying'] = self.origin.state.get('relaying', 1) - 1

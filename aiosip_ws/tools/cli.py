@@ -41,7 +41,7 @@ from .._version import __version__
 from ..core.grammar import is_sip_uri, is_ws_url
 from ..core.sipuri import NameAddr, SipURI, user_uri
 from ..errors import AiosipWSError, ConfigurationError, Interrupted, RegistrationError, SIPParseError
-from ..options import DEFAULT_MAX_SIZE, ClientOptions, ServerOptions
+from ..options import DEFAULT_MAX_SIZE, ClientOptions, RelayLimits, ServerOptions
 from ..transport.websocket import split_ws_url
 
 __all__ = ['main', 'build_parser']
@@ -72,13 +72,39 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--ping-interval', type=float, default=20.0, metavar='SECONDS',
                        help='WebSocket Ping interval, 0 to disable (default %(default)s)')
     serve.add_argument('--max-connections', type=int, default=None, metavar='N',
-                       help='most WebSocket connections at once; more get HTTP 503 (default: '
-                       'no cap)')
+                       help='most WebSocket connections at once per --listen URL; more get '
+                       'HTTP 503, 0 for no cap (default: the open file limit, raised to its '
+                       'hard limit at start, minus max(64, 5%%) for other descriptors, '
+                       'shared among the --listen URLs)')
     serve.add_argument('--max-connections-per-ip', type=int, default=None, metavar='N',
                        help='most connections from one address; more get HTTP 503')
+    serve.add_argument('--max-bad-messages', type=int, default=20, metavar='N',
+                       help='close a connection with 1008 (policy violation) once it has sent '
+                       'N SIP messages that cannot be parsed, 0 never (default %(default)s)')
     serve.add_argument('--max-contacts-per-aor', type=int, default=10, metavar='N',
                        help='most bindings one address-of-record may have; a REGISTER adding '
                        'more gets 403 (refreshes and removals always pass; default %(default)s)')
+    serve.add_argument('--max-pending', type=int, default=10000, metavar='N',
+                       help='most requests being relayed at once; more get 503 with Retry-After '
+                       '(default %(default)s)')
+    serve.add_argument('--max-pending-per-connection', type=int, default=200, metavar='N',
+                       help='the same per connection, from it and towards it (default '
+                       '%(default)s)')
+    serve.add_argument('--max-requests-per-second', type=float, default=500.0, metavar='R',
+                       help='sustained requests per second one connection may send, 0 for no '
+                       'limit; above it 503 with Retry-After (default %(default)s)')
+    serve.add_argument('--burst', type=int, default=1000, metavar='N',
+                       help='requests a connection may send in a burst above that rate '
+                       '(default %(default)s)')
+    serve.add_argument('--rate-limit-grace', type=float, default=10.0, metavar='SECONDS',
+                       help='a connection over the rate this long is closed with 1008 '
+                       '(default %(default)s)')
+    serve.add_argument('--max-send-queue', type=int, default=1024 * 1024, metavar='BYTES',
+                       help='most data waiting to be sent to one client; a client that stops '
+                       'reading is closed with 1008 beyond it (default %(default)s)')
+    serve.add_argument('--transaction-timeout', type=float, default=32.0, metavar='SECONDS',
+                       help='Timer F: how long a relayed request waits for its final response '
+                       '(default %(default)s)')
     serve.add_argument('--open-timeout', type=float, default=10.0, metavar='SECONDS',
                        help='time a client has to finish the handshake (default %(default)s)')
     serve.add_argument('--crlf-ping-interval', type=float, default=0.0, metavar='SECONDS',
@@ -201,7 +227,9 @@ def _client_arguments(parser: argparse.ArgumentParser, timeout: float = 10.0) ->
                         help='log level (default %(default)s)')
 
 
-def _server_options(args: argparse.Namespace) -> ServerOptions:
+def _server_options(args: argparse.Namespace, fd_limit: int | None = None) -> ServerOptions:
+    """The ServerOptions of ``serve``; without ``--max-connections`` the cap comes from
+    ``fd_limit`` (the open file limit), shared among the listeners."""
     context = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -214,9 +242,12 @@ def _server_options(args: argparse.Namespace) -> ServerOptions:
     options = ServerOptions(ssl=context, allowed_origins=args.allow_origin, max_size=args.max_size,
                             ping_interval=args.ping_interval or None,
                             crlf_ping_interval=args.crlf_ping_interval or None,
-                            max_connections=args.max_connections,
+                            max_connections=_connection_cap(args, fd_limit),
                             max_connections_per_ip=args.max_connections_per_ip,
-                            open_timeout=args.open_timeout)
+                            max_bad_messages=args.max_bad_messages or None,
+                            open_timeout=args.open_timeout,
+                            max_send_queue=args.max_send_queue or None,
+                            transaction_timeout=args.transaction_timeout)
     try:
         options.validate()
     except ConfigurationError as exc:
@@ -224,17 +255,40 @@ def _server_options(args: argparse.Namespace) -> ServerOptions:
     return options
 
 
+def _connection_cap(args: argparse.Namespace, fd_limit: int | None) -> int | None:
+    from ..serve.fdlimit import connection_cap
+    if args.max_connections is not None:                  # given: it wins (0: no cap)
+        return args.max_connections or None
+    if fd_limit is None:
+        return None
+    listeners = len(args.listen or ()) or 1
+    cap = connection_cap(fd_limit, listeners)
+    logger.info('at most %d connections per listener: the open file limit %d, minus '
+                'max(64, 5%%) for other descriptors%s (--max-connections to change)', cap,
+                fd_limit, ', shared among %d listeners' % listeners if listeners > 1 else '')
+    return cap
+
+
 async def _serve(args: argparse.Namespace) -> int:
+    from ..serve.fdlimit import raise_open_file_limit
     from ..serve.registrar import Registrar
     from ..serve.relay import RelayServer
+    from ..transport.accept import AcceptFailureHandler
+    from ..transport.throttle import LogThrottle
     urls = args.listen or ['ws://127.0.0.1:8080/']
-    base = _server_options(args)
-    server = RelayServer(server_options=base,
+    base = _server_options(args, raise_open_file_limit())
+    limits = RelayLimits(max_pending=args.max_pending,
+                         max_pending_per_connection=args.max_pending_per_connection,
+                         max_requests_per_second=args.max_requests_per_second or None,
+                         burst=args.burst, rate_limit_grace=args.rate_limit_grace)
+    server = RelayServer(server_options=base, limits=limits,
                          registrar=Registrar(max_contacts=args.max_contacts_per_aor))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    accept_failures = AcceptFailureHandler()      # out of descriptors: summaries, no tracebacks
+    accept_failures.install(loop)
     try:
         for url in urls:
             if url.lower().startswith('wss:') and base.ssl is None:
@@ -264,6 +318,8 @@ async def _serve(args: argparse.Namespace) -> int:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+        accept_failures.uninstall()
+        LogThrottle.flush_all()                    # the "N similar suppressed" lines still due
 
 
 # ---------------------------------------------------------------------------- client commands

@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import http
+import inspect
 import logging
 import random
 import secrets
 import ssl as _ssl
-from typing import Any, Protocol
+import sys
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from ..core import framing
@@ -36,6 +40,7 @@ from ..core.framing import SUBPROTOCOL
 from ..core.grammar import WS_DEFAULT_PORTS, WS_SCHEMES, url_host
 from ..errors import ConfigurationError, HandshakeError
 from ..options import ClientOptions, ServerOptions
+from .throttle import LogThrottle
 
 __all__ = ['WSConnection', 'WSListener', 'ConnectionHandler', 'open_connection', 'listen',
            'random_invalid_host', 'split_ws_url']
@@ -43,6 +48,9 @@ __all__ = ['WSConnection', 'WSListener', 'ConnectionHandler', 'open_connection',
 logger = logging.getLogger(__name__)
 #: Every SIP message and keep-alive sent or received, at DEBUG level (``--trace``).
 wire_logger = logging.getLogger('aiosip_ws.wire')
+#: what peers cause (malformed messages, refused requests and handshakes): at most a few
+#: lines of each kind per interval, then one "N similar suppressed" line
+peer_log = LogThrottle(logger)
 
 Address = tuple[str, int]  # (host, port) as the socket reports it
 
@@ -122,10 +130,16 @@ class WSConnection:
         #: free-form per-connection state for applications (e.g. the registrar)
         self.state: dict[str, Any] = {}
         self._queue: collections.deque[str | bytes] = collections.deque()
+        self._queued = 0
+        self._overflowed = False
+        self._closer: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pong_waiter: asyncio.Future[None] | None = None
         self._run_task: asyncio.Task[None] | None = None
+        #: messages refused unparsed so far; ``max_bad_messages`` of them close with 1008
+        self.bad_messages = 0
+        self._max_bad_messages: int | None = getattr(options, 'max_bad_messages', None)
         self.closed: asyncio.Future[None] = loop.create_future()
         self.close_exception: BaseException | None = None
 
@@ -142,35 +156,79 @@ class WSConnection:
         return self.websocket.close_code
 
     # -- sending ----------------------------------------------------------------
-    def send(self, message: SIPMessage) -> None:
-        """Queue one SIP message as one WebSocket message (RFC 7118 §5)."""
+    def send(self, message: SIPMessage) -> bool:
+        """Queue one SIP message as one WebSocket message (RFC 7118 §5).
+
+        False when it was dropped: the connection is closed, or the peer stopped reading
+        and its send queue is full (the connection is then closed with 1008).
+        """
         data = framing.encode(message)
         if wire_logger.isEnabledFor(logging.DEBUG):
             wire_logger.debug('%r sent %s:\n%s', self, 'binary' if isinstance(data, bytes) else 'text',
                               data if isinstance(data, str) else data.decode('utf-8', 'replace'))
-        self.send_frame(data)
+        return self.send_frame(data)
 
-    def send_frame(self, data: str | bytes) -> None:
-        """Queue one raw WebSocket message; frames leave in the order queued."""
-        if self.closed.done():
-            logger.warning('%r is closed: dropped an outgoing message of %d bytes', self, len(data))
-            return
+    def send_frame(self, data: str | bytes) -> bool:
+        """Queue one raw WebSocket message; frames leave in the order queued.
+
+        Returns False when the message was dropped (see :meth:`send`).
+        """
+        if self.closed.done() or self._overflowed:
+            logger.debug('%r is closed: dropped an outgoing message of %d bytes', self, len(data))
+            return False
+        limit = self.options.max_send_queue
+        if limit is not None and self._queued + len(data) > limit:
+            self._overflow(limit)
+            return False
         self._queue.append(data)
+        self._queued += len(data)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write())
+        return True
+
+    @property
+    def queued(self) -> int:
+        """Bytes (characters of text frames) waiting to be sent."""
+        return self._queued
+
+    def _overflow(self, limit: int) -> None:
+        """The peer does not read: drop what waits and close with 1008 (policy violation)."""
+        self._overflowed = True
+        logger.warning('%r: the peer is not reading (%d bytes waiting, limit %d): closing '
+                       'with 1008', self, self._queued, limit)
+        self._queue.clear()
+        self._queued = 0
+        self._closer = asyncio.get_running_loop().create_task(
+            self._close_unread(1008, 'send queue full: the peer is not reading'))
+
+    async def _close_unread(self, code: int, reason: str) -> None:
+        """Close a connection whose peer may never read the close frame: bounded wait,
+        then the TCP connection is aborted."""
+        try:
+            await asyncio.wait_for(self.websocket.close(code, reason), self.options.close_timeout)
+        except (asyncio.TimeoutError, ConnectionClosed):
+            pass
+        finally:
+            if self.websocket.state is not State.CLOSED:
+                transport = getattr(self.websocket, 'transport', None)
+                if transport is not None:
+                    transport.abort()
 
     async def _write(self) -> None:
         try:
             while self._queue:
                 data = self._queue.popleft()
+                self._queued -= len(data)
                 await self.websocket.send(data)
         except ConnectionClosed:
             if self._queue:
                 logger.warning('%r closed with %d message(s) unsent', self, len(self._queue))
             self._queue.clear()
+            self._queued = 0
         except Exception:  # noqa: BLE001 - a writer must never die silently
             logger.exception('%r: sending failed', self)
             self._queue.clear()
+            self._queued = 0
         finally:
             self._writer = None
 
@@ -189,6 +247,9 @@ class WSConnection:
         try:
             async for data in self.websocket:
                 self._data_received(data)
+                if self._max_bad_messages is not None and self.bad_messages >= self._max_bad_messages:
+                    await self._close_bad_peer()
+                    break
         except ConnectionClosed as closed:
             exc = closed
         except asyncio.CancelledError:
@@ -232,12 +293,31 @@ class WSConnection:
                 self._pong_waiter.set_result(None)
         else:
             assert isinstance(event, framing.MessageRejected)
+            self.bad_messages += 1
             if event.response is not None:
-                logger.info('%r: request refused with %d: %s', self, event.response.status,
-                            event.error.reason)
+                peer_log.info('refused requests', '%r: request refused with %d: %s', self,
+                              event.response.status, event.error.reason)
                 self.send(event.response)
             else:
-                logger.warning('%r: dropped a malformed message: %s', self, event.error.reason)
+                peer_log.warning('dropped malformed messages', '%r: dropped a malformed message: %s',
+                                 self, event.error.reason)
+
+    async def _close_bad_peer(self) -> None:
+        """``max_bad_messages`` reached: close with 1008 once the last answer is out."""
+        peer_log.warning('connections closed for malformed messages',
+                         '%r: %d SIP messages could not be parsed: closing with 1008', self,
+                         self.bad_messages)
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.drain(), self.options.close_timeout)
+        closing = asyncio.get_running_loop().create_task(self.websocket.close(
+            1008, 'too many malformed SIP messages (%d)' % self.bad_messages))
+        try:
+            with contextlib.suppress(ConnectionClosed):   # discard what still comes, so that
+                async for _ in self.websocket:            # the peer's Close frame gets read (at
+                    pass                                  # most close_timeout, then an abort)
+        finally:
+            await closing
 
     async def _crlf_keepalive(self) -> None:
         """RFC 5626 4.4.1 CRLF keep-alive: ping every [0.8x, x] s, pong within the timeout."""
@@ -259,6 +339,8 @@ class WSConnection:
     # -- closing ----------------------------------------------------------------
     async def close(self, code: int = 1000, reason: str = '') -> None:
         """Close the connection (after queued messages) and wait until it is gone."""
+        if self._closer is not None:                   # already closing: the peer stopped reading
+            await asyncio.gather(self._closer, return_exceptions=True)
         if self._writer is not None:
             try:
                 await asyncio.wait_for(self.drain(), self.options.close_timeout)
@@ -323,13 +405,60 @@ def _user_agent() -> str:
 
 
 # ---------------------------------------------------------------------------- server
+#: websockets >= 16 closes a server's connections with a given code and reason; 15.x only
+#: with 1001 and no reason, so :meth:`WSListener.close` closes them itself there
+_SERVER_CLOSE_TAKES_CODE = 'code' in inspect.signature(Server.close).parameters
+
+if TYPE_CHECKING:
+    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
+else:
+    _LoggerAdapter = logging.LoggerAdapter
+
+
+class _HandshakeLogger(_LoggerAdapter):
+    """websockets' logger for the servers of :func:`listen`, the same on websockets 15-17.
+
+    websockets 15 and 16 log every opening handshake that fails on the client's side (not
+    HTTP, cut short, no Upgrade, a bad key, no ``sip``, ...) as an ERROR "opening
+    handshake failed" with a traceback; 17 logs none (DEBUG lines only).  Here that record
+    becomes one DEBUG line, as on 17; :func:`listen` logs the refusal itself in one INFO
+    line when there was a request to refuse.  Any other error (a bug: not an
+    ``InvalidHandshake``) keeps its level and traceback; other records pass unchanged.
+    """
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return msg, kwargs                  # keep the connection websockets puts in ``extra``
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if level >= logging.ERROR and msg == 'opening handshake failed':
+            exc = sys.exc_info()[1]
+            if isinstance(exc, InvalidHandshake):
+                level, msg, args = logging.DEBUG, 'opening handshake failed: %s', (_reason(exc),)
+                kwargs.pop('exc_info', None)
+        super().log(level, msg, *args, **kwargs)
+
+
+def _reason(exc: BaseException) -> str:
+    """``exc`` and its causes on one line, at most 200 characters (they quote the client)."""
+    text = str(exc)
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+        text += '; %s' % exc
+    return text if len(text) <= 200 else text[:197] + '...'
+
+
 class WSListener:
     """A listening WebSocket server for SIP; :meth:`close` ends every connection with 1001."""
 
-    def __init__(self, server: Server, url: str, connections: set[WSConnection]) -> None:
+    def __init__(self, server: Server, url: str, connections: set[WSConnection],
+                 connections_per_ip: collections.Counter[str] | None = None) -> None:
         self.server = server
         self.url = url
         self.connections = connections
+        #: how many of :attr:`connections` come from each source address (kept by
+        #: :func:`listen`: the per-IP cap costs one look-up per handshake)
+        self.connections_per_ip = connections_per_ip if connections_per_ip is not None \
+            else collections.Counter()
 
     @property
     def sockets(self) -> list[Any]:
@@ -346,7 +475,13 @@ class WSListener:
         return '%s://%s:%d%s' % ('wss' if secure else 'ws', url_host(host), self.port, path)
 
     async def close(self, code: int = 1001, reason: str = 'server shutting down') -> None:
-        self.server.close(close_connections=True, code=code, reason=reason)
+        if _SERVER_CLOSE_TAKES_CODE:
+            self.server.close(close_connections=True, code=code, reason=reason)
+        else:                                               # websockets 15.x
+            self.server.close(close_connections=False)      # stops accepting; 503 to handshakes
+            await asyncio.sleep(0)
+            await asyncio.gather(*(ws.close(code, reason) for ws in self.server.connections),
+                                 return_exceptions=True)
         await self.server.wait_closed()
 
     async def __aenter__(self) -> WSListener:
@@ -361,8 +496,12 @@ async def listen(url: str, handler: ConnectionHandler,
     """Accept SIP WebSocket connections on ``url`` (``ws://host:port/path`` or ``wss://``).
 
     Handshakes that do not offer ``sip`` are refused with HTTP 400 (RFC 6455 §4.2.2),
-    a disallowed Origin with 403 (RFC 7118 Appendix A.1), another path than a non-root
-    ``path`` with 404.  A ``/`` path accepts any path, as Kamailio does.
+    another ``Sec-WebSocket-Version`` than 13 with 426 and ``Sec-WebSocket-Version: 13``
+    (RFC 6455 §4.4), a disallowed Origin with 403 (RFC 7118 Appendix A.1), another path
+    than a non-root ``path`` with 404.  A ``/`` path accepts any path, as Kamailio does.
+    A refused handshake logs one INFO line (a cap reached: one WARNING); a connection
+    that closes before its request could be read logs nothing above DEBUG.  The same on
+    websockets 15, 16 and 17 (see :class:`_HandshakeLogger`).
     """
     options = options or ServerOptions()
     options.validate()
@@ -373,55 +512,80 @@ async def listen(url: str, handler: ConnectionHandler,
     if not secure and options.ssl is not None:
         raise ConfigurationError('a TLS context was given for %s; use a wss:// URL' % url)
     connections: set[WSConnection] = set()
+    per_ip: collections.Counter[str] = collections.Counter()   # connections by source address
     allowed = None if options.allowed_origins is None else set(options.allowed_origins)
 
     def busy(connection: ServerConnection, why: str) -> Response:
-        logger.warning('refused handshake from %s: %s', connection.remote_address, why)
+        peer_log.warning('refused handshakes (busy)', 'refused handshake from %s: %s',
+                         connection.remote_address, why)
         response = connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, why + '\n')
         response.headers['Retry-After'] = '5'
         return response
 
     def check_request(connection: ServerConnection, request: Request) -> Response | None:
+        # It runs before websockets checks the handshake itself, on websockets 15-17.
+        versions = request.headers.get_all('Sec-WebSocket-Version')
+        if any(version != '13' for version in versions):     # first: a retry cannot help
+            peer_log.info('refused handshakes', 'refused handshake from %s: Sec-WebSocket-Version '
+                          '%.20s, not 13', connection.remote_address, ', '.join(versions))
+            response = connection.respond(http.HTTPStatus.UPGRADE_REQUIRED,
+                                          'WebSocket version 13 only\n')
+            response.headers['Upgrade'] = 'websocket'
+            response.headers['Sec-WebSocket-Version'] = '13'               # RFC 6455 §4.4
+            return response
         if options.max_connections is not None and len(connections) >= options.max_connections:
             return busy(connection, 'too many connections (%d)' % options.max_connections)
         if options.max_connections_per_ip is not None:
             source = connection.remote_address[0]
-            count = sum(1 for c in connections if c.remote_addr[0] == source)
-            if count >= options.max_connections_per_ip:
+            if per_ip[source] >= options.max_connections_per_ip:
                 return busy(connection, 'too many connections from %s (%d)'
                             % (source, options.max_connections_per_ip))
         if path != '/' and urlsplit(request.path).path != path:
-            logger.info('refused handshake from %s: path %s is not %s',
-                        connection.remote_address, request.path, path)
+            peer_log.info('refused handshakes', 'refused handshake from %s: path %s is not %s',
+                          connection.remote_address, request.path, path)
             return connection.respond(http.HTTPStatus.NOT_FOUND, 'no SIP WebSocket service here\n')
         if allowed is not None:
             origin = request.headers.get('Origin')
             if origin is None and options.allow_missing_origin:
                 return None
             if origin not in allowed:
-                logger.info('refused handshake from %s: Origin %r not allowed',
-                            connection.remote_address, origin)
+                peer_log.info('refused handshakes', 'refused handshake from %s: Origin %r not '
+                              'allowed', connection.remote_address, origin)
                 return connection.respond(http.HTTPStatus.FORBIDDEN, 'Origin not allowed\n')
         return None
 
+    def log_refusal(connection: ServerConnection, request: Request,
+                    response: Response) -> None:
+        # A refusal of websockets' own checks (check_request's have logged theirs).
+        exc = connection.protocol.handshake_exc
+        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS and exc is not None:
+            peer_log.info('refused handshakes', 'refused handshake from %s: HTTP %d: %s',
+                          connection.remote_address, response.status_code, _reason(exc))
+
     async def on_connection(websocket: ServerConnection) -> None:
         conn = WSConnection(websocket, handler, role='server', secure=secure, options=options)
+        source = conn.remote_addr[0]
         connections.add(conn)
+        per_ip[source] += 1
         try:
             handler.connection_made(conn)
             conn._run_task = asyncio.current_task()
             await conn.run()
         finally:
             connections.discard(conn)
+            per_ip[source] -= 1
+            if not per_ip[source]:
+                del per_ip[source]
 
     server = await serve(
         on_connection, host, port, subprotocols=[Subprotocol(SUBPROTOCOL)], process_request=check_request,
+        process_response=log_refusal, logger=_HandshakeLogger(logging.getLogger('websockets.server')),
         compression=None, ssl=options.ssl, open_timeout=options.open_timeout,
         ping_interval=options.ping_interval, ping_timeout=options.ping_timeout,
         close_timeout=options.close_timeout, max_size=options.max_size,
         server_header=options.server_header or _user_agent(),
     )
-    listener = WSListener(server, url, connections)
+    listener = WSListener(server, url, connections, per_ip)
     logger.info('listening for SIP over WebSocket on %s', listener.bound_url)   # port 0: the real one
     return listener
 

@@ -391,3 +391,31 @@ def test_a_bad_uri_option_is_a_usage_error():
     assert result.returncode == 2
     assert "--to 'sip:bob@[bad' is not a valid SIP URI" in result.stderr
     assert 'write it as sip:user@host' in result.stderr
+
+
+def test_serve_connection_cap_and_bad_message_options():
+    """Without --max-connections the cap is the open file limit minus max(64, 5 %), shared
+    among the listeners; a given value wins (0: no cap); --max-bad-messages 0 never closes.
+    --help and README.rst say so."""
+    from aiosip_ws.serve.fdlimit import connection_cap
+    from aiosip_ws.tools.cli import _server_options, build_parser
+    from tests.support import REPO
+
+    def options(*argv: str, fd_limit: int | None = 1024):
+        return _server_options(build_parser().parse_args(['serve', *argv]), fd_limit)
+
+    assert options().max_connections == 960 and options().max_bad_messages == 20
+    assert options('--listen', 'ws://127.0.0.1:0/', '--listen', 'ws://127.0.0.1:1/'
+                   ).max_connections == 480
+    assert options('--max-connections', '5000').max_connections == 5000
+    assert options('--max-connections', '0').max_connections is None
+    assert options(fd_limit=None).max_connections is None
+    assert options('--max-bad-messages', '0').max_bad_messages is None
+    assert connection_cap(65536) == 65536 - 3276 and connection_cap(10) == 1
+    help_text = ' '.join(build_parser()._subparsers._group_actions[0].choices['serve']
+                         .format_help().split())
+    assert 'minus max(64, 5%) for other descriptors' in help_text
+    assert '--max-bad-messages N close a connection with 1008' in help_text
+    readme = ' '.join((REPO / 'README.rst').read_text().split())
+    assert '``--max-bad-messages N`` close a connection with 1008' in readme
+    assert 'the open file limit minus max(64, 5 %)' in readme
