@@ -302,3 +302,61 @@ async def test_a_register_with_a_thousand_contacts_is_refused_fast_and_stays_lin
         assert time.perf_counter() - started < 0.05
     finally:
         await alice.ws.close()
+
+
+class _Recorder:
+    """A stand-in connection for driving serve's routes without sockets: records sends."""
+
+    via_transport, via_host = 'WS', '127.0.0.1:5'
+    remote_addr = local_addr = ('127.0.0.1', 5)
+    is_open = True
+
+    def __init__(self) -> None:
+        self.state: dict = {}
+        self.sent: list[SIPMessage] = []
+        self.options = RelayServer().server_options
+
+    def send(self, message: SIPMessage) -> bool:
+        self.sent.append(message)
+        return True
+
+    async def close(self, code: int = 1000, reason: str = '') -> None:
+        self.is_open = False
+
+
+HEADERS = ('Expires', 'Max-Forwards', 'CSeq', 'Require', 'Contact', 'To', 'Supported')
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(method=st.sampled_from(['REGISTER', 'MESSAGE', 'OPTIONS', 'INVITE', 'BYE', 'CANCEL']),
+       name=st.sampled_from(HEADERS),
+       value=st.text(alphabet=st.characters(blacklist_categories=('Cs',),
+                                            blacklist_characters='\r\n'), max_size=40)
+       | st.integers(min_value=0, max_value=10 ** 40).map(str))
+def test_no_header_value_makes_a_route_raise(method, name, value):
+    """Arbitrary values of the headers serve reads, through its real routes (no sockets):
+    every request gets exactly one answer or is absorbed, and nothing raises."""
+    async def drive() -> None:
+        server = RelayServer()
+        conn = _Recorder()
+        server.connection_made(conn)
+        headers = [('Via', 'SIP/2.0/WS h.invalid;branch=z9hG4bKh'), ('Max-Forwards', '70'),
+                   ('From', '<sip:h@example.com>;tag=1'), ('To', '<sip:h@example.com>'),
+                   ('Call-ID', 'hyp'), ('CSeq', '1 %s' % method),
+                   ('Contact', '<sip:h@h.invalid;transport=ws>')]
+        headers = [(k, v) for k, v in headers if k != name] + [(name, value)]
+        request = SIPMessage(method=method, uri='sip:h@example.com', headers=headers)
+        try:
+            request.cseq                                  # noqa: B018 - the parser's check
+        except SIPParseError:
+            return                                        # the codec refuses it before serve
+        server.message_received(conn, request)
+        await asyncio.sleep(0)
+        assert len(conn.sent) <= 1
+        for answer in conn.sent:
+            assert answer.status is not None and 100 <= answer.status < 700
+            assert answer.status != 500, answer.reason      # 500: a route raised
+            assert 'Traceback' not in answer.reason and 'object has no attribute' not in answer.reason
+        await server.close()
+
+    asyncio.run(drive())
