@@ -499,7 +499,7 @@ async def listen(url: str, handler: ConnectionHandler,
     another ``Sec-WebSocket-Version`` than 13 with 426 and ``Sec-WebSocket-Version: 13``
     (RFC 6455 §4.4), a disallowed Origin with 403 (RFC 7118 Appendix A.1), another path
     than a non-root ``path`` with 404.  A ``/`` path accepts any path, as Kamailio does.
-    A refused handshake logs one INFO line (a cap reached: one WARNING); a connection
+    A refused handshake logs at most one INFO line (a cap reached: WARNING); a connection
     that closes before its request could be read logs nothing above DEBUG.  The same on
     websockets 15, 16 and 17 (see :class:`_HandshakeLogger`).
     """
