@@ -49,7 +49,7 @@ from ..errors import ConfigurationError, ConnectionLost, DigestError, SIPParseEr
 from ..options import ClientOptions, ServerOptions
 from ..transport.connect import connect
 from ..transport.discovery import Resolver
-from ..transport.websocket import WSConnection, WSListener, listen
+from ..transport.websocket import WSConnection, WSListener, listen, shut_down
 from .convert import (
     aiosip,
     aiosip_safe_text,
@@ -718,15 +718,7 @@ class Application(aiosip.Application):
     async def close(self, code: int = 1001, reason: str = 'going away') -> None:
         """Close listeners and connections (clients see ``code``), end every task (D15/D20)."""
         self._closing = True
-        for listener in self._listeners:
-            await listener.close(code, reason)
-        self._listeners.clear()
-        for conn in list(self._connections):
-            await conn.close(code, reason)
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await shut_down(self._listeners, self._connections, self._tasks, code, reason)
         for branch in list(self._pending):
             self._finish_pending(branch, ConnectionLost('the application closed'))
         for transport in list(self._transports.values()):        # aiosip's own UDP sockets

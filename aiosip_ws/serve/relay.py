@@ -42,7 +42,7 @@ from ..core.transaction import cancel_key, new_branch, new_tag
 from ..errors import ConnectionLost, SIPParseError, TransactionTimeout
 from ..options import RelayLimits, ServerOptions
 from ..transport.throttle import LogThrottle
-from ..transport.websocket import WSConnection, WSListener, listen
+from ..transport.websocket import WSConnection, WSListener, listen, shut_down
 from .registrar import Binding, Registrar
 
 __all__ = ['RelayServer', 'ALLOWED_METHODS', 'SERVER_HEADER']
@@ -122,15 +122,7 @@ class RelayServer:
     async def close(self, code: int = 1001, reason: str = 'server shutting down') -> None:
         """Stop listening; every client gets ``code`` (1001, going away); end every task."""
         self._closing = True
-        for listener in self.listeners:
-            await listener.close(code, reason)
-        self.listeners.clear()
-        for conn in list(self.connections):
-            await conn.close(code, reason)
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await shut_down(self.listeners, self.connections, self._tasks, code, reason)
         for branch in list(self._pending):
             self._finish(branch, ConnectionLost('the server closed'))
 

@@ -24,6 +24,7 @@ import random
 import secrets
 import ssl as _ssl
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
@@ -42,7 +43,7 @@ from ..errors import ConfigurationError, HandshakeError
 from ..options import ClientOptions, ServerOptions
 from .throttle import LogThrottle
 
-__all__ = ['WSConnection', 'WSListener', 'ConnectionHandler', 'open_connection', 'listen',
+__all__ = ['WSConnection', 'WSListener', 'ConnectionHandler', 'open_connection', 'listen', 'shut_down',
            'random_invalid_host', 'split_ws_url']
 
 logger = logging.getLogger(__name__)
@@ -351,6 +352,21 @@ class WSConnection:
             await asyncio.gather(self._run_task, return_exceptions=True)
         else:
             self._lost(None)
+
+
+async def shut_down(listeners: list[WSListener], connections: Iterable[WSConnection],
+                    tasks: Iterable[asyncio.Task[Any]], code: int, reason: str) -> None:
+    """An application's orderly end: stop listening (emptying ``listeners``), close every
+    connection (clients see ``code``), then cancel and await ``tasks``."""
+    for listener in listeners:
+        await listener.close(code, reason)
+    listeners.clear()
+    for conn in list(connections):
+        await conn.close(code, reason)
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 # ---------------------------------------------------------------------------- client

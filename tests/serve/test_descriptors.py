@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import resource
-import secrets
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 
 from tests.support import REPO
 from tests.support.net import HOST
+from tests.support.sip import register_request
 from tests.support.websocket import RawWebSocket
 
 pytestmark = pytest.mark.skipif(shutil.which('prlimit') is None, reason='needs util-linux prlimit')
@@ -66,15 +66,6 @@ def client_descriptors():
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     yield
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def register_request(user: str) -> str:
-    host = '%s.invalid' % secrets.token_hex(4)
-    return ('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bK%s\r\n'
-            'From: <sip:%s@example.com>;tag=t1\r\nTo: <sip:%s@example.com>\r\n'
-            'Call-ID: %s\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n'
-            'Contact: <sip:%s@%s;transport=ws>\r\nExpires: 60\r\n\r\n'
-            % (host, secrets.token_hex(6), user, user, secrets.token_hex(6), user, host))
 
 
 async def handshakes(port: int, count: int, concurrency: int) -> tuple[list[RawWebSocket], list[str]]:

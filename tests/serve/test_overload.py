@@ -14,14 +14,12 @@ from websockets.exceptions import ConnectionClosed
 from aiosip_ws.core.codec import make_response, parse, serialize
 from aiosip_ws.options import RelayLimits, ServerOptions
 from aiosip_ws.serve.relay import RelayServer
+from tests.support.sip import register_request
 
 
 def register(name: str) -> str:
-    host = '%s.invalid' % name
-    return ('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKr%s\r\n'
-            'Max-Forwards: 70\r\nFrom: <sip:%s@example.com>;tag=r\r\nTo: <sip:%s@example.com>\r\n'
-            'Call-ID: reg-%s\r\nCSeq: 1 REGISTER\r\nContact: <sip:%s@%s;transport=ws>\r\n'
-            'Expires: 300\r\n\r\n' % (host, name, name, name, name, name, host))
+    return register_request(name, host='%s.invalid' % name, call_id='reg-%s' % name,
+                            expires=300)
 
 
 def message(to: str, n: int, body: str = 'x') -> str:

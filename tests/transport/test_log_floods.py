@@ -7,23 +7,14 @@ import asyncio
 import contextlib
 import logging
 import re
-import secrets
 import time
 
 from aiosip_ws.transport import websocket
+from tests.support.sip import register_request
 from tests.support.websocket import Opcode, RawWebSocket, encode_frame
 
 GARBAGE = 'this is not SIP\r\n\r\n'
 SUMMARY = re.compile(r'dropped malformed messages: (\d+) similar suppressed in [\d.]+ s')
-
-
-def register_request(user: str) -> str:
-    host = '%s.invalid' % secrets.token_hex(4)
-    return ('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bK%s\r\n'
-            'From: <sip:%s@example.com>;tag=t1\r\nTo: <sip:%s@example.com>\r\n'
-            'Call-ID: %s\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n'
-            'Contact: <sip:%s@%s;transport=ws>\r\nExpires: 60\r\n\r\n'
-            % (host, secrets.token_hex(6), user, user, secrets.token_hex(6), user, host))
 
 
 async def open_raw(url: str) -> RawWebSocket:
