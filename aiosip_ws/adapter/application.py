@@ -41,7 +41,7 @@ from typing import Any
 from multidict import CIMultiDict
 
 from ..core import codec
-from ..core.codec import SIPMessage, Via
+from ..core.codec import SIPMessage
 from ..core.digest import authorization, choose_challenge
 from ..core.sipuri import NameAddr, SipURI, ws_contact
 from ..core.transaction import new_branch, new_tag
@@ -604,8 +604,7 @@ class Application(aiosip.Application):
         untracked and gets a future that is already done (with None).
         """
         branch = new_branch()
-        request.headers.insert(0, ('Via', str(Via(conn.via_transport, conn.via_host, None,
-                                                   (('branch', branch),)))))
+        request.headers.insert(0, ('Via', conn.via(branch)))
         future: asyncio.Future[SIPMessage] = self.loop.create_future()
         if request.method == 'ACK':
             future.set_result(None)  # type: ignore[arg-type]
@@ -687,7 +686,7 @@ class Application(aiosip.Application):
             if to_tag is not None or message.method == 'CANCEL':
                 self._reply_raw(conn, message, 481)
                 return
-        unsupported = self._unsupported_extensions(message)
+        unsupported = codec.unsupported_option_tags(message, self.supported_extensions)
         if unsupported:                                          # RFC 3261 8.2.2.3
             self._reply_raw(conn, message, 420, headers=[('Unsupported', ', '.join(unsupported))])
             return
@@ -698,14 +697,6 @@ class Application(aiosip.Application):
                             headers=[('Allow', allow)] if allow else [])
             return
         self.spawn(self.handle_incoming(conn, msg, conn.remote_addr, route))
-
-    def _unsupported_extensions(self, message: SIPMessage) -> list[str]:
-        """Option tags in Require that this application does not support (not for ACK/CANCEL)."""
-        if message.method in ('ACK', 'CANCEL'):
-            return []
-        required = [tag.strip() for value in message.get_all('Require')
-                    for tag in value.split(',') if tag.strip()]
-        return [tag for tag in required if tag.lower() not in self.supported_extensions]
 
     def _reply_raw(self, conn: WSConnection, request: SIPMessage, status: int,
                    reason: str | None = None, headers: list[tuple[str, str]] | None = None) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from multidict import CIMultiDict
 
 from .._version import __version__
-from ..core.codec import SIPMessage, Via
+from ..core.codec import SIPMessage
 from ..core.grammar import TOKEN_CLASS
 from ..core.sipuri import NameAddr, SipURI, format_params
 from ..core.transaction import new_branch
@@ -138,7 +138,7 @@ def to_wire(msg: Any, conn: WSConnection, *, request_uri: str | None = None) -> 
             continue
         for item in header_values(value):
             if lname == 'via' and '%(protocol)s' in item:
-                item = str(Via(conn.via_transport, conn.via_host, None, (('branch', new_branch()),)))
+                item = conn.via(new_branch())
                 msg.headers['Via'] = item                # what went on the wire, for later use
             elif lname == 'user-agent' and _is_aiosip_user_agent(item):
                 item = server_header()                                         # D21

@@ -528,3 +528,15 @@ def invite_companion(method: str, invite: SIPMessage, *, uri: str,
         ('Via', vias[0] if vias else ''), ('Max-Forwards', str(DEFAULT_MAX_FORWARDS)),
         ('From', invite.get('From') or ''), ('To', to if to is not None else invite.get('To') or ''),
         ('Call-ID', invite.get('Call-ID') or ''), ('CSeq', '%d %s' % (invite.cseq[0], method))])
+
+
+def unsupported_option_tags(message: SIPMessage, supported: Iterable[str]) -> list[str]:
+    """Option tags in ``Require`` that are not in ``supported`` (RFC 3261 §8.2.2.3: 420).
+
+    ACK and CANCEL never get a 420 and yield none.
+    """
+    if message.method in ('ACK', 'CANCEL'):
+        return []
+    allowed = {tag.lower() for tag in supported}
+    return [tag for value in message.get_all('Require')
+            for tag in (t.strip() for t in value.split(',')) if tag and tag.lower() not in allowed]

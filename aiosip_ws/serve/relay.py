@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._version import __version__
-from ..core.codec import SIPMessage, Via, invite_companion, make_response
+from ..core.codec import SIPMessage, invite_companion, make_response, unsupported_option_tags
 from ..core.grammar import DEFAULT_MAX_FORWARDS, SIP_SCHEMES, parse_max_forwards
 from ..core.sipuri import NameAddr, SipURI, split_header_values
 from ..core.transaction import cancel_key, new_branch, new_tag
@@ -182,7 +182,7 @@ class RelayServer:
     def _route(self, conn: WSConnection, message: SIPMessage) -> None:
         """Hand an out-of-dialog request to the route of its method."""
         method = message.method
-        unsupported = _unsupported_extensions(message)
+        unsupported = unsupported_option_tags(message, SUPPORTED_EXTENSIONS)
         if unsupported:
             self.reply(conn, message, 420, headers=[('Unsupported', ', '.join(unsupported))])
             return
@@ -444,8 +444,7 @@ class RelayServer:
         ACK is not tracked: its future is done at once (with None).
         """
         branch = new_branch()
-        request.headers.insert(0, ('Via', str(Via(conn.via_transport, conn.via_host, None,
-                                                   (('branch', branch),)))))
+        request.headers.insert(0, ('Via', conn.via(branch)))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[SIPMessage] = loop.create_future()
         if request.method == 'ACK':
@@ -521,13 +520,6 @@ def _invalid_hosts(request: SIPMessage) -> set[str]:
             if host.endswith('.invalid'):
                 hosts.add(host)
     return hosts
-
-
-def _unsupported_extensions(message: SIPMessage) -> list[str]:
-    """Option tags in Require that serve does not support (RFC 3261 §8.2.2.3)."""
-    required = [tag.strip() for value in message.get_all('Require')
-                for tag in value.split(',') if tag.strip()]
-    return [tag for tag in required if tag.lower() not in SUPPORTED_EXTENSIONS]
 
 
 def _without_top_via(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -666,8 +666,7 @@ class LoadGenerator:
             call_id = client.msg_call_id
         conn = txn.conn
         assert conn is not None
-        headers = [('Via', 'SIP/2.0/%s %s;branch=%s' % (conn.via_transport, conn.via_host,
-                                                        txn.branch)),
+        headers = [('Via', conn.via(txn.branch)),
                    ('Max-Forwards', str(DEFAULT_MAX_FORWARDS)),
                    ('From', '<%s>;tag=%s' % (client.aor, client.tag)),
                    ('To', to), ('Call-ID', call_id), ('CSeq', '%d %s' % (client.cseq, method))]

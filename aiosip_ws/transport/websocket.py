@@ -152,6 +152,11 @@ class WSConnection:
     def is_open(self) -> bool:
         return not self.closed.done()
 
+    def via(self, branch: str) -> str:
+        """The Via this side puts on a request it sends over this connection (RFC 7118
+        §5.1: ``SIP/2.0/WS`` or ``WSS``, our sent-by, the transaction's ``branch``)."""
+        return 'SIP/2.0/%s %s;branch=%s' % (self.via_transport, self.via_host, branch)
+
     @property
     def close_code(self) -> int | None:
         return self.websocket.close_code

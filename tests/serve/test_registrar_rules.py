@@ -360,3 +360,19 @@ def test_no_header_value_makes_a_route_raise(method, name, value):
         await server.close()
 
     asyncio.run(drive())
+
+
+async def test_an_unsupported_require_gets_420_naming_the_tags(relay):
+    """RFC 3261 §8.2.2.3: serve supports outbound and path; any other Require tag gets 420
+    with Unsupported."""
+    _, url = relay
+    alice = await client(url, 'alice')
+    options = ('OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS alice.invalid;branch=z9hG4bKq%d\r\n'
+               'Max-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=q\r\nTo: <sip:example.com>\r\n'
+               'Call-ID: req%d\r\nCSeq: 1 OPTIONS\r\nRequire: %s\r\n\r\n')
+    try:
+        refused = await alice.request(options % (1, 1, 'Outbound, 100rel, timer'))
+        assert refused.status == 420 and refused.get('Unsupported') == '100rel, timer'
+        assert (await alice.request(options % (2, 2, 'outbound, path'))).status == 200
+    finally:
+        await alice.ws.close()
