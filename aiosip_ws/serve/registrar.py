@@ -108,12 +108,11 @@ class Registrar:
     def lookup(self, aor: str) -> list[Binding]:
         """Live bindings of ``aor`` (open connection, not expired), newest first."""
         now = self.clock()
-        live = [b for b in self._bindings.get(aor, ())
+        current = self._bindings.get(aor, ())
+        live = [b for b in current
                 if b.expires_at > now and getattr(b.connection, 'is_open', True)]
-        if live:
-            self._bindings[aor] = list(live)
-        else:
-            self._bindings.pop(aor, None)
+        if len(live) != len(current):
+            self._store(aor, list(live))
         return sorted(live, key=lambda b: b.registered_at, reverse=True)
 
     def aors(self) -> list[str]:
@@ -144,12 +143,18 @@ class Registrar:
         refreshed, replaced or removed only over the connection that created it, or by
         an RFC 5626 flow replacement (same ``+sip.instance`` and ``reg-id``: the
         reconnect case).  An AOR holds at most ``max_contacts`` bindings; a REGISTER
-        that would add more gets 403, while refreshes and removals always go through.
-        The work is linear in the request's Contacts.
+        that would add more gets 403, while refreshes and removals always go through;
+        so does one with more Contacts than that, before any of them is parsed (no AOR
+        has more bindings to refresh or remove).  The work is linear in the Contacts.
         """
+        values = request.get_all('Contact')
+        if len(values) > self.max_contacts:
+            return RegisterResult(403, 'Forbidden (%d Contacts in one REGISTER; at most %d '
+                                  'bindings per address-of-record)'
+                                  % (len(values), self.max_contacts))
         try:
             aor = NameAddr.parse(request.get('To') or '').uri.aor
-            contacts = [NameAddr.parse(value) for value in request.get_all('Contact')]
+            contacts = [NameAddr.parse(value) for value in values]
         except SIPParseError as exc:
             return RegisterResult(400, 'Bad Request (%s)' % exc)
         expires_header = request.get('Expires')
@@ -240,10 +245,21 @@ class Registrar:
 
     # -- helpers --------------------------------------------------------------------
     def _store(self, aor: str, bindings: list[Binding]) -> None:
+        """``bindings`` become the AOR's; a connection left with none of them no longer
+        lists the AOR, so the per-connection index stays as small as what it holds."""
+        before = self._bindings.get(aor, ())
         if bindings:
             self._bindings[aor] = bindings
         else:
             self._bindings.pop(aor, None)
+        holders = {id(b.connection) for b in bindings}
+        for gone in before:
+            if id(gone.connection) not in holders:
+                aors = self._aors_of.get(gone.connection)
+                if aors is not None:
+                    aors.discard(aor)
+                    if not aors:
+                        del self._aors_of[gone.connection]
 
     @staticmethod
     def _supports_outbound(request: SIPMessage) -> bool:

@@ -376,3 +376,19 @@ async def test_an_unsupported_require_gets_420_naming_the_tags(relay):
         assert (await alice.request(options % (2, 2, 'outbound, path'))).status == 200
     finally:
         await alice.ws.close()
+
+
+def test_the_per_connection_index_shrinks_with_the_bindings():
+    """A connection that registers and removes many AORs leaves no trace in the index."""
+    registrar, conn = Registrar(), _Conn()
+    for n in range(200):
+        message = register_message('60')
+        message.set('To', '<sip:u%d@example.com>' % n)
+        assert registrar.register(message, conn).status == 200
+    assert len(registrar._aors_of[conn]) == 200
+    for n in range(200):
+        message = register_message('0')
+        message.set('To', '<sip:u%d@example.com>' % n)
+        message.set('CSeq', '2 REGISTER')
+        assert registrar.register(message, conn).status == 200
+    assert conn not in registrar._aors_of and len(registrar) == 0
