@@ -24,8 +24,8 @@ import random
 import secrets
 import ssl as _ssl
 import sys
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -64,6 +64,21 @@ class ConnectionHandler(Protocol):
     def message_received(self, conn: WSConnection, message: SIPMessage) -> None: ...
 
     def connection_lost(self, conn: WSConnection, exc: BaseException | None) -> None: ...
+
+
+def _start_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """A task that runs ``coro`` at once, up to its first real wait, where asyncio can
+    (Python 3.12+: an eager task), else a task scheduled as usual.  The writer starts this
+    way, so a message queued while the loop is busy (a storm of closing connections) is on
+    the socket before the next pass of the loop, not after one more pass over everything
+    that was ready."""
+    loop = asyncio.get_running_loop()
+    if _eager_task_factory is not None:
+        return cast('asyncio.Task[None]', _eager_task_factory(loop, coro))
+    return loop.create_task(coro)
+
+
+_eager_task_factory = getattr(asyncio, 'eager_task_factory', None)
 
 
 def random_invalid_host() -> str:
@@ -135,6 +150,10 @@ class WSConnection:
         self._overflowed = False
         self._closer: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        #: True while this connection's own reader dispatches a message or flushes what that
+        #: queued: frames queued then are written by the reader itself, right after
+        self._reader_writes = False
+        self._reader_flushed: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pong_waiter: asyncio.Future[None] | None = None
         self._run_task: asyncio.Task[None] | None = None
@@ -188,8 +207,10 @@ class WSConnection:
             return False
         self._queue.append(data)
         self._queued += len(data)
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write())
+        if self._writer is None and not self._reader_writes:
+            writer = _start_task(self._write())
+            # An eager start may have sent everything already (and run _write's finally).
+            self._writer = None if writer.done() else writer
         return True
 
     @property
@@ -222,6 +243,26 @@ class WSConnection:
 
     async def _write(self) -> None:
         try:
+            await self._send_queued()
+        finally:
+            self._writer = None
+
+    async def _flush_from_reader(self) -> None:
+        """Send what dispatching a received message queued (its answers, mostly) from the
+        reader task itself: no task to create, and on the socket one pass of the loop
+        sooner, which is what a reply costs while the loop is busy with other connections.
+        While it waits for the peer to read, this connection reads nothing more."""
+        try:
+            await self._send_queued()
+        finally:
+            self._reader_writes = False
+            if self._reader_flushed is not None:
+                if not self._reader_flushed.done():
+                    self._reader_flushed.set_result(None)
+                self._reader_flushed = None
+
+    async def _send_queued(self) -> None:
+        try:
             while self._queue:
                 data = self._queue.popleft()
                 self._queued -= len(data)
@@ -235,13 +276,18 @@ class WSConnection:
             logger.exception('%r: sending failed', self)
             self._queue.clear()
             self._queued = 0
-        finally:
-            self._writer = None
 
     async def drain(self) -> None:
         """Wait until every queued message has been handed to the socket."""
-        while self._writer is not None:
-            await asyncio.shield(self._writer)
+        while True:
+            if self._writer is not None:
+                await asyncio.shield(self._writer)
+            elif self._reader_writes and asyncio.current_task() is not self._run_task:
+                if self._reader_flushed is None:
+                    self._reader_flushed = asyncio.get_running_loop().create_future()
+                await asyncio.shield(self._reader_flushed)
+            else:
+                return
 
     # -- receiving --------------------------------------------------------------
     async def run(self) -> None:
@@ -252,7 +298,14 @@ class WSConnection:
             keepalive = asyncio.get_running_loop().create_task(self._crlf_keepalive())
         try:
             async for data in self.websocket:
-                self._data_received(data)
+                self._reader_writes = self._writer is None
+                try:
+                    self._data_received(data)
+                finally:
+                    if self._reader_writes and not self._queue:
+                        self._reader_writes = False
+                if self._reader_writes:
+                    await self._flush_from_reader()
                 if self._max_bad_messages is not None and self.bad_messages >= self._max_bad_messages:
                     await self._close_bad_peer()
                     break
@@ -347,7 +400,7 @@ class WSConnection:
         """Close the connection (after queued messages) and wait until it is gone."""
         if self._closer is not None:                   # already closing: the peer stopped reading
             await asyncio.gather(self._closer, return_exceptions=True)
-        if self._writer is not None:
+        if self._writer is not None or self._reader_writes:
             try:
                 await asyncio.wait_for(self.drain(), self.options.close_timeout)
             except asyncio.TimeoutError:
