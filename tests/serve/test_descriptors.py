@@ -84,6 +84,7 @@ async def handshakes(port: int, count: int, concurrency: int) -> tuple[list[RawW
     return opened, refused
 
 
+@pytest.mark.load
 async def test_serve_under_a_low_open_file_limit(client_descriptors):
     """ulimit -n 1024: 960 connections, the next handshakes get 503; clients that open TCP
     and send nothing exhaust the descriptors: accept() fails, which costs a few log lines

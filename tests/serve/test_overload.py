@@ -8,6 +8,7 @@ import contextlib
 import time
 from pathlib import Path
 
+import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -65,6 +66,7 @@ async def send_and_collect(ws, frames: list[str], timeout: float) -> list[int]:
     return statuses
 
 
+@pytest.mark.load
 async def test_a_client_that_stops_reading_is_closed_and_memory_stays_bounded(serve_process):
     """20,000 MESSAGEs of 1 KiB for a registered client that no longer reads: serve closes
     it (1008) once its send queue is full, the MESSAGEs in flight to it end at once as 480

@@ -5,9 +5,15 @@
 
 opens N connections to ws://HOST:PORT/ (source addresses 127.0.0.2 .. 127.0.0.<SOURCES+1>
 in turn), REGISTERs each as sip:storm<i>@example.com with a ``.invalid`` Contact host,
-answers Pings, and prints one JSON line: ``{"ready": N, "setup": seconds}``.  A line
-``drop`` on stdin then aborts every transport at once (``{"dropped": N, "took": s}``);
-end of stdin exits.  It raises its own RLIMIT_NOFILE soft limit to the hard one.
+answers Pings, then opens one more, the probe (from 127.0.0.1, registered as
+sip:probe@example.com), and prints one JSON line: ``{"ready": N, "setup": seconds}``.
+
+A line ``drop`` on stdin then aborts the N transports at once and, right after, sends the
+probe's refresh REGISTER into the storm; the line printed when its answer comes is
+``{"dropped": N, "took": s, "status": code, "register": s, "register_sent": s}``: the
+aborts' duration, the answer's status, and the seconds from the first abort and from the
+REGISTER's sending to the answer, on this process's clock, which nothing else keeps busy.
+End of stdin exits.  It raises its own RLIMIT_NOFILE soft limit to the hard one.
 """
 from __future__ import annotations
 
@@ -20,22 +26,34 @@ import time
 from tests.support.websocket import Opcode, encode_frame, handshake_request, new_key
 
 REGISTER = ('REGISTER sip:127.0.0.1 SIP/2.0\r\n'
-            'Via: SIP/2.0/WS s{n}.invalid;branch=z9hG4bKstorm{n}\r\n'
-            'Max-Forwards: 70\r\nFrom: <sip:storm{n}@example.com>;tag=s{n}\r\n'
-            'To: <sip:storm{n}@example.com>\r\nCall-ID: storm-{n}\r\nCSeq: 1 REGISTER\r\n'
-            'Contact: <sip:storm{n}@s{n}.invalid;transport=ws>\r\nExpires: 600\r\n'
+            'Via: SIP/2.0/WS {user}.invalid;branch=z9hG4bK{user}c{cseq}\r\n'
+            'Max-Forwards: 70\r\nFrom: <sip:{user}@example.com>;tag={user}\r\n'
+            'To: <sip:{user}@example.com>\r\nCall-ID: {user}\r\nCSeq: {cseq} REGISTER\r\n'
+            'Contact: <sip:{user}@{user}.invalid;transport=ws>\r\nExpires: 600\r\n'
             'Content-Length: 0\r\n\r\n')
+#: the probe's user name and Contact host (the test checks that only these are left)
+PROBE = 'probe'
 
 
 class Client(asyncio.Protocol):
-    """Handshake, one REGISTER, then Pongs; ``registered`` gets the status of the answer."""
+    """Handshake, one REGISTER, then Pongs; ``registered`` gets the status of the answer
+    (and of each later :meth:`register`)."""
 
-    def __init__(self, n: int, host: str, port: int) -> None:
-        self.n, self.host, self.port = n, host, port
+    def __init__(self, user: str, host: str, port: int) -> None:
+        self.user, self.host, self.port = user, host, port
+        self.cseq = 1
         self.buffer = b''
         self.upgraded = False
         self.transport: asyncio.Transport | None = None
         self.registered: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def register(self) -> None:
+        """Send a refresh REGISTER; its answer's status goes to a new ``registered``."""
+        assert self.transport is not None
+        self.cseq += 1
+        self.registered = asyncio.get_running_loop().create_future()
+        self.transport.write(encode_frame(
+            Opcode.TEXT, REGISTER.format(user=self.user, cseq=self.cseq).encode()))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -53,7 +71,8 @@ class Client(asyncio.Protocol):
                 self._fail(ConnectionError('handshake refused: %r' % head[:80]))
                 return
             self.upgraded, self.buffer = True, rest
-            self.transport.write(encode_frame(Opcode.TEXT, REGISTER.format(n=self.n).encode()))
+            self.transport.write(encode_frame(
+                Opcode.TEXT, REGISTER.format(user=self.user, cseq=self.cseq).encode()))
         while len(self.buffer) >= 2:
             b0, b1 = self.buffer[0], self.buffer[1]
             length, offset = b1 & 0x7F, 2
@@ -96,18 +115,19 @@ async def main(host: str, port: int, count: int, sources: int) -> None:
     started = time.perf_counter()
     clients: list[Client] = []
 
-    async def one(n: int) -> None:
-        source = '127.0.0.%d' % (2 + n % sources)
-        _, client = await loop.create_connection(lambda: Client(n, host, port), host, port,
+    async def one(user: str, source: str) -> Client:
+        _, client = await loop.create_connection(lambda: Client(user, host, port), host, port,
                                                  local_addr=(source, 0))
-        clients.append(client)
         status = await asyncio.wait_for(client.registered, 30)
         if status != 200:
-            raise AssertionError('client %d: REGISTER got %d' % (n, status))
+            raise AssertionError('%s: REGISTER got %d' % (user, status))
+        return client
 
     batch = 250
     for first in range(0, count, batch):
-        await asyncio.gather(*(one(n) for n in range(first, min(count, first + batch))))
+        clients += await asyncio.gather(*(one('storm%d' % n, '127.0.0.%d' % (2 + n % sources))
+                                          for n in range(first, min(count, first + batch))))
+    probe = await one(PROBE, host)
     print(json.dumps({'ready': len(clients), 'setup': time.perf_counter() - started}), flush=True)
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -120,7 +140,13 @@ async def main(host: str, port: int, count: int, sources: int) -> None:
             for client in clients:
                 assert client.transport is not None
                 client.transport.abort()
-            print(json.dumps({'dropped': len(clients), 'took': time.perf_counter() - began}),
+            took = time.perf_counter() - began
+            probe.register()
+            sent = time.perf_counter()
+            status = await asyncio.wait_for(probe.registered, 30)
+            answered = time.perf_counter()
+            print(json.dumps({'dropped': len(clients), 'took': took, 'status': status,
+                              'register': answered - began, 'register_sent': answered - sent}),
                   flush=True)
 
 
