@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 import pytest
+import websockets
 
 from aiosip_ws.core.codec import SIPMessage
 from aiosip_ws.options import ServerOptions
@@ -142,6 +143,17 @@ GARBAGE = [
     ('aborted-mid-request', request()[:50], 'abort', None, None),
     ('aborted-before-request', b'', 'abort', None, None),
     ('stalled', request()[:50], 'read', None, None),           # open_timeout (0.5 s) ends it
+]
+#: websockets 17 answers a request line it does not take (405, 505); 15 and 16 close the
+#: TCP connection without an answer.  Either way: nothing above INFO, no traceback.
+_ANSWERS_REQUEST_LINE = int(websockets.__version__.split('.')[0]) >= 17
+GARBAGE += [
+    ('post', request().replace(b'GET ', b'POST ', 1), 'read',
+     405 if _ANSWERS_REQUEST_LINE else None,
+     'HTTP 405: unsupported HTTP method' if _ANSWERS_REQUEST_LINE else None),
+    ('http-1.0', request().replace(b'HTTP/1.1', b'HTTP/1.0', 1), 'read',
+     505 if _ANSWERS_REQUEST_LINE else None,
+     'HTTP 505: unsupported HTTP version' if _ANSWERS_REQUEST_LINE else None),
 ]
 
 
