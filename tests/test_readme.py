@@ -126,3 +126,32 @@ def test_readme_test_command_is_what_ci_runs():
     assert '\n    %s\n' % command in README
     assert command in (REPO / '.ci' / 'run').read_text()
     assert '\n    pip install . && aiosip-ws serve\n' in README
+
+
+def test_the_authentication_commands_work_as_written(tmp_path):
+    """The three commands of the Authentication section, as written, in a new directory:
+    passwd writes users.txt, serve challenges on port 8090, register answers and gets 200."""
+    block = README.split('The three commands a newcomer needs::\n\n', 1)[1].split('\n\n', 1)[0]
+    passwd, serve, register = [line.strip() for line in block.splitlines()]
+    script_dir = str(Path(aiosip_ws_command()).parent)
+    env = dict(os.environ, PATH=script_dir + os.pathsep + os.environ.get('PATH', ''),
+               PYTHONUNBUFFERED='1')
+    made = subprocess.run(passwd, shell=True, cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / 'users.txt').read_text().startswith('alice:example.com:')
+    server = subprocess.Popen(serve.split(), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline().strip()
+        assert first == 'aiosip-ws serve: listening on ws://127.0.0.1:8090/', (
+            first or server.stderr.read())
+        client = subprocess.run(register.split(), cwd=tmp_path, env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert client.returncode == 0, client.stderr
+        assert 'REGISTER sip:example.com -> 200 OK' in client.stdout, client.stdout
+    finally:
+        code, err = stop(server)
+    assert code == 0, err
+    assert 'digest authentication: 1 user(s), realm example.com' in err

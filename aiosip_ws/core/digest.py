@@ -7,13 +7,20 @@ module parses challenges properly and computes answers with ``qop=auth`` (or
 ``auth-int``), ``nc`` and ``cnonce``, for MD5, SHA-256 and SHA-512-256 and
 their ``-sess`` variants.
 
+The server side is here too, as pure functions: HA1 values (what a user file stores
+instead of passwords), challenges, stateless nonces (a timestamp and an HMAC of it, so
+every node holding the secret can check them), parsed credentials and the expected
+``response`` of an answer.
+
 >>> challenge = parse_challenges('Digest realm="example.com", nonce="YWJj==", qop="auth,auth-int"')[0]
 >>> challenge.realm, challenge.nonce, challenge.qops
 ('example.com', 'YWJj==', ('auth', 'auth-int'))
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,10 +28,9 @@ from dataclasses import dataclass, field
 from ..errors import DigestError
 
 __all__ = ['Challenge', 'DigestError', 'parse_challenges', 'choose_challenge', 'authorization',
-           'ALGORITHMS']
-
-
-
+           'ALGORITHMS', 'ha1', 'challenge_value', 'make_nonce', 'nonce_age', 'nonce_issued',
+           'parse_credentials',
+           'expected_response']
 
 
 def _hash_for(name: str):  # type: ignore[no-untyped-def]
@@ -209,3 +215,90 @@ def authorization(challenge: Challenge, *, method: str, uri: str, username: str,
     if challenge.opaque is not None:
         parts.append('opaque=%s' % _quote(challenge.opaque))
     return 'Digest ' + ', '.join(parts)
+
+
+
+# -- the server side ----------------------------------------------------------------------
+def ha1(username: str, realm: str, password: str, algorithm: str = 'MD5') -> str:
+    """``H(username:realm:password)`` (RFC 7616 §3.4.2), what a user file keeps."""
+    name = ALGORITHMS.get(algorithm.upper())
+    if name is None or not _available(algorithm):
+        raise DigestError('unsupported Digest algorithm %r (supported: %s)'
+                          % (algorithm, ', '.join(_PREFERENCE)))
+    return str(_hash_for(name)('%s:%s:%s' % (username, realm, password)))
+
+
+def challenge_value(realm: str, nonce: str, algorithm: str, *, stale: bool = False,
+                    opaque: str | None = None) -> str:
+    """One ``WWW-Authenticate``/``Proxy-Authenticate`` value offering ``qop=auth``."""
+    parts = ['realm=%s' % _quote(realm), 'nonce=%s' % _quote(nonce), 'algorithm=%s' % algorithm,
+             'qop="auth"']
+    if opaque is not None:
+        parts.append('opaque=%s' % _quote(opaque))
+    if stale:
+        parts.append('stale=true')
+    return 'Digest ' + ', '.join(parts)
+
+
+def _nonce_mac(secret: bytes, stamp: str, salt: str, realm: str) -> str:
+    data = ('%s:%s:%s' % (stamp, salt, realm)).encode('utf-8')
+    return base64.urlsafe_b64encode(hmac.new(secret, data, hashlib.sha256).digest()[:18]
+                                    ).decode('ascii')
+
+
+def make_nonce(secret: bytes, now: float, realm: str) -> str:
+    """A nonce anyone holding ``secret`` can check without state: the issue time (hex
+    milliseconds), a random salt (no two challenges share a nonce, so neither do their
+    ``nc`` counts) and an HMAC-SHA-256 of them and the realm."""
+    stamp = '%x' % int(now * 1000)
+    salt = secrets.token_hex(6)
+    return '%s.%s.%s' % (stamp, salt, _nonce_mac(secret, stamp, salt, realm))
+
+
+def nonce_issued(nonce: str) -> int | None:
+    """The issue time of a nonce in the form :func:`make_nonce` makes (milliseconds), or
+    None (not checked: see :func:`nonce_age`)."""
+    stamp = nonce.split('.', 1)[0]
+    if not stamp or len(stamp) > 16 or any(c not in '0123456789abcdef' for c in stamp):
+        return None
+    return int(stamp, 16)
+
+
+def nonce_age(secret: bytes, nonce: str, now: float, realm: str) -> float | None:
+    """Seconds since ``nonce`` was made with ``secret`` for ``realm``; None if it was not
+    (a forged, altered or foreign nonce)."""
+    parts = nonce.split('.')
+    issued = nonce_issued(nonce)
+    if len(parts) != 3 or issued is None:
+        return None
+    if not hmac.compare_digest(parts[2], _nonce_mac(secret, parts[0], parts[1], realm)):
+        return None
+    return now - issued / 1000.0
+
+
+def parse_credentials(value: str) -> dict[str, str] | None:
+    """The parameters of a Digest ``Authorization``/``Proxy-Authorization`` value (names
+    lower-cased); None when it is another scheme.  Raises DigestError when malformed."""
+    text = value.strip()
+    scheme, _, _ = text.partition(' ')
+    if scheme.lower() != 'digest':
+        return None
+    params, _ = _parse_params(text, len(scheme))
+    return params
+
+
+def expected_response(credentials: dict[str, str], *, method: str, ha1_value: str) -> str:
+    """The ``response`` a client knowing the password sends with these ``credentials``
+    (``qop=auth`` or none; not ``-sess``, which serve does not offer)."""
+    algorithm = credentials.get('algorithm', 'MD5')
+    name = ALGORITHMS.get(algorithm.upper())
+    if name is None or not _available(algorithm):
+        raise DigestError('unsupported Digest algorithm %r' % algorithm)
+    digest = _hash_for(name)
+    ha2 = digest('%s:%s' % (method, credentials.get('uri', '')))
+    qop = credentials.get('qop')
+    if qop:
+        return str(digest(':'.join([ha1_value, credentials.get('nonce', ''),
+                                    credentials.get('nc', ''), credentials.get('cnonce', ''),
+                                    qop, ha2])))
+    return str(digest('%s:%s:%s' % (ha1_value, credentials.get('nonce', ''), ha2)))

@@ -136,8 +136,13 @@ class Registrar:
                 del self._bindings[aor]
         return removed
 
-    def register(self, request: SIPMessage, connection: Any) -> RegisterResult:
+    def register(self, request: SIPMessage, connection: Any, *,
+                 authenticated: bool = False) -> RegisterResult:
         """Apply a REGISTER as RFC 3261 §10.3 says; the result says what to answer.
+
+        ``authenticated``: the request's user was authenticated as the owner of the AOR,
+        so every binding of it is theirs to refresh, replace or remove (``Contact: *``
+        removes them all), over any connection.
 
         Without authentication the connection stands for the client: a binding can be
         refreshed, replaced or removed only over the connection that created it, or by
@@ -174,10 +179,10 @@ class Registrar:
             if header_expires != 0:
                 return RegisterResult(400, 'Bad Request (Contact: * needs Expires: 0)')
             # without authentication, "all bindings" are the ones this connection made
-            kept = [b for b in current if b.connection is not connection]
+            kept = [] if authenticated else [b for b in current if b.connection is not connection]
             if len(kept) != len(current):
                 self._store(aor, kept)
-            return self._ok(aor, now, request, connection)
+            return self._ok(aor, now, request, connection, authenticated)
 
         outbound = self._supports_outbound(request)
         planned: list[tuple[NameAddr, int, str | None, str | None]] = []
@@ -209,7 +214,7 @@ class Registrar:
                 continue
             if old.call_id == call_id and old.cseq >= cseq:          # RFC 3261 §10.3 step 7
                 return RegisterResult(500, 'Server Internal Error (CSeq out of order)')
-            if old.connection is not connection and old.flow_key is None:
+            if old.connection is not connection and old.flow_key is None and not authenticated:
                 return RegisterResult(403, 'Forbidden (%s was registered over another '
                                       'connection)' % old.uri)
         if adding and len(current) + adding > self.max_contacts:
@@ -227,7 +232,7 @@ class Registrar:
                                      instance, reg_id, registered_at=now)
                 self._aors_of.setdefault(connection, set()).add(aor)
         self._store(aor, list(index.values()))
-        return self._ok(aor, now, request, connection)
+        return self._ok(aor, now, request, connection, authenticated)
 
     def replaces_flow(self, request: SIPMessage, owner: Any) -> bool:
         """True if ``request`` is an RFC 5626 flow replacement of a binding held over
@@ -266,11 +271,13 @@ class Registrar:
         tokens = {t.strip().lower() for v in request.get_all('Supported') for t in v.split(',')}
         return 'outbound' in tokens
 
-    def _ok(self, aor: str, now: float, request: SIPMessage, connection: Any) -> RegisterResult:
-        """200 OK with every binding of ``aor``; the Outbound parameters of bindings that
-        other connections hold are left out, so that a query cannot learn them."""
+    def _ok(self, aor: str, now: float, request: SIPMessage, connection: Any,
+            authenticated: bool = False) -> RegisterResult:
+        """200 OK with every binding of ``aor``; unless the user was authenticated, the
+        Outbound parameters of bindings that other connections hold are left out, so that
+        a query cannot learn them."""
         live = self.lookup(aor)
-        headers = [('Contact', '%s;expires=%d' % (b.contact if b.connection is connection
+        headers = [('Contact', '%s;expires=%d' % (b.contact if authenticated or b.connection is connection
                                                   else b.public_contact, b.remaining(now)))
                    for b in live]
         if any(b.flow_key for b in live) and self._supports_outbound(request):

@@ -43,6 +43,7 @@ from ..errors import ConnectionLost, SIPParseError, TransactionTimeout
 from ..options import RelayLimits, ServerOptions
 from ..transport.throttle import LogThrottle
 from ..transport.websocket import WSConnection, WSListener, listen, shut_down
+from .auth import DigestAuthenticator, Identity, aor_key
 from .registrar import Binding, Registrar
 
 __all__ = ['RelayServer', 'ALLOWED_METHODS', 'SERVER_HEADER']
@@ -81,13 +82,16 @@ class RelayServer:
     """Registrar + relay; ``await start(url, ...)``, then ``await close()``."""
 
     def __init__(self, *, server_options: ServerOptions | None = None,
-                 registrar: Registrar | None = None, limits: RelayLimits | None = None) -> None:
+                 registrar: Registrar | None = None, limits: RelayLimits | None = None,
+                 auth: DigestAuthenticator | None = None) -> None:
         self.server_options = server_options or ServerOptions()
         self.server_options.validate()
         #: what one client may cost: pending-transaction caps and the request rate
         self.limits = limits or RelayLimits()
         self.limits.validate()
         self.registrar = registrar if registrar is not None else Registrar()   # (empty is falsy)
+        #: Digest authentication of REGISTERs and of requests from local domains, or None
+        self.auth = auth
         self.listeners: list[WSListener] = []
         #: every open connection
         self.connections: set[WSConnection] = set()
@@ -190,6 +194,12 @@ class RelayServer:
         if route is None:
             self.reply(conn, message, 405, headers=[('Allow', ', '.join(ALLOWED_METHODS))])
             return
+        conn.state['identity'] = None
+        if self.auth is not None and self.auth.needs_challenge(message, conn.remote_addr[0]):
+            identity = self._authenticate(conn, message)
+            if identity is None:
+                return
+            conn.state['identity'] = identity     # for the route, read before it awaits
         try:
             outcome = route(conn, message)
         except Exception:  # noqa: BLE001 - one request must not take the server down
@@ -255,6 +265,33 @@ class RelayServer:
             logger.info('dropped %d %s to %s: the WebSocket connection is gone', status,
                         response.reason, request.method)
 
+    def _authenticate(self, conn: WSConnection, request: SIPMessage) -> Identity | None:
+        """Digest-check ``request`` (which needs it) and its AOR: the identity, or None
+        when it has been answered (401/407 challenge, 403, 400)."""
+        assert self.auth is not None
+        outcome = self.auth.check(request, conn.state)
+        if outcome.identity is None:
+            self.reply(conn, request, outcome.status, outcome.reason, headers=outcome.headers)
+            return None
+        identity = outcome.identity
+        header = 'To' if request.method == 'REGISTER' else 'From'
+        try:
+            aor = aor_key(NameAddr.parse(request.get(header) or '').uri)
+        except SIPParseError as exc:
+            self.reply(conn, request, 400, 'Bad Request (%s)' % exc)
+            return None
+        if not identity.owns(aor):
+            logger.info('%r: %s refused: %s authenticated as %s, which does not own %s', conn,
+                        request.method, header, identity.user, aor)
+            self.reply(conn, request, 403, 'Forbidden (%s is not an address of user %s)'
+                       % (aor, identity.user))
+            return None
+        if request.method != 'REGISTER':      # credentials for our realm end here (§22.3)
+            realm = 'realm="%s"' % self.auth.realm
+            request.headers = [(k, v) for k, v in request.headers
+                               if not (k == 'Proxy-Authorization' and realm in v)]
+        return identity
+
     def _on_register(self, conn: WSConnection, request: SIPMessage) -> None:
         hosts = _invalid_hosts(request)
         for host in hosts:
@@ -268,7 +305,11 @@ class RelayServer:
                 self.reply(conn, request, 403, 'Forbidden (Contact host %s is in use by '
                            'another connection)' % host)
                 return
-        result = self.registrar.register(request, conn)
+        identity = conn.state.get('identity')
+        # With authentication the user owns the AOR's bindings, whichever connection
+        # made them; a trusted peer (user None) is held to its connection like anyone.
+        result = self.registrar.register(
+            request, conn, authenticated=isinstance(identity, Identity) and identity.user is not None)
         if result.status == 200:
             for host in hosts:
                 self._claim_host(host, conn)

@@ -27,14 +27,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import getpass
+import ipaddress
 import json
 import logging
 import math
+import os
 import signal
 import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .._version import __version__
@@ -109,10 +113,42 @@ def build_parser() -> argparse.ArgumentParser:
                        help='time a client has to finish the handshake (default %(default)s)')
     serve.add_argument('--crlf-ping-interval', type=float, default=0.0, metavar='SECONDS',
                        help='send RFC 5626 CRLF pings this often, 0 to disable (default 0)')
+    serve.add_argument('--users', metavar='FILE',
+                       help='Digest authentication: the user file (USER:REALM:MD5-HA1[:SHA256-HA1'
+                       '[:AOR]] per line; an htdigest file works; see aiosip-ws passwd)')
+    serve.add_argument('--realm', metavar='REALM', help='the Digest realm (needed with --users)')
+    serve.add_argument('--domain', action='append', metavar='DOMAIN',
+                       help='a local domain, repeatable (default: the realm): requests From '
+                       'these are challenged, users own sip:USER@DOMAIN')
+    serve.add_argument('--digest-algorithms', default='SHA-256,MD5', metavar='LIST',
+                       help='challenges offered, in this order (default %(default)s: RFC 8760 '
+                       'clients take the first they support; JsSIP and SIP.js read only the '
+                       'last, and only MD5)')
+    serve.add_argument('--nonce-secret', metavar='SECRET',
+                       help='HMAC key of the nonces, the same on every node (default: random '
+                       'per start); also from $AIOSIP_WS_NONCE_SECRET')
+    serve.add_argument('--nonce-lifetime', type=float, default=300.0, metavar='SECONDS',
+                       help='how long a nonce is good; then stale=true (default %(default)s)')
+    serve.add_argument('--trusted-peer', action='append', default=[], metavar='CIDR',
+                       help='addresses never challenged (upstream proxies, trunks), repeatable')
     serve.add_argument('--log-level', default='INFO',
                        choices=['DEBUG', 'INFO', 'WARNING', 'ERROR'],
                        help='log level (default %(default)s); DEBUG also logs every SIP message')
     serve.set_defaults(func=_serve)
+
+    passwd = commands.add_parser(
+        'passwd', help='add or replace a user in a serve --users file',
+        description='Write USER\'s line (MD5 and SHA-256 HA1, never the password) into FILE, '
+        'replacing a line of the same user and realm.  The password is read from standard '
+        'input (one line) or asked for on a terminal.')
+    passwd.add_argument('file', metavar='FILE', help='the user file (created if missing)')
+    passwd.add_argument('user', metavar='USER', help='the digest user name')
+    passwd.add_argument('--realm', required=True, metavar='REALM', help='the Digest realm')
+    passwd.add_argument('--aor', metavar='URI', help='the AOR the user may register and send '
+                        'as (default: sip:USER@ each local domain)')
+    passwd.add_argument('--algorithms', default='MD5,SHA-256', metavar='LIST',
+                        help='HA1s to store (default %(default)s)')
+    passwd.set_defaults(func=_passwd_command)
 
     options = commands.add_parser(
         'options', help='send OPTIONS, print the response and the timings',
@@ -282,7 +318,8 @@ async def _serve(args: argparse.Namespace) -> int:
                          max_requests_per_second=args.max_requests_per_second or None,
                          burst=args.burst, rate_limit_grace=args.rate_limit_grace)
     server = RelayServer(server_options=base, limits=limits,
-                         registrar=Registrar(max_contacts=args.max_contacts_per_aor))
+                         registrar=Registrar(max_contacts=args.max_contacts_per_aor),
+                         auth=_authenticator(args))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -300,6 +337,11 @@ async def _serve(args: argparse.Namespace) -> int:
             return 2
         for listener in listeners:
             print('aiosip-ws serve: listening on %s' % listener.bound_url, flush=True)
+            if server.auth is None and not _is_loopback(split_ws_url(listener.bound_url)[1]):
+                logger.warning('%s is reachable beyond this machine and serve checks no '
+                               'credentials: anyone may register as anyone (--users FILE '
+                               '--realm REALM enables Digest authentication)',
+                               listener.bound_url)
         # Everything alive now (modules, classes, the app) lives as long as the process:
         # out of the collector's sight, a full (generation 2) collection under load scans
         # half as many objects.  With 1,000 clients this took the p99 REGISTER latency
@@ -320,6 +362,59 @@ async def _serve(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(signum)
         accept_failures.uninstall()
         LogThrottle.flush_all()                    # the "N similar suppressed" lines still due
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip('[]')).is_loopback
+    except ValueError:
+        return host.lower() == 'localhost'
+
+
+def _authenticator(args: argparse.Namespace) -> Any:
+    """The DigestAuthenticator of ``--users`` and its options, or None without it."""
+    from ..serve.auth import DigestAuthenticator, UserFile
+    if args.users is None:
+        for flag in ('realm', 'domain', 'nonce_secret'):
+            if getattr(args, flag):
+                raise ConfigurationError('--%s needs --users FILE' % flag.replace('_', '-'))
+        return None
+    if not args.realm:
+        raise ConfigurationError('--users needs --realm REALM (the realm of its HA1 values)')
+    users = UserFile.load(args.users)
+    secret = args.nonce_secret or os.environ.get('AIOSIP_WS_NONCE_SECRET')
+    algorithms = [a.strip() for a in args.digest_algorithms.split(',') if a.strip()]
+    auth = DigestAuthenticator(users, args.realm, domains=args.domain or (),
+                               algorithms=algorithms,
+                               nonce_secret=secret.encode('utf-8') if secret else None,
+                               nonce_lifetime=args.nonce_lifetime, trusted=args.trusted_peer)
+    logger.info('digest authentication: %d user(s), realm %s, domains %s, %s', len(users),
+                args.realm, ', '.join(sorted(auth.domains)), '/'.join(auth.algorithms))
+    return auth
+
+
+async def _passwd_command(args: argparse.Namespace) -> int:
+    from ..serve.auth import UserFile, user_line
+    path = Path(args.file)
+    if sys.stdin.isatty():
+        password = getpass.getpass('password for %s: ' % args.user)
+        if getpass.getpass('again: ') != password:
+            raise ConfigurationError('the passwords differ')
+    else:
+        password = sys.stdin.readline().rstrip('\r\n')
+    if not password:
+        raise ConfigurationError('an empty password')
+    algorithms = [a.strip().upper() for a in args.algorithms.split(',') if a.strip()]
+    line = user_line(args.user, args.realm, password, aor=args.aor, algorithms=algorithms)
+    lines = path.read_text(encoding='utf-8').splitlines() if path.exists() else []
+    UserFile.parse('\n'.join(lines), str(path))             # refuse to edit a broken file
+    prefix = '%s:%s:' % (args.user, args.realm)
+    kept = [old for old in lines if not old.startswith(prefix)]
+    path.write_text('\n'.join(kept + [line]) + '\n', encoding='utf-8')
+    path.chmod(0o600)
+    print('aiosip-ws passwd: %s %s in %s' % ('replaced' if len(kept) < len(lines) else 'added',
+                                             args.user, path))
+    return 0
 
 
 # ---------------------------------------------------------------------------- client commands

@@ -127,3 +127,59 @@ async def test_jssip_unregister_all_removes_its_bindings_with_contact_star(
         assert (await bob.wait_event('messageFailed', timeout=10))['status'] == 404
     code, _, err = await asyncio.get_running_loop().run_in_executor(None, process.stop)
     assert code == 0 and 'Traceback' not in err
+
+
+@pytest.fixture
+def users_file(tmp_path):
+    """alice and bob, password ``secret``, written by ``aiosip-ws passwd`` (MD5 + SHA-256)."""
+    from tests.support.cli import run_aiosip_ws
+    path = tmp_path / 'users'
+    for user in ('alice', 'bob'):
+        made = run_aiosip_ws('passwd', str(path), user, '--realm', 'example.com',
+                             stdin='secret\n')
+        assert made.returncode == 0, made.stderr
+    return path
+
+
+async def test_jssip_and_sipjs_authenticate_register_and_message_through_serve(
+        serve_process, users_file, node_agents_ready):
+    """``serve --users``: both stacks answer the 401 (the last challenge, MD5) and the 407
+    of their MESSAGEs, and messages cross both ways; a wrong password ends with a final
+    401 after one retry; with authentication JsSIP's ``Contact: *`` removes every binding
+    of the AOR, the second device's too (RFC 3261 §10.3 step 6)."""
+    process = serve_process('--listen', 'ws://127.0.0.1:0/', '--users', str(users_file),
+                            '--realm', 'example.com')
+    [url] = process.urls
+    async with NodeAgent('jssip', url=url, aor='sip:alice@example.com', password='secret') \
+            as alice, \
+            NodeAgent('sipjs', url=url, aor='sip:bob@example.com', password='secret') as bob, \
+            NodeAgent('sipjs', url=url, aor='sip:alice@example.com', password='secret') \
+            as second:
+        for agent in (alice, bob, second):
+            await agent.register()
+            [challenge] = agent.sip('in', 'SIP/2.0 401')[:1]
+            offered = header(challenge, 'WWW-Authenticate')
+            assert 'algorithm=SHA-256' in offered[0] and 'algorithm=MD5' in offered[-1]
+            assert 'algorithm=MD5' in header(agent.sip('out', 'REGISTER')[1], 'Authorization')[0]
+
+        await alice.message('sip:bob@example.com', 'authenticated hello')
+        assert (await bob.wait_event('message', timeout=10))['body'] == 'authenticated hello'
+        assert (await alice.wait_event('messageSent', timeout=10))['status'] == 200
+        assert alice.sip('in', 'SIP/2.0 407')
+        [delivered] = [m for m in bob.sip('in', 'MESSAGE')][-1:]
+        assert not header(delivered, 'Proxy-Authorization')      # consumed by serve
+        await bob.message('sip:alice@example.com', 'and back')    # to the newest binding
+        assert (await second.wait_event('message', timeout=10))['body'] == 'and back'
+
+        await alice.unregister(all=True)
+        await bob.message('sip:alice@example.com', 'anyone?')
+        assert (await bob.wait_event('messageFailed', timeout=10))['status'] == 404
+
+    async with NodeAgent('jssip', url=url, aor='sip:bob@example.com', password='wrong') as bad:
+        await bad.send(cmd='register')
+        failed = await bad.wait_event('registrationFailed', timeout=10)
+        assert failed['status'] == 401
+        assert len(bad.sip('out', 'REGISTER')) == 2               # one retry, no loop
+    code, _, err = await asyncio.get_running_loop().run_in_executor(None, process.stop)
+    assert code == 0 and 'Traceback' not in err
+    assert 'authentication failed (wrong password) for bob' in err

@@ -419,3 +419,47 @@ def test_serve_connection_cap_and_bad_message_options():
     readme = ' '.join((REPO / 'README.rst').read_text().split())
     assert '``--max-bad-messages N`` close a connection with 1008' in readme
     assert 'the open file limit minus max(64, 5 %)' in readme
+
+
+def test_passwd_then_serve_with_users_and_the_cli_authenticates_with_sha256(serve_process,
+                                                                             tmp_path):
+    """``aiosip-ws passwd`` writes HA1s (never the password, mode 0600) and replaces a
+    user's line; ``serve --users`` challenges; ``aiosip-ws register`` answers the SHA-256
+    challenge (RFC 8760: the strongest offered), ``message`` the 407; a wrong password
+    ends with 401 or 403, exit 1, after one retry."""
+    users = tmp_path / 'users'
+    for user, password in [('alice', 'first'), ('alice', 'wonderland'), ('bob', 'builder')]:
+        made = run_cli('passwd', str(users), user, '--realm', 'example.com', stdin=password + '\n')
+        assert made.returncode == 0, made.stderr
+    text = users.read_text()
+    assert text.count('alice:example.com:') == 1 and 'wonderland' not in text
+    assert 'replaced alice' in made.stdout or 'added bob' in made.stdout
+    assert users.stat().st_mode & 0o777 == 0o600
+    process = serve_process('--listen', 'ws://127.0.0.1:0/', '--users', str(users),
+                            '--realm', 'example.com', '--nonce-secret', 'shared')
+    [url] = process.urls
+    alice = run_cli('register', url, '--aor', 'sip:alice@example.com', '--password',
+                    'wonderland', '--expires', '60', '--duration', '0.5', '--trace')
+    assert alice.returncode == 0, alice.stderr
+    assert 'REGISTER sip:example.com -> 200 OK' in alice.stdout
+    assert re.search(r'Authorization: Digest .*algorithm=SHA-256', alice.stderr), alice.stderr
+    sent = run_cli('message', url, '--aor', 'sip:alice@example.com', '--to',
+                   'sip:bob@example.com', '--body', 'hi', '--password', 'wonderland')
+    assert 'MESSAGE sip:bob@example.com -> 404' in sent.stdout, sent.stdout + sent.stderr
+    wrong = run_cli('register', url, '--aor', 'sip:bob@example.com', '--password', 'nope',
+                    '--expires', '60', '--trace')
+    assert wrong.returncode == 1
+    assert len(re.findall(r'^ +REGISTER sip:example\.com SIP/2\.0', wrong.stderr, re.M)) == 2
+    refused = run_cli('serve', '--users', str(users))
+    assert refused.returncode == 2 and '--users needs --realm' in refused.stderr
+
+
+def test_serve_without_users_warns_when_reachable_beyond_loopback(serve_process):
+    """Listening on a wildcard address without --users logs a warning at start; on
+    loopback it does not."""
+    wide = serve_process('--listen', 'ws://0.0.0.0:0/')
+    local = serve_process('--listen', 'ws://127.0.0.1:0/')
+    _, _, wide_err = wide.stop()
+    _, _, local_err = local.stop()
+    assert 'checks no credentials: anyone may register as anyone' in wide_err
+    assert 'checks no credentials' not in local_err
