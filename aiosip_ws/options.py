@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import ssl as _ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ConfigurationError
 
@@ -97,6 +98,10 @@ class ServerOptions(ConnectionOptions):
     #: a connection that has sent this many SIP messages that are refused unparsed (dropped,
     #: or answered 400/505/416) is closed with 1008, policy violation (None: never)
     max_bad_messages: int | None = 20
+    #: plain HTTP on the listener: ``http_handler(path, headers, client_ip)`` sees every
+    #: request without ``Upgrade: websocket`` and returns ``(status, content_type, body)``,
+    #: or None to leave it to the handshake checks (426).  Sync; it must not block.
+    http_handler: Callable[[str, Any, str], tuple[int, str, bytes] | None] | None = None
 
     def validate(self) -> None:
         super().validate()

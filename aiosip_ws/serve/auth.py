@@ -178,6 +178,8 @@ class AuthOutcome:
     status: int = 0
     reason: str | None = None
     headers: list[tuple[str, str]] = field(default_factory=list)
+    #: credentials were given and refused (not a first challenge, not a stale nonce)
+    failed: bool = False
 
 
 class DigestAuthenticator:
@@ -317,8 +319,10 @@ class DigestAuthenticator:
                     '' if user is None else ' for %s' % user.name)
         if failures >= self.max_failures:
             return AuthOutcome(status=403, reason='Forbidden (authentication failed %d times '
-                               'on this connection)' % failures)
-        return self._challenge(proxy, user)
+                               'on this connection)' % failures, failed=True)
+        outcome = self._challenge(proxy, user)
+        outcome.failed = True
+        return outcome
 
     # -- the nc store --------------------------------------------------------------------
     def _forgotten(self, nonce: str) -> bool:

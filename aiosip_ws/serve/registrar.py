@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.codec import SIPMessage
-from ..core.grammar import parse_delta_seconds
+from ..core.grammar import parse_delta_seconds, parse_qvalue
 from ..core.sipuri import NameAddr, SipURI
 from ..errors import ConfigurationError, SIPParseError
 
@@ -38,6 +38,8 @@ class Binding:
     instance: str | None = None
     reg_id: str | None = None
     registered_at: float = field(default_factory=time.monotonic)
+    #: the Contact's ``q`` (RFC 3261 §10.2.1.2), 1.0 without one: forking goes by it
+    q: float = 1.0
 
     @property
     def uri(self) -> SipURI:
@@ -121,6 +123,11 @@ class Registrar:
     def __len__(self) -> int:
         return sum(len(v) for v in self._bindings.values())
 
+    @property
+    def aor_count(self) -> int:
+        """AORs holding bindings (expired ones included until a lookup drops them)."""
+        return len(self._bindings)
+
     # -- updates --------------------------------------------------------------------
     def remove_connection(self, connection: Any) -> int:
         """Drop every binding registered over ``connection``; returns how many."""
@@ -186,11 +193,14 @@ class Registrar:
 
         outbound = self._supports_outbound(request)
         planned: list[tuple[NameAddr, int, str | None, str | None]] = []
+        qvalues: list[float] = []
         for contact in contacts:
             value = contact.param('expires')
+            q_text = contact.param('q')
             try:
                 expires = (header_expires if value is None
                            else parse_delta_seconds(value, 'expires parameter'))
+                qvalues.append(1.0 if q_text is None else parse_qvalue(q_text))
             except SIPParseError as exc:
                 return RegisterResult(400, 'Bad Request (%s)' % exc.reason)
             if expires is None:
@@ -221,7 +231,7 @@ class Registrar:
             return RegisterResult(403, 'Forbidden (at most %d bindings per address-of-record)'
                                   % self.max_contacts)
 
-        for bare, expires, instance, reg_id in planned:
+        for (bare, expires, instance, reg_id), q in zip(planned, qvalues, strict=True):
             key = _key(bare, instance, reg_id)
             old = index.pop(key, None)
             if old is not None and old.connection is not connection:
@@ -229,7 +239,7 @@ class Registrar:
                             old.flow_key, _address(old.connection), _address(connection))
             if expires > 0:
                 index[key] = Binding(aor, bare, connection, now + expires, call_id, cseq,
-                                     instance, reg_id, registered_at=now)
+                                     instance, reg_id, registered_at=now, q=q)
                 self._aors_of.setdefault(connection, set()).add(aor)
         self._store(aor, list(index.values()))
         return self._ok(aor, now, request, connection, authenticated)

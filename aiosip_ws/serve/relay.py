@@ -31,7 +31,7 @@ import asyncio
 import dataclasses
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from .._version import __version__
@@ -44,6 +44,7 @@ from ..options import RelayLimits, ServerOptions
 from ..transport.throttle import LogThrottle
 from ..transport.websocket import WSConnection, WSListener, listen, shut_down
 from .auth import DigestAuthenticator, Identity, aor_key
+from .observe import AdminEndpoints, Metrics
 from .registrar import Binding, Registrar
 
 __all__ = ['RelayServer', 'ALLOWED_METHODS', 'SERVER_HEADER']
@@ -83,8 +84,16 @@ class RelayServer:
 
     def __init__(self, *, server_options: ServerOptions | None = None,
                  registrar: Registrar | None = None, limits: RelayLimits | None = None,
-                 auth: DigestAuthenticator | None = None) -> None:
-        self.server_options = server_options or ServerOptions()
+                 auth: DigestAuthenticator | None = None, timer_c: float = 180.0,
+                 admin_allow: Iterable[str] = ('127.0.0.0/8', '::1/128')) -> None:
+        #: Prometheus metrics of this server (``GET /metrics``)
+        self.metrics = Metrics(self)
+        #: ``GET /healthz``, ``/metrics``, ``/registrations`` on the listeners' port
+        self.admin = AdminEndpoints(self, admin_allow, healthy=lambda: not self._closing)
+        options = server_options or ServerOptions()
+        if options.http_handler is None:
+            options = dataclasses.replace(options, http_handler=self.admin)
+        self.server_options = options
         self.server_options.validate()
         #: what one client may cost: pending-transaction caps and the request rate
         self.limits = limits or RelayLimits()
@@ -92,16 +101,19 @@ class RelayServer:
         self.registrar = registrar if registrar is not None else Registrar()   # (empty is falsy)
         #: Digest authentication of REGISTERs and of requests from local domains, or None
         self.auth = auth
+        #: RFC 3261 §16.6 Timer C: how long an INVITE branch may ring (more than 3 min)
+        self.timer_c = timer_c
         self.listeners: list[WSListener] = []
         #: every open connection
         self.connections: set[WSConnection] = set()
         #: method -> route; replace an entry to change how a method is handled
         self.routes: dict[str, Route] = {method: self._on_request for method in ALLOWED_METHODS}
         self.routes['REGISTER'] = self._on_register
+        self.routes['PUBLISH'] = self._on_publish
         #: `.invalid` Contact host -> the connection behind it (in-dialog routing)
         self._contacts: dict[str, WSConnection] = {}
-        #: INVITEs being relayed, for CANCEL: (Call-ID, CSeq, branch) -> (peer, forwarded)
-        self._invites: dict[tuple[str, int, str], tuple[WSConnection, SIPMessage]] = {}
+        #: INVITEs being relayed, for CANCEL: (Call-ID, CSeq, branch) -> their fork
+        self._invites: dict[tuple[str, int, str], _Fork] = {}
         #: our client transactions by the branch of the Via we added
         self._pending: dict[str, _Pending] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -145,11 +157,19 @@ class RelayServer:
 
     # -- ConnectionHandler ----------------------------------------------------------------
     def connection_made(self, conn: WSConnection) -> None:
+        self.metrics.opened.inc()
         self.connections.add(conn)
         conn.state['contact_hosts'] = set()
         conn.state['pending'] = set()
 
+    def handshake_refused(self, status: int) -> None:
+        self.metrics.handshake_refused(status)
+
+    def message_dropped(self, conn: WSConnection, count: int) -> None:
+        self.metrics.dropped.inc(count)
+
     def connection_lost(self, conn: WSConnection, exc: BaseException | None) -> None:
+        self.metrics.connection_closed(conn.close_code)
         self.connections.discard(conn)
         for host in conn.state.pop('contact_hosts', ()):
             if self._contacts.get(host) is conn:
@@ -164,6 +184,7 @@ class RelayServer:
 
     def message_received(self, conn: WSConnection, message: SIPMessage) -> None:
         if message.is_request:
+            self.metrics.request(message.method)
             self._request_received(conn, message)
         else:
             self._response_received(conn, message)
@@ -260,6 +281,7 @@ class RelayServer:
         response = make_response(request, status, reason, to_tag=new_tag(),
                                  headers=list(headers or ()) + [('Server', SERVER_HEADER)])
         if conn.is_open:
+            self.metrics.response(status)
             conn.send(response)
         elif not self._closing:         # RFC 3261 §18.2.2: a WebSocket client cannot be reached
             logger.info('dropped %d %s to %s: the WebSocket connection is gone', status,
@@ -270,6 +292,8 @@ class RelayServer:
         when it has been answered (401/407 challenge, 403, 400)."""
         assert self.auth is not None
         outcome = self.auth.check(request, conn.state)
+        if outcome.failed:
+            self.metrics.auth_failures.inc()
         if outcome.identity is None:
             self.reply(conn, request, outcome.status, outcome.reason, headers=outcome.headers)
             return None
@@ -317,6 +341,11 @@ class RelayServer:
                         conn.remote_addr, len(result.headers))
         self.reply(conn, request, result.status, result.reason, headers=result.headers)
 
+    def _on_publish(self, conn: WSConnection, request: SIPMessage) -> None:
+        """PUBLISH is for an event state compositor, not for user agents (RFC 3903 §6):
+        without a route that sends it to a presence server, 489 Bad Event."""
+        self.reply(conn, request, 489, 'Bad Event (no presence server here)')
+
     def _on_request(self, conn: WSConnection, request: SIPMessage) -> None:
         try:
             target = NameAddr.parse(request.uri or '').uri
@@ -350,7 +379,7 @@ class RelayServer:
         if busy:
             self.busy(conn, request, busy)
             return
-        _Relayed(self, conn, request, bindings, max_forwards - 1).try_next()
+        _Fork(self, conn, request, bindings, max_forwards - 1).start()
 
     def _over_pending_caps(self, origin: WSConnection, peer: WSConnection) -> str | None:
         """Why a new relayed request would exceed a pending-transaction cap, or None."""
@@ -379,6 +408,7 @@ class RelayServer:
             response.status, response.reason = 500, 'Server Internal Error (downstream 503)'
             response.remove('Retry-After')
         if origin.is_open:
+            self.metrics.response(response.status)
             origin.send(response)
         elif not self._closing:
             logger.info('dropped the %d response to %s: the requester left', response.status,
@@ -389,6 +419,7 @@ class RelayServer:
             return                                     # 100 Trying is hop-by-hop
         relayed = SIPMessage(status=response.status, reason=response.reason,
                              headers=_without_top_via(response.headers), body=response.body)
+        self.metrics.response(response.status)
         origin.send(relayed)
 
     # -- in-dialog requests, ACK and CANCEL ---------------------------------------------
@@ -439,6 +470,7 @@ class RelayServer:
         max_forwards = _max_forwards(message)
         if max_forwards is None or max_forwards == 0:
             if not is_ack:
+                self.metrics.response(400)
                 conn.send(make_response(message, 400 if max_forwards is None else 483,
                                         to_tag=to_tag))
             return
@@ -461,6 +493,7 @@ class RelayServer:
             return
         logger.info('relaying in-dialog %s failed: %s', original.method, exc)
         if origin.is_open:
+            self.metrics.response(408)
             origin.send(make_response(original, 408 if isinstance(exc, TransactionTimeout)
                                       else 480))
 
@@ -471,20 +504,19 @@ class RelayServer:
             self.reply(conn, cancel, 481)
             return
         self.reply(conn, cancel, 200)
-        peer, forwarded = entry
-        peer.send(invite_companion('CANCEL', forwarded, uri=forwarded.uri or ''))
+        entry.cancel(cancel.get('Reason'))
 
     # -- client transactions --------------------------------------------------------------
     def send_request(self, conn: WSConnection, request: SIPMessage, *,
-                     on_provisional: Callable[[SIPMessage], None] | None = None
-                     ) -> asyncio.Future[SIPMessage]:
+                     on_provisional: Callable[[SIPMessage], None] | None = None,
+                     branch: str | None = None) -> asyncio.Future[SIPMessage]:
         """Send ``request`` as a stateful proxy does: our Via on top, tracked by its branch.
 
         The future gets the final response, or fails with :class:`TransactionTimeout`
         (Timer F) or :class:`ConnectionLost`; ``on_provisional`` sees each 1xx.  An
         ACK is not tracked: its future is done at once (with None).
         """
-        branch = new_branch()
+        branch = branch or new_branch()
         request.headers.insert(0, ('Via', conn.via(branch)))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[SIPMessage] = loop.create_future()
@@ -502,6 +534,18 @@ class RelayServer:
             self._finish(branch, ConnectionLost('%r cannot take more: the request was not sent'
                                                 % conn))
         return future
+
+    def rearm(self, branch: str, seconds: float, timer: str) -> None:
+        """Give the pending request ``branch`` ``seconds`` more from now (Timer C, re-armed
+        by each provisional response to an INVITE, RFC 3261 §16.6 step 11)."""
+        pending = self._pending.get(branch)
+        if pending is None:
+            return
+        pending.timer.cancel()
+        pending.timer = asyncio.get_running_loop().call_later(
+            seconds, self._finish, branch, TransactionTimeout(
+                'no final response to %s within %.0f s of the last provisional (%s)'
+                % (pending.method, seconds, timer)))
 
     def _finish(self, branch: str, outcome: SIPMessage | BaseException) -> None:
         pending = self._pending.pop(branch, None)
@@ -578,80 +622,212 @@ def _without_top_via(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
-class _Relayed:
-    """One request serve relays (its server transaction as a proxy) and the branches it
-    tries in turn: the newest binding first, the next one when a flow is dead.
+#: 4xx responses that tell the caller how to resubmit, preferred among 4xx (§16.7 step 6)
+_INFORMATIVE = (401, 407, 415, 420, 484)
 
-    Callback-driven, no task per request: an INVITE is record-routed, its provisional
-    responses are relayed as they come, a CANCEL for it is followed downstream, and a
-    non-2xx final response is ACKed downstream here (RFC 3261 §16.7, §17.1.1.3).
+
+def best_response(responses: list[SIPMessage]) -> SIPMessage:
+    """RFC 3261 §16.7 step 6: a 6xx if any, else the lowest class, preferring within 4xx
+    the responses that say how to retry; then the first received.  A 401 or 407 chosen
+    carries every challenge of every 401/407 received (step 7, merging)."""
+    def rank(item: tuple[int, SIPMessage]) -> tuple[int, int, int]:
+        order, response = item
+        status = response.status or 500
+        return (0 if status >= 600 else status // 100, 0 if status in _INFORMATIVE else 1,
+                order)
+    _, best = min(enumerate(responses), key=rank)
+    if best.status in (401, 407):
+        challenges = [(k, v) for r in responses if r.status in (401, 407) for k, v in r.headers
+                      if k in ('WWW-Authenticate', 'Proxy-Authenticate')]
+        headers = [(k, v) for k, v in best.headers
+                   if k not in ('WWW-Authenticate', 'Proxy-Authenticate')]
+        best = SIPMessage(status=best.status, reason=best.reason, headers=headers + challenges,
+                          body=best.body)
+    return best
+
+
+class _Branch:
+    """One downstream copy of a forked request (a client transaction of the proxy)."""
+
+    __slots__ = ('binding', 'peer', 'forwarded', 'branch', 'done', 'provisional')
+
+    def __init__(self, binding: Binding, forwarded: SIPMessage, branch: str) -> None:
+        self.binding, self.peer, self.forwarded = binding, binding.connection, forwarded
+        self.branch = branch
+        self.done = False
+        self.provisional = False
+
+
+class _Fork:
+    """One request serve relays to an AOR (its server transaction as a proxy), forked
+    per RFC 3261 §16.6-16.7: every binding gets a copy, higher ``q`` first, equal ``q``
+    in parallel; the next group only when a whole group failed.
+
+    An INVITE gets 100 Trying at once and is record-routed; provisional responses are
+    relayed as they come (a downstream 100 is not); every 2xx to an INVITE is relayed at
+    once and the other branches are CANCELled with ``Reason: SIP;cause=200`` (RFC 3326);
+    a 6xx ends the fork the same way; otherwise the best final response wins once every
+    branch has answered (a 503 becomes 500, 401/407 challenges are merged).  A non-INVITE
+    is never CANCELled: its first 2xx is relayed, later ones are absorbed.  Non-2xx finals
+    to an INVITE are ACKed downstream here (§17.1.1.3).  Each INVITE branch waits Timer B
+    (the transaction timeout) for a first provisional, then Timer C, re-armed by each
+    provisional; Timer C CANCELs the branch, which counts as 408 (§16.8).  Callbacks
+    only, no task per request.
     """
 
-    __slots__ = ('server', 'origin', 'request', 'bindings', 'index', 'max_forwards', 'key',
-                 'peer', 'forwarded', 'timed_out')
+    __slots__ = ('server', 'origin', 'request', 'groups', 'max_forwards', 'key', 'branches',
+                 'finals', 'answered', 'timed_out', 'finished', 'started')
 
     def __init__(self, server: RelayServer, origin: WSConnection, request: SIPMessage,
                  bindings: list[Binding], max_forwards: int) -> None:
         self.server, self.origin, self.request = server, origin, request
-        self.bindings, self.index, self.max_forwards = bindings, 0, max_forwards
+        by_q: dict[float, list[Binding]] = {}
+        for binding in bindings:                                # newest first within a q
+            by_q.setdefault(binding.q, []).append(binding)
+        self.groups = [by_q[q] for q in sorted(by_q, reverse=True)]
+        self.max_forwards = max_forwards
         self.key = cancel_key(request) if request.method == 'INVITE' else None
-        self.peer: WSConnection | None = None
-        self.forwarded: SIPMessage | None = None
-        #: the last branch failed by Timer F (408), not by a lost flow (480)
+        self.branches: list[_Branch] = []
+        #: non-2xx final responses (and 408/480 for branches that failed without one)
+        self.finals: list[SIPMessage] = []
+        #: a final response (2xx or 6xx) went upstream: the rest only wind down
+        self.answered = False
         self.timed_out = False
+        self.finished = False
+        self.started = asyncio.get_running_loop().time()
         origin.state['relaying'] = origin.state.get('relaying', 0) + 1
 
-    def try_next(self) -> None:
+    def _answered_now(self) -> None:
+        """The final response goes upstream now: how long it took."""
+        self.server.metrics.transaction(self.request.method,
+                                        asyncio.get_running_loop().time() - self.started)
+
+    def start(self) -> None:
+        self.server.metrics.relay(self.request.method)
+        if self.key is not None:
+            self.server._invites[self.key] = self
+            if self.origin.is_open:        # §16.2: at once, hop by hop, no To tag
+                self.server.metrics.response(100)
+                self.origin.send(make_response(self.request, 100,
+                                               headers=[('Server', SERVER_HEADER)]))
+        self._next_group()
+
+    def _next_group(self) -> None:
+        while self.groups:
+            group = self.groups.pop(0)
+            launched = [self._launch(b) for b in group if b.connection.is_open]
+            if any(launched):
+                return
+        self._finish()
+
+    def _launch(self, binding: Binding) -> bool:
         server, request = self.server, self.request
-        while self.index < len(self.bindings):
-            binding = self.bindings[self.index]
-            self.index += 1
-            peer: WSConnection = binding.connection
-            if not peer.is_open:
-                continue
-            forwarded = SIPMessage(method=request.method, uri=str(binding.uri),
-                                   headers=list(request.headers), body=request.body)
-            forwarded.set('Max-Forwards', str(self.max_forwards))
-            forwarded.remove('Route')                  # loose routes pointing at us end here
-            provisional = None
-            if self.key is not None:
-                forwarded.headers.insert(0, ('Record-Route', '<sip:%s;transport=ws;lr>'
-                                             % peer.via_host))
-                provisional = self._provisional
-            self.peer, self.forwarded = peer, forwarded
-            future = server.send_request(peer, forwarded, on_provisional=provisional)
-            if self.key is not None:
-                server._invites[self.key] = (peer, forwarded)
-            future.add_done_callback(self._answered)
-            return
-        self._done()
-        server.reply(self.origin, request, 408 if self.timed_out else 480)
+        forwarded = SIPMessage(method=request.method, uri=str(binding.uri),
+                               headers=list(request.headers), body=request.body)
+        forwarded.set('Max-Forwards', str(self.max_forwards))
+        forwarded.remove('Route')                      # loose routes pointing at us end here
+        provisional = None
+        if self.key is not None:
+            forwarded.headers.insert(0, ('Record-Route', '<sip:%s;transport=ws;lr>'
+                                         % binding.connection.via_host))
+        branch = _Branch(binding, forwarded, new_branch())
+        if self.key is not None:
+            provisional = lambda response: self._provisional(branch, response)  # noqa: E731
+        self.branches.append(branch)
+        future = server.send_request(binding.connection, forwarded, branch=branch.branch,
+                                     on_provisional=provisional)
+        future.add_done_callback(lambda done: self._branch_done(branch, done))
+        return True
 
-    def _provisional(self, response: SIPMessage) -> None:
-        self.server._relay_provisional(self.origin, response)
+    def _provisional(self, branch: _Branch, response: SIPMessage) -> None:
+        branch.provisional = True
+        self.server.rearm(branch.branch, self.server.timer_c, 'Timer C')
+        if not self.answered:
+            self.server._relay_provisional(self.origin, response)
 
-    def _answered(self, future: asyncio.Future[SIPMessage]) -> None:
-        server = self.server
-        if self.key is not None and server._invites.get(self.key, (None,))[0] is self.peer:
-            del server._invites[self.key]
+    def _branch_done(self, branch: _Branch, future: asyncio.Future[SIPMessage]) -> None:
+        branch.done = True
         if future.cancelled():
-            self._done()
+            self._settle()
             return
         exc = future.exception()
         if exc is not None:
-            logger.info('relaying %s to %s failed: %s', self.request.method,
-                        self.bindings[self.index - 1].uri, exc)
-            self.timed_out = isinstance(exc, TransactionTimeout)
-            self.try_next()
+            logger.info('relaying %s to %s failed: %s', self.request.method, branch.binding.uri,
+                        exc)
+            timeout = isinstance(exc, TransactionTimeout)
+            self.timed_out = self.timed_out or timeout
+            if timeout and branch.provisional and branch.peer.is_open:
+                self._send_cancel(branch, None)                 # §16.8: Timer C fired
+            self._settle()
             return
         response = future.result()
-        peer, forwarded = self.peer, self.forwarded
-        assert peer is not None and forwarded is not None
-        if self.key is not None and (response.status or 0) >= 300:
-            peer.send(invite_companion('ACK', forwarded, uri=forwarded.uri or '',
-                                       to=response.get('To') or ''))    # hop by hop
-        self._done()
-        server.relay_final(self.origin, peer, self.request, response)
+        status = response.status or 500
+        if self.key is not None and status >= 300:
+            branch.peer.send(invite_companion('ACK', branch.forwarded,
+                                              uri=branch.forwarded.uri or '',
+                                              to=response.get('To') or ''))    # hop by hop
+        if status < 300:
+            if self.key is not None or not self.answered:   # every 2xx of an INVITE
+                first = not self.answered
+                self.answered = True
+                if first:
+                    self._answered_now()
+                self.server.relay_final(self.origin, branch.peer, self.request, response)
+                if first and self.key is not None:
+                    self._cancel_others('SIP;cause=200;text="Call completed elsewhere"')
+        elif status >= 600 and not self.answered:
+            self.answered = True
+            self._answered_now()
+            self.server.relay_final(self.origin, branch.peer, self.request, response)
+            if self.key is not None:
+                self._cancel_others('SIP;cause=%d;text="%s"' % (status, response.reason))
+        elif not self.answered:
+            self.finals.append(response)
+        self._settle()
 
-    def _done(self) -> None:
+    def _settle(self) -> None:
+        """After a branch ended: the next group, or the answer, once every branch is done."""
+        if self.finished or any(not b.done for b in self.branches):
+            return
+        if not self.answered and self.groups:
+            self._next_group()
+            return
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        server = self.server
+        if self.key is not None and server._invites.get(self.key) is self:
+            del server._invites[self.key]
         self.origin.state['relaying'] = self.origin.state.get('relaying', 1) - 1
+        if self.answered:
+            return
+        self._answered_now()
+        if self.finals:
+            response = best_response(self.finals)
+            server.relay_final(self.origin, self.branches[-1].peer, self.request, response)
+        else:
+            server.reply(self.origin, self.request, 408 if self.timed_out else 480)
+
+    # -- CANCEL ---------------------------------------------------------------------------
+    def cancel(self, reason: str | None) -> None:
+        """The caller CANCELled (§16.10): every pending branch is CANCELled; their 487s
+        make the answer."""
+        for branch in self.branches:
+            if not branch.done:
+                self._send_cancel(branch, reason)
+        self.groups = []                                   # no later group starts
+
+    def _cancel_others(self, reason: str) -> None:
+        for branch in self.branches:
+            if not branch.done:
+                self._send_cancel(branch, reason)
+        self.groups = []
+
+    def _send_cancel(self, branch: _Branch, reason: str | None) -> None:
+        cancel = invite_companion('CANCEL', branch.forwarded, uri=branch.forwarded.uri or '')
+        if reason is not None:
+            cancel.headers.append(('Reason', reason))
+        branch.peer.send(cancel)

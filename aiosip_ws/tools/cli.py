@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--transaction-timeout', type=float, default=32.0, metavar='SECONDS',
                        help='Timer F: how long a relayed request waits for its final response '
                        '(default %(default)s)')
+    serve.add_argument('--timer-c', type=float, default=180.0, metavar='SECONDS',
+                       help='Timer C: how long a forked INVITE branch may ring after its last '
+                       'provisional response before serve CANCELs it (default %(default)s)')
     serve.add_argument('--open-timeout', type=float, default=10.0, metavar='SECONDS',
                        help='time a client has to finish the handshake (default %(default)s)')
     serve.add_argument('--crlf-ping-interval', type=float, default=0.0, metavar='SECONDS',
@@ -131,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help='how long a nonce is good; then stale=true (default %(default)s)')
     serve.add_argument('--trusted-peer', action='append', default=[], metavar='CIDR',
                        help='addresses never challenged (upstream proxies, trunks), repeatable')
+    serve.add_argument('--metrics-allow', action='append', default=None, metavar='CIDR',
+                       help='who may GET /metrics and /registrations on the listening port, '
+                       'repeatable (default: loopback, 127.0.0.0/8 and ::1)')
+    serve.add_argument('--log-format', default='text', choices=['text', 'json'],
+                       help='log lines as text or as one JSON object each (default %(default)s)')
+    serve.add_argument('--config', metavar='FILE',
+                       help='a TOML file of serve options (keys as the flags, without the '
+                       'dashes: listen = ["ws://..."], max-pending = 100); flags win')
     serve.add_argument('--log-level', default='INFO',
                        choices=['DEBUG', 'INFO', 'WARNING', 'ERROR'],
                        help='log level (default %(default)s); DEBUG also logs every SIP message')
@@ -319,7 +330,8 @@ async def _serve(args: argparse.Namespace) -> int:
                          burst=args.burst, rate_limit_grace=args.rate_limit_grace)
     server = RelayServer(server_options=base, limits=limits,
                          registrar=Registrar(max_contacts=args.max_contacts_per_aor),
-                         auth=_authenticator(args))
+                         auth=_authenticator(args), timer_c=args.timer_c,
+                         admin_allow=args.metrics_allow or ('127.0.0.0/8', '::1/128'))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -729,11 +741,72 @@ def _check_target(target: str) -> None:
                              'one of: %s' % (target, ', '.join(target_forms())))
 
 
+class JSONFormatter(logging.Formatter):
+    """``--log-format json``: one JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {'time': self.formatTime(record, '%Y-%m-%dT%H:%M:%S'),
+                 'ms': int(record.msecs), 'level': record.levelname, 'logger': record.name,
+                 'message': record.getMessage()}
+        if record.exc_info:
+            entry['exception'] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _load_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """``serve --config FILE``: the file's keys become the serve parser's defaults, so that
+    flags on the command line win.  Unknown keys are an error that names them."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument('command', nargs='?')
+    probe.add_argument('--config')
+    known, _ = probe.parse_known_args(argv)
+    if known.command != 'serve' or not known.config:
+        return
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:                                            # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        with open(known.config, 'rb') as file:
+            config = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError('cannot read --config %s: %s' % (known.config, exc)) from None
+    [serve] = [action.choices['serve'] for action in parser._actions
+               if isinstance(action, argparse._SubParsersAction)]
+    actions = {a.dest: a for a in serve._actions if a.dest not in ('help', 'config', 'func')}
+    defaults = {}
+    for key, value in config.items():
+        dest = key.replace('-', '_')
+        action = actions.get(dest)
+        if action is None:
+            raise ConfigurationError('--config %s: unknown option %r (known: %s)' % (
+                known.config, key, ', '.join(sorted(a.replace('_', '-') for a in actions))))
+        if isinstance(action, argparse._AppendAction):
+            given = [a for a in argv if a.split('=', 1)[0] in action.option_strings]
+            if given:              # the flags replace the file's list, not add to it
+                continue
+            if not isinstance(value, list):
+                value = [value]
+        if action.type is not None and not isinstance(value, (list, bool)):
+            value = action.type(value)
+        defaults[dest] = value
+    serve.set_defaults(**defaults)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        _load_config(parser, argv if argv is not None else sys.argv[1:])
+    except ConfigurationError as exc:
+        print('aiosip-ws serve: %s' % exc, file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     level = getattr(args, 'log_level', 'INFO')
     logging.basicConfig(level=getattr(logging, level),
                         format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    if getattr(args, 'log_format', 'text') == 'json':
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JSONFormatter())
     if level != 'DEBUG':
         logging.getLogger('websockets').setLevel(logging.WARNING)
     _setup_trace(getattr(args, 'trace', False))

@@ -57,7 +57,10 @@ Address = tuple[str, int]  # (host, port) as the socket reports it
 
 
 class ConnectionHandler(Protocol):
-    """What a :class:`WSConnection` reports to."""
+    """What a :class:`WSConnection` reports to.  Optional, looked up when needed:
+    ``handshake_refused(status)`` (a listener refused a handshake with that HTTP status)
+    and ``message_dropped(conn, count)`` (messages that will never be sent: the connection
+    is closed or its send queue overflowed)."""
 
     def connection_made(self, conn: WSConnection) -> None: ...
 
@@ -200,10 +203,13 @@ class WSConnection:
         """
         if self.closed.done() or self._overflowed:
             logger.debug('%r is closed: dropped an outgoing message of %d bytes', self, len(data))
+            self._dropped()
             return False
         limit = self.options.max_send_queue
         if limit is not None and self._queued + len(data) > limit:
+            dropped = len(self._queue) + 1
             self._overflow(limit)
+            self._dropped(dropped)
             return False
         self._queue.append(data)
         self._queued += len(data)
@@ -212,6 +218,13 @@ class WSConnection:
             # An eager start may have sent everything already (and run _write's finally).
             self._writer = None if writer.done() else writer
         return True
+
+    def _dropped(self, count: int = 1) -> None:
+        """Tell the handler (its optional ``message_dropped(conn, count)``) of messages
+        that will never be sent."""
+        hook = getattr(self.handler, 'message_dropped', None)
+        if hook is not None:
+            hook(self, count)
 
     @property
     def queued(self) -> int:
@@ -596,8 +609,23 @@ async def listen(url: str, handler: ConnectionHandler,
         response.headers['Retry-After'] = '5'
         return response
 
+    http_handler = options.http_handler
+    #: connections answered by http_handler: not handshake refusals
+    served: set[int] = set()
+
     def check_request(connection: ServerConnection, request: Request) -> Response | None:
         # It runs before websockets checks the handshake itself, on websockets 15-17.
+        if http_handler is not None and 'websocket' not in \
+                request.headers.get('Upgrade', '').lower():
+            answer = http_handler(request.path, request.headers, connection.remote_address[0])
+            if answer is not None:
+                status, content_type, body = answer
+                served.add(id(connection))
+                response = connection.respond(http.HTTPStatus(status), '')
+                response.body = body
+                response.headers['Content-Type'] = content_type
+                response.headers['Content-Length'] = str(len(body))
+                return response
         versions = request.headers.get_all('Sec-WebSocket-Version')
         if any(version != '13' for version in versions):     # first: a retry cannot help
             peer_log.info('refused handshakes', 'refused handshake from %s: Sec-WebSocket-Version '
@@ -630,6 +658,13 @@ async def listen(url: str, handler: ConnectionHandler,
 
     def log_refusal(connection: ServerConnection, request: Request,
                     response: Response) -> None:
+        if id(connection) in served:
+            served.discard(id(connection))
+            return
+        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
+            refused = getattr(handler, 'handshake_refused', None)
+            if refused is not None:
+                refused(response.status_code)
         # A refusal of websockets' own checks (check_request's have logged theirs).
         exc = connection.protocol.handshake_exc
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS and exc is not None:

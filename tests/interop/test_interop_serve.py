@@ -144,7 +144,8 @@ def users_file(tmp_path):
 async def test_jssip_and_sipjs_authenticate_register_and_message_through_serve(
         serve_process, users_file, node_agents_ready):
     """``serve --users``: both stacks answer the 401 (the last challenge, MD5) and the 407
-    of their MESSAGEs, and messages cross both ways; a wrong password ends with a final
+    of their MESSAGEs, and messages cross both ways, to both devices of alice (JsSIP and
+    SIP.js registered as one user: forking, RFC 3261 §16.6); a wrong password ends with a final
     401 after one retry; with authentication JsSIP's ``Contact: *`` removes every binding
     of the AOR, the second device's too (RFC 3261 §10.3 step 6)."""
     process = serve_process('--listen', 'ws://127.0.0.1:0/', '--users', str(users_file),
@@ -168,8 +169,11 @@ async def test_jssip_and_sipjs_authenticate_register_and_message_through_serve(
         assert alice.sip('in', 'SIP/2.0 407')
         [delivered] = [m for m in bob.sip('in', 'MESSAGE')][-1:]
         assert not header(delivered, 'Proxy-Authorization')      # consumed by serve
-        await bob.message('sip:alice@example.com', 'and back')    # to the newest binding
-        assert (await second.wait_event('message', timeout=10))['body'] == 'and back'
+        await bob.message('sip:alice@example.com', 'and back')    # forked to both devices
+        got = [await alice.wait_event('message', timeout=10),
+               await second.wait_event('message', timeout=10)]
+        assert [g['body'] for g in got] == ['and back', 'and back']
+        assert (await bob.wait_event('messageSent', timeout=10))['status'] == 200
 
         await alice.unregister(all=True)
         await bob.message('sip:alice@example.com', 'anyone?')

@@ -168,6 +168,7 @@ async def test_a_wrong_password_gets_new_challenges_then_403(relay):
     assert statuses == [401, 401, 403], statuses
     assert 'authentication failed 3 times' in answer.reason
     assert not list(relay.registrar.bindings())
+    assert 'aiosip_ws_auth_failures_total 3.0' in relay.metrics.exposition().decode()
 
 
 async def test_replayed_nc_is_refused_and_next_nc_accepted(relay):

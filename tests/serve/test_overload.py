@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from aiosip_ws.core.codec import make_response, parse, serialize
 from aiosip_ws.options import RelayLimits, ServerOptions
 from aiosip_ws.serve.relay import RelayServer
+from tests.support.net import http_get
 from tests.support.sip import register_request
 
 
@@ -98,6 +99,12 @@ async def test_a_client_that_stops_reading_is_closed_and_memory_stays_bounded(se
                 await asyncio.wait_for(alice.recv(), 10)
         except ConnectionClosed as closed:
             assert closed.rcvd is None or closed.rcvd.code == 1008
+        port = int(url.rsplit(':', 1)[1].strip('/'))
+        status, _, metrics = await http_get(port, '/metrics')
+        assert status == 200
+        [drops] = [line for line in metrics.decode().splitlines()
+                   if line.startswith('aiosip_ws_send_queue_drops_total ')]
+        assert float(drops.split()[1]) >= 1, drops
     finally:
         await bob.close()
         alice.transport.abort()

@@ -1,5 +1,6 @@
-"""Calls through `aiosip-ws serve`: INVITE relayed and record-routed, provisional responses,
-in-dialog ACK and BYE routed by connection, non-2xx ACKed hop by hop, CANCEL followed."""
+"""Calls through `aiosip-ws serve`: INVITE relayed and record-routed, 100 Trying from serve,
+provisional responses, in-dialog ACK and BYE routed by connection, non-2xx ACKed hop by
+hop, CANCEL followed; forking to every binding of an AOR (RFC 3261 §16.6-16.7)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,6 +9,7 @@ from websockets.asyncio.client import connect
 
 from aiosip_ws import Application
 from aiosip_ws.core.codec import SIPMessage, make_response, parse, serialize
+from aiosip_ws.serve.relay import RelayServer
 
 SDP = ('v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n'
        'm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n')
@@ -95,6 +97,8 @@ async def test_busy_callee_is_acked_by_the_server_and_ringing_relayed(relay):
         caller_host = await register_raw(caller, 'alice')
         await register_raw(callee, 'bob')
         await caller.send(invite(caller_host))
+        trying = await recv(caller)                     # RFC 3261 §16.2: at once, no To tag
+        assert trying.status == 100 and 'tag=' not in trying.get('To')
         forwarded = await recv(callee)
         assert forwarded.method == 'INVITE' and forwarded.uri == 'sip:bob@bob-raw.invalid;transport=ws'
         assert forwarded.get('Record-Route') and len(forwarded.vias) == 2
@@ -123,6 +127,7 @@ async def test_cancel_is_answered_and_followed_downstream(relay):
         caller_host = await register_raw(caller, 'alice')
         await register_raw(callee, 'bob')
         await caller.send(invite(caller_host, branch='z9hG4bKc1'))
+        assert (await recv(caller)).status == 100
         forwarded = await recv(callee)
         await callee.send(serialize(make_response(forwarded, 180, to_tag='b2')).decode())
         assert (await recv(caller)).status == 180
@@ -145,3 +150,185 @@ async def test_cancel_is_answered_and_followed_downstream(relay):
                           '\r\nFrom: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n'
                           'Call-ID: call-9\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\n\r\n' % caller_host)
         assert (await recv(caller)).status == 481
+
+
+# -- forking (RFC 3261 §16.6-16.7) ----------------------------------------------------------
+async def register_device(ws, user: str, device: str, q: str | None = None) -> str:
+    """REGISTER one device of ``user`` (its own Contact host, optional ``q``)."""
+    host = '%s-%s.invalid' % (user, device)
+    qparam = ';q=%s' % q if q is not None else ''
+    await ws.send('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKd%s\r\n'
+                  'From: <sip:%s@example.com>;tag=d1\r\nTo: <sip:%s@example.com>\r\n'
+                  'Call-ID: reg-%s-%s\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n'
+                  'Contact: <sip:%s@%s;transport=ws>%s\r\nExpires: 60\r\n\r\n'
+                  % (host, device, user, user, user, device, user, host, qparam))
+    assert parse(await asyncio.wait_for(ws.recv(), 5)).status == 200
+    return host
+
+
+def message(caller_host: str, body: str = 'to every device') -> str:
+    return ('MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKm1\r\n'
+            'From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n'
+            'Call-ID: msg-1\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n'
+            'Content-Type: text/plain\r\n\r\n%s' % (caller_host, body))
+
+
+async def answer(ws, request: SIPMessage, status: int, tag: str, **kwargs) -> None:
+    await ws.send(serialize(make_response(request, status, to_tag=tag, **kwargs)).decode())
+
+
+async def quiet(ws, seconds: float = 0.3) -> None:
+    """Nothing more arrives on ``ws`` (a CRLF ping comes back as the pong)."""
+    await ws.send('\r\n\r\n')
+    assert await asyncio.wait_for(ws.recv(), seconds + 5) == '\r\n'
+
+
+async def test_a_message_reaches_every_device_and_the_first_200_wins(relay):
+    """Two bindings of bob: both get the MESSAGE at once; the first 200 goes back, the
+    second is absorbed; a non-INVITE is never CANCELled; a downstream 100 is not relayed
+    and serve sends none for a non-INVITE."""
+    _, url = relay
+    async with connect(url, subprotocols=['sip'], proxy=None) as caller, \
+            connect(url, subprotocols=['sip'], proxy=None) as laptop, \
+            connect(url, subprotocols=['sip'], proxy=None) as phone:
+        caller_host = await register_raw(caller, 'alice')
+        await register_device(laptop, 'bob', 'laptop')
+        await register_device(phone, 'bob', 'phone')
+        await caller.send(message(caller_host))
+        to_laptop, to_phone = await recv(laptop), await recv(phone)
+        assert to_laptop.body == to_phone.body == b'to every device'
+        assert to_laptop.vias[0].branch != to_phone.vias[0].branch
+        await answer(phone, to_phone, 100, 'p')
+        await answer(phone, to_phone, 200, 'p')
+        final = await recv(caller)
+        assert final.status == 200 and final.get('To').endswith('tag=p')
+        await answer(laptop, to_laptop, 200, 'l')
+        await quiet(caller)
+        await quiet(laptop)
+        await quiet(phone)
+
+
+async def test_an_invite_rings_every_device_and_the_others_are_cancelled(relay):
+    """Both devices ring (their 180s relayed); the one that answers gets the call; the
+    other gets a CANCEL with Reason cause=200 (RFC 3326) and its 487 is ACKed by serve,
+    not relayed; the caller's ACK reaches the answering device."""
+    _, url = relay
+    async with connect(url, subprotocols=['sip'], proxy=None) as caller, \
+            connect(url, subprotocols=['sip'], proxy=None) as laptop, \
+            connect(url, subprotocols=['sip'], proxy=None) as phone:
+        caller_host = await register_raw(caller, 'alice')
+        await register_device(laptop, 'bob', 'laptop')
+        phone_host = await register_device(phone, 'bob', 'phone')
+        await caller.send(invite(caller_host))
+        assert (await recv(caller)).status == 100
+        to_laptop, to_phone = await recv(laptop), await recv(phone)
+        await answer(laptop, to_laptop, 180, 'l')
+        await answer(phone, to_phone, 180, 'p')
+        ringing = {(await recv(caller)).get('To'), (await recv(caller)).get('To')}
+        assert {r.rsplit('tag=', 1)[1] for r in ringing} == {'l', 'p'}
+        await answer(phone, to_phone, 200, 'p',
+                     headers=[('Contact', '<sip:bob@%s;transport=ws>' % phone_host)])
+        ok = await recv(caller)
+        assert ok.status == 200 and ok.get('To').endswith('tag=p')
+        cancel = await recv(laptop)
+        assert cancel.method == 'CANCEL' and cancel.vias[0].branch == to_laptop.vias[0].branch
+        assert cancel.get('Reason') == 'SIP;cause=200;text="Call completed elsewhere"'
+        await answer(laptop, cancel, 200, 'l')
+        await answer(laptop, to_laptop, 487, 'l')
+        ack = await recv(laptop)
+        assert ack.method == 'ACK' and ack.get('To').endswith('tag=l')
+        await caller.send('ACK sip:bob@%s;transport=ws SIP/2.0\r\nVia: SIP/2.0/WS %s;'
+                          'branch=z9hG4bKack\r\nFrom: <sip:alice@example.com>;tag=a1\r\n'
+                          'To: <sip:bob@example.com>;tag=p\r\nCall-ID: call-1\r\n'
+                          'CSeq: 10 ACK\r\nMax-Forwards: 70\r\n\r\n' % (phone_host, caller_host))
+        assert (await recv(phone)).method == 'ACK'
+        await quiet(caller)
+
+
+async def test_higher_q_first_then_the_next_group(relay):
+    """q=1.0 is tried alone first; its 486 sends the INVITE on to the q=0.5 device, whose
+    200 is the answer (§16.6: sequential between q groups)."""
+    _, url = relay
+    async with connect(url, subprotocols=['sip'], proxy=None) as caller, \
+            connect(url, subprotocols=['sip'], proxy=None) as desk, \
+            connect(url, subprotocols=['sip'], proxy=None) as mobile:
+        caller_host = await register_raw(caller, 'alice')
+        await register_device(mobile, 'bob', 'mobile', q='0.5')
+        await register_device(desk, 'bob', 'desk', q='1.0')
+        await caller.send(invite(caller_host))
+        assert (await recv(caller)).status == 100
+        first = await recv(desk)
+        await quiet(mobile)                                    # not yet
+        await answer(desk, first, 486, 'd')
+        assert (await recv(desk)).method == 'ACK'
+        second = await recv(mobile)
+        assert second.method == 'INVITE'
+        await answer(mobile, second, 200, 'm')
+        assert (await recv(caller)).status == 200
+
+
+async def test_the_best_final_response_wins_and_challenges_are_merged(relay):
+    """No 2xx: the lowest class wins (486 over 503; a 503 would become 500); two 401s
+    give one 401 carrying both challenges (§16.7 steps 6-7); a 6xx ends the fork at once
+    and CANCELs the other INVITE branches."""
+    _, url = relay
+    async with connect(url, subprotocols=['sip'], proxy=None) as caller, \
+            connect(url, subprotocols=['sip'], proxy=None) as one, \
+            connect(url, subprotocols=['sip'], proxy=None) as two:
+        caller_host = await register_raw(caller, 'alice')
+        await register_device(one, 'bob', 'one')
+        await register_device(two, 'bob', 'two')
+
+        await caller.send(message(caller_host))
+        a, b = await recv(one), await recv(two)
+        await answer(one, a, 503, 'o')
+        await answer(two, b, 486, 't')
+        assert (await recv(caller)).status == 486
+
+        await caller.send(message(caller_host).replace('z9hG4bKm1', 'z9hG4bKm2')
+                          .replace('CSeq: 1 ', 'CSeq: 2 '))
+        a, b = await recv(one), await recv(two)
+        await answer(one, a, 401, 'o', headers=[('WWW-Authenticate', 'Digest realm="one"')])
+        await answer(two, b, 401, 't', headers=[('WWW-Authenticate', 'Digest realm="two"')])
+        merged = await recv(caller)
+        assert merged.status == 401
+        assert sorted(merged.get_all('WWW-Authenticate')) == ['Digest realm="one"',
+                                                              'Digest realm="two"']
+
+        await caller.send(invite(caller_host, branch='z9hG4bKinv6'))
+        assert (await recv(caller)).status == 100
+        a, b = await recv(one), await recv(two)
+        await answer(one, a, 180, 'o')
+        assert (await recv(caller)).status == 180
+        await answer(two, b, 603, 't')
+        declined = await recv(caller)
+        assert declined.status == 603
+        assert (await recv(two)).method == 'ACK'
+        cancel = await recv(one)
+        assert cancel.method == 'CANCEL' and 'cause=603' in cancel.get('Reason')
+
+
+async def test_timer_c_cancels_a_branch_that_rings_for_ever():
+    """A branch that rings and never answers is CANCELled when Timer C fires, and the
+    caller gets 408 (§16.8); PUBLISH gets 489 Bad Event."""
+    server = RelayServer(timer_c=0.5)
+    [listener] = await server.start('ws://127.0.0.1:0/')
+    url = listener.bound_url
+    try:
+        async with connect(url, subprotocols=['sip'], proxy=None) as caller, \
+                connect(url, subprotocols=['sip'], proxy=None) as callee:
+            caller_host = await register_raw(caller, 'alice')
+            await register_raw(callee, 'bob')
+            await caller.send(invite(caller_host))
+            assert (await recv(caller)).status == 100
+            forwarded = await recv(callee)
+            await answer(callee, forwarded, 180, 'b')
+            assert (await recv(caller)).status == 180
+            cancel = await recv(callee)
+            assert cancel.method == 'CANCEL'
+            assert (await recv(caller)).status == 408
+            await caller.send(message(caller_host).replace('MESSAGE', 'PUBLISH'))
+            published = await recv(caller)
+            assert published.status == 489
+    finally:
+        await server.close()

@@ -36,3 +36,26 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
             return True
     except OSError:
         return False
+
+
+async def http_get(port: int, path: str, *, host: str = HOST, source: str | None = None,
+                   headers: tuple[str, ...] = (), timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """One plain HTTP/1.1 GET on a new connection: (status, headers lower-cased, body)."""
+    import asyncio
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(
+        host, port, local_addr=(source, 0) if source else None), timeout)
+    try:
+        lines = ['GET %s HTTP/1.1' % path, 'Host: %s:%d' % (host, port), *headers, '', '']
+        writer.write('\r\n'.join(lines).encode())
+        head = await asyncio.wait_for(reader.readuntil(b'\r\n\r\n'), timeout)
+        status_line, *header_lines = head.decode('latin-1').split('\r\n')
+        fields = {}
+        for line in header_lines:
+            if ':' in line:
+                name, value = line.split(':', 1)
+                fields[name.strip().lower()] = value.strip()
+        length = int(fields.get('content-length', '0'))
+        body = await asyncio.wait_for(reader.readexactly(length), timeout) if length else b''
+        return int(status_line.split()[1]), fields, body
+    finally:
+        writer.close()

@@ -463,3 +463,32 @@ def test_serve_without_users_warns_when_reachable_beyond_loopback(serve_process)
     _, _, local_err = local.stop()
     assert 'checks no credentials: anyone may register as anyone' in wide_err
     assert 'checks no credentials' not in local_err
+
+
+async def test_serve_takes_its_options_from_a_toml_config_and_flags_win(serve_process, tmp_path):
+    """--config FILE: every serve option as a TOML key (dashes or underscores); a flag on
+    the command line wins over the file (a repeatable one replaces the file's list);
+    --log-format json writes one JSON object per log line; unknown keys exit 2 naming
+    them."""
+    from tests.support.net import free_port, http_get
+    port = free_port()
+    config = tmp_path / 'serve.toml'
+    config.write_text('listen = ["ws://127.0.0.1:%d/"]\nmetrics-allow = "127.0.0.2/32"\n'
+                      'max_contacts_per_aor = 1\nlog-format = "json"\n' % port)
+    process = serve_process('--config', str(config))
+    assert process.urls == ['ws://127.0.0.1:%d/' % port]
+    assert (await http_get(port, '/metrics'))[0] == 403
+    assert (await http_get(port, '/metrics', source='127.0.0.2'))[0] == 200
+    _, _, err = process.stop()
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert any(r['message'].startswith('listening for SIP over WebSocket') for r in records)
+    assert all({'time', 'level', 'logger', 'message'} <= set(r) for r in records)
+
+    flagged = serve_process('--config', str(config), '--metrics-allow', '127.0.0.1/32')
+    assert (await http_get(port, '/metrics'))[0] == 200
+    flagged.stop()
+
+    config.write_text('listen = "ws://127.0.0.1:0/"\nmax-pendng = 5\n')
+    bad = run_cli('serve', '--config', str(config))
+    assert bad.returncode == 2 and "unknown option 'max-pendng'" in bad.stderr
+    assert 'max-pending' in bad.stderr

@@ -1,0 +1,157 @@
+"""What an operator sees of ``aiosip-ws serve``: Prometheus metrics, health, registrations.
+
+On the same port as the WebSocket service, plain HTTP ``GET`` (no ``Upgrade``):
+
+``/healthz``
+    ``200 ok`` while serving (to anyone: load balancers probe it).
+``/metrics``
+    the Prometheus text format (``prometheus_client``, a registry of this server's own).
+``/registrations``
+    JSON: every binding with its AOR, Contact, the client's address and the seconds left.
+
+``/metrics`` and ``/registrations`` answer only clients in the allowed networks
+(``--metrics-allow``, loopback by default), 403 to others.  Every label has a bounded
+set of values: the SIP methods serve knows and ``other``, the standard close codes and
+``other``, the refusal statuses and ``other``.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ..errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .relay import RelayServer
+
+__all__ = ['Metrics', 'AdminEndpoints', 'METHODS', 'CLOSE_CODES']
+
+#: method label values (anything else is ``other``)
+METHODS = ('REGISTER', 'INVITE', 'ACK', 'CANCEL', 'BYE', 'OPTIONS', 'MESSAGE', 'SUBSCRIBE',
+           'NOTIFY', 'PUBLISH', 'INFO', 'REFER', 'PRACK', 'UPDATE')
+#: close-code label values (RFC 6455 §7.4.1; 1006: no close frame)
+CLOSE_CODES = ('1000', '1001', '1002', '1003', '1006', '1007', '1008', '1009', '1011')
+#: refusal-status label values
+REFUSALS = ('400', '403', '404', '426', '503')
+#: transaction latency buckets (seconds)
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 32.0)
+
+
+def _bounded(value: str, known: Iterable[str]) -> str:
+    return value if value in known else 'other'
+
+
+class Metrics:
+    """The counters of one RelayServer, in a registry of its own."""
+
+    def __init__(self, server: RelayServer) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        Gauge('aiosip_ws_connections', 'Open WebSocket connections',
+              registry=registry).set_function(lambda: len(server.connections))
+        self.opened = Counter('aiosip_ws_connections_opened', 'WebSocket connections accepted',
+                              registry=registry)
+        self.closed = Counter('aiosip_ws_connections_closed',
+                              'WebSocket connections closed, by close code', ['code'],
+                              registry=registry)
+        self.refused = Counter('aiosip_ws_handshakes_refused',
+                               'WebSocket handshakes refused, by HTTP status', ['status'],
+                               registry=registry)
+        Gauge('aiosip_ws_bindings', 'Registered bindings',
+              registry=registry).set_function(lambda: len(server.registrar))
+        Gauge('aiosip_ws_aors', 'Addresses-of-record with bindings',
+              registry=registry).set_function(lambda: server.registrar.aor_count)
+        self.requests = Counter('aiosip_ws_sip_requests', 'SIP requests received, by method',
+                                ['method'], registry=registry)
+        self.responses = Counter('aiosip_ws_sip_responses',
+                                 'SIP responses sent to clients, by class', ['class'],
+                                 registry=registry)
+        self.relayed = Counter('aiosip_ws_relayed_requests',
+                               'Requests relayed to registered clients, by method', ['method'],
+                               registry=registry)
+        self.auth_failures = Counter('aiosip_ws_auth_failures',
+                                     'Digest answers refused (wrong, replayed, unknown user)',
+                                     registry=registry)
+        self.dropped = Counter('aiosip_ws_send_queue_drops',
+                               'Messages not sent: the connection was closed or its send '
+                               'queue full', registry=registry)
+        self.latency = Histogram('aiosip_ws_transaction_seconds',
+                                 'Relayed requests: from arrival to the final response sent '
+                                 'back, by method', ['method'], buckets=BUCKETS,
+                                 registry=registry)
+        # label children made once: no lookup per message
+        self._requests = {m: self.requests.labels(m) for m in (*METHODS, 'other')}
+        self._responses = {c: self.responses.labels('%dxx' % c) for c in range(1, 7)}
+        self._relayed = {m: self.relayed.labels(m) for m in (*METHODS, 'other')}
+        self._latency = {m: self.latency.labels(m) for m in (*METHODS, 'other')}
+        self._closed = {c: self.closed.labels(c) for c in (*CLOSE_CODES, 'other')}
+        self._refused = {s: self.refused.labels(s) for s in (*REFUSALS, 'other')}
+
+    def request(self, method: str | None) -> None:
+        self._requests[_bounded(method or '', METHODS)].inc()
+
+    def response(self, status: int | None) -> None:
+        child = self._responses.get((status or 0) // 100)
+        if child is not None:
+            child.inc()
+
+    def relay(self, method: str | None) -> None:
+        self._relayed[_bounded(method or '', METHODS)].inc()
+
+    def transaction(self, method: str | None, seconds: float) -> None:
+        self._latency[_bounded(method or '', METHODS)].observe(seconds)
+
+    def connection_closed(self, code: int | None) -> None:
+        self._closed[_bounded(str(code if code is not None else 1006), CLOSE_CODES)].inc()
+
+    def handshake_refused(self, status: int) -> None:
+        self._refused[_bounded(str(status), REFUSALS)].inc()
+
+    def exposition(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+
+class AdminEndpoints:
+    """The plain-HTTP side of the listener (``ServerOptions.http_handler``)."""
+
+    def __init__(self, server: RelayServer, allow: Iterable[str] = ('127.0.0.0/8', '::1/128'),
+                 *, healthy: Callable[[], bool] | None = None) -> None:
+        self.server = server
+        self.allow = []
+        for network in allow:
+            try:
+                self.allow.append(ipaddress.ip_network(network, strict=False))
+            except ValueError:
+                raise ConfigurationError('--metrics-allow %r is no address or CIDR network'
+                                         % (network,)) from None
+        self.healthy = healthy or (lambda: True)
+
+    def allowed(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.allow)
+
+    def __call__(self, path: str, headers: Any, address: str) -> tuple[int, str, bytes] | None:
+        route = path.split('?', 1)[0]
+        if route == '/healthz':
+            if self.healthy():
+                return 200, 'text/plain; charset=utf-8', b'ok\n'
+            return 503, 'text/plain; charset=utf-8', b'draining\n'
+        if route not in ('/metrics', '/registrations'):
+            return None
+        if not self.allowed(address):
+            return 403, 'text/plain; charset=utf-8', b'not from this address\n'
+        if route == '/metrics':
+            return 200, CONTENT_TYPE_LATEST, self.server.metrics.exposition()
+        now = self.server.registrar.clock()
+        rows = [{'aor': b.aor, 'contact': str(b.contact), 'q': b.q,
+                 'remote': '%s:%s' % getattr(b.connection, 'remote_addr', ('?', 0)),
+                 'expires': b.remaining(now)}
+                for b in self.server.registrar.bindings()]
+        return 200, 'application/json', (json.dumps(rows, indent=1) + '\n').encode()
