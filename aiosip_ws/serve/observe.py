@@ -21,6 +21,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -40,6 +41,10 @@ CLOSE_CODES = ('1000', '1001', '1002', '1003', '1006', '1007', '1008', '1009', '
 REFUSALS = ('400', '403', '404', '426', '503')
 #: transaction latency buckets (seconds)
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 32.0)
+
+
+# No ``*_created`` series: a timestamp per series doubles the scrape and says nothing here.
+prometheus_client.disable_created_metrics()
 
 
 def _bounded(value: str, known: Iterable[str]) -> str:
@@ -83,33 +88,37 @@ class Metrics:
                                  'Relayed requests: from arrival to the final response sent '
                                  'back, by method', ['method'], buckets=BUCKETS,
                                  registry=registry)
-        # label children made once: no lookup per message
-        self._requests = {m: self.requests.labels(m) for m in (*METHODS, 'other')}
-        self._responses = {c: self.responses.labels('%dxx' % c) for c in range(1, 7)}
-        self._relayed = {m: self.relayed.labels(m) for m in (*METHODS, 'other')}
-        self._latency = {m: self.latency.labels(m) for m in (*METHODS, 'other')}
-        self._closed = {c: self.closed.labels(c) for c in (*CLOSE_CODES, 'other')}
-        self._refused = {s: self.refused.labels(s) for s in (*REFUSALS, 'other')}
+        # label children cached at first use: one dict lookup per message, and series
+        # only for the values seen (the scrape stays small)
+        self._children: dict[tuple[int, str], Any] = {}
+
+    def _child(self, metric: Any, value: str) -> Any:
+        key = (id(metric), value)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(value)
+        return child
 
     def request(self, method: str | None) -> None:
-        self._requests[_bounded(method or '', METHODS)].inc()
+        self._child(self.requests, _bounded(method or '', METHODS)).inc()
 
     def response(self, status: int | None) -> None:
-        child = self._responses.get((status or 0) // 100)
-        if child is not None:
-            child.inc()
+        klass = (status or 0) // 100
+        if 1 <= klass <= 6:
+            self._child(self.responses, '%dxx' % klass).inc()
 
     def relay(self, method: str | None) -> None:
-        self._relayed[_bounded(method or '', METHODS)].inc()
+        self._child(self.relayed, _bounded(method or '', METHODS)).inc()
 
     def transaction(self, method: str | None, seconds: float) -> None:
-        self._latency[_bounded(method or '', METHODS)].observe(seconds)
+        self._child(self.latency, _bounded(method or '', METHODS)).observe(seconds)
 
     def connection_closed(self, code: int | None) -> None:
-        self._closed[_bounded(str(code if code is not None else 1006), CLOSE_CODES)].inc()
+        self._child(self.closed, _bounded(str(code if code is not None else 1006),
+                                          CLOSE_CODES)).inc()
 
     def handshake_refused(self, status: int) -> None:
-        self._refused[_bounded(str(status), REFUSALS)].inc()
+        self._child(self.refused, _bounded(str(status), REFUSALS)).inc()
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -285,6 +285,7 @@ async def test_a_trusted_peer_is_not_challenged(clock):
         await server.start('ws://%s:0/' % HOST)
         trunk = await connect(server, 'alice')
         assert (await trunk.send(trunk.register())).status == 200
+        await trunk.ws.close()
 
 
 async def test_with_authentication_the_user_owns_every_binding_of_the_aor(relay):

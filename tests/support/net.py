@@ -1,6 +1,7 @@
 """Ports on 127.0.0.1: free ones to listen on, closed ones to be refused by."""
 from __future__ import annotations
 
+import contextlib
 import socket
 
 #: every test peer listens here only
@@ -58,4 +59,6 @@ async def http_get(port: int, path: str, *, host: str = HOST, source: str | None
         body = await asyncio.wait_for(reader.readexactly(length), timeout) if length else b''
         return int(status_line.split()[1]), fields, body
     finally:
-        writer.close()
+        writer.close()                 # and closed now: the caller may block its loop next
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), timeout)
