@@ -80,6 +80,9 @@ class TransportError(AiosipWSError, ConnectionError):
 class HandshakeError(TransportError):
     """The WebSocket opening handshake did not produce a usable SIP connection."""
 
+    #: seconds the server asked us to wait (its Retry-After), when it gave one
+    retry_after: float | None = None
+
 
 class ConnectionLost(TransportError):
     """The WebSocket connection closed while a transaction was still waiting."""

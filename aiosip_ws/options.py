@@ -102,11 +102,25 @@ class ServerOptions(ConnectionOptions):
     #: request without ``Upgrade: websocket`` and returns ``(status, content_type, body)``,
     #: or None to leave it to the handshake checks (426).  Sync; it must not block.
     http_handler: Callable[[str, Any, str], tuple[int, str, bytes] | None] | None = None
+    #: most handshakes accepted per second on one listener (a token bucket of
+    #: ``handshake_burst``); more get HTTP 503 with Retry-After (None: no cap).  After a
+    #: restart or a network blip every client reconnects at once: this spreads them out.
+    max_handshakes_per_second: float | None = None
+    handshake_burst: int = 200
+    #: ``refuse_handshakes()`` returns why new handshakes get HTTP 503 now (draining), or None
+    refuse_handshakes: Callable[[], str | None] | None = None
+    #: the Retry-After of a 503 to a handshake: a whole number of seconds drawn from
+    #: [retry_after, 2 x retry_after], so that refused clients come back spread out
+    retry_after: int = 5
 
     def validate(self) -> None:
         super().validate()
         if self.open_timeout <= 0:
             raise ConfigurationError('open_timeout must be a positive number of seconds')
+        if self.max_handshakes_per_second is not None and self.max_handshakes_per_second <= 0:
+            raise ConfigurationError('max_handshakes_per_second must be positive (or None)')
+        if self.handshake_burst < 1 or self.retry_after < 1:
+            raise ConfigurationError('handshake_burst and retry_after must be at least 1')
         for name in ('max_connections', 'max_connections_per_ip', 'max_bad_messages'):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -249,7 +249,8 @@ def serve(tmp: Path, name: str, *extra: str, profile: Path | None = None) -> Hel
     args = [PY]
     if profile is not None:
         args += ['-m', 'cProfile', '-o', str(profile)]
-    args += ['-m', 'aiosip_ws', 'serve', '--listen', 'ws://%s:0/' % HOST, '--log-level',
+    args += ['-m', 'aiosip_ws', 'serve', '--listen', 'ws://%s:0/' % HOST,
+             '--max-handshakes-per-second', '0', '--log-level',
              'WARNING', *extra]
     return Helper(args, ready='listening on', log=tmp / ('%s.log' % name))
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from multidict import CIMultiDict
 
+from ..core.grammar import retry_after_seconds
 from ..core.register import granted_expires
 from ..core.sipuri import NameAddr, ws_contact
 from ..errors import AiosipWSError, ConfigurationError, RegistrationError, TransportError
@@ -144,20 +145,26 @@ class Registration:
     # -- the loop ---------------------------------------------------------------------
     async def _run(self) -> None:
         while not self._stopping:
+            retry_after: float | None = None
             try:
                 await self._connect_and_register()
             except RegistrationError as exc:
                 self._last_error = exc
-                if self._first is not None and not self._first.done():
+                retry_after = _retry_after_503(exc.response)
+                if retry_after is None and self._first is not None and not self._first.done():
                     self._first.set_exception(exc)
                     return
-                logger.warning('%s: %s', self.aor, exc)
+                logger.warning('%s: %s%s', self.aor, exc, '' if retry_after is None
+                               else ' (retrying after %g s, as the registrar asked)' % retry_after)
             except (TransportError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
                 self._last_error = exc
-                if not self.reconnect and self._first is not None and not self._first.done():
+                retry_after = getattr(exc, 'retry_after', None)
+                if (not self.reconnect and retry_after is None and self._first is not None
+                        and not self._first.done()):
                     self._first.set_exception(exc)
                     return
-                logger.info('%s: registration attempt failed: %s', self.aor, exc)
+                logger.info('%s: registration attempt failed: %s%s', self.aor, exc,
+                            '' if retry_after is None else ' (Retry-After: %g s)' % retry_after)
             else:
                 await self._keep_alive()
                 if not self.reconnect:
@@ -166,7 +173,9 @@ class Registration:
                 logger.info('%s: flow lost, reconnecting', self.aor)
             self.registered.clear()
             self.failures += 1
-            await asyncio.sleep(self.backoff())
+            # A server that said when to come back (503 + Retry-After, to the REGISTER or to
+            # the handshake) is not asked sooner: that is what spreads a reconnection storm.
+            await asyncio.sleep(max(self.backoff(), min(retry_after or 0.0, MAX_RETRY_AFTER)))
 
     async def _connect_and_register(self) -> None:
         conn = await (self._connect() if self._connect is not None else self.app.connect(self.target))
@@ -249,3 +258,15 @@ class Registration:
             except (TransportError, ConnectionError, asyncio.TimeoutError) as exc:
                 logger.info('%s: refresh failed: %s', self.aor, exc)
                 return
+
+
+#: the longest Retry-After honoured (seconds); a longer one is taken as this
+MAX_RETRY_AFTER = 3600.0
+
+
+def _retry_after_503(response: Any) -> float | None:
+    """The Retry-After of a 503 (aiosip response), or None: a 503 with Retry-After is a
+    "come back later", not a refusal (RFC 3261 §21.5.4)."""
+    if response is None or getattr(response, 'status_code', None) != 503:
+        return None
+    return retry_after_seconds(response.headers.get('Retry-After'))

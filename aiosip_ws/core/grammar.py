@@ -19,6 +19,7 @@ __all__ = [
     'is_ws_url', 'is_sip_uri', 'strip_brackets', 'url_host', 'ip_literal',
     'DELTA_SECONDS_MAX', 'CSEQ_LIMIT', 'MAX_FORWARDS_MAX', 'parse_delta_seconds',
     'parse_cseq_number', 'parse_max_forwards', 'parse_content_length', 'parse_qvalue',
+    'retry_after_seconds',
 ]
 
 #: RFC 3261 §25.1 ``token`` characters (besides ALPHA and DIGIT)
@@ -157,3 +158,14 @@ def parse_qvalue(value: str) -> float:
     if not _QVALUE.match(text):
         raise SIPParseError('bad qvalue %r: 0 to 1 with at most 3 decimals' % text[:20])
     return float(text.rstrip('.') or '0')
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """The delta-seconds of a ``Retry-After`` (RFC 3261 §20.33, with its comment and
+    parameters; RFC 7231 §7.1.3 for HTTP), or None when absent or not delta-seconds."""
+    if value is None:
+        return None
+    try:
+        return float(parse_delta_seconds(value.split(';', 1)[0].split('(', 1)[0], 'Retry-After'))
+    except SIPParseError:
+        return None

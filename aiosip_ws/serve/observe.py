@@ -44,7 +44,7 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 
 
 # No ``*_created`` series: a timestamp per series doubles the scrape and says nothing here.
-prometheus_client.disable_created_metrics()
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 def _bounded(value: str, known: Iterable[str]) -> str:

@@ -31,6 +31,7 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -89,10 +90,15 @@ class RelayServer:
         #: Prometheus metrics of this server (``GET /metrics``)
         self.metrics = Metrics(self)
         #: ``GET /healthz``, ``/metrics``, ``/registrations`` on the listeners' port
-        self.admin = AdminEndpoints(self, admin_allow, healthy=lambda: not self._closing)
+        self.admin = AdminEndpoints(self, admin_allow,
+                                    healthy=lambda: not (self._closing or self.draining))
+        #: True once :meth:`drain` began: new handshakes get 503, /healthz 503
+        self.draining = False
         options = server_options or ServerOptions()
         if options.http_handler is None:
             options = dataclasses.replace(options, http_handler=self.admin)
+        if options.refuse_handshakes is None:
+            options = dataclasses.replace(options, refuse_handshakes=self._refusing)
         self.server_options = options
         self.server_options.validate()
         #: what one client may cost: pending-transaction caps and the request rate
@@ -135,8 +141,46 @@ class RelayServer:
             return self.server_options
         return dataclasses.replace(self.server_options, ssl=None)
 
-    async def close(self, code: int = 1001, reason: str = 'server shutting down') -> None:
-        """Stop listening; every client gets ``code`` (1001, going away); end every task."""
+    def _refusing(self) -> str | None:
+        return 'the server is draining' if self.draining else None
+
+    async def drain(self, window: float, code: int = 1001,
+                    reason: str = 'server draining') -> None:
+        """For a rolling restart: refuse new handshakes (HTTP 503 with Retry-After), turn
+        ``/healthz`` to 503, and close the clients spread evenly over ``window`` seconds
+        (in random order), so that they reconnect elsewhere a few at a time.  Returns
+        when every client is gone; the listeners stay up (for /healthz) until close()."""
+        self.draining = True
+        logger.info('draining: closing %d connection(s) over %g s', len(self.connections),
+                    window)
+        await self.close_spread(window, code, reason)
+
+    async def close_spread(self, window: float, code: int = 1001,
+                           reason: str = 'server shutting down') -> None:
+        """Close the current connections spread evenly over ``window`` seconds."""
+        victims = list(self.connections)
+        random.shuffle(victims)
+        if not victims:
+            return
+        step = window / len(victims) if window > 0 else 0.0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        closing = []
+        for index, conn in enumerate(victims):
+            delay = started + index * step - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if conn.is_open:
+                closing.append(asyncio.ensure_future(conn.close(code, reason)))
+        await asyncio.gather(*closing, return_exceptions=True)
+
+    async def close(self, code: int = 1001, reason: str = 'server shutting down', *,
+                    spread: float = 0.0) -> None:
+        """Stop listening; every client gets ``code`` (1001, going away), spread over
+        ``spread`` seconds when it is positive; end every task."""
+        if spread > 0 and self.connections:
+            self.draining = True
+            await self.close_spread(spread, code, reason)
         self._closing = True
         await shut_down(self.listeners, self.connections, self._tasks, code, reason)
         for branch in list(self._pending):

@@ -109,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--transaction-timeout', type=float, default=32.0, metavar='SECONDS',
                        help='Timer F: how long a relayed request waits for its final response '
                        '(default %(default)s)')
+    serve.add_argument('--max-handshakes-per-second', type=float, default=1000.0, metavar='R',
+                       help='WebSocket handshakes accepted per second per listener, 0 for no '
+                       'cap; more get HTTP 503 with Retry-After (default %(default)s)')
+    serve.add_argument('--handshake-burst', type=int, default=2000, metavar='N',
+                       help='handshakes accepted at once before that rate applies '
+                       '(default %(default)s)')
+    serve.add_argument('--shutdown-window', type=float, default=2.0, metavar='SECONDS',
+                       help='on SIGINT/SIGTERM, close the clients spread over this long, so '
+                       'that they do not all reconnect in the same second (default %(default)s)')
+    serve.add_argument('--drain-window', type=float, default=30.0, metavar='SECONDS',
+                       help='on SIGUSR1 (drain), refuse new clients with 503, turn /healthz to '
+                       '503 and close the clients spread over this long (default %(default)s)')
     serve.add_argument('--timer-c', type=float, default=180.0, metavar='SECONDS',
                        help='Timer C: how long a forked INVITE branch may ring after its last '
                        'provisional response before serve CANCELs it (default %(default)s)')
@@ -294,7 +306,9 @@ def _server_options(args: argparse.Namespace, fd_limit: int | None = None) -> Se
                             max_bad_messages=args.max_bad_messages or None,
                             open_timeout=args.open_timeout,
                             max_send_queue=args.max_send_queue or None,
-                            transaction_timeout=args.transaction_timeout)
+                            transaction_timeout=args.transaction_timeout,
+                            max_handshakes_per_second=args.max_handshakes_per_second or None,
+                            handshake_burst=args.handshake_burst)
     try:
         options.validate()
     except ConfigurationError as exc:
@@ -336,6 +350,9 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    if base.ssl is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload_certificate, base.ssl, args)
+    loop.add_signal_handler(signal.SIGUSR1, _start_drain, server, args.drain_window)
     accept_failures = AcceptFailureHandler()      # out of descriptors: summaries, no tracebacks
     accept_failures.install(loop)
     try:
@@ -362,7 +379,7 @@ async def _serve(args: argparse.Namespace) -> int:
         gc.freeze()
         await stop.wait()
         print('aiosip-ws serve: shutting down', flush=True)
-        await server.close()
+        await server.close(spread=args.shutdown_window)
         left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         if left:
             logger.error('tasks left behind at shutdown: %r', left)
@@ -370,10 +387,29 @@ async def _serve(args: argparse.Namespace) -> int:
         print('aiosip-ws serve: stopped cleanly', flush=True)
         return 0
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
         accept_failures.uninstall()
         LogThrottle.flush_all()                    # the "N similar suppressed" lines still due
+
+
+def _reload_certificate(context: ssl.SSLContext, args: argparse.Namespace) -> None:
+    """SIGHUP: load --tls-cert/--tls-key again into the listeners' TLS context: new
+    handshakes get the new certificate, established connections keep theirs.  A file
+    that cannot be loaded leaves the old certificate in place (logged)."""
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        logger.error('SIGHUP: the TLS certificate was not reloaded, the old one stays: %s', exc)
+        return
+    logger.info('SIGHUP: reloaded the TLS certificate %s', args.tls_cert)
+
+
+def _start_drain(server: Any, window: float) -> None:
+    """SIGUSR1: drain (see RelayServer.drain); a second signal does nothing more."""
+    if server.draining:
+        return
+    server.spawn(server.drain(window))
 
 
 def _is_loopback(host: str) -> bool:

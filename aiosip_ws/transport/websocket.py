@@ -38,7 +38,7 @@ from websockets.typing import Subprotocol
 from ..core import framing
 from ..core.codec import SIPMessage
 from ..core.framing import SUBPROTOCOL
-from ..core.grammar import WS_DEFAULT_PORTS, WS_SCHEMES, url_host
+from ..core.grammar import WS_DEFAULT_PORTS, WS_SCHEMES, retry_after_seconds, url_host
 from ..errors import ConfigurationError, HandshakeError
 from ..options import ClientOptions, ServerOptions
 from .throttle import LogThrottle
@@ -467,8 +467,10 @@ async def open_connection(url: str, handler: ConnectionHandler,
     try:
         websocket = await connect(url, **kwargs)
     except InvalidStatus as exc:
-        raise HandshakeError('WebSocket handshake with %s refused: HTTP %d %s'
-                             % (url, exc.response.status_code, exc.response.reason_phrase)) from exc
+        refused = HandshakeError('WebSocket handshake with %s refused: HTTP %d %s'
+                                 % (url, exc.response.status_code, exc.response.reason_phrase))
+        refused.retry_after = retry_after_seconds(exc.response.headers.get('Retry-After'))
+        raise refused from exc
     except InvalidHandshake as exc:
         raise HandshakeError('WebSocket handshake with %s failed: %s' % (url, exc)) from exc
     except _ssl.SSLError as exc:
@@ -606,8 +608,23 @@ async def listen(url: str, handler: ConnectionHandler,
         peer_log.warning('refused handshakes (busy)', 'refused handshake from %s: %s',
                          connection.remote_address, why)
         response = connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, why + '\n')
-        response.headers['Retry-After'] = '5'
+        response.headers['Retry-After'] = str(random.randint(options.retry_after,
+                                                             2 * options.retry_after))
         return response
+
+    rate = options.max_handshakes_per_second
+    bucket = [float(options.handshake_burst), 0.0]              # tokens, last refill
+
+    def over_rate() -> bool:
+        if rate is None:
+            return False
+        now = asyncio.get_running_loop().time()
+        bucket[0] = min(float(options.handshake_burst), bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        if bucket[0] < 1.0:
+            return True
+        bucket[0] -= 1.0
+        return False
 
     http_handler = options.http_handler
     #: connections answered by http_handler: not handshake refusals
@@ -635,6 +652,10 @@ async def listen(url: str, handler: ConnectionHandler,
             response.headers['Upgrade'] = 'websocket'
             response.headers['Sec-WebSocket-Version'] = '13'               # RFC 6455 §4.4
             return response
+        if options.refuse_handshakes is not None:
+            why = options.refuse_handshakes()
+            if why is not None:
+                return busy(connection, why)
         if options.max_connections is not None and len(connections) >= options.max_connections:
             return busy(connection, 'too many connections (%d)' % options.max_connections)
         if options.max_connections_per_ip is not None:
@@ -648,12 +669,12 @@ async def listen(url: str, handler: ConnectionHandler,
             return connection.respond(http.HTTPStatus.NOT_FOUND, 'no SIP WebSocket service here\n')
         if allowed is not None:
             origin = request.headers.get('Origin')
-            if origin is None and options.allow_missing_origin:
-                return None
-            if origin not in allowed:
+            if origin not in allowed and not (origin is None and options.allow_missing_origin):
                 peer_log.info('refused handshakes', 'refused handshake from %s: Origin %r not '
                               'allowed', connection.remote_address, origin)
                 return connection.respond(http.HTTPStatus.FORBIDDEN, 'Origin not allowed\n')
+        if over_rate():                  # last: only handshakes that would succeed count
+            return busy(connection, 'too many handshakes per second (%g)' % (rate or 0))
         return None
 
     def log_refusal(connection: ServerConnection, request: Request,

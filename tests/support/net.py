@@ -40,11 +40,13 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
 
 
 async def http_get(port: int, path: str, *, host: str = HOST, source: str | None = None,
-                   headers: tuple[str, ...] = (), timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
-    """One plain HTTP/1.1 GET on a new connection: (status, headers lower-cased, body)."""
+                   headers: tuple[str, ...] = (), timeout: float = 5.0,
+                   ssl=None) -> tuple[int, dict[str, str], bytes]:
+    """One plain HTTP/1.1 GET on a new connection (HTTPS with an ``ssl`` context):
+    (status, headers lower-cased, body)."""
     import asyncio
     reader, writer = await asyncio.wait_for(asyncio.open_connection(
-        host, port, local_addr=(source, 0) if source else None), timeout)
+        host, port, local_addr=(source, 0) if source else None, ssl=ssl), timeout)
     try:
         lines = ['GET %s HTTP/1.1' % path, 'Host: %s:%d' % (host, port), *headers, '', '']
         writer.write('\r\n'.join(lines).encode())
