@@ -84,6 +84,16 @@ class HandshakeError(TransportError):
     retry_after: float | None = None
 
 
+class HandshakeRefused(AiosipWSError):
+    """Raised by a handshake authentication hook (``ServerOptions.authenticate``) to refuse
+    a WebSocket handshake with an HTTP ``status`` (401 or 403, say) before any SIP."""
+
+    def __init__(self, status: int = 403, reason: str = 'Forbidden') -> None:
+        super().__init__('handshake refused: HTTP %d %s' % (status, reason))
+        self.status = status
+        self.reason = reason
+
+
 class ConnectionLost(TransportError):
     """The WebSocket connection closed while a transaction was still waiting."""
 

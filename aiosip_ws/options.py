@@ -109,6 +109,12 @@ class ServerOptions(ConnectionOptions):
     handshake_burst: int = 200
     #: ``refuse_handshakes()`` returns why new handshakes get HTTP 503 now (draining), or None
     refuse_handshakes: Callable[[], str | None] | None = None
+    #: handshake authentication: ``authenticate(request)`` (sync or async) sees each
+    #: handshake that passed the other checks (a :class:`~aiosip_ws.transport.websocket.
+    #: HandshakeRequest`: path, query, cookies, headers, client address) and returns the
+    #: identity the connection gets (``WSConnection.identity``; None: anonymous), or
+    #: raises :class:`~aiosip_ws.errors.HandshakeRefused` (HTTP 401/403, no SIP at all)
+    authenticate: Callable[[Any], Any] | None = None
     #: the Retry-After of a 503 to a handshake: a whole number of seconds drawn from
     #: [retry_after, 2 x retry_after], so that refused clients come back spread out
     retry_after: int = 5

@@ -39,14 +39,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..core import digest
 from ..core.codec import SIPMessage
 from ..core.sipuri import NameAddr, SipURI
-from ..errors import ConfigurationError, DigestError, SIPParseError
+from ..errors import ConfigurationError, DigestError, HandshakeRefused, SIPParseError
 
 __all__ = ['User', 'UserFile', 'Identity', 'AuthOutcome', 'DigestAuthenticator', 'user_line',
-           'aor_key']
+           'aor_key', 'TokenAuthenticator']
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +166,8 @@ class Identity:
 
     user: str | None
     aors: frozenset[str] = frozenset()
+    #: when the credential behind it expires (a token's ``exp``, Unix time), or None
+    expires_at: float | None = None
 
     def owns(self, aor: str) -> bool:
         return self.user is None or aor in self.aors
@@ -345,3 +348,51 @@ class DigestAuthenticator:
             del store[oldest]
             if stamp >= horizon:          # dropped for room while still valid
                 self._forgotten_before = max(self._forgotten_before, stamp)
+
+
+class TokenAuthenticator:
+    """Handshake authentication with a JWT (HS256, PyJWT: ``pip install aiosip-ws[jwt]``),
+    for ``ServerOptions.authenticate`` (``serve --jwt-secret``).
+
+    Browsers cannot set headers on a WebSocket, so the token comes in the URL query
+    (``wss://host/?token=...``) or in a ``token`` cookie.  It must be signed with the
+    secret, carry ``exp`` and ``sub`` (the AOR the connection may use: a SIP URI, or a
+    user name taken in the first local domain), and pass ``nbf``, and ``aud``/``iss``
+    when configured, within ``leeway`` seconds.  Missing or expired: HTTP 401; otherwise
+    invalid: 403.  The token itself never reaches a log line.
+    """
+
+    def __init__(self, secret: str, *, leeway: float = 0.0, audience: str | None = None,
+                 issuer: str | None = None, domain: str | None = None) -> None:
+        try:
+            import jwt
+        except ImportError:
+            raise ConfigurationError('--jwt-secret needs PyJWT: pip install "aiosip-ws[jwt]"'
+                                     ) from None
+        if not secret:
+            raise ConfigurationError('the JWT secret is empty')
+        self._jwt = jwt
+        self.secret, self.leeway = secret, leeway
+        self.audience, self.issuer, self.domain = audience, issuer, domain
+
+    def __call__(self, request: Any) -> Identity:
+        token = request.query.get('token') or request.cookies.get('token')
+        if not token:
+            raise HandshakeRefused(401, 'a token is required (?token= or a token cookie)')
+        jwt = self._jwt
+        try:
+            claims = jwt.decode(token, self.secret, algorithms=['HS256'], leeway=self.leeway,
+                                audience=self.audience, issuer=self.issuer,
+                                options={'require': ['exp', 'sub']})
+        except jwt.ExpiredSignatureError:
+            raise HandshakeRefused(401, 'the token has expired') from None
+        except jwt.InvalidTokenError as exc:
+            raise HandshakeRefused(403, 'invalid token (%s)' % type(exc).__name__) from None
+        subject = str(claims['sub'])
+        if ':' not in subject and self.domain:
+            subject = 'sip:%s@%s' % (subject, self.domain)
+        try:
+            aor = _aor_key(subject)
+        except SIPParseError:
+            raise HandshakeRefused(403, 'the token\'s sub is no SIP AOR') from None
+        return Identity(aor, frozenset({aor}), float(claims['exp']))

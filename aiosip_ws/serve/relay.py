@@ -32,6 +32,7 @@ import dataclasses
 import inspect
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -205,6 +206,16 @@ class RelayServer:
         self.connections.add(conn)
         conn.state['contact_hosts'] = set()
         conn.state['pending'] = set()
+        identity = getattr(conn, 'identity', None)
+        if isinstance(identity, Identity) and identity.expires_at is not None:
+            # the connection lives as long as the token that opened it
+            delay = max(0.0, identity.expires_at - time.time())
+            conn.state['expiry'] = asyncio.get_running_loop().call_later(
+                delay, self._token_expired, conn)
+
+    def _token_expired(self, conn: WSConnection) -> None:
+        logger.info('%r: its token expired: closing with 1008', conn)
+        self.spawn(conn.close(1008, 'token expired'))
 
     def handshake_refused(self, status: int) -> None:
         self.metrics.handshake_refused(status)
@@ -215,6 +226,9 @@ class RelayServer:
     def connection_lost(self, conn: WSConnection, exc: BaseException | None) -> None:
         self.metrics.connection_closed(conn.close_code)
         self.connections.discard(conn)
+        expiry = conn.state.pop('expiry', None)
+        if expiry is not None:
+            expiry.cancel()
         for host in conn.state.pop('contact_hosts', ()):
             if self._contacts.get(host) is conn:
                 del self._contacts[host]
@@ -260,7 +274,12 @@ class RelayServer:
             self.reply(conn, message, 405, headers=[('Allow', ', '.join(ALLOWED_METHODS))])
             return
         conn.state['identity'] = None
-        if self.auth is not None and self.auth.needs_challenge(message, conn.remote_addr[0]):
+        token_identity = getattr(conn, 'identity', None)
+        if isinstance(token_identity, Identity):          # bound by its handshake's token
+            if not self._owned_by(conn, message, token_identity):
+                return
+            conn.state['identity'] = token_identity
+        elif self.auth is not None and self.auth.needs_challenge(message, conn.remote_addr[0]):
             identity = self._authenticate(conn, message)
             if identity is None:
                 return
@@ -342,23 +361,30 @@ class RelayServer:
             self.reply(conn, request, outcome.status, outcome.reason, headers=outcome.headers)
             return None
         identity = outcome.identity
-        header = 'To' if request.method == 'REGISTER' else 'From'
-        try:
-            aor = aor_key(NameAddr.parse(request.get(header) or '').uri)
-        except SIPParseError as exc:
-            self.reply(conn, request, 400, 'Bad Request (%s)' % exc)
-            return None
-        if not identity.owns(aor):
-            logger.info('%r: %s refused: %s authenticated as %s, which does not own %s', conn,
-                        request.method, header, identity.user, aor)
-            self.reply(conn, request, 403, 'Forbidden (%s is not an address of user %s)'
-                       % (aor, identity.user))
+        if not self._owned_by(conn, request, identity):
             return None
         if request.method != 'REGISTER':      # credentials for our realm end here (§22.3)
             realm = 'realm="%s"' % self.auth.realm
             request.headers = [(k, v) for k, v in request.headers
                                if not (k == 'Proxy-Authorization' and realm in v)]
         return identity
+
+    def _owned_by(self, conn: WSConnection, request: SIPMessage, identity: Identity) -> bool:
+        """The AOR a request acts for (REGISTER: To; others: From) belongs to ``identity``;
+        if not, it has been answered 403."""
+        header = 'To' if request.method == 'REGISTER' else 'From'
+        try:
+            aor = aor_key(NameAddr.parse(request.get(header) or '').uri)
+        except SIPParseError as exc:
+            self.reply(conn, request, 400, 'Bad Request (%s)' % exc)
+            return False
+        if identity.owns(aor):
+            return True
+        logger.info('%r: %s refused: authenticated as %s, which does not own %s', conn,
+                    request.method, identity.user, aor)
+        self.reply(conn, request, 403, 'Forbidden (%s is not an address of %s)'
+                   % (aor, identity.user))
+        return False
 
     def _on_register(self, conn: WSConnection, request: SIPMessage) -> None:
         hosts = _invalid_hosts(request)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import getpass
 import ipaddress
@@ -146,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help='how long a nonce is good; then stale=true (default %(default)s)')
     serve.add_argument('--trusted-peer', action='append', default=[], metavar='CIDR',
                        help='addresses never challenged (upstream proxies, trunks), repeatable')
+    serve.add_argument('--jwt-secret', metavar='SECRET',
+                       help='handshake authentication: a JWT (HS256) signed with SECRET in '
+                       '?token= or a token cookie, its sub the AOR the connection may use; '
+                       'also from $AIOSIP_WS_JWT_SECRET (needs aiosip-ws[jwt])')
+    serve.add_argument('--jwt-leeway', type=float, default=0.0, metavar='SECONDS',
+                       help='clock skew allowed on exp and nbf (default %(default)s)')
+    serve.add_argument('--jwt-audience', metavar='AUD', help='the aud the tokens must carry')
+    serve.add_argument('--jwt-issuer', metavar='ISS', help='the iss the tokens must carry')
     serve.add_argument('--metrics-allow', action='append', default=None, metavar='CIDR',
                        help='who may GET /metrics and /registrations on the listening port, '
                        'repeatable (default: loopback, 127.0.0.0/8 and ::1)')
@@ -338,6 +347,14 @@ async def _serve(args: argparse.Namespace) -> int:
     from ..transport.throttle import LogThrottle
     urls = args.listen or ['ws://127.0.0.1:8080/']
     base = _server_options(args, raise_open_file_limit())
+    jwt_secret = args.jwt_secret or os.environ.get('AIOSIP_WS_JWT_SECRET')
+    if jwt_secret:
+        from ..serve.auth import TokenAuthenticator
+        domains = args.domain or ([args.realm] if args.realm else [])
+        domain = domains[0] if domains else None          # for a sub that is a bare user
+        base = dataclasses.replace(base, authenticate=TokenAuthenticator(
+            jwt_secret, leeway=args.jwt_leeway, audience=args.jwt_audience,
+            issuer=args.jwt_issuer, domain=domain))
     limits = RelayLimits(max_pending=args.max_pending,
                          max_pending_per_connection=args.max_pending_per_connection,
                          max_requests_per_second=args.max_requests_per_second or None,
@@ -366,7 +383,8 @@ async def _serve(args: argparse.Namespace) -> int:
             return 2
         for listener in listeners:
             print('aiosip-ws serve: listening on %s' % listener.bound_url, flush=True)
-            if server.auth is None and not _is_loopback(split_ws_url(listener.bound_url)[1]):
+            if (server.auth is None and base.authenticate is None
+                    and not _is_loopback(split_ws_url(listener.bound_url)[1])):
                 logger.warning('%s is reachable beyond this machine and serve checks no '
                                'credentials: anyone may register as anyone (--users FILE '
                                '--realm REALM enables Digest authentication)',
@@ -424,7 +442,7 @@ def _authenticator(args: argparse.Namespace) -> Any:
     from ..serve.auth import DigestAuthenticator, UserFile
     if args.users is None:
         for flag in ('realm', 'domain', 'nonce_secret'):
-            if getattr(args, flag):
+            if getattr(args, flag) and not (flag == 'domain' and args.jwt_secret):
                 raise ConfigurationError('--%s needs --users FILE' % flag.replace('_', '-'))
         return None
     if not args.realm:

@@ -21,12 +21,13 @@ import http
 import inspect
 import logging
 import random
+import re
 import secrets
 import ssl as _ssl
 import sys
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, cast
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -39,7 +40,7 @@ from ..core import framing
 from ..core.codec import SIPMessage
 from ..core.framing import SUBPROTOCOL
 from ..core.grammar import WS_DEFAULT_PORTS, WS_SCHEMES, retry_after_seconds, url_host
-from ..errors import ConfigurationError, HandshakeError
+from ..errors import ConfigurationError, HandshakeError, HandshakeRefused
 from ..options import ClientOptions, ServerOptions
 from .throttle import LogThrottle
 
@@ -165,6 +166,8 @@ class WSConnection:
         self._max_bad_messages: int | None = getattr(options, 'max_bad_messages', None)
         self.closed: asyncio.Future[None] = loop.create_future()
         self.close_exception: BaseException | None = None
+        #: what the listener's ``authenticate`` hook returned for this connection
+        self.identity: Any = None
 
     def __repr__(self) -> str:
         peer = self.url or '%s:%s' % self.remote_addr
@@ -504,6 +507,38 @@ else:
     _LoggerAdapter = logging.LoggerAdapter
 
 
+class HandshakeRequest:
+    """What a handshake authentication hook sees (``ServerOptions.authenticate``)."""
+
+    __slots__ = ('path', 'query', 'headers', 'cookies', 'remote_addr')
+
+    def __init__(self, request: Request, remote_address: Any) -> None:
+        parts = urlsplit(request.path)
+        #: the path, without the query
+        self.path = parts.path
+        #: query parameters: name -> first value
+        self.query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        #: the request headers (websockets ``Headers``: ``get``, ``get_all``)
+        self.headers = request.headers
+        #: cookies of the ``Cookie`` headers: name -> value
+        self.cookies: dict[str, str] = {}
+        for header in request.headers.get_all('Cookie'):
+            for item in header.split(';'):
+                name, eq, value = item.strip().partition('=')
+                if eq and name:
+                    self.cookies.setdefault(name, value)
+        self.remote_addr: Address = _sockaddr(remote_address)
+
+
+#: query parameters and cookies whose values never reach a log line
+_SECRET = re.compile(r'((?:^|[?&;\s])(?:token|access_token|password|auth)=)[^&;\s]*', re.I)
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of token-like query parameters replaced by ``***``."""
+    return _SECRET.sub(r'\1***', text)
+
+
 class _HandshakeLogger(_LoggerAdapter):
     """websockets' logger for the servers of :func:`listen`, the same on websockets 15-17.
 
@@ -519,6 +554,8 @@ class _HandshakeLogger(_LoggerAdapter):
         return msg, kwargs                  # keep the connection websockets puts in ``extra``
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if args:                 # websockets' DEBUG lines show the request line: no tokens
+            args = tuple(redact(a) if isinstance(a, str) else a for a in args)
         if level >= logging.ERROR and msg == 'opening handshake failed':
             exc = sys.exc_info()[1]
             if isinstance(exc, InvalidHandshake):
@@ -630,7 +667,8 @@ async def listen(url: str, handler: ConnectionHandler,
     #: connections answered by http_handler: not handshake refusals
     served: set[int] = set()
 
-    def check_request(connection: ServerConnection, request: Request) -> Response | None:
+    def check_request(connection: ServerConnection,
+                      request: Request) -> Response | None | Awaitable[Response | None]:
         # It runs before websockets checks the handshake itself, on websockets 15-17.
         if http_handler is not None and 'websocket' not in \
                 request.headers.get('Upgrade', '').lower():
@@ -665,7 +703,7 @@ async def listen(url: str, handler: ConnectionHandler,
                             % (source, options.max_connections_per_ip))
         if path != '/' and urlsplit(request.path).path != path:
             peer_log.info('refused handshakes', 'refused handshake from %s: path %s is not %s',
-                          connection.remote_address, request.path, path)
+                          connection.remote_address, urlsplit(request.path).path, path)
             return connection.respond(http.HTTPStatus.NOT_FOUND, 'no SIP WebSocket service here\n')
         if allowed is not None:
             origin = request.headers.get('Origin')
@@ -675,6 +713,27 @@ async def listen(url: str, handler: ConnectionHandler,
                 return connection.respond(http.HTTPStatus.FORBIDDEN, 'Origin not allowed\n')
         if over_rate():                  # last: only handshakes that would succeed count
             return busy(connection, 'too many handshakes per second (%g)' % (rate or 0))
+        if options.authenticate is not None:
+            return authenticate(connection, request)
+        return None
+
+    #: the identity the authenticate hook gave each connection, until it is handed over
+    identities: dict[int, Any] = {}
+
+    async def authenticate(connection: ServerConnection, request: Request) -> Response | None:
+        assert options.authenticate is not None
+        try:
+            identity = options.authenticate(HandshakeRequest(request, connection.remote_address))
+            if inspect.isawaitable(identity):
+                identity = await asyncio.wait_for(identity, options.open_timeout)
+        except HandshakeRefused as refused:
+            peer_log.info('refused handshakes', 'refused handshake from %s: HTTP %d %s',
+                          connection.remote_address, refused.status, refused.reason)
+            return connection.respond(http.HTTPStatus(refused.status), refused.reason + '\n')
+        except Exception:  # noqa: BLE001 - a broken hook refuses, never accepts
+            logger.exception('the handshake authentication hook failed')
+            return connection.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR, 'error\n')
+        identities[id(connection)] = identity
         return None
 
     def log_refusal(connection: ServerConnection, request: Request,
@@ -682,6 +741,8 @@ async def listen(url: str, handler: ConnectionHandler,
         if id(connection) in served:
             served.discard(id(connection))
             return
+        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
+            identities.pop(id(connection), None)
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
             refused = getattr(handler, 'handshake_refused', None)
             if refused is not None:
@@ -694,6 +755,7 @@ async def listen(url: str, handler: ConnectionHandler,
 
     async def on_connection(websocket: ServerConnection) -> None:
         conn = WSConnection(websocket, handler, role='server', secure=secure, options=options)
+        conn.identity = identities.pop(id(websocket), None)
         source = conn.remote_addr[0]
         connections.add(conn)
         per_ip[source] += 1

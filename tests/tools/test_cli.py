@@ -492,3 +492,22 @@ async def test_serve_takes_its_options_from_a_toml_config_and_flags_win(serve_pr
     bad = run_cli('serve', '--config', str(config))
     assert bad.returncode == 2 and "unknown option 'max-pendng'" in bad.stderr
     assert 'max-pending' in bad.stderr
+
+
+def test_serve_with_jwt_secret_admits_only_token_holders(serve_process):
+    """serve --jwt-secret: aiosip-ws register with ?token= in the URL registers its sub;
+    without a token the handshake is refused with 401 and the command exits 1."""
+    import jwt
+    secret = 'the secret of this test, 32 bytes long or more'
+    process = serve_process('--listen', 'ws://127.0.0.1:0/', '--jwt-secret', secret,
+                            '--domain', 'example.com')
+    [url] = process.urls
+    good = jwt.encode({'sub': 'alice', 'exp': int(time.time()) + 60}, secret, algorithm='HS256')
+    alice = run_cli('register', url + '?token=' + good, '--aor', 'sip:alice@example.com',
+                    '--duration', '0.3')
+    assert alice.returncode == 0, alice.stderr
+    assert 'REGISTER sip:example.com -> 200 OK' in alice.stdout
+    anonymous = run_cli('register', url, '--aor', 'sip:alice@example.com', '--duration', '0.3')
+    assert anonymous.returncode == 1 and 'HTTP 401' in anonymous.stderr
+    _, _, err = process.stop()
+    assert good not in err
