@@ -1,6 +1,7 @@
 """Configuration of WebSocket connections and listeners (see README.rst, "Configuration")."""
 from __future__ import annotations
 
+import ipaddress
 import ssl as _ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -115,6 +116,11 @@ class ServerOptions(ConnectionOptions):
     #: identity the connection gets (``WSConnection.identity``; None: anonymous), or
     #: raises :class:`~aiosip_ws.errors.HandshakeRefused` (HTTP 401/403, no SIP at all)
     authenticate: Callable[[Any], Any] | None = None
+    #: reverse proxies (addresses or CIDR networks) whose ``X-Forwarded-For`` or
+    #: ``Forwarded`` header names the client; from anyone else those headers are ignored.
+    #: The client address found is the connection's ``remote_addr`` (per-IP caps, logs,
+    #: the address the http_handler and authenticate hooks see)
+    trusted_proxies: Sequence[str] = ()
     #: the Retry-After of a 503 to a handshake: a whole number of seconds drawn from
     #: [retry_after, 2 x retry_after], so that refused clients come back spread out
     retry_after: int = 5
@@ -127,6 +133,12 @@ class ServerOptions(ConnectionOptions):
             raise ConfigurationError('max_handshakes_per_second must be positive (or None)')
         if self.handshake_burst < 1 or self.retry_after < 1:
             raise ConfigurationError('handshake_burst and retry_after must be at least 1')
+        for network in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigurationError('trusted proxy %r is no address or CIDR network'
+                                         % (network,)) from None
         for name in ('max_connections', 'max_connections_per_ip', 'max_bad_messages'):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help='clock skew allowed on exp and nbf (default %(default)s)')
     serve.add_argument('--jwt-audience', metavar='AUD', help='the aud the tokens must carry')
     serve.add_argument('--jwt-issuer', metavar='ISS', help='the iss the tokens must carry')
+    serve.add_argument('--trusted-proxy', action='append', default=[], metavar='CIDR',
+                       help='a reverse proxy or load balancer whose X-Forwarded-For / '
+                       'Forwarded names the client (ignored from anyone else), repeatable')
     serve.add_argument('--metrics-allow', action='append', default=None, metavar='CIDR',
                        help='who may GET /metrics and /registrations on the listening port, '
                        'repeatable (default: loopback, 127.0.0.0/8 and ::1)')
@@ -317,7 +320,8 @@ def _server_options(args: argparse.Namespace, fd_limit: int | None = None) -> Se
                             max_send_queue=args.max_send_queue or None,
                             transaction_timeout=args.transaction_timeout,
                             max_handshakes_per_second=args.max_handshakes_per_second or None,
-                            handshake_burst=args.handshake_burst)
+                            handshake_burst=args.handshake_burst,
+                            trusted_proxies=tuple(args.trusted_proxy))
     try:
         options.validate()
     except ConfigurationError as exc:

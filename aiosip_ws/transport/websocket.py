@@ -19,6 +19,7 @@ import collections
 import contextlib
 import http
 import inspect
+import ipaddress
 import logging
 import random
 import re
@@ -507,6 +508,44 @@ else:
     _LoggerAdapter = logging.LoggerAdapter
 
 
+def forwarded_client(peer: Address, headers: Any, proxies: list[Any]) -> Address:
+    """The client behind trusted ``proxies``: ``peer`` itself unless it is one of them;
+    then the nearest address of ``Forwarded: for=`` (RFC 7239), or else of
+    ``X-Forwarded-For``, that is not a trusted proxy (port 0: unknown)."""
+    def trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in proxies)
+
+    if not trusted(peer[0]):
+        return peer
+    hops: list[str] = []
+    for value in headers.get_all('Forwarded'):
+        for element in value.split(','):
+            for pair in element.split(';'):
+                name, eq, found = pair.strip().partition('=')
+                if eq and name.strip().lower() == 'for':
+                    hops.append(found.strip().strip('"'))
+    if not hops:
+        for value in headers.get_all('X-Forwarded-For'):
+            hops += [hop.strip() for hop in value.split(',')]
+    for hop in reversed(hops):
+        host = hop
+        if host.startswith('['):                                   # "[v6]:port"
+            host = host[1:].partition(']')[0]
+        elif host.count(':') == 1:                                 # "v4:port"
+            host = host.partition(':')[0]
+        try:
+            address = str(ipaddress.ip_address(host))
+        except ValueError:
+            return peer                    # "unknown", an obfuscated name: stop trusting here
+        if not trusted(address):
+            return (address, 0)
+    return peer
+
+
 class HandshakeRequest:
     """What a handshake authentication hook sees (``ServerOptions.authenticate``)."""
 
@@ -666,13 +705,20 @@ async def listen(url: str, handler: ConnectionHandler,
     http_handler = options.http_handler
     #: connections answered by http_handler: not handshake refusals
     served: set[int] = set()
+    proxies = [ipaddress.ip_network(n, strict=False) for n in options.trusted_proxies]
+    #: the client address of each connection still in its handshake (behind a proxy)
+    clients: dict[int, Address] = {}
 
     def check_request(connection: ServerConnection,
                       request: Request) -> Response | None | Awaitable[Response | None]:
         # It runs before websockets checks the handshake itself, on websockets 15-17.
+        client = _sockaddr(connection.remote_address)
+        if proxies:
+            client = forwarded_client(client, request.headers, proxies)
+            clients[id(connection)] = client
         if http_handler is not None and 'websocket' not in \
                 request.headers.get('Upgrade', '').lower():
-            answer = http_handler(request.path, request.headers, connection.remote_address[0])
+            answer = http_handler(request.path, request.headers, client[0])
             if answer is not None:
                 status, content_type, body = answer
                 served.add(id(connection))
@@ -697,7 +743,7 @@ async def listen(url: str, handler: ConnectionHandler,
         if options.max_connections is not None and len(connections) >= options.max_connections:
             return busy(connection, 'too many connections (%d)' % options.max_connections)
         if options.max_connections_per_ip is not None:
-            source = connection.remote_address[0]
+            source = client[0]
             if per_ip[source] >= options.max_connections_per_ip:
                 return busy(connection, 'too many connections from %s (%d)'
                             % (source, options.max_connections_per_ip))
@@ -714,16 +760,17 @@ async def listen(url: str, handler: ConnectionHandler,
         if over_rate():                  # last: only handshakes that would succeed count
             return busy(connection, 'too many handshakes per second (%g)' % (rate or 0))
         if options.authenticate is not None:
-            return authenticate(connection, request)
+            return authenticate(connection, request, client)
         return None
 
     #: the identity the authenticate hook gave each connection, until it is handed over
     identities: dict[int, Any] = {}
 
-    async def authenticate(connection: ServerConnection, request: Request) -> Response | None:
+    async def authenticate(connection: ServerConnection, request: Request,
+                           client: Address) -> Response | None:
         assert options.authenticate is not None
         try:
-            identity = options.authenticate(HandshakeRequest(request, connection.remote_address))
+            identity = options.authenticate(HandshakeRequest(request, client))
             if inspect.isawaitable(identity):
                 identity = await asyncio.wait_for(identity, options.open_timeout)
         except HandshakeRefused as refused:
@@ -740,9 +787,11 @@ async def listen(url: str, handler: ConnectionHandler,
                     response: Response) -> None:
         if id(connection) in served:
             served.discard(id(connection))
+            clients.pop(id(connection), None)
             return
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
             identities.pop(id(connection), None)
+            clients.pop(id(connection), None)
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
             refused = getattr(handler, 'handshake_refused', None)
             if refused is not None:
@@ -756,6 +805,7 @@ async def listen(url: str, handler: ConnectionHandler,
     async def on_connection(websocket: ServerConnection) -> None:
         conn = WSConnection(websocket, handler, role='server', secure=secure, options=options)
         conn.identity = identities.pop(id(websocket), None)
+        conn.remote_addr = clients.pop(id(websocket), conn.remote_addr)
         source = conn.remote_addr[0]
         connections.add(conn)
         per_ip[source] += 1

@@ -8,6 +8,7 @@ handshake failed" with a traceback for each of them unless listen() tames it."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 
 import pytest
@@ -256,3 +257,53 @@ async def test_per_ip_cap_counts_each_source_address_in_an_index():
     finally:
         await listener.close()
 
+
+
+def test_the_client_behind_a_trusted_proxy_is_the_nearest_untrusted_hop():
+    """X-Forwarded-For and Forwarded (RFC 7239) count only from a trusted proxy; the client
+    is the nearest hop that is no trusted proxy; garbage stops the trust there."""
+    from websockets.datastructures import Headers
+
+    from aiosip_ws.transport.websocket import forwarded_client
+    proxies = [ipaddress.ip_network('10.0.0.0/8'), ipaddress.ip_network('::1/128')]
+
+    def client(peer: str, **fields: str) -> str:
+        headers = Headers([(k.replace('_', '-'), v) for k, v in fields.items()])
+        return forwarded_client((peer, 4000), headers, proxies)[0]
+    assert client('192.0.2.9', X_Forwarded_For='198.51.100.1') == '192.0.2.9'   # not a proxy
+    assert client('10.0.0.1', X_Forwarded_For='198.51.100.1') == '198.51.100.1'
+    assert client('10.0.0.1', X_Forwarded_For='6.6.6.6, 198.51.100.1, 10.0.0.2') == '198.51.100.1'
+    assert client('10.0.0.1', Forwarded='for=198.51.100.7;proto=https',
+                  X_Forwarded_For='6.6.6.6') == '198.51.100.7'
+    assert client('::1', Forwarded='for="[2001:db8::5]:443"') == '2001:db8::5'
+    assert client('10.0.0.1', Forwarded='for=198.51.100.7:5060') == '198.51.100.7'
+    assert client('10.0.0.1', X_Forwarded_For='unknown') == '10.0.0.1'
+    assert client('10.0.0.1') == '10.0.0.1'
+
+
+async def test_per_ip_cap_and_remote_addr_use_the_forwarded_client():
+    """Behind a trusted proxy (127.0.0.1 here) the per-IP cap counts the forwarded client,
+    and the connection's remote_addr is that client."""
+    recorder = Recorder()
+    listener = await listen('ws://%s:0/' % HOST, recorder,
+                            ServerOptions(trusted_proxies=('127.0.0.1/32',),
+                                          max_connections_per_ip=1))
+    try:
+        def forwarded(ip: str) -> bytes:
+            return request().replace(b'\r\n\r\n', b'\r\nX-Forwarded-For: %s\r\n\r\n' % ip.encode())
+        reader, writer = await asyncio.open_connection(HOST, listener.port)
+        writer.write(forwarded('198.51.100.1'))
+        assert (await reader.readuntil(b'\r\n\r\n')).startswith(b'HTTP/1.1 101 ')
+        await asyncio.sleep(0.05)
+        [conn] = listener.connections
+        assert conn.remote_addr == ('198.51.100.1', 0)
+        second = await exchange(listener.port, forwarded('198.51.100.1'))
+        assert second.startswith(b'HTTP/1.1 503 ')                 # the same client again
+        third_reader, third_writer = await asyncio.open_connection(HOST, listener.port)
+        third_writer.write(forwarded('198.51.100.2'))
+        assert (await third_reader.readuntil(b'\r\n\r\n')).startswith(b'HTTP/1.1 101 ')
+        assert listener.connections_per_ip == {'198.51.100.1': 1, '198.51.100.2': 1}
+        third_writer.close()
+        writer.close()
+    finally:
+        await listener.close()
