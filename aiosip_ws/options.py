@@ -133,7 +133,7 @@ class ServerOptions(ConnectionOptions):
             raise ConfigurationError('max_handshakes_per_second must be positive (or None)')
         if self.handshake_burst < 1 or self.retry_after < 1:
             raise ConfigurationError('handshake_burst and retry_after must be at least 1')
-        for network in self.trusted_proxies:
+        for network in self.trusted_proxies:      # (options import no layer: checked here)
             try:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:

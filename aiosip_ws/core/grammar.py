@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 
-from ..errors import SIPParseError
+from ..errors import ConfigurationError, SIPParseError
 
 __all__ = [
     'TOKEN_CHARS', 'TOKEN_CLASS', 'TOKEN_RE', 'TOKEN_BYTES_RE', 'SCHEME_CLASS', 'MAGIC_COOKIE',
@@ -19,7 +20,7 @@ __all__ = [
     'is_ws_url', 'is_sip_uri', 'strip_brackets', 'url_host', 'ip_literal',
     'DELTA_SECONDS_MAX', 'CSEQ_LIMIT', 'MAX_FORWARDS_MAX', 'parse_delta_seconds',
     'parse_cseq_number', 'parse_max_forwards', 'parse_content_length', 'parse_qvalue',
-    'retry_after_seconds',
+    'retry_after_seconds', 'parse_networks', 'address_in',
 ]
 
 #: RFC 3261 §25.1 ``token`` characters (besides ALPHA and DIGIT)
@@ -169,3 +170,29 @@ def retry_after_seconds(value: str | None) -> float | None:
         return float(parse_delta_seconds(value.split(';', 1)[0].split('(', 1)[0], 'Retry-After'))
     except SIPParseError:
         return None
+
+
+
+
+def parse_networks(values: Iterable[str], what: str
+                   ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Addresses or CIDR networks (``10.0.0.0/8``, ``::1``) as networks; a value that is
+    neither raises ConfigurationError naming the option ``what``."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ConfigurationError('%s %r is no address or CIDR network (write 10.0.0.0/8 '
+                                     'or 192.0.2.7)' % (what, value)) from None
+    return networks
+
+
+def address_in(address: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]
+               ) -> bool:
+    """True if ``address`` (an IP literal) is in one of ``networks``; False for a name."""
+    try:
+        ip = ipaddress.ip_address(strip_brackets(address))
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)

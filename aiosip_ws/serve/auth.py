@@ -32,7 +32,6 @@ replayed answer is refused.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import logging
 import secrets
 import time
@@ -43,6 +42,7 @@ from typing import Any
 
 from ..core import digest
 from ..core.codec import SIPMessage
+from ..core.grammar import address_in, parse_networks
 from ..core.sipuri import NameAddr, SipURI
 from ..errors import ConfigurationError, DigestError, HandshakeRefused, SIPParseError
 
@@ -205,13 +205,7 @@ class DigestAuthenticator:
             raise ConfigurationError('at least one digest algorithm is needed')
         self.nonce_secret = nonce_secret or secrets.token_bytes(32)
         self.nonce_lifetime = float(nonce_lifetime)
-        self.trusted = []
-        for network in trusted:
-            try:
-                self.trusted.append(ipaddress.ip_network(network, strict=False))
-            except ValueError:
-                raise ConfigurationError('--trusted-peer %r is no address or CIDR network'
-                                         % (network,)) from None
+        self.trusted = parse_networks(trusted, '--trusted-peer')
         self.max_nonces = max_nonces
         #: failed answers on one connection before 403 instead of a new challenge
         self.max_failures = max_failures
@@ -227,11 +221,7 @@ class DigestAuthenticator:
 
     # -- the policy -------------------------------------------------------------------
     def is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.trusted)
+        return address_in(address, self.trusted)
 
     def is_local(self, uri: SipURI) -> bool:
         return uri.host.lower() in self.domains

@@ -16,7 +16,6 @@ set of values: the SIP methods serve knows and ``other``, the standard close cod
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ..errors import ConfigurationError
+from ..core.grammar import address_in, parse_networks
 
 if TYPE_CHECKING:
     from .relay import RelayServer
@@ -130,21 +129,11 @@ class AdminEndpoints:
     def __init__(self, server: RelayServer, allow: Iterable[str] = ('127.0.0.0/8', '::1/128'),
                  *, healthy: Callable[[], bool] | None = None) -> None:
         self.server = server
-        self.allow = []
-        for network in allow:
-            try:
-                self.allow.append(ipaddress.ip_network(network, strict=False))
-            except ValueError:
-                raise ConfigurationError('--metrics-allow %r is no address or CIDR network'
-                                         % (network,)) from None
+        self.allow = parse_networks(allow, '--metrics-allow')
         self.healthy = healthy or (lambda: True)
 
     def allowed(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.allow)
+        return address_in(address, self.allow)
 
     def __call__(self, path: str, headers: Any, address: str) -> tuple[int, str, bytes] | None:
         route = path.split('?', 1)[0]

@@ -40,7 +40,14 @@ from websockets.typing import Subprotocol
 from ..core import framing
 from ..core.codec import SIPMessage
 from ..core.framing import SUBPROTOCOL
-from ..core.grammar import WS_DEFAULT_PORTS, WS_SCHEMES, retry_after_seconds, url_host
+from ..core.grammar import (
+    WS_DEFAULT_PORTS,
+    WS_SCHEMES,
+    address_in,
+    parse_networks,
+    retry_after_seconds,
+    url_host,
+)
 from ..errors import ConfigurationError, HandshakeError, HandshakeRefused
 from ..options import ClientOptions, ServerOptions
 from .throttle import LogThrottle
@@ -513,11 +520,7 @@ def forwarded_client(peer: Address, headers: Any, proxies: list[Any]) -> Address
     then the nearest address of ``Forwarded: for=`` (RFC 7239), or else of
     ``X-Forwarded-For``, that is not a trusted proxy (port 0: unknown)."""
     def trusted(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in proxies)
+        return address_in(address, proxies)
 
     if not trusted(peer[0]):
         return peer
@@ -705,7 +708,7 @@ async def listen(url: str, handler: ConnectionHandler,
     http_handler = options.http_handler
     #: connections answered by http_handler: not handshake refusals
     served: set[int] = set()
-    proxies = [ipaddress.ip_network(n, strict=False) for n in options.trusted_proxies]
+    proxies = parse_networks(options.trusted_proxies, 'trusted proxy')
     #: the client address of each connection still in its handshake (behind a proxy)
     clients: dict[int, Address] = {}
 
