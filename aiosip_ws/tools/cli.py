@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--log-level', default='INFO',
                        choices=['DEBUG', 'INFO', 'WARNING', 'ERROR'],
                        help='log level (default %(default)s); DEBUG also logs every SIP message')
+    _add_loop_option(serve)
     serve.set_defaults(func=_serve)
 
     passwd = commands.add_parser(
@@ -276,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help='start measuring at this wall-clock time (after set-up), so that '
                        'several bench processes measure the same window')
     bench.add_argument('--no-progress', action='store_true', help='no live progress line')
+    _add_loop_option(bench)
     bench.set_defaults(func=_bench_command)
     return parser
 
@@ -432,6 +434,32 @@ def _start_drain(server: Any, window: float) -> None:
     if server.draining:
         return
     server.spawn(server.drain(window))
+
+
+def _add_loop_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--loop', choices=('auto', 'asyncio', 'uvloop'),
+                        default=os.environ.get('AIOSIP_WS_LOOP', 'auto'),
+                        help='the event loop: uvloop (pip install "aiosip-ws[fast]"), the '
+                        'standard asyncio one, or auto: uvloop when installed (default '
+                        '%(default)s; $AIOSIP_WS_LOOP)')
+
+
+def _run(coro: Any, loop: str) -> Any:
+    """``asyncio.run(coro)`` on the event loop ``--loop`` chose."""
+    uvloop = None
+    if loop in ('auto', 'uvloop'):
+        try:
+            import uvloop
+        except ImportError:
+            if loop == 'uvloop':
+                coro.close()
+                raise ConfigurationError('--loop uvloop needs uvloop: pip install '
+                                         '"aiosip-ws[fast]"') from None
+    if uvloop is None:
+        logger.debug('event loop: asyncio')
+        return asyncio.run(coro)
+    logger.info('event loop: uvloop %s', uvloop.__version__)
+    return uvloop.run(coro)
 
 
 def _is_loopback(host: str) -> bool:
@@ -875,7 +903,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             value = getattr(args, option, None)
             if value:
                 user_uri(value, '--%s' % option.replace('_uri', '').replace('_', '-'))
-        return asyncio.run(args.func(args))
+        return _run(args.func(args), getattr(args, 'loop', 'asyncio'))
     except ConfigurationError as exc:
         print('aiosip-ws %s: %s' % (args.command, exc), file=sys.stderr)
         return 2

@@ -16,7 +16,10 @@ def aiosip_ws_command(*args: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONUNBUFFERED='1')
+    # the standard loop unless a test asks for another (--loop, or its own environment)
+    env = {'AIOSIP_WS_LOOP': 'asyncio'}
+    env.update(os.environ, PYTHONUNBUFFERED='1')
+    return env
 
 
 def run_aiosip_ws(*args: str, timeout: float = 60,

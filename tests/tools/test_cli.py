@@ -511,3 +511,30 @@ def test_serve_with_jwt_secret_admits_only_token_holders(serve_process):
     assert anonymous.returncode == 1 and 'HTTP 401' in anonymous.stderr
     _, _, err = process.stop()
     assert good not in err
+
+
+@pytest.mark.parametrize('loop', ['uvloop', 'auto'])
+def test_serve_on_uvloop_registers_relays_and_stops_cleanly(serve_process, loop):
+    """aiosip-ws[fast]: --loop uvloop (and auto, with uvloop installed) runs serve on
+    uvloop: a REGISTER, a MESSAGE relayed to it, a clean stop (signal handlers, the spread
+    shutdown, no task left)."""
+    pytest.importorskip('uvloop', reason='uvloop is not installed (aiosip-ws[fast])')
+    process = serve_process('--listen', 'ws://127.0.0.1:0/', '--loop', loop)
+    [url] = process.urls
+    bob = start_aiosip_ws('register', url, '--aor', 'sip:bob@example.com', '--duration', '3')
+    try:
+        deadline = time.monotonic() + 10
+        sent = None
+        while time.monotonic() < deadline:
+            sent = run_cli('message', url, '--aor', 'sip:alice@example.com', '--to',
+                           'sip:bob@example.com', '--body', 'on uvloop')
+            if '-> 200 OK' in sent.stdout:
+                break
+            time.sleep(0.2)
+        assert sent is not None and '-> 200 OK' in sent.stdout, sent
+    finally:
+        out, _ = bob.communicate(timeout=30)
+    assert 'MESSAGE from sip:alice@example.com: on uvloop' in out
+    code, out, err = process.stop()
+    assert code == 0, err
+    assert 'event loop: uvloop' in err and 'stopped cleanly' in out
