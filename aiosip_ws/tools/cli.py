@@ -438,10 +438,11 @@ def _start_drain(server: Any, window: float) -> None:
 
 def _add_loop_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--loop', choices=('auto', 'asyncio', 'uvloop'),
-                        default=os.environ.get('AIOSIP_WS_LOOP', 'auto'),
-                        help='the event loop: uvloop (pip install "aiosip-ws[fast]"), the '
-                        'standard asyncio one, or auto: uvloop when installed (default '
-                        '%(default)s; $AIOSIP_WS_LOOP)')
+                        default=os.environ.get('AIOSIP_WS_LOOP', 'asyncio'),
+                        help='the event loop: the standard asyncio one, uvloop (pip install '
+                        '"aiosip-ws[fast]"), or auto: uvloop when installed (default '
+                        '%(default)s; $AIOSIP_WS_LOOP).  On uvloop, accept() failures '
+                        '(out of descriptors) are not summarised in the log')
 
 
 def _run(coro: Any, loop: str) -> Any:
