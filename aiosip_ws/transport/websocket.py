@@ -26,6 +26,7 @@ import re
 import secrets
 import ssl as _ssl
 import sys
+import weakref
 from collections.abc import Awaitable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import parse_qs, urlsplit
@@ -549,6 +550,20 @@ def forwarded_client(peer: Address, headers: Any, proxies: list[Any]) -> Address
     return peer
 
 
+class _Handshake:
+    """A connection in its opening handshake, as :func:`listen` sees it."""
+
+    __slots__ = ('client', 'identity', 'served')
+
+    def __init__(self, client: Address) -> None:
+        #: the client's address (behind a trusted proxy: the forwarded one)
+        self.client = client
+        #: what the authenticate hook returned
+        self.identity: Any = None
+        #: answered by the http_handler (a page, not a refused handshake)
+        self.served = False
+
+
 class HandshakeRequest:
     """What a handshake authentication hook sees (``ServerOptions.authenticate``)."""
 
@@ -706,11 +721,11 @@ async def listen(url: str, handler: ConnectionHandler,
         return False
 
     http_handler = options.http_handler
-    #: connections answered by http_handler: not handshake refusals
-    served: set[int] = set()
     proxies = parse_networks(options.trusted_proxies, 'trusted proxy')
-    #: the client address of each connection still in its handshake (behind a proxy)
-    clients: dict[int, Address] = {}
+    #: what check_request learnt of a connection in its handshake, for on_connection and
+    #: log_refusal; weak keys: a handshake abandoned half-way leaves nothing behind
+    handshakes: weakref.WeakKeyDictionary[ServerConnection, _Handshake] = \
+        weakref.WeakKeyDictionary()
 
     def check_request(connection: ServerConnection,
                       request: Request) -> Response | None | Awaitable[Response | None]:
@@ -718,13 +733,13 @@ async def listen(url: str, handler: ConnectionHandler,
         client = _sockaddr(connection.remote_address)
         if proxies:
             client = forwarded_client(client, request.headers, proxies)
-            clients[id(connection)] = client
+        state = handshakes[connection] = _Handshake(client)
         if http_handler is not None and 'websocket' not in \
                 request.headers.get('Upgrade', '').lower():
             answer = http_handler(request.path, request.headers, client[0])
             if answer is not None:
                 status, content_type, body = answer
-                served.add(id(connection))
+                state.served = True
                 response = connection.respond(http.HTTPStatus(status), '')
                 response.body = body
                 response.headers['Content-Type'] = content_type
@@ -763,17 +778,14 @@ async def listen(url: str, handler: ConnectionHandler,
         if over_rate():                  # last: only handshakes that would succeed count
             return busy(connection, 'too many handshakes per second (%g)' % (rate or 0))
         if options.authenticate is not None:
-            return authenticate(connection, request, client)
+            return authenticate(connection, request, state)
         return None
 
-    #: the identity the authenticate hook gave each connection, until it is handed over
-    identities: dict[int, Any] = {}
-
     async def authenticate(connection: ServerConnection, request: Request,
-                           client: Address) -> Response | None:
+                           state: _Handshake) -> Response | None:
         assert options.authenticate is not None
         try:
-            identity = options.authenticate(HandshakeRequest(request, client))
+            identity = options.authenticate(HandshakeRequest(request, state.client))
             if inspect.isawaitable(identity):
                 identity = await asyncio.wait_for(identity, options.open_timeout)
         except HandshakeRefused as refused:
@@ -783,32 +795,30 @@ async def listen(url: str, handler: ConnectionHandler,
         except Exception:  # noqa: BLE001 - a broken hook refuses, never accepts
             logger.exception('the handshake authentication hook failed')
             return connection.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR, 'error\n')
-        identities[id(connection)] = identity
+        state.identity = identity
         return None
 
     def log_refusal(connection: ServerConnection, request: Request,
                     response: Response) -> None:
-        if id(connection) in served:
-            served.discard(id(connection))
-            clients.pop(id(connection), None)
+        if response.status_code == http.HTTPStatus.SWITCHING_PROTOCOLS:
             return
-        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
-            identities.pop(id(connection), None)
-            clients.pop(id(connection), None)
-        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
-            refused = getattr(handler, 'handshake_refused', None)
-            if refused is not None:
-                refused(response.status_code)
+        state = handshakes.pop(connection, None)
+        if state is not None and state.served:
+            return                                  # an http_handler page, not a refusal
+        refused = getattr(handler, 'handshake_refused', None)
+        if refused is not None:
+            refused(response.status_code)
         # A refusal of websockets' own checks (check_request's have logged theirs).
         exc = connection.protocol.handshake_exc
-        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS and exc is not None:
+        if exc is not None:
             peer_log.info('refused handshakes', 'refused handshake from %s: HTTP %d: %s',
                           connection.remote_address, response.status_code, _reason(exc))
 
     async def on_connection(websocket: ServerConnection) -> None:
         conn = WSConnection(websocket, handler, role='server', secure=secure, options=options)
-        conn.identity = identities.pop(id(websocket), None)
-        conn.remote_addr = clients.pop(id(websocket), conn.remote_addr)
+        state = handshakes.pop(websocket, None)
+        if state is not None:
+            conn.identity, conn.remote_addr = state.identity, state.client
         source = conn.remote_addr[0]
         connections.add(conn)
         per_ip[source] += 1
