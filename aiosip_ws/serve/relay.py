@@ -540,9 +540,9 @@ class RelayServer:
         max_forwards = _max_forwards(message)
         if max_forwards is None or max_forwards == 0:
             if not is_ack:
-                self.metrics.response(400)
-                conn.send(make_response(message, 400 if max_forwards is None else 483,
-                                        to_tag=to_tag))
+                status = 400 if max_forwards is None else 483
+                self.metrics.response(status)
+                conn.send(make_response(message, status, to_tag=to_tag))
             return
         forwarded = SIPMessage(method=message.method, uri=message.uri, body=message.body,
                                headers=[(k, v) for k, v in message.headers if k != 'Route'])
@@ -563,9 +563,9 @@ class RelayServer:
             return
         logger.info('relaying in-dialog %s failed: %s', original.method, exc)
         if origin.is_open:
-            self.metrics.response(408)
-            origin.send(make_response(original, 408 if isinstance(exc, TransactionTimeout)
-                                      else 480))
+            status = 408 if isinstance(exc, TransactionTimeout) else 480
+            self.metrics.response(status)
+            origin.send(make_response(original, status))
 
     def _cancel(self, conn: WSConnection, cancel: SIPMessage) -> None:
         """RFC 3261 §16.10: answer the CANCEL, then cancel the INVITE we forwarded."""
@@ -784,13 +784,14 @@ class _Fork:
 
     def _next_group(self) -> None:
         while self.groups:
-            group = self.groups.pop(0)
-            launched = [self._launch(b) for b in group if b.connection.is_open]
-            if any(launched):
+            live = [b for b in self.groups.pop(0) if b.connection.is_open]
+            for binding in live:
+                self._launch(binding)
+            if live:
                 return
         self._finish()
 
-    def _launch(self, binding: Binding) -> bool:
+    def _launch(self, binding: Binding) -> None:
         server, request = self.server, self.request
         forwarded = SIPMessage(method=request.method, uri=str(binding.uri),
                                headers=list(request.headers), body=request.body)
@@ -807,7 +808,6 @@ class _Fork:
         future = server.send_request(binding.connection, forwarded, branch=branch.branch,
                                      on_provisional=provisional)
         future.add_done_callback(lambda done: self._branch_done(branch, done))
-        return True
 
     def _provisional(self, branch: _Branch, response: SIPMessage) -> None:
         branch.provisional = True
