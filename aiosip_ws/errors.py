@@ -23,6 +23,7 @@ __all__ = [
     'InvalidURIError',
     'DigestError',
     'RegistrationError',
+    'ProxyHeaderError',
     'AllTargetsFailed',
     'Interrupted',
 ]
@@ -92,6 +93,11 @@ class HandshakeRefused(AiosipWSError):
         super().__init__('handshake refused: HTTP %d %s' % (status, reason))
         self.status = status
         self.reason = reason
+
+
+class ProxyHeaderError(AiosipWSError, ValueError):
+    """A connection to a PROXY protocol listener does not start with a valid PROXY header
+    (``ServerOptions.proxy_protocol``); the message says what is wrong."""
 
 
 class ConnectionLost(TransportError):

@@ -121,6 +121,10 @@ class ServerOptions(ConnectionOptions):
     #: The client address found is the connection's ``remote_addr`` (per-IP caps, logs,
     #: the address the http_handler and authenticate hooks see)
     trusted_proxies: Sequence[str] = ()
+    #: every connection starts with a HAProxy PROXY protocol header (v1 or v2, read before
+    #: TLS) that names the client; only ``trusted_proxies`` may connect.  Needs asyncio's
+    #: event loop (not uvloop)
+    proxy_protocol: bool = False
     #: the Retry-After of a 503 to a handshake: a whole number of seconds drawn from
     #: [retry_after, 2 x retry_after], so that refused clients come back spread out
     retry_after: int = 5
@@ -139,6 +143,9 @@ class ServerOptions(ConnectionOptions):
             except ValueError:
                 raise ConfigurationError('trusted proxy %r is no address or CIDR network'
                                          % (network,)) from None
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ConfigurationError('proxy_protocol needs trusted_proxies (--trusted-proxy CIDR): '
+                                     'the load balancers allowed to send PROXY headers')
         for name in ('max_connections', 'max_connections_per_ip', 'max_bad_messages'):
             value = getattr(self, name)
             if value is not None and value < 1:

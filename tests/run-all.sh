@@ -23,7 +23,7 @@ PYTHONS=${PYTHONS:-"3.10 3.11 3.12 3.13"}
 say() { printf '\n=== %s\n' "$*"; }
 
 # --- Debian packages ------------------------------------------------------------
-packages=(dnsmasq-base kamailio kamailio-websocket-modules kamailio-tls-modules openssl nginx-light)
+packages=(dnsmasq-base kamailio kamailio-websocket-modules kamailio-tls-modules openssl nginx-light haproxy)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
@@ -41,6 +41,7 @@ fi
 if command -v systemctl >/dev/null 2>&1; then
     systemctl stop kamailio >/dev/null 2>&1 || true
     systemctl stop nginx >/dev/null 2>&1 || true
+    systemctl stop haproxy >/dev/null 2>&1 || true
 fi
 
 # --- npm packages for the interop peers -----------------------------------------

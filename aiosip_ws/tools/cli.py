@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--trusted-proxy', action='append', default=[], metavar='CIDR',
                        help='a reverse proxy or load balancer whose X-Forwarded-For / '
                        'Forwarded names the client (ignored from anyone else), repeatable')
+    serve.add_argument('--proxy-protocol', action='store_true',
+                       help='every connection starts with a HAProxy PROXY protocol header (v1 '
+                       'or v2, before TLS) naming the client; only --trusted-proxy addresses '
+                       'may connect (HAProxy send-proxy-v2); needs --loop asyncio')
     serve.add_argument('--metrics-allow', action='append', default=None, metavar='CIDR',
                        help='who may GET /metrics and /registrations on the listening port, '
                        'repeatable (default: loopback, 127.0.0.0/8 and ::1)')
@@ -323,11 +327,9 @@ def _server_options(args: argparse.Namespace, fd_limit: int | None = None) -> Se
                             transaction_timeout=args.transaction_timeout,
                             max_handshakes_per_second=args.max_handshakes_per_second or None,
                             handshake_burst=args.handshake_burst,
-                            trusted_proxies=tuple(args.trusted_proxy))
-    try:
-        options.validate()
-    except ConfigurationError as exc:
-        raise SystemExit('aiosip-ws serve: %s' % exc) from None
+                            trusted_proxies=tuple(args.trusted_proxy),
+                            proxy_protocol=args.proxy_protocol)
+    options.validate()                # a ConfigurationError: main() prints it, exit status 2
     return options
 
 
@@ -904,7 +906,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             value = getattr(args, option, None)
             if value:
                 user_uri(value, '--%s' % option.replace('_uri', '').replace('_', '-'))
-        return _run(args.func(args), getattr(args, 'loop', 'asyncio'))
+        loop = getattr(args, 'loop', 'asyncio')
+        if getattr(args, 'proxy_protocol', False):
+            if loop == 'uvloop':
+                raise ConfigurationError('--proxy-protocol needs --loop asyncio: uvloop reads a '
+                                         'connection before its PROXY header can be taken off')
+            loop = 'asyncio'
+        return _run(args.func(args), loop)
     except ConfigurationError as exc:
         print('aiosip-ws %s: %s' % (args.command, exc), file=sys.stderr)
         return 2

@@ -51,6 +51,7 @@ from ..core.grammar import (
 )
 from ..errors import ConfigurationError, HandshakeError, HandshakeRefused
 from ..options import ClientOptions, ServerOptions
+from .proxyproto import proxied_connection_class
 from .throttle import LogThrottle
 
 __all__ = ['WSConnection', 'WSListener', 'ConnectionHandler', 'open_connection', 'listen', 'shut_down',
@@ -634,8 +635,11 @@ class WSListener:
     """A listening WebSocket server for SIP; :meth:`close` ends every connection with 1001."""
 
     def __init__(self, server: Server, url: str, connections: set[WSConnection],
-                 connections_per_ip: collections.Counter[str] | None = None) -> None:
+                 connections_per_ip: collections.Counter[str] | None = None,
+                 proxied_pending: set[Any] | None = None) -> None:
         self.server = server
+        #: PROXY protocol connections still reading their header or in TLS
+        self._proxied_pending = proxied_pending if proxied_pending is not None else set()
         self.url = url
         self.connections = connections
         #: how many of :attr:`connections` come from each source address (kept by
@@ -658,6 +662,8 @@ class WSListener:
         return '%s://%s:%d%s' % ('wss' if secure else 'ws', url_host(host), self.port, path)
 
     async def close(self, code: int = 1001, reason: str = 'server shutting down') -> None:
+        for connection in list(self._proxied_pending):
+            connection.abort_pending()
         if _SERVER_CLOSE_TAKES_CODE:
             self.server.close(close_connections=True, code=code, reason=reason)
         else:                                               # websockets 15.x
@@ -694,6 +700,11 @@ async def listen(url: str, handler: ConnectionHandler,
                                  '(or --tls-cert/--tls-key)' % url)
     if not secure and options.ssl is not None:
         raise ConfigurationError('a TLS context was given for %s; use a wss:// URL' % url)
+    if options.proxy_protocol and not isinstance(asyncio.get_running_loop(),
+                                                 asyncio.selector_events.BaseSelectorEventLoop):
+        raise ConfigurationError('the PROXY protocol (--proxy-protocol) needs asyncio\'s own '
+                                 'event loop (--loop asyncio), not %s'
+                                 % type(asyncio.get_running_loop()).__module__)
     connections: set[WSConnection] = set()
     per_ip: collections.Counter[str] = collections.Counter()   # connections by source address
     allowed = None if options.allowed_origins is None else set(options.allowed_origins)
@@ -832,15 +843,23 @@ async def listen(url: str, handler: ConnectionHandler,
             if not per_ip[source]:
                 del per_ip[source]
 
+    proxied_pending: set[Any] = set()
+    tls: _ssl.SSLContext | None = options.ssl
+    create_connection = None
+    if options.proxy_protocol:              # the header comes before TLS: the class starts TLS
+        create_connection = proxied_connection_class(proxies=proxies, tls=tls, pending=proxied_pending,
+                                                     timeout=options.open_timeout)
+        tls = None
     server = await serve(
         on_connection, host, port, subprotocols=[Subprotocol(SUBPROTOCOL)], process_request=check_request,
+        create_connection=create_connection,
         process_response=log_refusal, logger=_HandshakeLogger(logging.getLogger('websockets.server')),
-        compression=None, ssl=options.ssl, open_timeout=options.open_timeout,
+        compression=None, ssl=tls, open_timeout=options.open_timeout,
         ping_interval=options.ping_interval, ping_timeout=options.ping_timeout,
         close_timeout=options.close_timeout, max_size=options.max_size,
         server_header=options.server_header or _user_agent(),
     )
-    listener = WSListener(server, url, connections, per_ip)
+    listener = WSListener(server, url, connections, per_ip, proxied_pending)
     logger.info('listening for SIP over WebSocket on %s', listener.bound_url)   # port 0: the real one
     return listener
 

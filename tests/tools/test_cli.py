@@ -538,3 +538,16 @@ def test_serve_on_uvloop_registers_relays_and_stops_cleanly(serve_process, loop)
     code, out, err = process.stop()
     assert code == 0, err
     assert 'event loop: uvloop' in err and 'stopped cleanly' in out
+
+
+def test_serve_proxy_protocol_needs_a_trusted_proxy_and_asyncios_loop(tmp_path):
+    """--proxy-protocol without --trusted-proxy, or with --loop uvloop, exits 2 saying what
+    to add; from a TOML config it is the same option."""
+    alone = run_cli('serve', '--proxy-protocol')
+    assert alone.returncode == 2 and 'needs trusted_proxies (--trusted-proxy CIDR)' in alone.stderr
+    uv = run_cli('serve', '--proxy-protocol', '--trusted-proxy', '127.0.0.1', '--loop', 'uvloop')
+    assert uv.returncode == 2 and '--proxy-protocol needs --loop asyncio' in uv.stderr
+    config = tmp_path / 'serve.toml'
+    config.write_text('proxy-protocol = true\n')
+    from_file = run_cli('serve', '--config', str(config))
+    assert from_file.returncode == 2 and 'needs trusted_proxies' in from_file.stderr
