@@ -54,8 +54,8 @@ async def relay() -> AsyncIterator[tuple[RelayServer, str]]:
 def serve_process() -> Iterator[type[ServeProcess]]:
     started: list[ServeProcess] = []
 
-    def start(*args: str) -> ServeProcess:
-        process = ServeProcess(*args)
+    def start(*args: str, prefix: tuple[str, ...] = ()) -> ServeProcess:
+        process = ServeProcess(*args, prefix=prefix)
         started.append(process)
         return process
 

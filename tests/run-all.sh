@@ -23,7 +23,8 @@ PYTHONS=${PYTHONS:-"3.10 3.11 3.12 3.13"}
 say() { printf '\n=== %s\n' "$*"; }
 
 # --- Debian packages ------------------------------------------------------------
-packages=(dnsmasq-base kamailio kamailio-websocket-modules kamailio-tls-modules openssl nginx-light haproxy)
+packages=(dnsmasq-base kamailio kamailio-websocket-modules kamailio-tls-modules openssl nginx-light haproxy
+          chromium iproute2 util-linux)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \

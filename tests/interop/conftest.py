@@ -60,3 +60,15 @@ def kamailio_peer(kamailio_version, tmp_path):
     """Kamailio on a free port: ws only, digest auth on REGISTER, 5 s keepalive."""
     with kamailio(tmp_path / "kamailio", ws_port=free_port()) as peer:
         yield peer
+
+
+@pytest.fixture
+def users_file(tmp_path):
+    """alice and bob, password ``secret``, written by ``aiosip-ws passwd`` (MD5 + SHA-256)."""
+    from tests.support.cli import run_aiosip_ws
+    path = tmp_path / 'users'
+    for user in ('alice', 'bob'):
+        made = run_aiosip_ws('passwd', str(path), user, '--realm', 'example.com',
+                             stdin='secret\n')
+        assert made.returncode == 0, made.stderr
+    return path

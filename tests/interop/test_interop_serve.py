@@ -129,18 +129,6 @@ async def test_jssip_unregister_all_removes_its_bindings_with_contact_star(
     assert code == 0 and 'Traceback' not in err
 
 
-@pytest.fixture
-def users_file(tmp_path):
-    """alice and bob, password ``secret``, written by ``aiosip-ws passwd`` (MD5 + SHA-256)."""
-    from tests.support.cli import run_aiosip_ws
-    path = tmp_path / 'users'
-    for user in ('alice', 'bob'):
-        made = run_aiosip_ws('passwd', str(path), user, '--realm', 'example.com',
-                             stdin='secret\n')
-        assert made.returncode == 0, made.stderr
-    return path
-
-
 async def test_jssip_and_sipjs_authenticate_register_and_message_through_serve(
         serve_process, users_file, node_agents_ready):
     """``serve --users``: both stacks answer the 401 (the last challenge, MD5) and the 407

@@ -29,17 +29,22 @@ def run_aiosip_ws(*args: str, timeout: float = 60,
                           timeout=timeout, cwd=REPO, env=_env(), input=stdin)
 
 
-def start_aiosip_ws(*args: str) -> subprocess.Popen[str]:
-    """Start ``aiosip-ws ARGS``, its stdout and stderr piped (text)."""
-    return subprocess.Popen(aiosip_ws_command(*args), stdout=subprocess.PIPE,
+#: runs a command in a network namespace of its own, with only loopback, up
+PRIVATE_NETWORK = ('unshare', '--net', '--', 'sh', '-c', 'ip link set lo up && exec "$@"', '_')
+
+
+def start_aiosip_ws(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    """Start ``aiosip-ws ARGS`` (after ``prefix``, e.g. ``PRIVATE_NETWORK``), its stdout
+    and stderr piped (text)."""
+    return subprocess.Popen([*prefix, *aiosip_ws_command(*args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
 
 
 class ServeProcess:
     """``python -m aiosip_ws serve`` as a real process, its listening URLs read from stdout."""
 
-    def __init__(self, *args: str) -> None:
-        self.proc = start_aiosip_ws('serve', *args)
+    def __init__(self, *args: str, prefix: tuple[str, ...] = ()) -> None:
+        self.proc = start_aiosip_ws('serve', *args, prefix=prefix)
         self.urls: list[str] = []
         assert self.proc.stdout is not None
         for line in self.proc.stdout:

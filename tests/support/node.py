@@ -17,7 +17,7 @@ from typing import Any
 from tests.support import REPO, tail
 
 NODE_DIR = REPO / "tests" / "interop" / "node"
-NODE_PACKAGES = ("jssip", "sip.js", "ws")
+NODE_PACKAGES = ("jssip", "sip.js", "ws", "esbuild")
 
 AGENT_SCRIPTS = {
     "jssip": NODE_DIR / "jssip_agent.js",
@@ -73,7 +73,90 @@ class AgentError(RuntimeError):
     pass
 
 
-class NodeAgent:
+class EventLog:
+    """The events an agent reports, and waiting for them (NodeAgent, BrowserAgent)."""
+
+    name = "agent"
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self._returned: set[int] = set()
+        self._cond: asyncio.Condition | None = None
+        self._eof = False
+
+    async def _event(self, ev: dict) -> None:
+        assert self._cond is not None
+        async with self._cond:
+            self.events.append(ev)
+            self._cond.notify_all()
+
+    async def _ended(self) -> None:
+        """No more events will come."""
+        assert self._cond is not None
+        async with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def event_names(self) -> list[str]:
+        return [e.get("event") for e in self.events]
+
+    def _details(self) -> list[str]:
+        """More lines for a failure report (a log tail, an exit status)."""
+        return []
+
+    async def _settle(self) -> None:
+        """Before reporting that the agent ended: let it finish."""
+
+    def _describe(self) -> str:
+        lines = [f"events seen by {self.name} ({len(self.events)}):"]
+        lines += ["  " + _summarize(e) for e in self.events[-60:]]
+        return "\n".join(lines + self._details())
+
+    async def wait_event(
+        self,
+        name: str,
+        timeout: float = 10,
+        predicate: Callable[[dict], bool] | None = None,
+        *,
+        consume: bool = True,
+    ) -> dict:
+        """Wait for an event called ``name`` (and matching ``predicate``).
+
+        Raises TimeoutError listing the events seen so far, or AgentError
+        if the agent exits (or reports {"event":"error"}) first."""
+        assert self._cond is not None, f"{self.name} is not started"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with self._cond:
+            while True:
+                for i, ev in enumerate(self.events):
+                    if i in self._returned or ev.get("event") != name:
+                        continue
+                    if predicate is not None and not predicate(ev):
+                        continue
+                    if consume:
+                        self._returned.add(i)
+                    return ev
+                if name != "error":
+                    errors = [e for e in self.events if e.get("event") == "error"]
+                    if errors:
+                        raise AgentError(
+                            f"{self.name} reported an error while waiting for "
+                            f"{name!r}: {errors[0].get('message')}\n{self._describe()}")
+                if self._eof:
+                    await self._settle()
+                    raise AgentError(
+                        f"{self.name} exited before event {name!r}\n{self._describe()}")
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"no {name!r} event from {self.name} within {timeout}s\n"
+                        f"{self._describe()}")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._cond.wait(), remaining)
+
+
+class NodeAgent(EventLog):
     """One JsSIP or SIP.js user agent in a Node subprocess.
 
     ::
@@ -121,14 +204,11 @@ class NodeAgent:
         self.env = dict(os.environ)
         if env:
             self.env.update({k: str(v) for k, v in env.items()})
-        self.events: list[dict] = []
+        super().__init__()
         self.stderr: collections.deque = collections.deque(maxlen=stderr_lines)
         self.proc: asyncio.subprocess.Process | None = None
         self.returncode: int | None = None
-        self._returned: set[int] = set()
-        self._cond: asyncio.Condition | None = None
         self._tasks: list[asyncio.Task] = []
-        self._eof = False
 
     # -- lifecycle --------------------------------------------------------
 
@@ -187,13 +267,9 @@ class NodeAgent:
                         raise ValueError
                 except ValueError:
                     ev = {"event": "_nonjson", "line": text}
-                async with self._cond:
-                    self.events.append(ev)
-                    self._cond.notify_all()
+                await self._event(ev)
         finally:
-            async with self._cond:
-                self._eof = True
-                self._cond.notify_all()
+            await self._ended()
 
     async def _read_stderr(self) -> None:
         assert self.proc and self.proc.stderr
@@ -229,9 +305,6 @@ class NodeAgent:
 
     # -- events -----------------------------------------------------------
 
-    def event_names(self) -> list[str]:
-        return [e.get("event") for e in self.events]
-
     def raw(self, dir: str | None = None) -> list[str]:
         """Texts of the WebSocket data frames seen so far (``dir`` "in"/"out")."""
         return [e.get("data", "") for e in self.events
@@ -249,57 +322,16 @@ class NodeAgent:
                 out.append(data)
         return out
 
-    def _describe(self) -> str:
-        lines = [f"events seen by {self.name} ({len(self.events)}):"]
-        lines += ["  " + _summarize(e) for e in self.events[-60:]]
+    def _details(self) -> list[str]:
+        lines = []
         if self.stderr:
             lines.append("stderr tail:")
             lines += ["  " + s for s in list(self.stderr)[-20:]]
         if self.proc is not None and self.proc.returncode is not None:
             lines.append(f"process exited with code {self.proc.returncode}")
-        return "\n".join(lines)
+        return lines
 
-    async def wait_event(
-        self,
-        name: str,
-        timeout: float = 10,
-        predicate: Callable[[dict], bool] | None = None,
-        *,
-        consume: bool = True,
-    ) -> dict:
-        """Wait for an event called ``name`` (and matching ``predicate``).
-
-        Raises TimeoutError listing the events seen so far, or AgentError
-        if the agent exits (or reports {"event":"error"}) first."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        async with self._cond:
-            while True:
-                for i, ev in enumerate(self.events):
-                    if i in self._returned or ev.get("event") != name:
-                        continue
-                    if predicate is not None and not predicate(ev):
-                        continue
-                    if consume:
-                        self._returned.add(i)
-                    return ev
-                if name != "error":
-                    errors = [e for e in self.events if e.get("event") == "error"]
-                    if errors:
-                        raise AgentError(
-                            f"{self.name} reported an error while waiting for "
-                            f"{name!r}: {errors[0].get('message')}\n{self._describe()}")
-                if self._eof:
-                    # let the process finish so the exit code is known
-                    if self.proc is not None:
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(asyncio.shield(self.proc.wait()), 1)
-                    raise AgentError(
-                        f"{self.name} exited before event {name!r}\n{self._describe()}")
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"no {name!r} event from {self.name} within {timeout}s\n"
-                        f"{self._describe()}")
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._cond.wait(), remaining)
+    async def _settle(self) -> None:
+        if self.proc is not None:        # let the process finish so the exit code is known
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), 1)

@@ -1,0 +1,76 @@
+'use strict';
+// JsSIP 3.13 in a real browser: register, message, and calls with WebRTC media.
+/* global JsSIP, emit, watchIce, AUDIO_ONLY */
+
+let ua = null;
+let session = null;
+
+function attach(s) {
+  session = s;
+  s.on('progress', (e) => emit({ event: 'progress', status: e.response ? e.response.status_code : null }));
+  s.on('accepted', () => emit({ event: 'accepted' }));
+  s.on('confirmed', () => emit({ event: 'confirmed' }));
+  s.on('peerconnection', (e) => watchIce(e.peerconnection));
+  s.on('ended', (e) => emit({ event: 'ended', cause: e.cause, originator: e.originator }));
+  s.on('failed', (e) => emit({
+    event: 'failed',
+    cause: e.cause,
+    originator: e.originator,
+    status: e.message && e.message.status_code ? e.message.status_code : null,
+    method: e.message && e.message.method ? e.message.method : null,
+    reason: e.message && e.message.getHeader ? (e.message.getHeader('Reason') || null) : null,
+  }));
+  if (s.connection) watchIce(s.connection);
+}
+
+window.agent = {
+  start(opts) {
+    JsSIP.debug.disable();
+    const config = {
+      sockets: [new JsSIP.WebSocketInterface(opts.url)],
+      uri: opts.aor,
+      register: false,
+      session_timers: false,
+      user_agent: `JsSIP ${JsSIP.version} (aiosip-ws browser interop)`,
+      connection_recovery_min_interval: 2,
+      connection_recovery_max_interval: 30,
+    };
+    if (opts.user) config.authorization_user = opts.user;
+    if (opts.password) config.password = opts.password;
+    ua = new JsSIP.UA(config);
+    ua.on('connected', () => emit({ event: 'connected' }));
+    ua.on('disconnected', (e) => emit({ event: 'disconnected', code: e && e.code }));
+    ua.on('registered', (e) => emit({ event: 'registered', status: e.response.status_code }));
+    ua.on('registrationFailed', (e) => emit({
+      event: 'registrationFailed', cause: e.cause, status: e.response ? e.response.status_code : null,
+    }));
+    ua.on('newMessage', (e) => {
+      if (e.originator !== 'remote') return;
+      emit({ event: 'message', from: e.request.from.uri.toString(), body: e.request.body || '' });
+    });
+    ua.on('newRTCSession', (e) => {
+      if (e.originator !== 'remote') return;
+      attach(e.session);
+      emit({ event: 'incomingCall', from: e.request.from.uri.toString() });
+    });
+    ua.start();
+    emit({ event: 'started', library: 'jssip', version: JsSIP.version });
+  },
+  register() { ua.register(); },
+  message(to, body) {
+    ua.sendMessage(to, body, {
+      eventHandlers: {
+        succeeded: (e) => emit({ event: 'messageSent', status: e.response.status_code }),
+        failed: (e) => emit({
+          event: 'messageFailed', cause: e.cause, status: e.response ? e.response.status_code : null,
+        }),
+      },
+    });
+  },
+  call(target) {
+    attach(ua.call(target, { mediaConstraints: AUDIO_ONLY, pcConfig: { iceServers: [] } }));
+  },
+  answer() { session.answer({ mediaConstraints: AUDIO_ONLY, pcConfig: { iceServers: [] } }); },
+  hangup() { session.terminate(); },
+  stop() { if (ua) ua.stop(); },
+};

@@ -1,0 +1,109 @@
+"""Calls through `aiosip-ws serve --users` between JsSIP and SIP.js running in Chromium,
+with real WebRTC (fake microphone), serve and the browser alone in a private network
+namespace so that signalling and media stay on its loopback.
+
+RFC 3261 §16.6-16.7 and RFC 3326 as browsers see them: two JsSIP pages registered as one
+user both get the MESSAGE and both ring; the one that answers gets the call, the other
+sees serve's CANCEL with ``Reason: SIP;cause=200;text="Call completed elsewhere"``; ICE
+connects between the caller and the answering page; BYE ends both.  SIP.js (with a
+password) calls JsSIP and hangs up.
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+
+from tests.interop.conftest import _unavailable
+from tests.support.browser import Browser, chromium_binary, ensure_bundles
+from tests.support.cli import PRIVATE_NETWORK
+
+pytestmark = pytest.mark.interop
+
+BOB = 'sip:bob@example.com'
+ALICE = 'sip:alice@example.com'
+
+
+@pytest.fixture
+async def browser_and_serve(tmp_path, serve_process, users_file, node_agents_ready):
+    """serve (Digest, realm example.com) and Chromium in one private network namespace."""
+    try:
+        chromium_binary()
+        ensure_bundles()
+    except RuntimeError as exc:
+        _unavailable('browser agents', exc)
+    if not (shutil.which('unshare') and shutil.which('nsenter') and shutil.which('ip')):
+        _unavailable('browser agents', RuntimeError('unshare, nsenter and ip (util-linux, '
+                                                    'iproute2) are needed'))
+    process = serve_process('--listen', 'ws://127.0.0.1:0/', '--users', str(users_file),
+                            '--realm', 'example.com', prefix=PRIVATE_NETWORK)
+    [url] = process.urls
+    browser = Browser(tmp_path / 'chromium', netns_pid=process.proc.pid)
+    try:
+        await browser.start()
+    except RuntimeError as exc:
+        _unavailable('chromium', exc)
+    try:
+        yield browser, url, process
+    finally:
+        await browser.close()
+
+
+async def test_two_browsers_of_one_user_ring_and_the_one_that_answers_gets_the_call(
+        browser_and_serve):
+    browser, url, process = browser_and_serve
+    alice = await browser.agent('jssip', url=url, aor=ALICE, password='secret', name='alice')
+    desk = await browser.agent('jssip', url=url, aor=BOB, password='secret', name='bob-desk')
+    phone = await browser.agent('jssip', url=url, aor=BOB, password='secret', name='bob-phone')
+    for agent in (alice, desk, phone):
+        assert (await agent.register())['status'] == 200      # after serve's 401
+
+    await alice.message(BOB, 'two devices?')                  # 407, then forked to both
+    assert (await desk.wait_event('message', timeout=10))['body'] == 'two devices?'
+    assert (await phone.wait_event('message', timeout=10))['body'] == 'two devices?'
+    assert (await alice.wait_event('messageSent', timeout=10))['status'] == 200
+
+    await alice.call(BOB)                                     # the INVITE gets a 407 first
+    await desk.wait_event('incomingCall', timeout=15)
+    await phone.wait_event('incomingCall', timeout=15)
+    assert (await alice.wait_event('progress', timeout=10))['status'] == 180
+    await phone.answer()
+    await alice.wait_event('confirmed', timeout=15)
+    await phone.wait_event('confirmed', timeout=15)
+    cancelled = await desk.wait_event('failed', timeout=10)
+    assert cancelled['cause'] == 'Canceled' and cancelled['method'] == 'CANCEL'
+    assert cancelled['reason'] == 'SIP;cause=200;text="Call completed elsewhere"'
+    # media: the caller's ICE connects to the answering page, over loopback
+    await alice.wait_event('ice', timeout=15,
+                           predicate=lambda ev: ev['state'] in ('connected', 'completed'))
+
+    await alice.hangup()                                      # BYE through serve's Record-Route
+    assert (await phone.wait_event('ended', timeout=10))['originator'] == 'remote'
+    assert (await alice.wait_event('ended', timeout=10))['originator'] == 'local'
+    assert not [ev for ev in desk.events if ev['event'] in ('confirmed', 'ended')]
+    code, _, err = await asyncio.get_running_loop().run_in_executor(None, process.stop)
+    assert code == 0 and 'Traceback' not in err
+
+
+async def test_sipjs_with_a_password_calls_jssip_and_hangs_up(browser_and_serve):
+    browser, url, process = browser_and_serve
+    bob = await browser.agent('sipjs', url=url, aor=BOB, password='secret', name='bob-sipjs')
+    alice = await browser.agent('jssip', url=url, aor=ALICE, password='secret', name='alice')
+    await bob.register()
+    await alice.register()
+    await bob.message(ALICE, 'from SIP.js')
+    assert (await alice.wait_event('message', timeout=10))['body'] == 'from SIP.js'
+
+    await bob.call(ALICE)
+    await alice.wait_event('incomingCall', timeout=15)
+    await alice.answer()
+    await bob.wait_event('confirmed', timeout=15)
+    await alice.wait_event('confirmed', timeout=15)
+    await bob.wait_event('ice', timeout=15,
+                         predicate=lambda ev: ev['state'] in ('connected', 'completed'))
+    await bob.hangup()
+    assert (await alice.wait_event('ended', timeout=10))['originator'] == 'remote'
+    await bob.wait_event('ended', timeout=10)
+    code, _, err = await asyncio.get_running_loop().run_in_executor(None, process.stop)
+    assert code == 0 and 'Traceback' not in err
