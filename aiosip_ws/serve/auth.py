@@ -259,7 +259,7 @@ class DigestAuthenticator:
                 credentials = params
                 break
         if credentials is None:
-            return self._challenge(proxy, None)
+            return self._challenge(proxy, self._named_user(request))
         user = self.users.get(credentials.get('username', ''), self.realm)
         algorithm = credentials.get('algorithm', 'MD5').upper()
         nonce = credentials.get('nonce', '')
@@ -291,6 +291,19 @@ class DigestAuthenticator:
         self._remember(nonce, nc)
         state.pop('auth_failures', None)
         return AuthOutcome(Identity(user.name, self.aors_of(user)))
+
+    def _named_user(self, request: SIPMessage) -> User | None:
+        """The user a request without credentials names (To of a REGISTER, From of other
+        requests, in a local domain): a first challenge offers only the algorithms of that
+        user's HA1s, so a user with an MD5 HA1 alone (an htdigest line) is offered MD5 only."""
+        try:
+            uri = NameAddr.parse(request.get('To' if request.method == 'REGISTER' else 'From')
+                                 or '').uri
+        except SIPParseError:
+            return None
+        if not uri.user or not self.is_local(uri):
+            return None
+        return self.users.get(uri.user, self.realm)
 
     def _challenge(self, proxy: bool, user: User | None, *, stale: bool = False
                    ) -> AuthOutcome:

@@ -139,15 +139,19 @@ async def test_register_is_challenged_sha256_first_and_either_answer_registers(r
     assert ok.status == 200
 
     bob = await connect(relay, 'bob')
-    await bob.send(bob.register())                       # the first one: no user known yet
+    first = await bob.send(bob.register())        # the user the To names: what it can check
+    assert challenges(first) == ['MD5']
     assert (await bob.register_with_password()).status == 200
-    # once the user is named, the challenge offers what the file can check
+    # once the credentials name the user, the same
     wrong = await bob.send(bob.register(digest_authorization(
         (await bob.send(bob.register())).get_all('WWW-Authenticate')[0], method='REGISTER',
         uri='sip:example.com', username='bob', password='not it')))
     assert wrong.status == 401 and challenges(wrong) == ['MD5']
     carol = await connect(relay, 'carol')
     challenge = await carol.send(carol.register())
+    assert challenges(challenge) == ['SHA-256']
+    stranger = await connect(relay, 'nobody')                # unknown: every algorithm
+    assert challenges(await stranger.send(stranger.register())) == ['SHA-256', 'MD5']
     sha = [v for v in challenge.get_all('WWW-Authenticate') if 'SHA-256' in v][0]
     ok = await carol.send(carol.register(digest_authorization(
         sha, method='REGISTER', uri='sip:example.com', username='carol', password='singer')))
@@ -384,3 +388,53 @@ async def test_a_call_authenticates_its_invite_only(relay):
         if method == 'BYE':
             await bob.ws.send_text(serialize(make_response(got, 200)).decode())
             assert (await alice.response()).status == 200
+
+
+async def test_the_aiosip_ws_client_registers_messages_and_calls_with_its_password(relay):
+    """The library's own client (aiosip Applications with a password) through serve with
+    Digest: REGISTER answers the 401 (SHA-256 when the user has it, bob's htdigest line
+    offers MD5 only), MESSAGE and INVITE answer the 407 (the 407 to the INVITE is ACKed),
+    then the call is set up and ended in-dialog without any challenge."""
+    import asyncio
+
+    from aiosip_ws import Application
+    url = relay.listeners[0].bound_url
+    alice, bob = Application(), Application()
+    got: asyncio.Queue = asyncio.Queue()
+
+    async def on_invite(dialog, msg):
+        bob.dialog = dialog
+        dialog.register_callback('BYE', lambda d, m: got.put_nowait(('BYE', m)))
+        dialog.reply(msg, 200, content_type='application/sdp', payload='v=0\r\n')
+
+    async def on_message(dialog, msg):
+        dialog.reply(msg, 200)
+        await got.put(('MESSAGE', msg))
+
+    bob.router.add_route('INVITE', on_invite)
+    bob.router.add_route('MESSAGE', on_message)
+    try:
+        registration = await bob.start_dialog('sip:bob@example.com', 'sip:bob@example.com',
+                                              remote_addr=url, password='builder')
+        assert (await asyncio.wait_for(registration.register(), 5)).status_code == 200
+        chat = await alice.start_dialog('sip:alice@example.com', 'sip:bob@example.com',
+                                        remote_addr=url, password='wonderland')
+        sent = await asyncio.wait_for(chat.send_message('MESSAGE', content_type='text/plain',
+                                                        payload='hello bob'), 5)
+        assert sent.status_code == 200
+        kind, message = await asyncio.wait_for(got.get(), 5)
+        assert kind == 'MESSAGE' and message.raw.body == b'hello bob'
+        assert message.raw.get('Proxy-Authorization') is None          # consumed by serve
+        call = await alice.start_dialog('sip:alice@example.com', 'sip:bob@example.com',
+                                        remote_addr=url, password='wonderland')
+        answered = await asyncio.wait_for(call.send_message(
+            'INVITE', content_type='application/sdp', payload='v=0\r\n'), 5)
+        assert answered.status_code == 200
+        call.send_message('ACK')
+        bye = await asyncio.wait_for(call.send_message('BYE'), 5)
+        assert bye.status_code == 200
+        kind, _ = await asyncio.wait_for(got.get(), 5)
+        assert kind == 'BYE'
+    finally:
+        await alice.close()
+        await bob.close()
