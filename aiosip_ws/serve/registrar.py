@@ -22,7 +22,7 @@ from ..core.grammar import parse_delta_seconds, parse_qvalue
 from ..core.sipuri import NameAddr, SipURI
 from ..errors import ConfigurationError, SIPParseError
 
-__all__ = ['Binding', 'Registrar', 'RegisterResult']
+__all__ = ['Binding', 'Registrar', 'RegisterResult', 'register_aor']
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,14 @@ def _key(contact: NameAddr, instance: str | None, reg_id: str | None) -> tuple[s
     return ('uri', str(contact.uri))
 
 
+def register_aor(request: SIPMessage) -> str | RegisterResult:
+    """The address-of-record a REGISTER is for (its To URI), or the 400 to answer."""
+    try:
+        return NameAddr.parse(request.get('To') or '').uri.aor
+    except SIPParseError as exc:
+        return RegisterResult(400, 'Bad Request (%s)' % exc)
+
+
 def _address(connection: Any) -> str:
     host, port = getattr(connection, 'remote_addr', ('?', 0))
     return '%s:%s' % (host, port)
@@ -114,7 +122,7 @@ class Registrar:
         live = [b for b in current
                 if b.expires_at > now and getattr(b.connection, 'is_open', True)]
         if len(live) != len(current):
-            self._store(aor, list(live))
+            self.store(aor, list(live))
         return sorted(live, key=lambda b: b.registered_at, reverse=True)
 
     def aors(self) -> list[str]:
@@ -145,7 +153,25 @@ class Registrar:
 
     def register(self, request: SIPMessage, connection: Any, *,
                  authenticated: bool = False) -> RegisterResult:
-        """Apply a REGISTER as RFC 3261 §10.3 says; the result says what to answer.
+        """Apply a REGISTER as RFC 3261 §10.3 says (see :meth:`evaluate`); the result says
+        what to answer."""
+        aor = register_aor(request)
+        if isinstance(aor, RegisterResult):
+            return aor
+        now = self.clock()
+        result, bindings = self.evaluate(request, connection, self._bindings.get(aor, []),
+                                         authenticated=authenticated, now=now)
+        if bindings is None:
+            return result
+        self.store(aor, bindings)
+        return self.accepted(self.lookup(aor), now, request, connection, authenticated)
+
+    def evaluate(self, request: SIPMessage, connection: Any, current: list[Binding], *,
+                 authenticated: bool = False, now: float) -> tuple[RegisterResult, list[Binding] | None]:
+        """What a REGISTER does to ``current``, the bindings of its AOR (no state is
+        changed): an error to answer and None, or 200 and the AOR's new bindings.  The
+        in-memory registrar applies it to its own; a shared location service (Redis)
+        applies it to what it read, atomically.
 
         ``authenticated``: the request's user was authenticated as the owner of the AOR,
         so every binding of it is theirs to refresh, replace or remove (``Contact: *``
@@ -163,33 +189,31 @@ class Registrar:
         if len(values) > self.max_contacts:
             return RegisterResult(403, 'Forbidden (%d Contacts in one REGISTER; at most %d '
                                   'bindings per address-of-record)'
-                                  % (len(values), self.max_contacts))
+                                  % (len(values), self.max_contacts)), None
         try:
             aor = NameAddr.parse(request.get('To') or '').uri.aor
             contacts = [NameAddr.parse(value) for value in values]
         except SIPParseError as exc:
-            return RegisterResult(400, 'Bad Request (%s)' % exc)
+            return RegisterResult(400, 'Bad Request (%s)' % exc), None
         expires_header = request.get('Expires')
         try:
             header_expires = (None if expires_header is None
                               else parse_delta_seconds(expires_header, 'Expires'))
         except SIPParseError as exc:              # RFC 3261 §10.2.1.1 deviation: see conformance
-            return RegisterResult(400, 'Bad Request (%s)' % exc.reason)
+            return RegisterResult(400, 'Bad Request (%s)' % exc.reason), None
         call_id = request.get('Call-ID') or ''
         cseq, _ = request.cseq
-        now = self.clock()
-        current = self._bindings.get(aor, [])
+        current = [b for b in current
+                   if b.expires_at > now and getattr(b.connection, 'is_open', True)]
 
         if any(c.star for c in contacts):                          # RFC 3261 §10.3 step 6
             if len(contacts) != 1:
-                return RegisterResult(400, 'Bad Request (Contact: * must be the only Contact)')
+                return RegisterResult(400, 'Bad Request (Contact: * must be the only Contact)'), None
             if header_expires != 0:
-                return RegisterResult(400, 'Bad Request (Contact: * needs Expires: 0)')
+                return RegisterResult(400, 'Bad Request (Contact: * needs Expires: 0)'), None
             # without authentication, "all bindings" are the ones this connection made
             kept = [] if authenticated else [b for b in current if b.connection is not connection]
-            if len(kept) != len(current):
-                self._store(aor, kept)
-            return self._ok(aor, now, request, connection, authenticated)
+            return RegisterResult(200), kept
 
         outbound = self._supports_outbound(request)
         planned: list[tuple[NameAddr, int, str | None, str | None]] = []
@@ -202,18 +226,18 @@ class Registrar:
                            else parse_delta_seconds(value, 'expires parameter'))
                 qvalues.append(1.0 if q_text is None else parse_qvalue(q_text))
             except SIPParseError as exc:
-                return RegisterResult(400, 'Bad Request (%s)' % exc.reason)
+                return RegisterResult(400, 'Bad Request (%s)' % exc.reason), None
             if expires is None:
                 expires = self.default_expires
             if 0 < expires < self.min_expires:
-                return RegisterResult(423, headers=[('Min-Expires', str(self.min_expires))])
+                return RegisterResult(423, headers=[('Min-Expires', str(self.min_expires))]), None
             bare = NameAddr(contact.uri, contact.display_name,
                             tuple(p for p in contact.params if p[0].lower() != 'expires'))
             instance = contact.param('+sip.instance') if outbound else None
             reg_id = contact.param('reg-id') if outbound else None
             planned.append((bare, min(expires, self.max_expires), instance, reg_id))
         if outbound and sum(1 for _, e, _, r in planned if r is not None and e) > 1:
-            return RegisterResult(400, 'Bad Request (more than one Contact with reg-id)')  # §5626 6
+            return RegisterResult(400, 'Bad Request (more than one Contact with reg-id)'), None
 
         index = {b.key: b for b in current}
         adding = 0
@@ -223,13 +247,13 @@ class Registrar:
                 adding += 1 if expires > 0 else 0
                 continue
             if old.call_id == call_id and old.cseq >= cseq:          # RFC 3261 §10.3 step 7
-                return RegisterResult(500, 'Server Internal Error (CSeq out of order)')
+                return RegisterResult(500, 'Server Internal Error (CSeq out of order)'), None
             if old.connection is not connection and old.flow_key is None and not authenticated:
                 return RegisterResult(403, 'Forbidden (%s was registered over another '
-                                      'connection)' % old.uri)
+                                      'connection)' % old.uri), None
         if adding and len(current) + adding > self.max_contacts:
             return RegisterResult(403, 'Forbidden (at most %d bindings per address-of-record)'
-                                  % self.max_contacts)
+                                  % self.max_contacts), None
 
         for (bare, expires, instance, reg_id), q in zip(planned, qvalues, strict=True):
             key = _key(bare, instance, reg_id)
@@ -240,9 +264,12 @@ class Registrar:
             if expires > 0:
                 index[key] = Binding(aor, bare, connection, now + expires, call_id, cseq,
                                      instance, reg_id, registered_at=now, q=q)
-                self._aors_of.setdefault(connection, set()).add(aor)
-        self._store(aor, list(index.values()))
-        return self._ok(aor, now, request, connection, authenticated)
+        return RegisterResult(200), list(index.values())
+
+    def bindings_of(self, connection: Any) -> list[Binding]:
+        """The bindings registered over ``connection`` (at most what it holds)."""
+        return [b for aor in self._aors_of.get(connection, ()) for b in self._bindings.get(aor, ())
+                if b.connection is connection]
 
     def replaces_flow(self, request: SIPMessage, owner: Any) -> bool:
         """True if ``request`` is an RFC 5626 flow replacement of a binding held over
@@ -259,7 +286,7 @@ class Registrar:
                    for b in self._bindings.get(aor, ()))
 
     # -- helpers --------------------------------------------------------------------
-    def _store(self, aor: str, bindings: list[Binding]) -> None:
+    def store(self, aor: str, bindings: list[Binding]) -> None:
         """``bindings`` become the AOR's; a connection left with none of them no longer
         lists the AOR, so the per-connection index stays as small as what it holds."""
         before = self._bindings.get(aor, ())
@@ -267,6 +294,8 @@ class Registrar:
             self._bindings[aor] = bindings
         else:
             self._bindings.pop(aor, None)
+        for binding in bindings:
+            self._aors_of.setdefault(binding.connection, set()).add(aor)
         holders = {id(b.connection) for b in bindings}
         for gone in before:
             if id(gone.connection) not in holders:
@@ -281,12 +310,11 @@ class Registrar:
         tokens = {t.strip().lower() for v in request.get_all('Supported') for t in v.split(',')}
         return 'outbound' in tokens
 
-    def _ok(self, aor: str, now: float, request: SIPMessage, connection: Any,
+    def accepted(self, live: list[Binding], now: float, request: SIPMessage, connection: Any,
             authenticated: bool = False) -> RegisterResult:
-        """200 OK with every binding of ``aor``; unless the user was authenticated, the
-        Outbound parameters of bindings that other connections hold are left out, so that
-        a query cannot learn them."""
-        live = self.lookup(aor)
+        """200 OK with every binding in ``live`` (the AOR's, newest first); unless the user
+        was authenticated, the Outbound parameters of bindings that other connections hold
+        are left out, so that a query cannot learn them."""
         headers = [('Contact', '%s;expires=%d' % (b.contact if authenticated or b.connection is connection
                                                   else b.public_contact, b.remaining(now)))
                    for b in live]

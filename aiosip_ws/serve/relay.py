@@ -32,9 +32,10 @@ import dataclasses
 import inspect
 import logging
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..core.codec import SIPMessage, invite_companion, make_response, unsupported_option_tags
@@ -47,7 +48,10 @@ from ..transport.throttle import LogThrottle
 from ..transport.websocket import WSConnection, WSListener, listen, shut_down
 from .auth import DigestAuthenticator, Identity, aor_key
 from .observe import AdminEndpoints, Metrics
-from .registrar import Binding, Registrar
+from .registrar import Binding, RegisterResult, Registrar
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 __all__ = ['RelayServer', 'ALLOWED_METHODS', 'SERVER_HEADER']
 
@@ -87,7 +91,8 @@ class RelayServer:
     def __init__(self, *, server_options: ServerOptions | None = None,
                  registrar: Registrar | None = None, limits: RelayLimits | None = None,
                  auth: DigestAuthenticator | None = None, timer_c: float = 180.0,
-                 admin_allow: Iterable[str] = ('127.0.0.0/8', '::1/128')) -> None:
+                 admin_allow: Iterable[str] = ('127.0.0.0/8', '::1/128'),
+                 redis_url: str | None = None, node_id: str | None = None) -> None:
         #: Prometheus metrics of this server (``GET /metrics``)
         self.metrics = Metrics(self)
         #: ``GET /healthz``, ``/metrics``, ``/registrations`` on the listeners' port
@@ -125,10 +130,17 @@ class RelayServer:
         self._pending: dict[str, _Pending] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        #: the nodes sharing bindings and forwarding through Redis (``--redis``), or None
+        self.cluster: Cluster | None = None
+        if redis_url is not None:
+            from .cluster import Cluster
+            self.cluster = Cluster(self, redis_url, node_id or socket.gethostname().split('.')[0])
 
     # -- life cycle -------------------------------------------------------------------
     async def start(self, *urls: str) -> list[WSListener]:
         try:
+            if self.cluster is not None and not self.listeners:
+                await self.cluster.start()
             for url in urls:
                 self.listeners.append(await listen(url, self, self._options_for(url)))
         except BaseException:
@@ -186,6 +198,8 @@ class RelayServer:
         await shut_down(self.listeners, self.connections, self._tasks, code, reason)
         for branch in list(self._pending):
             self._finish(branch, ConnectionLost('the server closed'))
+        if self.cluster is not None:
+            await self.cluster.close()
 
     async def __aenter__(self) -> RelayServer:
         return self
@@ -204,6 +218,8 @@ class RelayServer:
     def connection_made(self, conn: WSConnection) -> None:
         self.metrics.opened.inc()
         self.connections.add(conn)
+        if self.cluster is not None:
+            self.cluster.connection_made(conn)
         conn.state['contact_hosts'] = set()
         conn.state['pending'] = set()
         identity = getattr(conn, 'identity', None)
@@ -236,6 +252,8 @@ class RelayServer:
             self._finish(branch, ConnectionLost(
                 'the WebSocket connection %r closed (code %s) before the final response'
                 % (conn, conn.close_code)))
+        if self.cluster is not None:
+            self.cluster.connection_lost(conn)
         removed = self.registrar.remove_connection(conn)
         if removed:
             logger.info('%r closed: removed %d binding(s)', conn, removed)
@@ -386,7 +404,7 @@ class RelayServer:
                    % (aor, identity.user))
         return False
 
-    def _on_register(self, conn: WSConnection, request: SIPMessage) -> None:
+    def _on_register(self, conn: WSConnection, request: SIPMessage) -> Awaitable[None] | None:
         hosts = _invalid_hosts(request)
         for host in hosts:
             # A `.invalid` host names one client's connection for in-dialog routing: only
@@ -402,8 +420,21 @@ class RelayServer:
         identity = conn.state.get('identity')
         # With authentication the user owns the AOR's bindings, whichever connection
         # made them; a trusted peer (user None) is held to its connection like anyone.
-        result = self.registrar.register(
-            request, conn, authenticated=isinstance(identity, Identity) and identity.user is not None)
+        authenticated = isinstance(identity, Identity) and identity.user is not None
+        if self.cluster is not None:
+            return self._register_shared(conn, request, hosts, authenticated)
+        self._registered(conn, request, hosts,
+                         self.registrar.register(request, conn, authenticated=authenticated))
+        return None
+
+    async def _register_shared(self, conn: WSConnection, request: SIPMessage, hosts: set[str],
+                               authenticated: bool) -> None:
+        assert self.cluster is not None
+        result = await self.cluster.register(request, conn, authenticated=authenticated)
+        self._registered(conn, request, hosts, result)
+
+    def _registered(self, conn: WSConnection, request: SIPMessage, hosts: set[str],
+                    result: RegisterResult) -> None:
         if result.status == 200:
             for host in hosts:
                 self._claim_host(host, conn)
@@ -416,7 +447,7 @@ class RelayServer:
         without a route that sends it to a presence server, 489 Bad Event."""
         self.reply(conn, request, 489, 'Bad Event (no presence server here)')
 
-    def _on_request(self, conn: WSConnection, request: SIPMessage) -> None:
+    def _on_request(self, conn: WSConnection, request: SIPMessage) -> Awaitable[None] | None:
         try:
             target = NameAddr.parse(request.uri or '').uri
         except SIPParseError as exc:
@@ -441,7 +472,24 @@ class RelayServer:
         if max_forwards == 0:
             self.reply(conn, request, 483)
             return
-        bindings = self.registrar.lookup(target.aor)
+        if self.cluster is not None:
+            return self._relay_shared(conn, request, target.aor, max_forwards)
+        self._relay(conn, request, self.registrar.lookup(target.aor), max_forwards)
+        return None
+
+    async def _relay_shared(self, conn: WSConnection, request: SIPMessage, aor: str,
+                            max_forwards: int) -> None:
+        assert self.cluster is not None
+        bindings = await self.cluster.lookup(aor)
+        if bindings is None:                     # Redis unreachable: this node's own only
+            bindings = self.registrar.lookup(aor)
+            if not bindings:
+                self.busy(conn, request, 'the location service is unreachable')
+                return
+        self._relay(conn, request, bindings, max_forwards)
+
+    def _relay(self, conn: WSConnection, request: SIPMessage, bindings: list[Binding],
+               max_forwards: int) -> None:
         if not bindings:
             self.reply(conn, request, 404)
             return
@@ -586,7 +634,7 @@ class RelayServer:
         (Timer F) or :class:`ConnectionLost`; ``on_provisional`` sees each 1xx.  An
         ACK is not tracked: its future is done at once (with None).
         """
-        branch = branch or new_branch()
+        branch = branch or self.new_branch()
         request.headers.insert(0, ('Via', conn.via(branch)))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[SIPMessage] = loop.create_future()
@@ -604,6 +652,11 @@ class RelayServer:
             self._finish(branch, ConnectionLost('%r cannot take more: the request was not sent'
                                                 % conn))
         return future
+
+    def new_branch(self) -> str:
+        """The branch of a request serve relays (in a cluster it names this node, so that
+        the node holding the callee's connection sends the responses back here)."""
+        return self.cluster.branch() if self.cluster is not None else new_branch()
 
     def rearm(self, branch: str, seconds: float, timer: str) -> None:
         """Give the pending request ``branch`` ``seconds`` more from now (Timer C, re-armed
@@ -639,6 +692,9 @@ class RelayServer:
                              '%r: dropped a response with a bad Via: %s', conn, exc)
             return
         pending = self._pending.get(branch)
+        if pending is None and self.cluster is not None and \
+                self.cluster.forward_response(conn, message, branch):
+            return                                  # to the node that relayed the request
         if pending is None or pending.conn is not conn:
             peer_log.info('dropped stray responses',
                           '%r: dropped a response for no known transaction (%s %s, Call-ID %s)',
@@ -801,7 +857,7 @@ class _Fork:
         if self.key is not None:
             forwarded.headers.insert(0, ('Record-Route', '<sip:%s;transport=ws;lr>'
                                          % binding.connection.via_host))
-        branch = _Branch(binding, forwarded, new_branch())
+        branch = _Branch(binding, forwarded, server.new_branch())
         if self.key is not None:
             provisional = lambda response: self._provisional(branch, response)  # noqa: E731
         self.branches.append(branch)

@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--trusted-proxy', action='append', default=[], metavar='CIDR',
                        help='a reverse proxy or load balancer whose X-Forwarded-For / '
                        'Forwarded names the client (ignored from anyone else), repeatable')
+    serve.add_argument('--redis', metavar='URL',
+                       help='share bindings with the other nodes on this Redis and forward '
+                       'to them through it (redis://HOST:PORT/DB; needs aiosip-ws[cluster])')
+    serve.add_argument('--node-id', metavar='NAME',
+                       help='this node\'s name in the cluster (letters, digits, "-"; '
+                       'default: the host name); unique per node')
     serve.add_argument('--proxy-protocol', action='store_true',
                        help='every connection starts with a HAProxy PROXY protocol header (v1 '
                        'or v2, before TLS) naming the client; only --trusted-proxy addresses '
@@ -370,7 +376,8 @@ async def _serve(args: argparse.Namespace) -> int:
     server = RelayServer(server_options=base, limits=limits,
                          registrar=Registrar(max_contacts=args.max_contacts_per_aor),
                          auth=_authenticator(args), timer_c=args.timer_c,
-                         admin_allow=args.metrics_allow or ('127.0.0.0/8', '::1/128'))
+                         admin_allow=args.metrics_allow or ('127.0.0.0/8', '::1/128'),
+                         redis_url=args.redis, node_id=args.node_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -72,3 +72,15 @@ def users_file(tmp_path):
                              stdin='secret\n')
         assert made.returncode == 0, made.stderr
     return path
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """Debian's redis-server on a free port of 127.0.0.1, empty, no persistence."""
+    from tests.support.redis import RedisServer
+    try:
+        server = RedisServer(tmp_path / 'redis').start()
+    except RuntimeError as exc:
+        _unavailable('redis-server', exc)
+    yield server
+    server.stop()

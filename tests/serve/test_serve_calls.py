@@ -8,35 +8,9 @@ import asyncio
 from websockets.asyncio.client import connect
 
 from aiosip_ws import Application
-from aiosip_ws.core.codec import SIPMessage, make_response, parse, serialize
+from aiosip_ws.core.codec import make_response, serialize
 from aiosip_ws.serve.relay import RelayServer
-
-SDP = ('v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n'
-       'm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n')
-
-
-async def register_raw(ws, user: str) -> str:
-    """REGISTER a raw WebSocket client; returns its Contact host."""
-    host = '%s-raw.invalid' % user
-    await ws.send('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKr%s\r\n'
-                  'From: <sip:%s@example.com>;tag=r1\r\nTo: <sip:%s@example.com>\r\n'
-                  'Call-ID: reg-%s\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n'
-                  'Contact: <sip:%s@%s;transport=ws>\r\nExpires: 60\r\n\r\n'
-                  % (host, user, user, user, user, user, host))
-    assert parse(await asyncio.wait_for(ws.recv(), 5)).status == 200
-    return host
-
-
-async def recv(ws) -> SIPMessage:
-    return parse(await asyncio.wait_for(ws.recv(), 5))
-
-
-def invite(caller_host: str, branch: str = 'z9hG4bKinv1') -> str:
-    return ('INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=%s\r\n'
-            'From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n'
-            'Call-ID: call-1\r\nCSeq: 10 INVITE\r\nMax-Forwards: 70\r\n'
-            'Contact: <sip:alice@%s;transport=ws>\r\nContent-Type: application/sdp\r\n\r\n%s'
-            % (caller_host, branch, caller_host, SDP))
+from tests.support.sip import SDP, answer, invite, message, quiet, recv, register_device, register_raw
 
 
 async def test_call_between_two_aiosip_clients(relay):
@@ -153,34 +127,8 @@ async def test_cancel_is_answered_and_followed_downstream(relay):
 
 
 # -- forking (RFC 3261 §16.6-16.7) ----------------------------------------------------------
-async def register_device(ws, user: str, device: str, q: str | None = None) -> str:
-    """REGISTER one device of ``user`` (its own Contact host, optional ``q``)."""
-    host = '%s-%s.invalid' % (user, device)
-    qparam = ';q=%s' % q if q is not None else ''
-    await ws.send('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKd%s\r\n'
-                  'From: <sip:%s@example.com>;tag=d1\r\nTo: <sip:%s@example.com>\r\n'
-                  'Call-ID: reg-%s-%s\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n'
-                  'Contact: <sip:%s@%s;transport=ws>%s\r\nExpires: 60\r\n\r\n'
-                  % (host, device, user, user, user, device, user, host, qparam))
-    assert parse(await asyncio.wait_for(ws.recv(), 5)).status == 200
-    return host
 
 
-def message(caller_host: str, body: str = 'to every device') -> str:
-    return ('MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKm1\r\n'
-            'From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n'
-            'Call-ID: msg-1\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n'
-            'Content-Type: text/plain\r\n\r\n%s' % (caller_host, body))
-
-
-async def answer(ws, request: SIPMessage, status: int, tag: str, **kwargs) -> None:
-    await ws.send(serialize(make_response(request, status, to_tag=tag, **kwargs)).decode())
-
-
-async def quiet(ws, seconds: float = 0.3) -> None:
-    """Nothing more arrives on ``ws`` (a CRLF ping comes back as the pong)."""
-    await ws.send('\r\n\r\n')
-    assert await asyncio.wait_for(ws.recv(), seconds + 5) == '\r\n'
 
 
 async def test_a_message_reaches_every_device_and_the_first_200_wins(relay):

@@ -1,7 +1,11 @@
-"""SIP requests that tests send from raw WebSocket clients, built once."""
+"""SIP requests that tests send from raw WebSocket clients (websockets ``connect``), and
+the steps of their exchanges with serve."""
 from __future__ import annotations
 
+import asyncio
 import secrets
+
+from aiosip_ws.core.codec import SIPMessage, make_response, parse, serialize
 
 
 def register_request(user: str, *, host: str | None = None, call_id: str | None = None,
@@ -15,3 +19,61 @@ def register_request(user: str, *, host: str | None = None, call_id: str | None 
             'Contact: <sip:%s@%s;transport=ws>\r\nExpires: %d\r\n\r\n'
             % (host, secrets.token_hex(6), user, user, call_id or secrets.token_hex(6), user,
                host, expires))
+
+
+SDP = ('v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n'
+       'm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n')
+
+
+async def register_raw(ws, user: str) -> str:
+    """REGISTER a raw WebSocket client; returns its Contact host."""
+    host = '%s-raw.invalid' % user
+    await ws.send('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKr%s\r\n'
+                  'From: <sip:%s@example.com>;tag=r1\r\nTo: <sip:%s@example.com>\r\n'
+                  'Call-ID: reg-%s\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n'
+                  'Contact: <sip:%s@%s;transport=ws>\r\nExpires: 60\r\n\r\n'
+                  % (host, user, user, user, user, user, host))
+    assert parse(await asyncio.wait_for(ws.recv(), 5)).status == 200
+    return host
+
+
+async def recv(ws) -> SIPMessage:
+    return parse(await asyncio.wait_for(ws.recv(), 5))
+
+
+def invite(caller_host: str, branch: str = 'z9hG4bKinv1') -> str:
+    return ('INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=%s\r\n'
+            'From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n'
+            'Call-ID: call-1\r\nCSeq: 10 INVITE\r\nMax-Forwards: 70\r\n'
+            'Contact: <sip:alice@%s;transport=ws>\r\nContent-Type: application/sdp\r\n\r\n%s'
+            % (caller_host, branch, caller_host, SDP))
+
+
+async def register_device(ws, user: str, device: str, q: str | None = None) -> str:
+    """REGISTER one device of ``user`` (its own Contact host, optional ``q``)."""
+    host = '%s-%s.invalid' % (user, device)
+    qparam = ';q=%s' % q if q is not None else ''
+    await ws.send('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKd%s\r\n'
+                  'From: <sip:%s@example.com>;tag=d1\r\nTo: <sip:%s@example.com>\r\n'
+                  'Call-ID: reg-%s-%s\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n'
+                  'Contact: <sip:%s@%s;transport=ws>%s\r\nExpires: 60\r\n\r\n'
+                  % (host, device, user, user, user, device, user, host, qparam))
+    assert parse(await asyncio.wait_for(ws.recv(), 5)).status == 200
+    return host
+
+
+def message(caller_host: str, body: str = 'to every device') -> str:
+    return ('MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKm1\r\n'
+            'From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n'
+            'Call-ID: msg-1\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n'
+            'Content-Type: text/plain\r\n\r\n%s' % (caller_host, body))
+
+
+async def answer(ws, request: SIPMessage, status: int, tag: str, **kwargs) -> None:
+    await ws.send(serialize(make_response(request, status, to_tag=tag, **kwargs)).decode())
+
+
+async def quiet(ws, seconds: float = 0.3) -> None:
+    """Nothing more arrives on ``ws`` (a CRLF ping comes back as the pong)."""
+    await ws.send('\r\n\r\n')
+    assert await asyncio.wait_for(ws.recv(), seconds + 5) == '\r\n'

@@ -1,0 +1,513 @@
+"""Several ``aiosip-ws serve`` nodes sharing one location service and one bus in Redis.
+
+``serve --redis redis://HOST:PORT/DB --node-id NAME``.  Redis (redis-py's ``redis.asyncio``,
+the extra ``aiosip-ws[cluster]``) holds every node's bindings, and carries the SIP messages
+one node relays to a client connected to another.  The in-memory registrar of each node
+stays the record of the bindings its own connections hold (``/registrations``, metrics).
+
+The location service, readable with ``redis-cli`` (``KEYS aiosip-ws:*``):
+
+* ``aiosip-ws:aor:<AOR>``: a sorted set of the AOR's binding ids, scored by their expiry
+  (ms since the epoch), pruned on every read; it expires with its last binding;
+* ``aiosip-ws:binding:<AOR>:<id>``: a hash per binding (``contact``, ``node``,
+  ``incarnation``, ``connection``, ``instance``, ``reg_id``, ``call_id``, ``cseq``, ``q``,
+  ``expires``, ``registered``, ``remote``, ``via``) with the binding's own TTL (Redis 7.0
+  has no per-field TTL, hence one key per binding);
+* ``aiosip-ws:version:<AOR>``: a counter bumped by every change of the AOR.
+
+A REGISTER is applied as the in-memory registrar applies it (the same code,
+:meth:`~aiosip_ws.serve.registrar.Registrar.evaluate`: RFC 3261 §10.3's Call-ID/CSeq
+check, the Contact cap, RFC 5626 flow replacement) to the AOR's bindings as read, then
+written by one Lua script only if the AOR's version is still the one read: otherwise it
+is evaluated again on what is there now (optimistic concurrency), so concurrent
+REGISTERs through any nodes end as if applied one after the other.  A closing connection's
+bindings are deleted at once.
+
+The bus: each node subscribes to ``aiosip-ws:node:<NAME>``.  A request for a binding of
+another node is published there (``send``: that node writes it to its client's
+connection); the client's responses carry the branch of the node that relayed the
+request (``z9hG4bK<random>.<NAME>``), so the node holding the connection publishes them
+back to it (``response``).  A connection gone by the time a ``send`` arrives is answered
+``gone`` at once (480 upstream); a message lost on the bus ends by the transaction
+timers (408).  The node that relays a request owns its transaction, its fork and its
+timers, wherever the branches are.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import secrets
+import time
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ..core.codec import SIPMessage, parse, serialize
+from ..core.sipuri import NameAddr
+from ..core.transaction import new_branch
+from ..errors import ConfigurationError, ConnectionLost, SIPParseError
+from ..transport.throttle import LogThrottle
+from .registrar import Binding, RegisterResult, Registrar, register_aor
+
+if TYPE_CHECKING:
+    from ..transport.websocket import WSConnection
+    from .relay import RelayServer
+
+__all__ = ['Cluster', 'RemoteConnection', 'check_node_id']
+
+#: what a Redis that is down or too slow raises (redis-py's errors, and OSError/timeouts)
+REDIS_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
+try:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    REDIS_ERRORS += (RedisConnectionError, RedisTimeoutError)
+except ImportError:                             # without the cluster extra: Cluster refuses
+    pass
+
+logger = logging.getLogger(__name__)
+#: what repeats while Redis is away: a few lines, then a count
+peer_log = LogThrottle(logger)
+
+PREFIX = 'aiosip-ws:'
+#: attempts at one REGISTER before it gets 500 (each lost a race with another REGISTER)
+MAX_ATTEMPTS = 200
+#: messages waiting for the bus publisher; more are refused (the branch fails: 480)
+MAX_OUTBOX = 10000
+#: seconds between heartbeats; a node silent for 3 of them is taken for dead
+HEARTBEAT = 2.0
+
+_READ = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local out = {redis.call('GET', KEYS[2]) or '0'}
+local alive = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local fields = redis.call('HGETALL', ARGV[2] .. id)
+  local node, incarnation
+  for i = 1, #fields, 2 do
+    if fields[i] == 'node' then node = fields[i + 1] end
+    if fields[i] == 'incarnation' then incarnation = fields[i + 1] end
+  end
+  if node and alive[node] == nil then
+    alive[node] = redis.call('GET', ARGV[3] .. node) or false
+  end
+  if node and alive[node] == incarnation then
+    table.insert(out, fields)
+  else
+    -- gone, or held by a node that stopped heart-beating or started again since
+    redis.call('DEL', ARGV[2] .. id)
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
+
+_WRITE = """
+if ARGV[1] ~= '*' and (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then
+  return 0
+end
+local ops = cjson.decode(ARGV[3])
+for _, id in ipairs(ops.delete) do
+  redis.call('DEL', ARGV[2] .. id)
+  redis.call('ZREM', KEYS[1], id)
+end
+for _, b in ipairs(ops.put) do
+  local key = ARGV[2] .. b.id
+  redis.call('DEL', key)
+  for field, value in pairs(b.fields) do
+    redis.call('HSET', key, field, value)
+  end
+  redis.call('PEXPIREAT', key, b.at)
+  redis.call('ZADD', KEYS[1], b.at, b.id)
+end
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], 86400000)
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if #last > 0 then
+  redis.call('PEXPIREAT', KEYS[1], last[2])
+end
+return 1
+"""
+
+
+def check_node_id(node: str) -> str:
+    if not node or len(node) > 64 or not all(c.isalnum() or c == '-' for c in node):
+        raise ConfigurationError('--node-id %r: use 1-64 letters, digits and "-"' % (node,))
+    return node
+
+
+def _binding_id(binding: Binding) -> str:
+    return hashlib.sha1('\0'.join(binding.key).encode()).hexdigest()[:20]
+
+
+class RemoteConnection:
+    """A client connection that another node holds, as the relay core sees a connection:
+    what is sent to it goes over the bus to that node."""
+
+    #: bounded: the relay's pending-transaction caps count per connection
+    def __init__(self, cluster: Cluster, node: str, incarnation: str, connection: str,
+                 via: str, remote: str) -> None:
+        self.cluster = cluster
+        self.node, self.incarnation, self.connection = node, incarnation, connection
+        self.via_transport, _, self.via_host = via.partition(' ')
+        host, _, port = remote.rpartition(':')
+        self.remote_addr = (host, int(port) if port.isdigit() else 0)
+        self.state: dict[str, Any] = {'pending': set()}
+        self.options = cluster.relay.server_options
+        self.is_open = True
+
+    def __repr__(self) -> str:
+        return '<RemoteConnection %s on node %s>' % (self.connection, self.node)
+
+    def via(self, branch: str) -> str:
+        return 'SIP/2.0/%s %s;branch=%s' % (self.via_transport, self.via_host, branch)
+
+    def send(self, message: SIPMessage) -> bool:
+        return self.cluster.publish(self.node, {
+            'type': 'send', 'incarnation': self.incarnation, 'connection': self.connection,
+            'message': serialize(message).decode('utf-8', 'surrogateescape')})
+
+
+class Cluster:
+    """This node's part of the location service and of the bus (see the module)."""
+
+    def __init__(self, relay: RelayServer, redis_url: str, node: str, *,
+                 heartbeat: float = HEARTBEAT) -> None:
+        try:
+            import redis.asyncio as aioredis
+        except ImportError:
+            raise ConfigurationError('--redis needs redis-py: pip install "aiosip-ws[cluster]"'
+                                     ) from None
+        self.relay = relay
+        self.node = check_node_id(node)
+        #: random per start: bindings and messages of an earlier start are told apart
+        self.incarnation = secrets.token_hex(6)
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        # one retry on a fresh connection: after a Redis restart the pooled ones are dead
+        self.redis = aioredis.Redis.from_url(
+            redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError])
+        self.url = redis_url
+        self._read = self.redis.register_script(_READ)
+        self._write = self.redis.register_script(_WRITE)
+        self.registrar: Registrar = relay.registrar
+        self.registrar.clock = time.time             # expiries are shared: wall clock
+        #: connection id -> this node's connection
+        self.local: dict[str, WSConnection] = {}
+        self._ids = itertools.count(1)
+        self._peers: weakref.WeakValueDictionary[tuple[str, str, str], RemoteConnection] = \
+            weakref.WeakValueDictionary()
+        self._outbox: deque[tuple[str, str]] = deque()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pubsub: Any = None
+        #: Redis failed at the last try: this node serves from its own bindings
+        self.degraded = False
+        self.heartbeat = heartbeat
+        self._beaten = False
+
+    # -- life cycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            await asyncio.wait_for(self.redis.ping(), 5)
+        except Exception as exc:  # noqa: BLE001 - whatever redis-py raises: say what to fix
+            raise ConfigurationError('cannot reach Redis at %s: %s' % (self.url, exc)) from None
+        await self._beat()                    # alive before any binding: see _READ
+        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self.channel(self.node))
+        self._tasks = [asyncio.ensure_future(self._receive()), asyncio.ensure_future(self._publish()),
+                       asyncio.ensure_future(self._heartbeats())]
+        logger.info('cluster node %s (incarnation %s) on Redis %s', self.node, self.incarnation,
+                    self.url)
+
+    async def close(self) -> None:
+        """Stop the bus and the heartbeats; this node's bindings die with its alive key."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):   # shutting down
+                await task
+        with contextlib.suppress(Exception):
+            if self._pubsub is not None:
+                await asyncio.wait_for(self._pubsub.aclose(), 5)
+            await asyncio.wait_for(self.redis.delete(PREFIX + 'alive:' + self.node), 5)
+        await self.redis.aclose()
+
+    async def _beat(self) -> None:
+        """``aiosip-ws:alive:<node>`` = this incarnation, for 3 heartbeats.  Found missing
+        (Redis restarted empty, or it expired while Redis was away): publish again."""
+        previous = await self.redis.set(PREFIX + 'alive:' + self.node, self.incarnation,
+                                        px=int(self.heartbeat * 3000), get=True)
+        if previous != self.incarnation and self._beaten:
+            self.degraded = True                  # _reachable() publishes the bindings again
+        self._beaten = True
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                await self._beat()
+            except REDIS_ERRORS as exc:
+                self._unreachable(exc)
+                continue
+            self._reachable()
+
+    @staticmethod
+    def channel(node: str) -> str:
+        return PREFIX + 'node:' + node
+
+    # -- connections ------------------------------------------------------------------
+    def connection_made(self, conn: WSConnection) -> None:
+        conn.state['cluster_id'] = cid = str(next(self._ids))
+        self.local[cid] = conn
+
+    def connection_lost(self, conn: WSConnection) -> None:
+        """Before the local registrar forgets them: delete its bindings in Redis too."""
+        self.local.pop(conn.state.get('cluster_id', ''), None)
+        held: dict[str, list[str]] = {}
+        for binding in self.registrar.bindings_of(conn):
+            held.setdefault(binding.aor, []).append(_binding_id(binding))
+        for aor, ids in held.items():
+            self.relay.spawn(self._delete(aor, ids))
+
+    async def _delete(self, aor: str, ids: list[str]) -> None:
+        try:
+            await self._write(keys=self._keys(aor), args=['*', self._binding_prefix(aor),
+                                                          json.dumps({'delete': ids, 'put': []})])
+        except REDIS_ERRORS as exc:                      # they expire by themselves anyway
+            self._unreachable(exc)
+            logger.warning('could not delete %d binding(s) of %s from Redis: %s', len(ids), aor, exc)
+
+    # -- the location service ----------------------------------------------------------
+    @staticmethod
+    def _keys(aor: str) -> list[str]:
+        return [PREFIX + 'aor:' + aor, PREFIX + 'version:' + aor]
+
+    @staticmethod
+    def _binding_prefix(aor: str) -> str:
+        return PREFIX + 'binding:' + aor + ':'
+
+    async def _bindings(self, aor: str) -> tuple[str, list[Binding]]:
+        """The AOR's version and live bindings, newest first."""
+        found = await self._read(keys=self._keys(aor), args=[
+            int(time.time() * 1000), self._binding_prefix(aor), PREFIX + 'alive:'])
+        bindings = []
+        for flat in found[1:]:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            binding = self._binding(aor, fields)
+            if binding is not None:
+                bindings.append(binding)
+        bindings.sort(key=lambda b: b.registered_at, reverse=True)
+        return found[0], bindings
+
+    def _binding(self, aor: str, fields: dict[str, str]) -> Binding | None:
+        try:
+            contact = NameAddr.parse(fields['contact'])
+            node, incarnation, cid = fields['node'], fields['incarnation'], fields['connection']
+            if node == self.node and incarnation == self.incarnation:
+                conn: Any = self.local.get(cid)
+                if conn is None:
+                    return None                       # closed here; being deleted
+            else:
+                key = (node, incarnation, cid)
+                conn = self._peers.get(key)
+                if conn is None:
+                    conn = self._peers[key] = RemoteConnection(
+                        self, node, incarnation, cid, fields.get('via', 'WS invalid'),
+                        fields.get('remote', ''))
+            return Binding(aor, contact, conn, float(fields['expires']), fields['call_id'],
+                           int(fields['cseq']), fields.get('instance') or None,
+                           fields.get('reg_id') or None,
+                           registered_at=float(fields['registered']), q=float(fields['q']))
+        except (KeyError, ValueError, SIPParseError) as exc:
+            logger.warning('ignored a malformed binding of %s in Redis: %s', aor, exc)
+            return None
+
+    def _fields(self, binding: Binding) -> dict[str, str]:
+        conn = binding.connection
+        if isinstance(conn, RemoteConnection):
+            node, incarnation, cid = conn.node, conn.incarnation, conn.connection
+            via, remote = '%s %s' % (conn.via_transport, conn.via_host), '%s:%d' % conn.remote_addr
+        else:
+            node, incarnation, cid = self.node, self.incarnation, conn.state['cluster_id']
+            via = '%s %s' % (conn.via_transport, conn.via_host)
+            remote = '%s:%d' % tuple(conn.remote_addr[:2])
+        return {'aor': binding.aor, 'contact': str(binding.contact), 'node': node,
+                'incarnation': incarnation, 'connection': cid, 'via': via, 'remote': remote,
+                'instance': binding.instance or '', 'reg_id': binding.reg_id or '',
+                'call_id': binding.call_id, 'cseq': str(binding.cseq), 'q': repr(binding.q),
+                'expires': repr(binding.expires_at), 'registered': repr(binding.registered_at)}
+
+    async def lookup(self, aor: str) -> list[Binding] | None:
+        """The AOR's bindings on every node, newest first; None while Redis is unreachable
+        (the caller then has this node's own bindings only)."""
+        try:
+            bindings = (await self._bindings(aor))[1]
+        except REDIS_ERRORS as exc:
+            self._unreachable(exc)
+            return None
+        self._reachable()
+        return bindings
+
+    async def register(self, request: SIPMessage, conn: WSConnection, *,
+                       authenticated: bool = False) -> RegisterResult:
+        """Apply a REGISTER to the shared bindings of its AOR (see the module).  While
+        Redis is unreachable it goes to this node's registrar alone (published again
+        when Redis is back)."""
+        aor = register_aor(request)
+        if isinstance(aor, RegisterResult):
+            return aor
+        try:
+            result = await self._register(aor, request, conn, authenticated)
+        except REDIS_ERRORS as exc:
+            self._unreachable(exc)
+            return self.registrar.register(request, conn, authenticated=authenticated)
+        self._reachable()
+        return result
+
+    async def _register(self, aor: str, request: SIPMessage, conn: WSConnection,
+                        authenticated: bool) -> RegisterResult:
+        for _ in range(MAX_ATTEMPTS):
+            version, current = await self._bindings(aor)
+            now = time.time()
+            result, bindings = self.registrar.evaluate(request, conn, current,
+                                                       authenticated=authenticated, now=now)
+            if bindings is None:
+                return result
+            kept = {id(b) for b in bindings}
+            ops = {'delete': [_binding_id(b) for b in current if id(b) not in kept],
+                   'put': [self._put(b) for b in bindings if not any(b is c for c in current)]}
+            if not await self._write(keys=self._keys(aor), args=[
+                    version, self._binding_prefix(aor), json.dumps(ops)]):
+                continue                                  # another REGISTER came first
+            if not conn.is_open:                          # it closed while we wrote
+                gone = [_binding_id(b) for b in bindings if b.connection is conn]
+                bindings = [b for b in bindings if b.connection is not conn]
+                if gone:
+                    self.relay.spawn(self._delete(aor, gone))
+            self.registrar.store(aor, [b for b in bindings
+                                       if not isinstance(b.connection, RemoteConnection)])
+            live = sorted(bindings, key=lambda b: b.registered_at, reverse=True)
+            return self.registrar.accepted(live, now, request, conn, authenticated)
+        logger.warning('REGISTER %s: lost %d races for the AOR in Redis', aor, MAX_ATTEMPTS)
+        return RegisterResult(500, 'Server Internal Error (too many concurrent REGISTERs)')
+
+    def _put(self, binding: Binding) -> dict[str, Any]:
+        return {'id': _binding_id(binding), 'at': int(binding.expires_at * 1000),
+                'fields': self._fields(binding)}
+
+    # -- Redis unreachable -------------------------------------------------------------
+    def _unreachable(self, exc: BaseException) -> None:
+        if not self.degraded:
+            logger.error('Redis at %s is unreachable (%s): serving this node\'s own '
+                         'connections only until it is back', self.url, exc)
+        self.degraded = True
+
+    def _reachable(self) -> None:
+        if self.degraded:
+            self.degraded = False
+            logger.warning('Redis at %s is back: publishing this node\'s bindings again', self.url)
+            self.relay.spawn(self._republish())
+
+    async def _republish(self) -> None:
+        """Write this node's live bindings to Redis again, with their remaining time."""
+        now = time.time()
+        for binding in list(self.registrar.bindings()):
+            if binding.expires_at <= now:
+                continue
+            try:
+                await self._write(keys=self._keys(binding.aor), args=[
+                    '*', self._binding_prefix(binding.aor),
+                    json.dumps({'delete': [], 'put': [self._put(binding)]})])
+            except REDIS_ERRORS as exc:
+                self._unreachable(exc)
+                return
+
+    # -- the bus ----------------------------------------------------------------------
+    def branch(self) -> str:
+        """A branch that names this node, for the requests it relays."""
+        return '%s.%s' % (new_branch(), self.node)
+
+    def publish(self, node: str, message: dict[str, Any]) -> bool:
+        if len(self._outbox) >= MAX_OUTBOX:
+            logger.warning('the Redis bus is behind (%d messages): refused one for node %s',
+                           MAX_OUTBOX, node)
+            return False
+        message['from'] = self.node
+        self._outbox.append((self.channel(node), json.dumps(message)))
+        self._wake.set()
+        return True
+
+    async def _publish(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 500))]
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for channel, data in batch:
+                            pipe.publish(channel, data)
+                        await pipe.execute()
+                except Exception as exc:  # noqa: BLE001 - lost: the transaction timers end them
+                    self._unreachable(exc)
+                    peer_log.warning('bus losses', 'the Redis bus lost %d message(s): %s',
+                                     len(batch), exc)
+
+    async def _receive(self) -> None:
+        while True:
+            try:
+                async for item in self._pubsub.listen():
+                    if item.get('type') == 'message':
+                        self._received(item['data'])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reconnect and go on
+                self._unreachable(exc)
+                peer_log.warning('bus subscription failures', 'the Redis bus subscription '
+                                 'failed: %s; subscribing again', exc)
+                await asyncio.sleep(0.5)
+
+    def _received(self, data: str) -> None:
+        try:
+            message = json.loads(data)
+            kind = message['type']
+            sip = parse(message['message'].encode('utf-8', 'surrogateescape')) \
+                if 'message' in message else None
+        except (ValueError, KeyError, SIPParseError) as exc:
+            logger.warning('dropped a malformed message from the Redis bus: %s', exc)
+            return
+        origin = message.get('from', '')
+        if kind == 'send':
+            conn = self.local.get(message.get('connection', ''))
+            if (sip is None or conn is None or not conn.is_open
+                    or message.get('incarnation') != self.incarnation):
+                if sip is not None and sip.is_request and sip.method != 'ACK':
+                    branch = sip.top_via.branch if sip.top_via is not None else ''
+                    self.publish(origin, {'type': 'gone', 'branch': branch or ''})
+                return
+            conn.send(sip)
+        elif kind == 'response' and sip is not None:
+            peer = self._peers.get((origin, message.get('incarnation', ''),
+                                    message.get('connection', '')))
+            if peer is not None:
+                self.relay._response_received(peer, sip)     # type: ignore[arg-type]
+        elif kind == 'gone':
+            self.relay._finish(message.get('branch', ''), ConnectionLost(
+                'the client left node %s before the request reached it' % origin))
+
+    def forward_response(self, conn: WSConnection, response: SIPMessage, branch: str) -> bool:
+        """A response on one of this node's connections to a request another node relayed
+        (its branch names that node): published back to it.  False: not such a response."""
+        node = branch.rpartition('.')[2] if '.' in branch else ''
+        if not node or node == self.node:
+            return False
+        return self.publish(node, {
+            'type': 'response', 'incarnation': self.incarnation,
+            'connection': conn.state.get('cluster_id', ''),
+            'message': serialize(response).decode('utf-8', 'surrogateescape')})

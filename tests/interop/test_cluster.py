@@ -1,0 +1,242 @@
+"""Two serve nodes on one real Redis (Debian's redis-server on loopback): bindings shared,
+requests forwarded to the node that holds the callee's connection and the responses
+back, forking over both nodes with the CANCEL crossing, REGISTERs applied atomically
+under contention, bindings deleted with their connection, and a Redis outage: each node
+keeps serving its own clients, 503 for the others, bindings published again after."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from websockets.asyncio.client import connect
+
+from aiosip_ws.core.codec import parse
+from aiosip_ws.serve.registrar import Registrar
+from aiosip_ws.serve.relay import RelayServer
+from tests.support.sip import answer, invite, message, quiet, recv, register_device, register_raw
+
+pytestmark = pytest.mark.interop           # a real Redis: once, on one Python
+
+redis_async = pytest.importorskip('redis.asyncio')
+HEARTBEAT = 0.2
+
+
+@pytest.fixture
+async def nodes(redis_server):
+    """Nodes a and b on one Redis: (node, its ws:// URL) each."""
+    started = []
+    for name in ('a', 'b'):
+        node = RelayServer(redis_url=redis_server.url, node_id=name,
+                           registrar=Registrar(max_contacts=10))
+        node.cluster.heartbeat = HEARTBEAT
+        await node.start('ws://127.0.0.1:0/')
+        started.append((node, node.listeners[0].bound_url))
+    yield started
+    for node, _ in started:
+        await node.close()
+
+
+def ws(url: str):
+    return connect(url, subprotocols=['sip'], proxy=None, open_timeout=5)
+
+
+async def keys(redis_server, pattern: str = 'aiosip-ws:*') -> list[str]:
+    client = redis_async.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        return sorted(await client.keys(pattern))
+    finally:
+        await client.aclose()
+
+
+async def test_a_message_crosses_nodes_both_ways_and_bindings_are_readable_in_redis(
+        nodes, redis_server):
+    (a, url_a), (b, url_b) = nodes
+    async with ws(url_a) as alice, ws(url_b) as bob:
+        alice_host = await register_raw(alice, 'alice')
+        bob_host = await register_device(bob, 'bob', 'desk')
+        await alice.send(message(alice_host, 'over the bus'))
+        got = await recv(bob)                          # written by node b
+        assert got.method == 'MESSAGE' and got.body == b'over the bus'
+        assert got.vias[0].branch.endswith('.a')     # relayed by a: its transaction
+        await answer(bob, got, 200, 'b1')
+        ok = await recv(alice)
+        assert ok.status == 200 and ok.get('To').endswith('tag=b1')
+        # and back: alice's binding is on a
+        await bob.send(message(bob_host, 'and back').replace('sip:bob@example.com SIP',
+                                                             'sip:alice@example.com SIP'))
+        back = await recv(alice)
+        assert back.body == b'and back'
+        await answer(alice, back, 200, 'a9')
+        assert (await recv(bob)).status == 200
+
+        client = redis_async.Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            [binding] = await client.keys('aiosip-ws:binding:sip:bob@example.com:*')
+            fields = await client.hgetall(binding)
+            assert fields['node'] == 'b' and fields['contact'] == '<sip:bob@%s;transport=ws>' % bob_host
+            assert 0 < await client.pttl(binding) <= 60_000
+            assert await client.zcard('aiosip-ws:aor:sip:bob@example.com') == 1
+        finally:
+            await client.aclose()
+    for _ in range(100):                              # both closed: their bindings go
+        if not await keys(redis_server, 'aiosip-ws:binding:*'):
+            break
+        await asyncio.sleep(0.02)
+    assert await keys(redis_server, 'aiosip-ws:binding:*') == []
+
+
+async def test_an_invite_forks_over_both_nodes_and_the_cancel_crosses(nodes):
+    """bob's laptop on node b, his phone on node a with the caller: both ring; the phone
+    answers; the laptop gets serve's CANCEL over the bus, its 200 and 487 come back and
+    node a ACKs the 487 through node b."""
+    (a, url_a), (b, url_b) = nodes
+    async with ws(url_a) as caller, ws(url_b) as laptop, ws(url_a) as phone:
+        caller_host = await register_raw(caller, 'alice')
+        await register_device(laptop, 'bob', 'laptop')
+        phone_host = await register_device(phone, 'bob', 'phone')
+        await caller.send(invite(caller_host))
+        assert (await recv(caller)).status == 100
+        to_laptop, to_phone = await recv(laptop), await recv(phone)
+        await answer(laptop, to_laptop, 180, 'l')
+        assert (await recv(caller)).status == 180
+        await answer(phone, to_phone, 200, 'p',
+                     headers=[('Contact', '<sip:bob@%s;transport=ws>' % phone_host)])
+        ok = await recv(caller)
+        assert ok.status == 200 and ok.get('To').endswith('tag=p')
+        cancel = await recv(laptop)
+        assert cancel.method == 'CANCEL' and cancel.vias[0].branch == to_laptop.vias[0].branch
+        assert cancel.get('Reason') == 'SIP;cause=200;text="Call completed elsewhere"'
+        await answer(laptop, cancel, 200, 'l')
+        await answer(laptop, to_laptop, 487, 'l')
+        ack = await recv(laptop)
+        assert ack.method == 'ACK' and ack.get('To').endswith('tag=l')
+        await quiet(caller)
+        assert not a._pending and not b._pending
+
+
+async def test_concurrent_registers_through_two_nodes_apply_as_if_one_after_the_other(
+        nodes, redis_server):
+    """100 REGISTERs for one AOR at once, 50 through each node, each adding its own
+    Contact, with at most 10 bindings per AOR: exactly 10 get 200 and Redis holds those
+    10, as applying them one after the other would (without atomicity the cap would be
+    overrun)."""
+    (a, url_a), (b, url_b) = nodes
+    async with ws(url_a) as one, ws(url_b) as two:
+        def register(n: int) -> str:
+            host = 'dev%d.invalid' % n
+            return ('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKc%d\r\n'
+                    'From: <sip:carol@example.com>;tag=c%d\r\nTo: <sip:carol@example.com>\r\n'
+                    'Call-ID: race-%d\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n'
+                    'Contact: <sip:carol@%s;transport=ws>\r\nExpires: 60\r\n\r\n'
+                    % (host, n, n, n, host))
+        await asyncio.gather(*(one.send(register(n)) for n in range(0, 100, 2)),
+                             *(two.send(register(n)) for n in range(1, 100, 2)))
+        answers = [parse(await asyncio.wait_for(conn.recv(), 20)) for conn in (one, two)
+                   for _ in range(50)]
+        accepted = {a.get('Call-ID') for a in answers if a.status == 200}
+        assert len(accepted) == 10
+        assert {a.status for a in answers} == {200, 403}
+        client = redis_async.Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            stored = set()
+            for key in await client.keys('aiosip-ws:binding:sip:carol@example.com:*'):
+                stored.add(await client.hget(key, 'call_id'))
+        finally:
+            await client.aclose()
+        assert stored == accepted
+
+
+async def test_redis_down_each_node_serves_its_own_and_republishes_when_back(
+        nodes, redis_server):
+    (a, url_a), (b, url_b) = nodes
+    async with ws(url_a) as alice, ws(url_b) as bob, ws(url_a) as dave:
+        alice_host = await register_raw(alice, 'alice')
+        await register_device(bob, 'bob', 'desk')
+        await register_device(dave, 'dave', 'desk')
+        redis_server.stop()
+        await alice.send(message(alice_host, 'to bob on b'))
+        busy = await recv(alice)
+        assert busy.status == 503 and busy.get('Retry-After')
+        await alice.send(message(alice_host, 'to dave on a').replace(
+            'sip:bob@example.com SIP', 'sip:dave@example.com SIP').replace('msg-1', 'msg-2'))
+        got = await recv(dave)
+        assert got.body == b'to dave on a'                 # a's own bindings still work
+        await answer(dave, got, 200, 'd')
+        assert (await recv(alice)).status == 200
+        assert a.cluster.degraded
+
+        redis_server.start()                               # empty: nothing persisted
+        # the first Redis operation that works again publishes the node's bindings again
+        assert await a.cluster.lookup('sip:nobody@example.com') == []
+        assert await b.cluster.lookup('sip:nobody@example.com') == []
+        for _ in range(100):
+            stored = await keys(redis_server, 'aiosip-ws:binding:*')
+            if len(stored) == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert [k.split(':')[3] for k in stored] == ['alice@example.com', 'bob@example.com',
+                                                     'dave@example.com']
+        assert not a.cluster.degraded and not b.cluster.degraded
+        client = redis_async.Redis.from_url(redis_server.url, decode_responses=True)
+        try:                         # b subscribed again (Pub/Sub does not keep messages)
+            for _ in range(100):
+                if (await client.pubsub_numsub('aiosip-ws:node:b'))[0][1]:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+        await alice.send(message(alice_host, 'bob again').replace('msg-1', 'msg-4'))
+        got = await recv(bob)                              # across nodes again
+        assert got.body == b'bob again'
+        await answer(bob, got, 200, 'b')
+        assert (await recv(alice)).status == 200
+
+
+async def test_the_bindings_of_a_silent_or_restarted_node_are_ignored_and_purged(
+        nodes, redis_server):
+    """A node that stops heart-beating (its process frozen or killed) loses its bindings
+    for the others within 3 heartbeats, and they are purged; a node started again under the
+    same name has a new incarnation, so the bindings of its earlier start are purged too."""
+    (a, url_a), (b, url_b) = nodes
+    async with ws(url_b) as bob, ws(url_b) as carol:
+        await register_device(bob, 'bob', 'desk')
+        [seen] = await a.cluster.lookup('sip:bob@example.com')
+        assert seen.connection.node == 'b'
+        b.cluster._tasks[2].cancel()                      # b's heartbeats stop
+        await asyncio.sleep(HEARTBEAT * 3 + 0.2)
+        assert await a.cluster.lookup('sip:bob@example.com') == []
+        assert await keys(redis_server, 'aiosip-ws:binding:sip:bob@*') == []
+
+        restarted = RelayServer(redis_url=redis_server.url, node_id='b')   # a new 'b'
+        restarted.cluster.heartbeat = HEARTBEAT
+        await register_device(carol, 'carol', 'desk')   # made by the old b, now stale
+        await restarted.start('ws://127.0.0.1:0/')
+        try:
+            assert await a.cluster.lookup('sip:carol@example.com') == []
+            assert await keys(redis_server, 'aiosip-ws:binding:sip:carol@*') == []
+        finally:
+            await restarted.close()
+
+
+async def test_jssip_on_one_serve_process_and_sipjs_on_another_message_both_ways(
+        serve_process, redis_server, node_agents_ready):
+    """Two `aiosip-ws serve --redis URL --node-id NAME` processes: JsSIP registered on
+    one, SIP.js on the other, MESSAGEs both ways through Redis."""
+    from tests.support.node import NodeAgent
+    one = serve_process('--listen', 'ws://127.0.0.1:0/', '--redis', redis_server.url,
+                        '--node-id', 'one')
+    two = serve_process('--listen', 'ws://127.0.0.1:0/', '--redis', redis_server.url,
+                        '--node-id', 'two')
+    async with NodeAgent('jssip', url=one.urls[0], aor='sip:alice@example.com') as alice, \
+            NodeAgent('sipjs', url=two.urls[0], aor='sip:bob@example.com') as bob:
+        await alice.register()
+        await bob.register()
+        await alice.message('sip:bob@example.com', 'from node one')
+        assert (await bob.wait_event('message', timeout=10))['body'] == 'from node one'
+        assert (await alice.wait_event('messageSent', timeout=10))['status'] == 200
+        await bob.message('sip:alice@example.com', 'from node two')
+        assert (await alice.wait_event('message', timeout=10))['body'] == 'from node two'
+    for process in (one, two):
+        code, _, err = await asyncio.get_running_loop().run_in_executor(None, process.stop)
+        assert code == 0 and 'Traceback' not in err
+        assert 'cluster node' in err
