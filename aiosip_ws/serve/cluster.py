@@ -133,6 +133,15 @@ return 1
 """
 
 
+_RELEASE = """
+local value = redis.call('GET', KEYS[1])
+if value and string.sub(value, 1, string.len(ARGV[1])) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+
+
 def check_node_id(node: str) -> str:
     if not node or len(node) > 64 or not all(c.isalnum() or c == '-' for c in node):
         raise ConfigurationError('--node-id %r: use 1-64 letters, digits and "-"' % (node,))
@@ -158,6 +167,9 @@ class RemoteConnection:
         self.state: dict[str, Any] = {'pending': set()}
         self.options = cluster.relay.server_options
         self.is_open = True
+
+    #: the relay core's test for a connection of another node
+    is_remote = True
 
     def __repr__(self) -> str:
         return '<RemoteConnection %s on node %s>' % (self.connection, self.node)
@@ -195,6 +207,7 @@ class Cluster:
         self.url = redis_url
         self._read = self.redis.register_script(_READ)
         self._write = self.redis.register_script(_WRITE)
+        self._release_host = self.redis.register_script(_RELEASE)
         self.registrar: Registrar = relay.registrar
         self.registrar.clock = time.time             # expiries are shared: wall clock
         #: connection id -> this node's connection
@@ -202,7 +215,9 @@ class Cluster:
         self._ids = itertools.count(1)
         self._peers: weakref.WeakValueDictionary[tuple[str, str, str], RemoteConnection] = \
             weakref.WeakValueDictionary()
-        self._outbox: deque[tuple[str, str]] = deque()
+        #: Redis commands in the order they must run: PUBLISH, and the SETs of Contact
+        #: hosts (written before the response that carries the Contact is published)
+        self._outbox: deque[tuple[str, ...]] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub: Any = None
@@ -267,8 +282,13 @@ class Cluster:
         self.local[cid] = conn
 
     def connection_lost(self, conn: WSConnection) -> None:
-        """Before the local registrar forgets them: delete its bindings in Redis too."""
-        self.local.pop(conn.state.get('cluster_id', ''), None)
+        """Before the local registrar forgets them: delete its bindings in Redis too, and
+        its Contact hosts."""
+        cid = conn.state.get('cluster_id', '')
+        self.local.pop(cid, None)
+        hosts = list(conn.state.get('contact_hosts', ()))
+        if hosts:
+            self.relay.spawn(self._release(hosts, cid))
         held: dict[str, list[str]] = {}
         for binding in self.registrar.bindings_of(conn):
             held.setdefault(binding.aor, []).append(_binding_id(binding))
@@ -428,6 +448,50 @@ class Cluster:
                 self._unreachable(exc)
                 return
 
+    # -- Contact hosts: in-dialog requests between nodes --------------------------------
+    def claim(self, host: str, conn: WSConnection) -> None:
+        """``host`` (a `.invalid` Contact host) is behind this node's ``conn``: record it
+        in ``aiosip-ws:contact:<host>`` for the other nodes, in order with the bus."""
+        value = ' '.join((self.node, self.incarnation, conn.state.get('cluster_id', ''),
+                          '%s %s' % (conn.via_transport, conn.via_host),
+                          '%s:%d' % tuple(conn.remote_addr[:2])))
+        if len(self._outbox) < MAX_OUTBOX:
+            self._outbox.append(('SET', PREFIX + 'contact:' + host, value,
+                                 'EX', str(self.registrar.max_expires)))
+            self._wake.set()
+
+    async def peer_for(self, host: str) -> RemoteConnection | None:
+        """The connection of another live node that ``host`` is behind, or None."""
+        try:
+            value, alive = None, None
+            value = await self.redis.get(PREFIX + 'contact:' + host)
+            if value is None:
+                return None
+            node, incarnation, cid, transport, via_host, remote = value.split(' ')
+            alive = await self.redis.get(PREFIX + 'alive:' + node)
+        except REDIS_ERRORS as exc:
+            self._unreachable(exc)
+            return None
+        except ValueError:
+            return None
+        if alive != incarnation or (node == self.node and incarnation == self.incarnation):
+            return None
+        key = (node, incarnation, cid)
+        peer = self._peers.get(key)
+        if peer is None:
+            peer = self._peers[key] = RemoteConnection(self, node, incarnation, cid,
+                                                       '%s %s' % (transport, via_host), remote)
+        return peer
+
+    async def _release(self, hosts: list[str], cid: str) -> None:
+        """A closed connection's Contact hosts, unless another connection took them."""
+        try:
+            for host in hosts:
+                await self._release_host(keys=[PREFIX + 'contact:' + host],
+                                         args=['%s %s %s ' % (self.node, self.incarnation, cid)])
+        except REDIS_ERRORS as exc:
+            self._unreachable(exc)
+
     # -- the bus ----------------------------------------------------------------------
     def branch(self) -> str:
         """A branch that names this node, for the requests it relays."""
@@ -439,7 +503,7 @@ class Cluster:
                            MAX_OUTBOX, node)
             return False
         message['from'] = self.node
-        self._outbox.append((self.channel(node), json.dumps(message)))
+        self._outbox.append(('PUBLISH', self.channel(node), json.dumps(message)))
         self._wake.set()
         return True
 
@@ -451,8 +515,8 @@ class Cluster:
                 batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 500))]
                 try:
                     async with self.redis.pipeline(transaction=False) as pipe:
-                        for channel, data in batch:
-                            pipe.publish(channel, data)
+                        for command in batch:
+                            pipe.execute_command(*command)
                         await pipe.execute()
                 except Exception as exc:  # noqa: BLE001 - lost: the transaction timers end them
                     self._unreachable(exc)
@@ -507,6 +571,7 @@ class Cluster:
         node = branch.rpartition('.')[2] if '.' in branch else ''
         if not node or node == self.node:
             return False
+        self.relay._learn_contact(conn, response)      # its Contact host, before the response
         return self.publish(node, {
             'type': 'response', 'incarnation': self.incarnation,
             'connection': conn.state.get('cluster_id', ''),

@@ -242,6 +242,8 @@ class RelayServer:
     def connection_lost(self, conn: WSConnection, exc: BaseException | None) -> None:
         self.metrics.connection_closed(conn.close_code)
         self.connections.discard(conn)
+        if self.cluster is not None:             # first: it reads the bindings and hosts
+            self.cluster.connection_lost(conn)
         expiry = conn.state.pop('expiry', None)
         if expiry is not None:
             expiry.cancel()
@@ -252,8 +254,6 @@ class RelayServer:
             self._finish(branch, ConnectionLost(
                 'the WebSocket connection %r closed (code %s) before the final response'
                 % (conn, conn.close_code)))
-        if self.cluster is not None:
-            self.cluster.connection_lost(conn)
         removed = self.registrar.remove_connection(conn)
         if removed:
             logger.info('%r closed: removed %d binding(s)', conn, removed)
@@ -554,8 +554,10 @@ class RelayServer:
                     self._claim_host(host, conn)
 
     def _claim_host(self, host: str, conn: WSConnection) -> None:
-        """``host`` now routes to ``conn`` (indexed both ways, for O(owned) clean-up)."""
-        if not conn.is_open:
+        """``host`` now routes to ``conn`` (indexed both ways, for O(owned) clean-up); in a
+        cluster the other nodes learn it too.  A connection of another node is not
+        recorded here: that node records it."""
+        if not conn.is_open or getattr(conn, 'is_remote', False):
             return
         previous = self._contacts.get(host)
         if previous is conn:
@@ -565,6 +567,8 @@ class RelayServer:
             logger.info('Contact host %s moved from %r to %r', host, previous, conn)
         self._contacts[host] = conn
         conn.state.setdefault('contact_hosts', set()).add(host)
+        if self.cluster is not None:
+            self.cluster.claim(host, conn)
 
     def _in_dialog(self, conn: WSConnection, message: SIPMessage) -> None:
         """Route an in-dialog request by the connection behind its Request-URI's host."""
@@ -581,6 +585,20 @@ class RelayServer:
             self._route(conn, message)                 # ``tag=`` was not the To tag
             return
         peer = self._contacts.get(target.host.lower())
+        if (peer is None or not peer.is_open) and self.cluster is not None:
+            self.spawn(self._in_dialog_shared(conn, message, target.host.lower(), to_tag))
+            return
+        self._forward_in_dialog(conn, message, peer, to_tag)
+
+    async def _in_dialog_shared(self, conn: WSConnection, message: SIPMessage, host: str,
+                                to_tag: str | None) -> None:
+        """The Request-URI host is behind a connection of another node (or of none)."""
+        assert self.cluster is not None
+        self._forward_in_dialog(conn, message, await self.cluster.peer_for(host), to_tag)
+
+    def _forward_in_dialog(self, conn: WSConnection, message: SIPMessage,
+                           peer: WSConnection | None, to_tag: str | None) -> None:
+        is_ack = message.method == 'ACK'
         if peer is None or not peer.is_open:
             if not is_ack:                 # an ACK here is for a non-2xx we ACKed downstream
                 self.reply(conn, message, 481)

@@ -240,3 +240,48 @@ async def test_jssip_on_one_serve_process_and_sipjs_on_another_message_both_ways
         code, _, err = await asyncio.get_running_loop().run_in_executor(None, process.stop)
         assert code == 0 and 'Traceback' not in err
         assert 'cluster node' in err
+
+
+async def test_a_call_between_nodes_acks_byes_and_reinvites_both_ways(nodes, redis_server):
+    """alice on node a calls bob on node b: the ACK of the 2xx, a re-INVITE and the BYE
+    find the other side's connection through its Contact host in Redis
+    (``aiosip-ws:contact:<host>``), whichever node the request lands on; responses go back
+    to the node that relayed the request; hosts are released with their connection."""
+    (a, url_a), (b, url_b) = nodes
+    async with ws(url_a) as alice, ws(url_b) as bob:
+        alice_host = await register_raw(alice, 'alice')
+        bob_host = await register_device(bob, 'bob', 'desk')
+        await alice.send(invite(alice_host))
+        assert (await recv(alice)).status == 100
+        offer = await recv(bob)
+        await answer(bob, offer, 200, 'b',
+                     headers=[('Contact', '<sip:bob@%s;transport=ws>' % bob_host)])
+        assert (await recv(alice)).status == 200
+
+        def in_dialog(method: str, cseq: int, target: str, via: str, caller: bool) -> str:
+            ends = ('From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>;tag=b'
+                    if caller else
+                    'From: <sip:bob@example.com>;tag=b\r\nTo: <sip:alice@example.com>;tag=a1')
+            return ('%s sip:%s;transport=ws SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bK%s%d\r\n'
+                    '%s\r\nCall-ID: call-1\r\nCSeq: %d %s\r\nMax-Forwards: 70\r\n\r\n'
+                    % (method, target, via, method.lower(), cseq, ends, cseq, method))
+
+        await alice.send(in_dialog('ACK', 10, 'bob@' + bob_host, alice_host, True))
+        assert (await recv(bob)).method == 'ACK'                       # a -> Redis -> b
+        await alice.send(in_dialog('INVITE', 11, 'bob@' + bob_host, alice_host, True))
+        reinvite = await recv(bob)
+        assert reinvite.method == 'INVITE' and reinvite.cseq == (11, 'INVITE')
+        await answer(bob, reinvite, 200, 'b')
+        assert (await recv(alice)).status == 200
+        await bob.send(in_dialog('BYE', 1, 'alice@' + alice_host, bob_host, False))
+        bye = await recv(alice)                                        # b -> Redis -> a
+        assert bye.method == 'BYE'
+        await answer(alice, bye, 200, 'a1')
+        assert (await recv(bob)).status == 200
+        assert sorted(await keys(redis_server, 'aiosip-ws:contact:*')) == [
+            'aiosip-ws:contact:' + alice_host, 'aiosip-ws:contact:' + bob_host]
+    for _ in range(100):
+        if not await keys(redis_server, 'aiosip-ws:contact:*'):
+            break
+        await asyncio.sleep(0.02)
+    assert await keys(redis_server, 'aiosip-ws:contact:*') == []
