@@ -183,6 +183,10 @@ class AuthOutcome:
     headers: list[tuple[str, str]] = field(default_factory=list)
     #: credentials were given and refused (not a first challenge, not a stale nonce)
     failed: bool = False
+    #: accepted credentials: their nonce and nonce count (a cluster checks the count
+    #: against the other nodes too, :meth:`DigestAuthenticator.replayed`)
+    nonce: str | None = None
+    nc: int = 0
 
 
 class DigestAuthenticator:
@@ -290,7 +294,7 @@ class DigestAuthenticator:
             return self._failed(state, proxy, user, 'a replayed nc (%d)' % nc)
         self._remember(nonce, nc)
         state.pop('auth_failures', None)
-        return AuthOutcome(Identity(user.name, self.aors_of(user)))
+        return AuthOutcome(Identity(user.name, self.aors_of(user)), nonce=nonce, nc=nc)
 
     def _named_user(self, request: SIPMessage) -> User | None:
         """The user a request without credentials names (To of a REGISTER, From of other
@@ -304,6 +308,12 @@ class DigestAuthenticator:
         if not uri.user or not self.is_local(uri):
             return None
         return self.users.get(uri.user, self.realm)
+
+    def replayed(self, request: SIPMessage, state: dict[str, object], user: str) -> AuthOutcome:
+        """Credentials accepted here whose nonce count another node had already seen (the
+        cluster's shared store): refused as a replay, like one seen here."""
+        return self._failed(state, request.method != 'REGISTER', self.users.get(user, self.realm),
+                            'a replayed nc (seen by another node)')
 
     def _challenge(self, proxy: bool, user: User | None, *, stale: bool = False
                    ) -> AuthOutcome:

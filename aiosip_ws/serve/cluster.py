@@ -142,6 +142,15 @@ return 1
 """
 
 
+_CLAIM_NC = """
+if tonumber(ARGV[1]) <= tonumber(redis.call('GET', KEYS[1]) or '0') then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
 def check_node_id(node: str) -> str:
     if not node or len(node) > 64 or not all(c.isalnum() or c == '-' for c in node):
         raise ConfigurationError('--node-id %r: use 1-64 letters, digits and "-"' % (node,))
@@ -208,6 +217,7 @@ class Cluster:
         self._read = self.redis.register_script(_READ)
         self._write = self.redis.register_script(_WRITE)
         self._release_host = self.redis.register_script(_RELEASE)
+        self._claim_nc = self.redis.register_script(_CLAIM_NC)
         self.registrar: Registrar = relay.registrar
         self.registrar.clock = time.time             # expiries are shared: wall clock
         #: connection id -> this node's connection
@@ -447,6 +457,18 @@ class Cluster:
             except REDIS_ERRORS as exc:
                 self._unreachable(exc)
                 return
+
+    # -- Digest nonce counts shared by the nodes ------------------------------------------
+    async def claim_nonce_count(self, nonce: str, nc: int, *, lifetime: float) -> bool:
+        """True when ``nc`` is above every count of ``nonce`` any node accepted (then it is
+        the highest); False for a replay.  Redis unreachable: True (this node's own store
+        has checked it)."""
+        try:
+            return bool(await self._claim_nc(keys=[PREFIX + 'nc:' + nonce],
+                                             args=[nc, int(lifetime * 1000) + 60000]))
+        except REDIS_ERRORS as exc:
+            self._unreachable(exc)
+            return True
 
     # -- Contact hosts: in-dialog requests between nodes --------------------------------
     def claim(self, host: str, conn: WSConnection) -> None:

@@ -302,10 +302,30 @@ class RelayServer:
             if identity is None:
                 return
             conn.state['identity'] = identity     # for the route, read before it awaits
+            claim = conn.state.pop('nc_claim', None)
+            if claim is not None and self.cluster is not None:
+                self.spawn(self._route_after_shared_nc(conn, message, route, identity, claim))
+                return
+        self._run(conn, message, route)
+
+    async def _route_after_shared_nc(self, conn: WSConnection, message: SIPMessage, route: Route,
+                                     identity: Identity, claim: tuple[str, int]) -> None:
+        """In a cluster, the nonce count is checked against every node's before the
+        request goes on (a replay to another node is refused as one here would be)."""
+        assert self.cluster is not None and self.auth is not None
+        if not await self.cluster.claim_nonce_count(*claim, lifetime=self.auth.nonce_lifetime):
+            self.metrics.auth_failures.inc()
+            outcome = self.auth.replayed(message, conn.state, identity.user or '')
+            self.reply(conn, message, outcome.status, outcome.reason, headers=outcome.headers)
+            return
+        conn.state['identity'] = identity
+        self._run(conn, message, route)
+
+    def _run(self, conn: WSConnection, message: SIPMessage, route: Route) -> None:
         try:
             outcome = route(conn, message)
         except Exception:  # noqa: BLE001 - one request must not take the server down
-            logger.exception('%r: the %s route failed', conn, method)
+            logger.exception('%r: the %s route failed', conn, message.method)
             self.reply(conn, message, 500)
             return
         if inspect.isawaitable(outcome):
@@ -372,7 +392,10 @@ class RelayServer:
         """Digest-check ``request`` (which needs it) and its AOR: the identity, or None
         when it has been answered (401/407 challenge, 403, 400)."""
         assert self.auth is not None
+        conn.state.pop('nc_claim', None)
         outcome = self.auth.check(request, conn.state)
+        if outcome.nonce is not None:
+            conn.state['nc_claim'] = (outcome.nonce, outcome.nc)
         if outcome.failed:
             self.metrics.auth_failures.inc()
         if outcome.identity is None:

@@ -285,3 +285,46 @@ async def test_a_call_between_nodes_acks_byes_and_reinvites_both_ways(nodes, red
             break
         await asyncio.sleep(0.02)
     assert await keys(redis_server, 'aiosip-ws:contact:*') == []
+
+
+async def test_a_nonce_count_accepted_by_one_node_is_a_replay_on_the_other(redis_server):
+    """Digest in a cluster: the nodes share the nonce secret (so each accepts the other's
+    nonces) and the highest nc per nonce (``aiosip-ws:nc:<nonce>``): the REGISTER that
+    node a accepted, replayed as it is to node b, is refused there; the next nc passes."""
+    import hashlib
+
+    from aiosip_ws.serve.auth import DigestAuthenticator, UserFile
+    from tests.support.digest import digest_authorization
+    ha1 = hashlib.md5(b'alice:example.com:wonderland').hexdigest()
+    started = []
+    for name in ('a', 'b'):
+        auth = DigestAuthenticator(UserFile.parse('alice:example.com:%s' % ha1), 'example.com',
+                                   nonce_secret=b'the shared secret')
+        node = RelayServer(redis_url=redis_server.url, node_id=name, auth=auth)
+        node.cluster.heartbeat = HEARTBEAT
+        await node.start('ws://127.0.0.1:0/')
+        started.append(node)
+    try:
+        a, b = started
+        register = ('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS r.invalid;branch=z9hG4bK%s\r\n'
+                    'From: <sip:alice@example.com>;tag=r\r\nTo: <sip:alice@example.com>\r\n'
+                    'Call-ID: nc-1\r\nCSeq: %d REGISTER\r\nMax-Forwards: 70\r\n'
+                    'Contact: <sip:alice@r.invalid;transport=ws>\r\nExpires: 60\r\n%s\r\n')
+        async with ws(a.listeners[0].bound_url) as one, ws(b.listeners[0].bound_url) as two:
+            await one.send(register % ('c1', 1, ''))
+            challenge = await recv(one)
+            assert challenge.status == 401
+
+            def answer_with(nc: int) -> str:
+                return digest_authorization(challenge.get_all('WWW-Authenticate')[-1],
+                                            method='REGISTER', uri='sip:example.com',
+                                            username='alice', password='wonderland', nc=nc) + '\r\n'
+            await one.send(register % ('c2', 2, answer_with(1)))
+            assert (await recv(one)).status == 200
+            await two.send(register % ('c3', 3, answer_with(1)))      # the same nc, node b
+            assert (await recv(two)).status == 401
+            await two.send(register % ('c4', 4, answer_with(2)))
+            assert (await recv(two)).status == 200
+    finally:
+        for node in started:
+            await node.close()
