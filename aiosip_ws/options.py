@@ -125,6 +125,9 @@ class ServerOptions(ConnectionOptions):
     #: TLS) that names the client; only ``trusted_proxies`` may connect.  Needs asyncio's
     #: event loop (not uvloop)
     proxy_protocol: bool = False
+    #: SO_REUSEPORT on the listening socket: several processes (``serve --workers``)
+    #: listen on one port and the kernel spreads the connections over them
+    reuse_port: bool = False
     #: the Retry-After of a 503 to a handshake: a whole number of seconds drawn from
     #: [retry_after, 2 x retry_after], so that refused clients come back spread out
     retry_after: int = 5

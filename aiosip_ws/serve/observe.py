@@ -17,6 +17,7 @@ set of values: the SIP methods serve knows and ``other``, the standard close cod
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -51,12 +52,36 @@ def _bounded(value: str, known: Iterable[str]) -> str:
 
 
 class Metrics:
-    """The counters of one RelayServer, in a registry of its own."""
+    """The counters of one RelayServer, in a registry of its own.
+
+    With ``$PROMETHEUS_MULTIPROC_DIR`` set (``serve --workers``: prometheus_client's
+    multiprocess mode) the values live in files there, and :meth:`exposition` sums every
+    process's: a scrape answered by any worker counts them all.  The gauges are then the
+    sum over the live workers, each worker setting its own when it is scraped and at
+    least once a second (:meth:`update_gauges`).
+    """
 
     def __init__(self, server: RelayServer) -> None:
+        self.server = server
+        self.multiprocess = bool(os.environ.get('PROMETHEUS_MULTIPROC_DIR'))
         self.registry = registry = CollectorRegistry(auto_describe=True)
-        Gauge('aiosip_ws_connections', 'Open WebSocket connections',
-              registry=registry).set_function(lambda: len(server.connections))
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+            multiprocess.MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+            registry = None          # the values go to the files; the collector reads them
+            self._gauges = (
+                Gauge('aiosip_ws_connections', 'Open WebSocket connections',
+                      multiprocess_mode='livesum'),
+                Gauge('aiosip_ws_bindings', 'Registered bindings', multiprocess_mode='livesum'),
+                Gauge('aiosip_ws_aors', 'Addresses-of-record with bindings',
+                      multiprocess_mode='livesum'))
+        else:
+            Gauge('aiosip_ws_connections', 'Open WebSocket connections',
+                  registry=registry).set_function(lambda: len(server.connections))
+            Gauge('aiosip_ws_bindings', 'Registered bindings',
+                  registry=registry).set_function(lambda: len(server.registrar))
+            Gauge('aiosip_ws_aors', 'Addresses-of-record with bindings',
+                  registry=registry).set_function(lambda: server.registrar.aor_count)
         self.opened = Counter('aiosip_ws_connections_opened', 'WebSocket connections accepted',
                               registry=registry)
         self.closed = Counter('aiosip_ws_connections_closed',
@@ -65,10 +90,6 @@ class Metrics:
         self.refused = Counter('aiosip_ws_handshakes_refused',
                                'WebSocket handshakes refused, by HTTP status', ['status'],
                                registry=registry)
-        Gauge('aiosip_ws_bindings', 'Registered bindings',
-              registry=registry).set_function(lambda: len(server.registrar))
-        Gauge('aiosip_ws_aors', 'Addresses-of-record with bindings',
-              registry=registry).set_function(lambda: server.registrar.aor_count)
         self.requests = Counter('aiosip_ws_sip_requests', 'SIP requests received, by method',
                                 ['method'], registry=registry)
         self.responses = Counter('aiosip_ws_sip_responses',
@@ -119,7 +140,16 @@ class Metrics:
     def handshake_refused(self, status: int) -> None:
         self._child(self.refused, _bounded(str(status), REFUSALS)).inc()
 
+    def update_gauges(self) -> None:
+        """Multiprocess mode: this worker's share of the gauges, now."""
+        if self.multiprocess:
+            connections, bindings, aors = self._gauges
+            connections.set(len(self.server.connections))
+            bindings.set(len(self.server.registrar))
+            aors.set(self.server.registrar.aor_count)
+
     def exposition(self) -> bytes:
+        self.update_gauges()
         return bytes(generate_latest(self.registry))
 
 

@@ -141,12 +141,20 @@ class RelayServer:
         try:
             if self.cluster is not None and not self.listeners:
                 await self.cluster.start()
+            if self.metrics.multiprocess and not self.listeners:
+                self.spawn(self._update_gauges())
             for url in urls:
                 self.listeners.append(await listen(url, self, self._options_for(url)))
         except BaseException:
             await self.close()
             raise
         return self.listeners
+
+    async def _update_gauges(self) -> None:
+        """``serve --workers``: this worker's gauges, once a second, for the others' scrapes."""
+        while True:
+            self.metrics.update_gauges()
+            await asyncio.sleep(1.0)
 
     def _options_for(self, url: str) -> ServerOptions:
         """The server options with TLS only where the URL is ``wss://``."""

@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--redis', metavar='URL',
                        help='share bindings with the other nodes on this Redis and forward '
                        'to them through it (redis://HOST:PORT/DB; needs aiosip-ws[cluster])')
+    serve.add_argument('--workers', type=int, default=0, metavar='N',
+                       help='run N serve processes on this machine, each a node of the '
+                       'cluster, sharing the listening ports (SO_REUSEPORT); needs --redis')
+    serve.add_argument('--reuse-port', action='store_true', help=argparse.SUPPRESS)
     serve.add_argument('--node-id', metavar='NAME',
                        help='this node\'s name in the cluster (letters, digits, "-"; '
                        'default: the host name); unique per node')
@@ -334,7 +338,7 @@ def _server_options(args: argparse.Namespace, fd_limit: int | None = None) -> Se
                             max_handshakes_per_second=args.max_handshakes_per_second or None,
                             handshake_burst=args.handshake_burst,
                             trusted_proxies=tuple(args.trusted_proxy),
-                            proxy_protocol=args.proxy_protocol)
+                            proxy_protocol=args.proxy_protocol, reuse_port=args.reuse_port)
     options.validate()                # a ConfigurationError: main() prints it, exit status 2
     return options
 
@@ -360,6 +364,12 @@ async def _serve(args: argparse.Namespace) -> int:
     from ..transport.accept import AcceptFailureHandler
     from ..transport.throttle import LogThrottle
     urls = args.listen or ['ws://127.0.0.1:8080/']
+    if args.workers:
+        if not args.redis:
+            raise ConfigurationError('--workers needs --redis URL: the workers share their '
+                                     'bindings there')
+        from .workers import supervise
+        return await supervise(args, urls)
     base = _server_options(args, raise_open_file_limit())
     jwt_secret = args.jwt_secret or os.environ.get('AIOSIP_WS_JWT_SECRET')
     if jwt_secret:
@@ -897,6 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print('aiosip-ws serve: %s' % exc, file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)      # (serve --workers re-runs it)
     level = getattr(args, 'log_level', 'INFO')
     logging.basicConfig(level=getattr(logging, level),
                         format='%(asctime)s %(levelname)s %(name)s: %(message)s')

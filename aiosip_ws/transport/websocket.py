@@ -858,6 +858,7 @@ async def listen(url: str, handler: ConnectionHandler,
         ping_interval=options.ping_interval, ping_timeout=options.ping_timeout,
         close_timeout=options.close_timeout, max_size=options.max_size,
         server_header=options.server_header or _user_agent(),
+        **({'reuse_port': True} if options.reuse_port else {}),
     )
     listener = WSListener(server, url, connections, per_ip, proxied_pending)
     logger.info('listening for SIP over WebSocket on %s', listener.bound_url)   # port 0: the real one

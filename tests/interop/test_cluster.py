@@ -36,8 +36,8 @@ async def nodes(redis_server):
         await node.close()
 
 
-def ws(url: str):
-    return connect(url, subprotocols=['sip'], proxy=None, open_timeout=5)
+def ws(url: str, ssl=None):
+    return connect(url, subprotocols=['sip'], proxy=None, open_timeout=5, ssl=ssl)
 
 
 async def keys(redis_server, pattern: str = 'aiosip-ws:*') -> list[str]:
@@ -328,3 +328,79 @@ async def test_a_nonce_count_accepted_by_one_node_is_a_replay_on_the_other(redis
     finally:
         for node in started:
             await node.close()
+
+
+async def test_serve_workers_share_a_port_and_meet_in_redis(serve_process, redis_server, certs):
+    """``serve --workers 2 --redis URL``: one wss:// port, two processes (each a node,
+    t-w1 and t-w2); 16 clients spread over both; a MESSAGE between clients of different
+    workers; /metrics counts the connections of both, whichever answers; SIGHUP reloads
+    the certificate in both, SIGUSR1 drains both; SIGTERM stops both cleanly."""
+    import os
+    import signal
+
+    import redis as redis_sync
+
+    from tests.support.net import http_get
+    process = serve_process('--listen', 'wss://127.0.0.1:0/', '--workers', '2', '--redis',
+                            redis_server.url, '--node-id', 't', '--drain-window', '0.5',
+                            '--tls-cert', str(certs.cert), '--tls-key', str(certs.key))
+    [line] = process.urls
+    assert '(2 workers: pids ' in line
+    url = line.split(' ')[0]
+    first_pid = int(line.split('pids ')[1].split(',')[0])
+    port = int(url.rsplit(':', 1)[1].strip('/'))
+    trust = certs.client_context()
+    clients = [await ws(url, ssl=trust).__aenter__() for _ in range(16)]
+    try:
+        for n, client in enumerate(clients):
+            await register_device(client, 'user%d' % n, 'd')
+        store = redis_sync.Redis.from_url(redis_server.url, decode_responses=True)
+        nodes = {store.hget(key, 'node') for key in store.keys('aiosip-ws:binding:*')}
+        assert nodes == {'t-w1', 't-w2'}
+        by_node = {store.hget(key, 'node'): key.split(':')[3].split('@')[0]
+                   for key in store.keys('aiosip-ws:binding:*')}
+        sender = clients[int(by_node['t-w1'][4:])]
+        await sender.send(message('user%s-d.invalid' % by_node['t-w1'][4:], 'across workers')
+                          .replace('sip:bob@example.com SIP', 'sip:%s@example.com SIP'
+                                   % by_node['t-w2']))
+        got = await recv(clients[int(by_node['t-w2'][4:])])
+        assert got.body == b'across workers'
+        for _ in range(3):                     # whichever worker answers: both counted
+            status, _, body = await http_get(port, '/metrics', ssl=trust)
+            assert status == 200
+            assert b'aiosip_ws_connections_opened_total 16.0' in body
+        # worker 1 killed: its clients' bindings are ignored at once (the worker that
+        # takes its place has a new incarnation), the other worker's go on working
+        before = store.get('aiosip-ws:alive:t-w1')
+        os.kill(first_pid, signal.SIGKILL)
+        for _ in range(100):
+            if store.get('aiosip-ws:alive:t-w1') not in (None, before):
+                break
+            await asyncio.sleep(0.1)
+        assert store.get('aiosip-ws:alive:t-w1') not in (None, before)   # started again
+        async with ws(url, ssl=trust) as probe:
+            probe_host = await register_raw(probe, 'probe')
+            target = by_node['t-w2']
+            await probe.send(message(probe_host, 'still here').replace(
+                'sip:bob@example.com SIP', 'sip:%s@example.com SIP' % target))
+            got = await recv(clients[int(target[4:])])
+            assert got.body == b'still here'
+            await probe.send(message(probe_host, 'gone?').replace(
+                'sip:bob@example.com SIP', 'sip:%s@example.com SIP' % by_node['t-w1'])
+                .replace('msg-1', 'msg-2'))
+            assert (await recv(probe)).status == 404
+            assert store.keys('aiosip-ws:binding:sip:%s@*' % by_node['t-w1']) == []  # purged
+        process.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        process.proc.send_signal(signal.SIGUSR1)
+        for client in clients:
+            await asyncio.wait_for(client.wait_closed(), 10)
+    finally:
+        for client in clients:
+            await client.close()
+    code, out, err = await asyncio.get_running_loop().run_in_executor(None, process.stop)
+    assert code == 0, err
+    assert err.count('draining: closing') == 2
+    assert err.count('SIGHUP: reloaded the TLS certificate') == 2
+    assert 'worker 1 exited unexpectedly (status -9): starting it again' in err
+    assert 'stopped cleanly' in out and 'Traceback' not in err
