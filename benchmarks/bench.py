@@ -27,6 +27,12 @@ What it measures (all traffic on 127.0.0.1, every run bounded in count and time)
     helper processes, one REGISTER each, then idle) at 1,000 and 10,000 clients:
     (RSS with N clients - RSS after a warm-up) / N, read from /proc/PID/status.
 
+(f) the cluster, on one redis-server: MESSAGE as in (b') through ``serve --redis`` with
+    the callee on the same node, and across two nodes (client -> node 1 -> Redis Pub/Sub
+    -> node 2 -> callee, and back), with their latency; the REGISTER rate sustained as in
+    (c) by ``serve --workers N --redis`` for N = 1, 2, 4, with the CPU per REGISTER of the
+    workers and of Redis.
+
 Each helper is this same file run with a ``_mode`` argument.  CPU seconds of every
 process are read from /proc so the table shows which process was the bottleneck.
 """
@@ -257,7 +263,7 @@ def serve(tmp: Path, name: str, *extra: str, profile: Path | None = None) -> Hel
 
 def url_of(helper: Helper) -> str:
     """The ws:// URL a server helper printed on its first line."""
-    return helper.ready_line.split('listening on', 1)[1].strip() if 'listening on' in \
+    return helper.ready_line.split('listening on', 1)[1].split()[0] if 'listening on' in \
         helper.ready_line else helper.ready_line.split()[1]
 
 
@@ -853,6 +859,72 @@ class Bench:
         result['version'] = version
         self.results['c_kamailio'] = result
 
+    # -- (f) ---------------------------------------------------------------------
+    def part_f(self) -> None:
+        """The cluster on one Redis: MESSAGE (the (b') pattern) within one node and across
+        two nodes; REGISTER sustained by --workers 1, 2 and 4; CPU of Redis too."""
+        a = self.args
+        port = free_port()
+        redis = subprocess.Popen(['redis-server', '--port', str(port), '--bind', '127.0.0.1',
+                                  '--save', '', '--appendonly', 'no', '--dir', str(self.tmp)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            if subprocess.run(['redis-cli', '-p', str(port), 'ping'], capture_output=True,
+                              text=True).stdout.strip() == 'PONG':
+                break
+            time.sleep(0.05)
+        redis_pid = redis.pid
+        url = 'redis://127.0.0.1:%d/0' % port
+        try:
+            for key, cross in (('f_one_node', False), ('f_two_nodes', True)):
+                self.wait_for_quiet()
+                self.log('(f) MESSAGE %s on Redis, %d clients x %d outstanding, %g s ...'
+                         % ('across two nodes' if cross else 'within one node', a.clients,
+                            a.window, a.duration))
+                first = serve(self.tmp, key + '-1', '--redis', url, '--node-id', 'n1')
+                second = serve(self.tmp, key + '-2', '--redis', url, '--node-id', 'n2') \
+                    if cross else first
+                aor = 'sip:callee@bench.test'
+                callee = Helper([PY, __file__, '_callee', url_of(second), aor, '--fast'],
+                                log=self.tmp / ('callee-%s.log' % key))
+                try:
+                    pids = {'node 1': first.pid, 'callee': callee.pid, 'redis': redis_pid}
+                    if cross:
+                        pids['node 2'] = second.pid
+                    watch = CpuWatch(pids).start()
+                    report, _ = run_cli_bench(
+                        url_of(first), '--scenario', 'message', '--to', aor, '--rate', '0',
+                        '--window', str(a.window), '--clients', str(a.clients), '--duration',
+                        str(a.duration), '--timeout', '10', tmp=self.tmp, name='bench-' + key)
+                    cpu = watch.stop()
+                finally:
+                    callee.stop()
+                    first.stop()
+                    if cross:
+                        second.stop()
+                cpu['clients'] = (report['generator_cpu_pct'] or 0) / 100.0
+                self.results[key] = {'rate': report['achieved_rate'] or 0.0,
+                                     'answered': report['answered'], 'errors': report['errors'],
+                                     'latency_ms': report['latency_ms'], 'cpu': cpu}
+                self.log('    %.0f tx/s, p50 %s ms, p99 %s ms, errors %s (peak CPU: %s)' % (
+                    report['achieved_rate'] or 0, report['latency_ms']['p50'],
+                    report['latency_ms']['p99'], report['errors'] or 0, cpu_text(cpu)))
+            for workers in a.workers:
+                server = serve(self.tmp, 'f-w%d' % workers, '--workers', str(workers),
+                               '--redis', url, '--node-id', 'w')
+                try:
+                    pids = {'worker %d' % (i + 1): int(pid) for i, pid in enumerate(
+                        server.ready_line.split('pids ', 1)[1].rstrip(')').split(', '))}
+                    pids['redis'] = redis_pid
+                    self.results['f_workers_%d' % workers] = self._search(
+                        '%d worker(s)' % workers, url_of(server), pids, {},
+                        '127.0.%d.2' % (10 + workers))
+                finally:
+                    server.stop()
+        finally:
+            redis.terminate()
+            redis.wait(10)
+
     # -- (d) ---------------------------------------------------------------------
     def part_d(self) -> None:
         for n, sources in ((1000, ['127.0.0.6']), (10000, ['127.0.0.7', '127.0.0.8'])):
@@ -1156,6 +1228,32 @@ def report(bench: Bench) -> str:
             row('(d) RSS per idle registered client (KiB), %d clients' % n,
                 fmt(d['per_client_kib'], '%.1f'), '<= 40 KiB', '',
                 'met' if d['per_client_kib'] <= 40 else 'NOT met')
+    one, two = r.get('f_one_node'), r.get('f_two_nodes')
+    fast = r.get("b'", {}).get('rate')
+    for key, label in (('f_one_node', "(f) MESSAGE, serve --redis, callee on the same node (tx/s)"),
+                       ('f_two_nodes', '(f) MESSAGE across two nodes on one Redis (tx/s)')):
+        if key in r:
+            rate = r[key]['rate']
+            row(label, fmt(rate), '', fmt(rate / fast if fast else None, '%.2f'),
+                "x (b')" if fast else '')
+            row('    p50 / p99 latency (ms)', '%s / %s' % (r[key]['latency_ms']['p50'],
+                                                         r[key]['latency_ms']['p99']))
+    if one and two and one['rate']:
+        row('    across two nodes / within one', '', '', fmt(two['rate'] / one['rate'], '%.2f'))
+    first = r.get('f_workers_1', {}).get('sustained_rate')
+    for workers in a.workers if 'f' in a.only.split(',') else ():
+        part = r.get('f_workers_%d' % workers)
+        if not part:
+            continue
+        rate = part.get('sustained_rate')
+        row('(f) REGISTER/s sustained, serve --workers %d --redis' % workers, fmt(rate), '',
+            fmt(rate / first if rate and first else None, '%.2f'), 'x 1 worker' if first else '')
+        cpu = part.get('estimate_cpu', {})
+        capacity = part.get('capacity_closed_loop') or 0
+        if capacity:
+            serve_cpu = sum(v for k, v in cpu.items() if k.startswith('worker'))
+            row('    CPU per REGISTER (us): workers / Redis (closed loop, %.0f/s)' % capacity,
+                '%s / %s' % (fmt(serve_cpu * 1e6 / capacity), fmt(cpu.get('redis', 0) * 1e6 / capacity)))
     width = max(len(x[0]) for x in rows) if rows else 10
     e = r.get('e')
     lines = ['%-*s %10s %14s %7s %8s' % (width, 'measurement', 'value', 'target', 'ratio', ''),
@@ -1217,7 +1315,8 @@ def main() -> int:
         return helper_main(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--only', default='a,b,c,d,e', help='parts to run (default a,b,c,d,e)')
+    parser.add_argument('--only', default='a,b,c,d,e,f',
+                        help='parts to run (default a,b,c,d,e,f)')
     parser.add_argument('--clients', type=int, default=50, help='(a)/(b) client connections')
     parser.add_argument('--window', type=int, default=4, help='(a)/(b) outstanding per client')
     parser.add_argument('--duration', type=float, default=8.0, help='(a)/(b) seconds')
@@ -1228,6 +1327,8 @@ def main() -> int:
                         help='(c) aiosip-ws bench processes sharing the load (default 2)')
     parser.add_argument('--max-idle', type=int, default=10000, help='(d) largest client count')
     parser.add_argument('--no-kamailio', action='store_true')
+    parser.add_argument('--workers', type=lambda text: [int(n) for n in text.split(',')],
+                        default=[1, 2, 4], help='(f) serve --workers counts (default 1,2,4)')
     parser.add_argument('--kamailio-children', type=int, default=2,
                         help='Kamailio tcp_children (default 2: one per core here)')
     parser.add_argument('--profile', action='store_true', help='also run under cProfile and '
@@ -1253,6 +1354,8 @@ def main() -> int:
             bench.part_d()
         if 'e' in parts:
             bench.part_e()
+        if 'f' in parts:
+            bench.part_f()
         if args.profile:
             bench.profile_runs()
         table = report(bench)

@@ -702,6 +702,14 @@ class RelayServer:
                                                 % conn))
         return future
 
+    def record_route(self, conn: WSConnection) -> str:
+        """The Record-Route serve puts on a dialog-creating request it sends over ``conn``;
+        in a cluster its user part names the node that holds ``conn``."""
+        if self.cluster is None:
+            return '<sip:%s;transport=ws;lr>' % conn.via_host
+        node = getattr(conn, 'node', None) or self.cluster.node
+        return '<sip:%s@%s;transport=ws;lr>' % (node, conn.via_host)
+
     def new_branch(self) -> str:
         """The branch of a request serve relays (in a cluster it names this node, so that
         the node holding the callee's connection sends the responses back here)."""
@@ -904,8 +912,7 @@ class _Fork:
         forwarded.remove('Route')                      # loose routes pointing at us end here
         provisional = None
         if self.key is not None:
-            forwarded.headers.insert(0, ('Record-Route', '<sip:%s;transport=ws;lr>'
-                                         % binding.connection.via_host))
+            forwarded.headers.insert(0, ('Record-Route', server.record_route(binding.connection)))
         branch = _Branch(binding, forwarded, server.new_branch())
         if self.key is not None:
             provisional = lambda response: self._provisional(branch, response)  # noqa: E731

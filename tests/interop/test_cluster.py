@@ -97,6 +97,8 @@ async def test_an_invite_forks_over_both_nodes_and_the_cancel_crosses(nodes):
         await caller.send(invite(caller_host))
         assert (await recv(caller)).status == 100
         to_laptop, to_phone = await recv(laptop), await recv(phone)
+        assert to_laptop.get('Record-Route').startswith('<sip:b@')      # names the node
+        assert to_phone.get('Record-Route').startswith('<sip:a@')
         await answer(laptop, to_laptop, 180, 'l')
         assert (await recv(caller)).status == 180
         await answer(phone, to_phone, 200, 'p',
@@ -218,25 +220,27 @@ async def test_the_bindings_of_a_silent_or_restarted_node_are_ignored_and_purged
             await restarted.close()
 
 
-async def test_jssip_on_one_serve_process_and_sipjs_on_another_message_both_ways(
+async def test_three_serve_processes_jssip_and_sipjs_message_both_ways(
         serve_process, redis_server, node_agents_ready):
-    """Two `aiosip-ws serve --redis URL --node-id NAME` processes: JsSIP registered on
-    one, SIP.js on the other, MESSAGEs both ways through Redis."""
+    """Three `aiosip-ws serve --redis URL --node-id NAME` processes: JsSIP registered on
+    the first and the third, SIP.js on the second, MESSAGEs both ways through Redis."""
     from tests.support.node import NodeAgent
-    one = serve_process('--listen', 'ws://127.0.0.1:0/', '--redis', redis_server.url,
-                        '--node-id', 'one')
-    two = serve_process('--listen', 'ws://127.0.0.1:0/', '--redis', redis_server.url,
-                        '--node-id', 'two')
+    one, two, three = (serve_process('--listen', 'ws://127.0.0.1:0/', '--redis',
+                                     redis_server.url, '--node-id', name)
+                       for name in ('one', 'two', 'three'))
     async with NodeAgent('jssip', url=one.urls[0], aor='sip:alice@example.com') as alice, \
-            NodeAgent('sipjs', url=two.urls[0], aor='sip:bob@example.com') as bob:
-        await alice.register()
-        await bob.register()
+            NodeAgent('sipjs', url=two.urls[0], aor='sip:bob@example.com') as bob, \
+            NodeAgent('jssip', url=three.urls[0], aor='sip:carol@example.com') as carol:
+        for agent in (alice, bob, carol):
+            await agent.register()
         await alice.message('sip:bob@example.com', 'from node one')
         assert (await bob.wait_event('message', timeout=10))['body'] == 'from node one'
         assert (await alice.wait_event('messageSent', timeout=10))['status'] == 200
         await bob.message('sip:alice@example.com', 'from node two')
         assert (await alice.wait_event('message', timeout=10))['body'] == 'from node two'
-    for process in (one, two):
+        await carol.message('sip:bob@example.com', 'from node three')
+        assert (await bob.wait_event('message', timeout=10))['body'] == 'from node three'
+    for process in (one, two, three):
         code, _, err = await asyncio.get_running_loop().run_in_executor(None, process.stop)
         assert code == 0 and 'Traceback' not in err
         assert 'cluster node' in err
