@@ -551,6 +551,11 @@ class Cluster:
                 async for item in self._pubsub.listen():
                     if item.get('type') == 'message':
                         self._received(item['data'])
+                # listen() ends when nothing is subscribed any more: subscribe again
+                peer_log.warning('bus subscription failures', 'the Redis bus subscription '
+                                 'ended; subscribing again')
+                await asyncio.sleep(0.5)
+                await self._pubsub.subscribe(self.channel(self.node))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reconnect and go on

@@ -408,3 +408,54 @@ async def test_serve_workers_share_a_port_and_meet_in_redis(serve_process, redis
     assert err.count('SIGHUP: reloaded the TLS certificate') == 2
     assert 'worker 1 exited unexpectedly (status -9): starting it again' in err
     assert 'stopped cleanly' in out and 'Traceback' not in err
+
+
+async def test_lost_on_the_bus_is_408_and_a_client_gone_is_480_never_a_hang(redis_server):
+    """A request published to a node that does not hear it ends by Timer F (408, here
+    after 1 s); one that reaches the node after its client left is answered ``gone`` by
+    that node at once (480)."""
+    from aiosip_ws.options import ServerOptions
+    started = []
+    for name in ('a', 'b'):
+        node = RelayServer(redis_url=redis_server.url, node_id=name,
+                           server_options=ServerOptions(transaction_timeout=1.0))
+        node.cluster.heartbeat = HEARTBEAT
+        await node.start('ws://127.0.0.1:0/')
+        started.append(node)
+    a, b = started
+    try:
+        async with ws(a.listeners[0].bound_url) as alice, ws(b.listeners[0].bound_url) as bob:
+            alice_host = await register_raw(alice, 'alice')
+            await register_device(bob, 'bob', 'desk')
+            [conn] = b.connections
+            held = b.cluster.local.pop(conn.state['cluster_id'])   # b "lost" the connection
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await alice.send(message(alice_host, 'anyone?'))
+            assert (await recv(alice)).status == 480
+            assert loop.time() - began < 0.5                      # at once, not Timer F
+            b.cluster.local[conn.state['cluster_id']] = held
+            b.cluster._received = lambda data: None              # the bus loses b's messages
+            began = loop.time()
+            await alice.send(message(alice_host, 'lost').replace('msg-1', 'msg-2'))
+            assert (await recv(alice)).status == 408
+            assert 0.9 < loop.time() - began < 3
+            assert not a._pending
+            del b.cluster._received                              # hears again
+            await b.cluster._pubsub.unsubscribe()                # and subscribes again
+            client = redis_async.Redis.from_url(redis_server.url, decode_responses=True)
+            try:
+                for _ in range(60):
+                    await asyncio.sleep(0.05)
+                    if (await client.pubsub_numsub('aiosip-ws:node:b'))[0][1]:
+                        break
+            finally:
+                await client.aclose()
+            await alice.send(message(alice_host, 'again').replace('msg-1', 'msg-3'))
+            got = await recv(bob)
+            assert got.body == b'again'
+            await answer(bob, got, 200, 'b')
+            assert (await recv(alice)).status == 200
+    finally:
+        for node in started:
+            await node.close()
