@@ -77,32 +77,35 @@ PREFIX = 'aiosip-ws:'
 MAX_ATTEMPTS = 200
 #: messages waiting for the bus publisher; more are refused (the branch fails: 480)
 MAX_OUTBOX = 10000
+#: connections one node keeps to Redis (commands wait for a free one)
+MAX_REDIS_CONNECTIONS = 32
 #: seconds between heartbeats; a node silent for 3 of them is taken for dead
 HEARTBEAT = 2.0
 
 _READ = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local out = {redis.call('GET', KEYS[2]) or '0'}
+local found = {}
 local alive = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local fields = redis.call('HGETALL', ARGV[2] .. id)
-  local node, incarnation
-  for i = 1, #fields, 2 do
-    if fields[i] == 'node' then node = fields[i + 1] end
-    if fields[i] == 'incarnation' then incarnation = fields[i + 1] end
+  local flat = redis.call('HGETALL', ARGV[2] .. id)
+  local fields = {}
+  for i = 1, #flat, 2 do
+    fields[flat[i]] = flat[i + 1]
   end
+  local node = fields['node']
   if node and alive[node] == nil then
     alive[node] = redis.call('GET', ARGV[3] .. node) or false
   end
-  if node and alive[node] == incarnation then
-    table.insert(out, fields)
+  if node and alive[node] == fields['incarnation'] then
+    table.insert(found, fields)
   else
     -- gone, or held by a node that stopped heart-beating or started again since
     redis.call('DEL', ARGV[2] .. id)
     redis.call('ZREM', KEYS[1], id)
   end
 end
-return out
+-- one JSON string: the client parses one reply, not a nested array per field
+return cjson.encode({redis.call('GET', KEYS[2]) or '0', found})
 """
 
 _WRITE = """
@@ -209,10 +212,15 @@ class Cluster:
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
         # one retry on a fresh connection: after a Redis restart the pooled ones are dead
-        self.redis = aioredis.Redis.from_url(
-            redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5,
+        # A bounded pool that makes commands wait for a free connection (up to 5 s): the
+        # default one opens a connection per concurrent command, and under load runs into
+        # "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=MAX_REDIS_CONNECTIONS, timeout=5, decode_responses=True,
+            socket_timeout=5, socket_connect_timeout=5,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
             retry_on_error=[RedisConnectionError, RedisTimeoutError])
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.url = redis_url
         self._read = self.redis.register_script(_READ)
         self._write = self.redis.register_script(_WRITE)
@@ -235,6 +243,7 @@ class Cluster:
         self.degraded = False
         self.heartbeat = heartbeat
         self._beaten = False
+        self._republishing = False
 
     # -- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -324,16 +333,15 @@ class Cluster:
 
     async def _bindings(self, aor: str) -> tuple[str, list[Binding]]:
         """The AOR's version and live bindings, newest first."""
-        found = await self._read(keys=self._keys(aor), args=[
-            int(time.time() * 1000), self._binding_prefix(aor), PREFIX + 'alive:'])
+        version, found = json.loads(await self._read(keys=self._keys(aor), args=[
+            int(time.time() * 1000), self._binding_prefix(aor), PREFIX + 'alive:']))
         bindings = []
-        for flat in found[1:]:
-            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        for fields in found if isinstance(found, list) else ():   # (cjson: {} for empty)
             binding = self._binding(aor, fields)
             if binding is not None:
                 bindings.append(binding)
         bindings.sort(key=lambda b: b.registered_at, reverse=True)
-        return found[0], bindings
+        return version, bindings
 
     def _binding(self, aor: str, fields: dict[str, str]) -> Binding | None:
         try:
@@ -441,22 +449,28 @@ class Cluster:
     def _reachable(self) -> None:
         if self.degraded:
             self.degraded = False
+            if self._republishing:
+                return
             logger.warning('Redis at %s is back: publishing this node\'s bindings again', self.url)
+            self._republishing = True
             self.relay.spawn(self._republish())
 
     async def _republish(self) -> None:
         """Write this node's live bindings to Redis again, with their remaining time."""
-        now = time.time()
-        for binding in list(self.registrar.bindings()):
-            if binding.expires_at <= now:
-                continue
-            try:
-                await self._write(keys=self._keys(binding.aor), args=[
-                    '*', self._binding_prefix(binding.aor),
-                    json.dumps({'delete': [], 'put': [self._put(binding)]})])
-            except REDIS_ERRORS as exc:
-                self._unreachable(exc)
-                return
+        try:
+            now = time.time()
+            for binding in list(self.registrar.bindings()):
+                if binding.expires_at <= now:
+                    continue
+                try:
+                    await self._write(keys=self._keys(binding.aor), args=[
+                        '*', self._binding_prefix(binding.aor),
+                        json.dumps({'delete': [], 'put': [self._put(binding)]})])
+                except REDIS_ERRORS as exc:
+                    self._unreachable(exc)
+                    return
+        finally:
+            self._republishing = False
 
     # -- Digest nonce counts shared by the nodes ------------------------------------------
     async def claim_nonce_count(self, nonce: str, nc: int, *, lifetime: float) -> bool:

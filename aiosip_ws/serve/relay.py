@@ -592,6 +592,8 @@ class RelayServer:
             return
         previous = self._contacts.get(host)
         if previous is conn:
+            if self.cluster is not None:
+                self.cluster.claim(host, conn)          # its TTL in Redis starts again
             return
         if previous is not None:
             previous.state.get('contact_hosts', set()).discard(host)
