@@ -244,6 +244,8 @@ class Cluster:
         self.heartbeat = heartbeat
         self._beaten = False
         self._republishing = False
+        #: AOR -> [the lock its REGISTERs take here, how many hold or wait for it]
+        self._aor_locks: dict[str, list[Any]] = {}
 
     # -- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -400,11 +402,24 @@ class Cluster:
         aor = register_aor(request)
         if isinstance(aor, RegisterResult):
             return aor
+        # One REGISTER per AOR at a time on this node, in arrival order (asyncio's locks
+        # are fair): a client's pipelined refreshes must not overtake each other (their
+        # CSeq order, RFC 3261 §10.3 step 7); races with other nodes are the script's.
+        entry = self._aor_locks.get(aor)
+        if entry is None:
+            entry = self._aor_locks[aor] = [asyncio.Lock(), 0]
+        entry[1] += 1
         try:
-            result = await self._register(aor, request, conn, authenticated)
-        except REDIS_ERRORS as exc:
-            self._unreachable(exc)
-            return self.registrar.register(request, conn, authenticated=authenticated)
+            async with entry[0]:
+                try:
+                    result = await self._register(aor, request, conn, authenticated)
+                except REDIS_ERRORS as exc:
+                    self._unreachable(exc)
+                    return self.registrar.register(request, conn, authenticated=authenticated)
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._aor_locks[aor]
         self._reachable()
         return result
 

@@ -107,3 +107,43 @@ async def test_sipjs_with_a_password_calls_jssip_and_hangs_up(browser_and_serve)
     await bob.wait_event('ended', timeout=10)
     code, _, err = await asyncio.get_running_loop().run_in_executor(None, process.stop)
     assert code == 0 and 'Traceback' not in err
+
+
+async def test_a_browser_call_between_two_serve_nodes_on_redis(tmp_path, serve_process,
+                                                              node_agents_ready):
+    """Redis, two ``serve --redis`` nodes and Chromium in one private network namespace:
+    JsSIP on node one calls JsSIP on node two; the INVITE, its answer, the ACK and the
+    BYE cross the nodes through Redis, and media flows between the pages."""
+    try:
+        chromium_binary()
+        ensure_bundles()
+    except RuntimeError as exc:
+        _unavailable('browser agents', exc)
+    from tests.support.redis import RedisServer
+    try:
+        redis = RedisServer(tmp_path / 'redis', prefix=PRIVATE_NETWORK).start()
+    except (RuntimeError, OSError) as exc:
+        _unavailable('redis-server', exc)
+    inside = ('nsenter', '--net=/proc/%d/ns/net' % redis.proc.pid, '--')
+    try:
+        one, two = (serve_process('--listen', 'ws://127.0.0.1:0/', '--redis', redis.url,
+                                  '--node-id', name, prefix=inside) for name in ('one', 'two'))
+        async with Browser(tmp_path / 'chromium', netns_pid=redis.proc.pid) as browser:
+            alice = await browser.agent('jssip', url=one.urls[0], aor=ALICE, name='alice@one')
+            bob = await browser.agent('jssip', url=two.urls[0], aor=BOB, name='bob@two')
+            await alice.register()
+            await bob.register()
+            await alice.call(BOB)
+            await bob.wait_event('incomingCall', timeout=15)
+            await bob.answer()
+            await alice.wait_event('confirmed', timeout=15)
+            await bob.wait_event('confirmed', timeout=15)          # the ACK crossed too
+            await alice.wait_event('ice', timeout=15,
+                                   predicate=lambda ev: ev['state'] in ('connected', 'completed'))
+            await bob.hangup()                                      # BYE from node two
+            assert (await alice.wait_event('ended', timeout=10))['originator'] == 'remote'
+        for process in (one, two):
+            code, _, err = await asyncio.get_running_loop().run_in_executor(None, process.stop)
+            assert code == 0 and 'Traceback' not in err
+    finally:
+        redis.stop()

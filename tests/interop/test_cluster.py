@@ -166,18 +166,24 @@ async def test_redis_down_each_node_serves_its_own_and_republishes_when_back(
         await answer(dave, got, 200, 'd')
         assert (await recv(alice)).status == 200
         assert a.cluster.degraded
+        async def stored_aors(expected: set[str]) -> set[str]:
+            for _ in range(150):
+                found = {k.split(':')[3].split('@')[0]
+                         for k in await keys(redis_server, 'aiosip-ws:binding:*')}
+                if found == expected:
+                    break
+                await asyncio.sleep(0.02)
+            return found
 
-        redis_server.start()                               # empty: nothing persisted
-        # the first Redis operation that works again publishes the node's bindings again
-        assert await a.cluster.lookup('sip:nobody@example.com') == []
-        assert await b.cluster.lookup('sip:nobody@example.com') == []
-        for _ in range(100):
-            stored = await keys(redis_server, 'aiosip-ws:binding:*')
-            if len(stored) == 3:
-                break
-            await asyncio.sleep(0.02)
-        assert [k.split(':')[3] for k in stored] == ['alice@example.com', 'bob@example.com',
-                                                     'dave@example.com']
+        async with ws(url_a) as eve:                       # a REGISTER while Redis is away:
+            await register_device(eve, 'eve', 'desk')      # 200, into a's memory
+            redis_server.start()                           # empty: nothing persisted
+            # the first Redis operation that works again (a lookup here, b's heartbeat)
+            # makes each node publish its bindings again, eve's too
+            assert await a.cluster.lookup('sip:nobody@example.com') == []
+            assert await stored_aors({'alice', 'bob', 'dave', 'eve'}) == {'alice', 'bob', 'dave',
+                                                                          'eve'}
+        assert await stored_aors({'alice', 'bob', 'dave'}) == {'alice', 'bob', 'dave'}  # eve left
         assert not a.cluster.degraded and not b.cluster.degraded
         client = redis_async.Redis.from_url(redis_server.url, decode_responses=True)
         try:                         # b subscribed again (Pub/Sub does not keep messages)

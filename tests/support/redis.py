@@ -22,9 +22,13 @@ def redis_binary() -> str:
 
 
 class RedisServer:
-    def __init__(self, directory: Path) -> None:
+    """``prefix``: run it under that command (``PRIVATE_NETWORK``: in a network namespace
+    of its own, which other processes join with ``nsenter --net=/proc/PID/ns/net``)."""
+
+    def __init__(self, directory: Path, *, prefix: tuple[str, ...] = ()) -> None:
         self.directory = directory
         self.port = free_port()
+        self.prefix = prefix
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -34,7 +38,7 @@ class RedisServer:
     def start(self, timeout: float = 10) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [redis_binary(), '--port', str(self.port), '--bind', '127.0.0.1', '--save', '',
+            [*self.prefix, redis_binary(), '--port', str(self.port), '--bind', '127.0.0.1', '--save', '',
              '--appendonly', 'no', '--dir', str(self.directory), '--daemonize', 'no',
              '--logfile', str(self.directory / 'redis.log')],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -49,6 +53,12 @@ class RedisServer:
         raise RuntimeError('redis-server did not answer within %g s' % timeout)
 
     def ping(self) -> bool:
+        if self.prefix:                   # in its own namespace: ask from inside it
+            assert self.proc is not None
+            found = subprocess.run(['nsenter', '--net=/proc/%d/ns/net' % self.proc.pid, '--',
+                                    'redis-cli', '-p', str(self.port), 'ping'],
+                                   capture_output=True, text=True, timeout=5)
+            return found.stdout.strip() == 'PONG'
         try:
             with socket.create_connection(('127.0.0.1', self.port), timeout=0.5) as sock:
                 sock.sendall(b'PING\r\n')
