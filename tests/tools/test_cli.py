@@ -551,3 +551,9 @@ def test_serve_proxy_protocol_needs_a_trusted_proxy_and_asyncios_loop(tmp_path):
     config.write_text('proxy-protocol = true\n')
     from_file = run_cli('serve', '--config', str(config))
     assert from_file.returncode == 2 and 'needs trusted_proxies' in from_file.stderr
+
+
+def test_serve_workers_need_redis():
+    """--workers without --redis exits 2 saying why (the workers share bindings there)."""
+    alone = run_cli('serve', '--workers', '2')
+    assert alone.returncode == 2 and '--workers needs --redis URL' in alone.stderr
