@@ -850,6 +850,8 @@ async def listen(url: str, handler: ConnectionHandler,
         create_connection = proxied_connection_class(proxies=proxies, tls=tls, pending=proxied_pending,
                                                      timeout=options.open_timeout)
         tls = None
+    # passed on to loop.create_server: several processes on one port (serve --workers)
+    listen_extra: dict[str, Any] = {'reuse_port': True} if options.reuse_port else {}
     server = await serve(
         on_connection, host, port, subprotocols=[Subprotocol(SUBPROTOCOL)], process_request=check_request,
         create_connection=create_connection,
@@ -858,7 +860,7 @@ async def listen(url: str, handler: ConnectionHandler,
         ping_interval=options.ping_interval, ping_timeout=options.ping_timeout,
         close_timeout=options.close_timeout, max_size=options.max_size,
         server_header=options.server_header or _user_agent(),
-        **({'reuse_port': True} if options.reuse_port else {}),
+        **listen_extra,
     )
     listener = WSListener(server, url, connections, per_ip, proxied_pending)
     logger.info('listening for SIP over WebSocket on %s', listener.bound_url)   # port 0: the real one
