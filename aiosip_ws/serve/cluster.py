@@ -43,7 +43,7 @@ import logging
 import secrets
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
 from ..core.codec import SIPMessage, parse, serialize
@@ -77,6 +77,8 @@ PREFIX = 'aiosip-ws:'
 MAX_ATTEMPTS = 200
 #: messages waiting for the bus publisher; more are refused (the branch fails: 480)
 MAX_OUTBOX = 10000
+#: AORs whose last written state a node remembers (to skip the read of a refresh)
+MAX_KNOWN = 10000
 #: connections one node keeps to Redis (commands wait for a free one)
 MAX_REDIS_CONNECTIONS = 32
 #: seconds between heartbeats; a node silent for 3 of them is taken for dead
@@ -126,13 +128,13 @@ for _, b in ipairs(ops.put) do
   redis.call('PEXPIREAT', key, b.at)
   redis.call('ZADD', KEYS[1], b.at, b.id)
 end
-redis.call('INCR', KEYS[2])
+local version = redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], 86400000)
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 if #last > 0 then
   redis.call('PEXPIREAT', KEYS[1], last[2])
 end
-return 1
+return version
 """
 
 
@@ -246,6 +248,8 @@ class Cluster:
         self._republishing = False
         #: AOR -> [the lock its REGISTERs take here, how many hold or wait for it]
         self._aor_locks: dict[str, list[Any]] = {}
+        #: AOR -> (version, bindings) as this node last wrote them (most recent last)
+        self._known: OrderedDict[str, tuple[str, list[Binding]]] = OrderedDict()
 
     # -- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -314,6 +318,7 @@ class Cluster:
         for binding in self.registrar.bindings_of(conn):
             held.setdefault(binding.aor, []).append(_binding_id(binding))
         for aor, ids in held.items():
+            self._known.pop(aor, None)           # it changes now (and holds the connection)
             self.relay.spawn(self._delete(aor, ids))
 
     async def _delete(self, aor: str, ids: list[str]) -> None:
@@ -425,8 +430,12 @@ class Cluster:
 
     async def _register(self, aor: str, request: SIPMessage, conn: WSConnection,
                         authenticated: bool) -> RegisterResult:
+        known = self._known.pop(aor, None)
         for _ in range(MAX_ATTEMPTS):
-            version, current = await self._bindings(aor)
+            # what this node wrote last for the AOR (a refresh then costs one script), else
+            # a read; a stale version only makes the write fail, then comes the read
+            version, current = known if known is not None else await self._bindings(aor)
+            known = None
             now = time.time()
             result, bindings = self.registrar.evaluate(request, conn, current,
                                                        authenticated=authenticated, now=now)
@@ -435,14 +444,19 @@ class Cluster:
             kept = {id(b) for b in bindings}
             ops = {'delete': [_binding_id(b) for b in current if id(b) not in kept],
                    'put': [self._put(b) for b in bindings if not any(b is c for c in current)]}
-            if not await self._write(keys=self._keys(aor), args=[
-                    version, self._binding_prefix(aor), json.dumps(ops)]):
+            written = await self._write(keys=self._keys(aor), args=[
+                version, self._binding_prefix(aor), json.dumps(ops)])
+            if not written:
                 continue                                  # another REGISTER came first
             if not conn.is_open:                          # it closed while we wrote
                 gone = [_binding_id(b) for b in bindings if b.connection is conn]
                 bindings = [b for b in bindings if b.connection is not conn]
                 if gone:
                     self.relay.spawn(self._delete(aor, gone))
+            else:
+                self._known[aor] = (str(written), bindings)
+                if len(self._known) > MAX_KNOWN:
+                    self._known.popitem(last=False)
             self.registrar.store(aor, [b for b in bindings
                                        if not isinstance(b.connection, RemoteConnection)])
             live = sorted(bindings, key=lambda b: b.registered_at, reverse=True)
