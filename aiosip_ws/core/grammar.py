@@ -17,7 +17,7 @@ __all__ = [
     'TOKEN_CHARS', 'TOKEN_CLASS', 'TOKEN_RE', 'TOKEN_BYTES_RE', 'SCHEME_CLASS', 'MAGIC_COOKIE',
     'DEFAULT_MAX_FORWARDS', 'SIP_SCHEMES',
     'WS_SCHEMES', 'WS_TRANSPORT_PARAMS', 'WS_DEFAULT_PORTS', 'ws_scheme_for',
-    'is_ws_url', 'is_sip_uri', 'strip_brackets', 'url_host', 'ip_literal',
+    'is_ws_url', 'is_sip_uri', 'strip_brackets', 'url_host', 'show_address', 'ip_literal',
     'DELTA_SECONDS_MAX', 'CSEQ_LIMIT', 'MAX_FORWARDS_MAX', 'parse_delta_seconds',
     'parse_cseq_number', 'parse_max_forwards', 'parse_content_length', 'parse_qvalue',
     'retry_after_seconds', 'parse_networks', 'address_in',
@@ -84,6 +84,13 @@ def url_host(host: str) -> str:
     """``host`` as written in a URL authority or a SIP URI (IPv6 literals bracketed)."""
     host = strip_brackets(host)
     return '[%s]' % host if ':' in host else host
+
+
+def show_address(address: object) -> str:
+    """A socket address for a log line: ``host:port`` (IPv6 bracketed), or as it is."""
+    if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[0], str):
+        return '%s:%s' % (url_host(address[0]), address[1])
+    return str(address)
 
 
 def ip_literal(host: str) -> str | None:

@@ -41,6 +41,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from ..core.grammar import show_address
+
 __all__ = ['AcceptFailureHandler', 'ACCEPT_FAILED_MESSAGE']
 
 #: the ``message`` asyncio's accept loop reports (selector_events.py, 3.5 onwards)
@@ -174,10 +176,6 @@ def _is_stale_retry(context: dict[str, Any], exc: object) -> bool:
 
 def _address(sock: Any) -> str:
     try:
-        name = sock.getsockname()
+        return show_address(sock.getsockname())
     except (AttributeError, OSError):
         return 'a listening socket'
-    if isinstance(name, tuple) and len(name) >= 2:
-        host = name[0]
-        return '%s:%d' % ('[%s]' % host if ':' in host else host, name[1])
-    return str(name)

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, cast
 
 from websockets.asyncio.server import ServerConnection
 
-from ..core.grammar import address_in
+from ..core.grammar import address_in, show_address
 from ..errors import ProxyHeaderError
 from .throttle import LogThrottle
 
@@ -179,7 +179,7 @@ class _ProxiedServerConnection(ServerConnection):
         if not (isinstance(peer, tuple) and address_in(peer[0], self._pp_proxies)):
             peer_log.info('refused PROXY connections', 'closed a connection from %s: not a '
                           'trusted proxy (this listener takes PROXY protocol connections only, '
-                          'from --trusted-proxy addresses)', _show(peer))
+                          'from --trusted-proxy addresses)', show_address(peer))
             raw.abort()
             return
         raw.pause_reading()              # nothing is read before the header is taken off
@@ -266,7 +266,7 @@ class _ProxiedServerConnection(ServerConnection):
                                        ssl_handshake_timeout=self._pp_timeout)
         except Exception as exc:  # noqa: BLE001 - any TLS failure: that client goes
             logger.debug('TLS handshake with %s (through a PROXY header) failed: %s',
-                         _show(self._pp_client), exc)
+                         show_address(self._pp_client), exc)
             raw.abort()
             return
         finally:
@@ -288,10 +288,10 @@ class _ProxiedServerConnection(ServerConnection):
         raw = self._pp_raw
         peer = raw.get_extra_info('peername') if raw is not None else None
         if quiet:
-            logger.debug('closed a connection from %s: %s', _show(peer), why)
+            logger.debug('closed a connection from %s: %s', show_address(peer), why)
         else:
             peer_log.info('refused PROXY connections', 'closed a connection from %s: %s',
-                          _show(peer), why)
+                          show_address(peer), why)
         self._pp_cleanup()
         if self._pp_task is not None:
             self._pp_task.cancel()
@@ -320,11 +320,3 @@ def _stop_reading(transport: asyncio.Transport) -> None:
     if not transport.is_closing():
         transport.resume_reading()
         transport.pause_reading()
-
-
-def _show(address: Any) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = address[0]
-        return '%s:%s' % ('[%s]' % host if ':' in host else host, address[1])
-    return str(address)
-
