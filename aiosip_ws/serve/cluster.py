@@ -45,6 +45,7 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ..core.codec import SIPMessage, parse, serialize
 from ..core.sipuri import NameAddr
@@ -156,6 +157,16 @@ return 1
 """
 
 
+def _without_password(url: str) -> str:
+    """``redis://user:secret@host/0`` as ``redis://user:***@host/0``: URLs reach log lines."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ''
+    host = parts.netloc.rpartition('@')[2]
+    return urlunsplit(parts._replace(netloc='%s:***@%s' % (user, host)))
+
+
 def check_node_id(node: str) -> str:
     if not node or len(node) > 64 or not all(c.isalnum() or c == '-' for c in node):
         raise ConfigurationError('--node-id %r: use 1-64 letters, digits and "-"' % (node,))
@@ -170,7 +181,6 @@ class RemoteConnection:
     """A client connection that another node holds, as the relay core sees a connection:
     what is sent to it goes over the bus to that node."""
 
-    #: bounded: the relay's pending-transaction caps count per connection
     def __init__(self, cluster: Cluster, node: str, incarnation: str, connection: str,
                  via: str, remote: str) -> None:
         self.cluster = cluster
@@ -223,7 +233,8 @@ class Cluster:
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
             retry_on_error=[RedisConnectionError, RedisTimeoutError])
         self.redis = aioredis.Redis(connection_pool=pool)
-        self.url = redis_url
+        #: for log lines: the URL without its password
+        self.url = _without_password(redis_url)
         self._read = self.redis.register_script(_READ)
         self._write = self.redis.register_script(_WRITE)
         self._release_host = self.redis.register_script(_RELEASE)
@@ -528,7 +539,6 @@ class Cluster:
     async def peer_for(self, host: str) -> RemoteConnection | None:
         """The connection of another live node that ``host`` is behind, or None."""
         try:
-            value, alive = None, None
             value = await self.redis.get(PREFIX + 'contact:' + host)
             if value is None:
                 return None
@@ -564,8 +574,8 @@ class Cluster:
 
     def publish(self, node: str, message: dict[str, Any]) -> bool:
         if len(self._outbox) >= MAX_OUTBOX:
-            logger.warning('the Redis bus is behind (%d messages): refused one for node %s',
-                           MAX_OUTBOX, node)
+            peer_log.warning('bus backlog', 'the Redis bus is behind (%d messages): refused '
+                             'one for node %s', MAX_OUTBOX, node)
             return False
         message['from'] = self.node
         self._outbox.append(('PUBLISH', self.channel(node), json.dumps(message)))

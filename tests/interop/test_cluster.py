@@ -465,3 +465,15 @@ async def test_lost_on_the_bus_is_408_and_a_client_gone_is_480_never_a_hang(redi
     finally:
         for node in started:
             await node.close()
+
+
+async def test_an_unreachable_redis_stops_start_and_its_password_is_never_shown(caplog):
+    """A node that cannot reach Redis does not start (ConfigurationError naming the
+    URL); the URL's password is shown as ***, there and in every log line."""
+    from aiosip_ws.errors import ConfigurationError
+    from tests.support.net import closed_port
+    node = RelayServer(redis_url='redis://:s3cret@127.0.0.1:%d/0' % closed_port(), node_id='x')
+    with pytest.raises(ConfigurationError, match=r'cannot reach Redis at redis://:\*\*\*@127'):
+        await node.start('ws://127.0.0.1:0/')
+    await node.close()
+    assert 's3cret' not in caplog.text
