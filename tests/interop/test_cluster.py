@@ -13,7 +13,16 @@ from websockets.asyncio.client import connect
 from aiosip_ws.core.codec import parse
 from aiosip_ws.serve.registrar import Registrar
 from aiosip_ws.serve.relay import RelayServer
-from tests.support.sip import answer, invite, message, quiet, recv, register_device, register_raw
+from tests.support.sip import (
+    answer,
+    answered_here_cancelled_there,
+    invite,
+    message,
+    quiet,
+    recv,
+    register_device,
+    register_raw,
+)
 
 pytestmark = pytest.mark.interop           # a real Redis: once, on one Python
 
@@ -21,15 +30,20 @@ redis_async = pytest.importorskip('redis.asyncio')
 HEARTBEAT = 0.2
 
 
+async def start_node(redis_server, name: str, **options) -> RelayServer:
+    """A serve node called ``name`` on ws://127.0.0.1, heart-beating every HEARTBEAT s."""
+    node = RelayServer(redis_url=redis_server.url, node_id=name, **options)
+    node.cluster.heartbeat = HEARTBEAT
+    await node.start('ws://127.0.0.1:0/')
+    return node
+
+
 @pytest.fixture
 async def nodes(redis_server):
     """Nodes a and b on one Redis: (node, its ws:// URL) each."""
     started = []
     for name in ('a', 'b'):
-        node = RelayServer(redis_url=redis_server.url, node_id=name,
-                           registrar=Registrar(max_contacts=10))
-        node.cluster.heartbeat = HEARTBEAT
-        await node.start('ws://127.0.0.1:0/')
+        node = await start_node(redis_server, name, registrar=Registrar(max_contacts=10))
         started.append((node, node.listeners[0].bound_url))
     yield started
     for node, _ in started:
@@ -101,17 +115,7 @@ async def test_an_invite_forks_over_both_nodes_and_the_cancel_crosses(nodes):
         assert to_phone.get('Record-Route').startswith('<sip:a@')
         await answer(laptop, to_laptop, 180, 'l')
         assert (await recv(caller)).status == 180
-        await answer(phone, to_phone, 200, 'p',
-                     headers=[('Contact', '<sip:bob@%s;transport=ws>' % phone_host)])
-        ok = await recv(caller)
-        assert ok.status == 200 and ok.get('To').endswith('tag=p')
-        cancel = await recv(laptop)
-        assert cancel.method == 'CANCEL' and cancel.vias[0].branch == to_laptop.vias[0].branch
-        assert cancel.get('Reason') == 'SIP;cause=200;text="Call completed elsewhere"'
-        await answer(laptop, cancel, 200, 'l')
-        await answer(laptop, to_laptop, 487, 'l')
-        ack = await recv(laptop)
-        assert ack.method == 'ACK' and ack.get('To').endswith('tag=l')
+        await answered_here_cancelled_there(caller, phone, to_phone, phone_host, laptop, to_laptop)
         await quiet(caller)
         assert not a._pending and not b._pending
 
@@ -215,10 +219,8 @@ async def test_the_bindings_of_a_silent_or_restarted_node_are_ignored_and_purged
         assert await a.cluster.lookup('sip:bob@example.com') == []
         assert await keys(redis_server, 'aiosip-ws:binding:sip:bob@*') == []
 
-        restarted = RelayServer(redis_url=redis_server.url, node_id='b')   # a new 'b'
-        restarted.cluster.heartbeat = HEARTBEAT
         await register_device(carol, 'carol', 'desk')   # made by the old b, now stale
-        await restarted.start('ws://127.0.0.1:0/')
+        restarted = await start_node(redis_server, 'b')   # a new 'b'
         try:
             assert await a.cluster.lookup('sip:carol@example.com') == []
             assert await keys(redis_server, 'aiosip-ws:binding:sip:carol@*') == []
@@ -310,10 +312,7 @@ async def test_a_nonce_count_accepted_by_one_node_is_a_replay_on_the_other(redis
     for name in ('a', 'b'):
         auth = DigestAuthenticator(UserFile.parse('alice:example.com:%s' % ha1), 'example.com',
                                    nonce_secret=b'the shared secret')
-        node = RelayServer(redis_url=redis_server.url, node_id=name, auth=auth)
-        node.cluster.heartbeat = HEARTBEAT
-        await node.start('ws://127.0.0.1:0/')
-        started.append(node)
+        started.append(await start_node(redis_server, name, auth=auth))
     try:
         a, b = started
         register = ('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/WS r.invalid;branch=z9hG4bK%s\r\n'
@@ -423,11 +422,8 @@ async def test_lost_on_the_bus_is_408_and_a_client_gone_is_480_never_a_hang(redi
     from aiosip_ws.options import ServerOptions
     started = []
     for name in ('a', 'b'):
-        node = RelayServer(redis_url=redis_server.url, node_id=name,
-                           server_options=ServerOptions(transaction_timeout=1.0))
-        node.cluster.heartbeat = HEARTBEAT
-        await node.start('ws://127.0.0.1:0/')
-        started.append(node)
+        started.append(await start_node(redis_server, name,
+                                        server_options=ServerOptions(transaction_timeout=1.0)))
     a, b = started
     try:
         async with ws(a.listeners[0].bound_url) as alice, ws(b.listeners[0].bound_url) as bob:

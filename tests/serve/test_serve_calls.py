@@ -10,7 +10,17 @@ from websockets.asyncio.client import connect
 from aiosip_ws import Application
 from aiosip_ws.core.codec import make_response, serialize
 from aiosip_ws.serve.relay import RelayServer
-from tests.support.sip import SDP, answer, invite, message, quiet, recv, register_device, register_raw
+from tests.support.sip import (
+    SDP,
+    answer,
+    answered_here_cancelled_there,
+    invite,
+    message,
+    quiet,
+    recv,
+    register_device,
+    register_raw,
+)
 
 
 async def test_call_between_two_aiosip_clients(relay):
@@ -174,17 +184,7 @@ async def test_an_invite_rings_every_device_and_the_others_are_cancelled(relay):
         await answer(phone, to_phone, 180, 'p')
         ringing = {(await recv(caller)).get('To'), (await recv(caller)).get('To')}
         assert {r.rsplit('tag=', 1)[1] for r in ringing} == {'l', 'p'}
-        await answer(phone, to_phone, 200, 'p',
-                     headers=[('Contact', '<sip:bob@%s;transport=ws>' % phone_host)])
-        ok = await recv(caller)
-        assert ok.status == 200 and ok.get('To').endswith('tag=p')
-        cancel = await recv(laptop)
-        assert cancel.method == 'CANCEL' and cancel.vias[0].branch == to_laptop.vias[0].branch
-        assert cancel.get('Reason') == 'SIP;cause=200;text="Call completed elsewhere"'
-        await answer(laptop, cancel, 200, 'l')
-        await answer(laptop, to_laptop, 487, 'l')
-        ack = await recv(laptop)
-        assert ack.method == 'ACK' and ack.get('To').endswith('tag=l')
+        await answered_here_cancelled_there(caller, phone, to_phone, phone_host, laptop, to_laptop)
         await caller.send('ACK sip:bob@%s;transport=ws SIP/2.0\r\nVia: SIP/2.0/WS %s;'
                           'branch=z9hG4bKack\r\nFrom: <sip:alice@example.com>;tag=a1\r\n'
                           'To: <sip:bob@example.com>;tag=p\r\nCall-ID: call-1\r\n'

@@ -77,3 +77,22 @@ async def quiet(ws, seconds: float = 0.3) -> None:
     """Nothing more arrives on ``ws`` (a CRLF ping comes back as the pong)."""
     await ws.send('\r\n\r\n')
     assert await asyncio.wait_for(ws.recv(), seconds + 5) == '\r\n'
+
+
+async def answered_here_cancelled_there(caller, phone, to_phone: SIPMessage, phone_host: str,
+                                        laptop, to_laptop: SIPMessage) -> None:
+    """bob's forked INVITE, ringing on his phone and his laptop: the phone answers (tag
+    ``p``); the caller gets that 200, the laptop serve's CANCEL of the same branch with
+    ``Reason: SIP;cause=200`` (RFC 3326), answers it 200 and the INVITE 487 (tag ``l``),
+    and gets serve's ACK of the 487."""
+    await answer(phone, to_phone, 200, 'p',
+                 headers=[('Contact', '<sip:bob@%s;transport=ws>' % phone_host)])
+    ok = await recv(caller)
+    assert ok.status == 200 and ok.get('To').endswith('tag=p')
+    cancel = await recv(laptop)
+    assert cancel.method == 'CANCEL' and cancel.vias[0].branch == to_laptop.vias[0].branch
+    assert cancel.get('Reason') == 'SIP;cause=200;text="Call completed elsewhere"'
+    await answer(laptop, cancel, 200, 'l')
+    await answer(laptop, to_laptop, 487, 'l')
+    ack = await recv(laptop)
+    assert ack.method == 'ACK' and ack.get('To').endswith('tag=l')
