@@ -204,3 +204,21 @@ class RawWebSocket:
         with contextlib.suppress(Exception):
             self.writer.close()
             await asyncio.wait_for(self.writer.wait_closed(), 2)
+
+
+class Recorder:
+    """A ConnectionHandler for ``listen()`` that keeps what it is told: the connections
+    made, in order, and the SIP messages received (a queue)."""
+
+    def __init__(self) -> None:
+        self.connections: list = []
+        self.messages: asyncio.Queue = asyncio.Queue()
+
+    def connection_made(self, conn) -> None:
+        self.connections.append(conn)
+
+    def message_received(self, conn, message) -> None:
+        self.messages.put_nowait(message)
+
+    def connection_lost(self, conn, exc) -> None:
+        pass

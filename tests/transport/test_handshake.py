@@ -14,28 +14,18 @@ import logging
 import pytest
 import websockets
 
-from aiosip_ws.core.codec import SIPMessage
 from aiosip_ws.options import ServerOptions
-from aiosip_ws.transport.websocket import WSConnection, WSListener, listen
-from tests.support.websocket import Opcode, RawWebSocket, handshake_request, new_key, response_headers
+from aiosip_ws.transport.websocket import WSListener, listen
+from tests.support.websocket import (
+    Opcode,
+    RawWebSocket,
+    Recorder,
+    handshake_request,
+    new_key,
+    response_headers,
+)
 
 HOST = '127.0.0.1'
-
-
-class Recorder:
-    """A ConnectionHandler that keeps what it is told."""
-
-    def __init__(self) -> None:
-        self.messages: asyncio.Queue[SIPMessage] = asyncio.Queue()
-
-    def connection_made(self, conn: WSConnection) -> None:
-        pass
-
-    def message_received(self, conn: WSConnection, message: SIPMessage) -> None:
-        self.messages.put_nowait(message)
-
-    def connection_lost(self, conn: WSConnection, exc: BaseException | None) -> None:
-        pass
 
 
 @pytest.fixture

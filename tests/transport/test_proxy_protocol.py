@@ -24,8 +24,8 @@ from aiosip_ws.transport.proxyproto import (
     ProxyHeader,
     parse_proxy_header,
 )
-from aiosip_ws.transport.websocket import WSConnection, listen
-from tests.support.websocket import handshake_request, new_key
+from aiosip_ws.transport.websocket import listen
+from tests.support.websocket import Recorder, handshake_request, new_key
 
 HOST = '127.0.0.1'
 
@@ -99,20 +99,6 @@ def test_version_2_blocks():
 
 
 # --- on the wire -------------------------------------------------------------------------
-class Recorder:
-    def __init__(self) -> None:
-        self.connections: list[WSConnection] = []
-
-    def connection_made(self, conn: WSConnection) -> None:
-        self.connections.append(conn)
-
-    def message_received(self, conn, message) -> None:
-        pass
-
-    def connection_lost(self, conn, exc) -> None:
-        pass
-
-
 @pytest.fixture
 def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger='aiosip_ws')
