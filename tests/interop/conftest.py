@@ -6,12 +6,16 @@ AIOSIP_WS_INTEROP_REQUIRED=1 is set (CI), in which case they fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 from tests.support.kamailio import ensure_kamailio, kamailio
-from tests.support.net import free_port
+from tests.support.net import free_port, port_open
 from tests.support.node import ensure_node_modules
 
 
@@ -84,3 +88,30 @@ def redis_server(tmp_path):
         _unavailable('redis-server', exc)
     yield server
     server.stop()
+
+
+@contextlib.contextmanager
+def front_process(what: str, command: list[str], port: int, log: Path | None = None):
+    """``command`` (a proxy in the foreground: nginx, HAProxy) until it listens on
+    127.0.0.1:``port`` (5 s at most, else ``what`` is unavailable, with its output and
+    ``log``); terminated (then killed) when the block ends."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(100):
+            if port_open('127.0.0.1', port) or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not port_open('127.0.0.1', port):
+            proc.kill()
+            output = proc.communicate()[0]
+            if log is not None and log.exists():
+                output = log.read_text() + output
+            _unavailable(what, RuntimeError('did not start: %s' % output))
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

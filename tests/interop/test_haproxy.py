@@ -13,15 +13,13 @@ import asyncio
 import json
 import shutil
 import ssl
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.interop.conftest import _unavailable
-from tests.support.net import free_port, http_get, port_open
+from tests.interop.conftest import _unavailable, front_process
+from tests.support.net import free_port, http_get
 from tests.support.node import NodeAgent
 from tests.support.sip import register_request
 
@@ -53,24 +51,8 @@ def haproxy_in_front(tmp_path, certs, serve_process):
     port = free_port()
     conf = tmp_path / 'haproxy.cfg'
     conf.write_text(readme_haproxy_config(port, serve_port))
-    haproxy = subprocess.Popen([binary, '-db', '-f', str(conf)], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    try:
-        for _ in range(100):
-            if port_open('127.0.0.1', port) or haproxy.poll() is not None:
-                break
-            time.sleep(0.05)
-        if not port_open('127.0.0.1', port):
-            haproxy.kill()
-            _unavailable('haproxy', RuntimeError('did not start: %s' % haproxy.communicate()[0]))
+    with front_process('haproxy', [binary, '-db', '-f', str(conf)], port):
         yield process, 'wss://127.0.0.1:%d/' % port, port, serve_port
-    finally:
-        haproxy.terminate()
-        try:
-            haproxy.wait(10)
-        except subprocess.TimeoutExpired:
-            haproxy.kill()
-            haproxy.wait()
 
 
 async def test_jssip_through_haproxy_and_serve_reads_the_client_from_the_proxy_header(

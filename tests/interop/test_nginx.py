@@ -12,15 +12,13 @@ import asyncio
 import json
 import shutil
 import ssl
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.interop.conftest import _unavailable
-from tests.support.net import free_port, http_get, port_open
+from tests.interop.conftest import _unavailable, front_process
+from tests.support.net import free_port, http_get
 from tests.support.node import NodeAgent
 from tests.support.sip import register_request
 
@@ -76,25 +74,9 @@ def nginx_in_front(tmp_path, certs, serve_process):
     conf = tmp_path / 'nginx.conf'
     conf.write_text(NGINX_CONF.format(tmp=tmp_path, port=port, cert=certs.cert, key=certs.key,
                                       location=readme_location_block(serve_port)))
-    nginx = subprocess.Popen([binary, '-p', str(tmp_path), '-c', str(conf), '-g', 'daemon off;'],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(100):
-            if port_open('127.0.0.1', port) or nginx.poll() is not None:
-                break
-            time.sleep(0.05)
-        if not port_open('127.0.0.1', port):
-            log = tmp_path / 'error.log'
-            _unavailable('nginx', RuntimeError('did not start: %s' % (
-                log.read_text() if log.exists() else nginx.stderr.read())))
+    with front_process('nginx', [binary, '-p', str(tmp_path), '-c', str(conf), '-g', 'daemon off;'],
+                       port, log=tmp_path / 'error.log'):
         yield process, 'wss://127.0.0.1:%d/' % port, port, serve_port
-    finally:
-        nginx.terminate()
-        try:
-            nginx.wait(10)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
-            nginx.wait()
 
 
 async def test_jssip_and_sipjs_through_nginx_and_serve_sees_the_real_client(
