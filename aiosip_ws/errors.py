@@ -25,6 +25,8 @@ __all__ = [
     'RegistrationError',
     'ProxyHeaderError',
     'AllTargetsFailed',
+    'MediaError',
+    'CallFailed',
     'Interrupted',
 ]
 
@@ -129,6 +131,21 @@ class RegistrationError(AiosipWSError):
     def __init__(self, message: str, response: Any = None) -> None:
         super().__init__(message)
         self.response = response
+
+
+class MediaError(AiosipWSError):
+    """A call's media cannot be set up: the ``[media]`` extra (aiortc) is missing, the
+    peer's SDP cannot be answered, or a media file cannot be read or written."""
+
+
+class CallFailed(AiosipWSError):
+    """An outgoing call ended without being answered; ``status`` and ``reason`` are the
+    final response's (``status`` is None for a timeout or a lost connection)."""
+
+    def __init__(self, message: str, status: int | None = None, reason: str = '') -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
 
 
 class Interrupted(AiosipWSError):

@@ -2,7 +2,8 @@
 
 ``errors``, ``options`` and ``_version`` sit at the top and import no layer (only each
 other: ``options`` raises ``errors.ConfigurationError``); ``__init__`` (the lazy public
-API) and ``__main__`` are the package's faces and may name any layer.  aiosip is imported
+API), ``__main__`` and ``media`` (the ``[media]`` extra's names, loading aiortc only when
+imported) are the package's faces and may name any layer.  aiosip is imported
 by ``adapter/`` only, every exception class lives in ``errors.py``, and every name the 0.1
 API exported from ``aiosip_ws`` still imports.
 """
@@ -20,7 +21,7 @@ from tests.support import REPO
 PACKAGE = REPO / 'aiosip_ws'
 LAYERS = ('core', 'transport', 'adapter', 'serve', 'tools')
 LEAVES = ('errors', 'options', '_version')
-FACES = ('__init__', '__main__')
+FACES = ('__init__', '__main__', 'media')
 
 #: what ``aiosip_ws.__all__`` held in 0.1: each must stay importable from ``aiosip_ws``
 PUBLIC_0_1 = (

@@ -105,6 +105,13 @@ class Dialog(aiosip.Dialog):
     auth_username: str | None = None
     #: the request aiosip is answering right now (see receive_message)
     answering: SIPMessage | None = None
+    #: D13 hook: when set, in-dialog requests of this dialog (and ACK and CANCEL) are given
+    #: to it as codec messages instead of aiosip's ``receive_message``, which answers every
+    #: one 200 before any callback runs (a re-INVITE then gets a 200 without its SDP
+    #: answer).  The handler answers each request itself (``aiosip_ws.media`` does).
+    request_handler: Callable[[SIPMessage], None] | None = None
+    #: called with the exception (or None) when this dialog's connection is gone
+    lost_handler: Callable[[BaseException | None], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -405,10 +412,18 @@ class Application(aiosip.Application):
             del self._ws_routes[key]
         for target in [k for k, v in self._client_connections.items() if v is conn]:
             del self._client_connections[target]
+        lost = list(conn.dialogs.values())
         for call_id, dialog in list(conn.dialogs.items()):
             if self._dialogs.get(call_id) is dialog:
                 del self._dialogs[call_id]
         conn.dialogs.clear()
+        for dialog in lost:
+            handler = getattr(dialog, 'lost_handler', None)
+            if handler is not None:
+                try:
+                    handler(exc)
+                except Exception:  # noqa: BLE001
+                    logger.exception('the lost_handler of dialog %s failed', dialog.call_id)
         for branch, pending in list(self._pending.items()):
             if pending.conn is conn:
                 self._finish_pending(branch, ConnectionLost(
@@ -613,6 +628,15 @@ class Application(aiosip.Application):
         conn.send(request)
         return future
 
+    def end_dialog(self, dialog: Any) -> None:
+        """Forget ``dialog`` (D15: aiosip's ``stop_dialog`` and ``Dialog.close`` are broken):
+        requests for its Call-ID then get 481."""
+        conn = dialog.protocol
+        if isinstance(conn, WSConnection) and conn.dialogs.get(dialog.call_id) is dialog:
+            del conn.dialogs[dialog.call_id]
+        if self._dialogs.get(dialog.call_id) is dialog:
+            del self._dialogs[dialog.call_id]
+
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         """Run ``coroutine`` in a task that :meth:`close` waits for (or cancels)."""
         task = self.loop.create_task(coroutine)
@@ -678,7 +702,11 @@ class Application(aiosip.Application):
         if to_tag is not None or message.method in ('ACK', 'CANCEL'):
             dialog = self._dialogs.get(call_id)
             if dialog is not None and dialog.protocol is conn:
-                dialog.receive_message(msg)
+                handler = getattr(dialog, 'request_handler', None)
+                if handler is not None:                                     # D13
+                    handler(message)
+                else:
+                    dialog.receive_message(msg)
                 return
             if message.method == 'ACK':
                 logger.debug('%r: dropped an ACK for no known dialog', conn)

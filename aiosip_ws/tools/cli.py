@@ -293,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--no-progress', action='store_true', help='no live progress line')
     _add_loop_option(bench)
     bench.set_defaults(func=_bench_command)
+    from .calls import add_commands  # answer, call
+    add_commands(commands, _client_arguments)
     return parser
 
 

@@ -36,6 +36,7 @@ CHROMIUM_FLAGS = (
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
     '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
     '--allow-file-access-from-files', '--allow-loopback-in-peer-connection',
+    '--autoplay-policy=no-user-gesture-required',
     '--disable-features=WebRtcHideLocalIpsWithMdns,MediaRouter,OptimizationHints',
 )
 
@@ -73,9 +74,12 @@ def ensure_bundles(*, timeout: float = 120) -> None:
 class Browser:
     """One headless Chromium; ``netns_pid``: run it in that process's network namespace."""
 
-    def __init__(self, profile: Path, *, netns_pid: int | None = None) -> None:
+    def __init__(self, profile: Path, *, netns_pid: int | None = None,
+                 microphone: Path | None = None) -> None:
         self.profile = profile
         self.netns_pid = netns_pid
+        #: a WAV file the fake microphone plays (looped) instead of Chromium's beep
+        self.microphone = microphone
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: collections.deque[str] = collections.deque(maxlen=200)
         self._next_id = 0
@@ -96,6 +100,8 @@ class Browser:
         from_browser_r, from_browser_w = os.pipe()    # and writes answers on its fd 4
         command = [chromium_binary(), *CHROMIUM_FLAGS, '--user-data-dir=%s' % self.profile,
                    'about:blank']
+        if self.microphone is not None:
+            command.insert(-1, '--use-file-for-fake-audio-capture=%s' % self.microphone)
         if self.netns_pid is not None:
             command = ['nsenter', '--net=/proc/%d/ns/net' % self.netns_pid, '--', *command]
         shell = 'exec "$@" 3<&%d 4>&%d' % (to_browser_r, from_browser_w)

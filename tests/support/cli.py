@@ -29,8 +29,10 @@ def run_aiosip_ws(*args: str, timeout: float = 60,
                           timeout=timeout, cwd=REPO, env=_env(), input=stdin)
 
 
-#: runs a command in a network namespace of its own, with only loopback, up
-PRIVATE_NETWORK = ('unshare', '--net', '--', 'sh', '-c', 'ip link set lo up && exec "$@"', '_')
+#: runs a command in a network namespace of its own, with only loopback, up; 127.0.0.2 is
+#: added to it because aioice (aiortc's ICE) never offers 127.0.0.1 as a candidate
+PRIVATE_NETWORK = ('unshare', '--net', '--', 'sh', '-c',
+                   'ip link set lo up && ip addr add 127.0.0.2/8 dev lo && exec "$@"', '_')
 
 
 def start_aiosip_ws(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:

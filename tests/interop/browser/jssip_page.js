@@ -11,6 +11,11 @@ function attach(s) {
   s.on('accepted', () => emit({ event: 'accepted' }));
   s.on('confirmed', () => emit({ event: 'confirmed' }));
   s.on('peerconnection', (e) => watchIce(e.peerconnection));
+  s.on('newDTMF', (e) => {
+    if (e.originator === 'remote') emit({ event: 'dtmf', tone: e.dtmf.tone });
+  });
+  s.on('hold', (e) => emit({ event: 'hold', originator: e.originator }));
+  s.on('unhold', (e) => emit({ event: 'unhold', originator: e.originator }));
   s.on('ended', (e) => emit({ event: 'ended', cause: e.cause, originator: e.originator }));
   s.on('failed', (e) => emit({
     event: 'failed',
@@ -72,5 +77,14 @@ window.agent = {
   },
   answer() { session.answer({ mediaConstraints: AUDIO_ONLY, pcConfig: { iceServers: [] } }); },
   hangup() { session.terminate(); },
+  dtmf(tones) { session.sendDTMF(tones); },          // SIP INFO, JsSIP's default
+  hold() { session.hold(); },
+  unhold() { session.unhold(); },
+  // The dominant frequency (Hz) of what the call's remote stream plays, over about a second.
+  listen() { return dominantFrequency(session.connection); },
+  sdps() {
+    const pc = session.connection;
+    return { local: pc.localDescription.sdp, remote: pc.remoteDescription.sdp };
+  },
   stop() { if (ua) ua.stop(); },
 };
