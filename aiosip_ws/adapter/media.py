@@ -36,7 +36,7 @@ import fractions
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,8 +183,11 @@ def _ice_servers(servers: Sequence[Any]) -> list[Any]:
 class Call:
     """One call with WebRTC media; made by :func:`answer` or :func:`call`."""
 
-    def __init__(self, app: Any, dialog: Any, options: MediaOptions, *, outgoing: bool) -> None:
+    def __init__(self, app: Any, dialog: Any, options: MediaOptions, *, outgoing: bool,
+                 on_event: Callable[[CallEvent], None] | None = None) -> None:
         options.validate()
+        #: called with each event instead of queueing it for :meth:`events`
+        self.on_event = on_event
         self.app = app
         self.dialog = dialog
         self.conn: WSConnection = dialog.protocol
@@ -218,7 +221,10 @@ class Call:
         return self._ended.done()
 
     async def events(self) -> AsyncIterator[CallEvent]:
-        """Every event of the call, ending after ``ended``."""
+        """Every event of the call, ending after ``ended`` (none when ``on_event`` is set)."""
+        if self.on_event is not None:
+            await self.wait_ended()
+            return
         while True:
             event = await self._events.get()
             yield event
@@ -376,10 +382,20 @@ class Call:
 
     def _emit(self, kind: str, **fields: Any) -> None:
         event = CallEvent(kind, time.time(), **fields)
+        if self.on_event is not None:
+            self._deliver(event)
+            return
         try:
             self._events.put_nowait(event)
         except asyncio.QueueFull:
             logger.warning('%s: an event reader is not keeping up; dropped %s', self.call_id, kind)
+
+    def _deliver(self, event: CallEvent) -> None:
+        assert self.on_event is not None
+        try:
+            self.on_event(event)
+        except Exception:  # noqa: BLE001
+            logger.exception('%s: the on_event callback failed', self.call_id)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -533,11 +549,14 @@ class Call:
         for task in list(self._tasks):
             if task is not current:
                 task.cancel()
-        try:
-            self._events.put_nowait(event)
-        except asyncio.QueueFull:
-            self._events.get_nowait()
-            self._events.put_nowait(event)
+        if self.on_event is not None:
+            self._deliver(event)
+        else:
+            try:
+                self._events.put_nowait(event)
+            except asyncio.QueueFull:
+                self._events.get_nowait()
+                self._events.put_nowait(event)
         logger.info('%s: ended (%s, by %s)', self.call_id, cause, originator)
 
     async def _close_media(self) -> None:
@@ -561,7 +580,7 @@ class Call:
 
 # ---------------------------------------------------------------------------- the UAS
 async def answer(dialog: Any, request: Any, options: MediaOptions | None = None, *,
-                 ring: float = 0.0) -> Call:
+                 ring: float = 0.0, on_event: Callable[[CallEvent], None] | None = None) -> Call:
     """Answer the INVITE ``request`` (the route handler's arguments) with media.
 
     Sends 180 Ringing (and waits ``ring`` seconds), then the 200 with our SDP answer (or
@@ -571,15 +590,16 @@ async def answer(dialog: Any, request: Any, options: MediaOptions | None = None,
     """
     raw: SIPMessage = getattr(request, 'raw', request)
     app = dialog.app
-    call = Call(app, dialog, options or MediaOptions(), outgoing=False)
+    call = Call(app, dialog, options or MediaOptions(), outgoing=False, on_event=on_event)
     call._invite = raw
     tag = new_tag()
     call.state = DialogState.as_uas(raw, tag, contact=dialog.contact_header)
     try:
         call._respond(raw, 180)
         call._emit('ringing', status=180)
-        if ring:
-            await asyncio.sleep(ring)
+        if ring:                                        # a CANCEL ends the ringing early
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(call._ended), ring)
         if call.ended:
             raise CallFailed('the caller cancelled', 487, 'Request Terminated')
         if raw.body:
@@ -623,18 +643,20 @@ async def answer(dialog: Any, request: Any, options: MediaOptions | None = None,
 async def call(app: Any, from_uri: str, to_uri: str, *, remote_addr: str | None = None,
                password: str | None = None, username: str | None = None,
                options: MediaOptions | None = None, late_offer: bool = False,
-               timeout: float = 60.0) -> Call:
+               timeout: float = 60.0, on_event: Callable[[CallEvent], None] | None = None
+               ) -> Call:
     """Call ``to_uri`` from ``from_uri`` over WebSocket (``remote_addr`` as for
     ``Application.start_dialog``) and return the answered :class:`Call`.
 
     Answers a 401/407 with ``password``; reports ``ringing`` for each 18x; with
     ``late_offer`` the INVITE has no SDP and the answer goes in the ACK.  CANCELs after
     ``timeout`` seconds without an answer.  Raises :class:`CallFailed` with the final
-    status when the call is not answered.
+    status when the call is not answered.  ``on_event`` (see :class:`Call`) sees the
+    ``ringing`` events before this returns.
     """
     dialog = await app.start_dialog(from_uri, to_uri, remote_addr=remote_addr, password=password)
     try:
-        outgoing = Call(app, dialog, options or MediaOptions(), outgoing=True)
+        outgoing = Call(app, dialog, options or MediaOptions(), outgoing=True, on_event=on_event)
     except BaseException:
         app.end_dialog(dialog)
         raise

@@ -116,6 +116,7 @@ class _Printer:
         self.as_json = as_json
 
     def __call__(self, event: str, **fields: Any) -> None:
+        fields = {key: value for key, value in fields.items() if value is not None}
         if self.as_json:
             print(json.dumps({'event': event, 'time': round(time.time(), 3), **fields}),
                   flush=True)
@@ -147,29 +148,28 @@ async def _script(call: Any, args: argparse.Namespace) -> None:
             await call.unhold()
 
 
+def _printing(show: _Printer, number: int) -> Any:
+    """An ``on_event`` callback printing a call's events."""
+    def on_event(event: Any) -> None:
+        if event.kind == 'answered':
+            return                     # the command prints it, with the ICE candidates
+        fields = event.as_dict()
+        fields.pop('time', None)
+        show(fields.pop('kind'), call=number, **fields)
+    return on_event
+
+
 async def _follow(call: Any, args: argparse.Namespace, show: _Printer, number: int) -> Any:
-    """Print the events of an answered call until it ends; the ``ended`` event."""
+    """Run the command line's script (DTMF, hold) until the call ends; its ``ended`` event."""
     script = asyncio.ensure_future(_script(call, args))
-    started = time.time()
-    ended = None
     try:
-        async for event in call.events():
-            fields = event.as_dict()
-            fields.pop('time', None)
-            kind = fields.pop('kind')
-            if kind in ('ringing', 'answered') and call.answered and event.time <= started:
-                continue                   # before _follow: the command printed 'answered'
-            show(kind, call=number, **fields)
-            if kind == 'ended':
-                ended = event
+        ended = await asyncio.shield(call.wait_ended())
     finally:
         if not script.done():
             script.cancel()
         results = await asyncio.gather(script, return_exceptions=True)
-        if isinstance(results[0], Exception) and not call.ended:
-            await call.hangup()
     if isinstance(results[0], (CallFailed, MediaError)):
-        show('error', call=number, message=str(results[0]))
+        show('failed', call=number, reason=str(results[0]))
     return ended
 
 
@@ -189,7 +189,7 @@ async def _call_command(args: argparse.Namespace) -> int:
             call = await _unless_stopped(place(
                 app, args.aor, args.to, remote_addr=args.target, password=args.password,
                 username=args.user, options=options, late_offer=args.late_offer,
-                timeout=args.ring_timeout), stop)
+                timeout=args.ring_timeout, on_event=_printing(show, 1)), stop)
         except CallFailed as exc:
             show('failed', status=exc.status, reason=exc.reason or None)
             print('aiosip-ws call: failed: %s' % exc, file=sys.stderr, flush=True)
@@ -232,9 +232,10 @@ async def _answer_command(args: argparse.Namespace) -> int:
         caller = str(NameAddr.parse(request.headers.get('From', '')).uri)
         show('incoming', call=number, **{'from': caller})
         try:
-            call = await answer(dialog, request, _options(args, number), ring=args.ring)
+            call = await answer(dialog, request, _options(args, number), ring=args.ring,
+                                on_event=_printing(show, number))
         except (CallFailed, MediaError) as exc:
-            show('ended', call=number, cause='failed', reason=str(exc))
+            show('failed', call=number, reason=str(exc))
         else:
             calls.add(call)
             show('answered', call=number, candidates=' '.join(
