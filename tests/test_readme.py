@@ -10,6 +10,8 @@ import textwrap
 import threading
 from pathlib import Path
 
+import pytest
+
 from tests.support import REPO
 from tests.support.net import closed_port
 
@@ -155,3 +157,52 @@ def test_the_authentication_commands_work_as_written(tmp_path):
         code, err = stop(server)
     assert code == 0, err
     assert 'digest authentication: 1 user(s), realm example.com' in err
+
+
+@pytest.mark.interop
+def test_the_voice_bot_example_answers_a_call_as_written(tmp_path):
+    """The media section: ``aiosip-ws serve`` on port 8080 (in a private network namespace,
+    where 8080 is free and ICE sees loopback only), bot.py as written beside a greeting,
+    and the README's ``aiosip-ws call`` line: the bot answers, gets DTMF ``#`` and hangs
+    up; the bot recorded the caller's 440 Hz and the caller heard the 880 Hz greeting."""
+    import importlib.util
+    if importlib.util.find_spec('aiortc') is None:
+        from tests.interop.conftest import _unavailable
+        _unavailable('aiortc', RuntimeError('pip install "aiosip-ws[media]"'))
+    from tests.support import audio
+    from tests.support.cli import PRIVATE_NETWORK
+    (tmp_path / 'bot.py').write_text(code_block('# bot.py'))
+    audio.write_tone(tmp_path / 'greeting.wav', 880, 4.0)
+    [line] = [text.strip() for text in README.splitlines()
+              if text.strip().startswith('aiosip-ws call ws://127.0.0.1:8080/')]
+    script_dir = str(Path(aiosip_ws_command()).parent)
+    env = dict(os.environ, PATH=script_dir + os.pathsep + os.environ.get('PATH', ''),
+               PYTHONUNBUFFERED='1')
+    env.pop('SERVER_URL', None)
+    serve = subprocess.Popen([*PRIVATE_NETWORK, aiosip_ws_command(), 'serve'], cwd=tmp_path,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    inside = ['nsenter', '--net=/proc/%d/ns/net' % serve.pid, '--']
+    try:
+        assert serve.stdout is not None
+        first = serve.stdout.readline().strip()
+        assert first == 'aiosip-ws serve: listening on ws://127.0.0.1:8080/', serve.stderr.read()
+        bot = subprocess.Popen([*inside, sys.executable, '-W', 'error::DeprecationWarning',
+                                'bot.py'], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            assert bot.stdout is not None
+            assert bot.stdout.readline().strip() == 'registered', bot.stderr.read()
+            caller = subprocess.run([*inside, 'sh', '-c', line], cwd=tmp_path, env=env,
+                                    capture_output=True, text=True, timeout=60)
+            assert caller.returncode == 0, caller.stdout + caller.stderr
+            printed = [bot.stdout.readline().strip() for _ in range(3)]
+        finally:
+            code, err = stop(bot)
+        assert printed == ['answered', 'DTMF #', 'ended: bye by local'], err
+        assert code == 0 and 'Traceback' not in err, err
+    finally:
+        code, err = stop(serve)
+    assert code == 0, err
+    assert abs(audio.read(tmp_path / 'caller.wav').dominant() - 440) <= 10
+    heard = audio.read(tmp_path / 'heard.wav')
+    assert abs(heard.dominant() - 880) <= 10 and heard.seconds > 1.5

@@ -71,7 +71,9 @@ def _media_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--duration', type=float, metavar='SECONDS',
                         help='hang up (BYE) this long after the answer')
     parser.add_argument('--dtmf', metavar='DIGITS',
-                        help='send these DTMF digits (SIP INFO) half a second after the answer')
+                        help='send these DTMF digits (SIP INFO) after the answer')
+    parser.add_argument('--dtmf-delay', type=float, default=0.5, metavar='SECONDS',
+                        help='how long after the answer --dtmf starts (default %(default)s)')
     parser.add_argument('--hold', metavar='AFTER:LENGTH',
                         help='put the other side on hold AFTER seconds after the answer, for '
                         'LENGTH seconds, then take it off')
@@ -132,7 +134,7 @@ async def _script(call: Any, args: argparse.Namespace) -> None:
     hold = _hold(args.hold)
     steps = []
     if args.dtmf:
-        steps.append((0.5, 'dtmf'))
+        steps.append((args.dtmf_delay, 'dtmf'))
     if hold is not None:
         steps += [(hold[0], 'hold'), (hold[0] + hold[1], 'unhold')]
     start = asyncio.get_running_loop().time()

@@ -273,3 +273,54 @@ async def test_non_2xx_final_response_to_invite_is_acked(raw_server):
         assert ack.get('From') == invite.get('From') and ack.get('To').endswith(';tag=rt')
     finally:
         await app.close()
+
+
+async def test_d13_d15_a_request_handler_answers_in_dialog_requests_itself():
+    """D13: with ``Dialog.request_handler`` set, in-dialog requests (a re-INVITE, its
+    ACK, BYE) reach it as codec messages and aiosip sends no automatic 200 (which would
+    answer a re-INVITE without its SDP); ``lost_handler`` hears of the closed connection;
+    D15: ``Application.end_dialog`` forgets the dialog, so a later BYE gets 481."""
+    app = Application()
+    handled: asyncio.Queue = asyncio.Queue()
+    lost: asyncio.Queue = asyncio.Queue()
+    dialogs = []
+
+    async def on_invite(dialog, msg):
+        dialogs.append(dialog)
+        dialog.request_handler = handled.put_nowait
+        dialog.lost_handler = lost.put_nowait
+        dialog.reply(msg, 200, content_type='application/sdp', payload='v=0\r\n')
+
+    app.router.add_route('INVITE', on_invite)
+    listener = await app.listen('ws://127.0.0.1:0/')
+    contact = '<sip:w@w.invalid;transport=ws>'
+    try:
+        async with connect(listener.bound_url, subprotocols=['sip'], proxy=None) as ws:
+            await ws.send(request('INVITE', call_id='h-1', contact=contact))
+            answer = parse(await asyncio.wait_for(ws.recv(), 5))
+            assert answer.status == 200
+            to = answer.get('To')
+            await ws.send(request('INVITE', call_id='h-1', to=to, contact=contact, body='v=0\r\n',
+                                  extra=('CSeq: 3 INVITE',)).replace('CSeq: 2 INVITE\r\n', ''))
+            reinvite = await asyncio.wait_for(handled.get(), 5)
+            assert reinvite.method == 'INVITE' and reinvite.cseq == (3, 'INVITE')
+            with pytest.raises(asyncio.TimeoutError):                 # no automatic 200
+                await asyncio.wait_for(ws.recv(), 0.3)
+            ws_dialog = dialogs[0]
+            await ws.send(serialize(make_response(parse(request('INVITE', call_id='h-1')), 200,
+                                                  to_tag='x')).decode())   # stray: dropped
+            app.end_dialog(ws_dialog)
+            await ws.send(request('BYE', call_id='h-1', to=to))
+            assert parse(await asyncio.wait_for(ws.recv(), 5)).status == 481
+            assert handled.empty()
+        # the dialog was ended before the connection closed: its lost_handler is not called
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(lost.get(), 0.3)
+
+        dialogs.clear()
+        async with connect(listener.bound_url, subprotocols=['sip'], proxy=None) as ws:
+            await ws.send(request('INVITE', call_id='h-2', contact=contact))
+            assert parse(await asyncio.wait_for(ws.recv(), 5)).status == 200
+        assert await asyncio.wait_for(lost.get(), 5) is None            # a clean close
+    finally:
+        await app.close()
