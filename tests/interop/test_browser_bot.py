@@ -87,6 +87,7 @@ async def test_jssip_calls_the_bot(chromium_and_serve, tmp_path):
         assert (await alice.wait_event('ended', timeout=5))['originator'] == 'local'
     finally:
         assert await bot.stop() == 0, bot._describe()
+    bot.assert_clean()
     assert_tone(tmp_path / 'bot.wav', 440, ended['time'] - answered['time'])
 
 
@@ -114,3 +115,4 @@ async def test_the_bot_calls_jssip(chromium_and_serve):
         assert await bot.wait(10) == 0, bot._describe()
     assert [e['event'] for e in bot.events if e['event'] in ('hold', 'unhold', 'ended')] == [
         'hold', 'unhold', 'ended']
+    bot.assert_clean()

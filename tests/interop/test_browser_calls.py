@@ -86,6 +86,61 @@ async def test_two_browsers_of_one_user_ring_and_the_one_that_answers_gets_the_c
     assert code == 0 and 'Traceback' not in err
 
 
+async def packets(page, kind, *, more_than=0, timeout=10.0):
+    """The page's RTP counter ``kind`` (received, sent) once it is above ``more_than``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        count = (await page.run('stats'))[kind]
+        if count > more_than or loop.time() > deadline:
+            return count
+        await asyncio.sleep(0.2)
+
+
+async def test_a_browser_call_carries_media_goes_on_hold_and_ends(browser_and_serve):
+    """JsSIP to JsSIP: RTP flows both ways (getStats), stops towards the page that put
+    the other on hold and flows again after unhold, BYE ends it; a second call cancelled
+    while ringing ends both sides with Canceled."""
+    browser, url, process = browser_and_serve
+    alice = await browser.agent('jssip', url=url, aor=ALICE, password='secret', name='alice')
+    bob = await browser.agent('jssip', url=url, aor=BOB, password='secret', name='bob')
+    for agent in (alice, bob):
+        assert (await agent.register())['status'] == 200
+    await alice.call(BOB)
+    await bob.wait_event('incomingCall', timeout=15)
+    await bob.answer()
+    await alice.wait_event('confirmed', timeout=15)
+    await bob.wait_event('confirmed', timeout=15)
+    for page in (alice, bob):
+        assert await packets(page, 'received', more_than=25) > 25, page.name
+
+    await alice.run('hold')
+    assert (await bob.wait_event('hold', timeout=10))['originator'] == 'remote'
+    assert (await alice.wait_event('hold', timeout=10))['originator'] == 'local'
+    await asyncio.sleep(0.5)                               # what was in flight arrives
+    held = (await alice.run('stats'))['received']
+    await asyncio.sleep(1.0)
+    assert (await alice.run('stats'))['received'] - held <= 3     # bob sends nothing now
+    await alice.run('unhold')
+    assert (await bob.wait_event('unhold', timeout=10))['originator'] == 'remote'
+    assert await packets(alice, 'received', more_than=held + 25) > held + 25
+
+    await bob.hangup()
+    assert (await alice.wait_event('ended', timeout=10))['originator'] == 'remote'
+    assert (await bob.wait_event('ended', timeout=10))['originator'] == 'local'
+
+    await alice.call(BOB)                                  # cancelled while it rings
+    await bob.wait_event('incomingCall', timeout=15)
+    assert (await alice.wait_event('progress', timeout=10))['status'] == 180
+    await alice.hangup()
+    mine = await alice.wait_event('failed', timeout=10)
+    theirs = await bob.wait_event('failed', timeout=10)
+    assert (mine['cause'], mine['originator']) == ('Canceled', 'local')
+    assert (theirs['cause'], theirs['method']) == ('Canceled', 'CANCEL')
+    code, _, err = await asyncio.get_running_loop().run_in_executor(None, process.stop)
+    assert code == 0 and 'Traceback' not in err
+
+
 async def test_sipjs_with_a_password_calls_jssip_and_hangs_up(browser_and_serve):
     browser, url, process = browser_and_serve
     bob = await browser.agent('sipjs', url=url, aor=BOB, password='secret', name='bob-sipjs')

@@ -46,13 +46,30 @@ def serve_alone(serve_process):
 async def start_bot(url, process, *args, name='bot'):
     bot = await CommandAgent('answer', url, '--aor', BOT, *args, netns_pid=process.proc.pid,
                              name=name).start()
+    AGENTS.append(bot)
     await bot.wait_event('registered', timeout=15)
     return bot
 
 
 def caller(url, process, *args, name='caller'):
-    return CommandAgent('call', url, '--aor', CALLER, '--to', BOT, *args,
-                        netns_pid=process.proc.pid, name=name)
+    agent = CommandAgent('call', url, '--aor', CALLER, '--to', BOT, *args,
+                         netns_pid=process.proc.pid, name=name)
+    AGENTS.append(agent)
+    return agent
+
+
+#: the agents a test started: each must have ended clean (see the autouse fixture)
+AGENTS: list[CommandAgent] = []
+
+
+@pytest.fixture(autouse=True)
+def agents_end_clean():
+    AGENTS.clear()
+    yield
+    for agent in AGENTS:
+        if agent.proc is not None and agent.proc.returncode is not None:
+            agent.assert_clean()
+    AGENTS.clear()
 
 
 def assert_tone(path, frequency, seconds, *, slack=0.8):
@@ -123,6 +140,7 @@ async def test_a_ringing_call_is_cancelled_and_a_missing_callee_fails(serve_alon
         assert await bot.stop() == 0, bot._describe()
     nobody = CommandAgent('call', url, '--aor', CALLER, '--to', 'sip:nobody@example.com',
                           netns_pid=process.proc.pid, name='to nobody')
+    AGENTS.append(nobody)
     async with nobody:
         assert await nobody.wait(15) == 1
     assert (await nobody.wait_event('failed', timeout=1))['status'] == 404

@@ -96,6 +96,13 @@ class CommandAgent(EventLog):
             lines.append('exit status %s' % self.proc.returncode)
         return lines
 
+    def assert_clean(self) -> None:
+        """Nothing on stderr says a task, a connection or a coroutine was left behind."""
+        text = '\n'.join(self.stderr)
+        for sign in ('Traceback', 'was destroyed but it is pending', 'Unclosed', 'never awaited',
+                     'Exception in callback', 'ERROR'):
+            assert sign not in text, '%s: %r on stderr\n%s' % (self.name, sign, self._describe())
+
     def kinds(self) -> list[str]:
         return [event['event'] for event in self.events]
 

@@ -82,6 +82,16 @@ window.agent = {
   unhold() { session.unhold(); },
   // The dominant frequency (Hz) of what the call's remote stream plays, over about a second.
   listen() { return dominantFrequency(session.connection); },
+  // RTP counters of the call (getStats): what came in and what went out.
+  async stats() {
+    const out = { received: 0, sent: 0 };
+    (await session.connection.getStats()).forEach((report) => {
+      if (report.kind !== 'audio') return;
+      if (report.type === 'inbound-rtp') out.received += report.packetsReceived || 0;
+      if (report.type === 'outbound-rtp') out.sent += report.packetsSent || 0;
+    });
+    return out;
+  },
   sdps() {
     const pc = session.connection;
     return { local: pc.localDescription.sdp, remote: pc.remoteDescription.sdp };
