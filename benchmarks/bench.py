@@ -33,6 +33,13 @@ What it measures (all traffic on 127.0.0.1, every run bounded in count and time)
     (c) by ``serve --workers N --redis`` for N = 1, 2, 4, with the CPU per REGISTER of the
     workers and of Redis.
 
+(g) media (the ``[media]`` extra): CPU per concurrent call of the voice bot (``aiosip-ws
+    answer --echo --codec PCMU`` through ``aiosip-ws serve``), for 10 and 25 calls from
+    one Python caller process (``aiosip_ws.media.call``, a 440 Hz tone each), then more
+    until the RTP loss the callers see passes 1 %; against the same number of aiortc
+    peer-to-peer echo calls without SIP (SDP handed over on a TCP socket).  Everything
+    runs in a private network namespace (``unshare --net``, 127.0.0.2 on its loopback).
+
 Each helper is this same file run with a ``_mode`` argument.  CPU seconds of every
 process are read from /proc so the table shows which process was the bottleneck.
 """
@@ -370,6 +377,167 @@ def us_per_tx(cpu: dict[str, float], rate: float) -> str:
 def cpu_text(cpu: dict[str, float]) -> str:
     return ', '.join('%s %.0f%%' % (name, value * 100) for name, value in cpu.items()
                      if not name.endswith(' avg'))
+
+
+# ---------------------------------------------------------------------------- (g) media
+MEDIA_STEPS = (10, 25, 40, 60, 80, 100, 130, 160)
+
+
+async def _rtp_totals(pcs: list[Any]) -> tuple[int, int]:
+    received = lost = 0
+    for pc in pcs:
+        for stats in (await pc.getStats()).values():
+            if stats.type == 'inbound-rtp':
+                received += stats.packetsReceived or 0
+                lost += max(0, stats.packetsLost or 0)
+    return received, lost
+
+
+async def mode_media_callers(kind: str, target: str, count: int, hold: float) -> None:
+    """``count`` concurrent PCMU calls, each playing a tone, to the SIP bot at ``target``
+    (kind ``sip``) or to the peer-to-peer echo at ``target`` (``p2p``, HOST:PORT); prints
+    READY when all are up, START/STOP around the measured ``hold`` seconds, then RESULT."""
+    from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+
+    from aiosip_ws import Application, media
+    pcs: list[Any] = []
+    calls: list[Any] = []
+    app = Application() if kind == 'sip' else None
+    writer = None
+    try:
+        if kind == 'sip':
+            options = media.MediaOptions(tone=440, codecs=('PCMU',))
+            for i in range(count):
+                call = await media.call(app, 'sip:caller%d@bench.test' % i, 'sip:bot@bench.test',
+                                        remote_addr=target, options=options, timeout=30)
+                calls.append(call)
+                pcs.append(call.pc)
+        else:
+            host, port = target.rsplit(':', 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            pcmu = [c for c in RTCRtpSender.getCapabilities('audio').codecs
+                    if c.mimeType == 'audio/PCMU']
+            for _ in range(count):
+                pc = RTCPeerConnection()
+                transceiver = pc.addTransceiver(media.ToneTrack(440), direction='sendrecv')
+                transceiver.setCodecPreferences(pcmu)
+                await pc.setLocalDescription(await pc.createOffer())
+                writer.write(json.dumps(pc.localDescription.sdp).encode() + b'\n')
+                answer = json.loads(await asyncio.wait_for(reader.readline(), 30))
+                await pc.setRemoteDescription(RTCSessionDescription(answer, 'answer'))
+                pcs.append(pc)
+        print('READY %d calls' % count, flush=True)
+        await asyncio.sleep(2.0)                            # ICE, DTLS, jitter buffers settle
+        received0, lost0 = await _rtp_totals(pcs)
+        print('START', flush=True)
+        await asyncio.sleep(hold)
+        print('STOP', flush=True)
+        received1, lost1 = await _rtp_totals(pcs)
+        got, lost = received1 - received0, lost1 - lost0
+        expected = count * hold * 50                        # 20 ms packets
+        print('RESULT ' + json.dumps({'received': got, 'lost': lost, 'expected': expected,
+                                      'loss': max(lost / max(1, got + lost),
+                                                  1 - got / expected if expected else 0.0)}),
+              flush=True)
+    finally:
+        for call in calls:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(call.hangup(), 5)
+        if kind != 'sip':
+            for pc in pcs:
+                await pc.close()
+        if writer is not None:
+            writer.close()
+        if app is not None:
+            await app.close()
+
+
+async def mode_p2p_echo() -> None:
+    """Peer-to-peer echo calls without SIP: one offer per line (JSON), one answer back;
+    each peer connection sends back what it hears."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    pcs: list[Any] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            pc = RTCPeerConnection()
+            pcs.append(pc)
+            await pc.setRemoteDescription(RTCSessionDescription(json.loads(line), 'offer'))
+            transceiver = pc.getTransceivers()[0]
+            transceiver.direction = 'sendrecv'
+            transceiver.sender.replaceTrack(transceiver.receiver.track)
+            await pc.setLocalDescription(await pc.createAnswer())
+            writer.write(json.dumps(pc.localDescription.sdp).encode() + b'\n')
+        for pc in pcs:
+            await pc.close()
+        pcs.clear()
+
+    server = await asyncio.start_server(handle, HOST, 0)
+    print('READY %s:%d' % (HOST, server.sockets[0].getsockname()[1]), flush=True)
+    await _until_stdin_closes()
+    server.close()
+    for pc in pcs:
+        await pc.close()
+
+
+def media_step(tmp: Path, kind: str, target: str, count: int, server_pid: int,
+               hold: float = 8.0) -> dict[str, Any]:
+    """One measurement of (g): ``count`` calls; CPU of the answering process and of the
+    callers over the measured window, and the RTP loss."""
+    callers = Helper([PY, __file__, '_media-callers', kind, target, str(count), str(hold)],
+                     timeout=60 + count, log=tmp / ('media-callers-%s-%d.log' % (kind, count)))
+    try:
+        callers.wait_line('START', 30)
+        t0, a0, c0 = time.monotonic(), cpu_seconds(server_pid), cpu_seconds(callers.pid)
+        callers.wait_line('STOP', hold + 30)
+        t1, a1, c1 = time.monotonic(), cpu_seconds(server_pid), cpu_seconds(callers.pid)
+        result = json.loads(callers.wait_line('RESULT', 30).split(' ', 1)[1])
+    finally:
+        callers.stop(signal.SIGTERM, timeout=60)
+    span = max(1e-6, t1 - t0)
+    result.update(calls=count, answerer_cpu=(a1 - a0) / span, callers_cpu=(c1 - c0) / span)
+    result['answerer_cpu_per_call'] = result['answerer_cpu'] / count
+    return result
+
+
+def mode_media_part(hold: float, max_calls: int) -> None:
+    """(g), run inside a private network namespace: serve, the bot, the steps; then the
+    peer-to-peer baseline for the same counts.  Prints one RESULT line (JSON)."""
+    tmp = Path(tempfile.mkdtemp(prefix='aiosip-ws-media-'))
+    out: dict[str, Any] = {'sip': [], 'p2p': []}
+    server = serve(tmp, 'media-serve')
+    bot = Helper([PY, '-m', 'aiosip_ws', 'answer', url_of(server), '--aor', 'sip:bot@bench.test',
+                  '--echo', '--codec', 'PCMU', '--json'], ready='registered',
+                 log=tmp / 'media-bot.log')
+    try:
+        for count in MEDIA_STEPS:
+            if count > max_calls:
+                break
+            step = media_step(tmp, 'sip', url_of(server), count, bot.pid, hold)
+            out['sip'].append(step)
+            print('    sip %d calls: bot %.0f %% of a core (%.2f %% per call), callers %.0f %%, '
+                  'loss %.2f %%' % (count, step['answerer_cpu'] * 100,
+                                    step['answerer_cpu_per_call'] * 100,
+                                    step['callers_cpu'] * 100, step['loss'] * 100),
+                  file=sys.stderr, flush=True)
+            if step['loss'] > 0.01 and count >= 25:
+                break
+    finally:
+        bot.stop()
+        server.stop()
+    echo = Helper([PY, __file__, '_p2p-echo'], log=tmp / 'p2p-echo.log')
+    try:
+        for step in out['sip']:
+            count = step['calls']
+            base = media_step(tmp, 'p2p', echo.ready_line.split()[1], count, echo.pid, hold)
+            out['p2p'].append(base)
+            print('    p2p %d calls: echo %.0f %% of a core (%.2f %% per call), loss %.2f %%' % (
+                count, base['answerer_cpu'] * 100, base['answerer_cpu_per_call'] * 100,
+                base['loss'] * 100), file=sys.stderr, flush=True)
+    finally:
+        echo.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print('RESULT ' + json.dumps(out), flush=True)
 
 
 # ============================================================================ helper modes
@@ -860,6 +1028,23 @@ class Bench:
         self.results['c_kamailio'] = result
 
     # -- (f) ---------------------------------------------------------------------
+    # -- (g) ---------------------------------------------------------------------
+    def part_g(self) -> None:
+        """Media: the bot's CPU per concurrent PCMU echo call against aiortc alone."""
+        self.wait_for_quiet()
+        self.log('(g) media: PCMU echo calls to aiosip-ws answer through serve, then aiortc '
+                 'peer-to-peer, %s calls ...' % ', '.join(str(n) for n in MEDIA_STEPS
+                                                          if n <= self.args.max_calls))
+        namespace = ['unshare', '--net', '--', 'sh', '-c',
+                     'ip link set lo up && ip addr add 127.0.0.2/8 dev lo && exec "$@"', '_']
+        part = Helper([*namespace, PY, __file__, '_media-part', str(self.args.media_hold),
+                       str(self.args.max_calls)], ready='RESULT', timeout=1800,
+                      log=self.tmp / 'media-part.log')
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            part.proc.wait(60)                              # it cleans up after RESULT
+        part.stop()
+        self.results['g'] = json.loads(part.ready_line.split(' ', 1)[1])
+
     def part_f(self) -> None:
         """The cluster on one Redis: MESSAGE (the (b') pattern) within one node and across
         two nodes; REGISTER sustained by --workers 1, 2 and 4; CPU of Redis too."""
@@ -1254,6 +1439,19 @@ def report(bench: Bench) -> str:
             serve_cpu = sum(v for k, v in cpu.items() if k.startswith('worker'))
             row('    CPU per REGISTER (us): workers / Redis (closed loop, %.0f/s)' % capacity,
                 '%s / %s' % (fmt(serve_cpu * 1e6 / capacity), fmt(cpu.get('redis', 0) * 1e6 / capacity)))
+    g = r.get('g')
+    if g:
+        for step, base in zip(g['sip'], g['p2p'], strict=False):
+            ratio = (step['answerer_cpu_per_call'] / base['answerer_cpu_per_call']
+                     if base['answerer_cpu_per_call'] else None)
+            row('(g) bot CPU per PCMU echo call (%% of a core), %d calls' % step['calls'],
+                fmt(step['answerer_cpu_per_call'] * 100, '%.2f'), '', fmt(ratio, '%.2f'),
+                'x aiortc')
+            row('    RTP loss: via serve / peer-to-peer (%%)', '%.2f / %.2f' % (
+                step['loss'] * 100, base['loss'] * 100))
+        over = [step['calls'] for step in g['sip'] if step['loss'] > 0.01]
+        row('(g) concurrent calls where the loss passes 1 %', str(over[0]) if over else
+            '> %d' % g['sip'][-1]['calls'] if g['sip'] else '-')
     width = max(len(x[0]) for x in rows) if rows else 10
     e = r.get('e')
     lines = ['%-*s %10s %14s %7s %8s' % (width, 'measurement', 'value', 'target', 'ratio', ''),
@@ -1316,7 +1514,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--only', default='a,b,c,d,e,f',
-                        help='parts to run (default a,b,c,d,e,f)')
+                        help='parts to run (default a,b,c,d,e,f; g, media, needs the [media] '
+                        'extra and unshare)')
     parser.add_argument('--clients', type=int, default=50, help='(a)/(b) client connections')
     parser.add_argument('--window', type=int, default=4, help='(a)/(b) outstanding per client')
     parser.add_argument('--duration', type=float, default=8.0, help='(a)/(b) seconds')
@@ -1333,6 +1532,9 @@ def main() -> int:
                         help='Kamailio tcp_children (default 2: one per core here)')
     parser.add_argument('--profile', action='store_true', help='also run under cProfile and '
                         'print where the time goes')
+    parser.add_argument('--max-calls', type=int, default=160, help='(g) most concurrent calls')
+    parser.add_argument('--media-hold', type=float, default=8.0,
+                        help='(g) seconds measured per step')
     parser.add_argument('--json', metavar='FILE', help='write every figure to FILE')
     parser.add_argument('--keep', action='store_true', help='keep the work directory (logs)')
     args = parser.parse_args()
@@ -1356,6 +1558,8 @@ def main() -> int:
             bench.part_e()
         if 'f' in parts:
             bench.part_f()
+        if 'g' in parts:
+            bench.part_g()
         if args.profile:
             bench.profile_runs()
         table = report(bench)
@@ -1386,6 +1590,12 @@ def helper_main(argv: list[str]) -> int:
         asyncio.run(mode_lean_relay())
     elif mode == '_callee':
         asyncio.run(mode_callee(rest[0], rest[1], '--fast' in rest))
+    elif mode == '_media-callers':
+        asyncio.run(mode_media_callers(rest[0], rest[1], int(rest[2]), float(rest[3])))
+    elif mode == '_p2p-echo':
+        asyncio.run(mode_p2p_echo())
+    elif mode == '_media-part':
+        mode_media_part(float(rest[0]), int(rest[1]))
     elif mode == '_idle-clients':
         asyncio.run(mode_idle_clients(rest[0], int(rest[1]), int(rest[2]), rest[3], int(rest[4])))
     else:

@@ -35,6 +35,7 @@ import contextlib
 import fractions
 import logging
 import math
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -162,6 +163,8 @@ class ToneTrack(aiortc.MediaStreamTrack):  # type: ignore[misc]
         wait = self._start + self._pts / self.rate - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
+        elif wait < -0.1:              # not asked for a while (on hold): no burst to catch up
+            self._start = time.monotonic() - self._pts / self.rate
         offset = (self._pts % self.rate) * 2
         chunk = self._second[offset:offset + self.samples * 2]
         if len(chunk) < self.samples * 2:
@@ -500,8 +503,15 @@ class Call:
         try:
             self._transceiver().direction = direction
             offer = await self._local('offer')
-            response = await self._send_in_dialog('INVITE', body=offer.encode(),
-                                                  content_type=SDP_TYPE)
+            for attempt in (1, 2):
+                response = await self._send_in_dialog('INVITE', body=offer.encode(),
+                                                      content_type=SDP_TYPE)
+                if response.status != 491 or attempt == 2:
+                    break
+                # glare (RFC 3261 14.1): both sides re-INVITEd.  Our offer stays set (aiortc
+                # cannot roll it back), so the peer's re-INVITEs get 491 meanwhile; the same
+                # offer goes again after 2.1-4 s.
+                await asyncio.sleep(2.1 + random.random() * 1.9)
             if not 200 <= (response.status or 0) < 300:
                 raise CallFailed('re-INVITE refused: %d %s' % (response.status, response.reason),
                                  response.status, response.reason)
