@@ -419,7 +419,7 @@ async def mode_media_callers(kind: str, target: str, count: int, hold: float) ->
                     if c.mimeType == 'audio/PCMU']
             for _ in range(count):
                 pc = RTCPeerConnection()
-                transceiver = pc.addTransceiver(media.ToneTrack(440), direction='sendrecv')
+                transceiver = pc.addTransceiver(media.ToneTrack(440, rate=8000), direction='sendrecv')
                 transceiver.setCodecPreferences(pcmu)
                 await pc.setLocalDescription(await pc.createOffer())
                 writer.write(json.dumps(pc.localDescription.sdp).encode() + b'\n')
@@ -435,7 +435,11 @@ async def mode_media_callers(kind: str, target: str, count: int, hold: float) ->
         received1, lost1 = await _rtp_totals(pcs)
         got, lost = received1 - received0, lost1 - lost0
         expected = count * hold * 50                        # 20 ms packets
+        # lost: gaps in the RTP sequence; shortfall: packets that did not arrive in real time
+        # (a sender or echo falling behind); either is media a listener does not hear
         print('RESULT ' + json.dumps({'received': got, 'lost': lost, 'expected': expected,
+                                      'lost_fraction': lost / max(1, got + lost),
+                                      'shortfall': max(0.0, 1 - got / expected),
                                       'loss': max(lost / max(1, got + lost),
                                                   1 - got / expected if expected else 0.0)}),
               flush=True)
@@ -1447,7 +1451,7 @@ def report(bench: Bench) -> str:
             row('(g) bot CPU per PCMU echo call (%% of a core), %d calls' % step['calls'],
                 fmt(step['answerer_cpu_per_call'] * 100, '%.2f'), '', fmt(ratio, '%.2f'),
                 'x aiortc')
-            row('    RTP loss: via serve / peer-to-peer (%%)', '%.2f / %.2f' % (
+            row('    RTP loss: via serve / peer-to-peer (%)', '%.2f / %.2f' % (
                 step['loss'] * 100, base['loss'] * 100))
         over = [step['calls'] for step in g['sip'] if step['loss'] > 0.01]
         row('(g) concurrent calls where the loss passes 1 %', str(over[0]) if over else

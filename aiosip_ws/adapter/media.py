@@ -305,7 +305,10 @@ class Call:
                 raise MediaError('%s has no audio stream to play' % options.play)
             return self._player.audio
         if options.tone is not None:
-            return ToneTrack(options.tone)
+            # at the first codec's clock rate, so that the encoder does not resample
+            first = options.codecs[0].lower()
+            rate = 8000 if first in ('pcmu', 'pcma') else 16000 if first == 'g722' else 48000
+            return ToneTrack(options.tone, rate=rate)
         return None
 
     def _attach(self, transceiver: Any) -> None:
@@ -364,6 +367,11 @@ class Call:
                                        headers=extra, body=body)
         if self.conn.is_open:
             self.conn.send(response)
+
+    def _contact(self) -> list[tuple[str, str]]:
+        """Our Contact, for a 2xx to a (re-)INVITE (RFC 3261 12.1.1, a target refresh)."""
+        contact = self.state.contact if self.state is not None else None
+        return [('Contact', contact)] if contact else []
 
     async def _send_in_dialog(self, method: str, *, body: bytes = b'',
                               content_type: str | None = None) -> SIPMessage:
@@ -481,12 +489,12 @@ class Call:
                 held = sdp.is_hold(sdp.direction(request.body))
                 answer = await self._local('answer')
                 self._respond(request, 200, body=answer.encode(),
-                              headers=[('Contact', self.state.contact or '')])
+                              headers=self._contact())
                 await self._wait_ack()
             else:
                 offer = await self._local('offer')
                 self._respond(request, 200, body=offer.encode(),
-                              headers=[('Contact', self.state.contact or '')])
+                              headers=self._contact())
                 ack = await self._wait_ack()
                 await self._remote('answer', ack.body)
                 held = sdp.is_hold(sdp.direction(ack.body))
@@ -626,7 +634,7 @@ async def answer(dialog: Any, request: Any, options: MediaOptions | None = None,
             body = await call._local('offer')
         if call.ended:
             raise CallFailed('the caller cancelled', 487, 'Request Terminated')
-        call._respond(raw, 200, body=body.encode(), headers=[('Contact', call.state.contact or '')])
+        call._respond(raw, 200, body=body.encode(), headers=call._contact())
         call._invite = None
         call.answered = True
         ack = await call._wait_ack()
@@ -683,9 +691,12 @@ async def call(app: Any, from_uri: str, to_uri: str, *, remote_addr: str | None 
                 raise CallFailed('no answer within %.0f s: cancelled' % timeout, exc.status,
                                  exc.reason) from None
     except BaseException as exc:
+        if not placing.done() and not outgoing.answered and not isinstance(exc, asyncio.TimeoutError):
+            outgoing._cancel()                 # interrupted: CANCEL, and ACK the 487 if it comes
+            await asyncio.wait({placing}, timeout=2)
         if not placing.done():
             placing.cancel()
-            await asyncio.gather(placing, return_exceptions=True)
+        await asyncio.gather(placing, return_exceptions=True)
         if not outgoing.ended:
             if outgoing.answered:
                 await outgoing._end_with_bye()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import shutil
+import signal
 
 import pytest
 
@@ -145,6 +146,20 @@ async def test_a_ringing_call_is_cancelled_and_a_missing_callee_fails(serve_alon
         assert await nobody.wait(15) == 1
     assert (await nobody.wait_event('failed', timeout=1))['status'] == 404
     assert '404' in '\n'.join(nobody.stderr)
+
+
+async def test_an_interrupted_call_cancels_its_invite_and_exits_130(serve_alone):
+    url, process = serve_alone
+    bot = await start_bot(url, process, '--tone', '440', '--ring', '20')
+    try:
+        async with caller(url, process) as alice:
+            assert (await alice.wait_event('ringing', timeout=10))['status'] == 180
+            alice.proc.send_signal(signal.SIGINT)
+            assert await alice.wait(10) == 130, alice._describe()
+            await alice.wait_event('interrupted', timeout=1)
+        assert (await bot.wait_event('ended', timeout=10))['cause'] == 'cancelled'
+    finally:
+        assert await bot.stop() == 0, bot._describe()
 
 
 async def test_digest_through_serve_users_and_hold_from_the_bot(serve_process, users_file,
