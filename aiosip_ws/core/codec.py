@@ -49,7 +49,7 @@ from .grammar import (
 from .sipuri import format_params, param_value, parse_params, split_header_values
 
 __all__ = ['SIPMessage', 'Via', 'parse', 'serialize', 'COMPACT_FORMS', 'MULTI_VALUE_HEADERS',
-           'MANDATORY_HEADERS']
+           'MANDATORY_HEADERS', 'mark_received']
 
 CRLF = b'\r\n'
 
@@ -136,6 +136,27 @@ class Via:
     def __str__(self) -> str:
         sent_by = self.host if self.port is None else '%s:%d' % (self.host, self.port)
         return 'SIP/%s/%s %s%s' % (self.version, self.transport, sent_by, format_params(self.params))
+
+
+def mark_received(request: SIPMessage, host: str, port: int) -> None:
+    """What a server does to the top Via of a request from ``host``:``port`` (RFC 3261
+    §18.2.1, RFC 3581 §4): ``received=HOST`` when the sent-by host differs from it, and,
+    when the client asked with an empty ``rport``, ``rport=PORT`` (and ``received``
+    always).  Responses then go back where the request came from, through NAT."""
+    for index, (name, value) in enumerate(request.headers):
+        if name != 'Via':
+            continue
+        parts = split_header_values(value) if ',' in value else [value]
+        via = Via.parse(parts[0])
+        kept = [(k, v) for k, v in via.params if k.lower() not in ('received', 'rport')]
+        wants_rport = any(k.lower() == 'rport' for k, _ in via.params)
+        if wants_rport or via.host.strip('[]').lower() != host.lower():
+            kept.append(('received', host))
+        if wants_rport:
+            kept.append(('rport', str(port)))
+        marked = str(Via(via.transport, via.host, via.port, tuple(kept), via.version))
+        request.headers[index] = (name, ', '.join([marked, *parts[1:]]))
+        return
 
 
 @dataclass
