@@ -1,0 +1,276 @@
+"""SIP over TCP and TLS on asyncio (RFC 3261 §18), on the project's own codec.
+
+A :class:`StreamConnection` frames messages by Content-Length
+(:class:`aiosip_ws.core.stream.StreamFramer`) and parses each as a WebSocket message is
+parsed (:func:`aiosip_ws.core.framing.receive`), with the same bad-input rules: a request
+that cannot be parsed gets its 400 (or 505, 416), ``max_bad_messages`` of those close the
+connection, and a stream that cannot be framed any more (headers or a message over
+``max_size``, a Content-Length that is no number) gets 400 or 513 when the request can
+still be answered, then is closed.  CRLF keep-alives are answered (RFC 5626 §4.4.1).
+Requests get ``received``/``rport`` on their top Via (RFC 3581).
+
+:func:`listen_tcp` accepts connections (TLS with an ``ssl`` context), :func:`connect_tcp`
+opens one.  A connection offers what a WebSocket connection does (``send``, ``via``,
+``via_host``, ``state``, ``is_open``, ``close``) and ``reliable`` True.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
+from typing import Any, Protocol
+
+from ..core import codec, framing
+from ..core.codec import SIPMessage, mark_received, serialize
+from ..core.grammar import show_address
+from ..core.stream import MAX_MESSAGE, Framed, FramingFailed, StreamFramer
+from ..errors import ConfigurationError, SIPParseError, TransportError
+from .throttle import LogThrottle
+
+__all__ = ['StreamConnection', 'StreamHandler', 'StreamListener', 'listen_tcp', 'connect_tcp']
+
+logger = logging.getLogger(__name__)
+wire_logger = logging.getLogger('aiosip_ws.wire')
+peer_log = LogThrottle(logger)
+
+Address = tuple[str, int]
+
+_CONTENT_LENGTH_LINE = re.compile(rb'\r\n(?:content-length|l)[ \t]*:[^\r\n]*', re.IGNORECASE)
+
+
+class StreamHandler(Protocol):
+    def connection_made(self, conn: StreamConnection) -> None: ...
+
+    def message_received(self, conn: StreamConnection, message: SIPMessage) -> None: ...
+
+    def connection_lost(self, conn: StreamConnection, exc: BaseException | None) -> None: ...
+
+
+class StreamConnection(asyncio.Protocol):
+    """One TCP or TLS connection carrying SIP, either role."""
+
+    reliable = True
+
+    def __init__(self, handler: StreamHandler, *, role: str, secure: bool,
+                 max_size: int = MAX_MESSAGE, max_bad_messages: int | None = 10,
+                 max_buffer: int = 1 << 20, advertise: str | None = None) -> None:
+        self.handler = handler
+        self.role = role
+        self.secure = secure
+        self.via_transport = 'TLS' if secure else 'TCP'
+        self.transport_name = 'tls' if secure else 'tcp'
+        self.framer = StreamFramer(max_size)
+        self.max_bad_messages = max_bad_messages
+        self.max_buffer = max_buffer
+        self.advertise = advertise
+        self.bad_messages = 0
+        self.local_addr: Address = ('0.0.0.0', 0)
+        self.remote_addr: Address = ('0.0.0.0', 0)
+        #: free-form per-connection state for applications (as on a WebSocket connection)
+        self.state: dict[str, Any] = {}
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.close_exception: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return '<StreamConnection %s %s %s>' % (self.role, self.transport_name,
+                                                show_address(self.remote_addr))
+
+    # -- asyncio ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sockname, peername = (transport.get_extra_info('sockname'),
+                              transport.get_extra_info('peername'))
+        self.local_addr = (sockname[0], sockname[1])
+        self.remote_addr = (peername[0], peername[1])
+        self.handler.connection_made(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed.done():
+            return
+        self.close_exception = exc
+        self.closed.set_result(None)
+        self.handler.connection_lost(self, exc)
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.framer.feed(data):
+            if isinstance(event, Framed):
+                self._message(event.data)
+            elif isinstance(event, FramingFailed):
+                self._unframeable(event)
+                return
+            elif isinstance(event, framing.KeepAlivePing):
+                self._write(framing.CRLF_PONG.encode())
+            if self.closed.done():
+                return
+
+    def _message(self, data: bytes) -> None:
+        event = framing.receive(data)
+        if isinstance(event, framing.MessageReceived):
+            message = event.message
+            if wire_logger.isEnabledFor(logging.DEBUG):
+                wire_logger.debug('%r received:\n%s', self, data.decode('utf-8', 'replace'))
+            if message.is_request:
+                mark_received(message, self.remote_addr[0], self.remote_addr[1])
+            self.handler.message_received(self, message)
+        elif isinstance(event, framing.MessageRejected):
+            peer_log.info('stream-bad', '%r sent a message that was refused: %s', self,
+                          event.error)
+            if event.response is not None:
+                self.send(event.response)
+            self.bad_messages += 1
+            if self.max_bad_messages is not None and self.bad_messages >= self.max_bad_messages:
+                peer_log.warning('stream-bad-close', '%r: %d bad messages, closing', self,
+                                 self.bad_messages)
+                self.close()
+
+    def _unframeable(self, event: FramingFailed) -> None:
+        """Answer what can be answered, then close: nothing after this can be framed."""
+        peer_log.warning('stream-framing', '%r cannot be read on (%s): closing', self,
+                         event.error)
+        with contextlib.suppress(SIPParseError):
+            # the headers alone (their Content-Length is what went wrong)
+            head = _CONTENT_LENGTH_LINE.sub(b'', event.head)
+            request = codec.parse(head + b'\r\n\r\n', strict_mandatory=False)
+            if request.is_request and request.method != 'ACK' and request.get('Via'):
+                self.send(codec.make_response(request, event.status, '%s (%s)' % (
+                    codec.REASONS.get(event.status, ''), str(event.error)[:80]),
+                    to_tag=None))
+        self.close()
+
+    def pause_writing(self) -> None:        # the peer stopped reading: the buffer limit acts
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- ours ---------------------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.closed.done()
+
+    @property
+    def via_host(self) -> str:
+        return self.advertise or show_address(self.local_addr)
+
+    def via(self, branch: str) -> str:
+        return 'SIP/2.0/%s %s;branch=%s;rport' % (self.via_transport, self.via_host, branch)
+
+    def send(self, message: SIPMessage) -> bool:
+        """Write one message; False when the connection is closed (or the peer stopped
+        reading and more than ``max_buffer`` bytes wait: it is then closed)."""
+        data = serialize(message)
+        if wire_logger.isEnabledFor(logging.DEBUG):
+            wire_logger.debug('%r sent:\n%s', self, data.decode('utf-8', 'replace'))
+        return self._write(data)
+
+    def _write(self, data: bytes) -> bool:
+        if not self.is_open:
+            return False
+        assert self.transport is not None
+        if self.transport.get_write_buffer_size() + len(data) > self.max_buffer:
+            peer_log.warning('stream-slow', '%r does not read what it is sent: closing', self)
+            self.transport.abort()
+            return False
+        self.transport.write(data)
+        return True
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    async def wait_closed(self, timeout: float = 5.0) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+        except asyncio.TimeoutError:
+            if self.transport is not None:
+                self.transport.abort()
+            await self.closed
+
+
+class StreamListener:
+    """Accepting TCP or TLS connections; :meth:`close` closes them too."""
+
+    def __init__(self, server: asyncio.AbstractServer, connections: set[StreamConnection],
+                 secure: bool) -> None:
+        self.server = server
+        self.connections = connections
+        self.secure = secure
+
+    @property
+    def local_addr(self) -> Address:
+        sockname = self.server.sockets[0].getsockname()  # type: ignore[attr-defined]
+        return (sockname[0], sockname[1])
+
+    @property
+    def bound_url(self) -> str:
+        return '%s://%s' % ('tls' if self.secure else 'tcp', show_address(self.local_addr))
+
+    async def close(self) -> None:
+        self.server.close()
+        for conn in list(self.connections):
+            conn.close()
+        for conn in list(self.connections):
+            await conn.wait_closed()
+        await self.server.wait_closed()
+
+
+class _Tracking:
+    """Wraps a handler so that the listener knows its live connections."""
+
+    def __init__(self, handler: StreamHandler, connections: set[StreamConnection]) -> None:
+        self.handler, self.connections = handler, connections
+
+    def connection_made(self, conn: StreamConnection) -> None:
+        self.connections.add(conn)
+        self.handler.connection_made(conn)
+
+    def message_received(self, conn: StreamConnection, message: SIPMessage) -> None:
+        self.handler.message_received(conn, message)
+
+    def connection_lost(self, conn: StreamConnection, exc: BaseException | None) -> None:
+        self.connections.discard(conn)
+        self.handler.connection_lost(conn, exc)
+
+
+async def listen_tcp(host: str, port: int, handler: StreamHandler, *,
+                     ssl_context: ssl.SSLContext | None = None, max_size: int = MAX_MESSAGE,
+                     advertise: str | None = None, backlog: int = 1024) -> StreamListener:
+    """Accept SIP over TCP (or TLS with ``ssl_context``) on ``host``:``port``."""
+    loop = asyncio.get_running_loop()
+    connections: set[StreamConnection] = set()
+    tracking = _Tracking(handler, connections)
+    secure = ssl_context is not None
+    try:
+        server = await loop.create_server(
+            lambda: StreamConnection(tracking, role='server', secure=secure, max_size=max_size,
+                                     advertise=advertise),
+            host, port, ssl=ssl_context, backlog=backlog, ssl_handshake_timeout=10 if secure
+            else None)
+    except OSError as exc:
+        raise ConfigurationError('cannot listen on %s://%s:%d: %s' % (
+            'tls' if secure else 'tcp', host, port, exc.strerror)) from exc
+    return StreamListener(server, connections, secure)
+
+
+async def connect_tcp(host: str, port: int, handler: StreamHandler, *,
+                      ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                      timeout: float = 10.0, max_size: int = MAX_MESSAGE) -> StreamConnection:
+    """Open a SIP connection over TCP (TLS with ``ssl_context``) to ``host``:``port``."""
+    loop = asyncio.get_running_loop()
+    secure = ssl_context is not None
+    try:
+        _, conn = await asyncio.wait_for(loop.create_connection(
+            lambda: StreamConnection(handler, role='client', secure=secure, max_size=max_size),
+            host, port, ssl=ssl_context,
+            server_hostname=(server_hostname or host) if secure else None), timeout)
+    except asyncio.TimeoutError:
+        raise TransportError('no %s connection to %s:%d within %.0f s' % (
+            'TLS' if secure else 'TCP', host, port, timeout)) from None
+    except (OSError, ssl.SSLError) as exc:
+        raise TransportError('cannot connect to %s:%d over %s: %s' % (
+            host, port, 'TLS' if secure else 'TCP', exc)) from exc
+    return conn
