@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _client_arguments(parser: argparse.ArgumentParser, timeout: float = 10.0) -> None:
     parser.add_argument('target', metavar='TARGET',
-                        help='ws://HOST:PORT/PATH, wss://..., or a SIP URI (DNS discovery)')
+                        help='ws://HOST:PORT/PATH, wss://..., or a SIP URI (DNS discovery); '
+                        'options and message also take udp://, tcp:// and tls://HOST[:PORT]')
     parser.add_argument('--dns', metavar='HOST:PORT',
                         help='name server for SIP URI discovery (default: the system\'s)')
     parser.add_argument('--trace', action='store_true',
@@ -575,7 +576,7 @@ def _setup_trace(enabled: bool) -> None:
 
 def _client_options(args: argparse.Namespace, **extra: Any) -> ClientOptions:
     context = None
-    if args.target.lower().startswith(('wss:', 'sips:')) or args.ca_file or args.insecure:
+    if args.target.lower().startswith(('wss:', 'sips:', 'tls:')) or args.ca_file or args.insecure:
         if args.insecure:
             context = ssl.create_default_context()
             context.check_hostname = False
@@ -655,9 +656,15 @@ def _connect_error(exc: BaseException) -> str:
 async def _one_transaction(command: str, args: argparse.Namespace,
                            send: Callable[[Any], Awaitable[Any]]) -> int:
     """Connect, run one transaction (``send(probe)``), print it; 0 on a 2xx."""
+    from .netprobe import NetProbe, is_net_url
     from .probe import PROBE_ERRORS, Probe
-    probe = Probe(args.target, client_options=_client_options(args), resolver=_resolver(args),
-                  timeout=args.timeout)
+    probe: Any
+    if is_net_url(args.target):
+        probe = NetProbe(args.target, timeout=args.timeout,
+                         ssl_context=_client_options(args).ssl)
+    else:
+        probe = Probe(args.target, client_options=_client_options(args),
+                      resolver=_resolver(args), timeout=args.timeout)
     try:
         try:
             timings = await probe.connect()
@@ -834,11 +841,21 @@ def target_forms() -> list[str]:
     from ..adapter.registry import WS, get_transport, transport_names
     forms = ['%s://HOST[:PORT][/PATH]' % name for name in transport_names()
              if isinstance(get_transport(name), type) and issubclass(get_transport(name), WS)]
-    return forms + ['sip:[USER@]DOMAIN[;transport=ws]', 'sips:[USER@]DOMAIN']
+    return forms + ['sip:[USER@]DOMAIN[;transport=ws]', 'sips:[USER@]DOMAIN',
+                    'udp://HOST[:PORT]', 'tcp://HOST[:PORT]', 'tls://HOST[:PORT] (options, message)']
 
 
-def _check_target(target: str) -> None:
-    """A TARGET that is neither a WebSocket URL nor a SIP URI is a usage error (exit 2)."""
+def _check_target(target: str, command: str | None = None) -> None:
+    """A TARGET that is neither a WebSocket URL nor a SIP URI (nor, for options and
+    message, a udp://, tcp:// or tls:// URL) is a usage error (exit 2)."""
+    from .netprobe import is_net_url, split_net_url
+    if is_net_url(target):
+        split_net_url(target)
+        if command not in ('options', 'message'):
+            raise ConfigurationError('TARGET %r: udp://, tcp:// and tls:// work with options and '
+                                     'message; %s needs a ws:// or wss:// URL or a SIP URI'
+                                     % (target, command))
+        return
     if is_sip_uri(target):
         user_uri(target, 'TARGET')
         return
@@ -921,7 +938,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_trace(getattr(args, 'trace', False))
     try:
         if getattr(args, 'target', None):
-            _check_target(args.target)
+            _check_target(args.target, args.command)
         for option in ('aor', 'to', 'from_uri'):            # usage errors before any network
             value = getattr(args, option, None)
             if value:

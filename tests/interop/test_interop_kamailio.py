@@ -139,3 +139,45 @@ def test_the_options_command_probes_kamailio_without_a_sip_port(kamailio_version
         result = run_cli('options', kamailio.ws_url, '--timeout', '5')
     assert result.returncode == 0, result.stdout + result.stderr
     assert 'OPTIONS sip:127.0.0.1:%d;transport=ws -> 200 OK' % kamailio.ws_port in result.stdout
+
+
+def test_the_options_command_probes_kamailio_over_udp_and_tcp(kamailio_version, tmp_path):
+    """``aiosip-ws options udp://`` and ``tcp://``: the project's own UDP and TCP transports
+    (and the transaction layer) against Kamailio's plain SIP listener."""
+    sip_port = free_port()
+    with run_kamailio(tmp_path / 'k', ws_port=free_port(), sip_port=sip_port) as kamailio:
+        udp = run_cli('options', 'udp://127.0.0.1:%d' % sip_port, '--timeout', '5')
+        tcp = run_cli('options', 'tcp://127.0.0.1:%d' % sip_port, '--timeout', '5')
+        log = kamailio.log_text()
+    assert udp.returncode == 0, udp.stdout + udp.stderr
+    assert 'OPTIONS sip:127.0.0.1:%d -> 200 OK' % sip_port in udp.stdout
+    assert 'UDP (no connection)' in udp.stdout
+    assert tcp.returncode == 0, tcp.stdout + tcp.stderr
+    assert 'OPTIONS sip:127.0.0.1:%d;transport=tcp -> 200 OK' % sip_port in tcp.stdout
+    assert 'Via: SIP/2.0/UDP ' in udp.stdout and 'Via: SIP/2.0/TCP ' in tcp.stdout
+    assert ';received=127.0.0.1' in udp.stdout or ';rport=' in udp.stdout
+    assert 'OPTIONS' in log
+
+
+async def test_a_message_over_udp_reaches_a_websocket_client_through_kamailio(kamailio_version,
+                                                                             tmp_path):
+    """``aiosip-ws message udp://`` with Kamailio asking for proxy authentication: the 407
+    is answered over UDP and the MESSAGE reaches bob, registered over WebSocket."""
+    sip_port = free_port()
+    with run_kamailio(tmp_path / 'k', ws_port=free_port(), sip_port=sip_port,
+                      proxy_auth=True) as kamailio:
+        bob = Client(kamailio.ws_url, 'bob')
+        try:
+            assert (await bob.register()).status_code == 200
+            sent = await asyncio.to_thread(
+                run_cli, 'message', 'udp://127.0.0.1:%d' % sip_port, '--aor',
+                'sip:alice@example.com', '--to', 'sip:bob@example.com', '--body', 'over UDP',
+                '--password', 'secret', '--timeout', '5')
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+            assert 'MESSAGE sip:bob@example.com -> 200 OK' in sent.stdout
+            msg = await asyncio.wait_for(bob.inbox.get(), 5)
+            assert msg.payload == 'over UDP'
+            assert 'SIP/2.0/UDP' in ' '.join(msg.raw.get_all('Via'))
+            assert '407' in kamailio.log_text() or 'Proxy-Authorization' in kamailio.log_text()
+        finally:
+            await bob.close()

@@ -1,0 +1,109 @@
+"""``aiosip-ws options`` and ``message`` over udp://, tcp:// and tls:// (aiosip_ws.tools
+.netprobe), against a small SIP server of the test on the project's UDP and TCP
+transports: a MESSAGE is challenged (407), the probe answers it, the server checks the
+credentials with a Digest implementation of its own (tests.support.digest)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aiosip_ws.core.codec import make_response
+from aiosip_ws.core.digest import challenge_value, parse_credentials
+from aiosip_ws.tools.netprobe import NetProbe, split_net_url
+from aiosip_ws.transport.tcp import listen_tcp
+from aiosip_ws.transport.transactions import TransactionLayer
+from aiosip_ws.transport.udp import listen_udp
+from tests.support.cli import run_aiosip_ws
+from tests.support.digest import independent_response
+from tests.support.net import closed_port
+
+
+class Registrar:
+    """Answers OPTIONS 200; MESSAGE 407, then 200 for the right Proxy-Authorization."""
+
+    def __init__(self):
+        self.layer = TransactionLayer()
+        self.messages = []
+
+    def connection_made(self, conn):
+        pass
+
+    def connection_lost(self, conn, exc):
+        self.layer.flow_lost(conn)
+
+    def message_received(self, flow, message):
+        if not message.is_request:
+            return
+        request = self.layer.request_received(flow, message)
+        if request is None:
+            return
+        if request.method == 'MESSAGE':
+            answer = self.check(request)
+        else:
+            answer = make_response(request, 200, to_tag='srv')
+        self.layer.respond(request, answer, flow)
+
+    def check(self, request):
+        value = request.get('Proxy-Authorization')
+        if value is None:
+            return make_response(request, 407, to_tag='srv', headers=[(
+                'Proxy-Authenticate', challenge_value('example.com', 'n0nce', 'MD5'))])
+        fields = parse_credentials(value)
+        if fields['response'] != independent_response(fields, 'MESSAGE', 'secret'):
+            return make_response(request, 403, to_tag='srv')
+        self.messages.append(request)
+        return make_response(request, 200, to_tag='srv')
+
+
+@pytest.fixture
+async def registrar(certs):
+    handler = Registrar()
+    endpoint = await listen_udp('127.0.0.1', 0, handler)
+    tcp = await listen_tcp('127.0.0.1', 0, handler)
+    tls = await listen_tcp('127.0.0.1', 0, handler, ssl_context=certs.server_context())
+    yield handler, {'udp': endpoint.local_addr[1], 'tcp': tcp.local_addr[1],
+                    'tls': tls.local_addr[1]}
+    handler.layer.close()
+    endpoint.close()
+    await endpoint.wait_closed()
+    await tcp.close()
+    await tls.close()
+
+
+@pytest.mark.parametrize('scheme', ['udp', 'tcp', 'tls'])
+async def test_options_and_an_authenticated_message(registrar, certs, scheme):
+    handler, ports = registrar
+    target = '%s://127.0.0.1:%d' % (scheme, ports[scheme])
+    async with NetProbe(target, timeout=5, ssl_context=certs.client_context()) as probe:
+        options = await probe.options()
+        assert options.ok and options.request_uri == {
+            'udp': 'sip:127.0.0.1:%d', 'tcp': 'sip:127.0.0.1:%d;transport=tcp',
+            'tls': 'sips:127.0.0.1:%d'}[scheme] % ports[scheme]
+        sent = await probe.message('sip:alice@example.com', 'sip:bob@example.com', 'hello',
+                                   password='secret')
+        assert sent.ok, sent.outcome()
+        assert [status for status, _, _ in sent.responses] == [407, 200]
+        assert sent.response.get('Via').startswith('SIP/2.0/%s 127.0.0.1:' % scheme.upper())
+        wrong = await probe.message('sip:alice@example.com', 'sip:bob@example.com', 'x',
+                                    password='wrong')
+        assert wrong.status == 403
+    [message] = handler.messages
+    assert message.body == b'hello' and message.cseq[0] == 2
+    assert 'received=127.0.0.1' in message.get('Via') or scheme != 'udp'
+
+
+async def test_an_unanswered_udp_probe_times_out_and_bad_targets_are_usage_errors():
+    async with NetProbe('udp://127.0.0.1:%d' % closed_port(), timeout=0.5) as probe:
+        txn = await probe.options()
+    assert not txn.ok and 'within 0.5 s' in txn.outcome()
+    for target, message in (('udp://', 'with a host'), ('tcp://h:5060/path', 'has no path'),
+                            ('tcp://h:99999', 'bad port')):
+        with pytest.raises(Exception, match=message):
+            split_net_url(target)
+    done = await asyncio.to_thread(run_aiosip_ws, 'register', 'udp://127.0.0.1:5060', '--aor',
+                                   'sip:a@example.com')
+    assert done.returncode == 2 and 'work with options and message' in done.stderr
+    done = await asyncio.to_thread(run_aiosip_ws, 'options', 'tcp://127.0.0.1:%d' % closed_port(),
+                                   '--timeout', '2')
+    assert done.returncode == 1 and 'cannot connect' in done.stderr
