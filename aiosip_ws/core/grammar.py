@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, SIPParseError
 
@@ -20,7 +21,8 @@ __all__ = [
     'is_ws_url', 'is_sip_uri', 'strip_brackets', 'url_host', 'show_address', 'ip_literal',
     'DELTA_SECONDS_MAX', 'CSEQ_LIMIT', 'MAX_FORWARDS_MAX', 'parse_delta_seconds',
     'parse_cseq_number', 'parse_max_forwards', 'parse_content_length', 'parse_qvalue',
-    'retry_after_seconds', 'parse_networks', 'address_in',
+    'retry_after_seconds', 'parse_networks', 'address_in', 'NET_SCHEMES', 'is_net_url',
+    'split_net_url',
 ]
 
 #: RFC 3261 §25.1 ``token`` characters (besides ALPHA and DIGIT)
@@ -203,3 +205,27 @@ def address_in(address: str, networks: Iterable[ipaddress.IPv4Network | ipaddres
     except ValueError:
         return False
     return any(ip in network for network in networks)
+
+
+#: the schemes of SIP over UDP, TCP and TLS URLs (``udp://HOST:PORT``) -> default port
+NET_SCHEMES: dict[str, int] = {'udp': 5060, 'tcp': 5060, 'tls': 5061}
+
+
+def is_net_url(value: str) -> bool:
+    """Whether ``value`` is a ``udp://``, ``tcp://`` or ``tls://`` URL."""
+    return value.split(':', 1)[0].lower() in NET_SCHEMES and '://' in value
+
+
+def split_net_url(url: str) -> tuple[str, str, int]:
+    """``tcp://h:5070`` -> ``('tcp', 'h', 5070)``; ConfigurationError when it is not one."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in NET_SCHEMES or not parts.hostname:
+        raise ConfigurationError('%r is not a udp://, tcp:// or tls:// URL with a host' % url)
+    if parts.path not in ('', '/') or parts.query:
+        raise ConfigurationError('%r: a %s:// target has no path' % (url, scheme))
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError('%r has a bad port: %s' % (url, exc)) from None
+    return scheme, parts.hostname, NET_SCHEMES[scheme] if port is None else port

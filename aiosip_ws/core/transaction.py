@@ -301,9 +301,10 @@ def client_key(message: SIPMessage) -> tuple[str, str]:
 
 def server_key(message: SIPMessage) -> tuple[str, str, str]:
     """What matches a request to its server transaction (§17.2.3, RFC 3261 branches only):
-    branch, sent-by and method (an ACK matches its INVITE's transaction)."""
+    branch, sent-by and method (an ACK matches its INVITE's transaction).  A response
+    gives the key of the transaction it answers (its Via and CSeq are the request's)."""
     top = message.top_via
-    method = message.method or ''
+    method = (message.method or '') if message.is_request else message.cseq[1]
     sent_by = '' if top is None else top.host if top.port is None else '%s:%d' % (top.host,
                                                                                  top.port)
     return ((top.branch if top else '') or '', sent_by.lower(),

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..core.codec import SIPMessage, invite_companion, make_response, unsupported_option_tags
-from ..core.grammar import DEFAULT_MAX_FORWARDS, SIP_SCHEMES, parse_max_forwards
+from ..core.grammar import DEFAULT_MAX_FORWARDS, SIP_SCHEMES, is_net_url, parse_max_forwards
 from ..core.sipuri import NameAddr, SipURI, split_header_values
 from ..core.transaction import cancel_key, new_branch, new_tag
 from ..errors import ConnectionLost, SIPParseError, TransactionTimeout
@@ -51,6 +51,7 @@ from .observe import AdminEndpoints, Metrics
 from .registrar import Binding, RegisterResult, Registrar
 
 if TYPE_CHECKING:
+    from .bridge import NetworkSide
     from .cluster import Cluster
 
 __all__ = ['RelayServer', 'ALLOWED_METHODS', 'SERVER_HEADER']
@@ -92,7 +93,8 @@ class RelayServer:
                  registrar: Registrar | None = None, limits: RelayLimits | None = None,
                  auth: DigestAuthenticator | None = None, timer_c: float = 180.0,
                  admin_allow: Iterable[str] = ('127.0.0.0/8', '::1/128'),
-                 redis_url: str | None = None, node_id: str | None = None) -> None:
+                 redis_url: str | None = None, node_id: str | None = None,
+                 advertise: str | None = None) -> None:
         #: Prometheus metrics of this server (``GET /metrics``)
         self.metrics = Metrics(self)
         #: ``GET /healthz``, ``/metrics``, ``/registrations`` on the listeners' port
@@ -132,6 +134,10 @@ class RelayServer:
         self._closing = False
         #: the nodes sharing bindings and forwarding through Redis (``--redis``), or None
         self.cluster: Cluster | None = None
+        #: the UDP, TCP and TLS listeners (``--listen udp://...``), made on first use
+        self.bridge: NetworkSide | None = None
+        #: the host[:port] serve writes in Via and Record-Route on UDP/TCP/TLS (--advertise)
+        self.advertise = advertise
         if redis_url is not None:
             from .cluster import Cluster
             self.cluster = Cluster(self, redis_url, node_id or socket.gethostname().split('.')[0])
@@ -143,12 +149,22 @@ class RelayServer:
                 await self.cluster.start()
             if self.metrics.multiprocess and not self.listeners:
                 self.spawn(self._update_gauges())
+            bound: list[Any] = []
             for url in urls:
-                self.listeners.append(await listen(url, self, self._options_for(url)))
+                if is_net_url(url):
+                    if self.bridge is None:
+                        from .bridge import NetworkSide
+                        self.bridge = NetworkSide(self, ssl_context=self.server_options.ssl,
+                                                  advertise=self.advertise)
+                    bound.append(await self.bridge.listen(url))
+                else:
+                    listener = await listen(url, self, self._options_for(url))
+                    self.listeners.append(listener)
+                    bound.append(listener)
         except BaseException:
             await self.close()
             raise
-        return self.listeners
+        return bound
 
     async def _update_gauges(self) -> None:
         """``serve --workers``: this worker's gauges, once a second, for the others' scrapes."""
@@ -204,6 +220,8 @@ class RelayServer:
             await self.close_spread(spread, code, reason)
         self._closing = True
         await shut_down(self.listeners, self.connections, self._tasks, code, reason)
+        if self.bridge is not None:
+            await self.bridge.close()
         for branch in list(self._pending):
             self._finish(branch, ConnectionLost('the server closed'))
         if self.cluster is not None:
@@ -236,6 +254,12 @@ class RelayServer:
             delay = max(0.0, identity.expires_at - time.time())
             conn.state['expiry'] = asyncio.get_running_loop().call_later(
                 delay, self._token_expired, conn)
+
+    def flow_made(self, flow: Any) -> None:
+        """A UDP peer seen for the first time: the per-connection state, without a
+        connection to count or close (what it registers expires by time)."""
+        flow.state['contact_hosts'] = set()
+        flow.state['pending'] = set()
 
     def _token_expired(self, conn: WSConnection) -> None:
         logger.info('%r: its token expired: closing with 1008', conn)
@@ -583,6 +607,11 @@ class RelayServer:
                 owner = self._contacts.get(host)
                 if owner is None or owner is conn or not owner.is_open:
                     self._claim_host(host, conn)
+            elif getattr(conn, 'transport_name', 'ws') in ('udp', 'tcp', 'tls'):
+                # a UDP/TCP/TLS UA's Contact is an address: in-dialog requests to it go
+                # back the way it came (RFC 3581 through NAT), keyed by host:port
+                uri = NameAddr.parse(value).uri
+                self._claim_host('%s:%d' % (host, uri.port or 5060), conn)
 
     def _claim_host(self, host: str, conn: WSConnection) -> None:
         """``host`` now routes to ``conn`` (indexed both ways, for O(owned) clean-up); in a
@@ -618,6 +647,10 @@ class RelayServer:
             self._route(conn, message)                 # ``tag=`` was not the To tag
             return
         peer = self._contacts.get(target.host.lower())
+        if peer is None and not target.host.endswith('.invalid'):
+            peer = self._contacts.get('%s:%d' % (target.host.lower(), target.port or 5060))
+            if peer is None and self.bridge is not None:
+                peer = self.bridge.flow_for(target)         # an address: over UDP to it
         if (peer is None or not peer.is_open) and self.cluster is not None:
             self.spawn(self._in_dialog_shared(conn, message, target.host.lower(), to_tag))
             return
@@ -707,6 +740,11 @@ class RelayServer:
     def record_route(self, conn: WSConnection) -> str:
         """The Record-Route serve puts on a dialog-creating request it sends over ``conn``;
         in a cluster its user part names the node that holds ``conn``."""
+        transport = getattr(conn, 'transport_name', 'ws')
+        if transport in ('udp', 'tcp', 'tls'):                  # a bridged UDP/TCP/TLS side
+            if transport == 'tls':
+                return '<sips:%s;lr>' % conn.via_host
+            return '<sip:%s;transport=%s;lr>' % (conn.via_host, transport)
         if self.cluster is None:
             return '<sip:%s;transport=ws;lr>' % conn.via_host
         node = getattr(conn, 'node', None) or self.cluster.node
@@ -915,6 +953,12 @@ class _Fork:
         provisional = None
         if self.key is not None:
             forwarded.headers.insert(0, ('Record-Route', server.record_route(binding.connection)))
+            inbound = server.record_route(self.origin)
+            sides = {getattr(c, 'transport_name', 'ws') for c in (self.origin, binding.connection)}
+            if len(sides) > 1 and sides & {'udp', 'tcp', 'tls'}:
+                # RFC 5658: crossing transports, one entry per side; the callee's route set
+                # then names the side it is on first, the caller's the side it is on
+                forwarded.headers.insert(1, ('Record-Route', inbound))
         branch = _Branch(binding, forwarded, server.new_branch())
         if self.key is not None:
             provisional = lambda response: self._provisional(branch, response)  # noqa: E731

@@ -38,6 +38,7 @@ import signal
 import ssl
 import sys
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 'relayed over that client\'s connection.')
     serve.add_argument('--listen', action='append', metavar='URL',
                        help='ws://HOST:PORT/PATH or wss://... to listen on (repeatable; default '
-                       'ws://127.0.0.1:8080/). A path other than / must match exactly.')
+                       'ws://127.0.0.1:8080/). A path other than / must match exactly. '
+                       'udp://HOST:PORT, tcp://HOST:PORT and tls://HOST:PORT (with '
+                       '--tls-cert) bridge SIP over UDP, TCP and TLS to WebSocket.')
+    serve.add_argument('--advertise', metavar='HOST[:PORT]',
+                       help='the address serve writes in Via and Record-Route on UDP, TCP and '
+                       'TLS (when it listens on a wildcard address or sits behind NAT)')
     serve.add_argument('--tls-cert', metavar='FILE', help='PEM certificate chain for wss://')
     serve.add_argument('--tls-key', metavar='FILE', help='PEM private key for wss://')
     serve.add_argument('--allow-origin', action='append', metavar='ORIGIN',
@@ -390,7 +396,7 @@ async def _serve(args: argparse.Namespace) -> int:
                          registrar=Registrar(max_contacts=args.max_contacts_per_aor),
                          auth=_authenticator(args), timer_c=args.timer_c,
                          admin_allow=args.metrics_allow or ('127.0.0.0/8', '::1/128'),
-                         redis_url=args.redis, node_id=args.node_id)
+                         redis_url=args.redis, node_id=args.node_id, advertise=args.advertise)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -402,7 +408,7 @@ async def _serve(args: argparse.Namespace) -> int:
     accept_failures.install(loop)
     try:
         for url in urls:
-            if url.lower().startswith('wss:') and base.ssl is None:
+            if url.lower().startswith(('wss:', 'tls:')) and base.ssl is None:
                 raise SystemExit('aiosip-ws serve: %s needs --tls-cert and --tls-key' % url)
         try:
             listeners = await server.start(*urls)
@@ -412,7 +418,8 @@ async def _serve(args: argparse.Namespace) -> int:
         for listener in listeners:
             print('aiosip-ws serve: listening on %s' % listener.bound_url, flush=True)
             if (server.auth is None and base.authenticate is None
-                    and not _is_loopback(split_ws_url(listener.bound_url)[1])):
+                    and not _is_loopback(urllib.parse.urlsplit(listener.bound_url).hostname
+                                         or '')):
                 logger.warning('%s is reachable beyond this machine and serve checks no '
                                'credentials: anyone may register as anyone (--users FILE '
                                '--realm REALM enables Digest authentication)',
@@ -656,7 +663,8 @@ def _connect_error(exc: BaseException) -> str:
 async def _one_transaction(command: str, args: argparse.Namespace,
                            send: Callable[[Any], Awaitable[Any]]) -> int:
     """Connect, run one transaction (``send(probe)``), print it; 0 on a 2xx."""
-    from .netprobe import NetProbe, is_net_url
+    from ..core.grammar import is_net_url
+    from .netprobe import NetProbe
     from .probe import PROBE_ERRORS, Probe
     probe: Any
     if is_net_url(args.target):
@@ -848,7 +856,7 @@ def target_forms() -> list[str]:
 def _check_target(target: str, command: str | None = None) -> None:
     """A TARGET that is neither a WebSocket URL nor a SIP URI (nor, for options and
     message, a udp://, tcp:// or tls:// URL) is a usage error (exit 2)."""
-    from .netprobe import is_net_url, split_net_url
+    from ..core.grammar import is_net_url, split_net_url
     if is_net_url(target):
         split_net_url(target)
         if command not in ('options', 'message'):

@@ -16,13 +16,12 @@ import ssl as _ssl
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..core import codec
 from ..core.codec import SIPMessage
 from ..core.dialog import new_request
 from ..core.digest import authorization, choose_challenge
-from ..core.grammar import url_host
+from ..core.grammar import split_net_url, url_host
 from ..core.sipuri import NameAddr, SipURI, user_uri
 from ..core.transaction import new_branch
 from ..errors import (
@@ -37,32 +36,9 @@ from ..transport.transactions import TransactionLayer
 from ..transport.udp import UDPEndpoint, UDPFlow, listen_udp
 from .probe import Transaction
 
-__all__ = ['NetProbe', 'NetTimings', 'NET_SCHEMES', 'is_net_url', 'split_net_url']
+__all__ = ['NetProbe', 'NetTimings']
 
 logger = logging.getLogger(__name__)
-
-#: scheme -> default port
-NET_SCHEMES = {'udp': 5060, 'tcp': 5060, 'tls': 5061}
-
-
-def is_net_url(value: str) -> bool:
-    return value.split(':', 1)[0].lower() in NET_SCHEMES and '://' in value
-
-
-def split_net_url(url: str) -> tuple[str, str, int]:
-    """``tcp://h:5070`` -> ``('tcp', 'h', 5070)``; ConfigurationError when it is not one."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in NET_SCHEMES or not parts.hostname:
-        raise ConfigurationError('%r is not a udp://, tcp:// or tls:// URL with a host' % url)
-    if parts.path not in ('', '/') or parts.query:
-        raise ConfigurationError('%r: a %s:// target has no path' % (url, scheme))
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigurationError('%r has a bad port: %s' % (url, exc)) from None
-    return scheme, parts.hostname, NET_SCHEMES[scheme] if port is None else port
-
 
 @dataclass
 class NetTimings:

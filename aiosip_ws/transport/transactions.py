@@ -175,18 +175,30 @@ class TransactionLayer:
         self._server[key] = _Entry(txn, flow, key, server=True)
         return request
 
-    def respond(self, request: SIPMessage, response: SIPMessage,
-                flow: Flow | None = None) -> None:
-        """Send ``response`` to ``request`` through its server transaction (which resends
-        it as the RFC says).  Without a transaction (it ended, or the request was an ACK
-        or had no branch) it goes straight to ``flow``."""
-        entry = self._server.get(server_key(request))
+    def respond(self, response: SIPMessage, flow: Flow | None = None) -> None:
+        """Send ``response`` through the server transaction it answers (found by its Via
+        and CSeq), which resends it as the RFC says.  Without one (it ended, or the
+        request had no RFC 3261 branch) it goes straight to ``flow``."""
+        try:
+            entry = self._server.get(server_key(response))
+        except SIPParseError:
+            entry = None
         if entry is None:
             if flow is not None:
                 flow.send(response)
             return
         assert isinstance(entry.txn, ServerTransaction)
         self._run(entry, entry.txn.respond(response))
+
+    def acked_by_us(self, ack: SIPMessage) -> bool:
+        """Whether ``ack`` is the ACK of a non-2xx this layer already sent itself (its
+        INVITE client transaction is in Completed: RFC 3261 §17.1.1.3)."""
+        try:
+            top = ack.top_via
+        except SIPParseError:
+            return False
+        entry = self._client.get(((top.branch if top else '') or '', 'INVITE'))
+        return entry is not None and entry.txn.state == 'completed'
 
     # -- the machinery ------------------------------------------------------------------
     def _run(self, entry: _Entry, actions: list[Action]) -> None:

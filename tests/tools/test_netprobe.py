@@ -10,7 +10,8 @@ import pytest
 
 from aiosip_ws.core.codec import make_response
 from aiosip_ws.core.digest import challenge_value, parse_credentials
-from aiosip_ws.tools.netprobe import NetProbe, split_net_url
+from aiosip_ws.core.grammar import split_net_url
+from aiosip_ws.tools.netprobe import NetProbe
 from aiosip_ws.transport.tcp import listen_tcp
 from aiosip_ws.transport.transactions import TransactionLayer
 from aiosip_ws.transport.udp import listen_udp
@@ -42,7 +43,7 @@ class Registrar:
             answer = self.check(request)
         else:
             answer = make_response(request, 200, to_tag='srv')
-        self.layer.respond(request, answer, flow)
+        self.layer.respond(answer, flow)
 
     def check(self, request):
         value = request.get('Proxy-Authorization')

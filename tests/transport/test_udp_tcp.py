@@ -84,7 +84,7 @@ class Server:
                 self.seen.append(message)
                 response = self.answer(message)
                 if response is not None:
-                    self.layer.respond(message, response, flow)
+                    self.layer.respond(response, flow)
         else:
             self.layer.response_received(message)
 

@@ -1,0 +1,186 @@
+"""serve bridging WebSocket and UDP/TCP (RFC 7118 §8.2), in-process on 127.0.0.1: a UA
+registered over UDP (a raw socket of the test) and one registered over WebSocket message
+and call each other through serve, both directions; dialog-creating requests crossing
+transports get two Record-Route entries (RFC 5658); ACK and BYE find their way back;
+requests retransmitted over UDP are absorbed and answered again; a 200 from the UDP UA
+whose first copy was lost still reaches the caller (RFC 6026)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from websockets.asyncio.client import connect
+
+from aiosip_ws.core.codec import SIPMessage, make_response, parse, serialize
+from aiosip_ws.serve.relay import RelayServer
+from tests.support.sip import SDP, recv, register_raw
+
+pytestmark = pytest.mark.filterwarnings('error')
+
+
+class UdpUA(asyncio.DatagramProtocol):
+    """bob on UDP: what arrives is queued; ``send`` writes to serve."""
+
+    def __init__(self):
+        self.got: asyncio.Queue = asyncio.Queue()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.addr = transport.get_extra_info('sockname')
+
+    def datagram_received(self, data, addr):
+        if data.strip(b'\r\n'):
+            self.got.put_nowait(parse(data))
+
+    def send(self, message):
+        self.transport.sendto(serialize(message) if isinstance(message, SIPMessage)
+                              else message.encode(), self.server)
+
+    async def next(self, timeout=3.0):
+        return await asyncio.wait_for(self.got.get(), timeout)
+
+    @property
+    def contact(self):
+        return '<sip:bob@127.0.0.1:%d>' % self.addr[1]
+
+    def request(self, method, uri, *, to, call_id, cseq=1, branch='z9hG4bKub1', extra=(),
+                body=''):
+        return ('%s %s SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:%d;branch=%s;rport\r\n'
+                'Max-Forwards: 70\r\nFrom: <sip:bob@example.com>;tag=b1\r\nTo: %s\r\n'
+                'Call-ID: %s\r\nCSeq: %d %s\r\nContact: %s\r\n%s\r\n%s'
+                % (method, uri, self.addr[1], branch, to, call_id, cseq, method, self.contact,
+                   ''.join(line + '\r\n' for line in extra), body))
+
+
+@pytest.fixture
+async def bridge():
+    server = RelayServer()
+    ws_listener, udp = await server.start('ws://127.0.0.1:0/', 'udp://127.0.0.1:0')
+    assert udp.bound_url.startswith('udp://127.0.0.1:')
+    loop = asyncio.get_running_loop()
+    transport, bob = await loop.create_datagram_endpoint(UdpUA, local_addr=('127.0.0.1', 0))
+    bob.server = ('127.0.0.1', int(udp.bound_url.rsplit(':', 1)[1]))
+    try:
+        bob.send(bob.request('REGISTER', 'sip:example.com', to='<sip:bob@example.com>',
+                             call_id='reg-bob', extra=('Expires: 60',)))
+        ok = await bob.next()
+        assert ok.status == 200 and bob.contact in ok.get('Contact')
+        async with connect(ws_listener.bound_url, subprotocols=['sip'], proxy=None) as alice:
+            alice_host = await register_raw(alice, 'alice')
+            yield server, bob, alice, alice_host
+    finally:
+        transport.close()
+        await server.close()
+
+
+async def test_message_from_websocket_to_udp_and_back(bridge):
+    server, bob, alice, alice_host = bridge
+    await alice.send('MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKm1'
+                     '\r\nFrom: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n'
+                     'Call-ID: m-1\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n'
+                     'Content-Type: text/plain\r\n\r\nhello UDP' % alice_host)
+    got = await bob.next()
+    assert got.method == 'MESSAGE' and got.body == b'hello UDP'
+    assert got.uri == 'sip:bob@127.0.0.1:%d' % bob.addr[1]
+    top, second = got.get_all('Via')[:2]
+    assert top.startswith('SIP/2.0/UDP 127.0.0.1:') and ';rport' in top
+    assert second.startswith('SIP/2.0/WS %s' % alice_host)
+    bob.send(make_response(got, 200, to_tag='b2'))
+    assert (await recv(alice)).status == 200
+
+    bob.send(bob.request('MESSAGE', 'sip:alice@example.com', to='<sip:alice@example.com>',
+                         call_id='m-2', branch='z9hG4bKub2',
+                         extra=('Content-Type: text/plain',), body='hello WS'))
+    to_alice = await recv(alice)
+    assert to_alice.method == 'MESSAGE' and to_alice.body == b'hello WS'
+    bob_via = to_alice.get_all('Via')[1]
+    assert 'received=127.0.0.1' in bob_via and 'rport=%d' % bob.addr[1] in bob_via   # RFC 3581
+    await alice.send(serialize(make_response(to_alice, 200, to_tag='a2')).decode())
+    answer = await bob.next()
+    assert answer.status == 200 and answer.cseq == (1, 'MESSAGE')
+
+    # a retransmission of bob's MESSAGE (as if the 200 was lost): answered again by serve's
+    # server transaction, never relayed a second time
+    bob.send(bob.request('MESSAGE', 'sip:alice@example.com', to='<sip:alice@example.com>',
+                         call_id='m-2', branch='z9hG4bKub2',
+                         extra=('Content-Type: text/plain',), body='hello WS'))
+    assert (await bob.next()).status == 200
+    await alice.send('\r\n\r\n')
+    assert await asyncio.wait_for(alice.recv(), 2) == '\r\n'         # nothing else came
+
+
+async def test_a_call_from_websocket_to_udp_is_double_record_routed(bridge):
+    server, bob, alice, alice_host = bridge
+    await alice.send('INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKi1'
+                     '\r\nFrom: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n'
+                     'Call-ID: call-1\r\nCSeq: 10 INVITE\r\nMax-Forwards: 70\r\n'
+                     'Contact: <sip:alice@%s;transport=ws>\r\nContent-Type: application/sdp'
+                     '\r\n\r\n%s' % (alice_host, alice_host, SDP))
+    assert (await recv(alice)).status == 100
+    invite = await bob.next()
+    routes = invite.get_all('Record-Route')
+    assert len(routes) == 2
+    assert routes[0].startswith('<sip:127.0.0.1:') and 'transport=udp;lr' in routes[0]
+    assert 'transport=ws;lr' in routes[1]                  # RFC 5658: one entry per side
+    bob.send(make_response(invite, 180, to_tag='b9', headers=[('Contact', bob.contact)]))
+    assert (await recv(alice)).status == 180
+    ok = make_response(invite, 200, to_tag='b9', headers=[('Contact', bob.contact),
+                                                          ('Content-Type', 'application/sdp')],
+                       body=SDP.encode())
+    # RFC 6026: the first 200 is "lost" (not sent); bob's retransmission reaches alice
+    await asyncio.sleep(0.1)
+    bob.send(ok)
+    answered = await recv(alice)
+    assert answered.status == 200 and answered.get_all('Record-Route') == routes
+    # alice's route set is the Record-Route reversed: her side first
+    await alice.send('ACK sip:bob@127.0.0.1:%d SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKa1\r\n'
+                     'Route: %s\r\nRoute: %s\r\nFrom: <sip:alice@example.com>;tag=a1\r\n'
+                     'To: <sip:bob@example.com>;tag=b9\r\nCall-ID: call-1\r\nCSeq: 10 ACK\r\n'
+                     'Max-Forwards: 70\r\n\r\n' % (bob.addr[1], alice_host, routes[1], routes[0]))
+    ack = await bob.next()
+    assert ack.method == 'ACK' and ack.get('Route') is None    # both of serve's entries gone
+    # bob hangs up: his route set is the Record-Route as it came
+    bob.send(bob.request('BYE', 'sip:alice@%s;transport=ws' % alice_host,
+                         to='<sip:alice@example.com>;tag=a1', call_id='call-1', cseq=1,
+                         branch='z9hG4bKbye1',
+                         extra=('Route: %s' % routes[0], 'Route: %s' % routes[1])).replace(
+        'From: <sip:bob@example.com>;tag=b1', 'From: <sip:bob@example.com>;tag=b9'))
+    bye = await recv(alice)
+    assert bye.method == 'BYE' and bye.get('Route') is None
+    await alice.send(serialize(make_response(bye, 200)).decode())
+    assert (await bob.next()).status == 200
+
+
+async def test_a_call_from_udp_to_websocket_is_answered_and_ended_by_the_caller(bridge):
+    server, bob, alice, alice_host = bridge
+    bob.send(bob.request('INVITE', 'sip:alice@example.com', to='<sip:alice@example.com>',
+                         call_id='call-2', branch='z9hG4bKinv2',
+                         extra=('Content-Type: application/sdp',), body=SDP))
+    trying = await bob.next()
+    assert trying.status == 100
+    invite = await recv(alice)
+    routes = invite.get_all('Record-Route')
+    assert 'transport=ws;lr' in routes[0] and 'transport=udp;lr' in routes[1]
+    bob.send(bob.request('INVITE', 'sip:alice@example.com', to='<sip:alice@example.com>',
+                         call_id='call-2', branch='z9hG4bKinv2',
+                         extra=('Content-Type: application/sdp',), body=SDP))
+    assert (await bob.next()).status == 100       # the retransmission: 100 again, not relayed
+    await alice.send(serialize(make_response(invite, 200, to_tag='a7', headers=[
+        ('Contact', '<sip:alice@%s;transport=ws>' % alice_host)])).decode())
+    ok = await bob.next()
+    assert ok.status == 200 and ok.get_all('Record-Route') == routes
+    bob.send(bob.request('ACK', 'sip:alice@%s;transport=ws' % alice_host,
+                         to='<sip:alice@example.com>;tag=a7', call_id='call-2',
+                         branch='z9hG4bKack2',
+                         extra=('Route: %s' % routes[1], 'Route: %s' % routes[0])))
+    assert (await recv(alice)).method == 'ACK'
+    bob.send(bob.request('BYE', 'sip:alice@%s;transport=ws' % alice_host,
+                         to='<sip:alice@example.com>;tag=a7', call_id='call-2', cseq=2,
+                         branch='z9hG4bKbye2',
+                         extra=('Route: %s' % routes[1], 'Route: %s' % routes[0])))
+    bye = await recv(alice)
+    assert bye.method == 'BYE'
+    await alice.send(serialize(make_response(bye, 200)).decode())
+    assert (await bob.next()).status == 200
+    await alice.send('\r\n\r\n')
+    assert await asyncio.wait_for(alice.recv(), 2) == '\r\n'   # the retransmitted INVITE: absorbed
