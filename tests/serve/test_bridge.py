@@ -184,3 +184,85 @@ async def test_a_call_from_udp_to_websocket_is_answered_and_ended_by_the_caller(
     assert (await bob.next()).status == 200
     await alice.send('\r\n\r\n')
     assert await asyncio.wait_for(alice.recv(), 2) == '\r\n'   # the retransmitted INVITE: absorbed
+
+
+async def test_a_call_to_udp_cancelled_while_ringing(bridge):
+    """CANCEL crosses the bridge: serve answers it, CANCELs the UDP branch, relays the 487
+    and ACKs it hop by hop (once, by the UDP transaction, however often it comes)."""
+    server, bob, alice, alice_host = bridge
+    await alice.send('INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKc1'
+                     '\r\nFrom: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n'
+                     'Call-ID: call-3\r\nCSeq: 5 INVITE\r\nMax-Forwards: 70\r\n'
+                     'Contact: <sip:alice@%s;transport=ws>\r\n\r\n' % (alice_host, alice_host))
+    assert (await recv(alice)).status == 100
+    invite = await bob.next()
+    bob.send(make_response(invite, 180, to_tag='b3'))
+    assert (await recv(alice)).status == 180
+    await alice.send('CANCEL sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKc1'
+                     '\r\nFrom: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n'
+                     'Call-ID: call-3\r\nCSeq: 5 CANCEL\r\nMax-Forwards: 70\r\n\r\n' % alice_host)
+    assert (await recv(alice)).status == 200
+    cancel = await bob.next()
+    assert cancel.method == 'CANCEL' and cancel.get('Via') == invite.get_all('Via')[0]
+    bob.send(make_response(cancel, 200, to_tag='b3'))
+    terminated = make_response(invite, 487, to_tag='b3')
+    bob.send(terminated)
+    assert (await recv(alice)).status == 487
+    ack = await bob.next()
+    assert ack.method == 'ACK' and ack.get('Via') == invite.get_all('Via')[0]
+    bob.send(terminated)                                  # retransmitted: ACKed again
+    assert (await bob.next()).method == 'ACK'
+    await alice.send('ACK sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKc1\r\n'
+                     'From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>;tag=b3'
+                     '\r\nCall-ID: call-3\r\nCSeq: 5 ACK\r\nMax-Forwards: 70\r\n\r\n' % alice_host)
+    with pytest.raises(asyncio.TimeoutError):
+        await bob.next(timeout=0.5)                       # that ACK ends at serve
+
+
+async def test_a_tcp_ua_registers_and_messages_both_ways():
+    server = RelayServer()
+    ws_listener, tcp = await server.start('ws://127.0.0.1:0/', 'tcp://127.0.0.1:0')
+    port = int(tcp.bound_url.rsplit(':', 1)[1])
+    reader, writer = await asyncio.open_connection('127.0.0.1', port)
+    local = writer.get_extra_info('sockname')[1]
+    from aiosip_ws.core.stream import Framed, StreamFramer
+    framer = StreamFramer()
+
+    async def next_message():
+        while True:
+            for event in framer.feed(await asyncio.wait_for(reader.read(65536), 3)):
+                if isinstance(event, Framed):
+                    return parse(event.data)
+
+    def send(text):
+        writer.write(text.encode())
+
+    head = ('Via: SIP/2.0/TCP 127.0.0.1:%d;branch=z9hG4bK%%s\r\nMax-Forwards: 70\r\n'
+            'From: <sip:carol@example.com>;tag=c1\r\n' % local)
+    try:
+        send('REGISTER sip:example.com SIP/2.0\r\n' + head % 'r1' +
+             'To: <sip:carol@example.com>\r\nCall-ID: reg-carol\r\nCSeq: 1 REGISTER\r\n'
+             'Contact: <sip:carol@127.0.0.1:%d;transport=tcp>\r\nExpires: 60\r\n'
+             'Content-Length: 0\r\n\r\n' % local)
+        assert (await next_message()).status == 200
+        async with connect(ws_listener.bound_url, subprotocols=['sip'], proxy=None) as alice:
+            alice_host = await register_raw(alice, 'alice')
+            await alice.send('MESSAGE sip:carol@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;'
+                             'branch=z9hG4bKt1\r\nFrom: <sip:alice@example.com>;tag=a1\r\n'
+                             'To: <sip:carol@example.com>\r\nCall-ID: t-1\r\nCSeq: 1 MESSAGE\r\n'
+                             'Max-Forwards: 70\r\n\r\nover TCP' % alice_host)
+            got = await next_message()
+            assert got.body == b'over TCP' and got.get('Via').startswith('SIP/2.0/TCP ')
+            writer.write(serialize(make_response(got, 200, to_tag='c2')))
+            assert (await recv(alice)).status == 200
+            send('MESSAGE sip:alice@example.com SIP/2.0\r\n' + head % 'm2' +
+                 'To: <sip:alice@example.com>\r\nCall-ID: t-2\r\nCSeq: 1 MESSAGE\r\n'
+                 'Content-Length: 8\r\n\r\nfrom TCP')
+            to_alice = await recv(alice)
+            assert to_alice.body == b'from TCP'
+            await alice.send(serialize(make_response(to_alice, 200, to_tag='a3')).decode())
+            assert (await next_message()).status == 200
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.close()
