@@ -7,17 +7,19 @@ this module says how long the timers are, what matches what, and, in
 """
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .grammar import MAGIC_COOKIE
+from .sipuri import NameAddr
 
 if TYPE_CHECKING:
     from .codec import SIPMessage
 
 __all__ = ['T1', 'T2', 'T4', 'TIMER_B', 'TIMER_F', 'new_branch', 'new_tag', 'new_call_id',
-           'cancel_key', 'ClientTransaction', 'ServerTransaction', 'Send', 'Start', 'Stop',
+           'cancel_key', 'loop_key', 'ClientTransaction', 'ServerTransaction', 'Send', 'Start', 'Stop',
            'Deliver', 'Timeout', 'Action', 'client_key', 'server_key']
 
 #: RFC 3261 §17.1.1.1 round-trip estimate, seconds
@@ -45,6 +47,22 @@ def new_tag() -> str:
 def new_call_id() -> str:
     """A Call-ID with 80 random bits (RFC 3261 §8.1.1.4)."""
     return secrets.token_hex(10)
+
+
+def loop_key(request: SIPMessage) -> str:
+    """What a proxy puts in its branch to detect loops (RFC 3261 §16.6 step 8, §16.3 step
+    4): a hash of the Request-URI, the From and To tags, the Call-ID and the CSeq number.
+    A request that comes back with a Via of ours whose branch carries the same value has
+    looped; one whose Request-URI changed on the way is spiralling, and goes on."""
+    tags = []
+    for name in ('From', 'To'):
+        try:
+            tags.append(NameAddr.parse(request.get(name) or '').tag or '')
+        except ValueError:
+            tags.append('')
+    cseq = (request.get('CSeq') or '').split(None, 1)[0] if request.get('CSeq') else ''
+    text = '\n'.join([request.uri or '', *tags, request.get('Call-ID') or '', cseq])
+    return hashlib.sha1(text.encode('utf-8', 'surrogateescape')).hexdigest()[:16]
 
 
 def cancel_key(request: SIPMessage) -> tuple[str, int, str]:

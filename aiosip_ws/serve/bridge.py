@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 from ..core.codec import SIPMessage
 from ..core.grammar import ip_literal, show_address, split_net_url
 from ..core.sipuri import SipURI
+from ..errors import ConfigurationError
 from ..options import ServerOptions
-from ..transport.tcp import StreamConnection, StreamListener, listen_tcp
+from ..transport.tcp import StreamConnection, StreamListener, connect_tcp, listen_tcp
 from ..transport.transactions import TransactionLayer
 from ..transport.udp import UDPEndpoint, UDPFlow, listen_udp
 
@@ -124,6 +125,9 @@ class NetworkSide:
         self.layer = TransactionLayer(max_transactions=relay.limits.max_pending or 20000)
         self.endpoints: list[UDPEndpoint] = []
         self.listeners: list[StreamListener] = []
+        #: connections serve opened to next hops: (address, port, tls) -> connection
+        self._outgoing: dict[tuple[str, int, bool], StreamConnection] = {}
+        self._connecting: dict[tuple[str, int, bool], asyncio.Future[StreamConnection]] = {}
 
     async def listen(self, url: str) -> Any:
         scheme, host, port = split_listen_url(url)
@@ -133,7 +137,6 @@ class NetworkSide:
             return _Bound('udp://%s' % show_address(endpoint.local_addr))
         context = self.ssl_context if scheme == 'tls' else None
         if scheme == 'tls' and context is None:
-            from ..errors import ConfigurationError
             raise ConfigurationError('%s needs --tls-cert and --tls-key' % url)
         listener = await listen_tcp(host, port, self, ssl_context=context,
                                     advertise=self.advertise)
@@ -150,12 +153,42 @@ class NetworkSide:
 
     def flow_for(self, uri: SipURI) -> BridgedFlow | None:
         """Where a request to ``uri`` goes when no registration or connection says: over
-        UDP to its host and port (an IP address; names are not resolved here)."""
-        transport = (uri.transport or 'udp').lower()
-        if transport != 'udp' or not self.endpoints or ip_literal(uri.host) is None:
+        UDP to its host and port (an IP address; names are not resolved here), or over the
+        TCP/TLS connection serve opened to it."""
+        transport = _transport_of(uri)
+        if ip_literal(uri.host) is None:
             return None
         host = uri.host.strip('[]')
+        if transport != 'udp':
+            conn = self._outgoing.get((host, uri.port or 5060, transport == 'tls'))
+            return self.wrap(conn) if conn is not None and conn.is_open else None
+        if not self.endpoints:
+            return None
         return self.wrap(self.endpoints[0].flow((host, uri.port or 5060)))
+
+    async def next_hop(self, uri: SipURI) -> BridgedFlow:
+        """The flow to a next hop (``--route``): a UDP peer, or a TCP/TLS connection opened
+        on first use and kept."""
+        transport = _transport_of(uri)
+        port = uri.port or (5061 if transport == 'tls' else 5060)
+        loop = asyncio.get_running_loop()
+        infos = await asyncio.wait_for(loop.getaddrinfo(uri.host.strip('[]'), port), 10)
+        address = infos[0][4][0]
+        if transport == 'udp':
+            if not self.endpoints:
+                raise ConfigurationError('a UDP next hop needs --listen udp://HOST:PORT')
+            return self.wrap(self.endpoints[0].flow((address, port)))
+        key = (address, port, transport == 'tls')
+        conn = self._outgoing.get(key)
+        if conn is None or not conn.is_open:
+            pending = self._connecting.get(key)
+            if pending is None:
+                pending = self._connecting[key] = asyncio.ensure_future(connect_tcp(
+                    address, port, self, ssl_context=ssl.create_default_context()
+                    if transport == 'tls' else None, server_hostname=uri.host))
+                pending.add_done_callback(lambda _: self._connecting.pop(key, None))
+            conn = self._outgoing[key] = await asyncio.shield(pending)
+        return self.wrap(conn)
 
     # -- what the transports report -----------------------------------------------------
     def connection_made(self, conn: StreamConnection) -> None:
@@ -179,6 +212,12 @@ class NetworkSide:
 
     async def close(self) -> None:
         self.layer.close()
+        for pending in list(self._connecting.values()):
+            pending.cancel()
+        for conn in list(self._outgoing.values()):
+            conn.close()
+            await conn.wait_closed()
+        self._outgoing.clear()
         for listener in self.listeners:
             await listener.close()
         for endpoint in self.endpoints:
@@ -186,6 +225,10 @@ class NetworkSide:
             await endpoint.wait_closed()
         self.listeners.clear()
         self.endpoints.clear()
+
+
+def _transport_of(uri: SipURI) -> str:
+    return (uri.transport or ('tls' if uri.scheme == 'sips' else 'udp')).lower()
 
 
 class _Bound:

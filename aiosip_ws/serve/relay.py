@@ -39,10 +39,22 @@ from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..core.codec import SIPMessage, invite_companion, make_response, unsupported_option_tags
-from ..core.grammar import DEFAULT_MAX_FORWARDS, SIP_SCHEMES, is_net_url, parse_max_forwards
+from ..core.grammar import (
+    DEFAULT_MAX_FORWARDS,
+    MAGIC_COOKIE,
+    SIP_SCHEMES,
+    is_net_url,
+    parse_max_forwards,
+)
 from ..core.sipuri import NameAddr, SipURI, split_header_values
-from ..core.transaction import cancel_key, new_branch, new_tag
-from ..errors import ConnectionLost, SIPParseError, TransactionTimeout
+from ..core.transaction import cancel_key, loop_key, new_branch, new_tag
+from ..errors import (
+    AiosipWSError,
+    ConfigurationError,
+    ConnectionLost,
+    SIPParseError,
+    TransactionTimeout,
+)
 from ..options import RelayLimits, ServerOptions
 from ..transport.throttle import LogThrottle
 from ..transport.websocket import WSConnection, WSListener, listen, shut_down
@@ -94,7 +106,8 @@ class RelayServer:
                  auth: DigestAuthenticator | None = None, timer_c: float = 180.0,
                  admin_allow: Iterable[str] = ('127.0.0.0/8', '::1/128'),
                  redis_url: str | None = None, node_id: str | None = None,
-                 advertise: str | None = None) -> None:
+                 advertise: str | None = None, next_hops: dict[str, str] | None = None,
+                 route_unregistered: str | None = None, domains: Iterable[str] = ()) -> None:
         #: Prometheus metrics of this server (``GET /metrics``)
         self.metrics = Metrics(self)
         #: ``GET /healthz``, ``/metrics``, ``/registrations`` on the listeners' port
@@ -138,6 +151,17 @@ class RelayServer:
         self.bridge: NetworkSide | None = None
         #: the host[:port] serve writes in Via and Record-Route on UDP/TCP/TLS (--advertise)
         self.advertise = advertise
+        #: static next hops (``--route DOMAIN=URI``, ``*`` for every domain not local)
+        self.next_hops = {domain.lower(): _hop_uri(uri, '--route %s=' % domain)
+                          for domain, uri in (next_hops or {}).items()}
+        #: where requests for unregistered users of a local domain go (else 404)
+        self.route_unregistered = (_hop_uri(route_unregistered, '--route-unregistered')
+                                   if route_unregistered else None)
+        #: the local domains (``--domain``): the others may be routed to a next hop
+        self.domains = {domain.lower() for domain in domains}
+        if '*' in self.next_hops and not self.domains:
+            raise ConfigurationError('--route *=URI needs --domain: without local domains '
+                                     'every request would leave serve')
         if redis_url is not None:
             from .cluster import Cluster
             self.cluster = Cluster(self, redis_url, node_id or socket.gethostname().split('.')[0])
@@ -527,10 +551,56 @@ class RelayServer:
         if max_forwards == 0:
             self.reply(conn, request, 483)
             return
+        if self.next_hops or self.route_unregistered:
+            if self._looped(request):                   # RFC 3261 §16.3 step 4
+                self.reply(conn, request, 482)
+                return None
+            hop = self._next_hop_for(target)
+            if hop is not None:
+                self.spawn(self._to_hop(conn, request, hop, max_forwards))
+                return None
         if self.cluster is not None:
             return self._relay_shared(conn, request, target.aor, max_forwards)
         self._relay(conn, request, self.registrar.lookup(target.aor), max_forwards)
         return None
+
+    def _next_hop_for(self, target: SipURI) -> SipURI | None:
+        domain = target.host.lower()
+        hop = self.next_hops.get(domain)
+        if hop is None and self.domains and domain not in self.domains:
+            hop = self.next_hops.get('*')
+        return hop
+
+    def _looped(self, request: SIPMessage) -> bool:
+        """Whether a Via of ours carries this request's loop key (we sent it before, and
+        nothing on the way changed its Request-URI: a loop, not a spiral)."""
+        marker = MAGIC_COOKIE + loop_key(request) + '.'
+        return any((via.branch or '').startswith(marker) for via in request.vias)
+
+    async def _to_hop(self, conn: WSConnection, request: SIPMessage, hop: SipURI,
+                      max_forwards: int) -> None:
+        """Relay ``request`` (its Request-URI kept) to the next hop ``hop``."""
+        try:
+            flow = await self._hop_flow(hop)
+        except (AiosipWSError, OSError) as exc:
+            peer_log.warning('next hop unreachable', 'the next hop %s is unreachable: %s',
+                             hop, exc)
+            self.busy(conn, request, 'the next hop is unreachable')
+            return
+        try:
+            contact = NameAddr(uri=SipURI.parse(request.uri or ''))
+        except SIPParseError as exc:
+            self.reply(conn, request, 400, 'Bad Request (%s)' % exc)
+            return
+        hop_binding = Binding(aor='', contact=contact, connection=flow,
+                              expires_at=float('inf'), call_id='', cseq=0)
+        self._relay(conn, request, [hop_binding], max_forwards)
+
+    async def _hop_flow(self, hop: SipURI) -> Any:
+        if self.bridge is None:
+            raise ConfigurationError('a next hop over UDP, TCP or TLS needs a --listen udp://, '
+                                     'tcp:// or tls:// of serve')
+        return await self.bridge.next_hop(hop)
 
     async def _relay_shared(self, conn: WSConnection, request: SIPMessage, aor: str,
                             max_forwards: int) -> None:
@@ -546,6 +616,9 @@ class RelayServer:
     def _relay(self, conn: WSConnection, request: SIPMessage, bindings: list[Binding],
                max_forwards: int) -> None:
         if not bindings:
+            if self.route_unregistered is not None:
+                self.spawn(self._to_hop(conn, request, self.route_unregistered, max_forwards))
+                return
             self.reply(conn, request, 404)
             return
         busy = self._over_pending_caps(conn, bindings[0].connection)
@@ -750,10 +823,15 @@ class RelayServer:
         node = getattr(conn, 'node', None) or self.cluster.node
         return '<sip:%s@%s;transport=ws;lr>' % (node, conn.via_host)
 
-    def new_branch(self) -> str:
+    def new_branch(self, request: SIPMessage | None = None) -> str:
         """The branch of a request serve relays (in a cluster it names this node, so that
-        the node holding the callee's connection sends the responses back here)."""
-        return self.cluster.branch() if self.cluster is not None else new_branch()
+        the node holding the callee's connection sends the responses back here; with next
+        hops it carries the loop key of ``request``, RFC 3261 §16.6 step 8)."""
+        if self.cluster is not None:
+            return self.cluster.branch()
+        if request is not None and (self.next_hops or self.route_unregistered):
+            return '%s%s.%s' % (MAGIC_COOKIE, loop_key(request), new_branch()[-8:])
+        return new_branch()
 
     def rearm(self, branch: str, seconds: float, timer: str) -> None:
         """Give the pending request ``branch`` ``seconds`` more from now (Timer C, re-armed
@@ -803,6 +881,23 @@ class RelayServer:
             self._finish(branch, message)
         elif pending.on_provisional is not None:
             pending.on_provisional(message)
+
+
+def _hop_uri(text: str, what: str) -> SipURI:
+    """A next hop given on the command line: a SIP URI of an address or name, over UDP
+    (the default), TCP or TLS (``sips:`` or ``;transport=tls``)."""
+    try:
+        uri = SipURI.parse(text)
+        if uri.scheme not in SIP_SCHEMES:
+            raise SIPParseError('the scheme is %s' % uri.scheme)
+    except SIPParseError as exc:
+        raise ConfigurationError('%s%s is not a SIP URI (%s); write sip:HOST[:PORT]'
+                                 '[;transport=tcp]' % (what, text, exc)) from None
+    transport = (uri.transport or ('tls' if uri.scheme == 'sips' else 'udp')).lower()
+    if transport not in ('udp', 'tcp', 'tls'):
+        raise ConfigurationError('%s%s: a next hop goes over udp, tcp or tls, not %s'
+                                 % (what, text, transport))
+    return uri
 
 
 def _max_forwards(message: SIPMessage) -> int | None:
@@ -959,7 +1054,7 @@ class _Fork:
                 # RFC 5658: crossing transports, one entry per side; the callee's route set
                 # then names the side it is on first, the caller's the side it is on
                 forwarded.headers.insert(1, ('Record-Route', inbound))
-        branch = _Branch(binding, forwarded, server.new_branch())
+        branch = _Branch(binding, forwarded, server.new_branch(request))
         if self.key is not None:
             provisional = lambda response: self._provisional(branch, response)  # noqa: E731
         self.branches.append(branch)

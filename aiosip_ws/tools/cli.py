@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                        'ws://127.0.0.1:8080/). A path other than / must match exactly. '
                        'udp://HOST:PORT, tcp://HOST:PORT and tls://HOST:PORT (with '
                        '--tls-cert) bridge SIP over UDP, TCP and TLS to WebSocket.')
+    serve.add_argument('--route', action='append', default=[], metavar='DOMAIN=SIP-URI',
+                       help='send requests for DOMAIN to the next hop SIP-URI (an upstream '
+                       'proxy, PBX or gateway; sip:HOST[:PORT][;transport=tcp|tls]); * for '
+                       'every domain that is not a --domain (repeatable)')
+    serve.add_argument('--route-unregistered', metavar='SIP-URI',
+                       help='where requests for unregistered users of a local domain go '
+                       '(default: 404)')
     serve.add_argument('--advertise', metavar='HOST[:PORT]',
                        help='the address serve writes in Via and Record-Route on UDP, TCP and '
                        'TLS (when it listens on a wildcard address or sits behind NAT)')
@@ -396,7 +403,10 @@ async def _serve(args: argparse.Namespace) -> int:
                          registrar=Registrar(max_contacts=args.max_contacts_per_aor),
                          auth=_authenticator(args), timer_c=args.timer_c,
                          admin_allow=args.metrics_allow or ('127.0.0.0/8', '::1/128'),
-                         redis_url=args.redis, node_id=args.node_id, advertise=args.advertise)
+                         redis_url=args.redis, node_id=args.node_id, advertise=args.advertise,
+                         next_hops=_next_hops(args.route),
+                         route_unregistered=args.route_unregistered,
+                         domains=args.domain or ([args.realm] if args.realm else []))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -499,11 +509,24 @@ def _is_loopback(host: str) -> bool:
         return host.lower() == 'localhost'
 
 
+def _next_hops(routes: list[str]) -> dict[str, str]:
+    hops: dict[str, str] = {}
+    for route in routes:
+        domain, sep, uri = route.partition('=')
+        if not sep or not domain.strip() or not uri.strip():
+            raise ConfigurationError('--route takes DOMAIN=SIP-URI, e.g. '
+                                     'pbx.example.com=sip:192.0.2.10:5060 (got %r)' % route)
+        hops[domain.strip()] = uri.strip()
+    return hops
+
+
 def _authenticator(args: argparse.Namespace) -> Any:
     """The DigestAuthenticator of ``--users`` and its options, or None without it."""
     from ..serve.auth import DigestAuthenticator, UserFile
     if args.users is None:
         for flag in ('realm', 'domain', 'nonce_secret'):
+            if flag == 'domain' and (args.route or args.route_unregistered):
+                continue                      # --domain says which domains are not routed
             if getattr(args, flag) and not (flag == 'domain' and args.jwt_secret):
                 raise ConfigurationError('--%s needs --users FILE' % flag.replace('_', '-'))
         return None

@@ -266,3 +266,75 @@ async def test_a_tcp_ua_registers_and_messages_both_ways():
         await writer.wait_closed()
     finally:
         await server.close()
+
+
+@pytest.fixture
+async def routed():
+    """serve with a PBX (a raw UDP socket of the test) as the next hop of pbx.example.com,
+    example.com local, unregistered local users sent to the PBX too."""
+    loop = asyncio.get_running_loop()
+    transport, pbx = await loop.create_datagram_endpoint(UdpUA, local_addr=('127.0.0.1', 0))
+    hop = 'sip:127.0.0.1:%d' % pbx.addr[1]
+    server = RelayServer(next_hops={'pbx.example.com': hop}, route_unregistered=hop,
+                         domains=['example.com'])
+    ws_listener, udp = await server.start('ws://127.0.0.1:0/', 'udp://127.0.0.1:0')
+    pbx.server = ('127.0.0.1', int(udp.bound_url.rsplit(':', 1)[1]))
+    try:
+        async with connect(ws_listener.bound_url, subprotocols=['sip'], proxy=None) as alice:
+            yield server, pbx, alice, await register_raw(alice, 'alice')
+    finally:
+        transport.close()
+        await server.close()
+
+
+def ws_message(host, uri, *, call_id='r-1', max_forwards=70):
+    return ('MESSAGE %s SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bK%s\r\n'
+            'From: <sip:alice@example.com>;tag=a1\r\nTo: <%s>\r\nCall-ID: %s\r\n'
+            'CSeq: 1 MESSAGE\r\nMax-Forwards: %d\r\n\r\nhi' % (uri, host, call_id, uri, call_id,
+                                                               max_forwards))
+
+
+async def test_requests_for_another_domain_go_to_its_next_hop(routed):
+    server, pbx, alice, alice_host = routed
+    await alice.send(ws_message(alice_host, 'sip:2001@pbx.example.com'))
+    got = await pbx.next()
+    assert got.uri == 'sip:2001@pbx.example.com'          # the Request-URI is kept
+    assert got.get('Max-Forwards') == '69'
+    pbx.send(make_response(got, 202, to_tag='p1'))
+    assert (await recv(alice)).status == 202
+    # an unregistered user of a local domain goes there too (--route-unregistered)
+    await alice.send(ws_message(alice_host, 'sip:nobody@example.com', call_id='r-2'))
+    got = await pbx.next()
+    assert got.uri == 'sip:nobody@example.com'
+    pbx.send(make_response(got, 404, to_tag='p2'))
+    assert (await recv(alice)).status == 404
+
+
+async def test_a_request_that_comes_back_has_looped_and_max_forwards_is_enforced(routed):
+    server, pbx, alice, alice_host = routed
+    await alice.send(ws_message(alice_host, 'sip:2001@pbx.example.com', call_id='loop-1'))
+    sent = await pbx.next()
+    pbx.send(sent)                               # the PBX sends it straight back to serve
+    looped = await pbx.next()
+    assert looped.status == 482                  # RFC 3261 §16.3 step 4
+    pbx.send(make_response(sent, 500, to_tag='p3'))
+    assert (await recv(alice)).status == 500
+    # a spiral (the Request-URI changed on the way) is not a loop
+    spiral = parse(serialize(sent))
+    spiral.uri = 'sip:2002@pbx.example.com'
+    spiral.headers.insert(0, ('Via', 'SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKpbx2' % pbx.addr[1]))
+    pbx.send(spiral)
+    assert (await pbx.next()).uri == 'sip:2002@pbx.example.com'
+    await alice.send(ws_message(alice_host, 'sip:2001@pbx.example.com', call_id='mf-0',
+                                max_forwards=0))
+    assert (await recv(alice)).status == 483
+
+
+async def test_route_options_are_checked():
+    from aiosip_ws.errors import ConfigurationError
+    with pytest.raises(ConfigurationError, match='needs --domain'):
+        RelayServer(next_hops={'*': 'sip:127.0.0.1'})
+    with pytest.raises(ConfigurationError, match='not a SIP URI'):
+        RelayServer(next_hops={'pbx.example.com': 'http://pbx'})
+    with pytest.raises(ConfigurationError, match='udp, tcp or tls, not ws'):
+        RelayServer(route_unregistered='sip:127.0.0.1;transport=ws')
