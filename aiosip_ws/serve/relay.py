@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import itertools
 import logging
 import random
 import socket
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..core.codec import SIPMessage, invite_companion, make_response, unsupported_option_tags
+from ..core.flowtoken import FlowTokenError, FlowTokens
 from ..core.grammar import (
     DEFAULT_MAX_FORWARDS,
     MAGIC_COOKIE,
@@ -107,7 +109,8 @@ class RelayServer:
                  admin_allow: Iterable[str] = ('127.0.0.0/8', '::1/128'),
                  redis_url: str | None = None, node_id: str | None = None,
                  advertise: str | None = None, next_hops: dict[str, str] | None = None,
-                 route_unregistered: str | None = None, domains: Iterable[str] = ()) -> None:
+                 route_unregistered: str | None = None, domains: Iterable[str] = (),
+                 edge_registrar: str | None = None, flow_secret: bytes | None = None) -> None:
         #: Prometheus metrics of this server (``GET /metrics``)
         self.metrics = Metrics(self)
         #: ``GET /healthz``, ``/metrics``, ``/registrations`` on the listeners' port
@@ -136,6 +139,8 @@ class RelayServer:
         #: method -> route; replace an entry to change how a method is handled
         self.routes: dict[str, Route] = {method: self._on_request for method in ALLOWED_METHODS}
         self.routes['REGISTER'] = self._on_register
+        if edge_registrar:
+            self.routes['REGISTER'] = self._edge_register
         self.routes['PUBLISH'] = self._on_publish
         #: `.invalid` Contact host -> the connection behind it (in-dialog routing)
         self._contacts: dict[str, WSConnection] = {}
@@ -159,6 +164,13 @@ class RelayServer:
                                    if route_unregistered else None)
         #: the local domains (``--domain``): the others may be routed to a next hop
         self.domains = {domain.lower() for domain in domains}
+        #: RFC 5626 edge mode (``--registrar``): REGISTERs go upstream with a Path naming
+        #: the client's connection by a flow token; serve keeps no bindings
+        self.edge_registrar = (_hop_uri(edge_registrar, '--registrar ')
+                               if edge_registrar else None)
+        self.flow_tokens = FlowTokens(flow_secret) if edge_registrar else None
+        self._flows: dict[int, WSConnection] = {}
+        self._flow_ids = itertools.count(1)
         if '*' in self.next_hops and not self.domains:
             raise ConfigurationError('--route *=URI needs --domain: without local domains '
                                      'every request would leave serve')
@@ -272,6 +284,9 @@ class RelayServer:
             self.cluster.connection_made(conn)
         conn.state['contact_hosts'] = set()
         conn.state['pending'] = set()
+        if self.flow_tokens is not None:
+            flow_id = conn.state['flow_id'] = next(self._flow_ids)
+            self._flows[flow_id] = conn
         identity = getattr(conn, 'identity', None)
         if isinstance(identity, Identity) and identity.expires_at is not None:
             # the connection lives as long as the token that opened it
@@ -303,6 +318,7 @@ class RelayServer:
         expiry = conn.state.pop('expiry', None)
         if expiry is not None:
             expiry.cancel()
+        self._flows.pop(conn.state.get('flow_id', 0), None)
         for host in conn.state.pop('contact_hosts', ()):
             if self._contacts.get(host) is conn:
                 del self._contacts[host]
@@ -326,6 +342,11 @@ class RelayServer:
         method = message.method
         if method not in ('ACK', 'CANCEL') and not self._within_rate(conn, message):
             return
+        if self.flow_tokens is not None:
+            token = _route_token(message)
+            if token is not None:                      # from upstream, for one of our clients
+                self._edge_inbound(conn, message, token)
+                return
         if method == 'CANCEL':
             self._cancel(conn, message)
             return
@@ -551,7 +572,7 @@ class RelayServer:
         if max_forwards == 0:
             self.reply(conn, request, 483)
             return
-        if self.next_hops or self.route_unregistered:
+        if self.next_hops or self.route_unregistered or self.edge_registrar:
             if self._looped(request):                   # RFC 3261 §16.3 step 4
                 self.reply(conn, request, 482)
                 return None
@@ -569,7 +590,66 @@ class RelayServer:
         hop = self.next_hops.get(domain)
         if hop is None and self.domains and domain not in self.domains:
             hop = self.next_hops.get('*')
+        if hop is None and self.edge_registrar is not None:
+            hop = self.edge_registrar                   # an edge sends the rest upstream
         return hop
+
+    # -- RFC 5626 edge mode ----------------------------------------------------------
+    def _edge_register(self, conn: WSConnection, request: SIPMessage) -> Awaitable[None]:
+        assert self.flow_tokens is not None
+        return self._edge_forward_register(conn, request,
+                                           self.flow_tokens.issue(conn.state['flow_id']))
+
+    async def _edge_forward_register(self, conn: WSConnection, request: SIPMessage,
+                                     token: str) -> None:
+        """Relay a REGISTER to the registrar with our Path (RFC 3327, RFC 5626 §5.1):
+        ``<sip:TOKEN@EDGE;lr>``, ``;ob`` when the Contact asks for Outbound (``reg-id``)."""
+        assert self.edge_registrar is not None
+        max_forwards = _max_forwards(request)
+        if max_forwards is None or max_forwards == 0:
+            self.reply(conn, request, 400 if max_forwards is None else 483)
+            return
+        try:
+            flow = await self._hop_flow(self.edge_registrar)
+        except (AiosipWSError, OSError) as exc:
+            peer_log.warning('registrar unreachable', 'the registrar %s is unreachable: %s',
+                             self.edge_registrar, exc)
+            self.busy(conn, request, 'the registrar is unreachable')
+            return
+        outbound = any('reg-id=' in value.replace(' ', '') for value in request.get_all('Contact'))
+        path = '<sip:%s@%s;lr%s>' % (token, flow.via_host, ';ob' if outbound else '')
+        first_path = next((i for i, (k, _) in enumerate(request.headers) if k == 'Path'), None)
+        request.headers.insert(first_path if first_path is not None else len(request.headers),
+                               ('Path', path))
+        try:
+            contact = NameAddr(uri=SipURI.parse(request.uri or ''))
+        except SIPParseError as exc:
+            self.reply(conn, request, 400, 'Bad Request (%s)' % exc)
+            return
+        self._relay(conn, request, [Binding(aor='', contact=contact, connection=flow,
+                                            expires_at=float('inf'), call_id='', cseq=0)],
+                    max_forwards)
+
+    def _edge_inbound(self, conn: WSConnection, message: SIPMessage, token: str) -> None:
+        """A request whose top Route is one of our flow tokens: over that client's
+        connection (403 for a forged token, 430 when the flow is gone, RFC 5626 §5.3)."""
+        assert self.flow_tokens is not None
+        try:
+            flow_id = self.flow_tokens.check(token)
+        except FlowTokenError:
+            peer_log.warning('bad flow tokens', '%r: a request with a forged flow token', conn)
+            self.reply(conn, message, 403, 'Forbidden (bad flow token)')
+            return
+        peer = self._flows.get(flow_id) if flow_id is not None else None
+        if peer is None or not peer.is_open:
+            self.reply(conn, message, 430)
+            return
+        try:
+            to_tag = NameAddr.parse(message.get('To') or '').tag
+        except SIPParseError as exc:
+            self.reply(conn, message, 400, 'Bad Request (%s)' % exc)
+            return
+        self._forward_in_dialog(conn, message, peer, to_tag)
 
     def _looped(self, request: SIPMessage) -> bool:
         """Whether a Via of ours carries this request's loop key (we sent it before, and
@@ -881,6 +961,18 @@ class RelayServer:
             self._finish(branch, message)
         elif pending.on_provisional is not None:
             pending.on_provisional(message)
+
+
+def _route_token(message: SIPMessage) -> str | None:
+    """The flow token in the user part of the top Route, if it has one."""
+    routes = message.get_all('Route')
+    if not routes:
+        return None
+    try:
+        user = NameAddr.parse(routes[0]).uri.user
+    except SIPParseError:
+        return None
+    return user if user and FlowTokens.looks_like(user) else None
 
 
 def _hop_uri(text: str, what: str) -> SipURI:

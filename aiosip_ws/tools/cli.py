@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--route-unregistered', metavar='SIP-URI',
                        help='where requests for unregistered users of a local domain go '
                        '(default: 404)')
+    serve.add_argument('--registrar', metavar='SIP-URI',
+                       help='edge proxy mode (RFC 5626): forward every REGISTER to this '
+                       'registrar with a Path naming the client\'s connection by a signed '
+                       'flow token, keep no bindings, send other requests there too')
+    serve.add_argument('--flow-secret', metavar='SECRET',
+                       help='HMAC key of the flow tokens (default: $AIOSIP_WS_FLOW_SECRET, '
+                       'else random per start); edges sharing it accept each other\'s tokens')
     serve.add_argument('--advertise', metavar='HOST[:PORT]',
                        help='the address serve writes in Via and Record-Route on UDP, TCP and '
                        'TLS (when it listens on a wildcard address or sits behind NAT)')
@@ -406,7 +413,8 @@ async def _serve(args: argparse.Namespace) -> int:
                          redis_url=args.redis, node_id=args.node_id, advertise=args.advertise,
                          next_hops=_next_hops(args.route),
                          route_unregistered=args.route_unregistered,
-                         domains=args.domain or ([args.realm] if args.realm else []))
+                         domains=args.domain or ([args.realm] if args.realm else []),
+                         edge_registrar=args.registrar, flow_secret=_flow_secret(args))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -507,6 +515,13 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip('[]')).is_loopback
     except ValueError:
         return host.lower() == 'localhost'
+
+
+def _flow_secret(args: argparse.Namespace) -> bytes | None:
+    secret = args.flow_secret or os.environ.get('AIOSIP_WS_FLOW_SECRET')
+    if secret and not args.registrar:
+        raise ConfigurationError('--flow-secret needs --registrar (edge proxy mode)')
+    return secret.encode('utf-8') if secret else None
 
 
 def _next_hops(routes: list[str]) -> dict[str, str]:
