@@ -22,6 +22,7 @@ __all__ = [
     'UnknownTransportError',
     'InvalidURIError',
     'DigestError',
+    'FlowTokenError',
     'RegistrationError',
     'ProxyHeaderError',
     'AllTargetsFailed',
@@ -70,6 +71,11 @@ class InvalidURIError(ConfigurationError, SIPParseError):
     and a :class:`SIPParseError` (it failed the SIP URI grammar), so ``except``
     clauses written for either keep working.
     """
+
+
+class FlowTokenError(SIPParseError):
+    """An RFC 5626 flow token this edge did not make (its HMAC does not match): the request
+    routed by it gets 403."""
 
 
 class DigestError(AiosipWSError, ValueError):

@@ -17,17 +17,13 @@ import hashlib
 import hmac
 import os
 
-from ..errors import ConfigurationError, SIPParseError
+from ..errors import ConfigurationError, FlowTokenError
 
 __all__ = ['FlowTokens', 'FlowTokenError']
 
 _MAC = 10
 _START = 6
 _FLOW = 8
-
-
-class FlowTokenError(SIPParseError):
-    """A flow token that this edge did not make (its HMAC does not match): 403."""
 
 
 class FlowTokens:
