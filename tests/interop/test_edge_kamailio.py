@@ -1,8 +1,8 @@
 """``aiosip-ws serve --registrar`` as an RFC 5626 edge in front of Kamailio (its registrar
-storing Path: ``use_path``, ``path_mode`` 0), over UDP: JsSIP registers through the edge
-(Kamailio's 401 answered through it), MESSAGE goes both ways between JsSIP behind the
-edge and an aiosip-ws client registered on Kamailio itself, and once JsSIP's connection
-is gone Kamailio's MESSAGE to it gets the edge's 430 Flow Failed."""
+storing Path: ``use_path``, ``path_mode`` 0), over UDP: JsSIP and SIP.js register through
+the edge (Kamailio's 401 answered through it), MESSAGE goes both ways between them and an
+aiosip-ws client registered on Kamailio itself, and once JsSIP's connection is gone
+Kamailio's MESSAGE to it gets the edge's 430 Flow Failed."""
 from __future__ import annotations
 
 import asyncio
@@ -44,6 +44,15 @@ async def test_jssip_behind_the_edge_and_a_client_on_kamailio_message_each_other
                 msg = await asyncio.wait_for(alice.inbox.get(), 10)
                 assert msg.payload == 'from behind the edge'
                 assert (await bob.wait_event('messageSent', timeout=10))['status'] == 200
+
+                async with NodeAgent('sipjs', url=ws_url, aor='sip:carol@example.com',
+                                     password='secret') as carol:
+                    await carol.register()                      # (SIP.js reports no status)
+                    response = await alice.request('MESSAGE', 'sip:carol@example.com', 'SIP.js?')
+                    assert response.status_code == 200
+                    assert (await carol.wait_event('message', timeout=10))['body'] == 'SIP.js?'
+                    await carol.message('sip:bob@example.com', 'edge to edge')  # up and back
+                    assert (await bob.wait_event('message', timeout=10))['body'] == 'edge to edge'
                 bob.proc.kill()               # gone without un-registering: Kamailio keeps it
                 await bob.proc.wait()
             await asyncio.sleep(0.5)                                  # bob's flow is gone
