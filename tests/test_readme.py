@@ -206,3 +206,33 @@ def test_the_voice_bot_example_answers_a_call_as_written(tmp_path):
     assert abs(audio.read(tmp_path / 'caller.wav').dominant() - 440) <= 10
     heard = audio.read(tmp_path / 'heard.wav')
     assert abs(heard.dominant() - 880) <= 10 and heard.seconds > 1.5
+
+
+@pytest.mark.interop
+def test_the_bridging_command_starts_as_written():
+    """The bridging section's first command, as written (in a private network namespace,
+    where 8080 and 5060 are free): serve listens on both, and answers OPTIONS over UDP."""
+    from tests.support.cli import PRIVATE_NETWORK
+    block = README.split('Browsers and a PBX, desk phones registering over UDP or TCP::\n\n', 1)[1]
+    command = block.split('\n\n', 1)[0].replace('\\\n', ' ').split()
+    assert command[:2] == ['aiosip-ws', 'serve']
+    script_dir = str(Path(aiosip_ws_command()).parent)
+    env = dict(os.environ, PATH=script_dir + os.pathsep + os.environ.get('PATH', ''),
+               PYTHONUNBUFFERED='1')
+    server = subprocess.Popen([*PRIVATE_NETWORK, aiosip_ws_command(), *command[1:]], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        lines = [server.stdout.readline().strip() for _ in range(2)]
+        assert lines == ['aiosip-ws serve: listening on ws://0.0.0.0:8080/',
+                         'aiosip-ws serve: listening on udp://0.0.0.0:5060'], server.stderr.read()
+        probe = subprocess.run(['nsenter', '--net=/proc/%d/ns/net' % server.pid, '--',
+                                aiosip_ws_command(), 'options', 'udp://127.0.0.1:5060',
+                                '--timeout', '5'], capture_output=True, text=True, timeout=30,
+                               env=env)
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+        assert 'OPTIONS sip:127.0.0.1:5060 -> 200 OK' in probe.stdout
+        assert 'Via: SIP/2.0/UDP 127.0.0.1:' in probe.stdout
+    finally:
+        code, err = stop(server)
+    assert code == 0, err

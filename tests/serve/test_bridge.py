@@ -338,3 +338,31 @@ async def test_route_options_are_checked():
         RelayServer(next_hops={'pbx.example.com': 'http://pbx'})
     with pytest.raises(ConfigurationError, match='udp, tcp or tls, not ws'):
         RelayServer(route_unregistered='sip:127.0.0.1;transport=ws')
+
+
+async def test_advertise_is_the_address_in_via_and_record_route():
+    server = RelayServer(advertise='192.0.2.10:5060')
+    ws_listener, udp = await server.start('ws://127.0.0.1:0/', 'udp://127.0.0.1:0')
+    loop = asyncio.get_running_loop()
+    transport, bob = await loop.create_datagram_endpoint(UdpUA, local_addr=('127.0.0.1', 0))
+    bob.server = ('127.0.0.1', int(udp.bound_url.rsplit(':', 1)[1]))
+    try:
+        bob.send(bob.request('REGISTER', 'sip:example.com', to='<sip:bob@example.com>',
+                             call_id='reg-adv', extra=('Expires: 60',)))
+        assert (await bob.next()).status == 200
+        async with connect(ws_listener.bound_url, subprotocols=['sip'], proxy=None) as alice:
+            host = await register_raw(alice, 'alice')
+            await alice.send('INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch='
+                             'z9hG4bKad1\r\nFrom: <sip:alice@example.com>;tag=a1\r\n'
+                             'To: <sip:bob@example.com>\r\nCall-ID: adv-1\r\nCSeq: 1 INVITE\r\n'
+                             'Max-Forwards: 70\r\nContact: <sip:alice@%s;transport=ws>\r\n\r\n'
+                             % (host, host))
+            invite = await bob.next()
+            assert invite.get_all('Via')[0].startswith('SIP/2.0/UDP 192.0.2.10:5060;')
+            assert invite.get_all('Record-Route')[0] == '<sip:192.0.2.10:5060;transport=udp;lr>'
+            bob.send(make_response(invite, 486, to_tag='b4'))
+            statuses = [(await recv(alice)).status for _ in range(2)]
+            assert statuses == [100, 486]
+    finally:
+        transport.close()
+        await server.close()
