@@ -33,6 +33,9 @@ What it measures (all traffic on 127.0.0.1, every run bounded in count and time)
     (c) by ``serve --workers N --redis`` for N = 1, 2, 4, with the CPU per REGISTER of the
     workers and of Redis.
 
+(h) bridging: MESSAGE as in (b') from WebSocket clients through ``aiosip-ws serve`` to a
+    callee registered over UDP (``--listen udp://``: serve's UDP transport and its
+    transaction layer), next to the same run's WebSocket callee.
 (g) media (the ``[media]`` extra): CPU per concurrent call of the voice bot (``aiosip-ws
     answer --echo --codec PCMU`` through ``aiosip-ws serve``), for 10 and 25 calls from
     one Python caller process (``aiosip_ws.media.call``, a 440 Hz tone each), then more
@@ -194,9 +197,9 @@ class Helper:
         return self.proc.returncode
 
 
-def free_port() -> int:
+def free_port(udp: bool = False) -> int:
     import socket
-    with socket.socket() as sock:
+    with socket.socket(type=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
 
@@ -648,6 +651,47 @@ async def mode_callee(url: str, aor: str, fast: bool) -> None:
     await app.close()
 
 
+async def mode_udp_callee(server: str, aor: str) -> None:
+    """A callee registered over UDP with serve at ``server`` (HOST:PORT), answering each
+    MESSAGE 200 straight from the codec."""
+    sys.path.insert(0, str(REPO))
+    from aiosip_ws.core import codec
+    host, port = server.rsplit(':', 1)
+    loop = asyncio.get_running_loop()
+    registered: asyncio.Future[int] = loop.create_future()
+    count = 0
+
+    class Callee(asyncio.DatagramProtocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            nonlocal count
+            message = codec.parse(data)
+            if message.is_request and message.method == 'MESSAGE':
+                count += 1
+                self.transport.sendto(codec.serialize(codec.make_response(message, 200,
+                                                                          to_tag='fa57')), addr)
+            elif not message.is_request and not registered.done():
+                registered.set_result(message.status or 0)
+
+    transport, _ = await loop.create_datagram_endpoint(Callee, local_addr=(HOST, 0))
+    local = transport.get_extra_info('sockname')[1]
+    user = aor.split(':', 1)[1].split('@')[0]
+    transport.sendto(('REGISTER sip:bench.test SIP/2.0\r\nVia: SIP/2.0/UDP %s:%d;branch=z9hG4bKu1;'
+                      'rport\r\nMax-Forwards: 70\r\nFrom: <%s>;tag=u1\r\nTo: <%s>\r\n'
+                      'Call-ID: udp-callee\r\nCSeq: 1 REGISTER\r\nContact: <sip:%s@%s:%d>\r\n'
+                      'Expires: 3600\r\nContent-Length: 0\r\n\r\n'
+                      % (HOST, local, aor, aor, user, HOST, local)).encode(), (host, int(port)))
+    status = await asyncio.wait_for(registered, 10)
+    if status != 200:
+        raise SystemExit('callee registration over UDP failed: %d' % status)
+    print('READY', flush=True)
+    await _until_stdin_closes()
+    print('COUNT %d' % count, flush=True)
+    transport.close()
+
+
 class LeanRelay:
     """Registrar + stateful relay on aiosip_ws.transport.websocket and aiosip_ws.core.codec alone (no
     aiosip objects, no dialogs): what serve does for REGISTER/OPTIONS/MESSAGE, with the
@@ -1032,6 +1076,36 @@ class Bench:
         self.results['c_kamailio'] = result
 
     # -- (f) ---------------------------------------------------------------------
+    # -- (h) ---------------------------------------------------------------------
+    def part_h(self) -> None:
+        """MESSAGE through serve to a callee over UDP, next to one over WebSocket."""
+        a = self.args
+        self.part_b(fast=True, key='h_ws')
+        self.wait_for_quiet()
+        self.log("(h) MESSAGE via serve to a callee registered over UDP, %d clients x %d "
+                 "outstanding, %g s ..." % (a.clients, a.window, a.duration))
+        port = free_port(udp=True)
+        server = serve(self.tmp, 'serve-h-udp', '--listen', 'udp://%s:%d' % (HOST, port))
+        aor = 'sip:callee@bench.test'
+        callee = Helper([PY, __file__, '_udp-callee', '%s:%d' % (HOST, port), aor],
+                        log=self.tmp / 'callee-h-udp.log')
+        try:
+            watch = CpuWatch({'serve': server.pid, 'callee': callee.pid}).start()
+            report, _ = run_cli_bench(
+                url_of(server), '--scenario', 'message', '--to', aor, '--rate', '0',
+                '--window', str(a.window), '--clients', str(a.clients), '--duration',
+                str(a.duration), '--timeout', '10', tmp=self.tmp, name='bench-h-udp')
+            cpu = watch.stop()
+        finally:
+            callee.stop()
+            server.stop()
+        cpu['clients'] = (report['generator_cpu_pct'] or 0) / 100.0
+        self.results['h_udp'] = {'rate': report['achieved_rate'] or 0.0,
+                                 'answered': report['answered'], 'errors': report['errors'],
+                                 'latency_ms': report['latency_ms'], 'cpu': cpu}
+        self.log('    %.0f tx/s, errors %s (peak CPU: %s)' % (
+            report['achieved_rate'] or 0, report['errors'] or 0, cpu_text(cpu)))
+
     # -- (g) ---------------------------------------------------------------------
     def part_g(self) -> None:
         """Media: the bot's CPU per concurrent PCMU echo call against aiortc alone."""
@@ -1443,6 +1517,15 @@ def report(bench: Bench) -> str:
             serve_cpu = sum(v for k, v in cpu.items() if k.startswith('worker'))
             row('    CPU per REGISTER (us): workers / Redis (closed loop, %.0f/s)' % capacity,
                 '%s / %s' % (fmt(serve_cpu * 1e6 / capacity), fmt(cpu.get('redis', 0) * 1e6 / capacity)))
+    ws_h, udp_h = r.get('h_ws'), r.get('h_udp')
+    if ws_h and udp_h:
+        row("(h) MESSAGE via serve, WebSocket callee (tx/s)", fmt(ws_h['rate']), '', '1.00')
+        row("(h) MESSAGE via serve, callee over UDP (tx/s)", fmt(udp_h['rate']), '',
+            fmt(udp_h['rate'] / ws_h['rate'] if ws_h['rate'] else None, '%.2f'), 'x WS')
+        for label, part in (('WS', ws_h), ('UDP', udp_h)):
+            row('    %s: p50 / p99 (ms), serve CPU per tx' % label, '%s / %s, %s' % (
+                part['latency_ms']['p50'], part['latency_ms']['p99'],
+                us_per_tx({'serve': part['cpu'].get('serve', 0)}, part['rate'])))
     g = r.get('g')
     if g:
         for step, base in zip(g['sip'], g['p2p'], strict=False):
@@ -1519,7 +1602,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--only', default='a,b,c,d,e,f',
                         help='parts to run (default a,b,c,d,e,f; g, media, needs the [media] '
-                        'extra and unshare)')
+                        'extra and unshare; h: bridging to UDP)')
     parser.add_argument('--clients', type=int, default=50, help='(a)/(b) client connections')
     parser.add_argument('--window', type=int, default=4, help='(a)/(b) outstanding per client')
     parser.add_argument('--duration', type=float, default=8.0, help='(a)/(b) seconds')
@@ -1564,6 +1647,8 @@ def main() -> int:
             bench.part_f()
         if 'g' in parts:
             bench.part_g()
+        if 'h' in parts:
+            bench.part_h()
         if args.profile:
             bench.profile_runs()
         table = report(bench)
@@ -1596,6 +1681,8 @@ def helper_main(argv: list[str]) -> int:
         asyncio.run(mode_callee(rest[0], rest[1], '--fast' in rest))
     elif mode == '_media-callers':
         asyncio.run(mode_media_callers(rest[0], rest[1], int(rest[2]), float(rest[3])))
+    elif mode == '_udp-callee':
+        asyncio.run(mode_udp_callee(rest[0], rest[1]))
     elif mode == '_p2p-echo':
         asyncio.run(mode_p2p_echo())
     elif mode == '_media-part':

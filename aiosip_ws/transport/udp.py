@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
+import socket
 from typing import Any, Protocol
 
 from ..core import framing
@@ -29,6 +31,8 @@ logger = logging.getLogger(__name__)
 wire_logger = logging.getLogger('aiosip_ws.wire')
 peer_log = LogThrottle(logger)
 
+#: the socket buffers asked for, bytes (the kernel may give less)
+SOCKET_BUFFER = 4 << 20
 #: the largest datagram sent or taken (RFC 3261 §18.1.1 would move bigger requests to TCP)
 MAX_DATAGRAM = 65507
 
@@ -89,6 +93,13 @@ class UDPEndpoint(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.DatagramTransport)
         self.transport = transport
+        sock = transport.get_extra_info('socket')
+        if sock is not None:
+            # bursts of datagrams while the loop is busy: room for them rather than loss
+            # (and retransmissions); the kernel caps this at net.core.rmem_max / wmem_max
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         sockname = transport.get_extra_info('sockname')
         self.local_addr = (sockname[0], sockname[1])
 
