@@ -649,7 +649,11 @@ class RelayServer:
         except SIPParseError as exc:
             self.reply(conn, message, 400, 'Bad Request (%s)' % exc)
             return
-        self._forward_in_dialog(conn, message, peer, to_tag)
+        record = None
+        if to_tag is None and message.method in _LEARN_FROM:
+            # both sides, the upstream one with the token: the dialog's requests come back
+            record = [self.record_route(peer), self.record_route(conn, token)]
+        self._forward_in_dialog(conn, message, peer, to_tag, record_route=record)
 
     def _looped(self, request: SIPMessage) -> bool:
         """Whether a Via of ours carries this request's loop key (we sent it before, and
@@ -799,6 +803,11 @@ class RelayServer:
         if to_tag is None and not is_ack:
             self._route(conn, message)                 # ``tag=`` was not the To tag
             return
+        if self.edge_registrar is not None:
+            routes = [value for value in message.get_all('Route') if not self._is_ours(value)]
+            if routes:                                 # loose routing (RFC 3261 §16.12)
+                self.spawn(self._to_route(conn, message, routes, to_tag))
+                return
         peer = self._contacts.get(target.host.lower())
         if peer is None and not target.host.endswith('.invalid'):
             peer = self._contacts.get('%s:%d' % (target.host.lower(), target.port or 5060))
@@ -809,6 +818,39 @@ class RelayServer:
             return
         self._forward_in_dialog(conn, message, peer, to_tag)
 
+    def _own_hostports(self) -> set[str]:
+        own = {listener.bound_url.split('//', 1)[1].split('/', 1)[0] for listener in self.listeners}
+        if self.bridge is not None:
+            own |= {endpoint.via_host for endpoint in self.bridge.endpoints}
+            own |= {listener.bound_url.split('//', 1)[1] for listener in self.bridge.listeners}
+            if self.advertise:
+                own.add(self.advertise if ':' in self.advertise else self.advertise + ':5060')
+        return own
+
+    def _is_ours(self, route: str) -> bool:
+        """Whether a Route entry points at this server (one of its listening addresses)."""
+        try:
+            uri = NameAddr.parse(route).uri
+        except SIPParseError:
+            return False
+        hostport = '%s:%d' % (uri.host.lower(), uri.port or (5061 if uri.scheme == 'sips'
+                                                             else 5060))
+        return hostport in self._own_hostports()
+
+    async def _to_route(self, conn: WSConnection, message: SIPMessage, routes: list[str],
+                        to_tag: str | None) -> None:
+        """An in-dialog request from a client of the edge with a route set beyond us: to
+        the first Route entry that is not ours, the rest kept."""
+        try:
+            flow = await self._hop_flow(NameAddr.parse(routes[0]).uri)
+        except (AiosipWSError, OSError) as exc:
+            peer_log.warning('next hop unreachable', 'the route %s is unreachable: %s',
+                             routes[0], exc)
+            if message.method != 'ACK':
+                self.busy(conn, message, 'the next hop is unreachable')
+            return
+        self._forward_in_dialog(conn, message, flow, to_tag, routes=routes)
+
     async def _in_dialog_shared(self, conn: WSConnection, message: SIPMessage, host: str,
                                 to_tag: str | None) -> None:
         """The Request-URI host is behind a connection of another node (or of none)."""
@@ -816,7 +858,12 @@ class RelayServer:
         self._forward_in_dialog(conn, message, await self.cluster.peer_for(host), to_tag)
 
     def _forward_in_dialog(self, conn: WSConnection, message: SIPMessage,
-                           peer: WSConnection | None, to_tag: str | None) -> None:
+                           peer: WSConnection | None, to_tag: str | None, *,
+                           routes: list[str] | None = None,
+                           record_route: list[str] | None = None) -> None:
+        """Relay a request over ``peer`` with its Request-URI; its Route headers become
+        ``routes`` (none by default: the entries pointing at us end here), and
+        ``record_route`` go on top of its Record-Route."""
         is_ack = message.method == 'ACK'
         if peer is None or not peer.is_open:
             if not is_ack:                 # an ACK here is for a non-2xx we ACKed downstream
@@ -832,6 +879,9 @@ class RelayServer:
         forwarded = SIPMessage(method=message.method, uri=message.uri, body=message.body,
                                headers=[(k, v) for k, v in message.headers if k != 'Route'])
         forwarded.set('Max-Forwards', str(max_forwards - 1))
+        position = next((i for i, (k, _) in enumerate(forwarded.headers) if k == 'Via'), 0)
+        forwarded.headers[position:position] = [('Route', r) for r in routes or ()]
+        forwarded.headers[0:0] = [('Record-Route', r) for r in record_route or ()]
         future = self.send_request(
             peer, forwarded, on_provisional=lambda r: self._relay_provisional(conn, r))
         if not is_ack:
@@ -890,14 +940,16 @@ class RelayServer:
                                                 % conn))
         return future
 
-    def record_route(self, conn: WSConnection) -> str:
+    def record_route(self, conn: WSConnection, token: str | None = None) -> str:
         """The Record-Route serve puts on a dialog-creating request it sends over ``conn``;
-        in a cluster its user part names the node that holds ``conn``."""
+        in a cluster its user part names the node that holds ``conn``; an edge puts the
+        flow token of its client there (``token``, RFC 5626 §5.3)."""
         transport = getattr(conn, 'transport_name', 'ws')
         if transport in ('udp', 'tcp', 'tls'):                  # a bridged UDP/TCP/TLS side
+            user = token + '@' if token else ''
             if transport == 'tls':
-                return '<sips:%s;lr>' % conn.via_host
-            return '<sip:%s;transport=%s;lr>' % (conn.via_host, transport)
+                return '<sips:%s%s;lr>' % (user, conn.via_host)
+            return '<sip:%s%s;transport=%s;lr>' % (user, conn.via_host, transport)
         if self.cluster is None:
             return '<sip:%s;transport=ws;lr>' % conn.via_host
         node = getattr(conn, 'node', None) or self.cluster.node
@@ -1138,8 +1190,12 @@ class _Fork:
         forwarded.set('Max-Forwards', str(self.max_forwards))
         forwarded.remove('Route')                      # loose routes pointing at us end here
         provisional = None
-        if self.key is not None:
-            forwarded.headers.insert(0, ('Record-Route', server.record_route(binding.connection)))
+        if request.method in _LEARN_FROM:                  # dialog-creating: record-routed
+            token = None
+            if server.flow_tokens is not None and 'flow_id' in self.origin.state:
+                token = server.flow_tokens.issue(self.origin.state['flow_id'])
+            forwarded.headers.insert(0, ('Record-Route', server.record_route(binding.connection,
+                                                                             token)))
             inbound = server.record_route(self.origin)
             sides = {getattr(c, 'transport_name', 'ws') for c in (self.origin, binding.connection)}
             if len(sides) > 1 and sides & {'udp', 'tcp', 'tls'}:

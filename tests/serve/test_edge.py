@@ -133,3 +133,76 @@ async def test_requests_from_clients_go_upstream_and_no_registrar_means_503():
             await alone._hop_flow(alone.edge_registrar)
         finally:
             await alone.close()
+
+
+async def test_calls_through_the_edge_both_ways_route_by_the_token_and_the_route_set():
+    """A client of the edge calls upstream: serve record-routes the INVITE twice, the
+    upstream side with the client's flow token; the client's BYE leaves along the route
+    set beyond the edge (loose routing), upstream's in-dialog requests come back by the
+    token.  Upstream calls the client through the Path token: record-routed the same way."""
+    loop = asyncio.get_running_loop()
+    transport, upstream = await loop.create_datagram_endpoint(UdpUA, local_addr=('127.0.0.1', 0))
+    edge, url = await start_edge(upstream)
+    proxy_rr = '<sip:127.0.0.1:%d;lr>' % upstream.addr[1]
+    try:
+        async with connect(url, subprotocols=['sip'], proxy=None) as bob:
+            await bob.send(REGISTER)
+            up = await upstream.next()
+            path = up.get('Path')
+            upstream.send(make_response(up, 200, to_tag='k1', headers=[
+                ('Contact', up.get('Contact'))]))
+            assert (await recv(bob)).status == 200
+
+            await bob.send('INVITE sip:alice@example.com SIP/2.0\r\nVia: SIP/2.0/WS c1.invalid;'
+                           'branch=z9hG4bKec1\r\nFrom: <sip:bob@example.com>;tag=b1\r\n'
+                           'To: <sip:alice@example.com>\r\nCall-ID: ec-1\r\nCSeq: 1 INVITE\r\n'
+                           'Max-Forwards: 70\r\nContact: <sip:bob@c1.invalid;transport=ws>\r\n\r\n')
+            assert (await recv(bob)).status == 100
+            invite = await upstream.next()
+            rr_out, rr_in = invite.get_all('Record-Route')
+            token = NameAddr.parse(path).uri.user
+            assert NameAddr.parse(rr_out).uri.user == token and 'transport=udp' in rr_out
+            assert 'transport=ws' in rr_in
+            answer = make_response(invite, 200, to_tag='a1', headers=[
+                ('Contact', '<sip:alice@192.0.2.99:5060>')])
+            first = next(i for i, (k, _) in enumerate(answer.headers) if k == 'Record-Route')
+            answer.headers.insert(first, ('Record-Route', proxy_rr))  # a proxy beyond the edge
+            upstream.send(answer)
+            ok = await recv(bob)
+            assert ok.get_all('Record-Route')[0] == proxy_rr
+            # bob's route set is the 200's Record-Route reversed: ours first, then the proxy
+            routes = ''.join('Route: %s\r\n' % r for r in (rr_in, rr_out, proxy_rr))
+            await bob.send('BYE sip:alice@192.0.2.99:5060 SIP/2.0\r\nVia: SIP/2.0/WS c1.invalid;'
+                           'branch=z9hG4bKec2\r\n%sFrom: <sip:bob@example.com>;tag=b1\r\n'
+                           'To: <sip:alice@example.com>;tag=a1\r\nCall-ID: ec-1\r\nCSeq: 2 BYE\r\n'
+                           'Max-Forwards: 70\r\n\r\n' % routes)
+            bye = await upstream.next()                   # to the proxy, not to 192.0.2.99
+            assert bye.method == 'BYE' and bye.get_all('Route') == [proxy_rr]
+            upstream.send(make_response(bye, 200))
+            assert (await recv(bob)).status == 200
+
+            # upstream calls bob by the Path token; its re-INVITE comes back by the token
+            upstream.send('INVITE sip:bob@c1.invalid;transport=ws SIP/2.0\r\nVia: SIP/2.0/UDP '
+                          '127.0.0.1:%d;branch=z9hG4bKui1\r\nMax-Forwards: 69\r\nRoute: %s\r\n'
+                          'From: <sip:alice@example.com>;tag=a5\r\nTo: <sip:bob@example.com>\r\n'
+                          'Call-ID: ec-2\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@127.0.0.1:%d>'
+                          '\r\n\r\n' % (upstream.addr[1], path, upstream.addr[1]))
+            incoming = await recv(bob)
+            ws_side, udp_side = incoming.get_all('Record-Route')
+            assert 'transport=ws' in ws_side and NameAddr.parse(udp_side).uri.user == token
+            await bob.send(serialize(make_response(incoming, 200, to_tag='b5', headers=[
+                ('Contact', '<sip:bob@c1.invalid;transport=ws>')])).decode())
+            answered = await upstream.next()
+            assert answered.status == 200
+            upstream.send('BYE sip:bob@c1.invalid;transport=ws SIP/2.0\r\nVia: SIP/2.0/UDP '
+                          '127.0.0.1:%d;branch=z9hG4bKui2\r\nMax-Forwards: 70\r\nRoute: %s\r\n'
+                          'Route: %s\r\nFrom: <sip:alice@example.com>;tag=a5\r\n'
+                          'To: <sip:bob@example.com>;tag=b5\r\nCall-ID: ec-2\r\nCSeq: 2 BYE\r\n'
+                          '\r\n' % (upstream.addr[1], udp_side, ws_side))
+            bye = await recv(bob)
+            assert bye.method == 'BYE' and bye.get('Route') is None
+            await bob.send(serialize(make_response(bye, 200)).decode())
+            assert (await upstream.next()).status == 200
+    finally:
+        transport.close()
+        await edge.close()
