@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _client_arguments(parser: argparse.ArgumentParser, timeout: float = 10.0) -> None:
     parser.add_argument('target', metavar='TARGET',
                         help='ws://HOST:PORT/PATH, wss://..., or a SIP URI (DNS discovery); '
-                        'options and message also take udp://, tcp:// and tls://HOST[:PORT]')
+                        'options, message and bench also take udp://, tcp:// and '
+                        'tls://HOST[:PORT]')
     parser.add_argument('--dns', metavar='HOST:PORT',
                         help='name server for SIP URI discovery (default: the system\'s)')
     parser.add_argument('--trace', action='store_true',
@@ -888,7 +889,8 @@ def target_forms() -> list[str]:
     forms = ['%s://HOST[:PORT][/PATH]' % name for name in transport_names()
              if isinstance(get_transport(name), type) and issubclass(get_transport(name), WS)]
     return forms + ['sip:[USER@]DOMAIN[;transport=ws]', 'sips:[USER@]DOMAIN',
-                    'udp://HOST[:PORT]', 'tcp://HOST[:PORT]', 'tls://HOST[:PORT] (options, message)']
+                    'udp://HOST[:PORT]', 'tcp://HOST[:PORT]',
+                    'tls://HOST[:PORT] (options, message, bench)']
 
 
 def _check_target(target: str, command: str | None = None) -> None:
@@ -897,10 +899,10 @@ def _check_target(target: str, command: str | None = None) -> None:
     from ..core.grammar import is_net_url, split_net_url
     if is_net_url(target):
         split_net_url(target)
-        if command not in ('options', 'message'):
-            raise ConfigurationError('TARGET %r: udp://, tcp:// and tls:// work with options and '
-                                     'message; %s needs a ws:// or wss:// URL or a SIP URI'
-                                     % (target, command))
+        if command not in ('options', 'message', 'bench'):
+            raise ConfigurationError('TARGET %r: udp://, tcp:// and tls:// work with options, '
+                                     'message and bench; %s needs a ws:// or wss:// URL or a SIP '
+                                     'URI' % (target, command))
         return
     if is_sip_uri(target):
         user_uri(target, 'TARGET')

@@ -39,6 +39,8 @@ import gc
 import logging
 import math
 import re
+import socket
+import ssl as _ssl
 import time
 from array import array
 from collections import Counter
@@ -50,13 +52,15 @@ from ..adapter.application import Application
 from ..core import codec
 from ..core.codec import SIPMessage
 from ..core.digest import Challenge, authorization, choose_challenge
-from ..core.grammar import DEFAULT_MAX_FORWARDS, is_sip_uri
+from ..core.grammar import DEFAULT_MAX_FORWARDS, is_net_url, is_sip_uri, split_net_url
 from ..core.sipuri import NameAddr, ws_contact
 from ..core.transaction import new_branch, new_call_id, new_tag
 from ..errors import AiosipWSError, ConfigurationError, DigestError
 from ..options import ClientOptions
 from ..transport.connect import connect
 from ..transport.discovery import Resolver, Target
+from ..transport.tcp import StreamConnection, connect_tcp
+from ..transport.udp import UDPEndpoint, listen_udp
 from ..transport.websocket import WSConnection, split_ws_url
 from .probe import target_domain
 
@@ -180,7 +184,9 @@ class BenchConfig:
                                      % (self.rate * self.duration, self.max_transactions))
         if self.connect_concurrency < 1:
             raise ConfigurationError('connect_concurrency must be at least 1')
-        if not is_sip_uri(self.target):
+        if is_net_url(self.target):
+            split_net_url(self.target)                 # raises ConfigurationError
+        elif not is_sip_uri(self.target):
             split_ws_url(self.target)                  # raises ConfigurationError
 
     @property
@@ -365,10 +371,16 @@ class _Client:
         self.nc = 0
         self.auth_header = 'Authorization'
 
-    def attach(self, conn: WSConnection) -> None:
+    def attach(self, conn: Any) -> None:
         self.conn = conn
-        user = NameAddr.parse(self.aor).uri.user
-        self.contact = ws_contact(conn.via_host, user or 'bench')
+        user = NameAddr.parse(self.aor).uri.user or 'bench'
+        transport = getattr(conn, 'transport_name', 'ws')
+        if transport == 'udp':
+            self.contact = '<sip:%s@%s>' % (user, conn.via_host)
+        elif transport in ('tcp', 'tls'):
+            self.contact = '<sip:%s@%s;transport=%s>' % (user, conn.via_host, transport)
+        else:
+            self.contact = ws_contact(conn.via_host, user)
 
 
 #: outcome of an unmeasured transaction: (status, None) or (None, error kind)
@@ -418,6 +430,28 @@ class _BenchApplication(Application):
         self._generator._connection_lost(conn)
 
 
+class _NetHandler:
+    """What the UDP and TCP/TLS transports report, for the load generator."""
+
+    def __init__(self, generator: LoadGenerator) -> None:
+        self._generator = generator
+
+    def connection_made(self, conn: Any) -> None:
+        pass
+
+    def message_received(self, conn: Any, message: SIPMessage) -> None:
+        if not message.is_request:
+            self._generator._response_received(message)
+        elif message.method in ('MESSAGE', 'OPTIONS'):
+            self._generator.result.requests_received += 1
+            conn.send(codec.make_response(message, 200, to_tag=new_tag()))
+        elif message.method != 'ACK':
+            conn.send(codec.make_response(message, 405, to_tag=new_tag()))
+
+    def connection_lost(self, conn: Any, exc: BaseException | None) -> None:
+        self._generator._connection_lost(conn)
+
+
 ProgressCallback = Callable[[Progress], None]
 
 
@@ -442,6 +476,9 @@ class LoadGenerator:
         self._targets: list[Target] | None = None
         self._first_intended = 0.0
         self._last_done = 0.0
+        #: the UDP sockets and TCP/TLS connections of a udp://, tcp:// or tls:// target
+        self._endpoints: list[UDPEndpoint] = []
+        self._streams: list[StreamConnection] = []
         #: progress bookkeeping: (latencies seen, answered, errors, perf_counter time)
         self._mark: tuple[int, int, int, float] = (0, 0, 0, time.perf_counter())
 
@@ -480,6 +517,12 @@ class LoadGenerator:
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
             await self._app.close(1000, 'bench done')
+            for conn in self._streams:
+                conn.close()
+                await conn.wait_closed()
+            for endpoint in self._endpoints:
+                endpoint.close()
+                await endpoint.wait_closed()
             for txn in list(self._pending.values()):
                 self._completed(txn, None, 'connection lost')
         return self.result
@@ -517,15 +560,41 @@ class LoadGenerator:
                     client.peer = live[(i + 1) % len(live)].aor
                 await self._register_all(live, cfg.expires, measure_failures=True)
 
-    async def _open(self, index: int) -> WSConnection:
+    async def _open(self, index: int) -> Any:
         cfg = self.config
         assert self._app is not None
+        if is_net_url(cfg.target):
+            return await self._open_net(index)
         options = self._app.client_options
         extra: dict[str, Any] = {}
         if cfg.source_addresses:
             extra['local_addr'] = (cfg.source_addresses[index % len(cfg.source_addresses)], 0)
         return await connect(self._targets or cfg.target, self._app, options,
                              resolver=self._app.resolver, connect_kwargs=extra, logger=logger)
+
+    async def _open_net(self, index: int) -> Any:
+        """A UDP socket or a TCP/TLS connection of its own for client ``index`` (no
+        retransmission over UDP: a lost message counts as a timeout)."""
+        cfg = self.config
+        scheme, host, port = split_net_url(cfg.target)
+        handler = _NetHandler(self)
+        local = cfg.source_addresses[index % len(cfg.source_addresses)] \
+            if cfg.source_addresses else '127.0.0.1' if host in ('127.0.0.1', 'localhost') \
+            else '0.0.0.0'
+        if scheme == 'udp':
+            endpoint = await listen_udp(local, 0, handler)
+            self._endpoints.append(endpoint)
+            loop = asyncio.get_running_loop()
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            return endpoint.flow((infos[0][4][0], infos[0][4][1]))
+        ssl_context = None
+        if scheme == 'tls':
+            options = self._app.client_options if self._app is not None else ClientOptions()
+            ssl_context = options.ssl or _ssl.create_default_context()
+        conn = await connect_tcp(host, port, handler, ssl_context=ssl_context,
+                                 timeout=cfg.timeout)
+        self._streams.append(conn)
+        return conn
 
     async def _register_all(self, clients: list[_Client], expires: int,
                             measure_failures: bool) -> None:

@@ -34,7 +34,7 @@ from ..adapter.application import Application
 from ..adapter.compat import import_aiosip
 from ..core import codec
 from ..core.codec import SIPMessage
-from ..core.grammar import ip_literal, is_sip_uri, url_host
+from ..core.grammar import ip_literal, is_net_url, is_sip_uri, split_net_url, url_host
 from ..core.sipuri import NameAddr, SipURI
 from ..errors import (
     AiosipWSError,
@@ -215,6 +215,8 @@ def target_domain(target: str) -> str:
     if is_sip_uri(target):
         uri = NameAddr.parse(target).uri
         return uri.host
+    if is_net_url(target):
+        return url_host(split_net_url(target)[1])
     return url_host(split_ws_url(target)[1])
 
 

@@ -104,7 +104,28 @@ async def test_an_unanswered_udp_probe_times_out_and_bad_targets_are_usage_error
             split_net_url(target)
     done = await asyncio.to_thread(run_aiosip_ws, 'register', 'udp://127.0.0.1:5060', '--aor',
                                    'sip:a@example.com')
-    assert done.returncode == 2 and 'work with options and message' in done.stderr
+    assert done.returncode == 2 and 'work with options, message and bench' in done.stderr
     done = await asyncio.to_thread(run_aiosip_ws, 'options', 'tcp://127.0.0.1:%d' % closed_port(),
                                    '--timeout', '2')
     assert done.returncode == 1 and 'cannot connect' in done.stderr
+
+
+@pytest.mark.parametrize('scheme', ['udp', 'tcp'])
+async def test_bench_drives_serve_over_udp_and_tcp(scheme):
+    """``aiosip-ws bench udp://`` / ``tcp://``: clients that register over UDP (or TCP) and
+    message each other through serve's bridge, every MESSAGE answered by its callee."""
+    import json
+
+    from aiosip_ws.serve.relay import RelayServer
+    server = RelayServer()
+    _, net = await server.start('ws://127.0.0.1:0/', '%s://127.0.0.1:0' % scheme)
+    try:
+        done = await asyncio.to_thread(
+            run_aiosip_ws, 'bench', net.bound_url, '--scenario', 'message', '--clients', '5',
+            '--rate', '50', '--duration', '1', '--json', '--no-progress', timeout=60)
+    finally:
+        await server.close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report['answered'] == {'200': report['sent']} and report['sent'] >= 40
+    assert report['requests_received'] == report['sent']
