@@ -10,7 +10,8 @@ requests serve sends are retransmitted until answered, and a failure to an INVIT
 ACKed hop by hop; the relay sees each message once.
 
 A UDP peer has no connection to lose: what it registers expires by time only.  A binding
-made over TCP or TLS goes with its connection, as over WebSocket.
+made over TCP or TLS with Outbound (``;ob``) goes with its connection, as over WebSocket;
+one without stays until it expires and is reached at its Contact (a new connection).
 """
 from __future__ import annotations
 

@@ -40,6 +40,8 @@ class Binding:
     registered_at: float = field(default_factory=time.monotonic)
     #: the Contact's ``q`` (RFC 3261 §10.2.1.2), 1.0 without one: forking goes by it
     q: float = 1.0
+    #: kept after its connection closed (TCP without Outbound): it expires by time only
+    by_time: bool = False
 
     @property
     def uri(self) -> SipURI:
@@ -120,7 +122,7 @@ class Registrar:
         now = self.clock()
         current = self._bindings.get(aor, ())
         live = [b for b in current
-                if b.expires_at > now and getattr(b.connection, 'is_open', True)]
+                if b.expires_at > now and (b.by_time or getattr(b.connection, 'is_open', True))]
         if len(live) != len(current):
             self.store(aor, list(live))
         return sorted(live, key=lambda b: b.registered_at, reverse=True)
@@ -137,13 +139,21 @@ class Registrar:
         return len(self._bindings)
 
     # -- updates --------------------------------------------------------------------
-    def remove_connection(self, connection: Any) -> int:
-        """Drop every binding registered over ``connection``; returns how many."""
+    def remove_connection(self, connection: Any,
+                          keep: Callable[[Binding], bool] | None = None) -> int:
+        """Drop every binding registered over ``connection`` (but those ``keep`` says to
+        keep: they expire by time); returns how many."""
         removed = 0
         for aor in self._aors_of.pop(connection, ()):
             if aor not in self._bindings:
                 continue
-            kept = [b for b in self._bindings[aor] if b.connection is not connection]
+            kept = []
+            for binding in self._bindings[aor]:
+                if binding.connection is not connection:
+                    kept.append(binding)
+                elif keep is not None and keep(binding):
+                    binding.by_time = True
+                    kept.append(binding)
             removed += len(self._bindings[aor]) - len(kept)
             if kept:
                 self._bindings[aor] = kept

@@ -326,7 +326,10 @@ class RelayServer:
             self._finish(branch, ConnectionLost(
                 'the WebSocket connection %r closed (code %s) before the final response'
                 % (conn, conn.close_code)))
-        removed = self.registrar.remove_connection(conn)
+        keep = None
+        if getattr(conn, 'transport_name', 'ws') in ('tcp', 'tls'):
+            keep = _reachable_at_contact           # TCP without Outbound: by time only
+        removed = self.registrar.remove_connection(conn, keep)
         if removed:
             logger.info('%r closed: removed %d binding(s)', conn, removed)
 
@@ -698,18 +701,37 @@ class RelayServer:
         self._relay(conn, request, bindings, max_forwards)
 
     def _relay(self, conn: WSConnection, request: SIPMessage, bindings: list[Binding],
-               max_forwards: int) -> None:
+               max_forwards: int, *, reconnect: bool = True) -> None:
         if not bindings:
             if self.route_unregistered is not None:
                 self.spawn(self._to_hop(conn, request, self.route_unregistered, max_forwards))
                 return
             self.reply(conn, request, 404)
             return
+        if reconnect and self.bridge is not None and any(
+                not b.connection.is_open and _reachable_at_contact(b) for b in bindings):
+            self.spawn(self._reconnect_then_relay(conn, request, bindings, max_forwards))
+            return
         busy = self._over_pending_caps(conn, bindings[0].connection)
         if busy:
             self.busy(conn, request, busy)
             return
         _Fork(self, conn, request, bindings, max_forwards - 1).start()
+
+    async def _reconnect_then_relay(self, conn: WSConnection, request: SIPMessage,
+                                    bindings: list[Binding], max_forwards: int) -> None:
+        """Bindings made over TCP or TLS without Outbound whose connection is gone are
+        reached at their Contact (RFC 3261 §18.1.1): a new connection there first."""
+        assert self.bridge is not None
+        for binding in bindings:
+            if binding.connection.is_open or not _reachable_at_contact(binding):
+                continue
+            try:
+                binding.connection = await self.bridge.next_hop(binding.uri)
+            except (AiosipWSError, OSError, asyncio.TimeoutError) as exc:
+                logger.info('cannot reach %s at its Contact %s: %s', binding.aor, binding.uri,
+                            exc)
+        self._relay(conn, request, bindings, max_forwards, reconnect=False)
 
     def _over_pending_caps(self, origin: WSConnection, peer: WSConnection) -> str | None:
         """Why a new relayed request would exceed a pending-transaction cap, or None."""
@@ -1013,6 +1035,13 @@ class RelayServer:
             self._finish(branch, message)
         elif pending.on_provisional is not None:
             pending.on_provisional(message)
+
+
+def _reachable_at_contact(binding: Binding) -> bool:
+    """A binding made over TCP or TLS without Outbound (no ``ob``, no ``reg-id``): when its
+    connection goes, it stays until it expires and is reached at its Contact."""
+    return (getattr(binding.connection, 'transport_name', 'ws') in ('tcp', 'tls')
+            and not binding.reg_id and not binding.uri.has_param('ob'))
 
 
 def _route_token(message: SIPMessage) -> str | None:

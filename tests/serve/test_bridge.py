@@ -366,3 +366,54 @@ async def test_advertise_is_the_address_in_via_and_record_route():
     finally:
         transport.close()
         await server.close()
+
+
+async def test_a_tcp_binding_without_outbound_outlives_its_connection_and_is_reached_at_its_contact():
+    """RFC 3261 §18.1.1 (and RFC 5626 for the others): carol registers over TCP without
+    ``;ob``; her connection closes, her binding stays, and a MESSAGE to her goes over a new
+    connection serve opens to her Contact, where she listens."""
+    from aiosip_ws.core.stream import Framed, StreamFramer
+    got: asyncio.Queue = asyncio.Queue()
+
+    async def carol_listens(reader, writer):
+        framer = StreamFramer()
+        while data := await reader.read(65536):
+            for event in framer.feed(data):
+                if isinstance(event, Framed):
+                    message = parse(event.data)
+                    await got.put(message)
+                    writer.write(serialize(make_response(message, 200, to_tag='c9')))
+        writer.close()
+
+    listening = await asyncio.start_server(carol_listens, '127.0.0.1', 0)
+    contact_port = listening.sockets[0].getsockname()[1]
+    server = RelayServer()
+    ws_listener, tcp = await server.start('ws://127.0.0.1:0/', 'tcp://127.0.0.1:0')
+    try:
+        reader, writer = await asyncio.open_connection('127.0.0.1',
+                                                       int(tcp.bound_url.rsplit(':', 1)[1]))
+        writer.write(('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:%d;'
+                      'branch=z9hG4bKtr1\r\nMax-Forwards: 70\r\nFrom: <sip:carol@example.com>;'
+                      'tag=c1\r\nTo: <sip:carol@example.com>\r\nCall-ID: reg-carol-2\r\n'
+                      'CSeq: 1 REGISTER\r\nContact: <sip:carol@127.0.0.1:%d;transport=tcp>\r\n'
+                      'Expires: 60\r\nContent-Length: 0\r\n\r\n'
+                      % (contact_port, contact_port)).encode())
+        assert b'SIP/2.0 200 OK' in await asyncio.wait_for(reader.read(65536), 3)
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.1)
+        assert server.registrar.lookup('sip:carol@example.com')          # kept
+        async with connect(ws_listener.bound_url, subprotocols=['sip'], proxy=None) as alice:
+            host = await register_raw(alice, 'alice')
+            await alice.send('MESSAGE sip:carol@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;'
+                             'branch=z9hG4bKtr2\r\nFrom: <sip:alice@example.com>;tag=a1\r\n'
+                             'To: <sip:carol@example.com>\r\nCall-ID: tr-2\r\nCSeq: 1 MESSAGE\r\n'
+                             'Max-Forwards: 70\r\n\r\nat your Contact' % host)
+            message = await asyncio.wait_for(got.get(), 3)
+            assert message.body == b'at your Contact'
+            assert message.uri == 'sip:carol@127.0.0.1:%d;transport=tcp' % contact_port
+            assert (await recv(alice)).status == 200
+    finally:
+        await server.close()
+        listening.close()
+        await listening.wait_closed()
