@@ -20,7 +20,7 @@ import contextlib
 import logging
 import re
 import ssl
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ..core import codec, framing
 from ..core.codec import SIPMessage, mark_received, serialize
@@ -80,8 +80,7 @@ class StreamConnection(asyncio.Protocol):
 
     # -- asyncio ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
         sockname, peername = (transport.get_extra_info('sockname'),
                               transport.get_extra_info('peername'))
         self.local_addr = (sockname[0], sockname[1])

@@ -17,7 +17,7 @@ import collections
 import contextlib
 import logging
 import socket
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ..core import framing
 from ..core.codec import SIPMessage, mark_received, serialize
@@ -91,8 +91,8 @@ class UDPEndpoint(asyncio.DatagramProtocol):
 
     # -- asyncio ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # (Python 3.10's selector transport does not inherit from DatagramTransport)
+        self.transport = cast(asyncio.DatagramTransport, transport)
         sock = transport.get_extra_info('socket')
         if sock is not None:
             # bursts of datagrams while the loop is busy: room for them rather than loss
