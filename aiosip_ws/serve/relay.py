@@ -49,7 +49,7 @@ from ..core.grammar import (
     parse_max_forwards,
 )
 from ..core.sipuri import NameAddr, SipURI, split_header_values
-from ..core.transaction import cancel_key, loop_key, new_branch, new_tag
+from ..core.transaction import TIMER_B, cancel_key, loop_key, new_branch, new_tag
 from ..errors import (
     AiosipWSError,
     ConfigurationError,
@@ -148,6 +148,9 @@ class RelayServer:
         self._invites: dict[tuple[str, int, str], _Fork] = {}
         #: our client transactions by the branch of the Via we added
         self._pending: dict[str, _Pending] = {}
+        #: INVITE branches to UDP peers that were answered 2xx, for 64*T1 (RFC 6026 §7.2:
+        #: the UAS's retransmissions of its 2xx are forwarded upstream too)
+        self._accepted: dict[str, WSConnection] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         #: the nodes sharing bindings and forwarding through Redis (``--redis``), or None
@@ -999,6 +1002,14 @@ class RelayServer:
                 'no final response to %s within %.0f s of the last provisional (%s)'
                 % (pending.method, seconds, timer)))
 
+    def accepted(self, branch: str, origin: WSConnection) -> None:
+        """An INVITE branch to a UDP peer got a 2xx: forward its retransmissions to
+        ``origin`` for 64*T1 (RFC 6026 §7.2.2), bounded like the pending transactions."""
+        if branch in self._accepted or len(self._accepted) >= self.limits.max_pending:
+            return
+        self._accepted[branch] = origin
+        asyncio.get_running_loop().call_later(TIMER_B, self._accepted.pop, branch, None)
+
     def _finish(self, branch: str, outcome: SIPMessage | BaseException) -> None:
         pending = self._pending.pop(branch, None)
         if pending is None:
@@ -1024,6 +1035,12 @@ class RelayServer:
         if pending is None and self.cluster is not None and \
                 self.cluster.forward_response(conn, message, branch):
             return                                  # to the node that relayed the request
+        if pending is None and branch in self._accepted and 200 <= (message.status or 0) < 300:
+            origin = self._accepted[branch]             # a 2xx retransmission (RFC 6026)
+            if origin.is_open and message.cseq[1] == 'INVITE':
+                message.headers = _without_top_via(message.headers)
+                origin.send(message)
+            return
         if pending is None or pending.conn is not conn:
             peer_log.info('dropped stray responses',
                           '%r: dropped a response for no known transaction (%s %s, Call-ID %s)',
@@ -1273,6 +1290,8 @@ class _Fork:
                 if first:
                     self._answered_now()
                 self.server.relay_final(self.origin, branch.peer, self.request, response)
+                if self.key is not None and not getattr(branch.peer, 'reliable', True):
+                    self.server.accepted(branch.branch, self.origin)
                 if first and self.key is not None:
                     self._cancel_others('SIP;cause=200;text="Call completed elsewhere"')
         elif status >= 600 and not self.answered:

@@ -132,6 +132,9 @@ async def test_a_call_from_websocket_to_udp_is_double_record_routed(bridge):
     bob.send(ok)
     answered = await recv(alice)
     assert answered.status == 200 and answered.get_all('Record-Route') == routes
+    bob.send(ok)                 # and the next retransmission, before the ACK: forwarded too
+    again = await recv(alice)
+    assert again.status == 200 and again.get('Via') == answered.get('Via')
     # alice's route set is the Record-Route reversed: her side first
     await alice.send('ACK sip:bob@127.0.0.1:%d SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bKa1\r\n'
                      'Route: %s\r\nRoute: %s\r\nFrom: <sip:alice@example.com>;tag=a1\r\n'
