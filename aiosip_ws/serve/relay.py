@@ -57,9 +57,9 @@ from ..errors import (
     SIPParseError,
     TransactionTimeout,
 )
-from ..options import RelayLimits, ServerOptions
+from ..options import ClientOptions, RelayLimits, ServerOptions
 from ..transport.throttle import LogThrottle
-from ..transport.websocket import WSConnection, WSListener, listen, shut_down
+from ..transport.websocket import WSConnection, WSListener, listen, open_connection, shut_down
 from .auth import DigestAuthenticator, Identity, aor_key
 from .observe import AdminEndpoints, Metrics
 from .registrar import Binding, RegisterResult, Registrar
@@ -174,6 +174,9 @@ class RelayServer:
         self.flow_tokens = FlowTokens(flow_secret) if edge_registrar else None
         self._flows: dict[int, WSConnection] = {}
         self._flow_ids = itertools.count(1)
+        #: WebSocket connections serve opened to next hops, by URL
+        self._ws_hops: dict[str, WSConnection] = {}
+        self._ws_connecting: dict[str, asyncio.Future[WSConnection]] = {}
         if '*' in self.next_hops and not self.domains:
             raise ConfigurationError('--route *=URI needs --domain: without local domains '
                                      'every request would leave serve')
@@ -258,6 +261,8 @@ class RelayServer:
             self.draining = True
             await self.close_spread(spread, code, reason)
         self._closing = True
+        for pending in list(self._ws_connecting.values()):
+            pending.cancel()
         await shut_down(self.listeners, self.connections, self._tasks, code, reason)
         if self.bridge is not None:
             await self.bridge.close()
@@ -361,6 +366,7 @@ class RelayServer:
             return
         if method in _LEARN_FROM:
             self._learn_contact(conn, message)
+            self._learn_record_route(conn, message)
         self._route(conn, message)
 
     def _route(self, conn: WSConnection, message: SIPMessage) -> None:
@@ -591,6 +597,20 @@ class RelayServer:
         self._relay(conn, request, self.registrar.lookup(target.aor), max_forwards)
         return None
 
+    async def _ws_hop(self, hop: SipURI, scheme: str) -> WSConnection:
+        """A WebSocket connection serve opens to a next hop (kept, reopened when closed)."""
+        url = '%s://%s:%d/' % (scheme, hop.host, hop.port or (443 if scheme == 'wss' else 80))
+        conn = self._ws_hops.get(url)
+        if conn is not None and conn.is_open:
+            return conn
+        pending = self._ws_connecting.get(url)
+        if pending is None:
+            pending = self._ws_connecting[url] = asyncio.ensure_future(
+                open_connection(url, self, ClientOptions()))
+            pending.add_done_callback(lambda _: self._ws_connecting.pop(url, None))
+        conn = self._ws_hops[url] = await asyncio.shield(pending)
+        return conn
+
     def _next_hop_for(self, target: SipURI) -> SipURI | None:
         domain = target.host.lower()
         hop = self.next_hops.get(domain)
@@ -687,6 +707,9 @@ class RelayServer:
         self._relay(conn, request, [hop_binding], max_forwards)
 
     async def _hop_flow(self, hop: SipURI) -> Any:
+        transport = (hop.transport or '').lower()
+        if transport in ('ws', 'wss'):
+            return await self._ws_hop(hop, transport)
         if self.bridge is None:
             raise ConfigurationError('a next hop over UDP, TCP or TLS needs a --listen udp://, '
                                      'tcp:// or tls:// of serve')
@@ -795,6 +818,17 @@ class RelayServer:
                 uri = NameAddr.parse(value).uri
                 self._claim_host('%s:%d' % (host, uri.port or 5060), conn)
 
+    def _learn_record_route(self, conn: WSConnection, message: SIPMessage) -> None:
+        """A proxy that reached us over a WebSocket connection it opened record-routes with
+        that connection's `.invalid` host: requests of the dialog go back over it."""
+        for value in message.get_all('Record-Route')[:1]:
+            try:
+                host = NameAddr.parse(value).uri.host.lower()
+            except SIPParseError:
+                return
+            if host.endswith('.invalid') and self._contacts.get(host) in (None, conn):
+                self._claim_host(host, conn)
+
     def _claim_host(self, host: str, conn: WSConnection) -> None:
         """``host`` now routes to ``conn`` (indexed both ways, for O(owned) clean-up); in a
         cluster the other nodes learn it too.  A connection of another node is not
@@ -828,7 +862,7 @@ class RelayServer:
         if to_tag is None and not is_ack:
             self._route(conn, message)                 # ``tag=`` was not the To tag
             return
-        if self.edge_registrar is not None:
+        if self.cluster is None and message.get('Route') is not None:
             routes = [value for value in message.get_all('Route') if not self._is_ours(value)]
             if routes:                                 # loose routing (RFC 3261 §16.12)
                 self.spawn(self._to_route(conn, message, routes, to_tag))
@@ -844,12 +878,18 @@ class RelayServer:
         self._forward_in_dialog(conn, message, peer, to_tag)
 
     def _own_hostports(self) -> set[str]:
-        own = {listener.bound_url.split('//', 1)[1].split('/', 1)[0] for listener in self.listeners}
+        """``host:port`` of every address serve listens on (``*:port`` for a wildcard)."""
+        urls = [listener.bound_url for listener in self.listeners]
         if self.bridge is not None:
-            own |= {endpoint.via_host for endpoint in self.bridge.endpoints}
-            own |= {listener.bound_url.split('//', 1)[1] for listener in self.bridge.listeners}
-            if self.advertise:
-                own.add(self.advertise if ':' in self.advertise else self.advertise + ':5060')
+            urls += [listener.bound_url for listener in self.bridge.listeners]
+            urls += ['udp://' + endpoint.via_host for endpoint in self.bridge.endpoints]
+        own = set()
+        for url in urls:
+            hostport = url.split('//', 1)[1].split('/', 1)[0]
+            host, _, port = hostport.rpartition(':')
+            own.add('*:' + port if host.strip('[]') in ('0.0.0.0', '::') else hostport.lower())
+        if self.advertise:
+            own.add(self.advertise if ':' in self.advertise else self.advertise + ':5060')
         return own
 
     def _is_ours(self, route: str) -> bool:
@@ -858,16 +898,24 @@ class RelayServer:
             uri = NameAddr.parse(route).uri
         except SIPParseError:
             return False
-        hostport = '%s:%d' % (uri.host.lower(), uri.port or (5061 if uri.scheme == 'sips'
-                                                             else 5060))
-        return hostport in self._own_hostports()
+        host = uri.host.lower()
+        if host.endswith('.invalid'):     # the sent-by of a connection serve opened itself
+            return any(conn.via_host.lower() == host for conn in self._ws_hops.values())
+        port = uri.port or (5061 if uri.scheme == 'sips' else 5060)
+        own = self._own_hostports()
+        return '%s:%d' % (host, port) in own or '*:%d' % port in own
 
     async def _to_route(self, conn: WSConnection, message: SIPMessage, routes: list[str],
                         to_tag: str | None) -> None:
         """An in-dialog request from a client of the edge with a route set beyond us: to
         the first Route entry that is not ours, the rest kept."""
+        first = NameAddr.parse(routes[0]).uri
+        behind = self._contacts.get(first.host.lower())  # a proxy's `.invalid` connection
+        if behind is not None and behind.is_open:
+            self._forward_in_dialog(conn, message, behind, to_tag, routes=routes)
+            return
         try:
-            flow = await self._hop_flow(NameAddr.parse(routes[0]).uri)
+            flow = await self._hop_flow(first)
         except (AiosipWSError, OSError) as exc:
             peer_log.warning('next hop unreachable', 'the route %s is unreachable: %s',
                              routes[0], exc)
@@ -1084,8 +1132,8 @@ def _hop_uri(text: str, what: str) -> SipURI:
         raise ConfigurationError('%s%s is not a SIP URI (%s); write sip:HOST[:PORT]'
                                  '[;transport=tcp]' % (what, text, exc)) from None
     transport = (uri.transport or ('tls' if uri.scheme == 'sips' else 'udp')).lower()
-    if transport not in ('udp', 'tcp', 'tls'):
-        raise ConfigurationError('%s%s: a next hop goes over udp, tcp or tls, not %s'
+    if transport not in ('udp', 'tcp', 'tls', 'ws', 'wss'):
+        raise ConfigurationError('%s%s: a next hop goes over udp, tcp, tls, ws or wss, not %s'
                                  % (what, text, transport))
     return uri
 

@@ -339,8 +339,8 @@ async def test_route_options_are_checked():
         RelayServer(next_hops={'*': 'sip:127.0.0.1'})
     with pytest.raises(ConfigurationError, match='not a SIP URI'):
         RelayServer(next_hops={'pbx.example.com': 'http://pbx'})
-    with pytest.raises(ConfigurationError, match='udp, tcp or tls, not ws'):
-        RelayServer(route_unregistered='sip:127.0.0.1;transport=ws')
+    with pytest.raises(ConfigurationError, match='udp, tcp, tls, ws or wss, not sctp'):
+        RelayServer(route_unregistered='sip:127.0.0.1;transport=sctp')
 
 
 async def test_advertise_is_the_address_in_via_and_record_route():
@@ -420,3 +420,80 @@ async def test_a_tcp_binding_without_outbound_outlives_its_connection_and_is_rea
         await server.close()
         listening.close()
         await listening.wait_closed()
+
+
+async def test_a_next_hop_over_websocket_and_a_call_over_tcp():
+    """serve A routes b.example.com to serve B over WebSocket (A opens the connection);
+    carol, registered on B over TCP, gets the MESSAGE and a call (INVITE, re-INVITE, INFO,
+    BYE) from alice on A, record-routed by both servers."""
+    from aiosip_ws.core.stream import Framed, StreamFramer
+    b = RelayServer(domains=['b.example.com'])
+    b_ws, b_tcp = await b.start('ws://127.0.0.1:0/', 'tcp://127.0.0.1:0')
+    port = int(b_ws.bound_url.rsplit(':', 1)[1].rstrip('/'))
+    a = RelayServer(next_hops={'b.example.com': 'sip:127.0.0.1:%d;transport=ws' % port},
+                    domains=['example.com'])
+    [a_ws] = await a.start('ws://127.0.0.1:0/')
+    reader, writer = await asyncio.open_connection('127.0.0.1',
+                                                   int(b_tcp.bound_url.rsplit(':', 1)[1]))
+    local = writer.get_extra_info('sockname')[1]
+    framer = StreamFramer()
+
+    async def carol_gets():
+        while True:
+            for event in framer.feed(await asyncio.wait_for(reader.read(65536), 3)):
+                if isinstance(event, Framed):
+                    return parse(event.data)
+
+    try:
+        writer.write(('REGISTER sip:b.example.com SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:%d;'
+                      'branch=z9hG4bKnh1\r\nMax-Forwards: 70\r\nFrom: <sip:carol@b.example.com>'
+                      ';tag=c1\r\nTo: <sip:carol@b.example.com>\r\nCall-ID: reg-nh\r\n'
+                      'CSeq: 1 REGISTER\r\nContact: <sip:carol@127.0.0.1:%d;transport=tcp;ob>'
+                      '\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n' % (local, local)).encode())
+        assert (await carol_gets()).status == 200
+        async with connect(a_ws.bound_url, subprotocols=['sip'], proxy=None) as alice:
+            host = await register_raw(alice, 'alice')
+            await alice.send('MESSAGE sip:carol@b.example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;'
+                             'branch=z9hG4bKnh2\r\nFrom: <sip:alice@example.com>;tag=a1\r\n'
+                             'To: <sip:carol@b.example.com>\r\nCall-ID: nh-1\r\n'
+                             'CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n\r\nvia two servers' % host)
+            got = await carol_gets()
+            assert got.body == b'via two servers' and len(got.get_all('Via')) == 3
+            writer.write(serialize(make_response(got, 200, to_tag='c2')))
+            assert (await recv(alice)).status == 200
+
+            await alice.send('INVITE sip:carol@b.example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;'
+                             'branch=z9hG4bKnh3\r\nFrom: <sip:alice@example.com>;tag=a1\r\n'
+                             'To: <sip:carol@b.example.com>\r\nCall-ID: nh-2\r\nCSeq: 1 INVITE'
+                             '\r\nMax-Forwards: 70\r\nContact: <sip:alice@%s;transport=ws>\r\n'
+                             '\r\n' % (host, host))
+            invite = await carol_gets()
+            routes = invite.get_all('Record-Route')
+            assert len(routes) == 3        # B: TCP and WS sides (RFC 5658); A: one WS entry
+            assert 'transport=tcp' in routes[0] and 'transport=ws' in routes[1]
+            contact = '<sip:carol@127.0.0.1:%d;transport=tcp>' % local
+            writer.write(serialize(make_response(invite, 200, to_tag='c3', headers=[
+                ('Contact', contact)])))
+            statuses = [(await recv(alice)).status for _ in range(2)]
+            assert statuses == [100, 200]
+            route_lines = ''.join('Route: %s\r\n' % r for r in reversed(routes))
+            for method, cseq, extra in (('ACK', 1, ''), ('INVITE', 2, ''),
+                                        ('INFO', 3, 'Content-Type: application/dtmf-relay\r\n'),
+                                        ('BYE', 4, '')):
+                await alice.send('%s sip:carol@127.0.0.1:%d;transport=tcp SIP/2.0\r\n'
+                                 'Via: SIP/2.0/WS %s;branch=z9hG4bKnh%s%d\r\n%s'
+                                 'From: <sip:alice@example.com>;tag=a1\r\n'
+                                 'To: <sip:carol@b.example.com>;tag=c3\r\nCall-ID: nh-2\r\n'
+                                 'CSeq: %d %s\r\nMax-Forwards: 70\r\n%s\r\n'
+                                 % (method, local, host, method, cseq, route_lines,
+                                    1 if method == 'ACK' else cseq, method, extra))
+                request = await carol_gets()
+                assert request.method == method and request.get('Route') is None
+                if method != 'ACK':
+                    writer.write(serialize(make_response(request, 200)))
+                    answer = await recv(alice)
+                    assert answer.status == 200 and answer.cseq == (cseq, method)
+    finally:
+        writer.close()
+        await a.close()
+        await b.close()
