@@ -129,3 +129,34 @@ async def test_bench_drives_serve_over_udp_and_tcp(scheme):
     report = json.loads(done.stdout)
     assert report['answered'] == {'200': report['sent']} and report['sent'] >= 40
     assert report['requests_received'] == report['sent']
+
+
+async def test_serve_listens_on_tls_and_answers_options_and_relays_a_message(certs):
+    """``serve --listen tls://`` (its --tls-cert context): the probe over TLS gets 200 for
+    OPTIONS, and a MESSAGE to a client registered over WebSocket is relayed to it."""
+    from websockets.asyncio.client import connect
+
+    from aiosip_ws.core.codec import serialize
+    from aiosip_ws.options import ServerOptions
+    from aiosip_ws.serve.relay import RelayServer
+    from tests.support.sip import recv, register_raw
+    server = RelayServer(server_options=ServerOptions(ssl=certs.server_context()))
+    ws, tls = await server.start('ws://127.0.0.1:0/', 'tls://127.0.0.1:0')
+    assert tls.bound_url.startswith('tls://127.0.0.1:')
+    try:
+        async with connect(ws.bound_url, subprotocols=['sip'], proxy=None) as bob:
+            await register_raw(bob, 'bob')
+            probe = NetProbe(tls.bound_url.replace('127.0.0.1', 'localhost'), timeout=5,
+                             ssl_context=certs.client_context())
+            async with probe:
+                options = await probe.options()
+                assert options.ok and options.request_uri.startswith('sips:localhost:')
+                sending = asyncio.ensure_future(probe.message(
+                    'sip:alice@example.com', 'sip:bob@example.com', 'over TLS'))
+                got = await recv(bob)
+                assert got.body == b'over TLS'
+                assert got.get_all('Via')[1].startswith('SIP/2.0/TLS ')
+                await bob.send(serialize(make_response(got, 200, to_tag='t1')).decode())
+                assert (await sending).ok
+    finally:
+        await server.close()
