@@ -113,11 +113,20 @@ async def relay(clock: Clock) -> AsyncIterator[RelayServer]:
     async with RelayServer(auth=auth) as server:
         await server.start('ws://%s:0/' % HOST)
         yield server
+        for client in OPENED:                  # every client socket closed, not left to GC
+            await client.ws.close()
+        OPENED.clear()
+
+
+#: the clients the running test opened (closed by the relay fixture)
+OPENED: list[Client] = []
 
 
 async def connect(relay: RelayServer, user: str, domain: str = 'example.com') -> Client:
     ws = await RawWebSocket.connect(HOST, relay.listeners[0].port)
-    return Client(ws, user, domain)
+    client = Client(ws, user, domain)
+    OPENED.append(client)
+    return client
 
 
 def challenges(response: SIPMessage, header: str = 'WWW-Authenticate') -> list[str]:

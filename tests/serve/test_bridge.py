@@ -7,6 +7,7 @@ whose first copy was lost still reaches the caller (RFC 6026)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from websockets.asyncio.client import connect
@@ -495,5 +496,7 @@ async def test_a_next_hop_over_websocket_and_a_call_over_tcp():
                     assert answer.status == 200 and answer.cseq == (cseq, method)
     finally:
         writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
         await a.close()
         await b.close()
