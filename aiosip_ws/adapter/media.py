@@ -44,7 +44,7 @@ from typing import Any
 from ..core import codec, sdp
 from ..core.codec import SIPMessage
 from ..core.dialog import DialogState, new_request
-from ..core.digest import authorization, choose_challenge
+from ..core.digest import authorized_retry
 from ..core.transaction import TIMER_B, new_tag
 from ..errors import (
     AiosipWSError,
@@ -739,23 +739,13 @@ async def _place(outgoing: Call, from_uri: str, to_uri: str, password: str | Non
             outgoing.conn.send(codec.invite_companion('ACK', response, uri=invite.uri or '',
                                                       to=response.get('To')))
         if status in (401, 407) and password and answered_auth < 2:
-            proxy = status == 407
+            user = username or (dialog.from_details['uri']['user'] or '')
             try:
-                challenge = choose_challenge(response.get_all(
-                    'Proxy-Authenticate' if proxy else 'WWW-Authenticate'), proxy=proxy)
+                invite = authorized_retry(invite, response, username=user, password=password,
+                                          nonce_counts=nonce_counts)
             except DigestError as exc:
                 raise CallFailed('cannot answer the %d: %s' % (status, exc), status,
                                  response.reason) from exc
-            nc = nonce_counts[challenge.nonce] = nonce_counts.get(challenge.nonce, 0) + 1
-            user = username or (dialog.from_details['uri']['user'] or '')
-            credentials = authorization(challenge, method='INVITE', uri=invite.uri or '',
-                                        username=user, password=password, nc=nc, body=body)
-            invite = SIPMessage(method='INVITE', uri=invite.uri, body=body, headers=[
-                (k, v) for k, v in invite.headers
-                if k.lower() not in ('via', 'authorization', 'proxy-authorization')])
-            invite.set('CSeq', '%d INVITE' % (invite.cseq[0] + 1))
-            invite.headers.append(('Proxy-Authorization' if proxy else 'Authorization',
-                                   credentials))
             answered_auth += 1
             continue
         if status >= 300 or status < 200:

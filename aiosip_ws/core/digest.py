@@ -26,8 +26,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import DigestError
+from .codec import SIPMessage
 
 __all__ = ['Challenge', 'DigestError', 'parse_challenges', 'choose_challenge', 'authorization',
+           'authorized_retry',
            'ALGORITHMS', 'ha1', 'challenge_value', 'make_nonce', 'nonce_age', 'nonce_issued',
            'parse_credentials',
            'expected_response']
@@ -216,6 +218,30 @@ def authorization(challenge: Challenge, *, method: str, uri: str, username: str,
         parts.append('opaque=%s' % _quote(challenge.opaque))
     return 'Digest ' + ', '.join(parts)
 
+
+
+def authorized_retry(request: SIPMessage, response: SIPMessage, *, username: str,
+                     password: str, nonce_counts: dict[str, int] | None = None) -> SIPMessage:
+    """``request`` again, answering its 401 or 407 ``response`` (RFC 3261 §22.2): the
+    credentials for the challenge chosen, the CSeq one higher, its Via and any earlier
+    credentials gone (the sender adds a new Via: a new transaction).  ``nonce_counts``
+    (nonce -> last nc) counts the uses of a nonce across retries; without it nc is 1.
+    Raises :class:`DigestError` when the challenge cannot be answered."""
+    proxy = response.status == 407
+    challenge = choose_challenge(response.get_all(
+        'Proxy-Authenticate' if proxy else 'WWW-Authenticate'), proxy=proxy)
+    nc = 1
+    if nonce_counts is not None:
+        nc = nonce_counts[challenge.nonce] = nonce_counts.get(challenge.nonce, 0) + 1
+    method = request.method or ''
+    credentials = authorization(challenge, method=method, uri=request.uri or '',
+                                username=username, password=password, nc=nc, body=request.body)
+    retry = SIPMessage(method=method, uri=request.uri, body=request.body, headers=[
+        (k, v) for k, v in request.headers
+        if k.lower() not in ('via', 'authorization', 'proxy-authorization')])
+    retry.set('CSeq', '%d %s' % (request.cseq[0] + 1, method))
+    retry.headers.append(('Proxy-Authorization' if proxy else 'Authorization', credentials))
+    return retry
 
 
 # -- the server side ----------------------------------------------------------------------

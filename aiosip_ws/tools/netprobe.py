@@ -20,7 +20,7 @@ from typing import Any
 from ..core import codec
 from ..core.codec import SIPMessage
 from ..core.dialog import new_request
-from ..core.digest import authorization, choose_challenge
+from ..core.digest import authorized_retry
 from ..core.grammar import split_net_url, url_host
 from ..core.sipuri import NameAddr, SipURI, user_uri
 from ..core.transaction import new_branch
@@ -180,18 +180,9 @@ class NetProbe:
                 response = await asyncio.wait_for(future, self.timeout)
                 txn.response = response
                 if response.status in (401, 407) and password and answered < 2:
-                    proxy = response.status == 407
-                    challenge = choose_challenge(response.get_all(
-                        'Proxy-Authenticate' if proxy else 'WWW-Authenticate'), proxy=proxy)
-                    username = user or NameAddr.parse(from_uri).uri.user or ''
-                    credentials = authorization(challenge, method=method, uri=request_uri,
-                                                username=username, password=password, nc=1,
-                                                body=body)
-                    request.remove('Authorization')
-                    request.remove('Proxy-Authorization')
-                    request.set('CSeq', '%d %s' % (request.cseq[0] + 1, method))
-                    request.headers.append(('Proxy-Authorization' if proxy else 'Authorization',
-                                            credentials))
+                    request = authorized_retry(request, response, password=password,
+                                               username=user or NameAddr.parse(from_uri).uri.user
+                                               or '')
                     answered += 1
                     continue
                 break
