@@ -136,18 +136,6 @@ class TransactionLayer:
         self._run(entry, txn.response(response, ack=ack))
         return True
 
-    def cancel(self, request: SIPMessage) -> SIPMessage | None:
-        """The CANCEL of the INVITE ``request`` (RFC 3261 §9.1) if its transaction still
-        waits for a final response; the caller sends it in a transaction of its own."""
-        entry = self._client.get(client_key(request))
-        if entry is None or entry.txn.state not in ('calling', 'proceeding'):
-            return None
-        cancel = codec.invite_companion('CANCEL', request, uri=request.uri or '')
-        routes = request.get_all('Route')
-        if routes:
-            cancel.headers[2:2] = [('Route', value) for value in routes]
-        return cancel
-
     # -- server transactions --------------------------------------------------------------
     def request_received(self, flow: Flow, request: SIPMessage) -> SIPMessage | None:
         """A request from the network.  Returns it when the TU is to handle it (a new
