@@ -32,17 +32,14 @@ from ..transport.udp import UDPEndpoint, UDPFlow, listen_udp
 if TYPE_CHECKING:
     from .relay import RelayServer
 
-__all__ = ['NetworkSide', 'BridgedFlow', 'NET_LISTEN_SCHEMES', 'split_listen_url']
+__all__ = ['NetworkSide', 'BridgedFlow', 'hop_transport']
 
 logger = logging.getLogger(__name__)
 
-#: the --listen schemes served here, and their default ports
-NET_LISTEN_SCHEMES = {'udp': 5060, 'tcp': 5060, 'tls': 5061}
-
-
-def split_listen_url(url: str) -> tuple[str, str, int]:
-    """``udp://127.0.0.1:5060`` -> ``('udp', '127.0.0.1', 5060)``."""
-    return split_net_url(url)
+def hop_transport(uri: SipURI) -> str:
+    """The transport a request to ``uri`` takes: its ``transport`` parameter, else TLS for
+    ``sips:`` and UDP for ``sip:`` (RFC 3263 §4.1 without DNS)."""
+    return (uri.transport or ('tls' if uri.scheme == 'sips' else 'udp')).lower()
 
 
 class BridgedFlow:
@@ -131,7 +128,7 @@ class NetworkSide:
         self._connecting: dict[tuple[str, int, bool], asyncio.Future[StreamConnection]] = {}
 
     async def listen(self, url: str) -> Any:
-        scheme, host, port = split_listen_url(url)
+        scheme, host, port = split_net_url(url)
         if scheme == 'udp':
             endpoint = await listen_udp(host, port, self, advertise=self.advertise)
             self.endpoints.append(endpoint)
@@ -156,7 +153,7 @@ class NetworkSide:
         """Where a request to ``uri`` goes when no registration or connection says: over
         UDP to its host and port (an IP address; names are not resolved here), or over the
         TCP/TLS connection serve opened to it."""
-        transport = _transport_of(uri)
+        transport = hop_transport(uri)
         if ip_literal(uri.host) is None:
             return None
         host = uri.host.strip('[]')
@@ -170,7 +167,7 @@ class NetworkSide:
     async def next_hop(self, uri: SipURI) -> BridgedFlow:
         """The flow to a next hop (``--route``): a UDP peer, or a TCP/TLS connection opened
         on first use and kept."""
-        transport = _transport_of(uri)
+        transport = hop_transport(uri)
         port = uri.port or (5061 if transport == 'tls' else 5060)
         loop = asyncio.get_running_loop()
         infos = await asyncio.wait_for(loop.getaddrinfo(uri.host.strip('[]'), port), 10)
@@ -226,10 +223,6 @@ class NetworkSide:
             await endpoint.wait_closed()
         self.listeners.clear()
         self.endpoints.clear()
-
-
-def _transport_of(uri: SipURI) -> str:
-    return (uri.transport or ('tls' if uri.scheme == 'sips' else 'udp')).lower()
 
 
 class _Bound:

@@ -61,11 +61,11 @@ from ..options import ClientOptions, RelayLimits, ServerOptions
 from ..transport.throttle import LogThrottle
 from ..transport.websocket import WSConnection, WSListener, listen, open_connection, shut_down
 from .auth import DigestAuthenticator, Identity, aor_key
+from .bridge import NetworkSide, hop_transport
 from .observe import AdminEndpoints, Metrics
 from .registrar import Binding, RegisterResult, Registrar
 
 if TYPE_CHECKING:
-    from .bridge import NetworkSide
     from .cluster import Cluster
 
 __all__ = ['RelayServer', 'ALLOWED_METHODS', 'SERVER_HEADER']
@@ -159,6 +159,8 @@ class RelayServer:
         self.bridge: NetworkSide | None = None
         #: the host[:port] serve writes in Via and Record-Route on UDP/TCP/TLS (--advertise)
         self.advertise = advertise
+        #: where serve listens, as Route entries name it (set by start())
+        self._own_hostports: set[str] = set()
         #: static next hops (``--route DOMAIN=URI``, ``*`` for every domain not local)
         self.next_hops = {domain.lower(): _hop_uri(uri, '--route %s=' % domain)
                           for domain, uri in (next_hops or {}).items()}
@@ -195,7 +197,6 @@ class RelayServer:
             for url in urls:
                 if is_net_url(url):
                     if self.bridge is None:
-                        from .bridge import NetworkSide
                         self.bridge = NetworkSide(self, ssl_context=self.server_options.ssl,
                                                   advertise=self.advertise)
                     bound.append(await self.bridge.listen(url))
@@ -206,6 +207,7 @@ class RelayServer:
         except BaseException:
             await self.close()
             raise
+        self._own_hostports = self._listening_hostports()     # once, not per request
         return bound
 
     async def _update_gauges(self) -> None:
@@ -635,26 +637,16 @@ class RelayServer:
         if max_forwards is None or max_forwards == 0:
             self.reply(conn, request, 400 if max_forwards is None else 483)
             return
-        try:
-            flow = await self._hop_flow(self.edge_registrar)
-        except (AiosipWSError, OSError) as exc:
-            peer_log.warning('registrar unreachable', 'the registrar %s is unreachable: %s',
-                             self.edge_registrar, exc)
-            self.busy(conn, request, 'the registrar is unreachable')
-            return
         outbound = any('reg-id=' in value.replace(' ', '') for value in request.get_all('Contact'))
-        path = '<sip:%s@%s;lr%s>' % (token, flow.via_host, ';ob' if outbound else '')
-        first_path = next((i for i, (k, _) in enumerate(request.headers) if k == 'Path'), None)
-        request.headers.insert(first_path if first_path is not None else len(request.headers),
-                               ('Path', path))
-        try:
-            contact = NameAddr(uri=SipURI.parse(request.uri or ''))
-        except SIPParseError as exc:
-            self.reply(conn, request, 400, 'Bad Request (%s)' % exc)
-            return
-        self._relay(conn, request, [Binding(aor='', contact=contact, connection=flow,
-                                            expires_at=float('inf'), call_id='', cseq=0)],
-                    max_forwards)
+
+        def add_path(flow: Any) -> None:
+            path = '<sip:%s@%s;lr%s>' % (token, flow.via_host, ';ob' if outbound else '')
+            first = next((i for i, (k, _) in enumerate(request.headers) if k == 'Path'), None)
+            request.headers.insert(first if first is not None else len(request.headers),
+                                   ('Path', path))
+
+        await self._to_hop(conn, request, self.edge_registrar, max_forwards,
+                           what='the registrar', prepare=add_path)
 
     def _edge_inbound(self, conn: WSConnection, message: SIPMessage, token: str) -> None:
         """A request whose top Route is one of our flow tokens: over that client's
@@ -688,20 +680,23 @@ class RelayServer:
         return any((via.branch or '').startswith(marker) for via in request.vias)
 
     async def _to_hop(self, conn: WSConnection, request: SIPMessage, hop: SipURI,
-                      max_forwards: int) -> None:
-        """Relay ``request`` (its Request-URI kept) to the next hop ``hop``."""
+                      max_forwards: int, *, what: str = 'the next hop',
+                      prepare: Callable[[Any], None] | None = None) -> None:
+        """Relay ``request`` (its Request-URI kept) to the next hop ``hop``; ``prepare``
+        sees the flow to it first (an edge writes its Path with the flow's address)."""
         try:
             flow = await self._hop_flow(hop)
         except (AiosipWSError, OSError) as exc:
-            peer_log.warning('next hop unreachable', 'the next hop %s is unreachable: %s',
-                             hop, exc)
-            self.busy(conn, request, 'the next hop is unreachable')
+            peer_log.warning('%s unreachable' % what, '%s %s is unreachable: %s', what, hop, exc)
+            self.busy(conn, request, '%s is unreachable' % what)
             return
         try:
             contact = NameAddr(uri=SipURI.parse(request.uri or ''))
         except SIPParseError as exc:
             self.reply(conn, request, 400, 'Bad Request (%s)' % exc)
             return
+        if prepare is not None:
+            prepare(flow)
         hop_binding = Binding(aor='', contact=contact, connection=flow,
                               expires_at=float('inf'), call_id='', cseq=0)
         self._relay(conn, request, [hop_binding], max_forwards)
@@ -877,7 +872,7 @@ class RelayServer:
             return
         self._forward_in_dialog(conn, message, peer, to_tag)
 
-    def _own_hostports(self) -> set[str]:
+    def _listening_hostports(self) -> set[str]:
         """``host:port`` of every address serve listens on (``*:port`` for a wildcard)."""
         urls = [listener.bound_url for listener in self.listeners]
         if self.bridge is not None:
@@ -902,7 +897,7 @@ class RelayServer:
         if host.endswith('.invalid'):     # the sent-by of a connection serve opened itself
             return any(conn.via_host.lower() == host for conn in self._ws_hops.values())
         port = uri.port or (5061 if uri.scheme == 'sips' else 5060)
-        own = self._own_hostports()
+        own = self._own_hostports
         return '%s:%d' % (host, port) in own or '*:%d' % port in own
 
     async def _to_route(self, conn: WSConnection, message: SIPMessage, routes: list[str],
@@ -1131,7 +1126,7 @@ def _hop_uri(text: str, what: str) -> SipURI:
     except SIPParseError as exc:
         raise ConfigurationError('%s%s is not a SIP URI (%s); write sip:HOST[:PORT]'
                                  '[;transport=tcp]' % (what, text, exc)) from None
-    transport = (uri.transport or ('tls' if uri.scheme == 'sips' else 'udp')).lower()
+    transport = hop_transport(uri)
     if transport not in ('udp', 'tcp', 'tls', 'ws', 'wss'):
         raise ConfigurationError('%s%s: a next hop goes over udp, tcp, tls, ws or wss, not %s'
                                  % (what, text, transport))
