@@ -26,7 +26,7 @@ from ..errors import SIPParseError
 from . import codec
 from .codec import SIPMessage
 
-__all__ = ['CRLF_PING', 'CRLF_PONG', 'KeepAlivePing', 'KeepAlivePong', 'MessageReceived',
+__all__ = ['CRLF_PING', 'CRLF_PONG', 'encode_frame', 'KeepAlivePing', 'KeepAlivePong', 'MessageReceived',
            'MessageRejected', 'Event', 'receive', 'encode', 'error_response', 'SUBPROTOCOL',
            'URI_SCHEMES']
 
@@ -131,9 +131,20 @@ def _printable(text: str) -> str:
 
 
 def encode(message: SIPMessage) -> str | bytes:
-    """Serialise ``message`` for one WebSocket message: text if valid UTF-8, else binary."""
+    """Serialise ``message`` for one WebSocket message: text (a str) if valid UTF-8, else
+    binary (bytes)."""
+    data, text = encode_frame(message)
+    return data.decode() if text else data
+
+
+def encode_frame(message: SIPMessage) -> tuple[bytes, bool]:
+    """``message`` in wire form, and whether it goes in a text frame (valid UTF-8) rather
+    than a binary one (RFC 7118 §5: either carries a SIP message)."""
     data = codec.serialize(message)
+    if data.isascii():
+        return data, True
     try:
-        return data.decode('utf-8')
+        data.decode('utf-8')
     except UnicodeDecodeError:
-        return data
+        return data, False
+    return data, True

@@ -159,7 +159,8 @@ class WSConnection:
         self.dialogs: dict[str, Any] = {}
         #: free-form per-connection state for applications (e.g. the registrar)
         self.state: dict[str, Any] = {}
-        self._queue: collections.deque[str | bytes] = collections.deque()
+        #: (payload, is text) frames waiting for the transport to take more
+        self._queue: collections.deque[tuple[bytes, bool]] = collections.deque()
         self._queued = 0
         self._overflowed = False
         self._closer: asyncio.Task[None] | None = None
@@ -198,38 +199,68 @@ class WSConnection:
 
     # -- sending ----------------------------------------------------------------
     def send(self, message: SIPMessage) -> bool:
-        """Queue one SIP message as one WebSocket message (RFC 7118 §5).
+        """Send one SIP message as one WebSocket message (RFC 7118 §5): text when it is
+        UTF-8, else binary.
 
         False when it was dropped: the connection is closed, or the peer stopped reading
         and its send queue is full (the connection is then closed with 1008).
         """
-        data = framing.encode(message)
+        data, text = framing.encode_frame(message)
         if wire_logger.isEnabledFor(logging.DEBUG):
-            wire_logger.debug('%r sent %s:\n%s', self, 'binary' if isinstance(data, bytes) else 'text',
-                              data if isinstance(data, str) else data.decode('utf-8', 'replace'))
-        return self.send_frame(data)
+            wire_logger.debug('%r sent %s:\n%s', self, 'text' if text else 'binary',
+                              data.decode('utf-8', 'replace'))
+        return self._put(data, text)
 
     def send_frame(self, data: str | bytes) -> bool:
-        """Queue one raw WebSocket message; frames leave in the order queued.
+        """Send one raw WebSocket message (a str as text, bytes as binary); frames leave
+        in the order given.
 
         Returns False when the message was dropped (see :meth:`send`).
         """
+        if isinstance(data, str):
+            return self._put(data.encode(), True)
+        return self._put(data, False)
+
+    def _put(self, data: bytes, text: bool) -> bool:
         if self.closed.done() or self._overflowed:
             logger.debug('%r is closed: dropped an outgoing message of %d bytes', self, len(data))
             self._dropped()
             return False
+        if not self._queue and self._writer is None:
+            websocket = self.websocket
+            if not websocket.paused and websocket.protocol.state is State.OPEN:
+                # Nothing waits and the socket takes more: the frame goes to the transport
+                # now, as websockets' own send() does inside its send context, without a
+                # coroutine or a task for each message.  When the transport is paused
+                # (the peer reads slowly), frames queue below and a writer drains them.
+                return self._write_now(data, text)
         limit = self.options.max_send_queue
         if limit is not None and self._queued + len(data) > limit:
             dropped = len(self._queue) + 1
             self._overflow(limit)
             self._dropped(dropped)
             return False
-        self._queue.append(data)
+        self._queue.append((data, text))
         self._queued += len(data)
         if self._writer is None and not self._reader_writes:
             writer = _start_task(self._write())
             # An eager start may have sent everything already (and run _write's finally).
             self._writer = None if writer.done() else writer
+        return True
+
+    def _write_now(self, data: bytes, text: bool) -> bool:
+        websocket = self.websocket
+        try:
+            if text:
+                websocket.protocol.send_text(data)
+            else:
+                websocket.protocol.send_binary(data)
+            websocket.send_data()
+        except Exception as exc:  # noqa: BLE001 - the socket failed: the connection is over
+            logger.debug('%r: writing failed (%s): aborting the connection', self, exc)
+            websocket.transport.abort()
+            self._dropped()
+            return False
         return True
 
     def _dropped(self, count: int = 1) -> None:
@@ -241,7 +272,7 @@ class WSConnection:
 
     @property
     def queued(self) -> int:
-        """Bytes (characters of text frames) waiting to be sent."""
+        """Bytes waiting to be sent."""
         return self._queued
 
     def _overflow(self, limit: int) -> None:
@@ -290,9 +321,9 @@ class WSConnection:
     async def _send_queued(self) -> None:
         try:
             while self._queue:
-                data = self._queue.popleft()
+                data, text = self._queue.popleft()
                 self._queued -= len(data)
-                await self.websocket.send(data)
+                await self.websocket.send(data, text=text)
         except ConnectionClosed:
             if self._queue:
                 logger.warning('%r closed with %d message(s) unsent', self, len(self._queue))
