@@ -78,14 +78,15 @@ MANDATORY_HEADERS = ('Via', 'From', 'To', 'Call-ID', 'CSeq')
 
 # \Z, not $: "$" also matches before a final "\n".
 _TOKEN = TOKEN_BYTES_RE
-_STATUS_LINE = re.compile(rb'SIP/(\d+\.\d+) (\d{3})(?: (.*))?\Z', re.DOTALL)
-_VERSION = re.compile(rb'[Ss][Ii][Pp]/\d+\.\d+\Z')
+_STATUS_LINE = re.compile(r'SIP/([0-9]+\.[0-9]+) ([0-9]{3})(?: (.*))?\Z', re.DOTALL)
 #: scheme ":" then no CTL, SP, DEL, "<", ">" or '"' (RFC 3261 25.1, RFC 3986 3.1)
-_REQUEST_URI = re.compile(SCHEME_CLASS.encode() + rb':[^\x00-\x20\x7f<>"]+\Z')
+_REQUEST_URI = re.compile(SCHEME_CLASS + r':[^\x00-\x20\x7f<>"]+\Z')
 _SECOND_MESSAGE = re.compile(rb'(?:\r\n)*(?:[A-Za-z]+ \S+ SIP/\d|SIP/\d\.\d \d{3})')
 _VIA = re.compile(r'\s*SIP\s*/\s*(\d+\.\d+)\s*/\s*(' + TOKEN_CLASS + r'+)\s+'
                   r'(\[[0-9A-Fa-f:.]+\]|[^\s;:]+)(?:\s*:\s*(\d{1,5}))?\s*(.*)\Z',
                   re.DOTALL | re.ASCII)
+#: the branch parameter of a Via entry (its first one: see SIPMessage.top_branch)
+_BRANCH = re.compile(r';\s*[Bb][Rr][Aa][Nn][Cc][Hh]\s*=([^;,]*)')
 #: Headers the parser checks (counted, and Via / Content-Length / CSeq values read).
 _CHECKED = frozenset({'Via', 'From', 'To', 'Call-ID', 'CSeq', 'Max-Forwards', 'Content-Length',
                       'Content-Type'})
@@ -238,6 +239,25 @@ class SIPMessage:
                 return Via.parse(value)
         return None
 
+    @property
+    def top_branch(self) -> str | None:
+        """The ``branch`` of the first Via, found without parsing the Via: what a
+        transaction layer matches a response on (RFC 3261 §17.1.3).  Parsed messages had
+        every Via checked; for a hand-built one with a malformed first Via, use
+        :attr:`top_via`, which raises."""
+        for key, value in self.headers:
+            if key == 'Via':
+                m = _BRANCH.search(value)
+                lower = value.lower()
+                if m is None and 'branch' not in lower:
+                    return None
+                if m is not None and lower.count('branch') == 1 and '"' not in value \
+                        and ',' not in value[:m.start()]:
+                    return m.group(1).strip()
+                top = self.top_via                     # anything odd: the whole Via parsed
+                return top.branch if top is not None else None
+        return None
+
     def start_line(self) -> str:
         if self.is_request:
             return '%s %s %s' % (self.method, self.uri, self.version)
@@ -254,25 +274,25 @@ def _parse_cseq(value: str) -> tuple[int, str]:
         raise SIPParseError('bad CSeq header %s: %s' % (_excerpt(value), exc.reason)) from None
 
 
-def _unfold(lines: Iterable[bytes]) -> Iterator[bytes]:
+def _unfold(lines: Iterable[str]) -> Iterator[str]:
     """Join continuation lines (starting with SP or HTAB) onto the header above.
 
     LWS around the fold becomes one SP (RFC 3261 7.3.1).  Parts are joined once per
     header, so a header folded over thousands of lines costs linear time.
     """
-    parts: list[bytes] = []
+    parts: list[str] = []
     for line in lines:
-        if line[:1] in (b' ', b'\t'):
+        if line[:1] in (' ', '\t'):
             if not parts:
                 raise SIPParseError('continuation line before the first header')
-            parts[-1] = parts[-1].rstrip(b' \t')
-            parts.append(line.strip(b' \t'))
+            parts[-1] = parts[-1].rstrip(' \t')
+            parts.append(line.strip(' \t'))
             continue
         if parts:
-            yield b' '.join(parts)
+            yield ' '.join(parts)
         parts = [line]
     if parts:
-        yield b' '.join(parts)
+        yield ' '.join(parts)
 
 
 def _excerpt(data: bytes | str | None, limit: int = 60, *, quote: bool = True) -> str:
@@ -289,49 +309,63 @@ def _decode(data: bytes) -> str:
     return data.decode('utf-8', 'surrogateescape')
 
 
-def _request_line(line: bytes, msg: SIPMessage) -> str | None:
+#: A well-formed Request-Line in one match (RFC 3261 §7.1); anything else goes through
+#: :func:`_request_line_error`, which says what is wrong.
+_REQUEST_LINE = re.compile(r'(%s+) (%s:[^\x00-\x20\x7f<>"]+) ([Ss][Ii][Pp]/[0-9]+\.[0-9]+)\Z'
+                           % (TOKEN_CLASS, SCHEME_CLASS))
+
+
+def _request_line(line: str, msg: SIPMessage) -> str | None:
     """Fill ``msg`` from ``Method SP Request-URI SP SIP-Version``; the error, or None."""
-    parts = line.split(b' ')
+    m = _REQUEST_LINE.match(line)
+    if m is None:
+        return _request_line_error(line)
+    uri = m.group(2)
+    if '?' in uri:
+        scheme = uri[:uri.index(':')].lower()
+        if scheme in ('sip', 'sips') and '?' in uri[uri.rfind('@') + 1:]:
+            # RFC 3261 19.1.1 (headers are not allowed in a Request-URI), RFC 4475
+            # 3.1.2.11; "?" is legal in the user part, so only what follows the last "@".
+            return 'headers in the Request-URI %s' % _excerpt(uri)
+    msg.method, msg.uri, msg.version = m.groups()
+    return None
+
+
+def _request_line_error(line: str) -> str:
+    parts = line.split(' ')
     if len(parts) != 3 or not all(parts):
         # RFC 4475 3.1.2.8-3.1.2.10: LWS in the URI, several SP, SP at the end
         return 'bad request line %s' % _excerpt(line)
     method, uri, version = parts
-    if not _TOKEN.match(method):
+    if not TOKEN_RE.match(method):
         return 'bad method %s' % _excerpt(method)
     if not _REQUEST_URI.match(uri):
         # RFC 4475 3.1.2.7: no <>; RFC 3261 25.1: a URI holds no CTL, SP, <, > or "
         return 'bad Request-URI %s' % _excerpt(uri)
-    colon = uri.index(b':')
-    if uri[:colon].lower() in (b'sip', b'sips') and b'?' in uri[uri.rfind(b'@') + 1:]:
-        # RFC 3261 19.1.1 (headers are not allowed in a Request-URI), RFC 4475 3.1.2.11;
-        # "?" is legal in the user part, so only the part after the last "@" counts.
-        return 'headers in the Request-URI %s' % _excerpt(uri)
-    if not _VERSION.match(version):
-        return 'bad SIP version %s' % _excerpt(version)
-    msg.method, msg.uri, msg.version = method.decode(), _decode(uri), version.decode()
-    return None
+    return 'bad SIP version %s' % _excerpt(version)
 
 
-def _parse_headers(lines: list[bytes], msg: SIPMessage, folded: bool = True) -> None:
-    headers = msg.headers
+def _parse_headers(lines: Iterable[str], msg: SIPMessage) -> None:
+    """Append ``Name: value`` lines to ``msg.headers``, names expanded and canonical."""
+    append = msg.headers.append
     names = _NAMES
-    for line in (_unfold(lines) if folded else lines):
-        raw_name, colon, value = line.partition(b':')
+    for line in lines:
+        raw_name, colon, value = line.partition(':')
         name = names.get(raw_name) if colon else None
         if name is None:
-            stripped = raw_name.rstrip(b' \t')
-            if not colon or not _TOKEN.match(stripped):
+            stripped = raw_name.rstrip(' \t')
+            if not colon or not TOKEN_RE.match(stripped):
                 raise SIPParseError('bad header line %s' % _excerpt(line))
-            name = canonical_name(stripped.decode())
+            name = canonical_name(stripped)
             if len(names) < _NAMES_MAX:
                 names[raw_name] = name
-        headers.append((name, _decode(value.strip(b' \t'))))
+        append((name, value.strip(' \t')))
 
 
 #: raw header name (as it came, before ":") -> canonical name: most messages use a few
 #: dozen spellings, and this skips the token check and the lookups for them.  Bounded,
 #: so that a peer inventing names cannot grow it.
-_NAMES: dict[bytes, str] = {}
+_NAMES: dict[str, str] = {}
 _NAMES_MAX = 2048
 
 
@@ -342,15 +376,15 @@ def _salvage(lines: list[bytes]) -> SIPMessage:
     method = lines[0].split(b' ', 1)[0]
     if _TOKEN.match(method):
         msg.method = method.decode()
-    good: list[bytes] = []
+    good: list[str] = []
     for line in lines[1:]:
         if not line:
             break
         if b'\r' in line or b'\n' in line:
             continue
-        good.append(line)
+        good.append(_decode(line))
     with contextlib.suppress(SIPParseError):
-        _parse_headers(good, msg)
+        _parse_headers(_unfold(good), msg)
     return msg
 
 
@@ -360,6 +394,12 @@ def parse(data: bytes | str, *, strict_mandatory: bool = True) -> SIPMessage:
     Raises :class:`SIPParseError` (with the status a request should get and
     whatever could be parsed in ``partial``) for anything malformed; never
     another exception, whatever ``data`` holds.
+
+    The head is decoded once and split once; each header line costs one partition and
+    one lookup of its name.  Values are kept as the text they came as: what they mean
+    (a URI, a parameter) is parsed by whoever asks, when asked.  Only what a transport
+    must get right is checked here: the start line, every Via, the single-valued
+    headers, CSeq against the method, and Content-Length against the body.
     """
     if isinstance(data, str):
         try:
@@ -369,10 +409,10 @@ def parse(data: bytes | str, *, strict_mandatory: bool = True) -> SIPMessage:
             raise SIPParseError('text with unpaired surrogates is not UTF-8',
                                 is_request=None) from None
     # RFC 3261 7.5: CRLFs before the start line are ignored.
-    start = 0
-    while data.startswith(CRLF, start):
-        start += 2
-    if start:
+    if data.startswith(CRLF):
+        start = 0
+        while data.startswith(CRLF, start):
+            start += 2
         data = data[start:]
     if not data:
         raise SIPParseError('empty message', is_request=None)
@@ -382,18 +422,20 @@ def parse(data: bytes | str, *, strict_mandatory: bool = True) -> SIPMessage:
         # RFC 3261 7: the headers end with an empty line, even when the frame ends there
         raise SIPParseError('no blank line (CRLF CRLF) after the headers', is_request=is_request,
                             partial=_salvage(data.split(CRLF)) if is_request else None)
-    head, body = data[:head_end], data[head_end + 4:]
-    lines = head.split(CRLF)
-    if head.count(b'\n') >= len(lines) or head.count(b'\r') >= len(lines):
+    head = data[:head_end]
+    crlfs = head.count(CRLF)
+    if head.count(b'\n') != crlfs or head.count(b'\r') != crlfs:
         # A bare CR or LF ends a line for some parsers and not for others: refused, so
         # that nothing relayed from here can smuggle in a header (RFC 3261 7.3.1).
         raise SIPParseError('bare CR or LF in the start line or headers', is_request=is_request,
-                            partial=_salvage(lines) if is_request else None)
+                            partial=_salvage(head.split(CRLF)) if is_request else None)
+    lines = (head.decode('utf-8', 'surrogateescape') if not head.isascii()
+             else head.decode('ascii')).split('\r\n')
     msg = SIPMessage()
     if is_request:
         error = _request_line(lines[0], msg)
         if error is not None:
-            raise SIPParseError(error, is_request=True, partial=_salvage(lines))
+            raise SIPParseError(error, is_request=True, partial=_salvage(head.split(CRLF)))
     else:
         m = _STATUS_LINE.match(lines[0])
         if not m:
@@ -401,15 +443,16 @@ def parse(data: bytes | str, *, strict_mandatory: bool = True) -> SIPMessage:
         code = int(m.group(2))
         if not 100 <= code <= 699:
             raise SIPParseError('status code %d out of range' % code, is_request=False)
-        msg.status, msg.reason = code, _decode(m.group(3) or b'')
-        msg.version = 'SIP/' + m.group(1).decode()
+        msg.status, msg.reason = code, m.group(3) or ''
+        msg.version = 'SIP/' + m.group(1)
+    del lines[0]
     try:
-        _parse_headers(lines[1:], msg, b'\r\n ' in head or b'\r\n\t' in head)
+        _parse_headers(_unfold(lines) if b'\r\n ' in head or b'\r\n\t' in head else lines, msg)
         if msg.version != 'SIP/2.0' and msg.version.upper() != 'SIP/2.0':
             version = _excerpt(msg.version, quote=False)
             raise SIPParseError('SIP version %s is not supported' % version,
                                 status=505)
-        _check_headers(msg, body, is_request, strict_mandatory)
+        _check_headers(msg, data[head_end + 4:], is_request, strict_mandatory)
     except SIPParseError as exc:
         exc.is_request, exc.partial = is_request, msg
         raise
@@ -421,9 +464,13 @@ def _check_headers(msg: SIPMessage, body: bytes, is_request: bool, strict: bool)
     counts: dict[str, int] = {}
     lengths: list[str] = []
     cseq: str | None = None
+    checked = _CHECKED
     for name, value in msg.headers:
-        if name in _CHECKED:
-            counts[name] = counts.get(name, 0) + 1
+        if name in checked:
+            if name in counts:
+                counts[name] += 1
+            else:
+                counts[name] = 1
             if name == 'Via':
                 _check_via(value)
             elif name == 'Content-Length':
@@ -441,7 +488,10 @@ def _check_headers(msg: SIPMessage, body: bytes, is_request: bool, strict: bool)
             raise SIPParseError('missing mandatory header%s %s' % (
                 's' if len(missing) > 1 else '', ', '.join(missing)))
     if cseq is not None:
-        _, cseq_method = _parse_cseq(cseq)
+        number, _, cseq_method = cseq.partition(' ')
+        if not (cseq_method == msg.method and number.isdigit() and number.isascii()
+                and len(number) < 10):       # else the whole check, and what is wrong
+            _, cseq_method = _parse_cseq(cseq)
         if is_request and cseq_method != msg.method:
             raise SIPParseError('CSeq method %s does not match request method %s' % (
                 _excerpt(cseq_method, quote=False), _excerpt(msg.method, quote=False)))
@@ -466,10 +516,13 @@ def _frame_body(body: bytes, lengths: list[str], typed: bool) -> bytes:
     for other in lengths[1:]:
         if other != declared:
             raise SIPParseError('conflicting Content-Length headers')      # RFC 4475 3.3.9
-    try:
-        length = parse_content_length(declared, limit=len(body) + 1)
-    except SIPParseError:
-        raise SIPParseError('bad Content-Length %s' % _excerpt(declared)) from None  # RFC 4475 3.1.2.3
+    if declared.isdigit() and declared.isascii() and len(declared) < 10:
+        length = int(declared)
+    else:
+        try:
+            length = parse_content_length(declared, limit=len(body) + 1)
+        except SIPParseError:
+            raise SIPParseError('bad Content-Length %s' % _excerpt(declared)) from None  # RFC 4475 3.1.2.3
     if length > len(body):                           # RFC 3261 §18.3, RFC 4475 3.1.2.2
         raise SIPParseError('body is %d bytes, shorter than Content-Length %s'
                             % (len(body), _excerpt(declared, quote=False)))

@@ -13,6 +13,7 @@ formats URIs here and never round-trips a URI through aiosip.
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -112,6 +113,15 @@ class SipURI:
 
     @classmethod
     def parse(cls, text: str) -> SipURI:
+        """Parse a ``sip:``/``sips:`` URI (any other scheme is kept opaque).  The result
+        is immutable, so the last :data:`PARSE_CACHE_SIZE` texts parsed are remembered:
+        the Request-URIs, From, To and Contact of a busy server repeat."""
+        if cls is SipURI:
+            return _cached_uri(text)
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> SipURI:
         text = text.strip()
         if text.startswith('<') and text.endswith('>'):
             text = text[1:-1].strip()
@@ -200,6 +210,13 @@ class NameAddr:
 
     @classmethod
     def parse(cls, text: str) -> NameAddr:
+        """Parse a name-addr or addr-spec value (remembered as :meth:`SipURI.parse` is)."""
+        if cls is NameAddr:
+            return _cached_name_addr(text)
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> NameAddr:
         text = text.strip()
         if text == '*':
             return cls(uri=SipURI('sip', None, '*'), star=True, bracketed=False)
@@ -283,3 +300,10 @@ def user_uri(value: str, what: str = 'URI') -> SipURI:
     except SIPParseError as exc:
         raise InvalidURIError('%s %r is not a valid SIP URI (%s); write it as sip:user@host '
                               'or sip:user@host;transport=ws' % (what, value, exc)) from None
+
+
+#: How many distinct texts :meth:`SipURI.parse` and :meth:`NameAddr.parse` each remember
+#: (least recently used first out; errors are never remembered).
+PARSE_CACHE_SIZE = 8192
+_cached_uri = functools.lru_cache(maxsize=PARSE_CACHE_SIZE)(SipURI._parse)
+_cached_name_addr = functools.lru_cache(maxsize=PARSE_CACHE_SIZE)(NameAddr._parse)

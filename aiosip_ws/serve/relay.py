@@ -1068,8 +1068,7 @@ class RelayServer:
 
     def _response_received(self, conn: WSConnection, message: SIPMessage) -> None:
         try:
-            top = message.top_via
-            branch = (top.branch if top is not None else None) or ''
+            branch = message.top_branch or ''
         except SIPParseError as exc:
             peer_log.warning('dropped responses with a bad Via',
                              '%r: dropped a response with a bad Via: %s', conn, exc)

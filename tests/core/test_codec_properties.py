@@ -170,6 +170,8 @@ def test_serialize_then_parse_gives_the_same_message(msg):
     header order, repeated and comma-joined headers, compact forms and body bytes kept."""
     wire = serialize(msg)
     assert wire.count(b'\r\nContent-Length: ') == 1
+    parsed = parse(wire)
+    assert parsed.top_branch == parsed.top_via.branch
     assert parse(wire) == expected(msg, content_length=True)
     assert parse(wire.decode('utf-8', 'surrogateescape')) == parse(wire)
 
@@ -213,6 +215,8 @@ def check_parse(data: bytes | str) -> None:
         assert exc.partial is None or isinstance(exc.partial, SIPMessage)
         return
     assert isinstance(msg, SIPMessage) and msg.cseq
+    # the single-pass lookup finds what parsing the whole top Via finds
+    assert (msg.top_branch or None) == (msg.top_via.branch or None)
     again = parse(serialize(msg))
     assert again == expected(msg, content_length=True)
 
