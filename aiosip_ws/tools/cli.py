@@ -282,8 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
                        'capacity only, latency then counts from the real send time)')
     bench.add_argument('--duration', type=float, default=10.0, metavar='SECONDS',
                        help='length of the measured run (default %(default)s)')
-    bench.add_argument('--scenario', choices=('register', 'message', 'options'),
-                       default='options', help='what each transaction is (default %(default)s)')
+    bench.add_argument('--scenario', choices=('register', 'message', 'options', 'call'),
+                       default='options', help='what each transaction is (default '
+                       '%(default)s); call: INVITE with SDP, 180/200 from the callee, ACK, '
+                       '--hold seconds, BYE/200; the rate is then calls per second and the '
+                       'latency the set-up time')
+    bench.add_argument('--hold', type=float, default=1.0, metavar='SECONDS',
+                       help='call scenario: how long each answered call lasts (default '
+                       '%(default)s)')
     bench.add_argument('--json', action='store_true', help='print the summary as JSON')
     bench.add_argument('--domain', metavar='DOMAIN',
                        help='SIP domain of the AORs and of OPTIONS (default: the target host)')
@@ -294,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--password', metavar='PASSWORD', help='digest password of every client')
     bench.add_argument('--expires', type=int, default=300, metavar='SECONDS',
                        help='REGISTER Expires (default %(default)s)')
-    bench.add_argument('--to', metavar='URI', help='message scenario: send every MESSAGE to URI '
-                       '(default: each client registers and messages the next client)')
+    bench.add_argument('--to', metavar='URI', help='message and call scenarios: send every '
+                       'MESSAGE or INVITE to URI (default: each client registers and messages '
+                       'or calls the next client)')
     bench.add_argument('--body', default='aiosip-ws bench', metavar='TEXT',
                        help='MESSAGE body (default %(default)r)')
     bench.add_argument('--window', type=int, default=1, metavar='W',
@@ -847,6 +854,7 @@ async def _bench_command(args: argparse.Namespace) -> int:
         scenario=args.scenario, timeout=args.timeout, domain=args.domain,
         aor_template=args.aor_template, to=args.to, user_template=args.user_template,
         password=args.password, expires=args.expires, body=args.body, window=args.window,
+        hold=args.hold,
         connect_concurrency=args.connect_concurrency, source_addresses=args.source_address,
         max_transactions=args.max_transactions, start_at=args.start_at,
         client_options=_client_options(args), resolver=_resolver(args))

@@ -18,7 +18,14 @@ Scenarios:
 * ``message``: every client registers first (not measured), then sends MESSAGE
   to the next client's AOR (or to ``to`` when given); the receiving client
   answers 200 itself.  The transaction ends with the final response relayed
-  back, so one MESSAGE is four WebSocket messages through a relay.
+  back, so one MESSAGE is four WebSocket messages through a relay;
+* ``call``: every client registers first, then calls the next client (or ``to``):
+  INVITE with an SDP offer, the callee answers 180 then 200 with an SDP answer by
+  itself, ACK, ``hold`` seconds of call, then the caller's BYE and its 200.  One call
+  is one "transaction": the rate is calls per second, the latency is the set-up time
+  (INVITE to its 200), and a failed INVITE, a BYE not answered 2xx or a time-out is
+  a failure.  ACK and BYE follow the route set of the 200 (RFC 3261 §12.2), so they
+  cross whatever proxy record-routed the INVITE.
 
 The client side is kept lean on purpose so that a single Python process can load
 a server harder than the aiosip dialog API would allow: requests are built with
@@ -51,11 +58,12 @@ from typing import Any
 from ..adapter.application import Application
 from ..core import codec
 from ..core.codec import SIPMessage
+from ..core.dialog import DialogState
 from ..core.digest import Challenge, authorization, choose_challenge
 from ..core.grammar import DEFAULT_MAX_FORWARDS, is_net_url, is_sip_uri, split_net_url
 from ..core.sipuri import NameAddr, ws_contact
 from ..core.transaction import new_branch, new_call_id, new_tag
-from ..errors import AiosipWSError, ConfigurationError, DigestError
+from ..errors import AiosipWSError, ConfigurationError, DigestError, SIPParseError
 from ..options import ClientOptions
 from ..transport.connect import connect
 from ..transport.discovery import Resolver, Target
@@ -69,7 +77,7 @@ __all__ = ['SCENARIOS', 'BenchConfig', 'BenchResult', 'LatencySummary', 'Progres
 
 logger = logging.getLogger(__name__)
 
-SCENARIOS = ('register', 'message', 'options')
+SCENARIOS = ('register', 'message', 'options', 'call')
 
 #: A transaction due within this many seconds is sent now.  The epoll selector
 #: rounds every sleep up to the next millisecond, so waiting for the exact
@@ -143,6 +151,8 @@ class BenchConfig:
     password: str | None = None
     expires: int = 300
     body: str = 'aiosip-ws bench'
+    #: call scenario: seconds an answered call lasts before the caller's BYE
+    hold: float = 1.0
     #: closed loop only: outstanding transactions per client
     window: int = 1
     #: connections opened at the same time during set-up
@@ -177,6 +187,8 @@ class BenchConfig:
             raise ConfigurationError('duration must be a positive number of seconds')
         if self.timeout <= 0:
             raise ConfigurationError('timeout must be a positive number of seconds')
+        if self.hold < 0 or not math.isfinite(self.hold):
+            raise ConfigurationError('hold must be a number of seconds, 0 or more')
         if self.window < 1:
             raise ConfigurationError('window must be at least 1')
         if self.rate and self.rate * self.duration > self.max_transactions:
@@ -330,8 +342,9 @@ class BenchResult:
         if self.setup_failed:
             lines.append('%-*s %s' % (width, 'set-up failures', ', '.join(
                 '%s: %d' % item for item in sorted(self.setup_failed.items()))))
-        if cfg.scenario == 'message' and not cfg.to:
-            lines.append('%-*s %d' % (width, 'MESSAGEs received', self.requests_received))
+        if cfg.scenario in ('message', 'call') and not cfg.to:
+            lines.append('%-*s %d' % (width, 'MESSAGEs received' if cfg.scenario == 'message'
+                                      else 'INVITEs answered', self.requests_received))
         return '\n'.join(lines)
 
 
@@ -373,14 +386,39 @@ class _Client:
 
     def attach(self, conn: Any) -> None:
         self.conn = conn
-        user = NameAddr.parse(self.aor).uri.user or 'bench'
-        transport = getattr(conn, 'transport_name', 'ws')
-        if transport == 'udp':
-            self.contact = '<sip:%s@%s>' % (user, conn.via_host)
-        elif transport in ('tcp', 'tls'):
-            self.contact = '<sip:%s@%s;transport=%s>' % (user, conn.via_host, transport)
-        else:
-            self.contact = ws_contact(conn.via_host, user)
+        self.contact = _contact_of(conn, NameAddr.parse(self.aor).uri.user or 'bench')
+
+
+def _contact_of(conn: Any, user: str) -> str:
+    """The Contact a client of ``conn`` puts in its requests and 2xx (for WebSocket, the
+    ``.invalid`` host of the connection: RFC 7118 §5.1)."""
+    transport = getattr(conn, 'transport_name', 'ws')
+    if transport == 'udp':
+        return '<sip:%s@%s>' % (user, conn.via_host)
+    if transport in ('tcp', 'tls'):
+        return '<sip:%s@%s;transport=%s>' % (user, conn.via_host, transport)
+    return ws_contact(conn.via_host, user)
+
+
+#: The SDP of the call scenario: audio the generator never sends (port 9, RFC 6335's
+#: discard), enough for a proxy or a B2BUA to see an offer and an answer.
+_OFFER = (b'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=aiosip-ws bench\r\nc=IN IP4 127.0.0.1\r\n'
+          b't=0 0\r\nm=audio 9 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\n'
+          b'a=rtpmap:8 PCMA/8000\r\na=sendrecv\r\n')
+_ANSWER = _OFFER.replace(b' 0 8\r\n', b' 0\r\n').replace(b'a=rtpmap:8 PCMA/8000\r\n', b'')
+
+
+class _Call:
+    """A call of the call scenario, from its INVITE to the 200 of its BYE."""
+
+    __slots__ = ('call_id', 'invite', 'dialog', 'setup')
+
+    def __init__(self) -> None:
+        self.call_id = new_call_id()
+        self.invite: SIPMessage | None = None
+        self.dialog: DialogState | None = None
+        #: seconds from the INVITE (its intended time in an open loop) to its 200
+        self.setup = 0.0
 
 
 #: outcome of an unmeasured transaction: (status, None) or (None, error kind)
@@ -393,7 +431,7 @@ class _Txn:
     """One transaction in flight (kept across a digest retry, which keeps its intended time)."""
 
     __slots__ = ('client', 'method', 'intended', 'sent_at', 'auth_tries', 'measure', 'expires',
-                 'done', 'branch', 'conn')
+                 'done', 'branch', 'conn', 'call')
 
     def __init__(self, client: _Client, method: str, intended: float, measure: bool,
                  expires: int, done: asyncio.Future[_Outcome] | None = None) -> None:
@@ -407,6 +445,7 @@ class _Txn:
         self.done = done
         self.branch = ''
         self.conn: WSConnection | None = None
+        self.call: _Call | None = _Call() if method == 'INVITE' else None
 
 
 class _BenchApplication(Application):
@@ -419,12 +458,8 @@ class _BenchApplication(Application):
     def message_received(self, conn: WSConnection, message: SIPMessage) -> None:
         if not message.is_request:
             self._generator._response_received(message)
-            return
-        if message.method in ('MESSAGE', 'OPTIONS'):
-            self._generator.result.requests_received += 1
-            conn.send(codec.make_response(message, 200, to_tag=new_tag()))
-            return
-        super().message_received(conn, message)
+        elif not _answer(self._generator, conn, message):
+            super().message_received(conn, message)
 
     def ws_connection_lost(self, conn: WSConnection, exc: BaseException | None) -> None:
         self._generator._connection_lost(conn)
@@ -442,14 +477,27 @@ class _NetHandler:
     def message_received(self, conn: Any, message: SIPMessage) -> None:
         if not message.is_request:
             self._generator._response_received(message)
-        elif message.method in ('MESSAGE', 'OPTIONS'):
-            self._generator.result.requests_received += 1
-            conn.send(codec.make_response(message, 200, to_tag=new_tag()))
-        elif message.method != 'ACK':
+        elif not _answer(self._generator, conn, message) and message.method != 'ACK':
             conn.send(codec.make_response(message, 405, to_tag=new_tag()))
 
     def connection_lost(self, conn: Any, exc: BaseException | None) -> None:
         self._generator._connection_lost(conn)
+
+
+def _answer(generator: LoadGenerator, conn: Any, request: SIPMessage) -> bool:
+    """What a client answers by itself, without a dialog: MESSAGE, OPTIONS and BYE get
+    200, an INVITE 180 then 200 with an SDP answer, an ACK nothing.  False for the rest."""
+    method = request.method
+    if method in ('MESSAGE', 'OPTIONS', 'INVITE'):
+        generator.result.requests_received += 1
+    if method in ('MESSAGE', 'OPTIONS', 'BYE'):
+        conn.send(codec.make_response(request, 200, to_tag=new_tag()))
+    elif method == 'INVITE':
+        tag, contact = new_tag(), [('Contact', _contact_of(conn, 'bench'))]
+        conn.send(codec.make_response(request, 180, to_tag=tag, headers=contact))
+        conn.send(codec.make_response(request, 200, to_tag=tag, headers=[
+            *contact, ('Content-Type', 'application/sdp')], body=_ANSWER))
+    return method in ('MESSAGE', 'OPTIONS', 'BYE', 'INVITE', 'ACK')
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -553,7 +601,7 @@ class LoadGenerator:
                     self.result.connections_opened += 1
 
         await asyncio.gather(*(connect(c) for c in self.clients))
-        if cfg.scenario == 'message':
+        if cfg.scenario in ('message', 'call'):
             live = [c for c in self.clients if c.conn is not None]
             if not cfg.to:
                 for i, client in enumerate(live):
@@ -619,8 +667,8 @@ class LoadGenerator:
 
     async def _teardown(self) -> None:
         cfg = self.config
-        if cfg.unregister and cfg.scenario in ('register', 'message') and not (
-                cfg.scenario == 'message' and cfg.to):
+        if cfg.unregister and cfg.scenario in ('register', 'message', 'call') and not (
+                cfg.scenario in ('message', 'call') and cfg.to):
             self._running = False
             await self._register_all([c for c in self.clients if c.conn is not None], 0,
                                      measure_failures=False)
@@ -643,7 +691,8 @@ class LoadGenerator:
             if self._outstanding:
                 self._idle.clear()
                 try:
-                    await asyncio.wait_for(self._idle.wait(), cfg.timeout + 2)
+                    await asyncio.wait_for(self._idle.wait(), cfg.timeout + 2 + (
+                        cfg.hold + cfg.timeout if cfg.scenario == 'call' else 0))
                 except asyncio.TimeoutError:
                     self.result.errors['unfinished'] += self._outstanding
                     logger.warning('%d transaction(s) never finished', self._outstanding)
@@ -713,7 +762,8 @@ class LoadGenerator:
             self.result.errors['no connection'] += 1
             return
         scenario = self.config.scenario
-        method = {'register': 'REGISTER', 'message': 'MESSAGE', 'options': 'OPTIONS'}[scenario]
+        method = {'register': 'REGISTER', 'message': 'MESSAGE', 'options': 'OPTIONS',
+                  'call': 'INVITE'}[scenario]
         self._send(_Txn(client, method, intended, True, self.config.expires))
 
     def _request(self, txn: _Txn) -> SIPMessage:
@@ -729,6 +779,11 @@ class LoadGenerator:
             uri = cfg.to or client.peer or client.aor
             to = '<%s>' % uri
             call_id = client.msg_call_id
+        elif method == 'INVITE':
+            assert txn.call is not None
+            uri = cfg.to or client.peer or client.aor
+            to = '<%s>' % uri
+            call_id = txn.call.call_id
         else:
             uri = 'sip:%s' % cfg.sip_domain
             to = '<%s>' % uri
@@ -752,7 +807,13 @@ class LoadGenerator:
         if method == 'MESSAGE':
             headers.append(('Content-Type', 'text/plain'))
             body = cfg.body.encode('utf-8')
-        return SIPMessage(method=method, uri=uri, headers=headers, body=body)
+        elif method == 'INVITE':
+            headers += [('Contact', client.contact), ('Content-Type', 'application/sdp')]
+            body = _OFFER
+        request = SIPMessage(method=method, uri=uri, headers=headers, body=body)
+        if txn.call is not None:
+            txn.call.invite = request
+        return request
 
     def _send(self, txn: _Txn) -> None:
         """Send ``txn`` (again, after a challenge) on its client's connection."""
@@ -780,7 +841,60 @@ class LoadGenerator:
         if txn is None or status < 200:                 # late (timed out) or provisional
             return
         del self._pending[txn.branch]
+        if txn.call is not None:
+            self._call_progress(txn, txn.call, response, status)
+            return
         self._completed(txn, response, None)
+
+    # -- the call scenario ---------------------------------------------------------
+    def _call_progress(self, txn: _Txn, call: _Call, response: SIPMessage, status: int) -> None:
+        """The final response to a call's INVITE or BYE."""
+        assert self._loop is not None and call.invite is not None
+        conn = txn.conn
+        if txn.method == 'BYE':
+            if 200 <= status < 300:
+                self._completed(txn, None, None, status=200)
+            else:
+                self._completed(txn, None, 'BYE %d' % status)
+            return
+        if status >= 300:
+            # the ACK of a failure is hop-by-hop, in the INVITE's transaction (§17.1.1.3)
+            if conn is not None and conn.is_open:
+                conn.send(codec.invite_companion('ACK', response, uri=call.invite.uri or '',
+                                                 to=response.get('To')))
+            self._completed(txn, response, None)       # a digest retry, or a failure
+            return
+        call.setup = self._loop.time() - (txn.intended if self.config.rate else txn.sent_at)
+        try:
+            call.dialog = DialogState.as_uac(call.invite, response)
+        except SIPParseError as exc:
+            logger.info('a 2xx to INVITE made no dialog: %s', exc)
+            self._completed(txn, None, '2xx without a Contact')
+            return
+        self._in_dialog(txn, call.dialog.request('ACK', cseq=call.invite.cseq[0]))
+        self._loop.call_later(self.config.hold, self._hang_up, txn)
+
+    def _hang_up(self, txn: _Txn) -> None:
+        call = txn.call
+        assert call is not None and call.dialog is not None and self._loop is not None
+        conn = txn.client.conn
+        if conn is None or not conn.is_open:
+            self._completed(txn, None, 'connection lost')
+            return
+        txn.method = 'BYE'
+        txn.branch = new_branch()
+        txn.sent_at = self._loop.time()
+        self._pending[txn.branch] = txn            # Timer F for the BYE too, by the sweeper
+        self._in_dialog(txn, call.dialog.request('BYE'))
+
+    def _in_dialog(self, txn: _Txn, request: SIPMessage) -> None:
+        conn = txn.client.conn
+        if conn is None or not conn.is_open:
+            return                          # the BYE, if any, will find it gone
+        branch = txn.branch if request.method == 'BYE' else new_branch()
+        request.headers.insert(0, ('Via', conn.via(branch)))
+        txn.conn = conn
+        conn.send(request)
 
     async def _sweep(self) -> None:
         """Timer F for every transaction: fail those unanswered for ``timeout`` seconds.
@@ -801,9 +915,12 @@ class LoadGenerator:
                 del pending[txn.branch]
                 self._completed(txn, None, 'timeout')
 
-    def _completed(self, txn: _Txn, response: SIPMessage | None, error: str | None) -> None:
+    def _completed(self, txn: _Txn, response: SIPMessage | None, error: str | None, *,
+                   status: int | None = None) -> None:
         self._outstanding -= 1
-        if response is not None:
+        if status is not None:                     # a call hung up cleanly
+            self._finish(txn, status, None)
+        elif response is not None:
             status = response.status or 0
             if (status in (401, 407) and self.config.password is not None and txn.auth_tries < 2
                     and self._take_challenge(txn.client, response, status)):
@@ -845,7 +962,10 @@ class LoadGenerator:
             result.errors[error or 'unknown'] += 1
         else:
             result.answered[status] += 1
-            result.latencies.append(now - (txn.intended if self.config.rate else txn.sent_at))
+            if txn.call is not None and status < 300:
+                result.latencies.append(txn.call.setup)
+            else:
+                result.latencies.append(now - (txn.intended if self.config.rate else txn.sent_at))
         if not self.config.rate and self._running and now < self._closed_loop_end:
             result.send_lag.append(0.0)
             self._start(txn.client, now)

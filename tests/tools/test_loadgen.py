@@ -66,7 +66,7 @@ def test_percentile_is_exact_nearest_rank():
 
 def test_config_is_validated():
     for bad in (dict(scenario='invite'), dict(clients=0), dict(rate=-1), dict(duration=0),
-                dict(rate=1e6, duration=100), dict(timeout=0)):
+                dict(rate=1e6, duration=100), dict(timeout=0), dict(hold=-1)):
         with pytest.raises(ConfigurationError):
             BenchConfig('ws://127.0.0.1:1/', **bad).validate()
     with pytest.raises(ConfigurationError):
@@ -107,6 +107,44 @@ async def test_options_and_message_scenarios(relay):
     assert not result.setup_failed and len(server.registrar) == 0
     as_dict = result.as_dict()
     assert as_dict['answered'] == {'200': 40} and as_dict['latency_ms']['count'] == 40
+
+
+def requests_seen(server: RelayServer) -> list[str]:
+    """The methods of the requests ``server`` receives from its clients, in order."""
+    seen: list[str] = []
+    received = server.message_received
+
+    def wrapped(conn, message):
+        if message.is_request:
+            seen.append(message.method)
+        received(conn, message)
+
+    server.message_received = wrapped
+    return seen
+
+
+async def test_call_scenario_sets_up_holds_and_hangs_up_every_call(relay):
+    """--scenario call: INVITE with SDP, 180/200 from the callee client, ACK and BYE on the
+    200's route set through serve; the latency is the set-up time, not the call's length."""
+    server, url = relay
+    seen = requests_seen(server)
+    result = await run_bench(BenchConfig(url, clients=4, rate=20, duration=0.5, scenario='call',
+                                         hold=0.3))
+    assert result.sent == 10 and dict(result.answered) == {200: 10} and result.ok
+    assert result.requests_received == 10                     # INVITEs the callees answered
+    calls = [m for m in seen if m in ('INVITE', 'ACK', 'BYE')]
+    assert calls.count('INVITE') == calls.count('ACK') == calls.count('BYE') == 10
+    assert result.latency().count == 10 and result.latency().max < 0.3 <= result.elapsed
+    assert len(server.registrar) == 0                          # un-registered at the end
+
+
+async def test_call_scenario_counts_a_refused_invite_as_a_failure_and_acks_it(relay):
+    server, url = relay
+    seen = requests_seen(server)
+    result = await run_bench(BenchConfig(url, clients=2, rate=20, duration=0.2, scenario='call',
+                                         to='sip:nobody@example.com', hold=0))
+    assert dict(result.answered) == {404: 4} and not result.ok
+    assert seen.count('INVITE') == seen.count('ACK') == 4 and 'BYE' not in seen
 
 
 async def test_message_to_unknown_aor_counts_404_by_status(relay):
