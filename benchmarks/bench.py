@@ -1120,6 +1120,48 @@ class Bench:
         self.log('    %.0f tx/s, errors %s (peak CPU: %s)' % (
             report['achieved_rate'] or 0, report['errors'] or 0, cpu_text(cpu)))
 
+    # -- (i) ---------------------------------------------------------------------
+    def part_i(self) -> None:
+        """Calls (``aiosip-ws bench --scenario call``) through serve and through Kamailio:
+        the same clients, each calling the next one, closed loop."""
+        helper = serve(self.tmp, 'serve-i')
+        try:
+            self.results['i_serve'] = self._calls(url_of(helper), {'serve': helper.pid}, {},
+                                                  'serve')
+        finally:
+            helper.stop()
+        if not self.args.no_kamailio:
+            with kamailio(self.tmp) as (url, pgid, _):
+                self.results['i_kamailio'] = self._calls(url, {}, {'kamailio': pgid},
+                                                         'kamailio')
+
+    def _calls(self, url: str, pids: dict[str, int], groups: dict[str, int],
+               name: str) -> dict[str, Any]:
+        a = self.args
+        for attempt in (1, 2):
+            self.wait_for_quiet()
+            self.log('(i) calls via %s: %d clients each calling the next, %g s held, closed '
+                     'loop, %g s ...' % (name, a.call_clients, a.call_hold, a.duration))
+            watch = CpuWatch(pids, groups).start()
+            report, _ = run_cli_bench(
+                url, '--scenario', 'call', '--rate', '0', '--window', '1', '--clients',
+                str(a.call_clients), '--hold', str(a.call_hold), '--duration', str(a.duration),
+                '--timeout', '10', '--domain', 'bench.test', tmp=self.tmp,
+                name='bench-i-%s' % name)
+            cpu = watch.stop()
+            cpu['clients'] = (report['generator_cpu_pct'] or 0) / 100.0
+            if others(cpu) <= DISTURBED or attempt == 2:
+                break
+            self.log('    disturbed: again')
+        rate = report['achieved_rate'] or 0.0
+        result = {'rate': rate, 'answered': report['answered'], 'errors': report['errors'],
+                  'latency_ms': report['latency_ms'], 'cpu': cpu}
+        self.log('    %.0f calls/s, answered %s, errors %s, set-up p50 %s ms p99 %s ms (peak '
+                 'CPU: %s)' % (rate, report['answered'], report['errors'] or 0,
+                               report['latency_ms']['p50'], report['latency_ms']['p99'],
+                               cpu_text(cpu)))
+        return result
+
     # -- (g) ---------------------------------------------------------------------
     def part_g(self) -> None:
         """Media: the bot's CPU per concurrent PCMU echo call against aiortc alone."""
@@ -1548,6 +1590,22 @@ def report(bench: Bench) -> str:
             serve_cpu = sum(v for k, v in cpu.items() if k.startswith('worker'))
             row('    CPU per REGISTER (us): workers / Redis (closed loop, %.0f/s)' % capacity,
                 '%s / %s' % (fmt(serve_cpu * 1e6 / capacity), fmt(cpu.get('redis', 0) * 1e6 / capacity)))
+    per_call = {}
+    for key, proc in (('i_serve', 'serve'), ('i_kamailio', 'kamailio')):
+        part = r.get(key)
+        if not part:
+            continue
+        row('(i) calls/s via %s (%d clients, %g s held; set-up p50/p99 ms %s/%s)' % (
+            'serve' if proc == 'serve' else 'Kamailio', a.call_clients, a.call_hold,
+            fmt(part['latency_ms']['p50'], '%.1f'), fmt(part['latency_ms']['p99'], '%.1f')),
+            fmt(part['rate']), '', '', 'failures %d' % sum((part['errors'] or {}).values()))
+        if part['rate'] and part['cpu'].get(proc):
+            per_call[proc] = part['cpu'][proc] * 1e6 / part['rate']
+    if len(per_call) == 2:
+        ratio = per_call['kamailio'] / per_call['serve']
+        row('(i) CPU per call: serve / Kamailio (us); per-CPU ratio', '%.0f / %.0f' % (
+            per_call['serve'], per_call['kamailio']), '>= 0.4', fmt(ratio, '%.2f'),
+            'met' if ratio >= 0.4 else 'NOT met')
     ws_h, udp_h = r.get('h_ws'), r.get('h_udp')
     if ws_h and udp_h:
         row("(h) MESSAGE via serve, WebSocket callee (tx/s)", fmt(ws_h['rate']), '', '1.00')
@@ -1588,7 +1646,7 @@ def report(bench: Bench) -> str:
         lines.append('load from other processes before each measurement: max %.0f %% of a core'
                      % (100 * max(busy)))
     cpu_notes = []
-    for key in ('a', 'b', "b'", "b''", 'b-K'):
+    for key in ('a', 'b', "b'", "b''", 'b-K', 'i_serve', 'i_kamailio'):
         if key in r:
             cpu_notes.append('(%s) %s; CPU per transaction: %s' % (
                 key, cpu_text(r[key]['cpu']), us_per_tx(r[key]['cpu'], r[key]['rate'])))
@@ -1631,8 +1689,8 @@ def main() -> int:
         return helper_main(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--only', default='a,b,c,d,e,f',
-                        help='parts to run (default a,b,c,d,e,f; g, media, needs the [media] '
+    parser.add_argument('--only', default='a,b,c,d,e,f,i',
+                        help='parts to run (default a,b,c,d,e,f,i; g, media, needs the [media] '
                         'extra and unshare; h: bridging to UDP)')
     parser.add_argument('--clients', type=int, default=50, help='(a)/(b) client connections')
     parser.add_argument('--window', type=int, default=4, help='(a)/(b) outstanding per client')
@@ -1651,6 +1709,10 @@ def main() -> int:
     parser.add_argument('--profile', action='store_true', help='also run under cProfile and '
                         'print where the time goes')
     parser.add_argument('--max-calls', type=int, default=160, help='(g) most concurrent calls')
+    parser.add_argument('--call-clients', type=int, default=200,
+                        help='(i) clients, each calling the next one (default 200)')
+    parser.add_argument('--call-hold', type=float, default=0.5,
+                        help='(i) seconds each call is held (default 0.5)')
     parser.add_argument('--media-hold', type=float, default=8.0,
                         help='(g) seconds measured per step')
     parser.add_argument('--json', metavar='FILE', help='write every figure to FILE')
@@ -1682,6 +1744,8 @@ def main() -> int:
             bench.part_g()
         if 'h' in parts:
             bench.part_h()
+        if 'i' in parts:
+            bench.part_i()
         if args.profile:
             bench.profile_runs()
         table = report(bench)
