@@ -91,6 +91,14 @@ RESPONSE_TEXT = (
     'Via: SIP/2.0/WS 4k2jd9a8xk1p.invalid;branch=z9hG4bK5f1c2a9e03b7d4c8\r\n'
     'From: <sip:bench0@bench.test>;tag=8c1d0e5f3a\r\nTo: <sip:callee@bench.test>;tag=a1b2c3d4\r\n'
     'Call-ID: 3f9a1c0d7e2b4a6c8e01\r\nCSeq: 17 MESSAGE\r\nContent-Length: 0\r\n\r\n')
+#: a REGISTER as the (c) clients send it, for the raw echo of part (c)
+REGISTER_TEXT = (
+    'REGISTER sip:bench.test SIP/2.0\r\n'
+    'Via: SIP/2.0/WS 4k2jd9a8xk1p.invalid;branch=z9hG4bK5f1c2a9e03b7d4c8\r\n'
+    'Max-Forwards: 70\r\nFrom: <sip:bench0@bench.test>;tag=8c1d0e5f3a\r\n'
+    'To: <sip:bench0@bench.test>\r\nCall-ID: 3f9a1c0d7e2b4a6c8e01\r\nCSeq: 17 REGISTER\r\n'
+    'Contact: <sip:bench@4k2jd9a8xk1p.invalid;transport=ws>\r\nExpires: 300\r\n'
+    'Content-Length: 0\r\n\r\n')
 
 
 # ============================================================================ helpers: processes
@@ -586,8 +594,26 @@ async def mode_raw_callee(url: str) -> None:
             await ws.send(RESPONSE_TEXT)
 
 
-async def mode_raw_clients(url: str, clients: int, window: int, duration: float) -> None:
-    """Closed loop over raw websockets: ``window`` outstanding MESSAGEs per connection."""
+async def mode_raw_echo() -> None:
+    """Send every WebSocket message back as it came: the floor of a server answering one
+    message with one message (part (c)'s yardstick for serve's CPU per REGISTER)."""
+    from websockets.asyncio.server import serve as ws_serve
+
+    async def handler(ws: Any) -> None:
+        async for data in ws:
+            await ws.send(data)
+
+    async with ws_serve(handler, HOST, 0, subprotocols=['sip'], compression=None,
+                        ping_interval=None, max_queue=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        print('READY ws://%s:%d/' % (HOST, port), flush=True)
+        await _until_stdin_closes()
+
+
+async def mode_raw_clients(url: str, clients: int, window: int, duration: float,
+                           payload: str = MESSAGE_TEXT) -> None:
+    """Closed loop over raw websockets: ``window`` outstanding MESSAGEs (or ``payload``)
+    per connection."""
     from websockets.asyncio.client import connect
     conns = [await connect(url, subprotocols=['sip'], compression=None, ping_interval=None,
                            max_queue=None) for _ in range(clients)]
@@ -600,12 +626,12 @@ async def mode_raw_clients(url: str, clients: int, window: int, duration: float)
     async def run(ws: Any) -> None:
         nonlocal done
         for _ in range(window):
-            await ws.send(MESSAGE_TEXT)
+            await ws.send(payload)
         async for _ in ws:
             done += 1
             if loop.time() >= end:
                 return
-            await ws.send(MESSAGE_TEXT)
+            await ws.send(payload)
 
     await asyncio.gather(*(run(ws) for ws in conns))
     elapsed = loop.time() - start
@@ -1046,8 +1072,32 @@ class Bench:
                 'steps': steps, 'sustained_rate': best['offered_rate'] if best else None,
                 'report': best}
 
+    def raw_echo(self) -> None:
+        """Part (c)'s floor: raw websockets echoing REGISTER-sized messages, closed loop
+        (the (a) clients and window), and the echo server's CPU per message."""
+        a = self.args
+        self.wait_for_quiet()
+        self.log('(c) raw websockets echo of a REGISTER, %d clients x %d outstanding, %g s ...'
+                 % (a.clients, a.window, a.duration))
+        echo = Helper([PY, __file__, '_raw-echo'], log=self.tmp / 'raw-echo.log')
+        try:
+            watch = CpuWatch({'echo': echo.pid}).start()
+            clients = Helper([PY, __file__, '_raw-clients', echo.ready_line.split()[1],
+                              str(a.clients), str(a.window), str(a.duration), 'register'],
+                             timeout=a.duration + 60, log=self.tmp / 'raw-echo-clients.log')
+            cpu = watch.stop()
+            report = json.loads(clients.ready_line.split(' ', 1)[1])
+            clients.stop()
+        finally:
+            echo.stop()
+        cpu['clients'] = report['cpu']
+        self.results['c_echo'] = {'rate': report['rate'], 'cpu': cpu}
+        self.log('    %.0f echoes/s (peak CPU: %s; echo %.0f us per message)' % (
+            report['rate'], cpu_text(cpu), cpu['echo'] * 1e6 / max(1.0, report['rate'])))
+
     def part_c(self) -> None:
         a = self.args
+        self.raw_echo()
         server = serve(self.tmp, 'serve-c')
         url = url_of(server)
         try:
@@ -1250,6 +1300,16 @@ class Bench:
             if n > self.args.max_idle:
                 continue
             self.results['d_%d' % n] = self.idle_rss(n, sources)
+        # as many as serve's open-file hard limit allows, less its own reserve
+        sys.path.insert(0, str(REPO))
+        from aiosip_ws.serve.fdlimit import connection_cap
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard == resource.RLIM_INFINITY or self.args.max_idle <= 10000:
+            return
+        cap = min(connection_cap(hard), self.args.max_idle)
+        result = self.idle_rss(cap, ['127.0.0.%d' % i for i in range(10, 14)])
+        result.update(hard_limit=hard, cap=cap)
+        self.results['d_most'] = result
 
     def idle_rss(self, n: int, sources: list[str], *serve_args: str) -> dict[str, Any]:
         self.wait_for_quiet()
@@ -1545,6 +1605,12 @@ def report(bench: Bench) -> str:
             per_register[proc] = part['estimate_cpu'][proc] * 1e6 / part['capacity_closed_loop']
             row('(c) %s CPU per REGISTER (us) at %.0f/s (closed loop)' % (
                 proc, part['capacity_closed_loop']), fmt(per_register[proc]))
+    echo = r.get('c_echo')
+    if echo and echo['rate'] and per_register.get('serve'):
+        floor = echo['cpu']['echo'] * 1e6 / echo['rate']
+        times = per_register['serve'] / floor
+        row('(c) serve CPU per REGISTER / raw websockets echo of it (%.0f us)' % floor, '',
+            '<= 2.5 x', '%.1f x' % times, 'met' if times <= 2.5 else 'NOT met')
     if len(per_register) == 2 and per_register['serve']:
         ratio = per_register['kamailio'] / per_register['serve']
         row('    per core: serve / Kamailio (REGISTER/s per CPU)', '', '>= 0.5',
@@ -1555,15 +1621,20 @@ def report(bench: Bench) -> str:
             p99 = fixed['latency_ms']['p99']
             row('(c) p99 REGISTER latency (ms), %s, %d clients, %d/s' % (
                 name, a.register_clients, fixed['rate']), fmt(p99, '%.1f'),
-                '< 20 ms' if key == 'c_serve' else '', '',
-                ('met' if p99 is not None and p99 < 20 and fixed['ok'] else 'NOT met')
+                '< 10 ms' if key == 'c_serve' else '', '',
+                ('met' if p99 is not None and p99 < 10 and fixed['ok'] else 'NOT met')
                 if key == 'c_serve' else '')
-    for n in (1000, 10000):
-        d = r.get('d_%d' % n)
-        if d:
-            row('(d) RSS per idle registered client (KiB), %d clients' % n,
-                fmt(d['per_client_kib'], '%.1f'), '<= 40 KiB', '',
-                'met' if d['per_client_kib'] <= 40 else 'NOT met')
+    for key in sorted((k for k in r if k.startswith('d_')), key=lambda k: r[k]['clients']):
+        d = r[key]
+        row('(d) RSS per idle registered client (KiB), %d clients' % d['clients'],
+            fmt(d['per_client_kib'], '%.1f'), '<= 16 KiB', '',
+            'met' if d['per_client_kib'] <= 16 else 'NOT met')
+    most = r.get('d_most')
+    if most:
+        row('(d) idle clients held at once (open-file hard limit %d, cap %d)' % (
+            most['hard_limit'], most['cap']), '%d (%d failed)' % (most['clients'],
+                                                                 most['failed']),
+            '>= cap', '', 'met' if most['clients'] >= most['cap'] else 'NOT met')
     one, two = r.get('f_one_node'), r.get('f_two_nodes')
     fast = r.get("b'", {}).get('rate')
     for key, label in (('f_one_node', "(f) MESSAGE, serve --redis, callee on the same node (tx/s)"),
@@ -1697,10 +1768,12 @@ def main() -> int:
     parser.add_argument('--duration', type=float, default=8.0, help='(a)/(b) seconds')
     parser.add_argument('--register-clients', type=int, default=1000, help='(c) clients')
     parser.add_argument('--register-duration', type=float, default=6.0, help='(c) seconds per step')
-    parser.add_argument('--p99-rate', type=int, default=1000, help='(c) REGISTER/s of the p99 run')
+    parser.add_argument('--p99-rate', type=int, default=5000, help='(c) REGISTER/s of the p99 run')
     parser.add_argument('--generators', type=int, default=2,
                         help='(c) aiosip-ws bench processes sharing the load (default 2)')
-    parser.add_argument('--max-idle', type=int, default=10000, help='(d) largest client count')
+    parser.add_argument('--max-idle', type=int, default=10 ** 6,
+                        help='(d) most idle clients (default: as many as the open-file hard '
+                        'limit allows serve, less its reserve)')
     parser.add_argument('--no-kamailio', action='store_true')
     parser.add_argument('--workers', type=lambda text: [int(n) for n in text.split(',')],
                         default=[1, 2, 4], help='(f) serve --workers counts (default 1,2,4)')
@@ -1771,7 +1844,10 @@ def helper_main(argv: list[str]) -> int:
     elif mode == '_raw-callee':
         asyncio.run(mode_raw_callee(rest[0]))
     elif mode == '_raw-clients':
-        asyncio.run(mode_raw_clients(rest[0], int(rest[1]), int(rest[2]), float(rest[3])))
+        asyncio.run(mode_raw_clients(rest[0], int(rest[1]), int(rest[2]), float(rest[3]),
+                                     REGISTER_TEXT if rest[4:] == ['register'] else MESSAGE_TEXT))
+    elif mode == '_raw-echo':
+        asyncio.run(mode_raw_echo())
     elif mode == '_lean-relay':
         asyncio.run(mode_lean_relay())
     elif mode == '_callee':
