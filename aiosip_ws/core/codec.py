@@ -97,11 +97,18 @@ _SINGLE_VALUED = ('From', 'To', 'Call-ID', 'CSeq', 'Max-Forwards')
 
 def canonical_name(name: str) -> str:
     """Expand a compact header name and give a well-known one its usual spelling."""
-    if len(name) == 1:
-        full = COMPACT_FORMS.get(name.lower())
-        if full:
-            return full
-    return _CANONICAL.get(name.lower(), name)
+    known = _CANONICAL_OF.get(name)
+    if known is not None:
+        return known
+    full = COMPACT_FORMS.get(name.lower()) if len(name) == 1 else None
+    result = full or _CANONICAL.get(name.lower(), name)
+    if len(_CANONICAL_OF) < _NAMES_MAX:
+        _CANONICAL_OF[name] = result
+    return result
+
+
+#: name as asked for -> canonical_name(name): the code asks for a few dozen names
+_CANONICAL_OF: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -181,20 +188,35 @@ class SIPMessage:
     def is_request(self) -> bool:
         return self.method is not None
 
+    # Header names compare case-insensitively (RFC 3261 §7.3.5).  The parser writes
+    # every well-known name in its canonical spelling, so a lookup first compares the
+    # canonical name as it is, and lowers only names of the same length.
+
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (any case, compact form allowed)."""
-        wanted = canonical_name(name).lower()
+        wanted = canonical_name(name)
+        lower, size = wanted.lower(), len(wanted)
         for key, value in self.headers:
-            if key.lower() == wanted:
+            if key == wanted or (len(key) == size and key.lower() == lower):
                 return value
         return default
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``; comma-joined Via/Contact/Route values are split."""
-        wanted = canonical_name(name).lower()
-        values = [value for key, value in self.headers if key.lower() == wanted]
-        if wanted in MULTI_VALUE_HEADERS:
-            return [item for value in values for item in split_header_values(value)]
+        wanted = canonical_name(name)
+        lower, size = wanted.lower(), len(wanted)
+        values = [value for key, value in self.headers
+                  if key == wanted or (len(key) == size and key.lower() == lower)]
+        if lower in MULTI_VALUE_HEADERS:
+            items: list[str] = []
+            for value in values:
+                if ',' in value:
+                    items.extend(split_header_values(value))
+                else:
+                    value = value.strip()
+                    if value:
+                        items.append(value)
+            return items
         return values
 
     def set(self, name: str, value: str) -> None:
@@ -536,9 +558,9 @@ def serialize(msg: SIPMessage) -> bytes:
     """Write ``msg`` in wire form with exactly one, correct Content-Length (RFC 3261 §20.14)."""
     out = [msg.start_line()]
     for name, value in msg.headers:
-        if name.lower() in ('content-length', 'l'):
+        if len(name) in (1, 14) and name.lower() in ('content-length', 'l'):
             continue
-        out.append('%s: %s' % (name, value))
+        out.append(name + ': ' + value)
     out.append('Content-Length: %d' % len(msg.body))
     return ('\r\n'.join(out) + '\r\n\r\n').encode('utf-8', 'surrogateescape') + msg.body
 
@@ -558,6 +580,9 @@ REASONS = {
 #: Headers a response copies from its request (RFC 3261 8.2.6.2).
 _COPIED_TO_RESPONSE = ('via', 'from', 'to', 'call-id', 'cseq', 'record-route')
 _COPIED_ONCE = frozenset({'from', 'to', 'call-id', 'cseq'})
+#: the same, as the parser spells them -> lower case
+_COPIED_CANONICAL = {canonical_name(name): name for name in _COPIED_TO_RESPONSE}
+_KNOWN_NAMES = frozenset(_CANONICAL.values()) | frozenset(COMPACT_FORMS.values())
 
 
 def make_response(request: SIPMessage, status: int, reason: str | None = None, *,
@@ -572,9 +597,13 @@ def make_response(request: SIPMessage, status: int, reason: str | None = None, *
     copied: list[tuple[str, str]] = []
     once: set[str] = set()
     for name, value in request.headers:
-        lname = name.lower()
-        if lname not in _COPIED_TO_RESPONSE:
-            continue
+        lname = _COPIED_CANONICAL.get(name)
+        if lname is None:
+            if name in _KNOWN_NAMES:              # spelt as the parser does, and not copied
+                continue
+            lname = name.lower()                  # any other spelling
+            if lname not in _COPIED_TO_RESPONSE:
+                continue
         if lname == 'record-route' and not (status < 300 and status > 100):
             continue
         if lname in _COPIED_ONCE:
@@ -609,7 +638,7 @@ def unsupported_option_tags(message: SIPMessage, supported: Iterable[str]) -> li
 
     ACK and CANCEL never get a 420 and yield none.
     """
-    if message.method in ('ACK', 'CANCEL'):
+    if message.method in ('ACK', 'CANCEL') or message.get('Require') is None:
         return []
     allowed = {tag.lower() for tag in supported}
     return [tag for value in message.get_all('Require')

@@ -184,6 +184,11 @@ class SipURI:
         return '%s:%s@%s' % (scheme, self.user, self.host)
 
     def __str__(self) -> str:
+        return self._text
+
+    @functools.cached_property
+    def _text(self) -> str:
+        """The URI written out, once per (immutable) instance."""
         if self.scheme not in ('sip', 'sips'):
             return '%s:%s' % (self.scheme, self.host)
         out = self.scheme + ':'
@@ -261,6 +266,11 @@ class NameAddr:
         return replace(self, params=kept + ((name, value),))
 
     def __str__(self) -> str:
+        return self._text
+
+    @functools.cached_property
+    def _text(self) -> str:
+        """The value written out, once per (immutable) instance."""
         if self.star:
             return '*'
         out = ''

@@ -27,7 +27,7 @@ __all__ = ['Binding', 'Registrar', 'RegisterResult', 'register_aor']
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class Binding:
     aor: str
     contact: NameAddr                 # as registered, without the expires parameter
@@ -125,6 +125,8 @@ class Registrar:
                 if b.expires_at > now and (b.by_time or getattr(b.connection, 'is_open', True))]
         if len(live) != len(current):
             self.store(aor, list(live))
+        if len(live) < 2:
+            return live
         return sorted(live, key=lambda b: b.registered_at, reverse=True)
 
     def aors(self) -> list[str]:
@@ -241,8 +243,9 @@ class Registrar:
                 expires = self.default_expires
             if 0 < expires < self.min_expires:
                 return RegisterResult(423, headers=[('Min-Expires', str(self.min_expires))]), None
-            bare = NameAddr(contact.uri, contact.display_name,
-                            tuple(p for p in contact.params if p[0].lower() != 'expires'))
+            bare = contact if value is None and not contact.has_param('expires') else NameAddr(
+                contact.uri, contact.display_name,
+                tuple(p for p in contact.params if p[0].lower() != 'expires'))
             instance = contact.param('+sip.instance') if outbound else None
             reg_id = contact.param('reg-id') if outbound else None
             planned.append((bare, min(expires, self.max_expires), instance, reg_id))

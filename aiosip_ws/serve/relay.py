@@ -419,7 +419,7 @@ class RelayServer:
             logger.exception('%r: the %s route failed', conn, message.method)
             self.reply(conn, message, 500)
             return
-        if inspect.isawaitable(outcome):
+        if outcome is not None and inspect.isawaitable(outcome):
             self.spawn(self._run_route(conn, message, outcome))
 
     async def _run_route(self, conn: WSConnection, message: SIPMessage,
@@ -552,8 +552,9 @@ class RelayServer:
         if result.status == 200:
             for host in hosts:
                 self._claim_host(host, conn)
-            logger.info('REGISTER %s from %s: %d binding(s)', request.get('To'),
-                        conn.remote_addr, len(result.headers))
+            if logger.isEnabledFor(logging.INFO):
+                logger.info('REGISTER %s from %s: %d binding(s)', request.get('To'),
+                            conn.remote_addr, len(result.headers))
         self.reply(conn, request, result.status, result.reason, headers=result.headers)
 
     def _on_publish(self, conn: WSConnection, request: SIPMessage) -> None:
