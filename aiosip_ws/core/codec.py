@@ -183,6 +183,9 @@ class SIPMessage:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b''
     version: str = 'SIP/2.0'
+    #: (the CSeq value, what it parsed to): the parser checked it, the property reuses it
+    _cseq_parsed: tuple[str, tuple[int, str]] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     @property
     def is_request(self) -> bool:
@@ -245,7 +248,12 @@ class SIPMessage:
         value = self.get('CSeq')
         if value is None:
             raise SIPParseError('missing CSeq header')
-        return _parse_cseq(value)
+        parsed = self._cseq_parsed
+        if parsed is not None and parsed[0] is value:
+            return parsed[1]
+        result = _parse_cseq(value)
+        self._cseq_parsed = (value, result)
+        return result
 
     @property
     def vias(self) -> list[Via]:
@@ -511,8 +519,10 @@ def _check_headers(msg: SIPMessage, body: bytes, is_request: bool, strict: bool)
                 's' if len(missing) > 1 else '', ', '.join(missing)))
     if cseq is not None:
         number, _, cseq_method = cseq.partition(' ')
-        if not (cseq_method == msg.method and number.isdigit() and number.isascii()
-                and len(number) < 10):       # else the whole check, and what is wrong
+        if cseq_method == msg.method and number.isdigit() and number.isascii() \
+                and len(number) < 10:
+            msg._cseq_parsed = (cseq, (int(number), cseq_method))
+        else:                                   # the whole check, and what is wrong
             _, cseq_method = _parse_cseq(cseq)
         if is_request and cseq_method != msg.method:
             raise SIPParseError('CSeq method %s does not match request method %s' % (
