@@ -52,6 +52,7 @@ from ..core.grammar import (
 )
 from ..errors import ConfigurationError, HandshakeError, HandshakeRefused
 from ..options import ClientOptions, ServerOptions
+from .keepalive import SharedKeepalive
 from .proxyproto import proxied_connection_class
 from .throttle import LogThrottle
 
@@ -296,11 +297,11 @@ class WSConnection:
         self._queue = None
         self._queued = 0
         self._closer = asyncio.get_running_loop().create_task(
-            self._close_unread(1008, 'send queue full: the peer is not reading'))
+            self.close_unanswered(1008, 'send queue full: the peer is not reading'))
 
-    async def _close_unread(self, code: int, reason: str) -> None:
-        """Close a connection whose peer may never read the close frame: bounded wait,
-        then the TCP connection is aborted."""
+    async def close_unanswered(self, code: int, reason: str) -> None:
+        """Close a connection whose peer may never read the close frame (it stopped
+        reading, or answering Pings): bounded wait, then the TCP connection is aborted."""
         try:
             await asyncio.wait_for(self.websocket.close(code, reason), self.options.close_timeout)
         except (asyncio.TimeoutError, ConnectionClosed):
@@ -680,8 +681,11 @@ class WSListener:
 
     def __init__(self, server: Server, url: str, connections: set[WSConnection],
                  connections_per_ip: collections.Counter[str] | None = None,
-                 proxied_pending: set[Any] | None = None) -> None:
+                 proxied_pending: set[Any] | None = None,
+                 keepalive: SharedKeepalive | None = None) -> None:
         self.server = server
+        #: the WebSocket Pings of every connection (one task for the listener)
+        self.keepalive = keepalive
         #: PROXY protocol connections still reading their header or in TLS
         self._proxied_pending = proxied_pending if proxied_pending is not None else set()
         self.url = url
@@ -716,6 +720,8 @@ class WSListener:
             await asyncio.gather(*(ws.close(code, reason) for ws in self.server.connections),
                                  return_exceptions=True)
         await self.server.wait_closed()
+        if self.keepalive is not None:
+            await self.keepalive.close()
 
     async def __aenter__(self) -> WSListener:
         return self
@@ -885,6 +891,8 @@ async def listen(url: str, handler: ConnectionHandler,
         try:
             handler.connection_made(conn)
             conn._run_task = asyncio.current_task()
+            if keepalive is not None:
+                keepalive.add(conn)
             await conn.run()
         finally:
             connections.discard(conn)
@@ -893,6 +901,8 @@ async def listen(url: str, handler: ConnectionHandler,
                 del per_ip[source]
 
     proxied_pending: set[Any] = set()
+    keepalive = SharedKeepalive(options.ping_interval, options.ping_timeout) \
+        if options.ping_interval else None
     tls: _ssl.SSLContext | None = options.ssl
     create_connection = None
     if options.proxy_protocol:              # the header comes before TLS: the class starts TLS
@@ -906,12 +916,12 @@ async def listen(url: str, handler: ConnectionHandler,
         create_connection=create_connection,
         process_response=log_refusal, logger=_HandshakeLogger(logging.getLogger('websockets.server')),
         compression=None, ssl=tls, open_timeout=options.open_timeout,
-        ping_interval=options.ping_interval, ping_timeout=options.ping_timeout,
+        ping_interval=None,                 # the listener's own keep-alive: keepalive.py
         close_timeout=options.close_timeout, max_size=options.max_size,
         server_header=options.server_header or _user_agent(),
         **listen_extra,
     )
-    listener = WSListener(server, url, connections, per_ip, proxied_pending)
+    listener = WSListener(server, url, connections, per_ip, proxied_pending, keepalive)
     logger.info('listening for SIP over WebSocket on %s', listener.bound_url)   # port 0: the real one
     return listener
 

@@ -103,6 +103,35 @@ async def test_dead_peer_is_reaped_by_websocket_pings():
         await relay.close()
 
 
+async def test_one_keepalive_task_pings_every_connection_and_live_peers_stay():
+    """RFC 7118 §6 keep-alive without a task per connection: one task of the listener
+    pings every connection each interval; peers that answer (websockets clients pong by
+    themselves) stay open, and the task ends with the listener."""
+    relay = RelayServer(server_options=ServerOptions(ping_interval=0.1, ping_timeout=0.2))
+    [listener] = await relay.start('ws://127.0.0.1:0/')
+    clients = []
+    try:
+        clients = [await connect(listener.bound_url, subprotocols=['sip'], proxy=None,
+                                 ping_interval=None) for _ in range(20)]
+        for _ in range(100):
+            if len(relay.connections) == 20:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.8)                              # several intervals
+        assert len(relay.connections) == 20
+        assert all(conn.websocket.latency > 0 for conn in relay.connections)  # Pongs came
+        assert listener.keepalive is not None and listener.keepalive.timeouts == 0
+        names = [repr(task.get_coro()) for task in asyncio.all_tasks()]
+        assert sum('SharedKeepalive._run' in name for name in names) == 1
+        assert not any('Connection.keepalive' in name for name in names)
+    finally:
+        for client in clients:
+            await client.close()
+        await relay.close()
+    names = [repr(task.get_coro()) for task in asyncio.all_tasks()]
+    assert not any('SharedKeepalive' in name for name in names)
+
+
 def test_backoff_grows_with_jitter_between_the_bounds():
     """Reconnection delays: exponential from recovery_min, capped at recovery_max, jittered."""
     registration = Registration(object(), 'sip:a@example.com', 'ws://127.0.0.1:1/',
