@@ -111,6 +111,15 @@ class Metrics:
         # label children cached at first use: one dict lookup per message, and series
         # only for the values seen (the scrape stays small)
         self._children: dict[tuple[int, str], Any] = {}
+        #: counts of the per-message counters not yet added to their series, by (metric,
+        #: label value): a dict update per message instead of a call into
+        #: prometheus_client and its lock.  Added at each scrape (:meth:`exposition`)
+        #: and, with ``serve --workers``, every second (:meth:`update_gauges`).
+        self._pending: dict[tuple[Any, str], int] = {}
+        self._method_keys = {name: {method: (metric, method) for method in METHODS}
+                             for name, metric in (('requests', self.requests),
+                                                  ('relayed', self.relayed))}
+        self._class_keys = {klass: (self.responses, '%dxx' % klass) for klass in range(1, 7)}
 
     def _child(self, metric: Any, value: str) -> Any:
         key = (id(metric), value)
@@ -119,16 +128,27 @@ class Metrics:
             child = self._children[key] = metric.labels(value)
         return child
 
+    def _count(self, key: tuple[Any, str]) -> None:
+        pending = self._pending
+        pending[key] = pending.get(key, 0) + 1
+
     def request(self, method: str | None) -> None:
-        self._child(self.requests, _bounded(method or '', METHODS)).inc()
+        self._count(self._method_keys['requests'].get(method or '')
+                    or (self.requests, 'other'))
 
     def response(self, status: int | None) -> None:
-        klass = (status or 0) // 100
-        if 1 <= klass <= 6:
-            self._child(self.responses, '%dxx' % klass).inc()
+        key = self._class_keys.get((status or 0) // 100)
+        if key is not None:
+            self._count(key)
 
     def relay(self, method: str | None) -> None:
-        self._child(self.relayed, _bounded(method or '', METHODS)).inc()
+        self._count(self._method_keys['relayed'].get(method or '') or (self.relayed, 'other'))
+
+    def flush(self) -> None:
+        """Add the per-message counts to their Prometheus series."""
+        pending, self._pending = self._pending, {}
+        for (metric, value), count in pending.items():
+            self._child(metric, value).inc(count)
 
     def transaction(self, method: str | None, seconds: float) -> None:
         self._child(self.latency, _bounded(method or '', METHODS)).observe(seconds)
@@ -141,7 +161,8 @@ class Metrics:
         self._child(self.refused, _bounded(str(status), REFUSALS)).inc()
 
     def update_gauges(self) -> None:
-        """Multiprocess mode: this worker's share of the gauges, now."""
+        """Multiprocess mode: this worker's share of the gauges and its counts, now."""
+        self.flush()
         if self.multiprocess:
             connections, bindings, aors = self._gauges
             connections.set(len(self.server.connections))

@@ -378,6 +378,13 @@ async def test_serve_workers_share_a_port_and_meet_in_redis(serve_process, redis
             status, _, body = await http_get(port, '/metrics', ssl=trust)
             assert status == 200
             assert b'aiosip_ws_connections_opened_total 16.0' in body
+        # the per-message counters too: each worker adds its counts every second
+        for _ in range(30):
+            status, _, body = await http_get(port, '/metrics', ssl=trust)
+            if b'aiosip_ws_sip_requests_total{method="REGISTER"} 16.0' in body:
+                break
+            await asyncio.sleep(0.2)
+        assert b'aiosip_ws_sip_requests_total{method="REGISTER"} 16.0' in body
         # worker 1 killed: its clients' bindings are ignored at once (the worker that
         # takes its place has a new incarnation), the other worker's go on working
         before = store.get('aiosip-ws:alive:t-w1')
