@@ -556,9 +556,18 @@ def mode_media_part(hold: float, max_calls: int) -> None:
 
 
 # ============================================================================ helper modes
+async def _serve_raw(handler: Any) -> None:
+    """A raw websockets server on HOST (no SIP, no keep-alive) until stdin closes."""
+    from websockets.asyncio.server import serve as ws_serve
+    async with ws_serve(handler, HOST, 0, subprotocols=['sip'], compression=None,
+                        ping_interval=None, max_queue=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        print('READY ws://%s:%d/' % (HOST, port), flush=True)
+        await _until_stdin_closes()
+
+
 async def mode_raw_relay() -> None:
     """Forward bytes between callers and the callee (path /callee) without parsing them."""
-    from websockets.asyncio.server import serve as ws_serve
     callees: list[Any] = []
     waiting: dict[Any, collections.deque[Any]] = {}
 
@@ -578,11 +587,7 @@ async def mode_raw_relay() -> None:
             waiting[callee].append(ws)
             await callee.send(data)
 
-    async with ws_serve(handler, HOST, 0, subprotocols=['sip'], compression=None,
-                        ping_interval=None, max_queue=None) as server:
-        port = server.sockets[0].getsockname()[1]
-        print('READY ws://%s:%d/' % (HOST, port), flush=True)
-        await _until_stdin_closes()
+    await _serve_raw(handler)
 
 
 _ANSWERED = ('Via:', 'From', 'To: ', 'Call', 'CSeq')
@@ -609,17 +614,12 @@ async def mode_raw_callee(url: str) -> None:
 async def mode_raw_echo() -> None:
     """Send every WebSocket message back as it came: the floor of a server answering one
     message with one message (part (c)'s yardstick for serve's CPU per REGISTER)."""
-    from websockets.asyncio.server import serve as ws_serve
 
     async def handler(ws: Any) -> None:
         async for data in ws:
             await ws.send(data)
 
-    async with ws_serve(handler, HOST, 0, subprotocols=['sip'], compression=None,
-                        ping_interval=None, max_queue=None) as server:
-        port = server.sockets[0].getsockname()[1]
-        print('READY ws://%s:%d/' % (HOST, port), flush=True)
-        await _until_stdin_closes()
+    await _serve_raw(handler)
 
 
 async def mode_raw_clients(url: str, clients: int, window: int, duration: float,
@@ -753,7 +753,7 @@ class LeanRelay:
         from aiosip_ws.core import codec
         from aiosip_ws.core.sipuri import NameAddr
         if not msg.is_request:
-            branch = msg.vias[0].branch
+            branch = msg.top_branch
             entry = self.pending.pop(branch, None)
             if entry is not None and msg.status >= 200:
                 origin, _ = entry

@@ -584,8 +584,7 @@ class Application(aiosip.Application):
     def _track(self, request: SIPMessage, conn: WSConnection, future: asyncio.Future[Any],
                proxy: bool, on_provisional: Callable[[SIPMessage], None] | None = None,
                dialog: Any = None) -> None:
-        top = request.top_via
-        branch = top.branch if top is not None else None
+        branch = request.top_branch
         if not branch:
             return
         timeout = conn.options.transaction_timeout
@@ -653,8 +652,7 @@ class Application(aiosip.Application):
 
     def _response_received(self, conn: WSConnection, message: SIPMessage) -> None:
         try:
-            top = message.top_via
-            branch = (top.branch if top is not None else None) or ''
+            branch = message.top_branch or ''
         except SIPParseError as exc:
             logger.warning('%r: dropped a response with a bad Via: %s', conn, exc)
             return

@@ -80,7 +80,8 @@ MANDATORY_HEADERS = ('Via', 'From', 'To', 'Call-ID', 'CSeq')
 _TOKEN = TOKEN_BYTES_RE
 _STATUS_LINE = re.compile(r'SIP/([0-9]+\.[0-9]+) ([0-9]{3})(?: (.*))?\Z', re.DOTALL)
 #: scheme ":" then no CTL, SP, DEL, "<", ">" or '"' (RFC 3261 25.1, RFC 3986 3.1)
-_REQUEST_URI = re.compile(SCHEME_CLASS + r':[^\x00-\x20\x7f<>"]+\Z')
+_URI_TEXT = SCHEME_CLASS + r':[^\x00-\x20\x7f<>"]+'
+_REQUEST_URI = re.compile(_URI_TEXT + r'\Z')
 _SECOND_MESSAGE = re.compile(rb'(?:\r\n)*(?:[A-Za-z]+ \S+ SIP/\d|SIP/\d\.\d \d{3})')
 _VIA = re.compile(r'\s*SIP\s*/\s*(\d+\.\d+)\s*/\s*(' + TOKEN_CLASS + r'+)\s+'
                   r'(\[[0-9A-Fa-f:.]+\]|[^\s;:]+)(?:\s*:\s*(\d{1,5}))?\s*(.*)\Z',
@@ -341,8 +342,7 @@ def _decode(data: bytes) -> str:
 
 #: A well-formed Request-Line in one match (RFC 3261 §7.1); anything else goes through
 #: :func:`_request_line_error`, which says what is wrong.
-_REQUEST_LINE = re.compile(r'(%s+) (%s:[^\x00-\x20\x7f<>"]+) ([Ss][Ii][Pp]/[0-9]+\.[0-9]+)\Z'
-                           % (TOKEN_CLASS, SCHEME_CLASS))
+_REQUEST_LINE = re.compile(r'(%s+) (%s) ([Ss][Ii][Pp]/[0-9]+\.[0-9]+)\Z' % (TOKEN_CLASS, _URI_TEXT))
 
 
 def _request_line(line: str, msg: SIPMessage) -> str | None:

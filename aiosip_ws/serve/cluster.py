@@ -632,8 +632,7 @@ class Cluster:
             if (sip is None or conn is None or not conn.is_open
                     or message.get('incarnation') != self.incarnation):
                 if sip is not None and sip.is_request and sip.method != 'ACK':
-                    branch = sip.top_via.branch if sip.top_via is not None else ''
-                    self.publish(origin, {'type': 'gone', 'branch': branch or ''})
+                    self.publish(origin, {'type': 'gone', 'branch': sip.top_branch or ''})
                 return
             conn.send(sip)
         elif kind == 'response' and sip is not None:

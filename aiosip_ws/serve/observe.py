@@ -116,9 +116,9 @@ class Metrics:
         #: prometheus_client and its lock.  Added at each scrape (:meth:`exposition`)
         #: and, with ``serve --workers``, every second (:meth:`update_gauges`).
         self._pending: dict[tuple[Any, str], int] = {}
-        self._method_keys = {name: {method: (metric, method) for method in METHODS}
-                             for name, metric in (('requests', self.requests),
-                                                  ('relayed', self.relayed))}
+        #: the keys of _pending for each method, and for each response class
+        self._request_keys = {method: (self.requests, method) for method in METHODS}
+        self._relay_keys = {method: (self.relayed, method) for method in METHODS}
         self._class_keys = {klass: (self.responses, '%dxx' % klass) for klass in range(1, 7)}
 
     def _child(self, metric: Any, value: str) -> Any:
@@ -133,8 +133,7 @@ class Metrics:
         pending[key] = pending.get(key, 0) + 1
 
     def request(self, method: str | None) -> None:
-        self._count(self._method_keys['requests'].get(method or '')
-                    or (self.requests, 'other'))
+        self._count(self._request_keys.get(method or '') or (self.requests, 'other'))
 
     def response(self, status: int | None) -> None:
         key = self._class_keys.get((status or 0) // 100)
@@ -142,7 +141,7 @@ class Metrics:
             self._count(key)
 
     def relay(self, method: str | None) -> None:
-        self._count(self._method_keys['relayed'].get(method or '') or (self.relayed, 'other'))
+        self._count(self._relay_keys.get(method or '') or (self.relayed, 'other'))
 
     def flush(self) -> None:
         """Add the per-message counts to their Prometheus series."""

@@ -243,7 +243,7 @@ class Registrar:
                 expires = self.default_expires
             if 0 < expires < self.min_expires:
                 return RegisterResult(423, headers=[('Min-Expires', str(self.min_expires))]), None
-            bare = contact if value is None and not contact.has_param('expires') else NameAddr(
+            bare = contact if not contact.has_param('expires') else NameAddr(
                 contact.uri, contact.display_name,
                 tuple(p for p in contact.params if p[0].lower() != 'expires'))
             instance = contact.param('+sip.instance') if outbound else None

@@ -30,7 +30,7 @@ Scenarios:
 The client side is kept lean on purpose so that a single Python process can load
 a server harder than the aiosip dialog API would allow: requests are built with
 the codec and sent on aiosip-ws connections, responses are matched to their
-transaction by the branch of the top Via (one regular expression, not a full Via
+transaction by the branch of the top Via (``SIPMessage.top_branch``: no full Via
 parse), unanswered transactions are failed by one sweeper task (Timer F), and
 incoming MESSAGEs are answered without a dialog.
 
@@ -45,7 +45,6 @@ import asyncio
 import gc
 import logging
 import math
-import re
 import socket
 import ssl as _ssl
 import time
@@ -423,9 +422,6 @@ class _Call:
 
 #: outcome of an unmeasured transaction: (status, None) or (None, error kind)
 _Outcome = tuple['int | None', 'str | None']
-
-_BRANCH = re.compile(r';\s*branch\s*=\s*([^;,\s]+)', re.IGNORECASE)
-
 
 class _Txn:
     """One transaction in flight (kept across a digest retry, which keeps its intended time)."""
@@ -831,13 +827,12 @@ class LoadGenerator:
         conn.send(request)
 
     def _response_received(self, response: SIPMessage) -> None:
-        via = response.get('Via')
-        match = _BRANCH.search(via) if via else None
-        if match is None:
+        branch = response.top_branch
+        if not branch:
             logger.debug('dropped a response without a Via branch')
             return
         status = response.status or 0
-        txn = self._pending.get(match.group(1))
+        txn = self._pending.get(branch)
         if txn is None or status < 200:                 # late (timed out) or provisional
             return
         del self._pending[txn.branch]

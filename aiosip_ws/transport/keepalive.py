@@ -109,10 +109,6 @@ class SharedKeepalive:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    def __len__(self) -> int:
-        """Connections in the wheel (closed ones leave at their next visit)."""
-        return sum(len(bucket) for bucket in self._wheel.values())
-
     async def close(self) -> None:
         """Stop pinging; wait for the closes already started."""
         task, self._task = self._task, None
