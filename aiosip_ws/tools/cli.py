@@ -459,6 +459,7 @@ async def _serve(args: argparse.Namespace) -> int:
         await stop.wait()
         print('aiosip-ws serve: shutting down', flush=True)
         await server.close(spread=args.shutdown_window)
+        await accept_failures.settle()            # asyncio's accept retries of closed listeners
         left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         if left:
             logger.error('tasks left behind at shutdown: %r', left)

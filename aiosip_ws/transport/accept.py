@@ -10,7 +10,8 @@ back ``asyncio.constants.ACCEPT_RETRY_DELAY`` (1 s) later.  It also carries on t
 ``accept()`` up to ``backlog`` (100) times in the same pass, each failure reported
 again and scheduling one more retry (CPython gh-151615), so under exhaustion the log
 gets about a hundred tracebacks a second, and retries still pending when the listener
-closes fail once more ("Invalid file descriptor: -1").
+closes fail once more ("Invalid file descriptor: -1"): this handler drops those, and
+``settle()`` keeps it installed until they have run.
 
 Why an exception handler.  Owning the accept step instead would mean owning the
 listening socket's reader, but asyncio exposes no way to re-register its own accept
@@ -80,11 +81,25 @@ class AcceptFailureHandler:
         self._interval = first_interval
         self._last_error = ''
         self._timer: asyncio.TimerHandle | None = None
+        self._last_report: float | None = None     # loop time of the latest report, duplicates too
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._previous = loop.get_exception_handler()
         loop.set_exception_handler(self)
+
+    async def settle(self) -> None:
+        """Wait (at most ``ACCEPT_RETRY_DELAY``, 1 s) until asyncio's retries scheduled by
+        the latest failure have run: call it after the listeners closed and before
+        :meth:`uninstall`, so that a retry of a closed listener still finds this handler
+        (the loop runs on after ``asyncio.run``'s main coroutine returns, while it cancels
+        the tasks left and shuts down the executor).  No failure within the last second:
+        returns at once."""
+        if self._loop is None or self._last_report is None:
+            return
+        due = self._last_report + _RETRY_DELAY - self._loop.time()
+        if due > -0.05:
+            await asyncio.sleep(due + 0.05)
 
     def uninstall(self) -> None:
         """Put the previous handler back and log what is still due."""
@@ -118,6 +133,7 @@ class AcceptFailureHandler:
         sock = context.get('socket')
         fd = sock.fileno() if sock is not None else -1
         now = loop.time()
+        self._last_report = now
         last = self._last.get(fd)
         self._last[fd] = now
         if last is not None and now - last < _RETRY_DELAY / 2:

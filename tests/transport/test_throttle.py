@@ -166,3 +166,30 @@ async def test_a_stale_retry_after_the_listener_closed_is_silent():
         handler.uninstall()
         loop.set_exception_handler(None)
     assert seen == ['Exception in callback']
+
+
+async def test_settle_lets_the_retries_of_a_closed_listener_run_first(monkeypatch, listening):
+    """serve's shutdown: the listeners close while asyncio's accept retry (due one retry
+    delay after the failure) is pending; settle() waits for it, so its ValueError still
+    meets this handler and not the default one, which would log a traceback."""
+    monkeypatch.setattr(accept, '_RETRY_DELAY', 0.2)
+    loop = asyncio.get_running_loop()
+    seen = []
+    loop.set_exception_handler(lambda _loop, context: seen.append(context['message']))
+    handler = AcceptFailureHandler()
+    handler.install(loop)
+    try:
+        await handler.settle()                             # nothing failed: at once
+        def _start_serving() -> None:                      # as asyncio's, on a closed socket
+            raise ValueError('Invalid file descriptor: -1')
+
+        loop.call_exception_handler(failure(listening))
+        loop.call_later(0.2, _start_serving)               # what asyncio schedules
+        started = loop.time()
+        await handler.settle()
+        assert 0.2 <= loop.time() - started < 0.5
+    finally:
+        handler.uninstall()
+        loop.set_exception_handler(None)
+    await asyncio.sleep(0.05)
+    assert seen == []
