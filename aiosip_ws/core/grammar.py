@@ -129,6 +129,8 @@ def parse_delta_seconds(value: str, what: str = 'delta-seconds') -> int:
     ASCII digits only; a value above 2**32-1 is taken as 2**32-1 (RFC 3261 §10.2.1.1),
     however many digits it has (no ``int()`` of a huge string).
     """
+    if len(value) < 10 and value.isdigit() and value.isascii():
+        return int(value)                   # the common case: a few plain digits, in range
     digits = _digits(value, what)
     if len(digits) > 10:
         return DELTA_SECONDS_MAX

@@ -175,7 +175,7 @@ class SipURI:
     def hostport(self) -> str:
         return self.host if self.port is None else '%s:%d' % (self.host, self.port)
 
-    @property
+    @functools.cached_property
     def aor(self) -> str:
         """The address-of-record key: ``scheme:user@host`` (RFC 3261 10.3 comparison)."""
         scheme = 'sip' if self.scheme == 'sips' else self.scheme
@@ -252,10 +252,20 @@ class NameAddr:
         return cls(uri=SipURI.parse(uri_text), params=parse_params(paramtext), bracketed=False)
 
     def param(self, name: str) -> str | None:
-        return param_value(self.params, name)
+        """A header parameter's value (case-insensitive name); None if absent or a flag."""
+        return self._by_name.get(name.lower())
 
     def has_param(self, name: str) -> bool:
-        return has_param(self.params, name)
+        return name.lower() in self._by_name
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, str | None]:
+        """Lower-case parameter name -> the first value: one dictionary per (immutable,
+        remembered) instance instead of a scan of the parameters per question."""
+        by_name: dict[str, str | None] = {}
+        for key, value in self.params:
+            by_name.setdefault(key.lower(), value)
+        return by_name
 
     @property
     def tag(self) -> str | None:

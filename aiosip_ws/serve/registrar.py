@@ -172,14 +172,15 @@ class Registrar:
             return aor
         now = self.clock()
         result, bindings = self.evaluate(request, connection, self._bindings.get(aor, []),
-                                         authenticated=authenticated, now=now)
+                                         authenticated=authenticated, now=now, aor=aor)
         if bindings is None:
             return result
         self.store(aor, bindings)
         return self.accepted(self.lookup(aor), now, request, connection, authenticated)
 
     def evaluate(self, request: SIPMessage, connection: Any, current: list[Binding], *,
-                 authenticated: bool = False, now: float) -> tuple[RegisterResult, list[Binding] | None]:
+                 authenticated: bool = False, now: float,
+                 aor: str | None = None) -> tuple[RegisterResult, list[Binding] | None]:
         """What a REGISTER does to ``current``, the bindings of its AOR (no state is
         changed): an error to answer and None, or 200 and the AOR's new bindings.  The
         in-memory registrar applies it to its own; a shared location service (Redis)
@@ -196,6 +197,7 @@ class Registrar:
         that would add more gets 403, while refreshes and removals always go through;
         so does one with more Contacts than that, before any of them is parsed (no AOR
         has more bindings to refresh or remove).  The work is linear in the Contacts.
+        ``aor``: the request's :func:`register_aor`, when the caller has it already.
         """
         values = request.get_all('Contact')
         if len(values) > self.max_contacts:
@@ -203,7 +205,8 @@ class Registrar:
                                   'bindings per address-of-record)'
                                   % (len(values), self.max_contacts)), None
         try:
-            aor = NameAddr.parse(request.get('To') or '').uri.aor
+            if aor is None:
+                aor = NameAddr.parse(request.get('To') or '').uri.aor
             contacts = [NameAddr.parse(value) for value in values]
         except SIPParseError as exc:
             return RegisterResult(400, 'Bad Request (%s)' % exc), None
@@ -320,8 +323,9 @@ class Registrar:
 
     @staticmethod
     def _supports_outbound(request: SIPMessage) -> bool:
-        tokens = {t.strip().lower() for v in request.get_all('Supported') for t in v.split(',')}
-        return 'outbound' in tokens
+        values = request.get_all('Supported')
+        return bool(values) and any(t.strip().lower() == 'outbound'
+                                    for v in values for t in v.split(','))
 
     def accepted(self, live: list[Binding], now: float, request: SIPMessage, connection: Any,
             authenticated: bool = False) -> RegisterResult:

@@ -1147,14 +1147,13 @@ def _max_forwards(message: SIPMessage) -> int | None:
 def _invalid_hosts(request: SIPMessage) -> set[str]:
     """The `.invalid` hosts of a request's Contacts (RFC 7118 Appendix B.1)."""
     hosts = set()
-    for value in request.get_all('Contact'):
-        for item in split_header_values(value):
-            try:
-                host = NameAddr.parse(item).uri.host.lower()
-            except SIPParseError:
-                continue
-            if host.endswith('.invalid'):
-                hosts.add(host)
+    for value in request.get_all('Contact'):           # one Contact each (get_all splits)
+        try:
+            host = NameAddr.parse(value).uri.host.lower()
+        except SIPParseError:
+            continue
+        if host.endswith('.invalid'):
+            hosts.add(host)
     return hosts
 
 
