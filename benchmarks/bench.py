@@ -1621,7 +1621,8 @@ def machine() -> dict[str, str]:
     return {'cpu': '%s, %d cores' % (cpu, os.cpu_count() or 0), 'memory': mem,
             'os': '%s %s' % (platform.system(), platform.release()),
             'python': platform.python_version(), 'websockets': websockets.__version__,
-            'aiosip': '0.2.0', 'aiosip-ws': aiosip_ws.__version__, 'kamailio': kamailio}
+            'aiosip': '0.2.0', 'aiosip-ws': aiosip_ws.__version__, 'kamailio': kamailio,
+            'loop': event_loop()}
 
 
 def fmt(value: Any, spec: str = '%.0f') -> str:
@@ -1789,8 +1790,9 @@ def report(bench: Bench) -> str:
     m = machine()
     lines.append('')
     lines.append('machine: %s, %s RAM, %s; Python %s, websockets %s, aiosip %s, aiosip-ws %s, '
-                 'Kamailio %s' % (m['cpu'], m['memory'], m['os'], m['python'], m['websockets'],
-                                  m['aiosip'], m['aiosip-ws'], m['kamailio']))
+                 'Kamailio %s; event loop %s' % (
+                     m['cpu'], m['memory'], m['os'], m['python'], m['websockets'], m['aiosip'],
+                     m['aiosip-ws'], m['kamailio'], m['loop']))
     lines.append('(a)/(b): %d clients x %d outstanding, closed loop, %g s; (c): open loop, '
                  '%g s per step, %d generator processes; every process shares the same cores.'
                  % (a.clients, a.window, a.duration, a.register_duration, a.generators))
@@ -1872,7 +1874,12 @@ def main() -> int:
                         help='(g) seconds measured per step')
     parser.add_argument('--json', metavar='FILE', help='write every figure to FILE')
     parser.add_argument('--keep', action='store_true', help='keep the work directory (logs)')
+    parser.add_argument('--loop', choices=('auto', 'asyncio', 'uvloop'), default='auto',
+                        help='the event loop of serve, the bench clients and the raw '
+                        'baselines alike (default auto: uvloop when installed, as with '
+                        '"aiosip-ws[fast]", which the Kamailio ratios assume)')
     args = parser.parse_args()
+    os.environ['AIOSIP_WS_LOOP'] = args.loop          # every child process inherits it
     raise_nofile()
     parts = set(args.only.split(','))
     tmp = Path(tempfile.mkdtemp(prefix='aiosip-ws-bench-'))
@@ -1919,31 +1926,57 @@ def main() -> int:
     return 0
 
 
+def event_loop() -> str:
+    """The loop every process of the run uses (``--loop``, passed on to the children as
+    ``$AIOSIP_WS_LOOP``, which ``aiosip-ws serve`` and ``bench`` read too): ``uvloop
+    VERSION`` or ``asyncio``."""
+    choice = os.environ.get('AIOSIP_WS_LOOP', 'asyncio')
+    if choice in ('auto', 'uvloop'):
+        try:
+            import uvloop
+        except ImportError:
+            if choice == 'uvloop':
+                raise SystemExit('--loop uvloop: pip install "aiosip-ws[fast]"') from None
+        else:
+            return 'uvloop %s' % uvloop.__version__
+    return 'asyncio'
+
+
+def run_helper(coro: Any) -> None:
+    """A helper's main coroutine on the run's event loop (the raw baselines run on the
+    same loop as serve, so that a ratio compares servers, not loops)."""
+    if event_loop().startswith('uvloop'):
+        import uvloop
+        uvloop.run(coro)
+    else:
+        asyncio.run(coro)
+
+
 def helper_main(argv: list[str]) -> int:
     mode, rest = argv[0], argv[1:]
     if mode == '_raw-relay':
-        asyncio.run(mode_raw_relay())
+        run_helper(mode_raw_relay())
     elif mode == '_raw-callee':
-        asyncio.run(mode_raw_callee(rest[0]))
+        run_helper(mode_raw_callee(rest[0]))
     elif mode == '_raw-clients':
-        asyncio.run(mode_raw_clients(rest[0], int(rest[1]), int(rest[2]), float(rest[3]),
-                                     REGISTER_TEXT if rest[4:] == ['register'] else MESSAGE_TEXT))
+        run_helper(mode_raw_clients(rest[0], int(rest[1]), int(rest[2]), float(rest[3]),
+                                    REGISTER_TEXT if rest[4:] == ['register'] else MESSAGE_TEXT))
     elif mode == '_raw-echo':
-        asyncio.run(mode_raw_echo())
+        run_helper(mode_raw_echo())
     elif mode == '_lean-relay':
-        asyncio.run(mode_lean_relay())
+        run_helper(mode_lean_relay())
     elif mode == '_callee':
-        asyncio.run(mode_callee(rest[0], rest[1], '--fast' in rest))
+        run_helper(mode_callee(rest[0], rest[1], '--fast' in rest))
     elif mode == '_media-callers':
         asyncio.run(mode_media_callers(rest[0], rest[1], int(rest[2]), float(rest[3])))
     elif mode == '_udp-callee':
-        asyncio.run(mode_udp_callee(rest[0], rest[1]))
+        run_helper(mode_udp_callee(rest[0], rest[1]))
     elif mode == '_p2p-echo':
         asyncio.run(mode_p2p_echo())
     elif mode == '_media-part':
         mode_media_part(float(rest[0]), int(rest[1]))
     elif mode == '_idle-clients':
-        asyncio.run(mode_idle_clients(rest[0], int(rest[1]), int(rest[2]), rest[3], int(rest[4])))
+        run_helper(mode_idle_clients(rest[0], int(rest[1]), int(rest[2]), rest[3], int(rest[4])))
     else:
         raise SystemExit('unknown helper mode %s' % mode)
     return 0
