@@ -323,9 +323,8 @@ class Registrar:
 
     @staticmethod
     def _supports_outbound(request: SIPMessage) -> bool:
-        values = request.get_all('Supported')
-        return bool(values) and any(t.strip().lower() == 'outbound'
-                                    for v in values for t in v.split(','))
+        return any(t.strip().lower() == 'outbound'
+                   for v in request.get_all('Supported') for t in v.split(','))
 
     def accepted(self, live: list[Binding], now: float, request: SIPMessage, connection: Any,
             authenticated: bool = False) -> RegisterResult:
