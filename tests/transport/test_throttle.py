@@ -125,71 +125,69 @@ async def test_accept_failures_logged_once_then_summarised(caplog, monkeypatch, 
     assert not any(r.exc_info for r in caplog.records)
 
 
-async def test_other_loop_errors_reach_the_previous_handler(listening):
+@pytest.fixture
+async def recorded():
+    """An AcceptFailureHandler installed over a handler that records the messages of what
+    reaches it: (loop, those messages, the handler).  A test may uninstall it itself."""
     loop = asyncio.get_running_loop()
-    seen = []
+    seen: list[str] = []
     loop.set_exception_handler(lambda _loop, context: seen.append(context['message']))
     handler = AcceptFailureHandler()
     handler.install(loop)
     try:
-        loop.call_exception_handler({'message': 'something else', 'exception': ValueError()})
-        loop.call_exception_handler(failure(listening, errno.ECONNABORTED))    # not a resource
-        loop.call_exception_handler(failure(listening))
-    finally:
-        handler.uninstall()
-    assert seen == ['something else', ACCEPT_FAILED_MESSAGE]
-    assert loop.get_exception_handler() is not handler
-    loop.set_exception_handler(None)
-
-
-async def test_a_stale_retry_after_the_listener_closed_is_silent():
-    """asyncio's duplicate retries (gh-151615) that run once the listening socket is closed
-    fail with ValueError("Invalid file descriptor: -1"): after an accept failure, dropped."""
-    loop = asyncio.get_running_loop()
-    seen = []
-    loop.set_exception_handler(lambda _loop, context: seen.append(context['message']))
-    handler = AcceptFailureHandler()
-    handler.install(loop)
-    closed = socket.socket()
-    closed.close()
-    try:
-        def _start_serving() -> None:
-            closed.fileno()
-
-        stale = {'message': 'Exception in callback', 'exception': ValueError('Invalid file '
-                 'descriptor: -1'), 'handle': asyncio.Handle(_start_serving, (), loop)}
-        loop.call_exception_handler(stale)                  # no accept failure yet: passed on
-        with socket.create_server(('127.0.0.1', 0)) as sock:
-            loop.call_exception_handler(failure(sock))
-        loop.call_exception_handler(stale)
+        yield loop, seen, handler
     finally:
         handler.uninstall()
         loop.set_exception_handler(None)
+
+
+async def test_other_loop_errors_reach_the_previous_handler(listening, recorded):
+    loop, seen, handler = recorded
+    loop.call_exception_handler({'message': 'something else', 'exception': ValueError()})
+    loop.call_exception_handler(failure(listening, errno.ECONNABORTED))    # not a resource
+    loop.call_exception_handler(failure(listening))
+    handler.uninstall()
+    assert seen == ['something else', ACCEPT_FAILED_MESSAGE]
+    assert loop.get_exception_handler() is not handler
+
+
+async def test_a_stale_retry_after_the_listener_closed_is_silent(recorded):
+    """asyncio's duplicate retries (gh-151615) that run once the listening socket is closed
+    fail with ValueError("Invalid file descriptor: -1"): after an accept failure, dropped."""
+    loop, seen, handler = recorded
+    closed = socket.socket()
+    closed.close()
+
+    def _start_serving() -> None:
+        closed.fileno()
+
+    stale = {'message': 'Exception in callback', 'exception': ValueError('Invalid file '
+             'descriptor: -1'), 'handle': asyncio.Handle(_start_serving, (), loop)}
+    loop.call_exception_handler(stale)                      # no accept failure yet: passed on
+    with socket.create_server(('127.0.0.1', 0)) as sock:
+        loop.call_exception_handler(failure(sock))
+    loop.call_exception_handler(stale)
+    handler.uninstall()
     assert seen == ['Exception in callback']
 
 
-async def test_settle_lets_the_retries_of_a_closed_listener_run_first(monkeypatch, listening):
+async def test_settle_lets_the_retries_of_a_closed_listener_run_first(monkeypatch, listening,
+                                                                      recorded):
     """serve's shutdown: the listeners close while asyncio's accept retry (due one retry
     delay after the failure) is pending; settle() waits for it, so its ValueError still
     meets this handler and not the default one, which would log a traceback."""
     monkeypatch.setattr(accept, '_RETRY_DELAY', 0.2)
-    loop = asyncio.get_running_loop()
-    seen = []
-    loop.set_exception_handler(lambda _loop, context: seen.append(context['message']))
-    handler = AcceptFailureHandler()
-    handler.install(loop)
-    try:
-        await handler.settle()                             # nothing failed: at once
-        def _start_serving() -> None:                      # as asyncio's, on a closed socket
-            raise ValueError('Invalid file descriptor: -1')
+    loop, seen, handler = recorded
+    await handler.settle()                                 # nothing failed: at once
 
-        loop.call_exception_handler(failure(listening))
-        loop.call_later(0.2, _start_serving)               # what asyncio schedules
-        started = loop.time()
-        await handler.settle()
-        assert 0.2 <= loop.time() - started < 0.5
-    finally:
-        handler.uninstall()
-        loop.set_exception_handler(None)
+    def _start_serving() -> None:                          # as asyncio's, on a closed socket
+        raise ValueError('Invalid file descriptor: -1')
+
+    loop.call_exception_handler(failure(listening))
+    loop.call_later(0.2, _start_serving)                   # what asyncio schedules
+    started = loop.time()
+    await handler.settle()
+    assert 0.2 <= loop.time() - started < 0.5
+    handler.uninstall()
     await asyncio.sleep(0.05)
     assert seen == []
