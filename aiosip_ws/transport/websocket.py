@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import email.utils
 import http
 import inspect
 import ipaddress
@@ -57,7 +59,7 @@ from .proxyproto import proxied_connection_class
 from .throttle import LogThrottle
 
 __all__ = ['WSConnection', 'WSListener', 'ConnectionHandler', 'open_connection', 'listen', 'shut_down',
-           'random_invalid_host', 'split_ws_url']
+           'random_invalid_host', 'split_ws_url', 'http_response']
 
 logger = logging.getLogger(__name__)
 #: Every SIP message and keep-alive sent or received, at DEBUG level (``--trace``).
@@ -599,7 +601,7 @@ def forwarded_client(peer: Address, headers: Any, proxies: list[Any]) -> Address
 class _Handshake:
     """A connection in its opening handshake, as :func:`listen` sees it."""
 
-    __slots__ = ('client', 'identity', 'served')
+    __slots__ = ('client', 'head', 'identity', 'served')
 
     def __init__(self, client: Address) -> None:
         #: the client's address (behind a trusted proxy: the forwarded one)
@@ -608,6 +610,27 @@ class _Handshake:
         self.identity: Any = None
         #: answered by the http_handler (a page, not a refused handshake)
         self.served = False
+        #: a HEAD request: the answer goes without its body
+        self.head = False
+
+
+def http_response(status: int, body: bytes | str,
+                  content_type: str = 'text/plain; charset=utf-8', *,
+                  headers: Iterable[tuple[str, str]] = ()) -> Response:
+    """An HTTP answer of the listener, a page or a refusal, built whole: exactly one ``Date``,
+    ``Connection: close``, one ``Content-Length`` (the body's size) and one ``Content-Type``,
+    then ``headers``.  (websockets' ``Headers`` appends on assignment: amending the answer
+    of ``ServerConnection.respond`` gave every header twice, which Prometheus and Go's and
+    nginx's HTTP clients refuse.)"""
+    data = body.encode() if isinstance(body, str) else body
+    code = http.HTTPStatus(status)
+    return Response(code.value, code.phrase, Headers([
+        ('Date', email.utils.formatdate(usegmt=True)),
+        ('Connection', 'close'),
+        ('Content-Length', str(len(data))),
+        ('Content-Type', content_type),
+        *headers,
+    ]), data)
 
 
 class HandshakeRequest:
@@ -762,10 +785,8 @@ async def listen(url: str, handler: ConnectionHandler,
     def busy(connection: ServerConnection, why: str) -> Response:
         peer_log.warning('refused handshakes (busy)', 'refused handshake from %s: %s',
                          connection.remote_address, why)
-        response = connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, why + '\n')
-        response.headers['Retry-After'] = str(random.randint(options.retry_after,
-                                                             2 * options.retry_after))
-        return response
+        return http_response(http.HTTPStatus.SERVICE_UNAVAILABLE, why + '\n', headers=[
+            ('Retry-After', str(random.randint(options.retry_after, 2 * options.retry_after)))])
 
     rate = options.max_handshakes_per_second
     bucket = [float(options.handshake_burst), 0.0]              # tokens, last refill
@@ -795,26 +816,27 @@ async def listen(url: str, handler: ConnectionHandler,
         if proxies:
             client = forwarded_client(client, request.headers, proxies)
         state = handshakes[connection] = _Handshake(client)
+        # websockets 17 hands on any method (its own check answers 405 after this one);
+        # 15 and 16 close the connection on anything but GET without an answer.
+        method = getattr(request, 'method', 'GET')
+        state.head = method == 'HEAD'
         if http_handler is not None and 'websocket' not in \
                 request.headers.get('Upgrade', '').lower():
             answer = http_handler(request.path, request.headers, client[0])
             if answer is not None:
-                status, content_type, body = answer
                 state.served = True
-                response = connection.respond(http.HTTPStatus(status), '')
-                response.body = body
-                response.headers['Content-Type'] = content_type
-                response.headers['Content-Length'] = str(len(body))
-                return response
+                if method not in ('GET', 'HEAD'):
+                    return http_response(http.HTTPStatus.METHOD_NOT_ALLOWED, 'GET or HEAD only\n',
+                                         headers=[('Allow', 'GET, HEAD')])
+                status, content_type, body = answer
+                return http_response(status, body, content_type)
         versions = request.headers.get_all('Sec-WebSocket-Version')
         if any(version != '13' for version in versions):     # first: a retry cannot help
             peer_log.info('refused handshakes', 'refused handshake from %s: Sec-WebSocket-Version '
                           '%.20s, not 13', connection.remote_address, ', '.join(versions))
-            response = connection.respond(http.HTTPStatus.UPGRADE_REQUIRED,
-                                          'WebSocket version 13 only\n')
-            response.headers['Upgrade'] = 'websocket'
-            response.headers['Sec-WebSocket-Version'] = '13'               # RFC 6455 §4.4
-            return response
+            return http_response(http.HTTPStatus.UPGRADE_REQUIRED, 'WebSocket version 13 only\n',
+                                 headers=[('Upgrade', 'websocket'),
+                                          ('Sec-WebSocket-Version', '13')])   # RFC 6455 §4.4
         if options.refuse_handshakes is not None:
             why = options.refuse_handshakes()
             if why is not None:
@@ -829,13 +851,13 @@ async def listen(url: str, handler: ConnectionHandler,
         if path != '/' and urlsplit(request.path).path != path:
             peer_log.info('refused handshakes', 'refused handshake from %s: path %s is not %s',
                           connection.remote_address, urlsplit(request.path).path, path)
-            return connection.respond(http.HTTPStatus.NOT_FOUND, 'no SIP WebSocket service here\n')
+            return http_response(http.HTTPStatus.NOT_FOUND, 'no SIP WebSocket service here\n')
         if allowed is not None:
             origin = request.headers.get('Origin')
             if origin not in allowed and not (origin is None and options.allow_missing_origin):
                 peer_log.info('refused handshakes', 'refused handshake from %s: Origin %r not '
                               'allowed', connection.remote_address, origin)
-                return connection.respond(http.HTTPStatus.FORBIDDEN, 'Origin not allowed\n')
+                return http_response(http.HTTPStatus.FORBIDDEN, 'Origin not allowed\n')
         if over_rate():                  # last: only handshakes that would succeed count
             return busy(connection, 'too many handshakes per second (%g)' % (rate or 0))
         if options.authenticate is not None:
@@ -852,20 +874,23 @@ async def listen(url: str, handler: ConnectionHandler,
         except HandshakeRefused as refused:
             peer_log.info('refused handshakes', 'refused handshake from %s: HTTP %d %s',
                           connection.remote_address, refused.status, refused.reason)
-            return connection.respond(http.HTTPStatus(refused.status), refused.reason + '\n')
+            return http_response(refused.status, refused.reason + '\n')
         except Exception:  # noqa: BLE001 - a broken hook refuses, never accepts
             logger.exception('the handshake authentication hook failed')
-            return connection.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR, 'error\n')
+            return http_response(http.HTTPStatus.INTERNAL_SERVER_ERROR, 'error\n')
         state.identity = identity
         return None
 
     def log_refusal(connection: ServerConnection, request: Request,
-                    response: Response) -> None:
+                    response: Response) -> Response | None:
         if response.status_code == http.HTTPStatus.SWITCHING_PROTOCOLS:
-            return
+            return None
         state = handshakes.pop(connection, None)
+        if state is not None and state.head and response.body:
+            # RFC 9110 §9.3.2: the same fields as for GET, Content-Length included, no content
+            response = dataclasses.replace(response, body=b'')
         if state is not None and state.served:
-            return                                  # an http_handler page, not a refusal
+            return response                         # an http_handler page, not a refusal
         refused = getattr(handler, 'handshake_refused', None)
         if refused is not None:
             refused(response.status_code)
@@ -874,6 +899,7 @@ async def listen(url: str, handler: ConnectionHandler,
         if exc is not None:
             peer_log.info('refused handshakes', 'refused handshake from %s: HTTP %d: %s',
                           connection.remote_address, response.status_code, _reason(exc))
+        return response
 
     async def on_connection(websocket: ServerConnection) -> None:
         conn = WSConnection(websocket, handler, role='server', secure=secure, options=options)
