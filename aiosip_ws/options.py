@@ -38,6 +38,10 @@ class ConnectionOptions:
     #: most data (bytes; characters of text frames) waiting to be sent on one connection;
     #: a peer that stops reading is closed with 1008 once it is exceeded (None: no bound)
     max_send_queue: int | None = 1024 * 1024
+    #: seconds what waits to be sent on a connection may go without a byte leaving; then
+    #: the peer counts as gone (out of coverage, or not reading) and the connection is
+    #: aborted, pings or not (None: wait as long as TCP does, some 15 minutes)
+    send_timeout: float | None = 20.0
 
     def validate(self) -> None:
         if self.max_send_queue is not None and self.max_send_queue < self.max_size:
@@ -46,7 +50,7 @@ class ConnectionOptions:
         if self.max_size < 1024:
             raise ConfigurationError('max_size=%r is too small for SIP; use at least 1024 bytes'
                                      % self.max_size)
-        for name in ('ping_interval', 'ping_timeout', 'crlf_ping_interval'):
+        for name in ('ping_interval', 'ping_timeout', 'crlf_ping_interval', 'send_timeout'):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigurationError('%s must be a positive number of seconds or None, not %r'

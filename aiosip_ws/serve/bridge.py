@@ -137,7 +137,8 @@ class NetworkSide:
         if scheme == 'tls' and context is None:
             raise ConfigurationError('%s needs --tls-cert and --tls-key' % url)
         listener = await listen_tcp(host, port, self, ssl_context=context,
-                                    advertise=self.advertise)
+                                    advertise=self.advertise,
+                                    send_timeout=self.relay.server_options.send_timeout)
         self.listeners.append(listener)
         return _Bound(listener.bound_url)
 
@@ -183,7 +184,8 @@ class NetworkSide:
             if pending is None:
                 pending = self._connecting[key] = asyncio.ensure_future(connect_tcp(
                     address, port, self, ssl_context=ssl.create_default_context()
-                    if transport == 'tls' else None, server_hostname=uri.host))
+                    if transport == 'tls' else None, server_hostname=uri.host,
+                    send_timeout=self.relay.server_options.send_timeout))
                 pending.add_done_callback(lambda _: self._connecting.pop(key, None))
             conn = self._outgoing[key] = await asyncio.shield(pending)
         return self.wrap(conn)

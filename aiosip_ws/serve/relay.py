@@ -936,7 +936,10 @@ class RelayServer:
         is_ack = message.method == 'ACK'
         if peer is None or not peer.is_open:
             if not is_ack:                 # an ACK here is for a non-2xx we ACKed downstream
-                self.reply(conn, message, 481)
+                # A WebSocket client's Contact host is .invalid (RFC 7118 §5): its closed
+                # connection was the only way to it; any other target serve never knew.
+                gone = peer is not None or _uri_host(message.uri or '').endswith('.invalid')
+                self.reply(conn, message, 480 if gone else 481)
             return
         max_forwards = _max_forwards(message)
         if max_forwards is None or max_forwards == 0:
@@ -1392,3 +1395,11 @@ class _Fork:
         if reason is not None:
             cancel.headers.append(('Reason', reason))
         branch.peer.send(cancel)
+
+
+def _uri_host(uri: str) -> str:
+    """The host of a Request-URI, lower-cased ('' when it cannot be parsed)."""
+    try:
+        return SipURI.parse(uri).host.lower()
+    except SIPParseError:
+        return ''

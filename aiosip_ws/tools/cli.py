@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help='largest WebSocket message (default %(default)s); bigger: close 1009')
     serve.add_argument('--ping-interval', type=float, default=20.0, metavar='SECONDS',
                        help='WebSocket Ping interval, 0 to disable (default %(default)s)')
+    serve.add_argument('--ping-timeout', type=float, default=20.0, metavar='SECONDS',
+                       help='a client that has not answered a Ping this long is closed '
+                       '(aborted when data waits for it) (default %(default)s)')
+    serve.add_argument('--send-timeout', type=float, default=20.0, metavar='SECONDS',
+                       help='a connection where data waits and no byte leaves this long '
+                       '(its peer is gone or not reading) is aborted, 0 never '
+                       '(default %(default)s)')
     serve.add_argument('--max-connections', type=int, default=None, metavar='N',
                        help='most WebSocket connections at once per --listen URL; more get '
                        'HTTP 503, 0 for no cap (default: the open file limit, raised to its '
@@ -359,6 +366,8 @@ def _server_options(args: argparse.Namespace, fd_limit: int | None = None) -> Se
             raise SystemExit('aiosip-ws serve: cannot load the TLS certificate/key: %s' % exc) from None
     options = ServerOptions(ssl=context, allowed_origins=args.allow_origin, max_size=args.max_size,
                             ping_interval=args.ping_interval or None,
+                            ping_timeout=args.ping_timeout,
+                            send_timeout=args.send_timeout or None,
                             crlf_ping_interval=args.crlf_ping_interval or None,
                             max_connections=_connection_cap(args, fd_limit),
                             max_connections_per_ip=args.max_connections_per_ip,

@@ -11,8 +11,12 @@ Connections sit in a timing wheel: a dict from tick number to the connections du
 then, so that each tick looks only at the connections due, never at all of them.
 A connection is visited twice per interval: once to send its Ping, once, ``timeout``
 later, to check its Pong.  A connection whose transport is paused (the peer is not
-reading) is skipped until the next interval: the send queue's limit deals with peers
-that do not read.
+reading) is pinged all the same: its Ping goes behind what waits for the peer (from a
+task of its own, which waits for the transport to drain), and a peer that has not read
+all that and answered within ``timeout`` is given up like any other.  A connection that
+did not answer is closed with 1011, or aborted at once when the Close frame cannot be
+written (:meth:`WSConnection.close_unanswered`): the deadline is ``interval + timeout``
+plus at most one second, whatever waits to be sent.
 """
 from __future__ import annotations
 
@@ -24,7 +28,11 @@ from typing import TYPE_CHECKING, cast
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from .stall import unsent
+
 if TYPE_CHECKING:
+    from websockets.asyncio.connection import Connection as WebSocket
+
     from .websocket import WSConnection
 
 __all__ = ['SharedKeepalive']
@@ -47,6 +55,8 @@ class SharedKeepalive:
         self._next = -1
         self._task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        #: Pings behind a paused transport: each task ends with the Pong's arrival
+        self._behind: set[asyncio.Task[float]] = set()
         #: connections closed for a missing Pong, since the start
         self.timeouts = 0
 
@@ -89,8 +99,13 @@ class SharedKeepalive:
         if not conn.is_open or websocket.state is not State.OPEN:
             return                                          # gone: it leaves the wheel
         if pong is None:
-            if websocket.paused:                            # not reading: try next time
-                self._at(now + self.interval, (conn, None))
+            if websocket.paused:
+                # The peer is not reading (or slowly): the Ping waits behind the data, in
+                # a task, so that this loop never waits for one peer.
+                behind = asyncio.get_running_loop().create_task(_ping_behind(websocket))
+                self._behind.add(behind)
+                behind.add_done_callback(self._ping_done)
+                self._at(now + self.timeout, (conn, behind))
                 return
             try:
                 # no wait here: the transport takes more; the waiter is websockets' Future
@@ -102,12 +117,21 @@ class SharedKeepalive:
         if pong.done():
             self._at(now + max(self.tick, self.interval - self.timeout), (conn, None))
             return
+        if isinstance(pong, asyncio.Task):                  # a Ping behind a paused transport
+            pong.cancel()
         self.timeouts += 1
-        logger.info('%r: no Pong within %g s: closing with 1011', conn, self.timeout)
+        logger.info('%r: no Pong within %g s%s: closing with 1011', conn, self.timeout,
+                    ' (%d bytes wait for the peer)' % (conn.queued + unsent(websocket.transport))
+                    if websocket.paused or conn.queued else '')
         task = asyncio.get_running_loop().create_task(
             conn.close_unanswered(1011, 'keepalive ping timeout'))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    def _ping_done(self, task: asyncio.Task[float]) -> None:
+        self._behind.discard(task)
+        if not task.cancelled():
+            task.exception()                    # ConnectionClosed: the connection is gone
 
     async def close(self) -> None:
         """Stop pinging; wait for the closes already started."""
@@ -115,6 +139,17 @@ class SharedKeepalive:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        behind = list(self._behind)
+        for ping in behind:
+            ping.cancel()
+        await asyncio.gather(*behind, return_exceptions=True)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         self._wheel.clear()
+
+
+async def _ping_behind(websocket: WebSocket) -> float:
+    """Ping a connection whose transport is paused: the frame is written at once, behind
+    what waits; websockets then waits for the transport to drain.  The Pong's latency."""
+    pong = await websocket.ping()
+    return await pong

@@ -27,6 +27,7 @@ from ..core.codec import SIPMessage, mark_received, serialize
 from ..core.grammar import show_address
 from ..core.stream import MAX_MESSAGE, Framed, FramingFailed, StreamFramer
 from ..errors import ConfigurationError, SIPParseError, TransportError
+from .stall import SendWatch, unsent
 from .throttle import LogThrottle
 
 __all__ = ['StreamConnection', 'StreamHandler', 'StreamListener', 'listen_tcp', 'connect_tcp']
@@ -55,7 +56,8 @@ class StreamConnection(asyncio.Protocol):
 
     def __init__(self, handler: StreamHandler, *, role: str, secure: bool,
                  max_size: int = MAX_MESSAGE, max_bad_messages: int | None = 10,
-                 max_buffer: int = 1 << 20, advertise: str | None = None) -> None:
+                 max_buffer: int = 1 << 20, advertise: str | None = None,
+                 send_timeout: float | None = 20.0) -> None:
         self.handler = handler
         self.role = role
         self.secure = secure
@@ -73,6 +75,11 @@ class StreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.close_exception: BaseException | None = None
+        #: seconds written data may wait with no byte leaving before the connection is
+        #: aborted (None: as long as TCP waits); see :mod:`aiosip_ws.transport.stall`
+        self.send_timeout = send_timeout
+        self._paused = False
+        self._send_watch: SendWatch | None = None
 
     def __repr__(self) -> str:
         return '<StreamConnection %s %s %s>' % (self.role, self.transport_name,
@@ -88,6 +95,8 @@ class StreamConnection(asyncio.Protocol):
         self.handler.connection_made(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._send_watch is not None:
+            self._send_watch.cancel()
         if self.closed.done():
             return
         self.close_exception = exc
@@ -140,11 +149,31 @@ class StreamConnection(asyncio.Protocol):
                     to_tag=None))
         self.close()
 
-    def pause_writing(self) -> None:        # the peer stopped reading: the buffer limit acts
-        pass
+    def pause_writing(self) -> None:
+        # The peer reads slowly or not at all: the buffer limit and the send timeout act.
+        self._paused = True
+        self._watch_sending()
+
+    def _watch_sending(self) -> None:
+        """Data waits in the transport: start the send timeout."""
+        if self.send_timeout is None or self.transport is None:
+            return
+        if self._send_watch is None:
+            transport = self.transport
+            self._send_watch = SendWatch(
+                transport, self.send_timeout, on_stall=self._stalled,
+                waiting=lambda: self._paused or transport.get_write_buffer_size() > 0)
+        self._send_watch.watch()
 
     def resume_writing(self) -> None:
-        pass
+        self._paused = False
+
+    def _stalled(self) -> None:
+        assert self.transport is not None
+        peer_log.warning('stream-stalled', '%r: nothing sent for %g s with %d bytes waiting (the '
+                         'peer is gone or not reading): aborting the connection', self,
+                         self.send_timeout or 0, unsent(self.transport))
+        self.transport.abort()
 
     # -- ours ---------------------------------------------------------------------------
     @property
@@ -175,6 +204,10 @@ class StreamConnection(asyncio.Protocol):
             self.transport.abort()
             return False
         self.transport.write(data)
+        if self._send_watch is not None:
+            self._send_watch.wrote(len(data))
+        if self.transport.get_write_buffer_size():     # the socket did not take it all
+            self._watch_sending()
         return True
 
     def close(self) -> None:
@@ -237,8 +270,10 @@ class _Tracking:
 
 async def listen_tcp(host: str, port: int, handler: StreamHandler, *,
                      ssl_context: ssl.SSLContext | None = None, max_size: int = MAX_MESSAGE,
-                     advertise: str | None = None, backlog: int = 1024) -> StreamListener:
-    """Accept SIP over TCP (or TLS with ``ssl_context``) on ``host``:``port``."""
+                     advertise: str | None = None, backlog: int = 1024,
+                     send_timeout: float | None = 20.0) -> StreamListener:
+    """Accept SIP over TCP (or TLS with ``ssl_context``) on ``host``:``port``; a connection
+    whose written data goes ``send_timeout`` seconds without a byte leaving is aborted."""
     loop = asyncio.get_running_loop()
     connections: set[StreamConnection] = set()
     tracking = _Tracking(handler, connections)
@@ -246,7 +281,7 @@ async def listen_tcp(host: str, port: int, handler: StreamHandler, *,
     try:
         server = await loop.create_server(
             lambda: StreamConnection(tracking, role='server', secure=secure, max_size=max_size,
-                                     advertise=advertise),
+                                     advertise=advertise, send_timeout=send_timeout),
             host, port, ssl=ssl_context, backlog=backlog, ssl_handshake_timeout=10 if secure
             else None)
     except OSError as exc:
@@ -257,13 +292,15 @@ async def listen_tcp(host: str, port: int, handler: StreamHandler, *,
 
 async def connect_tcp(host: str, port: int, handler: StreamHandler, *,
                       ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
-                      timeout: float = 10.0, max_size: int = MAX_MESSAGE) -> StreamConnection:
+                      timeout: float = 10.0, max_size: int = MAX_MESSAGE,
+                      send_timeout: float | None = 20.0) -> StreamConnection:
     """Open a SIP connection over TCP (TLS with ``ssl_context``) to ``host``:``port``."""
     loop = asyncio.get_running_loop()
     secure = ssl_context is not None
     try:
         _, conn = await asyncio.wait_for(loop.create_connection(
-            lambda: StreamConnection(handler, role='client', secure=secure, max_size=max_size),
+            lambda: StreamConnection(handler, role='client', secure=secure, max_size=max_size,
+                                     send_timeout=send_timeout),
             host, port, ssl=ssl_context,
             server_hostname=(server_hostname or host) if secure else None), timeout)
     except asyncio.TimeoutError:

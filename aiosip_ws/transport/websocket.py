@@ -56,6 +56,7 @@ from ..errors import ConfigurationError, HandshakeError, HandshakeRefused
 from ..options import ClientOptions, ServerOptions
 from .keepalive import SharedKeepalive
 from .proxyproto import proxied_connection_class
+from .stall import SendWatch, unsent
 from .throttle import LogThrottle
 
 __all__ = ['WSConnection', 'WSListener', 'ConnectionHandler', 'open_connection', 'listen', 'shut_down',
@@ -69,6 +70,10 @@ wire_logger = logging.getLogger('aiosip_ws.wire')
 peer_log = LogThrottle(logger)
 
 Address = tuple[str, int]  # (host, port) as the socket reports it
+
+#: seconds a peer that did not answer a Ping (or stopped reading) gets for the closing
+#: handshake before its connection is aborted
+UNANSWERED_CLOSE_WAIT = 1.0
 
 
 class ConnectionHandler(Protocol):
@@ -142,7 +147,7 @@ class WSConnection:
                  'transport', 'dialogs', 'state', '_queue', '_queued', '_overflowed', '_closer',
                  '_writer', '_reader_writes', '_reader_flushed', '_tasks', '_pong_waiter',
                  '_run_task', 'bad_messages', '_max_bad_messages', 'closed', 'close_exception',
-                 'identity', '__dict__', '__weakref__')
+                 'identity', '_send_watch', '_aborted_with', '__dict__', '__weakref__')
 
     def __init__(self, websocket: ClientConnection | ServerConnection,
                  handler: ConnectionHandler, *, role: str, secure: bool,
@@ -193,6 +198,10 @@ class WSConnection:
         self.close_exception: BaseException | None = None
         #: what the listener's ``authenticate`` hook returned for this connection
         self.identity: Any = None
+        #: the send timeout's watch (made when something first waits to be sent)
+        self._send_watch: SendWatch | None = None
+        #: the close code of a connection aborted without a closing handshake
+        self._aborted_with: int | None = None
 
     def __repr__(self) -> str:
         peer = self.url or '%s:%s' % self.remote_addr
@@ -209,6 +218,10 @@ class WSConnection:
 
     @property
     def close_code(self) -> int | None:
+        """The WebSocket close code; for a connection this side aborted because its peer
+        could not be sent a Close frame (see :meth:`abort`), the code it would have sent."""
+        if self._aborted_with is not None:
+            return self._aborted_with
         return self.websocket.close_code
 
     # -- sending ----------------------------------------------------------------
@@ -258,6 +271,7 @@ class WSConnection:
             self._queue = collections.deque()
         self._queue.append((data, text))
         self._queued += len(data)
+        self._watch_sending()
         if self._writer is None and not self._reader_writes:
             writer = _start_task(self._write())
             # An eager start may have sent everything already (and run _write's finally).
@@ -277,7 +291,44 @@ class WSConnection:
             websocket.transport.abort()
             self._dropped()
             return False
+        if websocket.transport.get_write_buffer_size():   # the socket did not take it all
+            self._watch_sending()
         return True
+
+    def _watch_sending(self) -> None:
+        """Something waits to be sent: start the send timeout (``send_timeout``)."""
+        timeout = self.options.send_timeout
+        if timeout is None:
+            return
+        watch = self._send_watch
+        if watch is None:
+            watch = self._send_watch = SendWatch(
+                self.websocket.transport, timeout,
+                waiting=lambda: bool(self.websocket.paused or self._queue
+                                     or self.websocket.transport.get_write_buffer_size()),
+                on_stall=self._stalled)
+        watch.watch()
+
+    def _stalled(self) -> None:
+        timeout = self.options.send_timeout
+        peer_log.warning('connections closed by the send timeout',
+                         '%r: nothing sent for %g s with %d bytes waiting (the peer is gone or '
+                         'not reading): aborting the connection', self, timeout or 0,
+                         self._queued + unsent(self.websocket.transport))
+        self.abort(1008, 'send timeout')
+
+    def abort(self, code: int, reason: str) -> None:
+        """End the connection now, without a closing handshake: for a peer that can no
+        longer be sent a Close frame (it does not read, or does not answer).  What waits
+        to be sent is dropped; ``close_code`` reports ``code`` (``reason`` is logged)."""
+        if self._aborted_with is None and self.websocket.state is not State.CLOSED:
+            self._aborted_with = code
+            logger.debug('%r: aborted (%d %s)', self, code, reason)
+        if self._send_watch is not None:
+            self._send_watch.cancel()
+        transport = getattr(self.websocket, 'transport', None)
+        if transport is not None:
+            transport.abort()
 
     def _dropped(self, count: int = 1) -> None:
         """Tell the handler (its optional ``message_dropped(conn, count)``) of messages
@@ -302,17 +353,22 @@ class WSConnection:
             self.close_unanswered(1008, 'send queue full: the peer is not reading'))
 
     async def close_unanswered(self, code: int, reason: str) -> None:
-        """Close a connection whose peer may never read the close frame (it stopped
-        reading, or answering Pings): bounded wait, then the TCP connection is aborted."""
+        """Close a connection whose peer may never read the Close frame (it stopped
+        reading, or answering Pings).  When the frame cannot even be written (the transport
+        is paused, or messages wait before it) the connection is aborted at once; else the
+        closing handshake gets at most :data:`UNANSWERED_CLOSE_WAIT` seconds (and never
+        more than ``close_timeout``), then the TCP connection is aborted."""
+        if self.websocket.paused or self._queue:
+            self.abort(code, reason)
+            return
         try:
-            await asyncio.wait_for(self.websocket.close(code, reason), self.options.close_timeout)
+            await asyncio.wait_for(self.websocket.close(code, reason),
+                                   min(self.options.close_timeout, UNANSWERED_CLOSE_WAIT))
         except (asyncio.TimeoutError, ConnectionClosed):
             pass
         finally:
             if self.websocket.state is not State.CLOSED:
-                transport = getattr(self.websocket, 'transport', None)
-                if transport is not None:
-                    transport.abort()
+                self.abort(code, reason)
 
     async def _write(self) -> None:
         try:
@@ -398,6 +454,8 @@ class WSConnection:
     def _lost(self, exc: BaseException | None) -> None:
         if self.closed.done():
             return
+        if self._send_watch is not None:
+            self._send_watch.cancel()
         self.close_exception = exc
         self.closed.set_result(None)
         logger.debug('%r lost (close code %s)', self, self.close_code)
@@ -465,7 +523,7 @@ class WSConnection:
             except asyncio.TimeoutError:
                 logger.warning('%r: no CRLF pong within %.1f s, closing the flow', self,
                                self.options.crlf_pong_timeout)
-                await self.websocket.close(1011, 'keep-alive timeout')
+                await self.close_unanswered(1011, 'keep-alive timeout')
                 return
 
     # -- closing ----------------------------------------------------------------
