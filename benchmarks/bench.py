@@ -1469,6 +1469,7 @@ class _FakeConnection:
     def __init__(self, index: int) -> None:
         from aiosip_ws.options import ClientOptions
         self.state: dict[str, Any] = {}
+        self.flow_state: Any = None
         self.is_open = True
         self.remote_addr = ('127.0.0.%d' % (index % 200 + 2), 40000 + index)
         self.local_addr = (HOST, 5060)

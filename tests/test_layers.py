@@ -105,6 +105,61 @@ def upward_imports(package: Path = PACKAGE) -> list[str]:
     return problems
 
 
+def import_cycles(package: Path = PACKAGE) -> list[list[str]]:
+    """The import cycles among ``package``'s modules (imports under ``if TYPE_CHECKING``
+    count too: a cycle there is a dependency that goes both ways all the same)."""
+    root = package.parent
+    modules = {module_name(path, root): path for path in sources(package)}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        for _, target in imports_of(path, root):
+            while target and target not in modules:
+                target = target.rpartition('.')[0]       # ``from . import x``: the package
+            if target and target != name and not modules[target].name == '__init__.py':
+                targets.add(target)
+        graph[name] = targets
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}                    # 1: on the path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return cycles
+
+
+def test_no_import_cycle():
+    """No module imports, directly or through others, one that imports it back, inside a
+    layer as across layers (the package faces, ``__init__`` modules, are left out)."""
+    cycles = import_cycles()
+    assert not cycles, '\n'.join(' -> '.join(cycle) for cycle in cycles)
+
+
+def test_the_checker_sees_an_import_cycle(tmp_path):
+    package = tmp_path / 'aiosip_ws'
+    (package / 'serve').mkdir(parents=True)
+    (package / 'serve' / '__init__.py').write_text('')
+    (package / 'serve' / 'a.py').write_text('from .b import x\n')
+    (package / 'serve' / 'b.py').write_text('from typing import TYPE_CHECKING\n'
+                                            'if TYPE_CHECKING:\n    from .c import y\n')
+    (package / 'serve' / 'c.py').write_text('from . import a\n')
+    (package / 'serve' / 'd.py').write_text('from . import a, b\n')
+    assert import_cycles(package) == [['aiosip_ws.serve.a', 'aiosip_ws.serve.b',
+                                       'aiosip_ws.serve.c', 'aiosip_ws.serve.a']]
+
+
 def test_every_module_sits_in_a_layer():
     for path in sources():
         parts = path.relative_to(PACKAGE).with_suffix('').parts

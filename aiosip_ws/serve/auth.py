@@ -38,12 +38,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..core import digest
 from ..core.codec import SIPMessage
 from ..core.grammar import address_in, parse_networks
-from ..core.sipuri import NameAddr, SipURI
+from ..core.sipuri import SipURI
 from ..errors import ConfigurationError, DigestError, HandshakeRefused, SIPParseError
 
 __all__ = ['User', 'UserFile', 'Identity', 'AuthOutcome', 'DigestAuthenticator', 'user_line',
@@ -189,6 +189,22 @@ class AuthOutcome:
     nc: int = 0
 
 
+class FailureCount(Protocol):
+    """Where a connection's failed Digest attempts are counted (serve's FlowState)."""
+
+    auth_failures: int
+
+
+def _set_failures(state: FailureCount | dict[str, object], count: int) -> None:
+    if isinstance(state, dict):
+        if count:
+            state['auth_failures'] = count
+        else:
+            state.pop('auth_failures', None)
+    else:
+        state.auth_failures = count
+
+
 class DigestAuthenticator:
     """Checks requests against a :class:`UserFile` (see the module's documentation)."""
 
@@ -238,7 +254,7 @@ class DigestAuthenticator:
         if request.method == 'REGISTER':
             return True
         try:
-            return self.is_local(NameAddr.parse(request.get('From') or '').uri)
+            return self.is_local(request.from_addr().uri)
         except SIPParseError:
             return True
 
@@ -248,9 +264,10 @@ class DigestAuthenticator:
         return frozenset('sip:%s@%s' % (user.name, domain) for domain in self.domains)
 
     # -- checking a request --------------------------------------------------------------
-    def check(self, request: SIPMessage, state: dict[str, object]) -> AuthOutcome:
+    def check(self, request: SIPMessage, state: FailureCount | dict[str, object]) -> AuthOutcome:
         """The credentials of ``request`` (which :meth:`needs_challenge`); ``state`` is the
-        connection's, where failed attempts are counted."""
+        connection's, where failed attempts are counted (its ``auth_failures``; a dict's
+        ``'auth_failures'`` key)."""
         proxy = request.method != 'REGISTER'
         header = 'Proxy-Authorization' if proxy else 'Authorization'
         credentials = None
@@ -293,7 +310,7 @@ class DigestAuthenticator:
         if nc <= self._nc.get(nonce, 0):
             return self._failed(state, proxy, user, 'a replayed nc (%d)' % nc)
         self._remember(nonce, nc)
-        state.pop('auth_failures', None)
+        _set_failures(state, 0)
         return AuthOutcome(Identity(user.name, self.aors_of(user)), nonce=nonce, nc=nc)
 
     def _named_user(self, request: SIPMessage) -> User | None:
@@ -301,15 +318,15 @@ class DigestAuthenticator:
         requests, in a local domain): a first challenge offers only the algorithms of that
         user's HA1s, so a user with an MD5 HA1 alone (an htdigest line) is offered MD5 only."""
         try:
-            uri = NameAddr.parse(request.get('To' if request.method == 'REGISTER' else 'From')
-                                 or '').uri
+            uri = (request.to_addr() if request.method == 'REGISTER' else request.from_addr()).uri
         except SIPParseError:
             return None
         if not uri.user or not self.is_local(uri):
             return None
         return self.users.get(uri.user, self.realm)
 
-    def replayed(self, request: SIPMessage, state: dict[str, object], user: str) -> AuthOutcome:
+    def replayed(self, request: SIPMessage, state: FailureCount | dict[str, object],
+                 user: str) -> AuthOutcome:
         """Credentials accepted here whose nonce count another node had already seen (the
         cluster's shared store): refused as a replay, like one seen here."""
         return self._failed(state, request.method != 'REGISTER', self.users.get(user, self.realm),
@@ -327,10 +344,13 @@ class DigestAuthenticator:
             return AuthOutcome(status=407, headers=headers)
         return AuthOutcome(status=401, headers=headers)
 
-    def _failed(self, state: dict[str, object], proxy: bool, user: User | None,
+    def _failed(self, state: FailureCount | dict[str, object], proxy: bool, user: User | None,
                 why: str) -> AuthOutcome:
-        failures = int(state.get('auth_failures', 0)) + 1     # type: ignore[call-overload]
-        state['auth_failures'] = failures
+        if isinstance(state, dict):
+            failures = int(state.get('auth_failures', 0)) + 1     # type: ignore[call-overload]
+        else:
+            failures = state.auth_failures + 1
+        _set_failures(state, failures)
         logger.info('authentication failed (%s)%s', why,
                     '' if user is None else ' for %s' % user.name)
         if failures >= self.max_failures:

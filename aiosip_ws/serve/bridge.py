@@ -18,19 +18,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..core.codec import SIPMessage
 from ..core.grammar import ip_literal, show_address, split_net_url
 from ..core.sipuri import SipURI
 from ..errors import ConfigurationError
-from ..options import ServerOptions
+from ..options import RelayLimits, ServerOptions
 from ..transport.tcp import StreamConnection, StreamListener, connect_tcp, listen_tcp
 from ..transport.transactions import TransactionLayer
 from ..transport.udp import UDPEndpoint, UDPFlow, listen_udp
+from .flow import FlowState
 
-if TYPE_CHECKING:
-    from .relay import RelayServer
+
+class BridgeHost(Protocol):
+    """What the bridge uses of the server it belongs to: its limits and options, and
+    where the flows' events go (the server's ConnectionHandler side)."""
+
+    limits: RelayLimits
+    server_options: ServerOptions
+
+    def connection_made(self, conn: Any) -> None: ...
+
+    def connection_lost(self, conn: Any, exc: BaseException | None) -> None: ...
+
+    def message_received(self, conn: Any, message: SIPMessage) -> None: ...
+
+    def flow_made(self, flow: Any) -> None: ...
 
 __all__ = ['NetworkSide', 'BridgedFlow', 'hop_transport']
 
@@ -51,8 +65,8 @@ class BridgedFlow:
         self.reliable = inner.reliable
         self.via_transport = inner.via_transport
         self.transport_name = inner.transport_name
-        #: what the relay keeps per connection (bindings, Contact hosts, pending branches)
-        self.state: dict[str, Any] = {}
+        #: what the relay keeps for it (its FlowState)
+        self.flow_state: Any = FlowState()
         self.dialogs: dict[str, Any] = {}
         self.options = side.options
         self.identity: Any = None
@@ -114,7 +128,7 @@ def _retrieve(future: asyncio.Future[SIPMessage]) -> None:
 class NetworkSide:
     """serve's UDP endpoints and TCP/TLS listeners, and the transaction layer of UDP."""
 
-    def __init__(self, relay: RelayServer, *, ssl_context: ssl.SSLContext | None = None,
+    def __init__(self, relay: BridgeHost, *, ssl_context: ssl.SSLContext | None = None,
                  advertise: str | None = None) -> None:
         self.relay = relay
         self.ssl_context = ssl_context
@@ -143,9 +157,9 @@ class NetworkSide:
         return _Bound(listener.bound_url)
 
     def wrap(self, inner: UDPFlow | StreamConnection) -> BridgedFlow:
-        flow: BridgedFlow | None = inner.state.get('bridged')
+        flow: BridgedFlow | None = inner.flow_state
         if flow is None:
-            flow = inner.state['bridged'] = BridgedFlow(self, inner)
+            flow = inner.flow_state = BridgedFlow(self, inner)
             if isinstance(inner, UDPFlow):
                 self.relay.flow_made(flow)           # no connection: nothing to lose
         return flow
@@ -172,7 +186,7 @@ class NetworkSide:
         port = uri.port or (5061 if transport == 'tls' else 5060)
         loop = asyncio.get_running_loop()
         infos = await asyncio.wait_for(loop.getaddrinfo(uri.host.strip('[]'), port), 10)
-        address = infos[0][4][0]
+        address = str(infos[0][4][0])
         if transport == 'udp':
             if not self.endpoints:
                 raise ConfigurationError('a UDP next hop needs --listen udp://HOST:PORT')
@@ -192,10 +206,10 @@ class NetworkSide:
 
     # -- what the transports report -----------------------------------------------------
     def connection_made(self, conn: StreamConnection) -> None:
-        self.relay.connection_made(self.wrap(conn))   # type: ignore[arg-type]
+        self.relay.connection_made(self.wrap(conn))
 
     def connection_lost(self, conn: StreamConnection, exc: BaseException | None) -> None:
-        self.relay.connection_lost(self.wrap(conn), exc)   # type: ignore[arg-type]
+        self.relay.connection_lost(self.wrap(conn), exc)
 
     def message_received(self, inner: Any, message: SIPMessage) -> None:
         flow = self.wrap(inner)
@@ -205,10 +219,10 @@ class NetworkSide:
                     return                              # a retransmission, answered again
             elif self.layer.response_received(message):
                 return                                  # through the client transaction
-        self.relay.message_received(flow, message)     # type: ignore[arg-type]
+        self.relay.message_received(flow, message)
 
     def deliver(self, flow: BridgedFlow, response: SIPMessage) -> None:
-        self.relay.message_received(flow, response)    # type: ignore[arg-type]
+        self.relay.message_received(flow, response)
 
     async def close(self) -> None:
         self.layer.close()

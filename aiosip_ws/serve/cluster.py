@@ -44,19 +44,20 @@ import secrets
 import time
 import weakref
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from ..core.codec import SIPMessage, parse, serialize
 from ..core.sipuri import NameAddr
 from ..core.transaction import new_branch
 from ..errors import ConfigurationError, ConnectionLost, SIPParseError
+from ..options import ServerOptions
 from ..transport.throttle import LogThrottle
+from .contacts import ContactIndex
+from .flow import Flow, FlowState, state_of
 from .registrar import Binding, RegisterResult, Registrar, register_aor
-
-if TYPE_CHECKING:
-    from ..transport.websocket import WSConnection
-    from .relay import RelayServer
+from .transactions import ClientTransactions
 
 __all__ = ['Cluster', 'RemoteConnection', 'check_node_id']
 
@@ -177,6 +178,21 @@ def _binding_id(binding: Binding) -> str:
     return hashlib.sha1('\0'.join(binding.key).encode()).hexdigest()[:20]
 
 
+class ClusterHost(Protocol):
+    """What the cluster uses of the server it belongs to."""
+
+    registrar: Registrar
+    server_options: ServerOptions
+
+    @property
+    def transactions(self) -> ClientTransactions: ...
+
+    @property
+    def contacts(self) -> ContactIndex: ...
+
+    def spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task[Any]: ...
+
+
 class RemoteConnection:
     """A client connection that another node holds, as the relay core sees a connection:
     what is sent to it goes over the bus to that node."""
@@ -188,12 +204,14 @@ class RemoteConnection:
         self.via_transport, _, self.via_host = via.partition(' ')
         host, _, port = remote.rpartition(':')
         self.remote_addr = (host, int(port) if port.isdigit() else 0)
-        self.state: dict[str, Any] = {'pending': set()}
+        self.flow_state = FlowState()
         self.options = cluster.relay.server_options
         self.is_open = True
 
     #: the relay core's test for a connection of another node
     is_remote = True
+    #: its node holds it over WebSocket
+    transport_name = 'ws'
 
     def __repr__(self) -> str:
         return '<RemoteConnection %s on node %s>' % (self.connection, self.node)
@@ -210,7 +228,7 @@ class RemoteConnection:
 class Cluster:
     """This node's part of the location service and of the bus (see the module)."""
 
-    def __init__(self, relay: RelayServer, redis_url: str, node: str, *,
+    def __init__(self, relay: ClusterHost, redis_url: str, node: str, *,
                  heartbeat: float = HEARTBEAT) -> None:
         try:
             import redis.asyncio as aioredis
@@ -242,7 +260,7 @@ class Cluster:
         self.registrar: Registrar = relay.registrar
         self.registrar.clock = time.time             # expiries are shared: wall clock
         #: connection id -> this node's connection
-        self.local: dict[str, WSConnection] = {}
+        self.local: dict[str, Flow] = {}
         self._ids = itertools.count(1)
         self._peers: weakref.WeakValueDictionary[tuple[str, str, str], RemoteConnection] = \
             weakref.WeakValueDictionary()
@@ -313,16 +331,17 @@ class Cluster:
         return PREFIX + 'node:' + node
 
     # -- connections ------------------------------------------------------------------
-    def connection_made(self, conn: WSConnection) -> None:
-        conn.state['cluster_id'] = cid = str(next(self._ids))
+    def connection_made(self, conn: Flow) -> None:
+        state_of(conn).cluster_id = cid = str(next(self._ids))
         self.local[cid] = conn
 
-    def connection_lost(self, conn: WSConnection) -> None:
+    def connection_lost(self, conn: Flow) -> None:
         """Before the local registrar forgets them: delete its bindings in Redis too, and
         its Contact hosts."""
-        cid = conn.state.get('cluster_id', '')
+        state = state_of(conn)
+        cid = state.cluster_id
         self.local.pop(cid, None)
-        hosts = list(conn.state.get('contact_hosts', ()))
+        hosts = list(state.contact_hosts)
         if hosts:
             self.relay.spawn(self._release(hosts, cid))
         held: dict[str, list[str]] = {}
@@ -390,7 +409,7 @@ class Cluster:
             node, incarnation, cid = conn.node, conn.incarnation, conn.connection
             via, remote = '%s %s' % (conn.via_transport, conn.via_host), '%s:%d' % conn.remote_addr
         else:
-            node, incarnation, cid = self.node, self.incarnation, conn.state['cluster_id']
+            node, incarnation, cid = self.node, self.incarnation, state_of(conn).cluster_id
             via = '%s %s' % (conn.via_transport, conn.via_host)
             remote = '%s:%d' % tuple(conn.remote_addr[:2])
         return {'aor': binding.aor, 'contact': str(binding.contact), 'node': node,
@@ -410,7 +429,7 @@ class Cluster:
         self._reachable()
         return bindings
 
-    async def register(self, request: SIPMessage, conn: WSConnection, *,
+    async def register(self, request: SIPMessage, conn: Flow, *,
                        authenticated: bool = False) -> RegisterResult:
         """Apply a REGISTER to the shared bindings of its AOR (see the module).  While
         Redis is unreachable it goes to this node's registrar alone (published again
@@ -439,7 +458,7 @@ class Cluster:
         self._reachable()
         return result
 
-    async def _register(self, aor: str, request: SIPMessage, conn: WSConnection,
+    async def _register(self, aor: str, request: SIPMessage, conn: Flow,
                         authenticated: bool) -> RegisterResult:
         known = self._known.pop(aor, None)
         for _ in range(MAX_ATTEMPTS):
@@ -525,12 +544,12 @@ class Cluster:
             return True
 
     # -- Contact hosts: in-dialog requests between nodes --------------------------------
-    def claim(self, host: str, conn: WSConnection) -> None:
+    def claim(self, host: str, conn: Flow) -> None:
         """``host`` (a `.invalid` Contact host) is behind this node's ``conn``: record it
         in ``aiosip-ws:contact:<host>`` for the other nodes, in order with the bus."""
-        value = ' '.join((self.node, self.incarnation, conn.state.get('cluster_id', ''),
+        value = ' '.join((self.node, self.incarnation, state_of(conn).cluster_id,
                           '%s %s' % (conn.via_transport, conn.via_host),
-                          '%s:%d' % tuple(conn.remote_addr[:2])))
+                          '%s:%d' % (conn.remote_addr[0], conn.remote_addr[1])))
         if len(self._outbox) < MAX_OUTBOX:
             self._outbox.append(('SET', PREFIX + 'contact:' + host, value,
                                  'EX', str(self.registrar.max_expires)))
@@ -539,7 +558,7 @@ class Cluster:
     async def peer_for(self, host: str) -> RemoteConnection | None:
         """The connection of another live node that ``host`` is behind, or None."""
         try:
-            value = await self.redis.get(PREFIX + 'contact:' + host)
+            value = cast('str | None', await self.redis.get(PREFIX + 'contact:' + host))
             if value is None:
                 return None
             node, incarnation, cid, transport, via_host, remote = value.split(' ')
@@ -639,19 +658,19 @@ class Cluster:
             peer = self._peers.get((origin, message.get('incarnation', ''),
                                     message.get('connection', '')))
             if peer is not None:
-                self.relay._response_received(peer, sip)     # type: ignore[arg-type]
+                self.relay.transactions.response_received(peer, sip)
         elif kind == 'gone':
-            self.relay._finish(message.get('branch', ''), ConnectionLost(
+            self.relay.transactions.finish(message.get('branch', ''), ConnectionLost(
                 'the client left node %s before the request reached it' % origin))
 
-    def forward_response(self, conn: WSConnection, response: SIPMessage, branch: str) -> bool:
+    def forward_response(self, conn: Flow, response: SIPMessage, branch: str) -> bool:
         """A response on one of this node's connections to a request another node relayed
         (its branch names that node): published back to it.  False: not such a response."""
         node = branch.rpartition('.')[2] if '.' in branch else ''
         if not node or node == self.node:
             return False
-        self.relay._learn_contact(conn, response)      # its Contact host, before the response
+        self.relay.contacts.learn_contact(conn, response)   # its Contact host, before the response
         return self.publish(node, {
             'type': 'response', 'incarnation': self.incarnation,
-            'connection': conn.state.get('cluster_id', ''),
+            'connection': state_of(conn).cluster_id,
             'message': serialize(response).decode('utf-8', 'surrogateescape')})

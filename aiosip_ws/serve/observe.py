@@ -18,17 +18,28 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, Protocol
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..core.grammar import address_in, parse_networks
+from .registrar import Registrar
 
-if TYPE_CHECKING:
-    from .relay import RelayServer
+
+class Observed(Protocol):
+    """What the metrics and the admin pages read of a server."""
+
+    @property
+    def connections(self) -> Collection[Any]: ...
+
+    @property
+    def registrar(self) -> Registrar: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
 
 __all__ = ['Metrics', 'AdminEndpoints', 'METHODS', 'CLOSE_CODES']
 
@@ -61,9 +72,10 @@ class Metrics:
     least once a second (:meth:`update_gauges`).
     """
 
-    def __init__(self, server: RelayServer) -> None:
+    def __init__(self, server: Observed) -> None:
         self.server = server
         self.multiprocess = bool(os.environ.get('PROMETHEUS_MULTIPROC_DIR'))
+        registry: CollectorRegistry | None
         self.registry = registry = CollectorRegistry(auto_describe=True)
         if self.multiprocess:
             from prometheus_client import multiprocess
@@ -176,7 +188,7 @@ class Metrics:
 class AdminEndpoints:
     """The plain-HTTP side of the listener (``ServerOptions.http_handler``)."""
 
-    def __init__(self, server: RelayServer, allow: Iterable[str] = ('127.0.0.0/8', '::1/128'),
+    def __init__(self, server: Observed, allow: Iterable[str] = ('127.0.0.0/8', '::1/128'),
                  *, healthy: Callable[[], bool] | None = None) -> None:
         self.server = server
         self.allow = parse_networks(allow, '--metrics-allow')

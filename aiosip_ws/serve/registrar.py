@@ -80,7 +80,7 @@ def _key(contact: NameAddr, instance: str | None, reg_id: str | None) -> tuple[s
 def register_aor(request: SIPMessage) -> str | RegisterResult:
     """The address-of-record a REGISTER is for (its To URI), or the 400 to answer."""
     try:
-        return NameAddr.parse(request.get('To') or '').uri.aor
+        return request.to_addr().uri.aor
     except SIPParseError as exc:
         return RegisterResult(400, 'Bad Request (%s)' % exc)
 
@@ -206,8 +206,8 @@ class Registrar:
                                   % (len(values), self.max_contacts)), None
         try:
             if aor is None:
-                aor = NameAddr.parse(request.get('To') or '').uri.aor
-            contacts = [NameAddr.parse(value) for value in values]
+                aor = request.to_addr().uri.aor
+            contacts = request.contacts()
         except SIPParseError as exc:
             return RegisterResult(400, 'Bad Request (%s)' % exc), None
         expires_header = request.get('Expires')
@@ -293,8 +293,8 @@ class Registrar:
         if not self._supports_outbound(request):
             return False
         try:
-            aor = NameAddr.parse(request.get('To') or '').uri.aor
-            contacts = [NameAddr.parse(value) for value in request.get_all('Contact')]
+            aor = request.to_addr().uri.aor
+            contacts = request.contacts()
         except SIPParseError:
             return False
         flows = {(c.param('+sip.instance'), c.param('reg-id')) for c in contacts}

@@ -179,16 +179,16 @@ async def _call_command(args: argparse.Namespace) -> int:
     options = _options(args)                          # usage errors (and a missing extra) first
     from ..adapter.application import Application
     from ..adapter.media import call as place
-    from .cli import _client_options, _install_stop, _remove_stop, _resolver, _unless_stopped
+    from .common import client_options, install_stop, remove_stop, resolver, unless_stopped
     _hold(args.hold)
     show = _Printer(args.json)
     stop = asyncio.Event()
-    installed = _install_stop(stop)
-    app = Application(client_options=_client_options(args), resolver=_resolver(args))
+    installed = install_stop(stop)
+    app = Application(client_options=client_options(args), resolver=resolver(args))
     try:
         show('calling', to=args.to)
         try:
-            call = await _unless_stopped(place(
+            call = await unless_stopped(place(
                 app, args.aor, args.to, remote_addr=args.target, password=args.password,
                 username=args.user, options=options, late_offer=args.late_offer,
                 timeout=args.ring_timeout, on_event=_printing(show, 1)), stop)
@@ -199,7 +199,7 @@ async def _call_command(args: argparse.Namespace) -> int:
         show('answered', candidates=' '.join('%s:%d' % (c.address, c.port)
                                              for c in call.candidates()))
         try:
-            ended = await _unless_stopped(_follow(call, args, show, 1), stop)
+            ended = await unless_stopped(_follow(call, args, show, 1), stop)
         except Interrupted:
             await call.hangup()
             raise
@@ -208,7 +208,7 @@ async def _call_command(args: argparse.Namespace) -> int:
         show('interrupted')
         return 130
     finally:
-        _remove_stop(installed)
+        remove_stop(installed)
         await app.close()
 
 
@@ -217,12 +217,12 @@ async def _answer_command(args: argparse.Namespace) -> int:
     from ..adapter.application import Application
     from ..adapter.media import answer
     from ..adapter.registration import Registration
-    from .cli import _client_options, _install_stop, _remove_stop, _resolver, _unless_stopped
+    from .common import client_options, install_stop, remove_stop, resolver, unless_stopped
     _hold(args.hold)
     show = _Printer(args.json)
     stop = asyncio.Event()
-    installed = _install_stop(stop)
-    app = Application(client_options=_client_options(args), resolver=_resolver(args))
+    installed = install_stop(stop)
+    app = Application(client_options=client_options(args), resolver=resolver(args))
     count = 0
     done = 0
     calls: set[Any] = set()
@@ -255,7 +255,7 @@ async def _answer_command(args: argparse.Namespace) -> int:
                                 username=args.user, expires=600)
     try:
         try:
-            await _unless_stopped(registration.start(timeout=args.timeout), stop)
+            await unless_stopped(registration.start(timeout=args.timeout), stop)
         except RegistrationError as exc:
             response = getattr(exc.response, 'raw', None)
             print('aiosip-ws answer: failed: %s' % ('%d %s' % (response.status, response.reason)
@@ -270,7 +270,7 @@ async def _answer_command(args: argparse.Namespace) -> int:
         show('interrupted')
         return 130
     finally:
-        _remove_stop(installed)
+        remove_stop(installed)
         try:
             await registration.stop(unregister=True, timeout=args.timeout)
         finally:

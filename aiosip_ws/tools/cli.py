@@ -41,14 +41,15 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .._version import __version__
 from ..core.grammar import is_sip_uri, is_ws_url
 from ..core.sipuri import NameAddr, SipURI, user_uri
 from ..errors import AiosipWSError, ConfigurationError, Interrupted, RegistrationError, SIPParseError
-from ..options import DEFAULT_MAX_SIZE, ClientOptions, RelayLimits, ServerOptions
+from ..options import DEFAULT_MAX_SIZE, RelayLimits, ServerOptions
 from ..transport.websocket import split_ws_url
+from .common import client_options, install_stop, remove_stop, resolver, unless_stopped
 
 __all__ = ['main', 'build_parser']
 
@@ -602,10 +603,6 @@ async def _passwd_command(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- client commands
-T = TypeVar('T')
-
-
-
 
 
 class _TraceFormatter(logging.Formatter):
@@ -637,27 +634,8 @@ def _setup_trace(enabled: bool) -> None:
         log.propagate = False
 
 
-def _client_options(args: argparse.Namespace, **extra: Any) -> ClientOptions:
-    context = None
-    if args.target.lower().startswith(('wss:', 'sips:', 'tls:')) or args.ca_file or args.insecure:
-        if args.insecure:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        else:
-            try:
-                context = ssl.create_default_context(cafile=args.ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigurationError('cannot load --ca-file %s: %s' % (args.ca_file, exc)) from exc
-    return ClientOptions(ssl=context, origin=args.origin, open_timeout=args.timeout,
-                         transaction_timeout=args.timeout, **extra)
 
 
-def _resolver(args: argparse.Namespace) -> Any:
-    if not args.dns:
-        return None
-    from ..transport.discovery import Resolver
-    return Resolver([args.dns])
 
 
 def _fail(command: str, reason: str) -> int:
@@ -665,39 +643,10 @@ def _fail(command: str, reason: str) -> int:
     return 1
 
 
-def _install_stop(stop: asyncio.Event) -> list[int]:
-    loop = asyncio.get_running_loop()
-    installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, stop.set)
-            installed.append(signum)
-        except (NotImplementedError, RuntimeError):          # not the main thread
-            pass
-    return installed
 
 
-def _remove_stop(installed: list[int]) -> None:
-    loop = asyncio.get_running_loop()
-    for signum in installed:
-        loop.remove_signal_handler(signum)
 
 
-async def _unless_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T:
-    """Await ``awaitable``; if ``stop`` is set first, cancel it and raise :class:`Interrupted`."""
-    task = asyncio.ensure_future(awaitable)
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(stopper, return_exceptions=True)
-    if not task.done() or task.cancelled():
-        await asyncio.gather(task, return_exceptions=True)
-        raise Interrupted()
-    return task.result()
 
 
 def _print_connected(timings: Any) -> None:
@@ -725,10 +674,10 @@ async def _one_transaction(command: str, args: argparse.Namespace,
     probe: Any
     if is_net_url(args.target):
         probe = NetProbe(args.target, timeout=args.timeout,
-                         ssl_context=_client_options(args).ssl)
+                         ssl_context=client_options(args).ssl)
     else:
-        probe = Probe(args.target, client_options=_client_options(args),
-                      resolver=_resolver(args), timeout=args.timeout)
+        probe = Probe(args.target, client_options=client_options(args),
+                      resolver=resolver(args), timeout=args.timeout)
     try:
         try:
             timings = await probe.connect()
@@ -799,13 +748,13 @@ async def _register_command(args: argparse.Namespace) -> int:
             print('refreshed: %s' % txn.describe(), flush=True)
 
     stop = asyncio.Event()
-    installed = _install_stop(stop)
-    probe = Probe(args.target, client_options=_client_options(args), resolver=_resolver(args),
+    installed = install_stop(stop)
+    probe = Probe(args.target, client_options=client_options(args), resolver=resolver(args),
                   timeout=args.timeout, on_request=on_request)
     registration: Registration | None = None
     try:
         try:
-            timings = await _unless_stopped(probe.connect(), stop)
+            timings = await unless_stopped(probe.connect(), stop)
         except PROBE_ERRORS as exc:
             return _fail('register', 'cannot connect to %s: %s' % (args.target,
                                                                    _connect_error(exc)))
@@ -818,7 +767,7 @@ async def _register_command(args: argparse.Namespace) -> int:
                                     username=args.user, expires=args.expires, outbound=False,
                                     reconnect=False, connect=connection, on_response=on_response)
         try:
-            await _unless_stopped(registration.start(timeout=args.timeout), stop)
+            await unless_stopped(registration.start(timeout=args.timeout), stop)
         except RegistrationError as exc:
             registration = None
             response = getattr(exc.response, 'raw', None)
@@ -828,7 +777,7 @@ async def _register_command(args: argparse.Namespace) -> int:
                                   if args.duration is not None else 'Ctrl-C to un-register and exit'),
               flush=True)
         try:
-            await _unless_stopped(asyncio.wait_for(registration.wait_stopped(), args.duration),
+            await unless_stopped(asyncio.wait_for(registration.wait_stopped(), args.duration),
                                   stop)
         except asyncio.TimeoutError:
             pass                                              # --duration is over
@@ -838,7 +787,7 @@ async def _register_command(args: argparse.Namespace) -> int:
     except Interrupted:
         print('interrupted', flush=True)
     finally:
-        _remove_stop(installed)
+        remove_stop(installed)
         try:
             if registration is not None:
                 await registration.stop(unregister=True, timeout=args.timeout)
@@ -867,7 +816,7 @@ async def _bench_command(args: argparse.Namespace) -> int:
         hold=args.hold,
         connect_concurrency=args.connect_concurrency, source_addresses=args.source_address,
         max_transactions=args.max_transactions, start_at=args.start_at,
-        client_options=_client_options(args), resolver=_resolver(args))
+        client_options=client_options(args), resolver=resolver(args))
     tty = sys.stderr.isatty()
 
     def progress(report: Progress) -> None:
@@ -878,14 +827,14 @@ async def _bench_command(args: argparse.Namespace) -> int:
 
     generator = LoadGenerator(config, on_progress=None if args.no_progress else progress)
     stop = asyncio.Event()
-    installed = _install_stop(stop)
+    installed = install_stop(stop)
     try:
-        result = await _unless_stopped(generator.run(), stop)
+        result = await unless_stopped(generator.run(), stop)
     except Interrupted:
         print('\naiosip-ws bench: interrupted', file=sys.stderr)
         return 130
     finally:
-        _remove_stop(installed)
+        remove_stop(installed)
     if tty and not args.no_progress:
         print(file=sys.stderr)
     if args.json:

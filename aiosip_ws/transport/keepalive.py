@@ -15,15 +15,15 @@ reading) is pinged all the same: its Ping goes behind what waits for the peer (f
 task of its own, which waits for the transport to drain), and a peer that has not read
 all that and answered within ``timeout`` is given up like any other.  A connection that
 did not answer is closed with 1011, or aborted at once when the Close frame cannot be
-written (:meth:`WSConnection.close_unanswered`): the deadline is ``interval + timeout``
-plus at most one second, whatever waits to be sent.
+written (:meth:`~aiosip_ws.transport.websocket.WSConnection.close_unanswered`): the
+deadline is ``interval + timeout`` plus at most one second, whatever waits to be sent.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
@@ -33,14 +33,29 @@ from .stall import unsent
 if TYPE_CHECKING:
     from websockets.asyncio.connection import Connection as WebSocket
 
-    from .websocket import WSConnection
-
-__all__ = ['SharedKeepalive']
+__all__ = ['SharedKeepalive', 'Pinged']
 
 logger = logging.getLogger(__name__)
 
+
+class Pinged(Protocol):
+    """What the keep-alive uses of a connection (a :class:`~aiosip_ws.transport.websocket.
+    WSConnection`)."""
+
+    @property
+    def websocket(self) -> WebSocket: ...
+
+    @property
+    def is_open(self) -> bool: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    async def close_unanswered(self, code: int, reason: str) -> None: ...
+
+
 #: (connection, the Pong it waits for, or None when its Ping is due)
-_Entry = tuple['WSConnection', 'asyncio.Future[float] | None']
+_Entry = tuple[Pinged, 'asyncio.Future[float] | None']
 
 
 class SharedKeepalive:
@@ -71,7 +86,7 @@ class SharedKeepalive:
         else:
             bucket.append(entry)
 
-    def add(self, conn: WSConnection) -> None:
+    def add(self, conn: Pinged) -> None:
         """Start pinging ``conn``; it leaves by itself once it is closed."""
         loop = asyncio.get_running_loop()
         if self._task is None:
@@ -93,7 +108,7 @@ class SharedKeepalive:
                     except Exception:  # noqa: BLE001 - one connection must not stop the others
                         logger.exception('%r: keep-alive failed', conn)
 
-    async def _visit(self, conn: WSConnection, pong: asyncio.Future[float] | None,
+    async def _visit(self, conn: Pinged, pong: asyncio.Future[float] | None,
                      now: float) -> None:
         websocket = conn.websocket
         if not conn.is_open or websocket.state is not State.OPEN:

@@ -72,6 +72,8 @@ class StreamConnection(asyncio.Protocol):
         self.remote_addr: Address = ('0.0.0.0', 0)
         #: free-form per-connection state for applications (as on a WebSocket connection)
         self.state: dict[str, Any] = {}
+        #: what the layer above keeps for it (serve's bridge: its BridgedFlow)
+        self.flow_state: Any = None
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.close_exception: BaseException | None = None

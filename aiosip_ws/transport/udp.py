@@ -56,6 +56,8 @@ class UDPFlow:
         self.local_addr = endpoint.local_addr
         #: free-form per-flow state for applications (as on a WebSocket connection)
         self.state: dict[str, Any] = {}
+        #: what the layer above keeps for it (serve's bridge: its BridgedFlow)
+        self.flow_state: Any = None
 
     def __repr__(self) -> str:
         return '<UDPFlow %s>' % show_address(self.remote_addr)

@@ -52,6 +52,7 @@ from ..core.grammar import (
     retry_after_seconds,
     url_host,
 )
+from ..core.ratelimit import TokenBucket
 from ..errors import ConfigurationError, HandshakeError, HandshakeRefused
 from ..options import ClientOptions, ServerOptions
 from .keepalive import SharedKeepalive
@@ -147,7 +148,8 @@ class WSConnection:
                  'transport', 'dialogs', 'state', '_queue', '_queued', '_overflowed', '_closer',
                  '_writer', '_reader_writes', '_reader_flushed', '_tasks', '_pong_waiter',
                  '_run_task', 'bad_messages', '_max_bad_messages', 'closed', 'close_exception',
-                 'identity', '_send_watch', '_aborted_with', '__dict__', '__weakref__')
+                 'identity', '_send_watch', '_aborted_with', 'flow_state', '__dict__',
+                 '__weakref__')
 
     def __init__(self, websocket: ClientConnection | ServerConnection,
                  handler: ConnectionHandler, *, role: str, secure: bool,
@@ -175,8 +177,10 @@ class WSConnection:
         self.transport = self
         #: strong references to aiosip dialogs bound to this connection (adapter state)
         self.dialogs: dict[str, Any] = {}
-        #: free-form per-connection state for applications (e.g. the registrar)
+        #: free-form per-connection state for applications
         self.state: dict[str, Any] = {}
+        #: what the layer above keeps for this connection (serve: its FlowState)
+        self.flow_state: Any = None
         #: (payload, is text) frames waiting for the transport to take more
         #: (made when first needed: most connections never wait for their socket)
         self._queue: collections.deque[tuple[bytes, bool]] | None = None
@@ -847,18 +851,10 @@ async def listen(url: str, handler: ConnectionHandler,
             ('Retry-After', str(random.randint(options.retry_after, 2 * options.retry_after)))])
 
     rate = options.max_handshakes_per_second
-    bucket = [float(options.handshake_burst), 0.0]              # tokens, last refill
+    bucket = TokenBucket(rate or 0.0, options.handshake_burst, asyncio.get_running_loop().time())
 
     def over_rate() -> bool:
-        if rate is None:
-            return False
-        now = asyncio.get_running_loop().time()
-        bucket[0] = min(float(options.handshake_burst), bucket[0] + (now - bucket[1]) * rate)
-        bucket[1] = now
-        if bucket[0] < 1.0:
-            return True
-        bucket[0] -= 1.0
-        return False
+        return rate is not None and not bucket.take(asyncio.get_running_loop().time())
 
     http_handler = options.http_handler
     proxies = parse_networks(options.trusted_proxies, 'trusted proxy')

@@ -101,8 +101,8 @@ async def run_storm(count: int, *, on_drop: Callable[[bool], None] | None = None
         if on_drop:
             on_drop(False)
         assert [b.aor for b in relay.registrar.bindings()] == ['sip:%s@example.com' % PROBE]
-        assert set(relay._contacts) == {'%s.invalid' % PROBE}
-        assert not relay._pending
+        assert set(relay.contacts) == {'%s.invalid' % PROBE}
+        assert not len(relay.transactions)
         return StormTimes(count, ready['setup'], cleaned - began, dropped['register'],
                           dropped['register_sent'])
     finally:

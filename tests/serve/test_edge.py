@@ -130,7 +130,8 @@ async def test_requests_from_clients_go_upstream_and_no_registrar_means_503():
         alone = RelayServer(edge_registrar='sip:127.0.0.1:9')
         await alone.start('ws://127.0.0.1:0/')
         try:
-            await alone._hop_flow(alone.edge_registrar)
+            assert alone.edge is not None
+            await alone.hops.hop_flow(alone.edge.registrar)
         finally:
             await alone.close()
 

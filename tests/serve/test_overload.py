@@ -144,7 +144,7 @@ async def test_a_callee_that_never_answers_fills_its_cap_then_503():
             'Service Unavailable (the callee has too many requests unanswered)',
             'Service Unavailable (too many requests in progress from this connection (50))'}
         assert sorted(r.status for r in responses if r.status != 503) == [408] * 50
-        assert not server._pending and alice.state is not None
+        assert not len(server.transactions) and alice.state is not None
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)

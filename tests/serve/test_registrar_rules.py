@@ -193,7 +193,7 @@ async def test_another_connection_cannot_remove_or_steal_a_binding(relay):
             '<sip:mallory@alice.invalid;transport=ws>'])
         assert response.status == 403 and 'alice.invalid' in response.reason
         assert [b.connection.remote_addr for b in server.registrar.lookup('sip:alice@example.com')]
-        assert server._contacts['alice.invalid'] is not None
+        assert server.contacts.get('alice.invalid') is not None
         # alice herself still refreshes and removes
         assert (await alice.register(expires='30')).status == 200
         assert contacts_of(await alice.register(expires='0')) == []
@@ -236,7 +236,7 @@ async def test_a_flow_replacement_from_a_new_connection_takes_the_binding_and_ho
         response = await new.register(contacts=[flow], extra=OUTBOUND, call_id='reg-bob-2')
         assert response.status == 200
         [binding] = server.registrar.lookup('sip:bob@example.com')
-        assert binding.connection is not None and server._contacts['bob.invalid'] is binding.connection
+        assert binding.connection is not None and server.contacts.get('bob.invalid') is binding.connection
         moved = [r.getMessage() for r in caplog.records if 'flow' in r.getMessage()]
         assert any('moved from 127.0.0.1:' in m and ' to 127.0.0.1:' in m for m in moved), moved
         # an in-dialog request for bob's Contact host now goes over the new connection
@@ -311,8 +311,11 @@ class _Recorder:
     remote_addr = local_addr = ('127.0.0.1', 5)
     is_open = True
 
+    transport_name = 'ws'
+
     def __init__(self) -> None:
         self.state: dict = {}
+        self.flow_state = None
         self.sent: list[SIPMessage] = []
         self.options = RelayServer().server_options
 

@@ -268,7 +268,7 @@ async def test_many_connect_register_drop_cycles_leave_nothing_behind():
             await asyncio.sleep(0.05)
         assert not relay.connections
         assert len(relay.registrar) == 0
-        assert not relay._pending and not relay._contacts and not relay._invites
+        assert not len(relay.transactions) and not len(relay.contacts) and not relay.forker.invites
         assert len(asyncio.all_tasks()) <= base_tasks
         assert fds() <= base_fds
     finally:

@@ -1,0 +1,309 @@
+"""Forking (RFC 3261 §16.6-16.7): a request to an address-of-record goes to each of its
+bindings, and one answer goes back.
+
+:class:`Forker` decides where a request for some bindings goes (none: 404 or the route
+for unregistered users; a binding over TCP whose connection is gone: reconnect first;
+over the pending-transaction caps: 503) and starts a :class:`Fork`, which keeps the
+INVITEs in progress for CANCEL.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ..core.codec import SIPMessage, invite_companion, make_response
+from ..core.transaction import cancel_key
+from ..errors import TransactionTimeout
+from .context import SERVER_HEADER, Context
+from .flow import NETWORK_TRANSPORTS, Flow, state_of
+from .registrar import Binding
+
+__all__ = ['Forker', 'Fork', 'best_response', 'LEARN_FROM']
+
+logger = logging.getLogger(__name__)
+
+#: out-of-dialog requests whose Contact becomes a remote target of a dialog
+LEARN_FROM = frozenset({'INVITE', 'SUBSCRIBE', 'REFER'})
+
+#: where a request goes when its AOR has no binding: ``unregistered(flow, request,
+#: max_forwards)`` -> True when it took it
+Unregistered = Callable[[Flow, SIPMessage, int], bool]
+#: bindings over TCP/TLS whose connection is gone, reached at their Contact first:
+#: ``reconnect(flow, request, bindings, max_forwards)`` -> True when it took the request
+Reconnect = Callable[[Flow, SIPMessage, 'list[Binding]', int], bool]
+
+
+class Forker:
+    """Where a request for an AOR's bindings goes (see the module)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        #: INVITEs being relayed, for CANCEL: (Call-ID, CSeq, branch) -> their fork
+        self.invites: dict[tuple[str, int, str], Fork] = {}
+        self.unregistered: Unregistered | None = None
+        self.reconnect: Reconnect | None = None
+        #: an edge's flow token for the flow a dialog-creating request came from (its
+        #: Record-Route names it, RFC 5626 §5.3), or None
+        self.flow_token: Callable[[Flow], str | None] | None = None
+
+    def relay(self, flow: Flow, request: SIPMessage, bindings: list[Binding],
+              max_forwards: int, *, reconnect: bool = True) -> None:
+        """Relay ``request`` from ``flow`` to ``bindings`` (``max_forwards`` as it came)."""
+        ctx = self.ctx
+        if not bindings:
+            if self.unregistered is not None and self.unregistered(flow, request, max_forwards):
+                return
+            ctx.reply(flow, request, 404)
+            return
+        if reconnect and self.reconnect is not None and \
+                self.reconnect(flow, request, bindings, max_forwards):
+            return
+        busy = self.over_pending_caps(flow, bindings[0].connection)
+        if busy:
+            ctx.busy(flow, request, busy)
+            return
+        Fork(self, flow, request, bindings, max_forwards - 1).start()
+
+    def over_pending_caps(self, origin: Flow, peer: Flow) -> str | None:
+        """Why a new relayed request would exceed a pending-transaction cap, or None."""
+        limits = self.ctx.limits
+        if len(self.ctx.transactions) >= limits.max_pending:
+            return 'too many requests in progress (%d)' % limits.max_pending
+        if state_of(origin).relaying >= limits.max_pending_per_connection:
+            return ('too many requests in progress from this connection (%d)'
+                    % limits.max_pending_per_connection)
+        if len(state_of(peer).pending) >= limits.max_pending_per_connection:
+            return 'the callee has too many requests unanswered'
+        return None
+
+    def cancel(self, flow: Flow, cancel: SIPMessage) -> None:
+        """RFC 3261 §16.10: answer the CANCEL, then cancel the INVITE we forwarded."""
+        entry = self.invites.get(cancel_key(cancel))
+        if entry is None:
+            self.ctx.reply(flow, cancel, 481)
+            return
+        self.ctx.reply(flow, cancel, 200)
+        entry.cancel(cancel.get('Reason'))
+
+
+#: 4xx responses that tell the caller how to resubmit, preferred among 4xx (§16.7 step 6)
+_INFORMATIVE = (401, 407, 415, 420, 484)
+
+
+def best_response(responses: list[SIPMessage]) -> SIPMessage:
+    """RFC 3261 §16.7 step 6: a 6xx if any, else the lowest class, preferring within 4xx
+    the responses that say how to retry; then the first received.  A 401 or 407 chosen
+    carries every challenge of every 401/407 received (step 7, merging)."""
+    def rank(item: tuple[int, SIPMessage]) -> tuple[int, int, int]:
+        order, response = item
+        status = response.status or 500
+        return (0 if status >= 600 else status // 100, 0 if status in _INFORMATIVE else 1,
+                order)
+    _, best = min(enumerate(responses), key=rank)
+    if best.status in (401, 407):
+        challenges = [(k, v) for r in responses if r.status in (401, 407) for k, v in r.headers
+                      if k in ('WWW-Authenticate', 'Proxy-Authenticate')]
+        headers = [(k, v) for k, v in best.headers
+                   if k not in ('WWW-Authenticate', 'Proxy-Authenticate')]
+        best = SIPMessage(status=best.status, reason=best.reason, headers=headers + challenges,
+                          body=best.body)
+    return best
+
+
+
+class _Branch:
+    """One downstream copy of a forked request (a client transaction of the proxy)."""
+
+    __slots__ = ('binding', 'peer', 'forwarded', 'branch', 'done', 'provisional')
+
+    def __init__(self, binding: Binding, forwarded: SIPMessage, branch: str) -> None:
+        self.binding, self.peer, self.forwarded = binding, binding.connection, forwarded
+        self.branch = branch
+        self.done = False
+        self.provisional = False
+
+
+class Fork:
+    """One request serve relays to an AOR (its server transaction as a proxy), forked
+    per RFC 3261 §16.6-16.7: every binding gets a copy, higher ``q`` first, equal ``q``
+    in parallel; the next group only when a whole group failed.
+
+    An INVITE gets 100 Trying at once and is record-routed; provisional responses are
+    relayed as they come (a downstream 100 is not); every 2xx to an INVITE is relayed at
+    once and the other branches are CANCELled with ``Reason: SIP;cause=200`` (RFC 3326);
+    a 6xx ends the fork the same way; otherwise the best final response wins once every
+    branch has answered (a 503 becomes 500, 401/407 challenges are merged).  A non-INVITE
+    is never CANCELled: its first 2xx is relayed, later ones are absorbed.  Non-2xx finals
+    to an INVITE are ACKed downstream here (§17.1.1.3).  Each INVITE branch waits Timer B
+    (the transaction timeout) for a first provisional, then Timer C, re-armed by each
+    provisional; Timer C CANCELs the branch, which counts as 408 (§16.8).  Callbacks
+    only, no task per request.
+    """
+
+    __slots__ = ('ctx', 'forker', 'origin', 'request', 'groups', 'max_forwards', 'key', 'branches',
+                 'finals', 'answered', 'timed_out', 'finished', 'started')
+
+    def __init__(self, forker: Forker, origin: Flow, request: SIPMessage,
+                 bindings: list[Binding], max_forwards: int) -> None:
+        self.forker, self.ctx = forker, forker.ctx
+        self.origin, self.request = origin, request
+        by_q: dict[float, list[Binding]] = {}
+        for binding in bindings:                                # newest first within a q
+            by_q.setdefault(binding.q, []).append(binding)
+        self.groups = [by_q[q] for q in sorted(by_q, reverse=True)]
+        self.max_forwards = max_forwards
+        self.key = cancel_key(request) if request.method == 'INVITE' else None
+        self.branches: list[_Branch] = []
+        #: non-2xx final responses (and 408/480 for branches that failed without one)
+        self.finals: list[SIPMessage] = []
+        #: a final response (2xx or 6xx) went upstream: the rest only wind down
+        self.answered = False
+        self.timed_out = False
+        self.finished = False
+        self.started = asyncio.get_running_loop().time()
+        state_of(origin).relaying += 1
+
+    def _answered_now(self) -> None:
+        """The final response goes upstream now: how long it took."""
+        self.ctx.metrics.transaction(self.request.method,
+                                        asyncio.get_running_loop().time() - self.started)
+
+    def start(self) -> None:
+        self.ctx.metrics.relay(self.request.method)
+        if self.key is not None:
+            self.forker.invites[self.key] = self
+            if self.origin.is_open:        # §16.2: at once, hop by hop, no To tag
+                self.ctx.metrics.response(100)
+                self.origin.send(make_response(self.request, 100,
+                                               headers=[('Server', SERVER_HEADER)]))
+        self._next_group()
+
+    def _next_group(self) -> None:
+        while self.groups:
+            live = [b for b in self.groups.pop(0) if b.connection.is_open]
+            for binding in live:
+                self._launch(binding)
+            if live:
+                return
+        self._finish()
+
+    def _launch(self, binding: Binding) -> None:
+        ctx, request = self.ctx, self.request
+        forwarded = SIPMessage(method=request.method, uri=str(binding.uri),
+                               headers=list(request.headers), body=request.body)
+        forwarded.set('Max-Forwards', str(self.max_forwards))
+        forwarded.remove('Route')                      # loose routes pointing at us end here
+        provisional = None
+        if request.method in LEARN_FROM:                  # dialog-creating: record-routed
+            token = self.forker.flow_token(self.origin) if self.forker.flow_token else None
+            forwarded.headers.insert(0, ('Record-Route', ctx.record_route(binding.connection,
+                                                                          token)))
+            inbound = ctx.record_route(self.origin)
+            sides = {c.transport_name for c in (self.origin, binding.connection)}
+            if len(sides) > 1 and sides & NETWORK_TRANSPORTS:
+                # RFC 5658: crossing transports, one entry per side; the callee's route set
+                # then names the side it is on first, the caller's the side it is on
+                forwarded.headers.insert(1, ('Record-Route', inbound))
+        branch = _Branch(binding, forwarded, ctx.new_branch(request))
+        if self.key is not None:
+            provisional = lambda response: self._provisional(branch, response)  # noqa: E731
+        self.branches.append(branch)
+        future = ctx.send_request(binding.connection, forwarded, branch=branch.branch,
+                                  on_provisional=provisional)
+        future.add_done_callback(lambda done: self._branch_done(branch, done))
+
+    def _provisional(self, branch: _Branch, response: SIPMessage) -> None:
+        branch.provisional = True
+        self.ctx.transactions.rearm(branch.branch, self.ctx.timer_c, 'Timer C')
+        if not self.answered:
+            self.ctx.relay_provisional(self.origin, response)
+
+    def _branch_done(self, branch: _Branch, future: asyncio.Future[SIPMessage]) -> None:
+        branch.done = True
+        if future.cancelled():
+            self._settle()
+            return
+        exc = future.exception()
+        if exc is not None:
+            logger.info('relaying %s to %s failed: %s', self.request.method, branch.binding.uri,
+                        exc)
+            timeout = isinstance(exc, TransactionTimeout)
+            self.timed_out = self.timed_out or timeout
+            if timeout and branch.provisional and branch.peer.is_open:
+                self._send_cancel(branch, None)                 # §16.8: Timer C fired
+            self._settle()
+            return
+        response = future.result()
+        status = response.status or 500
+        if self.key is not None and status >= 300:
+            branch.peer.send(invite_companion('ACK', branch.forwarded,
+                                              uri=branch.forwarded.uri or '',
+                                              to=response.get('To') or ''))    # hop by hop
+        if status < 300:
+            if self.key is not None or not self.answered:   # every 2xx of an INVITE
+                first = not self.answered
+                self.answered = True
+                if first:
+                    self._answered_now()
+                self.ctx.relay_final(self.origin, branch.peer, self.request, response)
+                if self.key is not None and not getattr(branch.peer, 'reliable', True):
+                    self.ctx.transactions.accepted(branch.branch, self.origin)
+                if first and self.key is not None:
+                    self._cancel_others('SIP;cause=200;text="Call completed elsewhere"')
+        elif status >= 600 and not self.answered:
+            self.answered = True
+            self._answered_now()
+            self.ctx.relay_final(self.origin, branch.peer, self.request, response)
+            if self.key is not None:
+                self._cancel_others('SIP;cause=%d;text="%s"' % (status, response.reason))
+        elif not self.answered:
+            self.finals.append(response)
+        self._settle()
+
+    def _settle(self) -> None:
+        """After a branch ended: the next group, or the answer, once every branch is done."""
+        if self.finished or any(not b.done for b in self.branches):
+            return
+        if not self.answered and self.groups:
+            self._next_group()
+            return
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        invites = self.forker.invites
+        if self.key is not None and invites.get(self.key) is self:
+            del invites[self.key]
+        state_of(self.origin).relaying -= 1
+        if self.answered:
+            return
+        self._answered_now()
+        if self.finals:
+            response = best_response(self.finals)
+            self.ctx.relay_final(self.origin, self.branches[-1].peer, self.request, response)
+        else:
+            self.ctx.reply(self.origin, self.request, 408 if self.timed_out else 480)
+
+    # -- CANCEL ---------------------------------------------------------------------------
+    def cancel(self, reason: str | None) -> None:
+        """The caller CANCELled (§16.10): every pending branch is CANCELled; their 487s
+        make the answer."""
+        for branch in self.branches:
+            if not branch.done:
+                self._send_cancel(branch, reason)
+        self.groups = []                                   # no later group starts
+
+    def _cancel_others(self, reason: str) -> None:
+        for branch in self.branches:
+            if not branch.done:
+                self._send_cancel(branch, reason)
+        self.groups = []
+
+    def _send_cancel(self, branch: _Branch, reason: str | None) -> None:
+        cancel = invite_companion('CANCEL', branch.forwarded, uri=branch.forwarded.uri or '')
+        if reason is not None:
+            cancel.headers.append(('Reason', reason))
+        branch.peer.send(cancel)
