@@ -437,13 +437,13 @@ async def test_lost_on_the_bus_is_408_and_a_client_gone_is_480_never_a_hang(redi
             alice_host = await register_raw(alice, 'alice')
             await register_device(bob, 'bob', 'desk')
             [conn] = b.connections
-            held = b.cluster.local.pop(conn.state['cluster_id'])   # b "lost" the connection
+            held = b.cluster.local.pop(conn.flow_state.cluster_id)   # b "lost" the connection
             loop = asyncio.get_running_loop()
             began = loop.time()
             await alice.send(message(alice_host, 'anyone?'))
             assert (await recv(alice)).status == 480
             assert loop.time() - began < 0.5                      # at once, not Timer F
-            b.cluster.local[conn.state['cluster_id']] = held
+            b.cluster.local[conn.flow_state.cluster_id] = held
             b.cluster._received = lambda data: None              # the bus loses b's messages
             began = loop.time()
             await alice.send(message(alice_host, 'lost').replace('msg-1', 'msg-2'))
