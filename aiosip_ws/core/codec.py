@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
 
 from ..errors import SIPParseError
 from .grammar import (
@@ -189,9 +188,6 @@ class SIPMessage:
     #: (the CSeq value, what it parsed to): the parser checked it, the property reuses it
     _cseq_parsed: tuple[str, tuple[int, str]] | None = field(
         default=None, init=False, repr=False, compare=False)
-    #: what the typed accessors parsed: name -> (the text it came from, the result)
-    _memo: dict[str, tuple[object, Any]] | None = field(
-        default=None, init=False, repr=False, compare=False)
 
     @property
     def is_request(self) -> bool:
@@ -294,33 +290,21 @@ class SIPMessage:
                 return top.branch if top is not None else None
         return None
 
-    # Typed accessors: each parses its header once per text (a changed header is parsed
-    # again) and raises SIPParseError, which the caller answers with 400.
-
-    def _remember(self, key: str, text: object, parse: Callable[[Any], Any]) -> Any:
-        memo = self._memo
-        if memo is None:
-            memo = self._memo = {}
-        hit = memo.get(key)
-        if hit is not None and hit[0] == text:
-            return hit[1]
-        result = parse(text)
-        memo[key] = (text, result)
-        return result
+    # Typed accessors: they raise SIPParseError, which the caller answers with 400.  Each
+    # header text is parsed once: NameAddr.parse and SipURI.parse remember what they
+    # parsed (their results are immutable), so asking twice costs a lookup.
 
     def to_addr(self) -> NameAddr:
         """The To header, parsed."""
-        return cast(NameAddr, self._remember('To', self.get('To') or '', NameAddr.parse))
+        return NameAddr.parse(self.get('To') or '')
 
     def from_addr(self) -> NameAddr:
         """The From header, parsed."""
-        return cast(NameAddr, self._remember('From', self.get('From') or '', NameAddr.parse))
+        return NameAddr.parse(self.get('From') or '')
 
     def contacts(self) -> list[NameAddr]:
         """Every Contact, parsed (``Contact: *`` is one with ``star`` set)."""
-        return cast('list[NameAddr]', self._remember(
-            'Contact', tuple(self.get_all('Contact')),
-            lambda values: [NameAddr.parse(value) for value in values]))
+        return [NameAddr.parse(value) for value in self.get_all('Contact')]
 
     def contacts_or_none(self) -> list[NameAddr] | None:
         """:meth:`contacts`, or None when one cannot be parsed (for what only learns
@@ -331,27 +315,31 @@ class SIPMessage:
             return None
 
     def first_name_addr(self, name: str) -> NameAddr | None:
-        """The first entry of header ``name`` (Route, Record-Route...), parsed; None when
-        there is none or it cannot be parsed."""
-        values = self.get_all(name)
-        if not values:
+        """The first entry of header ``name`` (Contact, Route, Record-Route...), parsed;
+        None when there is none or it cannot be parsed."""
+        value = self.get(name)
+        if value is None:
             return None
+        if ',' in value:
+            values = split_header_values(value)
+            if not values:
+                return None
+            value = values[0]
         try:
-            return cast(NameAddr, self._remember('1 ' + name, values[0], NameAddr.parse))
+            return NameAddr.parse(value)
         except SIPParseError:
             return None
 
     def request_uri(self) -> SipURI:
         """The Request-URI, parsed (any scheme: ``scheme`` tells)."""
-        return cast(SipURI, self._remember('uri', self.uri or '',
-                                           lambda text: NameAddr.parse(text).uri))
+        return NameAddr.parse(self.uri or '').uri
 
     def max_forwards(self) -> int:
         """Max-Forwards (RFC 3261 §8.1.1.6: 70 when absent)."""
         value = self.get('Max-Forwards')
         if value is None:
             return DEFAULT_MAX_FORWARDS
-        return cast(int, self._remember('Max-Forwards', value, parse_max_forwards))
+        return parse_max_forwards(value)
 
     def start_line(self) -> str:
         if self.is_request:

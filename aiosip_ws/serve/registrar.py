@@ -207,7 +207,7 @@ class Registrar:
         try:
             if aor is None:
                 aor = request.to_addr().uri.aor
-            contacts = request.contacts()
+            contacts = [NameAddr.parse(value) for value in values]   # as contacts() would
         except SIPParseError as exc:
             return RegisterResult(400, 'Bad Request (%s)' % exc), None
         expires_header = request.get('Expires')
