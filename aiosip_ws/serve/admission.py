@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from ..core.codec import SIPMessage
 from ..core.ratelimit import TokenBucket
 from ..errors import SIPParseError
 from .auth import DigestAuthenticator, Identity, aor_key
 from .context import Context
-from .flow import Flow, state_of
+from .flow import Flow
 
 __all__ = ['Admission']
 
@@ -20,8 +21,12 @@ logger = logging.getLogger(__name__)
 class Admission:
     """The rate stage and the identity stage of the pipeline."""
 
-    def __init__(self, ctx: Context, auth: DigestAuthenticator | None) -> None:
+    def __init__(self, ctx: Context, auth: DigestAuthenticator | None, *,
+                 resume: Callable[[Flow, SIPMessage], None] | None = None) -> None:
         self.ctx = ctx
+        #: what continues a request whose identity was settled later (in a cluster, the
+        #: nonce count is checked against every node's first)
+        self.resume = resume
         #: Digest authentication of REGISTERs and of requests from local domains, or None
         self.auth = auth
 
@@ -34,7 +39,7 @@ class Admission:
         if rate is None or request.method in ('ACK', 'CANCEL'):
             return False
         now = asyncio.get_running_loop().time()
-        state = state_of(flow)
+        state = flow.flow_state
         bucket = state.bucket
         if bucket is None:
             bucket = state.bucket = TokenBucket(rate, limits.burst, now)
@@ -62,7 +67,7 @@ class Admission:
         """Set the identity the request acts as (its flow's ``identity``): the token its
         handshake carried, or its Digest credentials when it needs them.  True when it
         has been answered instead (a challenge, 403, 400)."""
-        state = state_of(flow)
+        state = flow.flow_state
         state.identity = None
         token_identity = getattr(flow, 'identity', None)
         if isinstance(token_identity, Identity):          # bound by its handshake's token
@@ -75,13 +80,20 @@ class Admission:
             if identity is None:
                 return True
             state.identity = identity     # for the route, read before it awaits
+            if state.nc_claim is not None and self.ctx.cluster is not None:
+                self.ctx.spawn(self._after_shared_nonce_count(flow, request))
+                return True
         return False
+
+    async def _after_shared_nonce_count(self, flow: Flow, request: SIPMessage) -> None:
+        if await self.shared_nonce_count(flow, request) and self.resume is not None:
+            self.resume(flow, request)
 
     def authenticate(self, flow: Flow, request: SIPMessage) -> Identity | None:
         """Digest-check ``request`` (which needs it) and its AOR: the identity, or None
         when it has been answered (401/407 challenge, 403, 400)."""
         assert self.auth is not None
-        state = state_of(flow)
+        state = flow.flow_state
         state.nc_claim = None
         outcome = self.auth.check(request, state)
         if outcome.nonce is not None:
@@ -105,7 +117,7 @@ class Admission:
         """In a cluster, the nonce count is checked against every node's (a replay to
         another node is refused as one here would be).  False: refused and answered."""
         cluster = self.ctx.cluster
-        state = state_of(flow)
+        state = flow.flow_state
         claim, state.nc_claim = state.nc_claim, None
         identity = state.identity
         if cluster is None or claim is None or self.auth is None or identity is None:

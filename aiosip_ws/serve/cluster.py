@@ -55,7 +55,7 @@ from ..errors import ConfigurationError, ConnectionLost, SIPParseError
 from ..options import ServerOptions
 from ..transport.throttle import LogThrottle
 from .contacts import ContactIndex
-from .flow import Flow, FlowState, state_of
+from .flow import Flow, FlowState
 from .registrar import Binding, RegisterResult, Registrar, register_aor
 from .transactions import ClientTransactions
 
@@ -332,13 +332,13 @@ class Cluster:
 
     # -- connections ------------------------------------------------------------------
     def connection_made(self, conn: Flow) -> None:
-        state_of(conn).cluster_id = cid = str(next(self._ids))
+        conn.flow_state.cluster_id = cid = str(next(self._ids))
         self.local[cid] = conn
 
     def connection_lost(self, conn: Flow) -> None:
         """Before the local registrar forgets them: delete its bindings in Redis too, and
         its Contact hosts."""
-        state = state_of(conn)
+        state = conn.flow_state
         cid = state.cluster_id
         self.local.pop(cid, None)
         hosts = list(state.contact_hosts)
@@ -409,7 +409,7 @@ class Cluster:
             node, incarnation, cid = conn.node, conn.incarnation, conn.connection
             via, remote = '%s %s' % (conn.via_transport, conn.via_host), '%s:%d' % conn.remote_addr
         else:
-            node, incarnation, cid = self.node, self.incarnation, state_of(conn).cluster_id
+            node, incarnation, cid = self.node, self.incarnation, conn.flow_state.cluster_id
             via = '%s %s' % (conn.via_transport, conn.via_host)
             remote = '%s:%d' % tuple(conn.remote_addr[:2])
         return {'aor': binding.aor, 'contact': str(binding.contact), 'node': node,
@@ -547,7 +547,7 @@ class Cluster:
     def claim(self, host: str, conn: Flow) -> None:
         """``host`` (a `.invalid` Contact host) is behind this node's ``conn``: record it
         in ``aiosip-ws:contact:<host>`` for the other nodes, in order with the bus."""
-        value = ' '.join((self.node, self.incarnation, state_of(conn).cluster_id,
+        value = ' '.join((self.node, self.incarnation, conn.flow_state.cluster_id,
                           '%s %s' % (conn.via_transport, conn.via_host),
                           '%s:%d' % (conn.remote_addr[0], conn.remote_addr[1])))
         if len(self._outbox) < MAX_OUTBOX:
@@ -672,5 +672,5 @@ class Cluster:
         self.relay.contacts.learn_contact(conn, response)   # its Contact host, before the response
         return self.publish(node, {
             'type': 'response', 'incarnation': self.incarnation,
-            'connection': state_of(conn).cluster_id,
+            'connection': conn.flow_state.cluster_id,
             'message': serialize(response).decode('utf-8', 'surrogateescape')})

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from ..core.codec import SIPMessage
-from .flow import NETWORK_TRANSPORTS, Flow, is_remote, state_of
+from .flow import NETWORK_TRANSPORTS, Flow, is_remote
 
 __all__ = ['ContactIndex']
 
@@ -50,10 +50,10 @@ class ContactIndex:
                 self.shared(host, flow)                 # its TTL in Redis starts again
             return
         if previous is not None:
-            state_of(previous).contact_hosts.discard(host)
+            previous.flow_state.contact_hosts.discard(host)
             logger.info('Contact host %s moved from %r to %r', host, previous, flow)
         self._hosts[host] = flow
-        state_of(flow).contact_hosts.add(host)
+        flow.flow_state.contact_hosts.add(host)
         if self.shared is not None:
             self.shared(host, flow)
 
@@ -88,7 +88,7 @@ class ContactIndex:
 
     def release(self, flow: Flow) -> list[str]:
         """``flow`` closed: the hosts it held no longer route to it; they are returned."""
-        hosts = state_of(flow).contact_hosts
+        hosts = flow.flow_state.contact_hosts
         released = [host for host in hosts if self._hosts.get(host) is flow]
         for host in released:
             del self._hosts[host]

@@ -22,6 +22,7 @@ from ..core.transaction import loop_key, new_branch, new_tag
 from ..errors import SIPParseError
 from ..options import RelayLimits
 from .contacts import ContactIndex
+from .events import EventStream, MessageOut
 from .flow import NETWORK_TRANSPORTS, Flow
 from .observe import Metrics
 from .transactions import ClientTransactions, without_top_via
@@ -52,15 +53,18 @@ class Context:
     """See the module."""
 
     def __init__(self, metrics: Metrics, limits: RelayLimits, *, timer_c: float,
-                 spawn: Callable[[Awaitable[Any]], asyncio.Task[Any]]) -> None:
+                 spawn: Callable[[Awaitable[Any]], asyncio.Task[Any]],
+                 events: EventStream | None = None) -> None:
         self.metrics = metrics
+        #: what happens, for whoever listens (the metrics count from it)
+        self.events = events if events is not None else EventStream()
         #: what one client may cost: pending-transaction caps and the request rate
         self.limits = limits
         #: RFC 3261 §16.6 Timer C: how long an INVITE branch may ring (more than 3 min)
         self.timer_c = timer_c
         self.spawn = spawn
         #: the proxy's client transactions
-        self.transactions = ClientTransactions(limits.max_pending)
+        self.transactions = ClientTransactions(limits.max_pending, send=self.send)
         #: Contact host -> flow, for in-dialog requests
         self.contacts = ContactIndex()
         #: the nodes sharing bindings and forwarding through Redis, or None
@@ -69,6 +73,16 @@ class Context:
         self.loop_detection = False
         #: True once the server is closing: answers that cannot be sent are not logged
         self.closing = False
+
+    # -- sending ---------------------------------------------------------------------------
+    def send(self, flow: Flow, message: SIPMessage) -> bool:
+        """Send ``message`` over ``flow``, published as a :class:`MessageOut`: every SIP
+        message serve sends goes this way."""
+        sent = flow.send(message)
+        events = self.events
+        if MessageOut in events.wanted:
+            events.publish(MessageOut(flow, message, sent))
+        return sent
 
     # -- answering ------------------------------------------------------------------------
     def reply(self, flow: Flow, request: SIPMessage, status: int, reason: str | None = None, *,
@@ -80,8 +94,7 @@ class Context:
         response = make_response(request, status, reason, to_tag=new_tag(),
                                  headers=list(headers or ()) + [('Server', SERVER_HEADER)])
         if flow.is_open:
-            self.metrics.response(status)
-            flow.send(response)
+            self.send(flow, response)
         elif not self.closing:         # RFC 3261 §18.2.2: a WebSocket client cannot be reached
             logger.info('dropped %d %s to %s: the WebSocket connection is gone', status,
                         response.reason, request.method)
@@ -114,8 +127,7 @@ class Context:
             response.status, response.reason = 500, 'Server Internal Error (downstream 503)'
             response.remove('Retry-After')
         if origin.is_open:
-            self.metrics.response(response.status)
-            origin.send(response)
+            self.send(origin, response)
         elif not self.closing:
             logger.info('dropped the %d response to %s: the requester left', response.status,
                         request.method)
@@ -125,8 +137,7 @@ class Context:
             return                                     # 100 Trying is hop-by-hop
         relayed = SIPMessage(status=response.status, reason=response.reason,
                              headers=without_top_via(response.headers), body=response.body)
-        self.metrics.response(response.status)
-        origin.send(relayed)
+        self.send(origin, relayed)
 
     # -- what serve writes ----------------------------------------------------------------
     def record_route(self, flow: Flow, token: str | None = None) -> str:

@@ -11,6 +11,7 @@ from ..core.sipuri import NameAddr, SipURI
 from ..errors import AiosipWSError, SIPParseError, TransactionTimeout
 from ..transport.throttle import LogThrottle
 from .context import Context
+from .events import CallChanged
 from .flow import Flow
 from .hops import Hops
 
@@ -29,10 +30,12 @@ class Dialogs:
         #: where serve listens, as Route entries name it (``host:port``, ``*:port``)
         self.own_hostports: set[str] = set()
 
-    @staticmethod
-    def is_in_dialog(request: SIPMessage) -> bool:
-        """An ACK, or a request with a To tag (a cheap test: the tag is checked later)."""
-        return request.method == 'ACK' or 'tag=' in (request.get('To') or '')
+    def in_dialog(self, flow: Flow, request: SIPMessage) -> bool:
+        """The in-dialog stage: an ACK, or a request with a To tag (a cheap test; the tag
+        is checked in :meth:`route`), is routed in its dialog (True)."""
+        if request.method == 'ACK' or 'tag=' in (request.get('To') or ''):
+            return self.route(flow, request)
+        return False
 
     def route(self, flow: Flow, message: SIPMessage) -> bool:
         """Route an in-dialog request by the flow behind its Request-URI's host.  False:
@@ -126,8 +129,7 @@ class Dialogs:
         if max_forwards is None or max_forwards == 0:
             if not is_ack:
                 status = 400 if max_forwards is None else 483
-                ctx.metrics.response(status)
-                flow.send(make_response(message, status, to_tag=to_tag))
+                ctx.send(flow, make_response(message, status, to_tag=to_tag))
             return
         forwarded = SIPMessage(method=message.method, uri=message.uri, body=message.body,
                                headers=[(k, v) for k, v in message.headers if k != 'Route'])
@@ -146,13 +148,17 @@ class Dialogs:
             return
         exc = done.exception()
         if exc is None:
-            self.ctx.relay_final(origin, peer, original, done.result())
+            response = done.result()
+            if original.method == 'BYE' and self.ctx.events.wants(CallChanged):
+                self.ctx.events.publish(CallChanged(
+                    'ended', original.get('Call-ID') or '', original.get('From') or '',
+                    original.get('To') or '', response.status, origin))
+            self.ctx.relay_final(origin, peer, original, response)
             return
         logger.info('relaying in-dialog %s failed: %s', original.method, exc)
         if origin.is_open:
             status = 408 if isinstance(exc, TransactionTimeout) else 480
-            self.ctx.metrics.response(status)
-            origin.send(make_response(original, status))
+            self.ctx.send(origin, make_response(original, status))
 
 
 def _uri_host(uri: str) -> str:

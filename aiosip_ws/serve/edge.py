@@ -15,7 +15,7 @@ from ..errors import SIPParseError
 from ..transport.throttle import LogThrottle
 from .context import Context, max_forwards_of
 from .dialogs import Dialogs
-from .flow import Flow, state_of
+from .flow import Flow
 from .fork import LEARN_FROM
 from .hops import Hops
 
@@ -49,22 +49,22 @@ class Edge:
         self._flow_ids = itertools.count(1)
 
     def flow_made(self, flow: Flow) -> None:
-        flow_id = state_of(flow).flow_id = next(self._flow_ids)
+        flow_id = flow.flow_state.flow_id = next(self._flow_ids)
         self._flows[flow_id] = flow
 
     def flow_gone(self, flow: Flow) -> None:
-        self._flows.pop(state_of(flow).flow_id, None)
+        self._flows.pop(flow.flow_state.flow_id, None)
 
     def token_of(self, flow: Flow) -> str | None:
         """The flow token naming ``flow`` (None for a flow serve numbered none)."""
-        flow_id = state_of(flow).flow_id
+        flow_id = flow.flow_state.flow_id
         return self.flow_tokens.issue(flow_id) if flow_id else None
 
     # -- REGISTER upstream -------------------------------------------------------------
     async def register(self, flow: Flow, request: SIPMessage) -> None:
         """The route of REGISTER: relayed to the registrar with our Path,
         ``<sip:TOKEN@EDGE;lr>``, ``;ob`` when the Contact asks for Outbound (``reg-id``)."""
-        token = self.flow_tokens.issue(state_of(flow).flow_id)
+        token = self.flow_tokens.issue(flow.flow_state.flow_id)
         max_forwards = max_forwards_of(request)
         if max_forwards is None or max_forwards == 0:
             self.ctx.reply(flow, request, 400 if max_forwards is None else 483)

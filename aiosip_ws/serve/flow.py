@@ -65,7 +65,8 @@ class Flow(Protocol):
     """What the pipeline uses of a flow (a structural type: WebSocket, bridged UDP, TCP and
     TLS flows and remote connections each have these)."""
 
-    flow_state: Any                    # a FlowState once serve has seen the flow
+    #: what serve keeps for it, made when serve first sees it (:func:`state_of`)
+    flow_state: FlowState
 
     @property
     def transport_name(self) -> str:
@@ -91,8 +92,10 @@ class Flow(Protocol):
     def send(self, message: SIPMessage) -> bool: ...
 
 
-def state_of(flow: Flow) -> FlowState:
-    """The :class:`FlowState` of ``flow``, made on first use."""
+def state_of(flow: Any) -> FlowState:
+    """The :class:`FlowState` of ``flow`` (a transport's connection, whose ``flow_state``
+    is None until serve sees it first), made now if it has none.  Every flow that reaches
+    the pipeline has one: serve reads ``flow.flow_state`` from then on."""
     state: FlowState | None = flow.flow_state
     if state is None:
         state = flow.flow_state = FlowState()

@@ -16,7 +16,8 @@ from ..core.codec import SIPMessage, invite_companion, make_response
 from ..core.transaction import cancel_key
 from ..errors import TransactionTimeout
 from .context import SERVER_HEADER, Context
-from .flow import NETWORK_TRANSPORTS, Flow, state_of
+from .events import CallChanged, RequestAnswered, RequestRelayed
+from .flow import NETWORK_TRANSPORTS, Flow
 from .registrar import Binding
 
 __all__ = ['Forker', 'Fork', 'best_response', 'LEARN_FROM']
@@ -70,10 +71,10 @@ class Forker:
         limits = self.ctx.limits
         if len(self.ctx.transactions) >= limits.max_pending:
             return 'too many requests in progress (%d)' % limits.max_pending
-        if state_of(origin).relaying >= limits.max_pending_per_connection:
+        if origin.flow_state.relaying >= limits.max_pending_per_connection:
             return ('too many requests in progress from this connection (%d)'
                     % limits.max_pending_per_connection)
-        if len(state_of(peer).pending) >= limits.max_pending_per_connection:
+        if len(peer.flow_state.pending) >= limits.max_pending_per_connection:
             return 'the callee has too many requests unanswered'
         return None
 
@@ -142,7 +143,7 @@ class Fork:
     """
 
     __slots__ = ('ctx', 'forker', 'origin', 'request', 'groups', 'max_forwards', 'key', 'branches',
-                 'finals', 'answered', 'timed_out', 'finished', 'started')
+                 'finals', 'answered', 'timed_out', 'finished', 'started', 'ringing')
 
     def __init__(self, forker: Forker, origin: Flow, request: SIPMessage,
                  bindings: list[Binding], max_forwards: int) -> None:
@@ -162,21 +163,38 @@ class Fork:
         self.timed_out = False
         self.finished = False
         self.started = asyncio.get_running_loop().time()
-        state_of(origin).relaying += 1
+        #: a first 18x went upstream (the call is ringing)
+        self.ringing = False
+        origin.flow_state.relaying += 1
 
-    def _answered_now(self) -> None:
-        """The final response goes upstream now: how long it took."""
-        self.ctx.metrics.transaction(self.request.method,
-                                        asyncio.get_running_loop().time() - self.started)
+    def _answered_now(self, status: int) -> None:
+        """The final response goes upstream now: how long it took, and for an INVITE
+        what became of the call."""
+        events = self.ctx.events
+        if events.wants(RequestAnswered):
+            events.publish(RequestAnswered(self.request.method, status,
+                                           asyncio.get_running_loop().time() - self.started))
+        if self.key is not None:
+            self._call('answered' if status < 300 else 'ended', status)
+
+    def _call(self, change: str, status: int | None = None) -> None:
+        events = self.ctx.events
+        if events.wants(CallChanged):
+            request = self.request
+            events.publish(CallChanged(change, request.get('Call-ID') or '',
+                                       request.get('From') or '', request.get('To') or '',
+                                       status, self.origin))
 
     def start(self) -> None:
-        self.ctx.metrics.relay(self.request.method)
+        events = self.ctx.events
+        if events.wants(RequestRelayed):
+            events.publish(RequestRelayed(self.request.method, self.origin))
         if self.key is not None:
             self.forker.invites[self.key] = self
+            self._call('attempted')
             if self.origin.is_open:        # §16.2: at once, hop by hop, no To tag
-                self.ctx.metrics.response(100)
-                self.origin.send(make_response(self.request, 100,
-                                               headers=[('Server', SERVER_HEADER)]))
+                self.ctx.send(self.origin, make_response(self.request, 100,
+                                                         headers=[('Server', SERVER_HEADER)]))
         self._next_group()
 
     def _next_group(self) -> None:
@@ -214,6 +232,9 @@ class Fork:
         future.add_done_callback(lambda done: self._branch_done(branch, done))
 
     def _provisional(self, branch: _Branch, response: SIPMessage) -> None:
+        if not self.ringing and 180 <= (response.status or 0) < 190 and not self.answered:
+            self.ringing = True
+            self._call('ringing', response.status)
         branch.provisional = True
         self.ctx.transactions.rearm(branch.branch, self.ctx.timer_c, 'Timer C')
         if not self.answered:
@@ -237,15 +258,15 @@ class Fork:
         response = future.result()
         status = response.status or 500
         if self.key is not None and status >= 300:
-            branch.peer.send(invite_companion('ACK', branch.forwarded,
-                                              uri=branch.forwarded.uri or '',
-                                              to=response.get('To') or ''))    # hop by hop
+            self.ctx.send(branch.peer, invite_companion(
+                'ACK', branch.forwarded, uri=branch.forwarded.uri or '',
+                to=response.get('To') or ''))                              # hop by hop
         if status < 300:
             if self.key is not None or not self.answered:   # every 2xx of an INVITE
                 first = not self.answered
                 self.answered = True
                 if first:
-                    self._answered_now()
+                    self._answered_now(status)
                 self.ctx.relay_final(self.origin, branch.peer, self.request, response)
                 if self.key is not None and not getattr(branch.peer, 'reliable', True):
                     self.ctx.transactions.accepted(branch.branch, self.origin)
@@ -253,7 +274,7 @@ class Fork:
                     self._cancel_others('SIP;cause=200;text="Call completed elsewhere"')
         elif status >= 600 and not self.answered:
             self.answered = True
-            self._answered_now()
+            self._answered_now(status)
             self.ctx.relay_final(self.origin, branch.peer, self.request, response)
             if self.key is not None:
                 self._cancel_others('SIP;cause=%d;text="%s"' % (status, response.reason))
@@ -277,15 +298,17 @@ class Fork:
         invites = self.forker.invites
         if self.key is not None and invites.get(self.key) is self:
             del invites[self.key]
-        state_of(self.origin).relaying -= 1
+        self.origin.flow_state.relaying -= 1
         if self.answered:
             return
-        self._answered_now()
         if self.finals:
             response = best_response(self.finals)
+            self._answered_now(response.status or 500)
             self.ctx.relay_final(self.origin, self.branches[-1].peer, self.request, response)
         else:
-            self.ctx.reply(self.origin, self.request, 408 if self.timed_out else 480)
+            status = 408 if self.timed_out else 480
+            self._answered_now(status)
+            self.ctx.reply(self.origin, self.request, status)
 
     # -- CANCEL ---------------------------------------------------------------------------
     def cancel(self, reason: str | None) -> None:
@@ -306,4 +329,4 @@ class Fork:
         cancel = invite_companion('CANCEL', branch.forwarded, uri=branch.forwarded.uri or '')
         if reason is not None:
             cancel.headers.append(('Reason', reason))
-        branch.peer.send(cancel)
+        self.ctx.send(branch.peer, cancel)

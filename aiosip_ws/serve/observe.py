@@ -26,6 +26,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..core.grammar import address_in, parse_networks
+from .events import (
+    ConnectionClosed,
+    ConnectionOpened,
+    EventStream,
+    MessageIn,
+    MessageOut,
+    RequestAnswered,
+    RequestRelayed,
+    Subscription,
+)
 from .registrar import Registrar
 
 
@@ -116,6 +126,12 @@ class Metrics:
         self.dropped = Counter('aiosip_ws_send_queue_drops',
                                'Messages not sent: the connection was closed or its send '
                                'queue full', registry=registry)
+        self.event_drops = Counter('aiosip_ws_event_drops',
+                                   'Events a consumer of the event stream lost to its full '
+                                   'queue, by consumer', ['consumer'], registry=registry)
+        self._stream: EventStream | None = None
+        self._subscription: Subscription | None = None
+        self._drops_seen: dict[str, int] = {}
         self.latency = Histogram('aiosip_ws_transaction_seconds',
                                  'Relayed requests: from arrival to the final response sent '
                                  'back, by method', ['method'], buckets=BUCKETS,
@@ -171,8 +187,56 @@ class Metrics:
     def handshake_refused(self, status: int) -> None:
         self._child(self.refused, _bounded(str(status), REFUSALS)).inc()
 
+    # -- the event stream's consumer ------------------------------------------------------
+    #: the events the metrics count
+    KINDS = (MessageIn, MessageOut, ConnectionOpened, ConnectionClosed, RequestRelayed,
+             RequestAnswered)
+
+    def follow(self, stream: EventStream) -> Subscription:
+        """Count from ``stream``'s events from now on (a subscription of its own)."""
+        self._stream = stream
+        self._subscription = stream.subscribe('metrics', self.consume, self.KINDS,
+                                              inline=True)
+        return self._subscription
+
+    def consume(self, event: Any) -> None:
+        """Count one event (of :attr:`KINDS`); messages, the most frequent, inline."""
+        kind = type(event)
+        if kind is MessageIn:
+            method = event.message.method
+            if method is not None:
+                key = self._request_keys.get(method) or (self.requests, 'other')
+                pending = self._pending
+                pending[key] = pending.get(key, 0) + 1
+        elif kind is MessageOut:
+            message = event.message
+            if message.method is None and event.sent:
+                self.response(message.status)
+        elif kind is ConnectionOpened:
+            self.opened.inc()
+        elif kind is ConnectionClosed:
+            self.connection_closed(event.code)
+        elif kind is RequestRelayed:
+            self.relay(event.method)
+        elif kind is RequestAnswered:
+            self.transaction(event.method, event.seconds)
+
+    def _catch_up(self) -> None:
+        """What the event queue holds, counted now; the consumers' drops since the last
+        look added to their counter."""
+        if self._subscription is not None:
+            self._subscription.drain()
+        if self._stream is not None:
+            for subscription in self._stream.subscriptions:
+                seen = self._drops_seen.get(subscription.name, 0)
+                if subscription.dropped > seen:
+                    self._child(self.event_drops, subscription.name).inc(
+                        subscription.dropped - seen)
+                    self._drops_seen[subscription.name] = subscription.dropped
+
     def update_gauges(self) -> None:
         """Multiprocess mode: this worker's share of the gauges and its counts, now."""
+        self._catch_up()
         self.flush()
         if self.multiprocess:
             connections, bindings, aors = self._gauges

@@ -6,8 +6,10 @@ import logging
 from collections.abc import Awaitable
 
 from ..core.codec import SIPMessage
+from ..core.sipuri import NameAddr
+from ..errors import SIPParseError
 from .context import Context
-from .flow import Flow, state_of
+from .flow import Flow
 from .registrar import RegisterResult, Registrar
 
 __all__ = ['Registration', 'invalid_hosts']
@@ -16,10 +18,17 @@ logger = logging.getLogger(__name__)
 
 
 def invalid_hosts(request: SIPMessage) -> set[str]:
-    """The ``.invalid`` hosts of a request's Contacts (RFC 7118 Appendix B.1); none when a
-    Contact cannot be parsed (the registrar then answers 400)."""
-    return {contact.uri.host.lower() for contact in request.contacts_or_none() or ()
-            if not contact.star and contact.uri.host.lower().endswith('.invalid')}
+    """The ``.invalid`` hosts of a request's Contacts (RFC 7118 Appendix B.1); a Contact
+    that cannot be parsed has none (the registrar answers 400 for it)."""
+    hosts = set()
+    for value in request.get_all('Contact'):
+        try:
+            host = NameAddr.parse(value).uri.host.lower()    # parsed once: NameAddr remembers
+        except SIPParseError:
+            continue
+        if host.endswith('.invalid'):
+            hosts.add(host)
+    return hosts
 
 
 class Registration:
@@ -44,7 +53,7 @@ class Registration:
                 self.ctx.reply(flow, request, 403, 'Forbidden (Contact host %s is in use by '
                                'another connection)' % host)
                 return None
-        identity = state_of(flow).identity
+        identity = flow.flow_state.identity
         # With authentication the user owns the AOR's bindings, whichever connection
         # made them; a trusted peer (user None) is held to its connection like anyone.
         authenticated = identity is not None and identity.user is not None

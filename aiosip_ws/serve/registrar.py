@@ -80,7 +80,7 @@ def _key(contact: NameAddr, instance: str | None, reg_id: str | None) -> tuple[s
 def register_aor(request: SIPMessage) -> str | RegisterResult:
     """The address-of-record a REGISTER is for (its To URI), or the 400 to answer."""
     try:
-        return request.to_addr().uri.aor
+        return NameAddr.parse(request.get('To') or '').uri.aor     # as to_addr() would
     except SIPParseError as exc:
         return RegisterResult(400, 'Bad Request (%s)' % exc)
 
@@ -115,6 +115,9 @@ class Registrar:
         #: connection -> the AORs it holds bindings of, so that a closing connection
         #: costs what it owns, not what the registrar holds
         self._aors_of: dict[Any, set[str]] = {}
+        #: told of every binding ``added``, ``refreshed`` or ``removed``:
+        #: ``on_change(change, binding, why)`` (serve publishes them as events)
+        self.on_change: Callable[[str, Binding, str], None] | None = None
 
     # -- queries --------------------------------------------------------------------
     def lookup(self, aor: str) -> list[Binding]:
@@ -124,7 +127,7 @@ class Registrar:
         live = [b for b in current
                 if b.expires_at > now and (b.by_time or getattr(b.connection, 'is_open', True))]
         if len(live) != len(current):
-            self.store(aor, list(live))
+            self.store(aor, list(live), why='expired')
         if len(live) < 2:
             return live
         return sorted(live, key=lambda b: b.registered_at, reverse=True)
@@ -157,6 +160,11 @@ class Registrar:
                     binding.by_time = True
                     kept.append(binding)
             removed += len(self._bindings[aor]) - len(kept)
+            if self.on_change is not None:
+                kept_ids = {id(b) for b in kept}
+                for binding in self._bindings[aor]:
+                    if id(binding) not in kept_ids:
+                        self.on_change('removed', binding, 'connection closed')
             if kept:
                 self._bindings[aor] = kept
             else:
@@ -302,10 +310,13 @@ class Registrar:
                    for b in self._bindings.get(aor, ()))
 
     # -- helpers --------------------------------------------------------------------
-    def store(self, aor: str, bindings: list[Binding]) -> None:
+    def store(self, aor: str, bindings: list[Binding], *, why: str = 'registered') -> None:
         """``bindings`` become the AOR's; a connection left with none of them no longer
-        lists the AOR, so the per-connection index stays as small as what it holds."""
+        lists the AOR, so the per-connection index stays as small as what it holds.
+        ``why``: what removed the bindings that go (told to :attr:`on_change`)."""
         before = self._bindings.get(aor, ())
+        if self.on_change is not None:
+            self._changes(before, bindings, why)
         if bindings:
             self._bindings[aor] = bindings
         else:
@@ -320,6 +331,18 @@ class Registrar:
                     aors.discard(aor)
                     if not aors:
                         del self._aors_of[gone.connection]
+
+    def _changes(self, before: Iterable[Binding], after: list[Binding], why: str) -> None:
+        assert self.on_change is not None
+        old = {b.key: b for b in before}
+        for binding in after:
+            previous = old.pop(binding.key, None)
+            if previous is None:
+                self.on_change('added', binding, why)
+            elif previous is not binding:
+                self.on_change('refreshed', binding, why)
+        for binding in old.values():
+            self.on_change('removed', binding, 'unregistered' if why == 'registered' else why)
 
     @staticmethod
     def _supports_outbound(request: SIPMessage) -> bool:

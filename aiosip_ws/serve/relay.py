@@ -57,12 +57,19 @@ from .contacts import ContactIndex
 from .context import ALLOWED_METHODS, SERVER_HEADER, Context, max_forwards_of
 from .dialogs import Dialogs
 from .edge import Edge
+from .events import (
+    ConnectionClosed,
+    ConnectionOpened,
+    EventStream,
+    MessageIn,
+    RegistrationChanged,
+)
 from .flow import Flow, state_of
 from .fork import LEARN_FROM, Forker, best_response
 from .hops import Hops, hop_uri, reachable_at_contact
 from .observe import AdminEndpoints, Metrics
 from .register import Registration
-from .registrar import Registrar
+from .registrar import Binding, Registrar
 from .transactions import ClientTransactions
 
 if TYPE_CHECKING:
@@ -116,9 +123,14 @@ class RelayServer:
         #: every open connection
         self.connections: set[WSConnection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: what happens in serve, typed events for whoever subscribes (the metrics do)
+        self.events = EventStream()
+        self.events.on_change = self._events_wanted
+        self.metrics.follow(self.events)
         #: what the stages share
-        self.ctx = ctx = Context(self.metrics, self.limits, timer_c=timer_c, spawn=self.spawn)
-        self.admission = Admission(ctx, auth)
+        self.ctx = ctx = Context(self.metrics, self.limits, timer_c=timer_c, spawn=self.spawn,
+                                 events=self.events)
+        self.admission = Admission(ctx, auth, resume=self._after_identity)
         self.registration = Registration(ctx, self.registrar)
         self.forker = Forker(ctx)
         upstream = hop_uri(edge_registrar, '--registrar ') if edge_registrar else None
@@ -150,44 +162,64 @@ class RelayServer:
             ctx.contacts.shared = self.cluster.claim
             ctx.transactions.forward = self.cluster.forward_response
         #: the pipeline: every request meets these stages in this order, until one takes
-        #: it (returns True).  Each is a plain method of a collaborator.
-        self.stages: list[tuple[str, Stage]] = [
-            ('rate', self.admission.over_rate),           # 503 over the request rate
-            *([('edge token', self.edge.inbound)] if self.edge is not None else []),
-            ('cancel', self._cancel),                     # §16.10
-            ('in-dialog', self._in_dialog),               # by the Request-URI's flow
-            ('learn', self._learn),                       # Contact and Record-Route hosts
-            ('option tags', self._option_tags),           # 420
-            ('method', self._method),                     # 405
-            ('identity', self._identity),                 # token or Digest (401/407/403)
-            ('route', self._route),                       # the method's route
+        #: it (returns True).  Each is a plain method of a collaborator; the third item
+        #: names the only methods it is for (None: every method).  After a change to the
+        #: list, call :meth:`stages_changed`.
+        self.stages: list[tuple[str, Stage, frozenset[str] | None]] = [
+            ('rate', self.admission.over_rate, None),     # 503 over the request rate
+            *([('edge token', self.edge.inbound, None)] if self.edge is not None else []),
+            ('cancel', self._cancel, frozenset({'CANCEL'})),   # §16.10
+            ('in-dialog', self.dialogs.in_dialog, None),  # by the Request-URI's flow
+            ('learn', self._learn, LEARN_FROM),           # Contact and Record-Route hosts
+            ('option tags', self._option_tags, None),     # 420
+            ('method', self._method, None),               # 405
+            ('identity', self.admission.identify, None),  # token or Digest (401/407/403)
+            ('route', self._route, None),                 # the method's route
         ]
-        self._after_identity = [name for name, _ in self.stages].index('identity') + 1
+        #: method -> (the stages it meets, where those after 'identity' begin)
+        self._plans: dict[str, tuple[tuple[Stage, ...], int]] = {}
 
     # -- the pipeline ---------------------------------------------------------------------
-    def _request_received(self, flow: Flow, request: SIPMessage, start: int = 0) -> None:
-        """Run ``request`` through :attr:`stages` (from ``start``); a header a stage cannot
-        parse is answered 400 here."""
+    def stages_changed(self) -> None:
+        """:attr:`stages` changed: plan the methods' paths again."""
+        self._plans.clear()
+
+    def _plan(self, method: str) -> tuple[tuple[Stage, ...], int]:
+        plan = self._plans.get(method)
+        if plan is None:
+            mine = [(name, stage) for name, stage, methods in self.stages
+                    if methods is None or method in methods]
+            names = [name for name, _ in mine]
+            after = names.index('identity') + 1 if 'identity' in names else len(mine)
+            plan = self._plans[method] = (tuple(stage for _, stage in mine), after)
+            if len(self._plans) > 64:                    # methods are tokens: bounded
+                self._plans.clear()
+        return plan
+
+    def _request_received(self, flow: Flow, request: SIPMessage,
+                          after_identity: bool = False) -> None:
+        """Run ``request`` through its method's :attr:`stages` (those after 'identity'
+        only, when it has been settled); a header a stage cannot parse is answered 400
+        here."""
+        stages, after = self._plan(request.method or '')
         try:
-            for _, stage in self.stages[start:] if start else self.stages:
+            for stage in stages[after:] if after_identity else stages:
                 if stage(flow, request):
                     return
         except SIPParseError as exc:
             self.ctx.bad_request(flow, request, exc)
 
+    def _after_identity(self, flow: Flow, request: SIPMessage) -> None:
+        """The identity stage settled later (a cluster's nonce count): the rest now."""
+        self._request_received(flow, request, after_identity=True)
+
     def _cancel(self, flow: Flow, request: SIPMessage) -> bool:
-        if request.method != 'CANCEL':
-            return False
         self.forker.cancel(flow, request)
         return True
 
-    def _in_dialog(self, flow: Flow, request: SIPMessage) -> bool:
-        return Dialogs.is_in_dialog(request) and self.dialogs.route(flow, request)
-
     def _learn(self, flow: Flow, request: SIPMessage) -> bool:
-        if request.method in LEARN_FROM:
-            self.ctx.contacts.learn_contact(flow, request)
-            self.ctx.contacts.learn_record_route(flow, request)
+        self.ctx.contacts.learn_contact(flow, request)
+        self.ctx.contacts.learn_record_route(flow, request)
         return False
 
     def _option_tags(self, flow: Flow, request: SIPMessage) -> bool:
@@ -201,18 +233,6 @@ class RelayServer:
             return False
         self.ctx.reply(flow, request, 405, headers=[('Allow', ', '.join(ALLOWED_METHODS))])
         return True
-
-    def _identity(self, flow: Flow, request: SIPMessage) -> bool:
-        if self.admission.identify(flow, request):
-            return True
-        if state_of(flow).nc_claim is not None and self.cluster is not None:
-            self.spawn(self._after_shared_nonce_count(flow, request))
-            return True
-        return False
-
-    async def _after_shared_nonce_count(self, flow: Flow, request: SIPMessage) -> None:
-        if await self.admission.shared_nonce_count(flow, request):
-            self._request_received(flow, request, self._after_identity)
 
     def _route(self, flow: Flow, request: SIPMessage) -> bool:
         route = self.routes[request.method or '']
@@ -406,6 +426,7 @@ class RelayServer:
         self.ctx.transactions.close()
         if self.cluster is not None:
             await self.cluster.close()
+        await self.events.close()
 
     async def __aenter__(self) -> RelayServer:
         return self
@@ -422,9 +443,10 @@ class RelayServer:
 
     # -- ConnectionHandler ----------------------------------------------------------------
     def connection_made(self, conn: Any) -> None:
-        self.metrics.opened.inc()
-        self.connections.add(conn)
         state = state_of(conn)
+        self.connections.add(conn)
+        if self.events.wants(ConnectionOpened):
+            self.events.publish(ConnectionOpened(conn))
         if self.cluster is not None:
             self.cluster.connection_made(conn)
         if self.edge is not None:
@@ -435,6 +457,17 @@ class RelayServer:
             delay = max(0.0, identity.expires_at - time.time())
             state.expiry = asyncio.get_running_loop().call_later(
                 delay, self._token_expired, conn)
+
+    def _events_wanted(self) -> None:
+        """The registrar tells its changes only while a consumer wants them."""
+        self.registrar.on_change = (self._registration_changed
+                                    if self.events.wants(RegistrationChanged) else None)
+
+    def _registration_changed(self, change: str, binding: Binding, why: str) -> None:
+        flow = binding.connection
+        self.events.publish(RegistrationChanged(
+            change, binding.aor, str(binding.contact), binding.instance, flow,
+            getattr(flow, 'remote_addr', None), why))
 
     def flow_made(self, flow: Flow) -> None:
         """A UDP peer seen for the first time: the per-flow state, without a connection to
@@ -452,11 +485,12 @@ class RelayServer:
         self.metrics.dropped.inc(count)
 
     def connection_lost(self, conn: Any, exc: BaseException | None) -> None:
-        self.metrics.connection_closed(conn.close_code)
         self.connections.discard(conn)
+        if self.events.wants(ConnectionClosed):
+            self.events.publish(ConnectionClosed(conn, conn.close_code))
         if self.cluster is not None:             # first: it reads the bindings and hosts
             self.cluster.connection_lost(conn)
-        state = state_of(conn)
+        state = conn.flow_state
         if state.expiry is not None:
             state.expiry.cancel()
             state.expiry = None
@@ -470,8 +504,10 @@ class RelayServer:
             logger.info('%r closed: removed %d binding(s)', conn, removed)
 
     def message_received(self, conn: Any, message: SIPMessage) -> None:
+        events = self.events
+        if MessageIn in events.wanted:
+            events.publish(MessageIn(conn, message))
         if message.is_request:
-            self.metrics.request(message.method)
             self._request_received(conn, message)
         else:
             self.ctx.transactions.response_received(conn, message)

@@ -19,7 +19,7 @@ from ..core.sipuri import split_header_values
 from ..core.transaction import TIMER_B
 from ..errors import ConnectionLost, SIPParseError, TransactionTimeout
 from ..transport.throttle import LogThrottle
-from .flow import Flow, state_of
+from .flow import Flow
 
 __all__ = ['ClientTransactions', 'without_top_via']
 
@@ -42,8 +42,11 @@ class _Pending:
 class ClientTransactions:
     """Branch -> the request serve sent with it (see the module)."""
 
-    def __init__(self, max_pending: int) -> None:
+    def __init__(self, max_pending: int, *,
+                 send: Callable[[Flow, SIPMessage], bool] | None = None) -> None:
         self._pending: dict[str, _Pending] = {}
+        #: how a message goes out (the context's send: published as an event)
+        self._send: Callable[[Flow, SIPMessage], bool] = send or _send
         #: INVITE branches to UDP peers that were answered 2xx, for 64*T1 (RFC 6026 §7.2:
         #: the UAS's retransmissions of its 2xx are forwarded upstream too)
         self._accepted: dict[str, Flow] = {}
@@ -77,8 +80,8 @@ class ClientTransactions:
                 % (request.method, request.uri, timeout)))
             self._pending[branch] = _Pending(future, flow, timer, request.method or '',
                                              on_provisional)
-            state_of(flow).pending.add(branch)
-        if not flow.send(request):           # closed, or its peer stopped reading (1008)
+            flow.flow_state.pending.add(branch)
+        if not self._send(flow, request):     # closed, or its peer stopped reading (1008)
             self.finish(branch, ConnectionLost('%r cannot take more: the request was not sent'
                                                % flow))
         return future
@@ -109,7 +112,7 @@ class ClientTransactions:
         if pending is None:
             return
         pending.timer.cancel()
-        state_of(pending.flow).pending.discard(branch)
+        pending.flow.flow_state.pending.discard(branch)
         if pending.future.done():
             return
         if isinstance(outcome, BaseException):
@@ -119,7 +122,7 @@ class ClientTransactions:
 
     def flow_closed(self, flow: Flow) -> None:
         """``flow`` closed: every request pending on it fails at once."""
-        pending = state_of(flow).pending
+        pending = flow.flow_state.pending
         for branch in list(pending):
             self.finish(branch, ConnectionLost(
                 'the connection %r closed before the final response' % flow))
@@ -144,7 +147,7 @@ class ClientTransactions:
             origin = self._accepted[branch]             # a 2xx retransmission (RFC 6026)
             if origin.is_open and message.cseq[1] == 'INVITE':
                 message.headers = without_top_via(message.headers)
-                origin.send(message)
+                self._send(origin, message)
             return
         if pending is None or pending.flow is not flow:
             peer_log.info('dropped stray responses',
@@ -157,6 +160,10 @@ class ClientTransactions:
             self.finish(branch, message)
         elif pending.on_provisional is not None:
             pending.on_provisional(message)
+
+
+def _send(flow: Flow, message: SIPMessage) -> bool:
+    return flow.send(message)
 
 
 def without_top_via(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -1,0 +1,336 @@
+"""The event stream: what happens in serve, told to whoever listens.
+
+The pipeline publishes typed events (:class:`MessageIn`, :class:`MessageOut`,
+:class:`ConnectionOpened`, :class:`ConnectionClosed`, :class:`RegistrationChanged`,
+:class:`CallChanged`, :class:`RequestRelayed`, :class:`RequestAnswered`) to an
+:class:`EventStream`.  Each consumer subscribes with the kinds it wants and gets a
+:class:`Subscription` of its own: a bounded queue and a drop counter.  Publishing never
+waits: an event for a full queue is dropped and counted, so a slow consumer loses events
+and never slows the relay.
+
+A plain function consumer is called from the event loop, a batch at a time, soon after
+the events were published: it must be quick and must not block (the metrics count
+there).  A coroutine function consumer runs in a task of its own and may take its time
+(a collector over the network, an application's hook): while it awaits, its queue fills
+and then drops.  Events of a kind no consumer wants are not even made.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from ..core.codec import SIPMessage
+from ..transport.throttle import LogThrottle
+
+__all__ = ['Event', 'MessageIn', 'MessageOut', 'ConnectionOpened', 'ConnectionClosed',
+           'RegistrationChanged', 'CallChanged', 'RequestRelayed', 'RequestAnswered',
+           'EventStream', 'Subscription', 'DEFAULT_QUEUE']
+
+logger = logging.getLogger(__name__)
+peer_log = LogThrottle(logger)
+
+#: events a consumer's queue holds by default before it drops
+DEFAULT_QUEUE = 10000
+#: events a plain function consumer is handed in one pass of the event loop
+BATCH = 1000
+
+
+class Event:
+    """Something that happened; ``time`` is when (seconds since the epoch)."""
+
+    __slots__ = ('time',)
+
+    def __init__(self) -> None:
+        self.time = time.time()
+
+    def __repr__(self) -> str:
+        fields = ', '.join('%s=%r' % (name, getattr(self, name))
+                           for cls in type(self).__mro__ for name in getattr(cls, '__slots__', ())
+                           if name not in ('time', 'message'))
+        return '<%s %s>' % (type(self).__name__, fields)
+
+
+class MessageIn(Event):
+    """A SIP message serve received on ``flow``."""
+
+    __slots__ = ('flow', 'message')
+
+    def __init__(self, flow: Any, message: SIPMessage) -> None:
+        self.time = time.time()
+        self.flow = flow
+        self.message = message
+
+
+class MessageOut(Event):
+    """A SIP message serve sent (or tried to: ``sent`` False) on ``flow``."""
+
+    __slots__ = ('flow', 'message', 'sent')
+
+    def __init__(self, flow: Any, message: SIPMessage, sent: bool) -> None:
+        self.time = time.time()
+        self.flow = flow
+        self.message = message
+        self.sent = sent
+
+
+class ConnectionOpened(Event):
+    """A connection (WebSocket, TCP or TLS) was opened to or by serve."""
+
+    __slots__ = ('flow',)
+
+    def __init__(self, flow: Any) -> None:
+        self.time = time.time()
+        self.flow = flow
+
+
+class ConnectionClosed(Event):
+    """A connection closed; ``code`` is its WebSocket close code (1006: none)."""
+
+    __slots__ = ('flow', 'code')
+
+    def __init__(self, flow: Any, code: int | None) -> None:
+        self.time = time.time()
+        self.flow = flow
+        self.code = code
+
+
+class RegistrationChanged(Event):
+    """A binding ``added``, ``refreshed`` or ``removed``; ``why`` says what did it
+    (``registered``, ``unregistered``, ``replaced``, ``connection closed``,
+    ``expired``)."""
+
+    __slots__ = ('change', 'aor', 'contact', 'instance', 'flow', 'source', 'why')
+
+    def __init__(self, change: str, aor: str, contact: str, instance: str | None, flow: Any,
+                 source: tuple[str, int] | None, why: str) -> None:
+        self.time = time.time()
+        self.change, self.aor, self.contact, self.instance = change, aor, contact, instance
+        self.flow, self.source, self.why = flow, source, why
+
+
+class CallChanged(Event):
+    """An INVITE's progress through serve: ``attempted`` (relayed), ``ringing`` (a first
+    18x), ``answered`` (a 2xx), ``ended`` (a final failure, with its ``status``, or a
+    BYE)."""
+
+    __slots__ = ('change', 'call_id', 'caller', 'callee', 'status', 'flow')
+
+    def __init__(self, change: str, call_id: str, caller: str, callee: str,
+                 status: int | None, flow: Any) -> None:
+        self.time = time.time()
+        self.change, self.call_id, self.caller, self.callee = change, call_id, caller, callee
+        self.status, self.flow = status, flow
+
+
+class RequestRelayed(Event):
+    """serve began relaying a request (to the bindings of an AOR or to a next hop)."""
+
+    __slots__ = ('method', 'flow')
+
+    def __init__(self, method: str | None, flow: Any) -> None:
+        self.time = time.time()
+        self.method = method
+        self.flow = flow
+
+
+class RequestAnswered(Event):
+    """The final response to a relayed request went back after ``seconds``."""
+
+    __slots__ = ('method', 'status', 'seconds')
+
+    def __init__(self, method: str | None, status: int, seconds: float) -> None:
+        self.time = time.time()
+        self.method, self.status, self.seconds = method, status, seconds
+
+
+Consumer = Callable[[Any], 'Awaitable[None] | None']
+
+
+class Subscription:
+    """One consumer's queue (see the module)."""
+
+    def __init__(self, stream: EventStream, name: str, consumer: Consumer,
+                 kinds: frozenset[type[Event]], maxsize: int, inline: bool = False) -> None:
+        self.stream = stream
+        self.name = name
+        self.consumer = consumer
+        self.kinds = kinds
+        self.maxsize = maxsize
+        self.queue: collections.deque[Event] = collections.deque()
+        #: events lost to a full queue
+        self.dropped = 0
+        #: events handed to the consumer
+        self.delivered = 0
+        #: events the consumer raised on (logged, at most a few lines a minute)
+        self.failed = 0
+        self.is_async = inspect.iscoroutinefunction(consumer)
+        #: called as each event is published, never queued (see :meth:`EventStream.subscribe`)
+        self.inline = inline and not self.is_async
+        #: a batch is due (a plain function consumer)
+        self.scheduled = False
+        self._ready: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """Something was queued for an async consumer: its task runs (made at first)."""
+        if self._ready is None:
+            self._ready = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._ready.set()
+
+    def drain(self) -> None:
+        """Hand everything queued to a plain function consumer now (before a scrape)."""
+        while self.queue:
+            self._deliver(self.queue.popleft())
+
+    def run_batch(self) -> None:
+        """Hand a plain function consumer a batch of what is queued (from the loop)."""
+        self.scheduled = False
+        queue, consumer = self.queue, self.consumer
+        count = min(len(queue), BATCH)
+        for _ in range(count):
+            event = queue.popleft()
+            try:
+                consumer(event)
+            except Exception:  # noqa: BLE001 - a consumer's fault is its own
+                self._failed()
+                count -= 1
+        self.delivered += count
+        if queue and not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.run_batch)
+
+    def _deliver(self, event: Event) -> None:
+        try:
+            self.consumer(event)
+            self.delivered += 1
+        except Exception:  # noqa: BLE001 - a consumer's fault is its own
+            self._failed()
+
+    def failed_now(self) -> None:
+        """The consumer raised on an event (inside an ``except``)."""
+        self._failed()
+
+    def _failed(self) -> None:
+        self.failed += 1
+        error = sys.exc_info()[1]
+        peer_log.warning('event consumer failures', 'the event consumer %s failed: %s: %s',
+                         self.name, type(error).__name__, error)
+
+    async def _run(self) -> None:
+        assert self._ready is not None
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self.queue:
+                event = self.queue.popleft()
+                try:
+                    outcome = self.consumer(event)
+                    if outcome is not None:
+                        await outcome
+                    self.delivered += 1
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001
+                    self._failed()
+
+    async def stop(self) -> None:
+        """A plain consumer gets what is queued now; an async one's task ends (what it
+        had not taken is dropped and counted)."""
+        if not self.is_async:
+            self.drain()
+            return
+        task, self._task, self._ready = self._task, None, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self.dropped += len(self.queue)
+        self.queue.clear()
+
+    async def close(self) -> None:
+        """Leave the stream (see :meth:`stop`)."""
+        self.stream._unsubscribe(self)
+        await self.stop()
+
+
+class EventStream:
+    """Where serve's pipeline publishes its events (see the module)."""
+
+    def __init__(self) -> None:
+        self._subscriptions: list[Subscription] = []
+        #: event kind -> the subscriptions that want it
+        self._by_kind: dict[type[Event], tuple[Subscription, ...]] = {}
+        #: the kinds some consumer takes, with their subscriptions (read-only)
+        self.wanted: Mapping[type[Event], tuple[Subscription, ...]] = self._by_kind
+        #: called when the kinds wanted change (a publisher may then start or stop
+        #: gathering what some kind of event needs)
+        self.on_change: Callable[[], None] | None = None
+
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        return list(self._subscriptions)
+
+    def subscribe(self, name: str, consumer: Consumer, kinds: Iterable[type[Event]], *,
+                  maxsize: int = DEFAULT_QUEUE, inline: bool = False) -> Subscription:
+        """``consumer(event)`` gets each event of ``kinds`` (see the module); at most
+        ``maxsize`` wait for it, more are dropped and counted.
+
+        ``inline``: a plain function that costs a few dictionary operations and never
+        blocks (serve's own metrics) is called as each event is published instead: no
+        queue, nothing kept alive, nothing to drop."""
+        if maxsize < 1:
+            raise ValueError('an event queue holds at least one event')
+        subscription = Subscription(self, name, consumer, frozenset(kinds), maxsize, inline)
+        self._subscriptions.append(subscription)
+        self._index()
+        return subscription
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+            self._index()
+
+    def _index(self) -> None:
+        kinds = {kind for s in self._subscriptions for kind in s.kinds}
+        self._by_kind = {kind: tuple(s for s in self._subscriptions if kind in s.kinds)
+                         for kind in kinds}
+        self.wanted = self._by_kind
+        if self.on_change is not None:
+            self.on_change()
+
+    def wants(self, kind: type[Event]) -> bool:
+        """Whether any consumer takes events of ``kind`` (else do not make them; on a hot
+        path ``kind in stream.wanted`` says the same without a call)."""
+        return kind in self._by_kind
+
+
+    def publish(self, event: Event) -> None:
+        for subscription in self._by_kind.get(type(event), ()):
+            if subscription.inline:
+                try:
+                    subscription.consumer(event)
+                except Exception:  # noqa: BLE001 - a consumer's fault is its own
+                    subscription.failed_now()
+                continue
+            queue = subscription.queue                # Subscription.put, inline: it is hot
+            if len(queue) >= subscription.maxsize:
+                subscription.dropped += 1
+                continue
+            queue.append(event)
+            if subscription.is_async:
+                subscription.wake()
+            elif not subscription.scheduled:
+                subscription.scheduled = True
+                asyncio.get_running_loop().call_soon(subscription.run_batch)
+
+    async def close(self) -> None:
+        """The server closes: every consumer stops (see :meth:`Subscription.stop`); the
+        subscriptions stay, as the metrics' must for a last scrape."""
+        for subscription in list(self._subscriptions):
+            await subscription.stop()
