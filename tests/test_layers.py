@@ -116,7 +116,7 @@ def import_cycles(package: Path = PACKAGE) -> list[list[str]]:
         for _, target in imports_of(path, root):
             while target and target not in modules:
                 target = target.rpartition('.')[0]       # ``from . import x``: the package
-            if target and target != name and not modules[target].name == '__init__.py':
+            if target and target != name and modules[target].name != '__init__.py':
                 targets.add(target)
         graph[name] = targets
     cycles: list[list[str]] = []
