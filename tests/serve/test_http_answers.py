@@ -20,7 +20,8 @@ from aiosip_ws.transport.websocket import listen
 from tests.support.net import header_counts, http_get, http_request
 
 HOST = '127.0.0.1'
-#: websockets 17 hands any method to serve; 15 and 16 close on anything but GET unanswered
+#: websockets 17 hands any method to serve (HEAD answered, others 405); 15 and 16 close
+#: the connection on anything but GET without an answer
 METHODS_REACH_SERVE = 'method' in Request.__dataclass_fields__
 
 
@@ -78,8 +79,9 @@ async def test_every_answer_has_one_framing_header_each(scheme, certs):
         assert await check(port, '/healthz', 200, ssl=ssl) == b'ok\n'
         assert await check(port, '/registrations', 200, ssl=ssl,
                            content_type='application/json') == b'[]\n'
-        await check(port, '/metrics', 200, method='HEAD', ssl=ssl)
-        await check(port, '/healthz', 200, method='HEAD', ssl=ssl, content_length='3')
+        if METHODS_REACH_SERVE:
+            await check(port, '/metrics', 200, method='HEAD', ssl=ssl)
+            await check(port, '/healthz', 200, method='HEAD', ssl=ssl, content_length='3')
         # the refusals
         await check(port, '/metrics', 403, source='127.0.0.2', ssl=ssl)
         await check(port, '/sip', 403, headers=upgrade('Origin: https://evil.example.com'), ssl=ssl)
