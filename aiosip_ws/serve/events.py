@@ -35,6 +35,8 @@ __all__ = ['Event', 'MessageIn', 'MessageOut', 'ConnectionOpened', 'ConnectionCl
 logger = logging.getLogger(__name__)
 peer_log = LogThrottle(logger)
 
+_now = time.time
+
 #: events a consumer's queue holds by default before it drops
 DEFAULT_QUEUE = 10000
 #: events a plain function consumer is handed in one pass of the event loop
@@ -47,7 +49,7 @@ class Event:
     __slots__ = ('time',)
 
     def __init__(self) -> None:
-        self.time = time.time()
+        self.time = _now()
 
     def __repr__(self) -> str:
         fields = ', '.join('%s=%r' % (name, getattr(self, name))
@@ -62,7 +64,7 @@ class MessageIn(Event):
     __slots__ = ('flow', 'message')
 
     def __init__(self, flow: Any, message: SIPMessage) -> None:
-        self.time = time.time()
+        self.time = _now()
         self.flow = flow
         self.message = message
 
@@ -73,7 +75,7 @@ class MessageOut(Event):
     __slots__ = ('flow', 'message', 'sent')
 
     def __init__(self, flow: Any, message: SIPMessage, sent: bool) -> None:
-        self.time = time.time()
+        self.time = _now()
         self.flow = flow
         self.message = message
         self.sent = sent
@@ -85,7 +87,7 @@ class ConnectionOpened(Event):
     __slots__ = ('flow',)
 
     def __init__(self, flow: Any) -> None:
-        self.time = time.time()
+        self.time = _now()
         self.flow = flow
 
 
@@ -95,7 +97,7 @@ class ConnectionClosed(Event):
     __slots__ = ('flow', 'code')
 
     def __init__(self, flow: Any, code: int | None) -> None:
-        self.time = time.time()
+        self.time = _now()
         self.flow = flow
         self.code = code
 
@@ -109,7 +111,7 @@ class RegistrationChanged(Event):
 
     def __init__(self, change: str, aor: str, contact: str, instance: str | None, flow: Any,
                  source: tuple[str, int] | None, why: str) -> None:
-        self.time = time.time()
+        self.time = _now()
         self.change, self.aor, self.contact, self.instance = change, aor, contact, instance
         self.flow, self.source, self.why = flow, source, why
 
@@ -123,7 +125,7 @@ class CallChanged(Event):
 
     def __init__(self, change: str, call_id: str, caller: str, callee: str,
                  status: int | None, flow: Any) -> None:
-        self.time = time.time()
+        self.time = _now()
         self.change, self.call_id, self.caller, self.callee = change, call_id, caller, callee
         self.status, self.flow = status, flow
 
@@ -134,7 +136,7 @@ class RequestRelayed(Event):
     __slots__ = ('method', 'flow')
 
     def __init__(self, method: str | None, flow: Any) -> None:
-        self.time = time.time()
+        self.time = _now()
         self.method = method
         self.flow = flow
 
@@ -145,7 +147,7 @@ class RequestAnswered(Event):
     __slots__ = ('method', 'status', 'seconds')
 
     def __init__(self, method: str | None, status: int, seconds: float) -> None:
-        self.time = time.time()
+        self.time = _now()
         self.method, self.status, self.seconds = method, status, seconds
 
 

@@ -171,7 +171,7 @@ class Fork:
         """The final response goes upstream now: how long it took, and for an INVITE
         what became of the call."""
         events = self.ctx.events
-        if events.wants(RequestAnswered):
+        if RequestAnswered in events.wanted:
             events.publish(RequestAnswered(self.request.method, status,
                                            asyncio.get_running_loop().time() - self.started))
         if self.key is not None:
@@ -187,7 +187,7 @@ class Fork:
 
     def start(self) -> None:
         events = self.ctx.events
-        if events.wants(RequestRelayed):
+        if RequestRelayed in events.wanted:
             events.publish(RequestRelayed(self.request.method, self.origin))
         if self.key is not None:
             self.forker.invites[self.key] = self
@@ -227,8 +227,8 @@ class Fork:
         if self.key is not None:
             provisional = lambda response: self._provisional(branch, response)  # noqa: E731
         self.branches.append(branch)
-        future = ctx.send_request(binding.connection, forwarded, branch=branch.branch,
-                                  on_provisional=provisional)
+        future = ctx.transactions.send(binding.connection, forwarded, branch.branch,
+                                       on_provisional=provisional)
         future.add_done_callback(lambda done: self._branch_done(branch, done))
 
     def _provisional(self, branch: _Branch, response: SIPMessage) -> None:

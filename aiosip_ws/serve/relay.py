@@ -130,6 +130,7 @@ class RelayServer:
         #: what the stages share
         self.ctx = ctx = Context(self.metrics, self.limits, timer_c=timer_c, spawn=self.spawn,
                                  events=self.events)
+        self._responses = ctx.transactions.response_received
         self.admission = Admission(ctx, auth, resume=self._after_identity)
         self.registration = Registration(ctx, self.registrar)
         self.forker = Forker(ctx)
@@ -201,7 +202,8 @@ class RelayServer:
         """Run ``request`` through its method's :attr:`stages` (those after 'identity'
         only, when it has been settled); a header a stage cannot parse is answered 400
         here."""
-        stages, after = self._plan(request.method or '')
+        plan = self._plans.get(request.method or '')
+        stages, after = plan if plan is not None else self._plan(request.method or '')
         try:
             for stage in stages[after:] if after_identity else stages:
                 if stage(flow, request):
@@ -507,7 +509,7 @@ class RelayServer:
         events = self.events
         if MessageIn in events.wanted:
             events.publish(MessageIn(conn, message))
-        if message.is_request:
+        if message.method is not None:
             self._request_received(conn, message)
         else:
-            self.ctx.transactions.response_received(conn, message)
+            self._responses(conn, message)
