@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import REPO
+from tests.support.cli import interrupt
 from tests.support.net import closed_port
 
 README = (REPO / 'README.rst').read_text()
@@ -40,13 +40,7 @@ def aiosip_ws_command() -> str:
 
 
 def stop(process: subprocess.Popen) -> tuple[int, str]:
-    process.send_signal(signal.SIGINT)
-    try:
-        _, err = process.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    return process.returncode, err
+    return interrupt(process)
 
 
 def test_the_examples_work_as_written_next_to_the_main_job(tmp_path):

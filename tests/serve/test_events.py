@@ -23,6 +23,7 @@ from aiosip_ws.serve.events import (
     RequestRelayed,
 )
 from aiosip_ws.serve.relay import RelayServer
+from tests.support.cli import interrupt
 from tests.support.net import http_get
 from tests.support.sip import answer, invite, message, recv, register_device, register_raw
 
@@ -196,7 +197,6 @@ def test_the_pipeline_docs_example_logs_registrations_as_written(tmp_path):
     """docs/pipeline.rst's call_log.py, unchanged, in a process of its own: a client
     registers and leaves; the program prints both changes, and stops on SIGINT."""
     import re
-    import signal
     import subprocess
     import sys
     import textwrap
@@ -223,10 +223,5 @@ def test_the_pipeline_docs_example_logs_registrations_as_written(tmp_path):
         assert lines == ['registration added sip:bob@example.com registered',
                          'registration removed sip:bob@example.com connection closed']
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            _, err = process.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    assert process.returncode == 0 and 'Traceback' not in err, err
+        code, err = interrupt(process)
+    assert code == 0 and 'Traceback' not in err, err

@@ -4,6 +4,7 @@ serve`` (the ``serve_process`` fixture starts them)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -68,3 +69,15 @@ class ServeProcess:
             self.proc.kill()
             out, err = self.proc.communicate()
         return self.proc.returncode, out, err
+
+
+def interrupt(process: subprocess.Popen) -> tuple[int, str]:
+    """SIGINT to a program run by a test (as Ctrl-C would); its exit status and stderr,
+    within 15 s (then it is killed and the test fails)."""
+    process.send_signal(signal.SIGINT)
+    try:
+        _, err = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return process.returncode, err
