@@ -28,8 +28,9 @@ _OUTQ: int | None = getattr(termios, 'TIOCOUTQ', None)
 def unsent(transport: asyncio.BaseTransport) -> int:
     """Bytes written into ``transport`` that its peer has not acknowledged: the transport's
     own buffer and, where the system tells (Linux), the socket's send queue."""
-    waiting = transport.get_write_buffer_size() \
-        if isinstance(transport, asyncio.WriteTransport) else 0
+    # uvloop's transports have the method without deriving from asyncio.WriteTransport
+    buffered = getattr(transport, 'get_write_buffer_size', None)
+    waiting: int = buffered() if buffered is not None else 0
     sock = transport.get_extra_info('socket')
     if _OUTQ is None or sock is None:
         return waiting
@@ -60,10 +61,6 @@ class SendWatch:
         self._size = 0
         self._written = 0
         self._progress_at = 0.0
-
-    @property
-    def active(self) -> bool:
-        return self._handle is not None
 
     def watch(self) -> None:
         """Something waits to be sent: from now on, it must move."""
