@@ -306,14 +306,6 @@ class SIPMessage:
         """Every Contact, parsed (``Contact: *`` is one with ``star`` set)."""
         return [NameAddr.parse(value) for value in self.get_all('Contact')]
 
-    def contacts_or_none(self) -> list[NameAddr] | None:
-        """:meth:`contacts`, or None when one cannot be parsed (for what only learns
-        from a message and never answers it)."""
-        try:
-            return self.contacts()
-        except SIPParseError:
-            return None
-
     def first_name_addr(self, name: str) -> NameAddr | None:
         """The first entry of header ``name`` (Contact, Route, Record-Route...), parsed;
         None when there is none or it cannot be parsed."""

@@ -10,7 +10,7 @@ from ..core.codec import SIPMessage, make_response
 from ..core.sipuri import NameAddr, SipURI
 from ..errors import AiosipWSError, SIPParseError, TransactionTimeout
 from ..transport.throttle import LogThrottle
-from .context import Context
+from .context import Context, max_forwards_of
 from .events import CallChanged
 from .flow import Flow
 from .hops import Hops
@@ -122,10 +122,7 @@ class Dialogs:
                 gone = peer is not None or _uri_host(message.uri or '').endswith('.invalid')
                 ctx.reply(flow, message, 480 if gone else 481)
             return
-        try:
-            max_forwards: int | None = message.max_forwards()
-        except SIPParseError:
-            max_forwards = None
+        max_forwards = max_forwards_of(message)
         if max_forwards is None or max_forwards == 0:
             if not is_ack:
                 status = 400 if max_forwards is None else 483

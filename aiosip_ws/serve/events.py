@@ -189,31 +189,29 @@ class Subscription:
     def drain(self) -> None:
         """Hand everything queued to a plain function consumer now (before a scrape)."""
         while self.queue:
-            self._deliver(self.queue.popleft())
+            self._deliver(len(self.queue))
 
     def run_batch(self) -> None:
         """Hand a plain function consumer a batch of what is queued (from the loop)."""
         self.scheduled = False
+        queue = self.queue
+        self._deliver(min(len(queue), BATCH))
+        if queue and not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.run_batch)
+
+    def _deliver(self, count: int) -> None:
+        """The first ``count`` queued events to the consumer."""
         queue, consumer = self.queue, self.consumer
-        count = min(len(queue), BATCH)
+        delivered = count
         for _ in range(count):
             event = queue.popleft()
             try:
                 consumer(event)
             except Exception:  # noqa: BLE001 - a consumer's fault is its own
                 self._failed()
-                count -= 1
-        self.delivered += count
-        if queue and not self.scheduled:
-            self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.run_batch)
-
-    def _deliver(self, event: Event) -> None:
-        try:
-            self.consumer(event)
-            self.delivered += 1
-        except Exception:  # noqa: BLE001 - a consumer's fault is its own
-            self._failed()
+                delivered -= 1
+        self.delivered += delivered
 
     def failed_now(self) -> None:
         """The consumer raised on an event (inside an ``except``)."""

@@ -160,9 +160,6 @@ class Metrics:
         pending = self._pending
         pending[key] = pending.get(key, 0) + 1
 
-    def request(self, method: str | None) -> None:
-        self._count(self._request_keys.get(method or '') or (self.requests, 'other'))
-
     def response(self, status: int | None) -> None:
         key = self._class_keys.get((status or 0) // 100)
         if key is not None:

@@ -634,19 +634,9 @@ def _setup_trace(enabled: bool) -> None:
         log.propagate = False
 
 
-
-
-
-
 def _fail(command: str, reason: str) -> int:
     print('aiosip-ws %s: failed: %s' % (command, reason), file=sys.stderr, flush=True)
     return 1
-
-
-
-
-
-
 
 
 def _print_connected(timings: Any) -> None:
