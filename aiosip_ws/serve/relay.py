@@ -100,14 +100,13 @@ class RelayServer:
                  advertise: str | None = None, next_hops: dict[str, str] | None = None,
                  route_unregistered: str | None = None, domains: Iterable[str] = (),
                  edge_registrar: str | None = None, flow_secret: bytes | None = None) -> None:
-        self._closing = False
         #: True once :meth:`drain` began: new handshakes get 503, /healthz 503
         self.draining = False
         #: Prometheus metrics of this server (``GET /metrics``)
         self.metrics = Metrics(self)
         #: ``GET /healthz``, ``/metrics``, ``/registrations`` on the listeners' port
         self.admin = AdminEndpoints(self, admin_allow,
-                                    healthy=lambda: not (self._closing or self.draining))
+                                    healthy=lambda: not (self.ctx.closing or self.draining))
         options = server_options or ServerOptions()
         if options.http_handler is None:
             options = dataclasses.replace(options, http_handler=self.admin)
@@ -128,8 +127,9 @@ class RelayServer:
         self.events.on_change = self._events_wanted
         self.metrics.follow(self.events)
         #: what the stages share
-        self.ctx = ctx = Context(self.metrics, self.limits, timer_c=timer_c, spawn=self.spawn,
-                                 events=self.events)
+        self.ctx: Context = Context(self.metrics, self.limits, timer_c=timer_c,
+                                   spawn=self.spawn, events=self.events)
+        ctx = self.ctx
         self._responses = ctx.transactions.response_received
         self.admission = Admission(ctx, auth, resume=self._after_identity)
         self.registration = Registration(ctx, self.registrar)
@@ -420,7 +420,7 @@ class RelayServer:
         if spread > 0 and self.connections:
             self.draining = True
             await self.close_spread(spread, code, reason)
-        self._closing = self.ctx.closing = True
+        self.ctx.closing = True
         self.hops.close()
         await shut_down(self.listeners, self.connections, self._tasks, code, reason)
         if self.bridge is not None:
