@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 
 from aiosip_ws.core.codec import SIPMessage, make_response, parse, serialize
 from aiosip_ws.serve.relay import RelayServer
-from tests.support.sip import SDP, recv, register_raw
+from tests.support.sip import SDP, next_framed, recv, register_raw, tcp_register
 
 pytestmark = pytest.mark.filterwarnings('error')
 
@@ -229,14 +229,11 @@ async def test_a_tcp_ua_registers_and_messages_both_ways():
     port = int(tcp.bound_url.rsplit(':', 1)[1])
     reader, writer = await asyncio.open_connection('127.0.0.1', port)
     local = writer.get_extra_info('sockname')[1]
-    from aiosip_ws.core.stream import Framed, StreamFramer
+    from aiosip_ws.core.stream import StreamFramer
     framer = StreamFramer()
 
     async def next_message():
-        while True:
-            for event in framer.feed(await asyncio.wait_for(reader.read(65536), 3)):
-                if isinstance(event, Framed):
-                    return parse(event.data)
+        return await next_framed(reader, framer)
 
     def send(text):
         writer.write(text.encode())
@@ -396,12 +393,8 @@ async def test_a_tcp_binding_without_outbound_outlives_its_connection_and_is_rea
     try:
         reader, writer = await asyncio.open_connection('127.0.0.1',
                                                        int(tcp.bound_url.rsplit(':', 1)[1]))
-        writer.write(('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:%d;'
-                      'branch=z9hG4bKtr1\r\nMax-Forwards: 70\r\nFrom: <sip:carol@example.com>;'
-                      'tag=c1\r\nTo: <sip:carol@example.com>\r\nCall-ID: reg-carol-2\r\n'
-                      'CSeq: 1 REGISTER\r\nContact: <sip:carol@127.0.0.1:%d;transport=tcp>\r\n'
-                      'Expires: 60\r\nContent-Length: 0\r\n\r\n'
-                      % (contact_port, contact_port)).encode())
+        writer.write(tcp_register('carol', contact_port, call_id='reg-carol-2',
+                                  branch='z9hG4bKtr1'))
         assert b'SIP/2.0 200 OK' in await asyncio.wait_for(reader.read(65536), 3)
         writer.close()
         await writer.wait_closed()
@@ -427,7 +420,7 @@ async def test_a_next_hop_over_websocket_and_a_call_over_tcp():
     """serve A routes b.example.com to serve B over WebSocket (A opens the connection);
     carol, registered on B over TCP, gets the MESSAGE and a call (INVITE, re-INVITE, INFO,
     BYE) from alice on A, record-routed by both servers."""
-    from aiosip_ws.core.stream import Framed, StreamFramer
+    from aiosip_ws.core.stream import StreamFramer
     b = RelayServer(domains=['b.example.com'])
     b_ws, b_tcp = await b.start('ws://127.0.0.1:0/', 'tcp://127.0.0.1:0')
     port = int(b_ws.bound_url.rsplit(':', 1)[1].rstrip('/'))
@@ -440,17 +433,11 @@ async def test_a_next_hop_over_websocket_and_a_call_over_tcp():
     framer = StreamFramer()
 
     async def carol_gets():
-        while True:
-            for event in framer.feed(await asyncio.wait_for(reader.read(65536), 3)):
-                if isinstance(event, Framed):
-                    return parse(event.data)
+        return await next_framed(reader, framer)
 
     try:
-        writer.write(('REGISTER sip:b.example.com SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:%d;'
-                      'branch=z9hG4bKnh1\r\nMax-Forwards: 70\r\nFrom: <sip:carol@b.example.com>'
-                      ';tag=c1\r\nTo: <sip:carol@b.example.com>\r\nCall-ID: reg-nh\r\n'
-                      'CSeq: 1 REGISTER\r\nContact: <sip:carol@127.0.0.1:%d;transport=tcp;ob>'
-                      '\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n' % (local, local)).encode())
+        writer.write(tcp_register('carol', local, domain='b.example.com', call_id='reg-nh',
+                                  branch='z9hG4bKnh1', contact_params=';ob'))
         assert (await carol_gets()).status == 200
         async with connect(a_ws.bound_url, subprotocols=['sip'], proxy=None) as alice:
             host = await register_raw(alice, 'alice')

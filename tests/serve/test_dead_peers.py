@@ -17,10 +17,10 @@ import pytest
 from websockets.asyncio.client import connect
 
 from aiosip_ws.core.codec import make_response, parse, serialize
-from aiosip_ws.core.stream import Framed, StreamFramer
+from aiosip_ws.core.stream import StreamFramer
 from aiosip_ws.options import RelayLimits, ServerOptions
 from aiosip_ws.serve.relay import RelayServer
-from tests.support.sip import register_raw, register_request
+from tests.support.sip import next_framed, register_raw, register_request, tcp_register
 from tests.support.websocket import RawWebSocket, check_response, handshake_request, new_key
 
 HOST = '127.0.0.1'
@@ -251,17 +251,8 @@ async def test_a_tcp_peer_that_stops_reading_is_aborted_by_the_send_timeout():
     local = writer.get_extra_info('sockname')[1]
     framer = StreamFramer()
     try:
-        writer.write(('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:%d;'
-                      'branch=z9hG4bKr1\r\nMax-Forwards: 70\r\nFrom: <sip:bob@example.com>;tag=c1'
-                      '\r\nTo: <sip:bob@example.com>\r\nCall-ID: reg-bob\r\nCSeq: 1 REGISTER\r\n'
-                      'Contact: <sip:bob@127.0.0.1:%d;transport=tcp>\r\nExpires: 60\r\n'
-                      'Content-Length: 0\r\n\r\n' % (local, local)).encode())
-        registered = None
-        while registered is None:
-            for event in framer.feed(await asyncio.wait_for(reader.read(65536), 3)):
-                if isinstance(event, Framed):
-                    registered = parse(event.data)
-        assert registered.status == 200
+        writer.write(tcp_register('bob', local, call_id='reg-bob', branch='z9hG4bKr1'))
+        assert (await next_framed(reader, framer)).status == 200
         flow = connection_of(server, 'bob')
         alice_ws = await connect(ws_listener.bound_url, subprotocols=['sip'], proxy=None)
         host = await register_raw(alice_ws, 'alice')

@@ -96,3 +96,25 @@ async def answered_here_cancelled_there(caller, phone, to_phone: SIPMessage, pho
     await answer(laptop, to_laptop, 487, 'l')
     ack = await recv(laptop)
     assert ack.method == 'ACK' and ack.get('To').endswith('tag=l')
+
+
+def tcp_register(user: str, port: int, *, domain: str = 'example.com', call_id: str,
+                 branch: str, contact_params: str = '') -> bytes:
+    """A REGISTER of ``sip:USER@DOMAIN`` from a SIP-over-TCP client on 127.0.0.1:``port``
+    (its Via and Contact), Content-Length framed, as bytes for the stream."""
+    return ('REGISTER sip:%s SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:%d;branch=%s\r\n'
+            'Max-Forwards: 70\r\nFrom: <sip:%s@%s>;tag=c1\r\nTo: <sip:%s@%s>\r\n'
+            'Call-ID: %s\r\nCSeq: 1 REGISTER\r\n'
+            'Contact: <sip:%s@127.0.0.1:%d;transport=tcp%s>\r\nExpires: 60\r\n'
+            'Content-Length: 0\r\n\r\n'
+            % (domain, port, branch, user, domain, user, domain, call_id, user, port,
+               contact_params)).encode()
+
+
+async def next_framed(reader: asyncio.StreamReader, framer, timeout: float = 3) -> SIPMessage:
+    """The next SIP message off a TCP stream (``framer``: its StreamFramer)."""
+    from aiosip_ws.core.stream import Framed
+    while True:
+        for event in framer.feed(await asyncio.wait_for(reader.read(65536), timeout)):
+            if isinstance(event, Framed):
+                return parse(event.data)
