@@ -3,6 +3,7 @@ WebSocket client, the RFC 4475 vectors and launchers for real peers (dnsmasq, Ka
 aiosip-ws serve, the Node agents)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 #: the repository's top folder
@@ -14,3 +15,12 @@ RFC4475_DIR = REPO / 'tests' / 'rfc4475'
 def tail(text: str, lines: int = 40) -> str:
     """The last ``lines`` lines of ``text`` (a peer's log, for error messages)."""
     return '\n'.join(text.splitlines()[-lines:])
+
+
+def debian_binary(name: str, package: str) -> str:
+    """The path of program ``name`` (on PATH, else /usr/bin), which Debian's ``package``
+    installs; RuntimeError saying so when it is missing."""
+    found = shutil.which(name) or '/usr/bin/' + name
+    if not Path(found).exists():
+        raise RuntimeError('%s not found (Debian package %s)' % (name, package))
+    return found

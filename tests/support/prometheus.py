@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -16,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.support import tail
+from tests.support import debian_binary, tail
 from tests.support.net import HOST, free_port
 
 __all__ = ['Prometheus', 'prometheus_binary']
@@ -39,10 +38,7 @@ scrape_configs:
 
 
 def prometheus_binary() -> str:
-    found = shutil.which('prometheus') or '/usr/bin/prometheus'
-    if not Path(found).exists():
-        raise RuntimeError('prometheus not found (Debian package prometheus)')
-    return found
+    return debian_binary('prometheus', 'prometheus')
 
 
 class Prometheus:

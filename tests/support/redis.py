@@ -3,22 +3,19 @@ cluster tests: no persistence, no config file, its own directory.  ``stop()`` an
 ``start()`` again (same port, empty) play a Redis outage."""
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+from tests.support import debian_binary
 from tests.support.net import free_port
 
 __all__ = ['RedisServer', 'redis_binary']
 
 
 def redis_binary() -> str:
-    found = shutil.which('redis-server') or '/usr/bin/redis-server'
-    if not Path(found).exists():
-        raise RuntimeError('redis-server not found (Debian package redis-server)')
-    return found
+    return debian_binary('redis-server', 'redis-server')
 
 
 class RedisServer:
