@@ -45,10 +45,11 @@ from ..core.codec import SIPMessage
 from ..core.digest import authorization, choose_challenge
 from ..core.sipuri import NameAddr, SipURI, ws_contact
 from ..core.transaction import new_branch, new_tag
-from ..errors import ConfigurationError, ConnectionLost, DigestError, SIPParseError, TransactionTimeout
+from ..errors import ConfigurationError, ConnectionLost, DigestError, SIPParseError
 from ..options import ClientOptions, ServerOptions
 from ..transport.connect import connect
 from ..transport.discovery import Resolver
+from ..transport.transactions import TransactionLayer
 from ..transport.websocket import WSConnection, WSListener, listen, shut_down
 from .convert import (
     aiosip,
@@ -301,20 +302,6 @@ class Dialog(aiosip.Dialog):
 
 
 # ---------------------------------------------------------------------------- application
-class _Pending:
-    __slots__ = ('future', 'conn', 'timer', 'proxy', 'method', 'on_provisional', 'dialog')
-
-    def __init__(self, future: asyncio.Future[Any], conn: WSConnection,
-                 timer: asyncio.TimerHandle | None, proxy: bool, method: str | None,
-                 on_provisional: Callable[[SIPMessage], None] | None = None,
-                 dialog: Any = None) -> None:
-        self.future, self.conn, self.timer, self.proxy = future, conn, timer, proxy
-        self.method, self.on_provisional = method, on_provisional
-        #: the dialog that sent the request: its response goes there, even when another
-        #: dialog with the same Call-ID came along meanwhile (D8)
-        self.dialog = dialog
-
-
 class Application(aiosip.Application):
     """An aiosip 0.2.0 ``Application`` that speaks SIP over WebSocket (RFC 7118).
 
@@ -343,7 +330,9 @@ class Application(aiosip.Application):
         self._connecting: dict[str, asyncio.Future[WSConnection]] = {}
         self._listeners: list[WSListener] = []
         self._connections: set[WSConnection] = set()
-        self._pending: dict[str, _Pending] = {}
+        #: the requests sent (aiosip's and a proxy's), until their final response:
+        #: the project's one transaction table
+        self._transactions = TransactionLayer()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
@@ -424,11 +413,8 @@ class Application(aiosip.Application):
                     handler(exc)
                 except Exception:  # noqa: BLE001
                     logger.exception('the lost_handler of dialog %s failed', dialog.call_id)
-        for branch, pending in list(self._pending.items()):
-            if pending.conn is conn:
-                self._finish_pending(branch, ConnectionLost(
-                    'the WebSocket connection %r closed (code %s) before the final response'
-                    % (conn, conn.close_code)))
+        self._transactions.flow_lost(conn, 'the WebSocket connection %r closed (code %s) '
+                                     'before the final response' % (conn, conn.close_code))
         self.ws_connection_lost(conn, exc)
 
     def message_received(self, conn: WSConnection, message: SIPMessage) -> None:
@@ -574,38 +560,19 @@ class Application(aiosip.Application):
                 vias = [(k, v) for k, v in answering.headers if k == 'Via']     # D4
                 rest = [(k, v) for k, v in wire.headers if k != 'Via']
                 wire.headers = vias + rest
-        if is_request and wire.method != 'ACK':
-            self._track(wire, conn, msg.future, proxy=False,
-                        dialog=self._dialogs.get(str(msg.headers.get('Call-ID'))))
-        conn.send(wire)
-        return None
-
-    # -- transactions ---------------------------------------------------------------
-    def _track(self, request: SIPMessage, conn: WSConnection, future: asyncio.Future[Any],
-               proxy: bool, on_provisional: Callable[[SIPMessage], None] | None = None,
-               dialog: Any = None) -> None:
-        branch = request.top_branch
+        branch = wire.top_branch if is_request and wire.method != 'ACK' else None
         if not branch:
-            return
-        timeout = conn.options.transaction_timeout
-        timer = self.loop.call_later(timeout, self._finish_pending, branch, TransactionTimeout(
-            'no final response to %s %s within %.0f s (Timer F)' % (request.method, request.uri,
-                                                                   timeout)))
-        self._pending[branch] = _Pending(future, conn, timer, proxy, request.method,
-                                         on_provisional, dialog)
-
-    def _finish_pending(self, branch: str, outcome: Any) -> None:
-        pending = self._pending.pop(branch, None)
-        if pending is None:
-            return
-        if pending.timer is not None:
-            pending.timer.cancel()
-        if pending.future.done():
-            return
-        if isinstance(outcome, BaseException):
-            pending.future.set_exception(outcome)
-        elif pending.proxy:
-            pending.future.set_result(outcome)
+            conn.send(wire)
+            return None
+        # aiosip's request: each response goes to the dialog that sent it, even when
+        # another dialog with the same Call-ID came along meanwhile (D8); a timeout or a
+        # lost connection fails aiosip's own future
+        dialog = self._dialogs.get(str(msg.headers.get('Call-ID')))
+        sent = self._transactions.send_request(
+            conn, wire, branch=branch, timeout=conn.options.transaction_timeout,
+            on_response=lambda response: self._to_dialog(conn, response, dialog))
+        sent.add_done_callback(lambda done: _fail_with(msg.future, done))
+        return None
 
     def send_request(self, conn: WSConnection, request: SIPMessage, *,
                      on_provisional: Callable[[SIPMessage], None] | None = None
@@ -619,13 +586,18 @@ class Application(aiosip.Application):
         """
         branch = new_branch()
         request.headers.insert(0, ('Via', conn.via(branch)))
-        future: asyncio.Future[SIPMessage] = self.loop.create_future()
         if request.method == 'ACK':
-            future.set_result(None)  # type: ignore[arg-type]
-        else:
-            self._track(request, conn, future, proxy=True, on_provisional=on_provisional)
-        conn.send(request)
-        return future
+            future: asyncio.Future[SIPMessage] = self.loop.create_future()
+            future.set_result(None)  # type: ignore[arg-type]  # (an ACK has no answer)
+            conn.send(request)
+            return future
+
+        def provisional(response: SIPMessage) -> None:
+            if on_provisional is not None and (response.status or 0) < 200:
+                on_provisional(response)
+        return self._transactions.send_request(
+            conn, request, branch=branch, timeout=conn.options.transaction_timeout,
+            on_response=provisional)
 
     def end_dialog(self, dialog: Any) -> None:
         """Forget ``dialog`` (D15: aiosip's ``stop_dialog`` and ``Dialog.close`` are broken):
@@ -656,29 +628,21 @@ class Application(aiosip.Application):
         except SIPParseError as exc:
             logger.warning('%r: dropped a response with a bad Via: %s', conn, exc)
             return
-        status = message.status or 0
-        pending = self._pending.get(branch)
-        if pending is not None and pending.proxy:
-            cseq_method = message.cseq[1] if message.get('CSeq') else None
-            if cseq_method != pending.method:
-                return                          # e.g. the 200 to our CANCEL: nothing to do
-            if status >= 200:
-                self._finish_pending(branch, message)
-            elif pending.on_provisional is not None:
-                pending.on_provisional(message)
-            return
+        if self._transactions.response_received(message, conn):
+            return                                  # to the request it answers
+        if (branch, 'INVITE') in self._transactions:
+            return                    # e.g. the 200 to a CANCEL sent untracked: nothing to do
+        self._to_dialog(conn, message, None)
+
+    def _to_dialog(self, conn: WSConnection, message: SIPMessage, dialog: Any) -> None:
+        """Hand a response to aiosip: to ``dialog``, else the dialog of its Call-ID."""
         call_id = message.get('Call-ID')
-        dialog = pending.dialog if pending is not None else None
         if dialog is None:
             dialog = self._dialogs.get(call_id)
         if dialog is None:                                                  # D8
             logger.info('%r: dropped a response for no known transaction (%s %s, Call-ID %s)',
                         conn, message.status, message.reason, call_id)
             return
-        if pending is not None and status >= 200:
-            self._pending.pop(branch, None)
-            if pending.timer is not None:
-                pending.timer.cancel()
         try:
             dialog.receive_message(to_aiosip(message))
         except (ValueError, asyncio.InvalidStateError) as exc:
@@ -736,8 +700,7 @@ class Application(aiosip.Application):
         """Close listeners and connections (clients see ``code``), end every task (D15/D20)."""
         self._closing = True
         await shut_down(self._listeners, self._connections, self._tasks, code, reason)
-        for branch in list(self._pending):
-            self._finish_pending(branch, ConnectionLost('the application closed'))
+        self._transactions.close('the application closed')
         for transport in list(self._transports.values()):        # aiosip's own UDP sockets
             transport.close()
         self._transports.clear()
@@ -749,3 +712,13 @@ class Application(aiosip.Application):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _fail_with(future: Any, done: asyncio.Future[SIPMessage]) -> None:
+    """aiosip's ``future`` of a request fails as its transaction did (Timer F, a lost
+    connection); its final response reaches it through the dialog instead."""
+    if done.cancelled():
+        return
+    exc = done.exception()
+    if exc is not None and future is not None and not future.done():
+        future.set_exception(exc)

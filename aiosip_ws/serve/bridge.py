@@ -4,10 +4,11 @@
 and TCP transports (:mod:`aiosip_ws.transport.udp`, :mod:`aiosip_ws.transport.tcp`);
 :class:`NetworkSide` hands what arrives there to the relay as if each UDP peer and each
 TCP/TLS connection were a WebSocket connection (a :class:`BridgedFlow`).  Over UDP the
-transaction layer (:class:`aiosip_ws.transport.transactions.TransactionLayer`) stands
-between them: retransmitted requests are absorbed (their response sent again), the
-requests serve sends are retransmitted until answered, and a failure to an INVITE is
-ACKed hop by hop; the relay sees each message once.
+transaction layer (:class:`aiosip_ws.transport.transactions.TransactionLayer`, the
+relay's own: one table for every request serve sends) stands between them:
+retransmitted requests are absorbed (their response sent again), the requests serve
+sends are retransmitted until answered, and a failure to an INVITE is ACKed hop by hop;
+the relay sees each message once.
 
 A UDP peer has no connection to lose: what it registers expires by time only.  A binding
 made over TCP or TLS with Outbound (``;ob``) goes with its connection, as over WebSocket;
@@ -26,17 +27,20 @@ from ..core.sipuri import SipURI
 from ..errors import ConfigurationError
 from ..options import RelayLimits, ServerOptions
 from ..transport.tcp import StreamConnection, StreamListener, connect_tcp, listen_tcp
-from ..transport.transactions import TransactionLayer
 from ..transport.udp import UDPEndpoint, UDPFlow, listen_udp
 from .flow import FlowState
+from .transactions import ClientTransactions
 
 
 class BridgeHost(Protocol):
-    """What the bridge uses of the server it belongs to: its limits and options, and
-    where the flows' events go (the server's ConnectionHandler side)."""
+    """What the bridge uses of the server it belongs to: its limits and options, its
+    transactions, and where the flows' events go (the server's ConnectionHandler side)."""
 
     limits: RelayLimits
     server_options: ServerOptions
+
+    @property
+    def transactions(self) -> ClientTransactions: ...
 
     def connection_made(self, conn: Any) -> None: ...
 
@@ -95,34 +99,19 @@ class BridgedFlow:
         return self.inner.via(branch)
 
     def send(self, message: SIPMessage) -> bool:
-        """Send as the transport needs: over UDP, a request in a client transaction
-        (retransmitted; its responses reach the relay through it) and a response through
-        the server transaction it answers (which sends it again for each retransmitted
-        request)."""
-        if self.reliable:
+        """Send as the transport needs: over UDP, a response through the server
+        transaction it answers (which sends it again for each retransmitted request).
+        Requests come here from the transaction layer's client side, which already
+        retransmits them."""
+        if self.reliable or message.is_request:
             return self.inner.send(message)
-        layer = self.side.layer
-        if not message.is_request:
-            layer.respond(message, self.inner)
-            return True
-        if message.method == 'ACK':
-            if layer.acked_by_us(message):
-                return True                        # the layer ACKed that failure already
-            return self.inner.send(message)
-        future = layer.send_request(self.inner, message,
-                                    on_response=lambda response: self.side.deliver(self, response))
-        future.add_done_callback(_retrieve)        # the relay has its own Timer F
-        return not (future.done() and future.exception() is not None)
+        self.side.layer.respond(message, self.inner)
+        return True
 
     async def close(self, code: int = 1000, reason: str = '') -> None:
         if isinstance(self.inner, StreamConnection):
             self.inner.close()
             await self.inner.wait_closed()
-
-
-def _retrieve(future: asyncio.Future[SIPMessage]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 class NetworkSide:
@@ -134,7 +123,8 @@ class NetworkSide:
         self.ssl_context = ssl_context
         self.advertise = advertise
         self.options = ServerOptions()
-        self.layer = TransactionLayer(max_transactions=relay.limits.max_pending or 20000)
+        #: the relay's transaction layer: UDP's server transactions are kept here too
+        self.layer = relay.transactions.layer
         self.endpoints: list[UDPEndpoint] = []
         self.listeners: list[StreamListener] = []
         #: connections serve opened to next hops: (address, port, tls) -> connection
@@ -213,19 +203,12 @@ class NetworkSide:
 
     def message_received(self, inner: Any, message: SIPMessage) -> None:
         flow = self.wrap(inner)
-        if not inner.reliable:
-            if message.is_request:
-                if self.layer.request_received(inner, message) is None:
-                    return                              # a retransmission, answered again
-            elif self.layer.response_received(message):
-                return                                  # through the client transaction
-        self.relay.message_received(flow, message)
-
-    def deliver(self, flow: BridgedFlow, response: SIPMessage) -> None:
-        self.relay.message_received(flow, response)
+        if (not inner.reliable and message.is_request
+                and self.layer.request_received(inner, message) is None):
+            return                                      # a retransmission, answered again
+        self.relay.message_received(flow, message)      # responses: to the layer from there
 
     async def close(self) -> None:
-        self.layer.close()
         for pending in list(self._connecting.values()):
             pending.cancel()
         for conn in list(self._outgoing.values()):

@@ -212,6 +212,8 @@ class RemoteConnection:
     is_remote = True
     #: its node holds it over WebSocket
     transport_name = 'ws'
+    #: the bus and the WebSocket behind it lose nothing: no retransmissions
+    reliable = True
 
     def __repr__(self) -> str:
         return '<RemoteConnection %s on node %s>' % (self.connection, self.node)
@@ -651,17 +653,23 @@ class Cluster:
             if (sip is None or conn is None or not conn.is_open
                     or message.get('incarnation') != self.incarnation):
                 if sip is not None and sip.is_request and sip.method != 'ACK':
-                    self.publish(origin, {'type': 'gone', 'branch': sip.top_branch or ''})
+                    self.publish(origin, {'type': 'gone', 'branch': sip.top_branch or '',
+                                          'method': sip.method})
                 return
-            conn.send(sip)
+            if sip.is_request:
+                self.relay.transactions.carry(conn, sip)    # its responses: forward_response
+            else:
+                conn.send(sip)
         elif kind == 'response' and sip is not None:
             peer = self._peers.get((origin, message.get('incarnation', ''),
                                     message.get('connection', '')))
             if peer is not None:
                 self.relay.transactions.response_received(peer, sip)
         elif kind == 'gone':
-            self.relay.transactions.finish(message.get('branch', ''), ConnectionLost(
-                'the client left node %s before the request reached it' % origin))
+            gone = ConnectionLost('the client left node %s before the request reached it'
+                                  % origin)
+            self.relay.transactions.finish(message.get('branch', ''), message.get('method', ''),
+                                           gone)
 
     def forward_response(self, conn: Flow, response: SIPMessage, branch: str) -> bool:
         """A response on one of this node's connections to a request another node relayed

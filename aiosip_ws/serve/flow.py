@@ -28,15 +28,13 @@ NETWORK_TRANSPORTS = frozenset({'udp', 'tcp', 'tls'})
 class FlowState:
     """What serve keeps for one flow."""
 
-    __slots__ = ('contact_hosts', 'pending', 'relaying', 'identity', 'cluster_id', 'flow_id',
+    __slots__ = ('contact_hosts', 'relaying', 'identity', 'cluster_id', 'flow_id',
                  'nc_claim', 'auth_failures', 'rate_closing', 'expiry', 'bucket', 'over_since',
                  'last_refusal')
 
     def __init__(self) -> None:
         #: the Contact hosts routed to this flow (``.invalid`` names, or ``host:port``)
         self.contact_hosts: set[str] = set()
-        #: branches of the requests serve sent over it that await their final response
-        self.pending: set[str] = set()
         #: requests from it that serve is relaying now
         self.relaying: int = 0
         #: who the request in hand acts as (its handshake token, or its Digest credentials)
@@ -74,6 +72,10 @@ class Flow(Protocol):
 
     @property
     def via_transport(self) -> str: ...
+
+    @property
+    def reliable(self) -> bool:
+        """False for a UDP peer: its requests are retransmitted by the transaction layer."""
 
     @property
     def remote_addr(self) -> tuple[str, int]: ...

@@ -74,7 +74,7 @@ class Forker:
         if origin.flow_state.relaying >= limits.max_pending_per_connection:
             return ('too many requests in progress from this connection (%d)'
                     % limits.max_pending_per_connection)
-        if len(peer.flow_state.pending) >= limits.max_pending_per_connection:
+        if self.ctx.transactions.pending_on(peer) >= limits.max_pending_per_connection:
             return 'the callee has too many requests unanswered'
         return None
 
@@ -257,10 +257,12 @@ class Fork:
             return
         response = future.result()
         status = response.status or 500
-        if self.key is not None and status >= 300:
+        if self.key is not None and status >= 300 and branch.peer.reliable:
+            # hop by hop, RFC 3261 §17.1.1.3 (over UDP the transaction layer's state
+            # machine sends it, and again for each retransmitted failure)
             self.ctx.send(branch.peer, invite_companion(
                 'ACK', branch.forwarded, uri=branch.forwarded.uri or '',
-                to=response.get('To') or ''))                              # hop by hop
+                to=response.get('To') or ''))
         if status < 300:
             if self.key is not None or not self.answered:   # every 2xx of an INVITE
                 first = not self.answered
@@ -268,7 +270,7 @@ class Fork:
                 if first:
                     self._answered_now(status)
                 self.ctx.relay_final(self.origin, branch.peer, self.request, response)
-                if self.key is not None and not getattr(branch.peer, 'reliable', True):
+                if self.key is not None and not branch.peer.reliable:
                     self.ctx.transactions.accepted(branch.branch, self.origin)
                 if first and self.key is not None:
                     self._cancel_others('SIP;cause=200;text="Call completed elsewhere"')
@@ -329,4 +331,4 @@ class Fork:
         cancel = invite_companion('CANCEL', branch.forwarded, uri=branch.forwarded.uri or '')
         if reason is not None:
             cancel.headers.append(('Reason', reason))
-        self.ctx.send(branch.peer, cancel)
+        self.ctx.transactions.send_cancel(branch.peer, cancel, branch.branch)

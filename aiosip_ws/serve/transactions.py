@@ -1,12 +1,14 @@
 """The proxy's client transactions: requests serve sent, waiting for their final answer.
 
-Each is indexed by the branch of the Via serve added, and by its flow (the branch is in
-the flow's :class:`~aiosip_ws.serve.flow.FlowState`), so a closing flow ends what it owns
-at once.  Timer F (``transaction_timeout``) or Timer C (re-armed by each provisional
-response to an INVITE) fails a request that gets no final answer; so does a flow that
-closes first (:class:`~aiosip_ws.errors.ConnectionLost`).  Over a reliable flow that is
-all a client transaction needs (RFC 3261 §17.1.2.2: no retransmissions); over UDP the
-bridge's transaction layer retransmits underneath.
+They live in the project's one transaction table,
+:class:`~aiosip_ws.transport.transactions.TransactionLayer` (shared with the bridge's
+UDP side, which retransmits underneath): each is matched by the branch of the Via serve
+added and its method, and indexed by its flow, so a closing flow ends what it carries at
+once.  :class:`ClientTransactions` is what the proxy adds on top: our Via, provisional
+responses handed to the stage that sent the request, Timer C (re-armed by each
+provisional response to an INVITE), 2xx retransmissions of a UDP callee forwarded
+upstream (RFC 6026 §7.2), responses for requests another cluster node relayed, and the
+log line for a response nobody asked for.
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from collections.abc import Callable
 from ..core.codec import SIPMessage
 from ..core.sipuri import split_header_values
 from ..core.transaction import TIMER_B
-from ..errors import ConnectionLost, SIPParseError, TransactionTimeout
+from ..errors import ConnectionLost, SIPParseError
 from ..transport.throttle import LogThrottle
+from ..transport.transactions import MAX_TRANSACTIONS, TransactionLayer
 from .flow import Flow
 
 __all__ = ['ClientTransactions', 'without_top_via']
@@ -27,26 +30,16 @@ logger = logging.getLogger(__name__)
 peer_log = LogThrottle(logger)
 
 
-class _Pending:
-    """A request serve sent and waits on."""
-
-    __slots__ = ('future', 'flow', 'timer', 'method', 'on_provisional')
-
-    def __init__(self, future: asyncio.Future[SIPMessage], flow: Flow,
-                 timer: asyncio.TimerHandle, method: str,
-                 on_provisional: Callable[[SIPMessage], None] | None) -> None:
-        self.future, self.flow, self.timer = future, flow, timer
-        self.method, self.on_provisional = method, on_provisional
-
-
 class ClientTransactions:
-    """Branch -> the request serve sent with it (see the module)."""
+    """The proxy's side of the transaction layer (see the module)."""
 
     def __init__(self, max_pending: int, *,
                  send: Callable[[Flow, SIPMessage], bool] | None = None) -> None:
-        self._pending: dict[str, _Pending] = {}
         #: how a message goes out (the context's send: published as an event)
         self._send: Callable[[Flow, SIPMessage], bool] = send or _send
+        #: the one table: serve's requests on every kind of flow, and UDP's server side
+        self.layer = TransactionLayer(max_transactions=2 * max_pending or MAX_TRANSACTIONS,
+                                      send=self._send)  # type: ignore[arg-type]
         #: INVITE branches to UDP peers that were answered 2xx, for 64*T1 (RFC 6026 §7.2:
         #: the UAS's retransmissions of its 2xx are forwarded upstream too)
         self._accepted: dict[str, Flow] = {}
@@ -56,10 +49,11 @@ class ClientTransactions:
         self.forward: Callable[[Flow, SIPMessage, str], bool] | None = None
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return self.layer.clients
 
-    def __contains__(self, branch: str) -> bool:
-        return branch in self._pending
+    def pending_on(self, flow: Flow) -> int:
+        """How many requests serve sent over ``flow`` await their final response."""
+        return self.layer.pending_on(flow)
 
     def send(self, flow: Flow, request: SIPMessage, branch: str, *,
              on_provisional: Callable[[SIPMessage], None] | None = None
@@ -69,34 +63,60 @@ class ClientTransactions:
         :class:`ConnectionLost`; ``on_provisional`` sees each 1xx.  An ACK is not
         tracked: its future is done at once (with None)."""
         request.headers.insert(0, ('Via', flow.via(branch)))
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[SIPMessage] = loop.create_future()
         if request.method == 'ACK':
-            future.set_result(None)  # type: ignore[arg-type]
-        else:
-            timeout = flow.options.transaction_timeout
-            timer = loop.call_later(timeout, self.finish, branch, TransactionTimeout(
-                'no final response to %s %s within %.0f s (Timer F)'
-                % (request.method, request.uri, timeout)))
-            self._pending[branch] = _Pending(future, flow, timer, request.method or '',
-                                             on_provisional)
-            flow.flow_state.pending.add(branch)
-        if not self._send(flow, request):     # closed, or its peer stopped reading (1008)
-            self.finish(branch, ConnectionLost('%r cannot take more: the request was not sent'
-                                               % flow))
-        return future
+            future: asyncio.Future[SIPMessage] = asyncio.get_running_loop().create_future()
+            future.set_result(None)  # type: ignore[arg-type]  # (an ACK has no answer)
+            self._send(flow, request)
+            return future
+        return self.layer.send_request(
+            flow, request, branch=branch, timeout=flow.options.transaction_timeout,
+            on_response=None if on_provisional is None and flow.reliable
+            else lambda response: self._response(flow, branch, response, on_provisional))
+
+    def send_cancel(self, flow: Flow, cancel: SIPMessage, branch: str) -> None:
+        """Send the CANCEL of the INVITE sent with ``branch`` (its Via already on it) in a
+        transaction of its own (RFC 3261 §9.1); its 200 ends it, nobody waits on it."""
+        self.layer.send_request(flow, cancel, branch=branch,
+                                timeout=flow.options.transaction_timeout
+                                ).add_done_callback(_retrieve)
+
+    def carry(self, flow: Flow, request: SIPMessage) -> bool:
+        """Send a request another cluster node relays (its Via already on it) over
+        ``flow`` in a transaction of ours: retransmitted over UDP, each response handed
+        to :attr:`forward`.  False when it could not be sent."""
+        if request.method == 'ACK':
+            return self._send(flow, request)
+        branch = request.top_branch or ''
+        forward = self.forward
+
+        def pass_back(response: SIPMessage) -> None:
+            if forward is not None:
+                forward(flow, response, branch)
+        future = self.layer.send_request(flow, request, branch=branch, on_response=pass_back,
+                                         timeout=flow.options.transaction_timeout)
+        future.add_done_callback(_retrieve)
+        return not (future.done() and not future.cancelled()
+                    and isinstance(future.exception(), ConnectionLost))
+
+    def _response(self, flow: Flow, branch: str, response: SIPMessage,
+                  on_provisional: Callable[[SIPMessage], None] | None) -> None:
+        status = response.status or 0
+        if status < 200:
+            if on_provisional is not None:
+                on_provisional(response)
+        elif status < 300 and branch in self._accepted:
+            self._forward_2xx(branch, response)  # a retransmission, in RFC 6026's Accepted
+
+    def _forward_2xx(self, branch: str, response: SIPMessage) -> None:
+        origin = self._accepted[branch]
+        if origin.is_open and response.cseq[1] == 'INVITE':
+            response.headers = without_top_via(response.headers)
+            self._send(origin, response)
 
     def rearm(self, branch: str, seconds: float, timer: str) -> None:
-        """Give the pending request ``branch`` ``seconds`` more from now (Timer C, re-armed
+        """Give the pending INVITE ``branch`` ``seconds`` more from now (Timer C, re-armed
         by each provisional response to an INVITE, RFC 3261 §16.6 step 11)."""
-        pending = self._pending.get(branch)
-        if pending is None:
-            return
-        pending.timer.cancel()
-        pending.timer = asyncio.get_running_loop().call_later(
-            seconds, self.finish, branch, TransactionTimeout(
-                'no final response to %s within %.0f s of the last provisional (%s)'
-                % (pending.method, seconds, timer)))
+        self.layer.rearm((branch, 'INVITE'), seconds, timer)
 
     def accepted(self, branch: str, origin: Flow) -> None:
         """An INVITE branch to a UDP peer got a 2xx: forward its retransmissions to
@@ -106,60 +126,42 @@ class ClientTransactions:
         self._accepted[branch] = origin
         asyncio.get_running_loop().call_later(TIMER_B, self._accepted.pop, branch, None)
 
-    def finish(self, branch: str, outcome: SIPMessage | BaseException) -> None:
+    def finish(self, branch: str, method: str, outcome: SIPMessage | BaseException) -> None:
         """End the request sent with ``branch`` with a final response or an error."""
-        pending = self._pending.pop(branch, None)
-        if pending is None:
-            return
-        pending.timer.cancel()
-        pending.flow.flow_state.pending.discard(branch)
-        if pending.future.done():
-            return
-        if isinstance(outcome, BaseException):
-            pending.future.set_exception(outcome)
-        else:
-            pending.future.set_result(outcome)
+        self.layer.finish((branch, method), outcome)
 
     def flow_closed(self, flow: Flow) -> None:
         """``flow`` closed: every request pending on it fails at once."""
-        pending = flow.flow_state.pending
-        for branch in list(pending):
-            self.finish(branch, ConnectionLost(
-                'the connection %r closed before the final response' % flow))
-        pending.clear()
+        self.layer.flow_lost(flow)
 
     def close(self) -> None:
-        for branch in list(self._pending):
-            self.finish(branch, ConnectionLost('the server closed'))
+        self.layer.close('the server closed')
 
     def response_received(self, flow: Flow, message: SIPMessage) -> None:
         """A response came over ``flow``: to its request, or dropped (logged)."""
         try:
+            if self.layer.response_received(message, flow):
+                return
             branch = message.top_branch or ''
         except SIPParseError as exc:
             peer_log.warning('dropped responses with a bad Via',
                              '%r: dropped a response with a bad Via: %s', flow, exc)
             return
-        pending = self._pending.get(branch)
-        if pending is None and self.forward is not None and self.forward(flow, message, branch):
+        if self.forward is not None and self.forward(flow, message, branch):
             return                                  # to the node that relayed the request
-        if pending is None and branch in self._accepted and 200 <= (message.status or 0) < 300:
-            origin = self._accepted[branch]             # a 2xx retransmission (RFC 6026)
-            if origin.is_open and message.cseq[1] == 'INVITE':
-                message.headers = without_top_via(message.headers)
-                self._send(origin, message)
+        if branch in self._accepted and 200 <= (message.status or 0) < 300:
+            self._forward_2xx(branch, message)      # after the transaction ended (Timer M)
             return
-        if pending is None or pending.flow is not flow:
-            peer_log.info('dropped stray responses',
-                          '%r: dropped a response for no known transaction (%s %s, Call-ID %s)',
-                          flow, message.status, message.reason, message.get('Call-ID'))
-            return
-        if message.cseq[1] != pending.method:
-            return                              # e.g. the 200 to our CANCEL: nothing to do
-        if (message.status or 0) >= 200:
-            self.finish(branch, message)
-        elif pending.on_provisional is not None:
-            pending.on_provisional(message)
+        if (branch, 'INVITE') in self.layer:
+            return                                  # e.g. a 200 to a CANCEL not ours
+        peer_log.info('dropped stray responses',
+                      '%r: dropped a response for no known transaction (%s %s, Call-ID %s)',
+                      flow, message.status, message.reason, message.get('Call-ID'))
+
+
+def _retrieve(future: asyncio.Future[SIPMessage]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _send(flow: Flow, message: SIPMessage) -> bool:

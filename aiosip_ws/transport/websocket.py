@@ -151,6 +151,9 @@ class WSConnection:
                  'identity', '_send_watch', '_aborted_with', 'flow_state', '__dict__',
                  '__weakref__')
 
+    #: a WebSocket is a reliable transport (RFC 3261 §18: no retransmissions over it)
+    reliable = True
+
     def __init__(self, websocket: ClientConnection | ServerConnection,
                  handler: ConnectionHandler, *, role: str, secure: bool,
                  options: ClientOptions | ServerOptions, url: str | None = None,

@@ -83,6 +83,13 @@ async def test_message_from_websocket_to_udp_and_back(bridge):
     got = await bob.next()
     assert got.method == 'MESSAGE' and got.body == b'hello UDP'
     assert got.uri == 'sip:bob@127.0.0.1:%d' % bob.addr[1]
+    # one client transaction, in the one table the relay and the bridge share, which
+    # retransmits it over UDP (Timer E: T1 later)
+    layer = server.transactions.layer
+    assert server.bridge.layer is layer and layer.clients == 1
+    assert (got.top_branch, 'MESSAGE') in layer
+    again = await bob.next(timeout=1.5)
+    assert again.top_branch == got.top_branch and again.body == b'hello UDP'
     top, second = got.get_all('Via')[:2]
     assert top.startswith('SIP/2.0/UDP 127.0.0.1:') and ';rport' in top
     assert second.startswith('SIP/2.0/WS %s' % alice_host)

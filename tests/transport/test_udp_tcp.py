@@ -182,6 +182,27 @@ async def test_a_failure_to_invite_is_acked_hop_by_hop_each_time_it_comes(udp_se
     assert (await peer.next()).method == 'ACK'
 
 
+async def test_a_proxys_timer_c_runs_beside_the_udp_state_machine(udp_server, peer):
+    """Timer C (re-armed by the TU on each provisional) fails the INVITE's future; the
+    transaction itself goes on, so the 487 that the CANCEL brings is still ACKed."""
+    server = await udp_server(lambda m: None)
+    flow = server.endpoint.flow(peer.addr)
+    branch = new_branch()
+    invite = request('INVITE', via=flow.via(branch))
+    future = server.layer.send_request(
+        flow, invite, on_response=lambda r: server.layer.rearm((branch, 'INVITE'), 6 * T1,
+                                                               'Timer C'))
+    received = await peer.next()
+    peer.send(make_response(received, 180, to_tag='b'), server.endpoint.local_addr)
+    with pytest.raises(TransactionTimeout, match='Timer C'):
+        await asyncio.wait_for(future, 64 * T1)            # long before Timer B could
+    assert (branch, 'INVITE') in server.layer
+    while peer.count():
+        await peer.next()                                  # the retransmissions before the 180
+    peer.send(make_response(received, 487, to_tag='b'), server.endpoint.local_addr)
+    assert (await peer.next()).method == 'ACK'
+
+
 async def test_an_invite_server_resends_its_failure_until_the_ack(udp_server, peer):
     server = await udp_server(lambda m: make_response(m, 486, to_tag='b1'))
     invite = request('INVITE', branch='z9hG4bKinv1')
