@@ -81,7 +81,7 @@ class Context:
         sent = flow.send(message)
         events = self.events
         if MessageOut in events.wanted:
-            events.publish(MessageOut(flow, message, sent))
+            events.emit(MessageOut, flow, message, sent)
         return sent
 
     # -- answering ------------------------------------------------------------------------

@@ -46,6 +46,9 @@ BATCH = 1000
 class Event:
     """Something that happened; ``time`` is when (seconds since the epoch)."""
 
+    #: the fields a handler takes (see :meth:`EventStream.subscribe`)
+    FIELDS: tuple[str, ...] = ()
+
     __slots__ = ('time',)
 
     def __init__(self) -> None:
@@ -61,6 +64,8 @@ class Event:
 class MessageIn(Event):
     """A SIP message serve received on ``flow``."""
 
+    #: its fields, in the order its constructor (and a handler) takes them
+    FIELDS = ('flow', 'message')
     __slots__ = ('flow', 'message')
 
     def __init__(self, flow: Any, message: SIPMessage) -> None:
@@ -72,6 +77,8 @@ class MessageIn(Event):
 class MessageOut(Event):
     """A SIP message serve sent (or tried to: ``sent`` False) on ``flow``."""
 
+    #: its fields, in the order its constructor (and a handler) takes them
+    FIELDS = ('flow', 'message', 'sent')
     __slots__ = ('flow', 'message', 'sent')
 
     def __init__(self, flow: Any, message: SIPMessage, sent: bool) -> None:
@@ -84,6 +91,8 @@ class MessageOut(Event):
 class ConnectionOpened(Event):
     """A connection (WebSocket, TCP or TLS) was opened to or by serve."""
 
+    #: its fields, in the order its constructor (and a handler) takes them
+    FIELDS = ('flow',)
     __slots__ = ('flow',)
 
     def __init__(self, flow: Any) -> None:
@@ -94,6 +103,8 @@ class ConnectionOpened(Event):
 class ConnectionClosed(Event):
     """A connection closed; ``code`` is its WebSocket close code (1006: none)."""
 
+    #: its fields, in the order its constructor (and a handler) takes them
+    FIELDS = ('flow', 'code')
     __slots__ = ('flow', 'code')
 
     def __init__(self, flow: Any, code: int | None) -> None:
@@ -107,6 +118,8 @@ class RegistrationChanged(Event):
     (``registered``, ``unregistered``, ``replaced``, ``connection closed``,
     ``expired``)."""
 
+    #: its fields, in the order its constructor (and a handler) takes them
+    FIELDS = ('change', 'aor', 'contact', 'instance', 'flow', 'source', 'why')
     __slots__ = ('change', 'aor', 'contact', 'instance', 'flow', 'source', 'why')
 
     def __init__(self, change: str, aor: str, contact: str, instance: str | None, flow: Any,
@@ -121,6 +134,8 @@ class CallChanged(Event):
     18x), ``answered`` (a 2xx), ``ended`` (a final failure, with its ``status``, or a
     BYE)."""
 
+    #: its fields, in the order its constructor (and a handler) takes them
+    FIELDS = ('change', 'call_id', 'caller', 'callee', 'status', 'flow')
     __slots__ = ('change', 'call_id', 'caller', 'callee', 'status', 'flow')
 
     def __init__(self, change: str, call_id: str, caller: str, callee: str,
@@ -133,6 +148,8 @@ class CallChanged(Event):
 class RequestRelayed(Event):
     """serve began relaying a request (to the bindings of an AOR or to a next hop)."""
 
+    #: its fields, in the order its constructor (and a handler) takes them
+    FIELDS = ('method', 'flow')
     __slots__ = ('method', 'flow')
 
     def __init__(self, method: str | None, flow: Any) -> None:
@@ -144,6 +161,8 @@ class RequestRelayed(Event):
 class RequestAnswered(Event):
     """The final response to a relayed request went back after ``seconds``."""
 
+    #: its fields, in the order its constructor (and a handler) takes them
+    FIELDS = ('method', 'status', 'seconds')
     __slots__ = ('method', 'status', 'seconds')
 
     def __init__(self, method: str | None, status: int, seconds: float) -> None:
@@ -152,6 +171,8 @@ class RequestAnswered(Event):
 
 
 Consumer = Callable[[Any], 'Awaitable[None] | None']
+_Route = tuple[tuple[tuple[Callable[..., None], 'Subscription'], ...],
+               tuple[tuple[Consumer, 'Subscription'], ...], tuple['Subscription', ...]]
 
 
 class Subscription:
@@ -178,6 +199,8 @@ class Subscription:
         self.scheduled = False
         self._ready: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        #: kind -> what takes its fields instead of ``consumer`` (inline only)
+        self.handlers: dict[type[Event], Callable[..., None]] = {}
 
     def wake(self) -> None:
         """Something was queued for an async consumer: its task runs (made at first)."""
@@ -268,6 +291,9 @@ class EventStream:
         self._by_kind: dict[type[Event], tuple[Subscription, ...]] = {}
         #: the kinds some consumer takes, with their subscriptions (read-only)
         self.wanted: Mapping[type[Event], tuple[Subscription, ...]] = self._by_kind
+        #: event kind -> its handlers (with their subscriptions), its inline consumers
+        #: (likewise), its queued subscriptions
+        self._routes: dict[type[Event], _Route] = {}
         #: called when the kinds wanted change (a publisher may then start or stop
         #: gathering what some kind of event needs)
         self.on_change: Callable[[], None] | None = None
@@ -277,16 +303,24 @@ class EventStream:
         return list(self._subscriptions)
 
     def subscribe(self, name: str, consumer: Consumer, kinds: Iterable[type[Event]], *,
-                  maxsize: int = DEFAULT_QUEUE, inline: bool = False) -> Subscription:
+                  maxsize: int = DEFAULT_QUEUE, inline: bool = False,
+                  handlers: Mapping[type[Event], Callable[..., None]] | None = None
+                  ) -> Subscription:
         """``consumer(event)`` gets each event of ``kinds`` (see the module); at most
         ``maxsize`` wait for it, more are dropped and counted.
 
         ``inline``: a plain function that costs a few dictionary operations and never
         blocks (serve's own metrics) is called as each event is published instead: no
-        queue, nothing kept alive, nothing to drop."""
+        queue, nothing kept alive, nothing to drop.  ``handlers`` (inline only): for the
+        kinds it names, a function called with the event's fields (its ``FIELDS``, the
+        constructor's arguments) in place of ``consumer``, so that an event only such
+        handlers want is never made (:meth:`emit`)."""
         if maxsize < 1:
             raise ValueError('an event queue holds at least one event')
+        if handlers and not inline:
+            raise ValueError('handlers are for inline subscriptions')
         subscription = Subscription(self, name, consumer, frozenset(kinds), maxsize, inline)
+        subscription.handlers = dict(handlers or {})
         self._subscriptions.append(subscription)
         self._index()
         return subscription
@@ -300,6 +334,12 @@ class EventStream:
         kinds = {kind for s in self._subscriptions for kind in s.kinds}
         self._by_kind = {kind: tuple(s for s in self._subscriptions if kind in s.kinds)
                          for kind in kinds}
+        self._routes = {
+            kind: (tuple((s.handlers[kind], s) for s in subscriptions if kind in s.handlers),
+                   tuple((s.consumer, s) for s in subscriptions
+                         if s.inline and kind not in s.handlers),
+                   tuple(s for s in subscriptions if not s.inline))
+            for kind, subscriptions in self._by_kind.items()}
         self.wanted = self._by_kind
         if self.on_change is not None:
             self.on_change()
@@ -310,14 +350,44 @@ class EventStream:
         return kind in self._by_kind
 
 
+    def emit(self, kind: type[Event], *fields: Any) -> None:
+        """Publish an event of ``kind`` made of ``fields`` (its constructor's arguments),
+        made only if a consumer takes event objects: the publishers' call on a hot path."""
+        route = self._routes.get(kind)
+        if route is None:
+            return
+        handlers, inline, queued = route
+        for handler, subscription in handlers:
+            try:
+                handler(*fields)
+            except Exception:  # noqa: BLE001 - a consumer's fault is its own
+                subscription.failed_now()
+        if inline or queued:
+            self._deliver(kind(*fields), inline, queued)
+
     def publish(self, event: Event) -> None:
-        for subscription in self._by_kind.get(type(event), ()):
-            if subscription.inline:
+        """Publish ``event`` (already made)."""
+        route = self._routes.get(type(event))
+        if route is None:
+            return
+        handlers, inline, queued = route
+        if handlers:
+            fields = tuple(getattr(event, name) for name in event.FIELDS)
+            for handler, subscription in handlers:
                 try:
-                    subscription.consumer(event)
+                    handler(*fields)
                 except Exception:  # noqa: BLE001 - a consumer's fault is its own
                     subscription.failed_now()
-                continue
+        self._deliver(event, inline, queued)
+
+    def _deliver(self, event: Event, inline: tuple[tuple[Consumer, Subscription], ...],
+                 queued: tuple[Subscription, ...]) -> None:
+        for consume, subscription in inline:
+            try:
+                consume(event)
+            except Exception:  # noqa: BLE001 - a consumer's fault is its own
+                subscription.failed_now()
+        for subscription in queued:
             queue = subscription.queue                # Subscription.put, inline: it is hot
             if len(queue) >= subscription.maxsize:
                 subscription.dropped += 1

@@ -69,12 +69,13 @@ class Forker:
     def over_pending_caps(self, origin: Flow, peer: Flow) -> str | None:
         """Why a new relayed request would exceed a pending-transaction cap, or None."""
         limits = self.ctx.limits
-        if len(self.ctx.transactions) >= limits.max_pending:
+        transactions = self.ctx.transactions
+        if transactions.layer.clients >= limits.max_pending:
             return 'too many requests in progress (%d)' % limits.max_pending
         if origin.flow_state.relaying >= limits.max_pending_per_connection:
             return ('too many requests in progress from this connection (%d)'
                     % limits.max_pending_per_connection)
-        if self.ctx.transactions.pending_on(peer) >= limits.max_pending_per_connection:
+        if transactions.layer.pending_on(peer) >= limits.max_pending_per_connection:
             return 'the callee has too many requests unanswered'
         return None
 
@@ -172,8 +173,8 @@ class Fork:
         what became of the call."""
         events = self.ctx.events
         if RequestAnswered in events.wanted:
-            events.publish(RequestAnswered(self.request.method, status,
-                                           asyncio.get_running_loop().time() - self.started))
+            events.emit(RequestAnswered, self.request.method, status,
+                        asyncio.get_running_loop().time() - self.started)
         if self.key is not None:
             self._call('answered' if status < 300 else 'ended', status)
 
@@ -188,7 +189,7 @@ class Fork:
     def start(self) -> None:
         events = self.ctx.events
         if RequestRelayed in events.wanted:
-            events.publish(RequestRelayed(self.request.method, self.origin))
+            events.emit(RequestRelayed, self.request.method, self.origin)
         if self.key is not None:
             self.forker.invites[self.key] = self
             self._call('attempted')

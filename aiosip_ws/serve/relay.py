@@ -188,8 +188,10 @@ class RelayServer:
     def _plan(self, method: str) -> tuple[tuple[Stage, ...], int]:
         plan = self._plans.get(method)
         if plan is None:
+            # a method with a route passes 'method' (405) whatever it is: left out
             mine = [(name, stage) for name, stage, methods in self.stages
-                    if methods is None or method in methods]
+                    if (methods is None or method in methods)
+                    and not (stage == self._method and method in self.routes)]
             names = [name for name, _ in mine]
             after = names.index('identity') + 1 if 'identity' in names else len(mine)
             plan = self._plans[method] = (tuple(stage for _, stage in mine), after)
@@ -237,7 +239,9 @@ class RelayServer:
         return True
 
     def _route(self, flow: Flow, request: SIPMessage) -> bool:
-        route = self.routes[request.method or '']
+        route = self.routes.get(request.method or '')
+        if route is None:                  # its route was removed since its path was planned
+            return self._method(flow, request)
         try:
             outcome = route(flow, request)
         except SIPParseError:
@@ -508,7 +512,7 @@ class RelayServer:
     def message_received(self, conn: Any, message: SIPMessage) -> None:
         events = self.events
         if MessageIn in events.wanted:
-            events.publish(MessageIn(conn, message))
+            events.emit(MessageIn, conn, message)
         if message.method is not None:
             self._request_received(conn, message)
         else:

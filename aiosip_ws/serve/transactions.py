@@ -68,10 +68,12 @@ class ClientTransactions:
             future.set_result(None)  # type: ignore[arg-type]  # (an ACK has no answer)
             self._send(flow, request)
             return future
+        if on_provisional is None and flow.reliable:
+            return self.layer.send_reliable(flow, request, branch,
+                                            flow.options.transaction_timeout)
         return self.layer.send_request(
             flow, request, branch=branch, timeout=flow.options.transaction_timeout,
-            on_response=None if on_provisional is None and flow.reliable
-            else lambda response: self._response(flow, branch, response, on_provisional))
+            on_response=lambda response: self._response(flow, branch, response, on_provisional))
 
     def send_cancel(self, flow: Flow, cancel: SIPMessage, branch: str) -> None:
         """Send the CANCEL of the INVITE sent with ``branch`` (its Via already on it) in a

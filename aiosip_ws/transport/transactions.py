@@ -164,28 +164,42 @@ class TransactionLayer:
             future.set_exception(TransportError(
                 'too many transactions open (%d): the request was not sent' % len(self)))
             return future
-        entry: _Entry | _Reliable
         if flow.reliable:
-            entry = _Reliable(key, flow, future, on_response, request)
-            entry.timer = loop.call_later(
-                64 * self.t1 if timeout is None else timeout, self._expire, entry,
-                'Timer F', timeout)
-        else:
-            entry = _Entry(ClientTransaction(request, reliable=False, t1=self.t1, t2=self.t2,
-                                             t4=self.t4), flow, key, server=False)
-            entry.future, entry.on_response = future, on_response
+            return self._reliable(loop, future, flow, request, key, timeout, on_response)
+        entry = _Entry(ClientTransaction(request, reliable=False, t1=self.t1, t2=self.t2,
+                                         t4=self.t4), flow, key, server=False)
+        entry.future, entry.on_response = future, on_response
         client[key] = entry
+        self._index(self._by_flow, flow, key, entry)
+        assert isinstance(entry.txn, ClientTransaction)
+        self._run(entry, entry.txn.start())
+        return future
+
+    def send_reliable(self, flow: Flow, request: SIPMessage, branch: str,
+                      timeout: float | None = None) -> asyncio.Future[SIPMessage]:
+        """:meth:`send_request` of a request other than ACK over a reliable flow, with its
+        branch known and no ``on_response``: the WebSocket path, with nothing to decide."""
+        loop = asyncio.get_running_loop()
+        key = (branch, request.method or '')
+        if key in self._client or self.full:
+            return self.send_request(flow, request, branch=branch, timeout=timeout)
+        return self._reliable(loop, loop.create_future(), flow, request, key, timeout, None)
+
+    def _reliable(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[SIPMessage],
+                  flow: Flow, request: SIPMessage, key: tuple[str, str], timeout: float | None,
+                  on_response: Callable[[SIPMessage], None] | None
+                  ) -> asyncio.Future[SIPMessage]:
+        entry = _Reliable(key, flow, future, on_response, request)
+        entry.timer = loop.call_later(64 * self.t1 if timeout is None else timeout,
+                                      self._expire, entry, 'Timer F', timeout)
+        self._client[key] = entry
         on_flow = self._by_flow.get(flow)
         if on_flow is None:
             on_flow = self._by_flow[flow] = {}
         on_flow[key] = entry                       # (_index, inlined: the WebSocket path)
-        if type(entry) is _Reliable:
-            if not self._send(flow, request):     # closed, or its peer stopped reading
-                self._end(entry, ConnectionLost('%r cannot take more: the request was not '
-                                                'sent' % (flow,)))
-        else:
-            assert isinstance(entry, _Entry) and isinstance(entry.txn, ClientTransaction)
-            self._run(entry, entry.txn.start())
+        if not self._send(flow, request):         # closed, or its peer stopped reading
+            self._end(entry, ConnectionLost('%r cannot take more: the request was not sent'
+                                            % (flow,)))
         return future
 
     def response_received(self, response: SIPMessage, flow: Flow | None = None) -> bool:
@@ -260,13 +274,22 @@ class TransactionLayer:
         key = entry.key
         if self._client.get(key) is entry:
             del self._client[key]
-        self._unindex(self._by_flow, entry.flow, key)
+        on_flow = self._by_flow.get(entry.flow)    # (_unindex, inlined)
+        if on_flow is not None:
+            on_flow.pop(key, None)
+            if not on_flow:
+                del self._by_flow[entry.flow]
         if entry.timer is not None:
             entry.timer.cancel()
-        if entry.on_response is not None and not isinstance(outcome, BaseException):
+        future = entry.future
+        if isinstance(outcome, BaseException):
+            if not future.done():
+                future.set_exception(outcome)
+            return
+        if entry.on_response is not None:
             self._tell(entry.on_response, outcome)
-        if not entry.future.done():
-            _settle(entry.future, outcome)
+        if not future.done():
+            future.set_result(outcome)
 
     def _expire(self, entry: _Reliable, timer: str, seconds: float | None) -> None:
         entry.timer = None
