@@ -172,6 +172,39 @@ async def test_events_no_consumer_wants_are_not_made():
         stream.subscribe('none', seen.append, (MessageIn,), maxsize=0)
 
 
+async def test_inline_handlers_take_fields_and_no_event_is_made_for_them_alone(monkeypatch):
+    """A kind only handlers want is emitted without an object; a prebuilt event reaches
+    the handlers as its fields; another consumer of the kind still gets the object; a
+    handler that raises is counted and logged, and the others still run."""
+    stream = EventStream()
+    msg = parse(b'OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/WS h.invalid;branch=z9hG4bK1\r\n'
+                b'From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n')
+    made: list[Event] = []
+    original = MessageIn.__init__
+
+    def counting_init(self, *args):
+        made.append(self)
+        original(self, *args)
+    monkeypatch.setattr(MessageIn, '__init__', counting_init)
+    fields: list[tuple] = []
+    handled = stream.subscribe('fields', lambda event: None, (MessageIn, MessageOut),
+                               inline=True, handlers={MessageIn: lambda *f: fields.append(f),
+                                                      MessageOut: lambda *f: 1 / 0})
+    stream.emit(MessageIn, 'flow', msg)
+    assert fields == [('flow', msg)] and made == []                # no object was made
+    stream.publish(MessageIn('other', msg))                        # prebuilt: its fields
+    assert fields[-1] == ('other', msg) and len(made) == 1
+    objects: list[Event] = []
+    stream.subscribe('objects', objects.append, (MessageIn,), inline=True)
+    stream.emit(MessageIn, 'third', msg)
+    assert fields[-1] == ('third', msg)
+    assert len(objects) == 1 and objects[0].flow == 'third' and len(made) == 2
+    stream.emit(MessageOut, 'flow', msg, True)
+    assert handled.failed == 1
+    with pytest.raises(ValueError, match='inline'):
+        stream.subscribe('queued', objects.append, (MessageIn,), handlers={MessageIn: print})
+
+
 async def test_registration_changes_say_why():
     """added, refreshed, removed by Expires: 0 (unregistered)."""
     seen: list[RegistrationChanged] = []
