@@ -1,7 +1,8 @@
 """The ``aiosip-ws`` command line (also ``python -m aiosip_ws``).
 
-``aiosip-ws serve`` runs the WebSocket registrar and relay of
-:mod:`aiosip_ws.relay` until Ctrl-C or SIGTERM, then closes every client
+``aiosip-ws serve`` maps its flags (and ``--config FILE``) onto a
+:class:`~aiosip_ws.serve.config.ServeConfig` and runs it with
+:func:`aiosip_ws.serve.run.run` until Ctrl-C or SIGTERM, then closes every client
 connection with 1001 and exits 0.
 
 The client commands take a TARGET, a ``ws://``/``wss://`` URL or a SIP URI
@@ -15,7 +16,7 @@ server):
   print incoming MESSAGEs until Ctrl-C/SIGTERM or ``--duration``, then un-register;
 * ``aiosip-ws message TARGET --aor AOR --to URI --body TEXT``: one MESSAGE;
 * ``aiosip-ws bench TARGET --clients N --rate R --duration S --scenario ...``:
-  the open-loop load generator of :mod:`aiosip_ws.loadgen`.
+  the open-loop load generator of :mod:`aiosip_ws.tools.loadgen`.
 
 ``--trace`` prints every SIP message sent and received (logger
 ``aiosip_ws.wire``) and the WebSocket events (logger ``websockets``) to stderr.
@@ -26,19 +27,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import gc
 import getpass
-import ipaddress
 import json
 import logging
 import math
 import os
-import signal
-import ssl
 import sys
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +42,8 @@ from .._version import __version__
 from ..core.grammar import is_sip_uri, is_ws_url
 from ..core.sipuri import NameAddr, SipURI, user_uri
 from ..errors import AiosipWSError, ConfigurationError, Interrupted, RegistrationError, SIPParseError
-from ..options import DEFAULT_MAX_SIZE, RelayLimits, ServerOptions
+from ..serve.config import ServeConfig
+from ..serve.run import run, run_on_loop
 from ..transport.websocket import split_ws_url
 from .common import client_options, install_stop, remove_stop, resolver, unless_stopped
 
@@ -66,153 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser('serve', help='run a WebSocket SIP registrar and relay',
                                 description='Run a SIP WebSocket registrar and relay: clients '
                                 'REGISTER over ws:// or wss://, requests to a registered AOR are '
-                                'relayed over that client\'s connection.')
-    serve.add_argument('--listen', action='append', metavar='URL',
-                       help='ws://HOST:PORT/PATH or wss://... to listen on (repeatable; default '
-                       'ws://127.0.0.1:8080/). A path other than / must match exactly. '
-                       'udp://HOST:PORT, tcp://HOST:PORT and tls://HOST:PORT (with '
-                       '--tls-cert) bridge SIP over UDP, TCP and TLS to WebSocket.')
-    serve.add_argument('--route', action='append', default=[], metavar='DOMAIN=SIP-URI',
-                       help='send requests for DOMAIN to the next hop SIP-URI (an upstream '
-                       'proxy, PBX or gateway; sip:HOST[:PORT][;transport=tcp|tls]); * for '
-                       'every domain that is not a --domain (repeatable)')
-    serve.add_argument('--route-unregistered', metavar='SIP-URI',
-                       help='where requests for unregistered users of a local domain go '
-                       '(default: 404)')
-    serve.add_argument('--registrar', metavar='SIP-URI',
-                       help='edge proxy mode (RFC 5626): forward every REGISTER to this '
-                       'registrar with a Path naming the client\'s connection by a signed '
-                       'flow token, keep no bindings, send other requests there too')
-    serve.add_argument('--flow-secret', metavar='SECRET',
-                       help='HMAC key of the flow tokens (default: $AIOSIP_WS_FLOW_SECRET, '
-                       'else random per start); edges sharing it accept each other\'s tokens')
-    serve.add_argument('--advertise', metavar='HOST[:PORT]',
-                       help='the address serve writes in Via and Record-Route on UDP, TCP and '
-                       'TLS (when it listens on a wildcard address or sits behind NAT)')
-    serve.add_argument('--tls-cert', metavar='FILE', help='PEM certificate chain for wss://')
-    serve.add_argument('--tls-key', metavar='FILE', help='PEM private key for wss://')
-    serve.add_argument('--allow-origin', action='append', metavar='ORIGIN',
-                       help='allowed Origin (repeatable); others get HTTP 403. Default: any')
-    serve.add_argument('--max-size', type=int, default=DEFAULT_MAX_SIZE, metavar='BYTES',
-                       help='largest WebSocket message (default %(default)s); bigger: close 1009')
-    serve.add_argument('--ping-interval', type=float, default=20.0, metavar='SECONDS',
-                       help='WebSocket Ping interval, 0 to disable (default %(default)s)')
-    serve.add_argument('--ping-timeout', type=float, default=20.0, metavar='SECONDS',
-                       help='a client that has not answered a Ping this long is closed '
-                       '(aborted when data waits for it) (default %(default)s)')
-    serve.add_argument('--send-timeout', type=float, default=20.0, metavar='SECONDS',
-                       help='a connection where data waits and no byte leaves this long '
-                       '(its peer is gone or not reading) is aborted, 0 never '
-                       '(default %(default)s)')
-    serve.add_argument('--max-connections', type=int, default=None, metavar='N',
-                       help='most WebSocket connections at once per --listen URL; more get '
-                       'HTTP 503, 0 for no cap (default: the open file limit, raised to its '
-                       'hard limit at start, minus max(64, 5%%) for other descriptors, '
-                       'shared among the --listen URLs)')
-    serve.add_argument('--max-connections-per-ip', type=int, default=None, metavar='N',
-                       help='most connections from one address; more get HTTP 503')
-    serve.add_argument('--max-bad-messages', type=int, default=20, metavar='N',
-                       help='close a connection with 1008 (policy violation) once it has sent '
-                       'N SIP messages that cannot be parsed, 0 never (default %(default)s)')
-    serve.add_argument('--max-contacts-per-aor', type=int, default=10, metavar='N',
-                       help='most bindings one address-of-record may have; a REGISTER adding '
-                       'more gets 403 (refreshes and removals always pass; default %(default)s)')
-    serve.add_argument('--max-pending', type=int, default=10000, metavar='N',
-                       help='most requests being relayed at once; more get 503 with Retry-After '
-                       '(default %(default)s)')
-    serve.add_argument('--max-pending-per-connection', type=int, default=200, metavar='N',
-                       help='the same per connection, from it and towards it (default '
-                       '%(default)s)')
-    serve.add_argument('--max-requests-per-second', type=float, default=500.0, metavar='R',
-                       help='sustained requests per second one connection may send, 0 for no '
-                       'limit; above it 503 with Retry-After (default %(default)s)')
-    serve.add_argument('--burst', type=int, default=1000, metavar='N',
-                       help='requests a connection may send in a burst above that rate '
-                       '(default %(default)s)')
-    serve.add_argument('--rate-limit-grace', type=float, default=10.0, metavar='SECONDS',
-                       help='a connection over the rate this long is closed with 1008 '
-                       '(default %(default)s)')
-    serve.add_argument('--max-send-queue', type=int, default=1024 * 1024, metavar='BYTES',
-                       help='most data waiting to be sent to one client; a client that stops '
-                       'reading is closed with 1008 beyond it (default %(default)s)')
-    serve.add_argument('--transaction-timeout', type=float, default=32.0, metavar='SECONDS',
-                       help='Timer F: how long a relayed request waits for its final response '
-                       '(default %(default)s)')
-    serve.add_argument('--max-handshakes-per-second', type=float, default=1000.0, metavar='R',
-                       help='WebSocket handshakes accepted per second per listener, 0 for no '
-                       'cap; more get HTTP 503 with Retry-After (default %(default)s)')
-    serve.add_argument('--handshake-burst', type=int, default=2000, metavar='N',
-                       help='handshakes accepted at once before that rate applies '
-                       '(default %(default)s)')
-    serve.add_argument('--shutdown-window', type=float, default=2.0, metavar='SECONDS',
-                       help='on SIGINT/SIGTERM, close the clients spread over this long, so '
-                       'that they do not all reconnect in the same second (default %(default)s)')
-    serve.add_argument('--drain-window', type=float, default=30.0, metavar='SECONDS',
-                       help='on SIGUSR1 (drain), refuse new clients with 503, turn /healthz to '
-                       '503 and close the clients spread over this long (default %(default)s)')
-    serve.add_argument('--timer-c', type=float, default=180.0, metavar='SECONDS',
-                       help='Timer C: how long a forked INVITE branch may ring after its last '
-                       'provisional response before serve CANCELs it (default %(default)s)')
-    serve.add_argument('--open-timeout', type=float, default=10.0, metavar='SECONDS',
-                       help='time a client has to finish the handshake (default %(default)s)')
-    serve.add_argument('--crlf-ping-interval', type=float, default=0.0, metavar='SECONDS',
-                       help='send RFC 5626 CRLF pings this often, 0 to disable (default 0)')
-    serve.add_argument('--users', metavar='FILE',
-                       help='Digest authentication: the user file (USER:REALM:MD5-HA1[:SHA256-HA1'
-                       '[:AOR]] per line; an htdigest file works; see aiosip-ws passwd)')
-    serve.add_argument('--realm', metavar='REALM', help='the Digest realm (needed with --users)')
-    serve.add_argument('--domain', action='append', metavar='DOMAIN',
-                       help='a local domain, repeatable (default: the realm): requests From '
-                       'these are challenged, users own sip:USER@DOMAIN')
-    serve.add_argument('--digest-algorithms', default='SHA-256,MD5', metavar='LIST',
-                       help='challenges offered, in this order (default %(default)s: RFC 8760 '
-                       'clients take the first they support; JsSIP and SIP.js read only the '
-                       'last, and only MD5)')
-    serve.add_argument('--nonce-secret', metavar='SECRET',
-                       help='HMAC key of the nonces, the same on every node (default: random '
-                       'per start); also from $AIOSIP_WS_NONCE_SECRET')
-    serve.add_argument('--nonce-lifetime', type=float, default=300.0, metavar='SECONDS',
-                       help='how long a nonce is good; then stale=true (default %(default)s)')
-    serve.add_argument('--trusted-peer', action='append', default=[], metavar='CIDR',
-                       help='addresses never challenged (upstream proxies, trunks), repeatable')
-    serve.add_argument('--jwt-secret', metavar='SECRET',
-                       help='handshake authentication: a JWT (HS256) signed with SECRET in '
-                       '?token= or a token cookie, its sub the AOR the connection may use; '
-                       'also from $AIOSIP_WS_JWT_SECRET (needs aiosip-ws[jwt])')
-    serve.add_argument('--jwt-leeway', type=float, default=0.0, metavar='SECONDS',
-                       help='clock skew allowed on exp and nbf (default %(default)s)')
-    serve.add_argument('--jwt-audience', metavar='AUD', help='the aud the tokens must carry')
-    serve.add_argument('--jwt-issuer', metavar='ISS', help='the iss the tokens must carry')
-    serve.add_argument('--trusted-proxy', action='append', default=[], metavar='CIDR',
-                       help='a reverse proxy or load balancer whose X-Forwarded-For / '
-                       'Forwarded names the client (ignored from anyone else), repeatable')
-    serve.add_argument('--redis', metavar='URL',
-                       help='share bindings with the other nodes on this Redis and forward '
-                       'to them through it (redis://HOST:PORT/DB; needs aiosip-ws[cluster])')
-    serve.add_argument('--workers', type=int, default=0, metavar='N',
-                       help='run N serve processes on this machine, each a node of the '
-                       'cluster, sharing the listening ports (SO_REUSEPORT); needs --redis')
-    serve.add_argument('--reuse-port', action='store_true', help=argparse.SUPPRESS)
-    serve.add_argument('--node-id', metavar='NAME',
-                       help='this node\'s name in the cluster (letters, digits, "-"; '
-                       'default: the host name); unique per node')
-    serve.add_argument('--proxy-protocol', action='store_true',
-                       help='every connection starts with a HAProxy PROXY protocol header (v1 '
-                       'or v2, before TLS) naming the client; only --trusted-proxy addresses '
-                       'may connect (HAProxy send-proxy-v2); needs --loop asyncio')
-    serve.add_argument('--metrics-allow', action='append', default=None, metavar='CIDR',
-                       help='who may GET /metrics and /registrations on the listening port, '
-                       'repeatable (default: loopback, 127.0.0.0/8 and ::1)')
-    serve.add_argument('--log-format', default='text', choices=['text', 'json'],
-                       help='log lines as text or as one JSON object each (default %(default)s)')
+                                'relayed over that client\'s connection.',
+                                argument_default=argparse.SUPPRESS)
+    add_serve_options(serve)
     serve.add_argument('--config', metavar='FILE',
                        help='a TOML file of serve options (keys as the flags, without the '
                        'dashes: listen = ["ws://..."], max-pending = 100); flags win')
-    serve.add_argument('--log-level', default='INFO',
-                       choices=['DEBUG', 'INFO', 'WARNING', 'ERROR'],
-                       help='log level (default %(default)s); DEBUG also logs every SIP message')
-    _add_loop_option(serve)
-    serve.set_defaults(func=_serve)
+    serve.set_defaults(func=None)
 
     passwd = commands.add_parser(
         'passwd', help='add or replace a user in a serve --users file',
@@ -353,153 +209,40 @@ def _client_arguments(parser: argparse.ArgumentParser, timeout: float = 10.0) ->
                         help='log level (default %(default)s)')
 
 
-def _server_options(args: argparse.Namespace, fd_limit: int | None = None) -> ServerOptions:
-    """The ServerOptions of ``serve``; without ``--max-connections`` the cap comes from
-    ``fd_limit`` (the open file limit), shared among the listeners."""
-    context = None
-    if args.tls_cert or args.tls_key:
-        if not (args.tls_cert and args.tls_key):
-            raise SystemExit('aiosip-ws serve: --tls-cert and --tls-key go together')
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per option of :class:`~aiosip_ws.serve.config.ServeConfig` (``--`` and its
+    name with dashes; a list option is a repeatable flag), with its help and default."""
+    for info in ServeConfig.options():
+        help_text = argparse.SUPPRESS if info.hidden else info.help_text.replace('%', '%%')
+        if info.type is bool:
+            parser.add_argument('--' + info.flag_name, action='store_true', help=help_text)
+        elif info.repeatable:
+            parser.add_argument('--' + info.flag_name, action='append', metavar=info.metavar,
+                                help=help_text)
+        else:
+            parser.add_argument('--' + info.flag_name, type=info.type, metavar=info.metavar,
+                                choices=info.choices, help=help_text)
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """The :class:`ServeConfig` of ``aiosip-ws serve``: the defaults, then ``--config
+    FILE``'s options, then the flags given (a repeatable flag replaces the file's list)."""
+    values: dict[str, Any] = {}
+    config_file = getattr(args, 'config', None)
+    if config_file:
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:                                            # pragma: no cover - Python 3.10
+            import tomli as tomllib
         try:
-            context.load_cert_chain(args.tls_cert, args.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise SystemExit('aiosip-ws serve: cannot load the TLS certificate/key: %s' % exc) from None
-    options = ServerOptions(ssl=context, allowed_origins=args.allow_origin, max_size=args.max_size,
-                            ping_interval=args.ping_interval or None,
-                            ping_timeout=args.ping_timeout,
-                            send_timeout=args.send_timeout or None,
-                            crlf_ping_interval=args.crlf_ping_interval or None,
-                            max_connections=_connection_cap(args, fd_limit),
-                            max_connections_per_ip=args.max_connections_per_ip,
-                            max_bad_messages=args.max_bad_messages or None,
-                            open_timeout=args.open_timeout,
-                            max_send_queue=args.max_send_queue or None,
-                            transaction_timeout=args.transaction_timeout,
-                            max_handshakes_per_second=args.max_handshakes_per_second or None,
-                            handshake_burst=args.handshake_burst,
-                            trusted_proxies=tuple(args.trusted_proxy),
-                            proxy_protocol=args.proxy_protocol, reuse_port=args.reuse_port)
-    options.validate()                # a ConfigurationError: main() prints it, exit status 2
-    return options
-
-
-def _connection_cap(args: argparse.Namespace, fd_limit: int | None) -> int | None:
-    from ..serve.fdlimit import connection_cap
-    if args.max_connections is not None:                  # given: it wins (0: no cap)
-        return args.max_connections or None
-    if fd_limit is None:
-        return None
-    listeners = len(args.listen or ()) or 1
-    cap = connection_cap(fd_limit, listeners)
-    logger.info('at most %d connections per listener: the open file limit %d, minus '
-                'max(64, 5%%) for other descriptors%s (--max-connections to change)', cap,
-                fd_limit, ', shared among %d listeners' % listeners if listeners > 1 else '')
-    return cap
-
-
-async def _serve(args: argparse.Namespace) -> int:
-    from ..serve.fdlimit import raise_open_file_limit
-    from ..serve.registrar import Registrar
-    from ..serve.relay import RelayServer
-    from ..transport.accept import AcceptFailureHandler
-    from ..transport.throttle import LogThrottle
-    urls = args.listen or ['ws://127.0.0.1:8080/']
-    if args.workers:
-        if not args.redis:
-            raise ConfigurationError('--workers needs --redis URL: the workers share their '
-                                     'bindings there')
-        from .workers import supervise
-        return await supervise(args, urls)
-    base = _server_options(args, raise_open_file_limit())
-    jwt_secret = args.jwt_secret or os.environ.get('AIOSIP_WS_JWT_SECRET')
-    if jwt_secret:
-        from ..serve.auth import TokenAuthenticator
-        domains = args.domain or ([args.realm] if args.realm else [])
-        domain = domains[0] if domains else None          # for a sub that is a bare user
-        base = dataclasses.replace(base, authenticate=TokenAuthenticator(
-            jwt_secret, leeway=args.jwt_leeway, audience=args.jwt_audience,
-            issuer=args.jwt_issuer, domain=domain))
-    limits = RelayLimits(max_pending=args.max_pending,
-                         max_pending_per_connection=args.max_pending_per_connection,
-                         max_requests_per_second=args.max_requests_per_second or None,
-                         burst=args.burst, rate_limit_grace=args.rate_limit_grace)
-    server = RelayServer(server_options=base, limits=limits,
-                         registrar=Registrar(max_contacts=args.max_contacts_per_aor),
-                         auth=_authenticator(args), timer_c=args.timer_c,
-                         admin_allow=args.metrics_allow or ('127.0.0.0/8', '::1/128'),
-                         redis_url=args.redis, node_id=args.node_id, advertise=args.advertise,
-                         next_hops=_next_hops(args.route),
-                         route_unregistered=args.route_unregistered,
-                         domains=args.domain or ([args.realm] if args.realm else []),
-                         edge_registrar=args.registrar, flow_secret=_flow_secret(args))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    if base.ssl is not None:
-        loop.add_signal_handler(signal.SIGHUP, _reload_certificate, base.ssl, args)
-    loop.add_signal_handler(signal.SIGUSR1, _start_drain, server, args.drain_window)
-    accept_failures = AcceptFailureHandler()      # out of descriptors: summaries, no tracebacks
-    accept_failures.install(loop)
-    try:
-        for url in urls:
-            if url.lower().startswith(('wss:', 'tls:')) and base.ssl is None:
-                raise SystemExit('aiosip-ws serve: %s needs --tls-cert and --tls-key' % url)
-        try:
-            listeners = await server.start(*urls)
-        except OSError as exc:
-            print('aiosip-ws serve: cannot listen: %s' % exc, file=sys.stderr)
-            return 2
-        for listener in listeners:
-            print('aiosip-ws serve: listening on %s' % listener.bound_url, flush=True)
-            if (server.auth is None and base.authenticate is None
-                    and not _is_loopback(urllib.parse.urlsplit(listener.bound_url).hostname
-                                         or '')):
-                logger.warning('%s is reachable beyond this machine and serve checks no '
-                               'credentials: anyone may register as anyone (--users FILE '
-                               '--realm REALM enables Digest authentication)',
-                               listener.bound_url)
-        # Everything alive now (modules, classes, the app) lives as long as the process:
-        # out of the collector's sight, a full (generation 2) collection under load scans
-        # half as many objects.  With 1,000 clients this took the p99 REGISTER latency
-        # from 20-100 ms (60-160 ms pauses) to about 5 ms; see benchmarks/bench.py.
-        gc.collect()
-        gc.freeze()
-        await stop.wait()
-        print('aiosip-ws serve: shutting down', flush=True)
-        await server.close(spread=args.shutdown_window)
-        await accept_failures.settle()            # asyncio's accept retries of closed listeners
-        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        if left:
-            logger.error('tasks left behind at shutdown: %r', left)
-            return 1
-        print('aiosip-ws serve: stopped cleanly', flush=True)
-        return 0
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
-            loop.remove_signal_handler(signum)
-        accept_failures.uninstall()
-        LogThrottle.flush_all()                    # the "N similar suppressed" lines still due
-
-
-def _reload_certificate(context: ssl.SSLContext, args: argparse.Namespace) -> None:
-    """SIGHUP: load --tls-cert/--tls-key again into the listeners' TLS context: new
-    handshakes get the new certificate, established connections keep theirs.  A file
-    that cannot be loaded leaves the old certificate in place (logged)."""
-    try:
-        context.load_cert_chain(args.tls_cert, args.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        logger.error('SIGHUP: the TLS certificate was not reloaded, the old one stays: %s', exc)
-        return
-    logger.info('SIGHUP: reloaded the TLS certificate %s', args.tls_cert)
-
-
-def _start_drain(server: Any, window: float) -> None:
-    """SIGUSR1: drain (see RelayServer.drain); a second signal does nothing more."""
-    if server.draining:
-        return
-    server.spawn(server.drain(window))
+            with open(config_file, 'rb') as file:
+                table = tomllib.load(file)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigurationError('cannot read --config %s: %s' % (config_file, exc)) from None
+        values.update(ServeConfig.from_mapping(table, '--config %s' % config_file))
+    values.update({info.name: getattr(args, info.name) for info in ServeConfig.options()
+                   if hasattr(args, info.name)})
+    return ServeConfig(**values)
 
 
 def _add_loop_option(parser: argparse.ArgumentParser) -> None:
@@ -507,75 +250,7 @@ def _add_loop_option(parser: argparse.ArgumentParser) -> None:
                         default=os.environ.get('AIOSIP_WS_LOOP', 'asyncio'),
                         help='the event loop: the standard asyncio one, uvloop (pip install '
                         '"aiosip-ws[fast]"), or auto: uvloop when installed (default '
-                        '%(default)s; $AIOSIP_WS_LOOP).  On uvloop, accept() failures '
-                        '(out of descriptors) are not summarised in the log')
-
-
-def _run(coro: Any, loop: str) -> Any:
-    """``asyncio.run(coro)`` on the event loop ``--loop`` chose."""
-    uvloop = None
-    if loop in ('auto', 'uvloop'):
-        try:
-            import uvloop
-        except ImportError:
-            if loop == 'uvloop':
-                coro.close()
-                raise ConfigurationError('--loop uvloop needs uvloop: pip install '
-                                         '"aiosip-ws[fast]"') from None
-    if uvloop is None:
-        logger.debug('event loop: asyncio')
-        return asyncio.run(coro)
-    logger.info('event loop: uvloop %s', uvloop.__version__)
-    return uvloop.run(coro)
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip('[]')).is_loopback
-    except ValueError:
-        return host.lower() == 'localhost'
-
-
-def _flow_secret(args: argparse.Namespace) -> bytes | None:
-    secret = args.flow_secret or os.environ.get('AIOSIP_WS_FLOW_SECRET')
-    if secret and not args.registrar:
-        raise ConfigurationError('--flow-secret needs --registrar (edge proxy mode)')
-    return secret.encode('utf-8') if secret else None
-
-
-def _next_hops(routes: list[str]) -> dict[str, str]:
-    hops: dict[str, str] = {}
-    for route in routes:
-        domain, sep, uri = route.partition('=')
-        if not sep or not domain.strip() or not uri.strip():
-            raise ConfigurationError('--route takes DOMAIN=SIP-URI, e.g. '
-                                     'pbx.example.com=sip:192.0.2.10:5060 (got %r)' % route)
-        hops[domain.strip()] = uri.strip()
-    return hops
-
-
-def _authenticator(args: argparse.Namespace) -> Any:
-    """The DigestAuthenticator of ``--users`` and its options, or None without it."""
-    from ..serve.auth import DigestAuthenticator, UserFile
-    if args.users is None:
-        for flag in ('realm', 'domain', 'nonce_secret'):
-            if flag == 'domain' and (args.route or args.route_unregistered):
-                continue                      # --domain says which domains are not routed
-            if getattr(args, flag) and not (flag == 'domain' and args.jwt_secret):
-                raise ConfigurationError('--%s needs --users FILE' % flag.replace('_', '-'))
-        return None
-    if not args.realm:
-        raise ConfigurationError('--users needs --realm REALM (the realm of its HA1 values)')
-    users = UserFile.load(args.users)
-    secret = args.nonce_secret or os.environ.get('AIOSIP_WS_NONCE_SECRET')
-    algorithms = [a.strip() for a in args.digest_algorithms.split(',') if a.strip()]
-    auth = DigestAuthenticator(users, args.realm, domains=args.domain or (),
-                               algorithms=algorithms,
-                               nonce_secret=secret.encode('utf-8') if secret else None,
-                               nonce_lifetime=args.nonce_lifetime, trusted=args.trusted_peer)
-    logger.info('digest authentication: %d user(s), realm %s, domains %s, %s', len(users),
-                args.realm, ', '.join(sorted(auth.domains)), '/'.join(auth.algorithms))
-    return auth
+                        '%(default)s; $AIOSIP_WS_LOOP)')
 
 
 async def _passwd_command(args: argparse.Namespace) -> int:
@@ -883,78 +558,37 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def _load_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
-    """``serve --config FILE``: the file's keys become the serve parser's defaults, so that
-    flags on the command line win.  Unknown keys are an error that names them."""
-    probe = argparse.ArgumentParser(add_help=False)
-    probe.add_argument('command', nargs='?')
-    probe.add_argument('--config')
-    known, _ = probe.parse_known_args(argv)
-    if known.command != 'serve' or not known.config:
-        return
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:                                            # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    try:
-        with open(known.config, 'rb') as file:
-            config = tomllib.load(file)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigurationError('cannot read --config %s: %s' % (known.config, exc)) from None
-    [serve] = [action.choices['serve'] for action in parser._actions
-               if isinstance(action, argparse._SubParsersAction)]
-    actions = {a.dest: a for a in serve._actions if a.dest not in ('help', 'config', 'func')}
-    defaults = {}
-    for key, value in config.items():
-        dest = key.replace('-', '_')
-        action = actions.get(dest)
-        if action is None:
-            raise ConfigurationError('--config %s: unknown option %r (known: %s)' % (
-                known.config, key, ', '.join(sorted(a.replace('_', '-') for a in actions))))
-        if isinstance(action, argparse._AppendAction):
-            given = [a for a in argv if a.split('=', 1)[0] in action.option_strings]
-            if given:              # the flags replace the file's list, not add to it
-                continue
-            if not isinstance(value, list):
-                value = [value]
-        if action.type is not None and not isinstance(value, (list, bool)):
-            value = action.type(value)
-        defaults[dest] = value
-    serve.set_defaults(**defaults)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        _load_config(parser, argv if argv is not None else sys.argv[1:])
-    except ConfigurationError as exc:
-        print('aiosip-ws serve: %s' % exc, file=sys.stderr)
-        return 2
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)      # (serve --workers re-runs it)
-    level = getattr(args, 'log_level', 'INFO')
+    config = None
+    if args.command == 'serve':
+        try:
+            config = serve_config(args)
+        except ConfigurationError as exc:
+            print('aiosip-ws serve: %s' % exc, file=sys.stderr)
+            return 2
+        level, log_format = config.log_level, config.log_format
+    else:
+        level, log_format = getattr(args, 'log_level', 'INFO'), 'text'
     logging.basicConfig(level=getattr(logging, level),
                         format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    if getattr(args, 'log_format', 'text') == 'json':
+    if log_format == 'json':
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JSONFormatter())
     if level != 'DEBUG':
         logging.getLogger('websockets').setLevel(logging.WARNING)
     _setup_trace(getattr(args, 'trace', False))
     try:
+        if config is not None:
+            return run(config)
         if getattr(args, 'target', None):
             _check_target(args.target, args.command)
         for option in ('aor', 'to', 'from_uri'):            # usage errors before any network
             value = getattr(args, option, None)
             if value:
                 user_uri(value, '--%s' % option.replace('_uri', '').replace('_', '-'))
-        loop = getattr(args, 'loop', 'asyncio')
-        if getattr(args, 'proxy_protocol', False):
-            if loop == 'uvloop':
-                raise ConfigurationError('--proxy-protocol needs --loop asyncio: uvloop reads a '
-                                         'connection before its PROXY header can be taken off')
-            loop = 'asyncio'
-        return _run(args.func(args), loop)
+        return run_on_loop(args.func(args), getattr(args, 'loop', 'asyncio'))
     except ConfigurationError as exc:
         print('aiosip-ws %s: %s' % (args.command, exc), file=sys.stderr)
         return 2

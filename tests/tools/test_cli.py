@@ -398,11 +398,11 @@ def test_serve_connection_cap_and_bad_message_options():
     among the listeners; a given value wins (0: no cap); --max-bad-messages 0 never closes.
     --help and README.rst say so."""
     from aiosip_ws.serve.fdlimit import connection_cap
-    from aiosip_ws.tools.cli import _server_options, build_parser
+    from aiosip_ws.tools.cli import build_parser, serve_config
     from tests.support import REPO
 
     def options(*argv: str, fd_limit: int | None = 1024):
-        return _server_options(build_parser().parse_args(['serve', *argv]), fd_limit)
+        return serve_config(build_parser().parse_args(['serve', *argv])).server_options(fd_limit)
 
     assert options().max_connections == 960 and options().max_bad_messages == 20
     assert options('--listen', 'ws://127.0.0.1:0/', '--listen', 'ws://127.0.0.1:1/'
