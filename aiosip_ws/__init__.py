@@ -47,7 +47,7 @@ _LAZY = {
     'NameAddr': 'aiosip_ws.core.sipuri',
     'SipURI': 'aiosip_ws.core.sipuri',
     'WSConnection': 'aiosip_ws.transport.websocket',
-    'WSListener': 'aiosip_ws.transport.websocket',
+    'WSListener': 'aiosip_ws.transport.listener',
     'aiosip': 'aiosip_ws.adapter.application',
     'Application': 'aiosip_ws.adapter.application',
     'Dialog': 'aiosip_ws.adapter.application',

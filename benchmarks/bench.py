@@ -731,9 +731,10 @@ async def mode_udp_callee(server: str, aor: str) -> None:
 
 
 class LeanRelay:
-    """Registrar + stateful relay on aiosip_ws.transport.websocket and aiosip_ws.core.codec alone (no
-    aiosip objects, no dialogs): what serve does for REGISTER/OPTIONS/MESSAGE, with the
-    same Registrar and codec calls.  It measures the floor of codec + transport."""
+    """Registrar + stateful relay on aiosip_ws.transport.listener/websocket and
+    aiosip_ws.core.codec alone (no aiosip objects, no dialogs): what serve does for
+    REGISTER/OPTIONS/MESSAGE, with the same Registrar and codec calls.  It measures the
+    floor of codec + transport."""
 
     def __init__(self) -> None:
         from aiosip_ws.serve.registrar import Registrar
@@ -790,7 +791,7 @@ class LeanRelay:
 
 async def mode_lean_relay() -> None:
     from aiosip_ws.options import ServerOptions
-    from aiosip_ws.transport.websocket import listen
+    from aiosip_ws.transport.listener import listen
     listener = await listen('ws://%s:0/' % HOST, LeanRelay(), ServerOptions())
     print('READY %s' % listener.bound_url, flush=True)
     await _until_stdin_closes()

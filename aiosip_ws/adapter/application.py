@@ -12,7 +12,7 @@ D-numbers of ``docs/aiosip-0.2.0.rst``) and has a test in
 ``tests/adapter/test_aiosip_workarounds.py``:
 
 * D1-D7, D10, D11, D21 - aiosip's parser and ``str(msg)`` are never used on the
-  wire: :mod:`aiosip_ws.codec` parses and writes, :func:`to_aiosip` and
+  wire: :mod:`aiosip_ws.core.codec` parses and writes, :func:`to_aiosip` and
   :func:`to_wire` convert, keeping header order, repeated headers, the
   Request-URI, the CSeq number and the exact body.
 * D6 - the ``%(protocol)s`` Via template becomes ``SIP/2.0/WS <token>.invalid``
@@ -49,8 +49,9 @@ from ..errors import ConfigurationError, ConnectionLost, DigestError, SIPParseEr
 from ..options import ClientOptions, ServerOptions
 from ..transport.connect import connect
 from ..transport.discovery import Resolver
+from ..transport.listener import WSListener, listen, shut_down
 from ..transport.transactions import TransactionLayer
-from ..transport.websocket import WSConnection, WSListener, listen, shut_down
+from ..transport.websocket import WSConnection
 from .convert import (
     aiosip,
     aiosip_safe_text,
@@ -342,7 +343,7 @@ class Application(aiosip.Application):
 
         ``url`` is a ``ws://``/``wss://`` URL, or a SIP URI that RFC 3263 / RFC 7118
         discovery (NAPTR ``SIP+D2W``/``SIPS+D2W``, SRV, A/AAAA; see
-        :mod:`aiosip_ws.discovery`) turns into targets tried in order.
+        :mod:`aiosip_ws.transport.discovery`) turns into targets tried in order.
         """
         conn = self._client_connections.get(url)
         if conn is not None and conn.is_open:

@@ -49,7 +49,8 @@ from ..core.codec import SIPMessage, unsupported_option_tags
 from ..core.grammar import SIP_SCHEMES, is_net_url
 from ..errors import SIPParseError
 from ..options import RelayLimits, ServerOptions
-from ..transport.websocket import WSConnection, WSListener, listen, shut_down
+from ..transport.listener import WSListener, listen, shut_down
+from ..transport.websocket import WSConnection
 from .admission import Admission
 from .auth import DigestAuthenticator, Identity
 from .bridge import NetworkSide

@@ -8,7 +8,7 @@ the TLS ClientHello on ``wss://``, the HTTP upgrade on ``ws://``.  So the header
 to be read on the plain TCP stream, before TLS, and not one byte further.
 
 :func:`parse_proxy_header` is the sans-I/O part.  :func:`proxied_connection_class`
-makes the websockets ``ServerConnection`` that :func:`~aiosip_ws.transport.websocket.
+makes the websockets ``ServerConnection`` that :func:`~aiosip_ws.transport.listener.
 listen` uses with ``ServerOptions.proxy_protocol``: it keeps its transport paused,
 peeks at the socket (``MSG_PEEK`` on a duplicate of its descriptor), takes exactly the
 header off it, then starts TLS itself (``loop.start_tls``) when the listener is

@@ -1,10 +1,13 @@
 """The asyncio WebSocket transport: a thin layer over ``websockets.asyncio``.
 
 :class:`WSConnection` carries SIP messages over one WebSocket connection, in
-either role; :func:`open_connection` opens one as a client and :func:`listen`
-accepts them as a server.  The SIP <-> WebSocket mapping itself lives in
-:mod:`aiosip_ws.framing` (pure); what happens to the SIP messages is up to the
-``handler`` (in practice :class:`aiosip_ws.adapter.Application`).
+either role; :func:`open_connection` opens one as a client.  The server side (the
+listener and its handshake checks) is :mod:`aiosip_ws.transport.listener`, which makes
+its connections here too.  The SIP <-> WebSocket mapping itself lives in
+:mod:`aiosip_ws.core.framing` (pure); what happens to the SIP messages is up to the
+``handler`` (:class:`ConnectionHandler`; in practice an ``aiosip_ws.adapter.Application``
+or serve's relay).  :func:`split_ws_url`, :func:`sockaddr` and :func:`user_agent` serve
+both sides.
 
 Every network wait is bounded: ``open_timeout`` for the handshake, WebSocket
 Ping/Pong and optional CRLF keep-alives for idle links, ``close_timeout`` for
@@ -17,51 +20,31 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
-import email.utils
-import http
-import inspect
-import ipaddress
 import logging
 import random
-import re
 import secrets
 import ssl as _ssl
-import sys
-import weakref
-from collections.abc import Awaitable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Protocol, cast
-from urllib.parse import parse_qs, urlsplit
+from collections.abc import Coroutine
+from typing import Any, Protocol, cast
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from ..core import framing
 from ..core.codec import SIPMessage
 from ..core.framing import SUBPROTOCOL
-from ..core.grammar import (
-    WS_DEFAULT_PORTS,
-    WS_SCHEMES,
-    address_in,
-    parse_networks,
-    retry_after_seconds,
-    url_host,
-)
-from ..core.ratelimit import TokenBucket
-from ..errors import ConfigurationError, HandshakeError, HandshakeRefused
+from ..core.grammar import WS_DEFAULT_PORTS, WS_SCHEMES, retry_after_seconds
+from ..errors import ConfigurationError, HandshakeError
 from ..options import ClientOptions, ServerOptions
-from .keepalive import SharedKeepalive
-from .proxyproto import proxied_connection_class
 from .stall import SendWatch, unsent
 from .throttle import LogThrottle
 
-__all__ = ['WSConnection', 'WSListener', 'ConnectionHandler', 'open_connection', 'listen', 'shut_down',
-           'random_invalid_host', 'split_ws_url', 'http_response']
+__all__ = ['WSConnection', 'ConnectionHandler', 'open_connection', 'random_invalid_host',
+           'split_ws_url', 'sockaddr', 'user_agent']
 
 logger = logging.getLogger(__name__)
 #: Every SIP message and keep-alive sent or received, at DEBUG level (``--trace``).
@@ -127,7 +110,8 @@ def split_ws_url(url: str) -> tuple[bool, str, int, str]:
     return secure, parts.hostname, WS_DEFAULT_PORTS[scheme] if port is None else port, parts.path or '/'
 
 
-def _sockaddr(address: Any) -> Address:
+def sockaddr(address: Any) -> Address:
+    """A socket's address as ``(host, port)`` (port 0 when it has none: a Unix socket)."""
     if isinstance(address, (tuple, list)) and len(address) >= 2:
         return (address[0], address[1])
     return (str(address), 0)
@@ -169,8 +153,8 @@ class WSConnection:
         self.transport_name = 'wss' if secure else 'ws'
         #: Via transport token: ``WS`` or ``WSS`` (RFC 7118 5.1)
         self.via_transport = 'WSS' if secure else 'WS'
-        self.local_addr: Address = _sockaddr(websocket.local_address)
-        self.remote_addr: Address = _sockaddr(websocket.remote_address)
+        self.local_addr: Address = sockaddr(websocket.local_address)
+        self.remote_addr: Address = sockaddr(websocket.remote_address)
         if via_host is None:
             via_host = random_invalid_host() if role == 'client' else '%s:%d' % self.local_addr
         #: the sent-by of Vias added on this connection
@@ -550,21 +534,6 @@ class WSConnection:
             self._lost(None)
 
 
-async def shut_down(listeners: list[WSListener], connections: Iterable[WSConnection],
-                    tasks: Iterable[asyncio.Task[Any]], code: int, reason: str) -> None:
-    """An application's orderly end: stop listening (emptying ``listeners``), close every
-    connection (clients see ``code``), then cancel and await ``tasks``."""
-    for listener in listeners:
-        await listener.close(code, reason)
-    listeners.clear()
-    for conn in list(connections):
-        await conn.close(code, reason)
-    pending = list(tasks)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-
-
 # ---------------------------------------------------------------------------- client
 async def open_connection(url: str, handler: ConnectionHandler,
                           options: ClientOptions | None = None, *,
@@ -584,7 +553,7 @@ async def open_connection(url: str, handler: ConnectionHandler,
         additional_headers=dict(options.headers) or None, compression=None,
         open_timeout=options.open_timeout, ping_interval=options.ping_interval,
         ping_timeout=options.ping_timeout, close_timeout=options.close_timeout,
-        max_size=options.max_size, proxy=options.proxy, user_agent_header=_user_agent(),
+        max_size=options.max_size, proxy=options.proxy, user_agent_header=user_agent(),
     )
     if secure:                                     # options.ssl serves wss:// URLs only
         kwargs['ssl'] = options.ssl or _ssl.create_default_context()
@@ -613,398 +582,7 @@ async def open_connection(url: str, handler: ConnectionHandler,
     return conn
 
 
-def _user_agent() -> str:
+def user_agent() -> str:
+    """This library's product token, for ``User-Agent`` and the listener's ``Server``."""
     from .._version import __version__
     return 'aiosip-ws/%s' % __version__
-
-
-# ---------------------------------------------------------------------------- server
-#: websockets >= 16 closes a server's connections with a given code and reason; 15.x only
-#: with 1001 and no reason, so :meth:`WSListener.close` closes them itself there
-_SERVER_CLOSE_TAKES_CODE = 'code' in inspect.signature(Server.close).parameters
-
-if TYPE_CHECKING:
-    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
-else:
-    _LoggerAdapter = logging.LoggerAdapter
-
-
-def forwarded_client(peer: Address, headers: Any, proxies: list[Any]) -> Address:
-    """The client behind trusted ``proxies``: ``peer`` itself unless it is one of them;
-    then the nearest address of ``Forwarded: for=`` (RFC 7239), or else of
-    ``X-Forwarded-For``, that is not a trusted proxy (port 0: unknown)."""
-    def trusted(address: str) -> bool:
-        return address_in(address, proxies)
-
-    if not trusted(peer[0]):
-        return peer
-    hops: list[str] = []
-    for value in headers.get_all('Forwarded'):
-        for element in value.split(','):
-            for pair in element.split(';'):
-                name, eq, found = pair.strip().partition('=')
-                if eq and name.strip().lower() == 'for':
-                    hops.append(found.strip().strip('"'))
-    if not hops:
-        for value in headers.get_all('X-Forwarded-For'):
-            hops += [hop.strip() for hop in value.split(',')]
-    for hop in reversed(hops):
-        host = hop
-        if host.startswith('['):                                   # "[v6]:port"
-            host = host[1:].partition(']')[0]
-        elif host.count(':') == 1:                                 # "v4:port"
-            host = host.partition(':')[0]
-        try:
-            address = str(ipaddress.ip_address(host))
-        except ValueError:
-            return peer                    # "unknown", an obfuscated name: stop trusting here
-        if not trusted(address):
-            return (address, 0)
-    return peer
-
-
-class _Handshake:
-    """A connection in its opening handshake, as :func:`listen` sees it."""
-
-    __slots__ = ('client', 'head', 'identity', 'served')
-
-    def __init__(self, client: Address) -> None:
-        #: the client's address (behind a trusted proxy: the forwarded one)
-        self.client = client
-        #: what the authenticate hook returned
-        self.identity: Any = None
-        #: answered by the http_handler (a page, not a refused handshake)
-        self.served = False
-        #: a HEAD request: the answer goes without its body
-        self.head = False
-
-
-def http_response(status: int, body: bytes | str,
-                  content_type: str = 'text/plain; charset=utf-8', *,
-                  headers: Iterable[tuple[str, str]] = ()) -> Response:
-    """An HTTP answer of the listener, a page or a refusal, built whole: exactly one ``Date``,
-    ``Connection: close``, one ``Content-Length`` (the body's size) and one ``Content-Type``,
-    then ``headers``.  (websockets' ``Headers`` appends on assignment: amending the answer
-    of ``ServerConnection.respond`` gave every header twice, which Prometheus and Go's and
-    nginx's HTTP clients refuse.)"""
-    data = body.encode() if isinstance(body, str) else body
-    code = http.HTTPStatus(status)
-    return Response(code.value, code.phrase, Headers([
-        ('Date', email.utils.formatdate(usegmt=True)),
-        ('Connection', 'close'),
-        ('Content-Length', str(len(data))),
-        ('Content-Type', content_type),
-        *headers,
-    ]), data)
-
-
-class HandshakeRequest:
-    """What a handshake authentication hook sees (``ServerOptions.authenticate``)."""
-
-    __slots__ = ('path', 'query', 'headers', 'cookies', 'remote_addr')
-
-    def __init__(self, request: Request, remote_address: Any) -> None:
-        parts = urlsplit(request.path)
-        #: the path, without the query
-        self.path = parts.path
-        #: query parameters: name -> first value
-        self.query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        #: the request headers (websockets ``Headers``: ``get``, ``get_all``)
-        self.headers = request.headers
-        #: cookies of the ``Cookie`` headers: name -> value
-        self.cookies: dict[str, str] = {}
-        for header in request.headers.get_all('Cookie'):
-            for item in header.split(';'):
-                name, eq, value = item.strip().partition('=')
-                if eq and name:
-                    self.cookies.setdefault(name, value)
-        self.remote_addr: Address = _sockaddr(remote_address)
-
-
-#: query parameters and cookies whose values never reach a log line
-_SECRET = re.compile(r'((?:^|[?&;\s])(?:token|access_token|password|auth)=)[^&;\s]*', re.I)
-
-
-def redact(text: str) -> str:
-    """``text`` with the values of token-like query parameters replaced by ``***``."""
-    return _SECRET.sub(r'\1***', text)
-
-
-class _HandshakeLogger(_LoggerAdapter):
-    """websockets' logger for the servers of :func:`listen`, the same on websockets 15-17.
-
-    websockets 15 and 16 log every opening handshake that fails on the client's side (not
-    HTTP, cut short, no Upgrade, a bad key, no ``sip``, ...) as an ERROR "opening
-    handshake failed" with a traceback; 17 logs none (DEBUG lines only).  Here that record
-    becomes one DEBUG line, as on 17; :func:`listen` logs the refusal itself in one INFO
-    line when there was a request to refuse.  Any other error (a bug: not an
-    ``InvalidHandshake``) keeps its level and traceback; other records pass unchanged.
-    """
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return msg, kwargs                  # keep the connection websockets puts in ``extra``
-
-    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
-        if args:                 # websockets' DEBUG lines show the request line: no tokens
-            args = tuple(redact(a) if isinstance(a, str) else a for a in args)
-        if level >= logging.ERROR and msg == 'opening handshake failed':
-            exc = sys.exc_info()[1]
-            if isinstance(exc, InvalidHandshake):
-                level, msg, args = logging.DEBUG, 'opening handshake failed: %s', (_reason(exc),)
-                kwargs.pop('exc_info', None)
-        super().log(level, msg, *args, **kwargs)
-
-
-def _reason(exc: BaseException) -> str:
-    """``exc`` and its causes on one line, at most 200 characters (they quote the client)."""
-    text = str(exc)
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-        text += '; %s' % exc
-    return text if len(text) <= 200 else text[:197] + '...'
-
-
-class WSListener:
-    """A listening WebSocket server for SIP; :meth:`close` ends every connection with 1001."""
-
-    def __init__(self, server: Server, url: str, connections: set[WSConnection],
-                 connections_per_ip: collections.Counter[str] | None = None,
-                 proxied_pending: set[Any] | None = None,
-                 keepalive: SharedKeepalive | None = None) -> None:
-        self.server = server
-        #: the WebSocket Pings of every connection (one task for the listener)
-        self.keepalive = keepalive
-        #: PROXY protocol connections still reading their header or in TLS
-        self._proxied_pending = proxied_pending if proxied_pending is not None else set()
-        self.url = url
-        self.connections = connections
-        #: how many of :attr:`connections` come from each source address (kept by
-        #: :func:`listen`: the per-IP cap costs one look-up per handshake)
-        self.connections_per_ip = connections_per_ip if connections_per_ip is not None \
-            else collections.Counter()
-
-    @property
-    def sockets(self) -> list[Any]:
-        return list(self.server.sockets)
-
-    @property
-    def port(self) -> int:
-        return int(self.server.sockets[0].getsockname()[1])
-
-    @property
-    def bound_url(self) -> str:
-        """The URL with the port actually bound (useful with port 0)."""
-        secure, host, _, path = split_ws_url(self.url)
-        return '%s://%s:%d%s' % ('wss' if secure else 'ws', url_host(host), self.port, path)
-
-    async def close(self, code: int = 1001, reason: str = 'server shutting down') -> None:
-        for connection in list(self._proxied_pending):
-            connection.abort_pending()
-        if _SERVER_CLOSE_TAKES_CODE:
-            self.server.close(close_connections=True, code=code, reason=reason)
-        else:                                               # websockets 15.x
-            self.server.close(close_connections=False)      # stops accepting; 503 to handshakes
-            await asyncio.sleep(0)
-            await asyncio.gather(*(ws.close(code, reason) for ws in self.server.connections),
-                                 return_exceptions=True)
-        await self.server.wait_closed()
-        if self.keepalive is not None:
-            await self.keepalive.close()
-
-    async def __aenter__(self) -> WSListener:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
-async def listen(url: str, handler: ConnectionHandler,
-                 options: ServerOptions | None = None) -> WSListener:
-    """Accept SIP WebSocket connections on ``url`` (``ws://host:port/path`` or ``wss://``).
-
-    Handshakes that do not offer ``sip`` are refused with HTTP 400 (RFC 6455 §4.2.2),
-    another ``Sec-WebSocket-Version`` than 13 with 426 and ``Sec-WebSocket-Version: 13``
-    (RFC 6455 §4.4), a disallowed Origin with 403 (RFC 7118 Appendix A.1), another path
-    than a non-root ``path`` with 404.  A ``/`` path accepts any path, as Kamailio does.
-    A refused handshake logs at most one INFO line (a cap reached: WARNING); a connection
-    that closes before its request could be read logs nothing above DEBUG.  The same on
-    websockets 15, 16 and 17 (see :class:`_HandshakeLogger`).
-    """
-    options = options or ServerOptions()
-    options.validate()
-    secure, host, port, path = split_ws_url(url)
-    if secure and options.ssl is None:
-        raise ConfigurationError('%s needs a TLS certificate: pass ServerOptions(ssl=...) '
-                                 '(or --tls-cert/--tls-key)' % url)
-    if not secure and options.ssl is not None:
-        raise ConfigurationError('a TLS context was given for %s; use a wss:// URL' % url)
-    if options.proxy_protocol and not isinstance(asyncio.get_running_loop(),
-                                                 asyncio.selector_events.BaseSelectorEventLoop):
-        raise ConfigurationError('the PROXY protocol (--proxy-protocol) needs asyncio\'s own '
-                                 'event loop (--loop asyncio), not %s'
-                                 % type(asyncio.get_running_loop()).__module__)
-    connections: set[WSConnection] = set()
-    per_ip: collections.Counter[str] = collections.Counter()   # connections by source address
-    allowed = None if options.allowed_origins is None else set(options.allowed_origins)
-
-    def busy(connection: ServerConnection, why: str) -> Response:
-        peer_log.warning('refused handshakes (busy)', 'refused handshake from %s: %s',
-                         connection.remote_address, why)
-        return http_response(http.HTTPStatus.SERVICE_UNAVAILABLE, why + '\n', headers=[
-            ('Retry-After', str(random.randint(options.retry_after, 2 * options.retry_after)))])
-
-    rate = options.max_handshakes_per_second
-    bucket = TokenBucket(rate or 0.0, options.handshake_burst, asyncio.get_running_loop().time())
-
-    def over_rate() -> bool:
-        return rate is not None and not bucket.take(asyncio.get_running_loop().time())
-
-    http_handler = options.http_handler
-    proxies = parse_networks(options.trusted_proxies, 'trusted proxy')
-    #: what check_request learnt of a connection in its handshake, for on_connection and
-    #: log_refusal; weak keys: a handshake abandoned half-way leaves nothing behind
-    handshakes: weakref.WeakKeyDictionary[ServerConnection, _Handshake] = \
-        weakref.WeakKeyDictionary()
-
-    def check_request(connection: ServerConnection,
-                      request: Request) -> Response | None | Awaitable[Response | None]:
-        # It runs before websockets checks the handshake itself, on websockets 15-17.
-        client = _sockaddr(connection.remote_address)
-        if proxies:
-            client = forwarded_client(client, request.headers, proxies)
-        state = handshakes[connection] = _Handshake(client)
-        # websockets 17 hands on any method (its own check answers 405 after this one);
-        # 15 and 16 close the connection on anything but GET without an answer.
-        method = getattr(request, 'method', 'GET')
-        state.head = method == 'HEAD'
-        if http_handler is not None and 'websocket' not in \
-                request.headers.get('Upgrade', '').lower():
-            answer = http_handler(request.path, request.headers, client[0])
-            if answer is not None:
-                state.served = True
-                if method not in ('GET', 'HEAD'):
-                    return http_response(http.HTTPStatus.METHOD_NOT_ALLOWED, 'GET or HEAD only\n',
-                                         headers=[('Allow', 'GET, HEAD')])
-                status, content_type, body = answer
-                return http_response(status, body, content_type)
-        versions = request.headers.get_all('Sec-WebSocket-Version')
-        if any(version != '13' for version in versions):     # first: a retry cannot help
-            peer_log.info('refused handshakes', 'refused handshake from %s: Sec-WebSocket-Version '
-                          '%.20s, not 13', connection.remote_address, ', '.join(versions))
-            return http_response(http.HTTPStatus.UPGRADE_REQUIRED, 'WebSocket version 13 only\n',
-                                 headers=[('Upgrade', 'websocket'),
-                                          ('Sec-WebSocket-Version', '13')])   # RFC 6455 §4.4
-        if options.refuse_handshakes is not None:
-            why = options.refuse_handshakes()
-            if why is not None:
-                return busy(connection, why)
-        if options.max_connections is not None and len(connections) >= options.max_connections:
-            return busy(connection, 'too many connections (%d)' % options.max_connections)
-        if options.max_connections_per_ip is not None:
-            source = client[0]
-            if per_ip[source] >= options.max_connections_per_ip:
-                return busy(connection, 'too many connections from %s (%d)'
-                            % (source, options.max_connections_per_ip))
-        if path != '/' and urlsplit(request.path).path != path:
-            peer_log.info('refused handshakes', 'refused handshake from %s: path %s is not %s',
-                          connection.remote_address, urlsplit(request.path).path, path)
-            return http_response(http.HTTPStatus.NOT_FOUND, 'no SIP WebSocket service here\n')
-        if allowed is not None:
-            origin = request.headers.get('Origin')
-            if origin not in allowed and not (origin is None and options.allow_missing_origin):
-                peer_log.info('refused handshakes', 'refused handshake from %s: Origin %r not '
-                              'allowed', connection.remote_address, origin)
-                return http_response(http.HTTPStatus.FORBIDDEN, 'Origin not allowed\n')
-        if over_rate():                  # last: only handshakes that would succeed count
-            return busy(connection, 'too many handshakes per second (%g)' % (rate or 0))
-        if options.authenticate is not None:
-            return authenticate(connection, request, state)
-        return None
-
-    async def authenticate(connection: ServerConnection, request: Request,
-                           state: _Handshake) -> Response | None:
-        assert options.authenticate is not None
-        try:
-            identity = options.authenticate(HandshakeRequest(request, state.client))
-            if inspect.isawaitable(identity):
-                identity = await asyncio.wait_for(identity, options.open_timeout)
-        except HandshakeRefused as refused:
-            peer_log.info('refused handshakes', 'refused handshake from %s: HTTP %d %s',
-                          connection.remote_address, refused.status, refused.reason)
-            return http_response(refused.status, refused.reason + '\n')
-        except Exception:  # noqa: BLE001 - a broken hook refuses, never accepts
-            logger.exception('the handshake authentication hook failed')
-            return http_response(http.HTTPStatus.INTERNAL_SERVER_ERROR, 'error\n')
-        state.identity = identity
-        return None
-
-    def log_refusal(connection: ServerConnection, request: Request,
-                    response: Response) -> Response | None:
-        if response.status_code == http.HTTPStatus.SWITCHING_PROTOCOLS:
-            return None
-        state = handshakes.pop(connection, None)
-        if state is not None and state.head and response.body:
-            # RFC 9110 §9.3.2: the same fields as for GET, Content-Length included, no content
-            response = dataclasses.replace(response, body=b'')
-        if state is not None and state.served:
-            return response                         # an http_handler page, not a refusal
-        refused = getattr(handler, 'handshake_refused', None)
-        if refused is not None:
-            refused(response.status_code)
-        # A refusal of websockets' own checks (check_request's have logged theirs).
-        exc = connection.protocol.handshake_exc
-        if exc is not None:
-            peer_log.info('refused handshakes', 'refused handshake from %s: HTTP %d: %s',
-                          connection.remote_address, response.status_code, _reason(exc))
-        return response
-
-    async def on_connection(websocket: ServerConnection) -> None:
-        conn = WSConnection(websocket, handler, role='server', secure=secure, options=options)
-        # The handshake is over and what serve keeps of it is in conn: the headers of its
-        # request and response would cost about 4 KiB for each idle client.
-        for message in (websocket.request, websocket.response):
-            if message is not None:
-                message.headers = Headers()
-        state = handshakes.pop(websocket, None)
-        if state is not None:
-            conn.identity, conn.remote_addr = state.identity, state.client
-        source = conn.remote_addr[0]
-        connections.add(conn)
-        per_ip[source] += 1
-        try:
-            handler.connection_made(conn)
-            conn._run_task = asyncio.current_task()
-            if keepalive is not None:
-                keepalive.add(conn)
-            await conn.run()
-        finally:
-            connections.discard(conn)
-            per_ip[source] -= 1
-            if not per_ip[source]:
-                del per_ip[source]
-
-    proxied_pending: set[Any] = set()
-    keepalive = SharedKeepalive(options.ping_interval, options.ping_timeout) \
-        if options.ping_interval else None
-    tls: _ssl.SSLContext | None = options.ssl
-    create_connection = None
-    if options.proxy_protocol:              # the header comes before TLS: the class starts TLS
-        create_connection = proxied_connection_class(proxies=proxies, tls=tls, pending=proxied_pending,
-                                                     timeout=options.open_timeout)
-        tls = None
-    # passed on to loop.create_server: several processes on one port (serve --workers)
-    listen_extra: dict[str, Any] = {'reuse_port': True} if options.reuse_port else {}
-    server = await serve(
-        on_connection, host, port, subprotocols=[Subprotocol(SUBPROTOCOL)], process_request=check_request,
-        create_connection=create_connection,
-        process_response=log_refusal, logger=_HandshakeLogger(logging.getLogger('websockets.server')),
-        compression=None, ssl=tls, open_timeout=options.open_timeout,
-        ping_interval=None,                 # the listener's own keep-alive: keepalive.py
-        close_timeout=options.close_timeout, max_size=options.max_size,
-        server_header=options.server_header or _user_agent(),
-        **listen_extra,
-    )
-    listener = WSListener(server, url, connections, per_ip, proxied_pending, keepalive)
-    logger.info('listening for SIP over WebSocket on %s', listener.bound_url)   # port 0: the real one
-    return listener
-

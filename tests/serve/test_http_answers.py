@@ -16,7 +16,7 @@ from websockets.http11 import Request
 from aiosip_ws.errors import HandshakeRefused
 from aiosip_ws.options import ServerOptions
 from aiosip_ws.serve.relay import RelayServer
-from aiosip_ws.transport.websocket import listen
+from aiosip_ws.transport.listener import listen
 from tests.support.net import header_counts, http_get, http_request
 
 HOST = '127.0.0.1'

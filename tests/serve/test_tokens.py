@@ -15,7 +15,7 @@ from aiosip_ws.errors import HandshakeRefused
 from aiosip_ws.options import ServerOptions
 from aiosip_ws.serve.auth import TokenAuthenticator
 from aiosip_ws.serve.relay import RelayServer
-from aiosip_ws.transport.websocket import HandshakeRequest
+from aiosip_ws.transport.listener import HandshakeRequest
 from tests.support.sip import register_request
 
 HOST = '127.0.0.1'

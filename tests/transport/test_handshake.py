@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from aiosip_ws.options import ServerOptions
-from aiosip_ws.transport.websocket import WSListener, listen
+from aiosip_ws.transport.listener import WSListener, listen
 from tests.support.websocket import (
     Opcode,
     RawWebSocket,
@@ -113,7 +113,7 @@ async def test_another_websocket_version_gets_426_naming_13(server: WSListener, 
     assert headers['sec-websocket-version'] == '13' and headers['upgrade'] == 'websocket'
     await settle(baseline)
     [line] = serve_lines(logs)
-    assert line.startswith("INFO aiosip_ws.transport.websocket: refused handshake from ('127.0.0.1', ")
+    assert line.startswith("INFO aiosip_ws.transport.listener: refused handshake from ('127.0.0.1', ")
     assert line.endswith(': Sec-WebSocket-Version %s, not 13' % version)
     assert problems(logs) == []
     ws = await RawWebSocket.connect(HOST, server.port)
@@ -174,7 +174,7 @@ async def test_a_broken_handshake_is_refused_in_at_most_one_line(server: WSListe
         assert lines == []
     else:
         assert len(lines) == 1 and line in lines[0], lines
-        assert lines[0].startswith('INFO aiosip_ws.transport.websocket: refused handshake from')
+        assert lines[0].startswith('INFO aiosip_ws.transport.listener: refused handshake from')
     assert problems(logs) == []
     ws = await RawWebSocket.connect(HOST, server.port)
     await ws.close()
@@ -254,7 +254,7 @@ def test_the_client_behind_a_trusted_proxy_is_the_nearest_untrusted_hop():
     is the nearest hop that is no trusted proxy; garbage stops the trust there."""
     from websockets.datastructures import Headers
 
-    from aiosip_ws.transport.websocket import forwarded_client
+    from aiosip_ws.transport.listener import forwarded_client
     proxies = [ipaddress.ip_network('10.0.0.0/8'), ipaddress.ip_network('::1/128')]
 
     def client(peer: str, **fields: str) -> str:

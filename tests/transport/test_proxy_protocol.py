@@ -18,13 +18,13 @@ import pytest
 
 from aiosip_ws.errors import ConfigurationError, ProxyHeaderError
 from aiosip_ws.options import ServerOptions
+from aiosip_ws.transport.listener import listen
 from aiosip_ws.transport.proxyproto import (
     MAX_HEADER,
     V2_SIGNATURE,
     ProxyHeader,
     parse_proxy_header,
 )
-from aiosip_ws.transport.websocket import listen
 from tests.support.websocket import Recorder, handshake_request, new_key
 
 HOST = '127.0.0.1'
