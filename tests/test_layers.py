@@ -1,11 +1,13 @@
-"""The package's layers: core < transport < adapter < serve < tools, nothing imported upward.
+"""The package's layers: core < transport < adapter < media < serve < tools, nothing
+imported upward.
 
 ``errors``, ``options`` and ``_version`` sit at the top and import no layer (only each
 other: ``options`` raises ``errors.ConfigurationError``); ``__init__`` (the lazy public
-API), ``__main__`` and ``media`` (the ``[media]`` extra's names, loading aiortc only when
-imported) are the package's faces and may name any layer.  aiosip is imported
-by ``adapter/`` only, every exception class lives in ``errors.py``, and every name the 0.1
-API exported from ``aiosip_ws`` still imports.
+API) and ``__main__`` are the package's faces and may name any layer.  ``media/`` (the
+``[media]`` extra: calls on aiortc, loaded only when ``aiosip_ws.media`` is imported) is a
+layer of its own: it uses the application through protocols, not by importing the
+adapter.  aiosip is imported by ``adapter/`` only, every exception class lives in
+``errors.py``, and every name the 0.1 API exported from ``aiosip_ws`` still imports.
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ import pytest
 from tests.support import REPO
 
 PACKAGE = REPO / 'aiosip_ws'
-LAYERS = ('core', 'transport', 'adapter', 'serve', 'tools')
+LAYERS = ('core', 'transport', 'adapter', 'media', 'serve', 'tools')
 LEAVES = ('errors', 'options', '_version')
-FACES = ('__init__', '__main__', 'media')
+FACES = ('__init__', '__main__')
 
 #: what ``aiosip_ws.__all__`` held in 0.1: each must stay importable from ``aiosip_ws``
 PUBLIC_0_1 = (
@@ -181,6 +183,14 @@ def test_only_the_adapter_imports_aiosip():
     assert not problems, '\n'.join(problems)
 
 
+def test_media_does_not_import_the_adapter():
+    """``media/`` types what it uses of the application as protocols instead."""
+    problems = ['%s:%d imports %s' % (path.relative_to(REPO), line, target)
+                for path in sources(PACKAGE / 'media') for line, target in imports_of(path)
+                if target == 'aiosip_ws.adapter' or target.startswith('aiosip_ws.adapter.')]
+    assert not problems, '\n'.join(problems)
+
+
 def test_the_checker_sees_an_upward_import(tmp_path):
     """The rule is not vacuous: upward and leaf imports in a scratch tree are caught."""
     package = tmp_path / 'aiosip_ws'
@@ -232,6 +242,7 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 def test_core_and_transport_do_not_load_aiosip():
     result = run_python('import sys, aiosip_ws.core.codec, aiosip_ws.core.framing, '
                         'aiosip_ws.core.digest, aiosip_ws.transport.websocket, '
+                        'aiosip_ws.transport.listener, '
                         'aiosip_ws.transport.discovery, aiosip_ws.transport.connect, '
                         'aiosip_ws.serve.registrar; '
                         'print(sorted(m for m in sys.modules if m.split(".")[0] == "aiosip"))')

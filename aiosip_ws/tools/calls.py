@@ -101,7 +101,7 @@ def _hold(value: str | None) -> tuple[float, float] | None:
 
 def _options(args: argparse.Namespace, number: int = 1) -> Any:
     try:
-        from ..adapter.media import MediaOptions
+        from ..media import MediaOptions
     except MediaError as exc:                         # the [media] extra is missing
         raise ConfigurationError(str(exc)) from None
     record = args.record.replace('{n}', str(number)) if args.record else None
@@ -178,7 +178,7 @@ async def _follow(call: Any, args: argparse.Namespace, show: _Printer, number: i
 async def _call_command(args: argparse.Namespace) -> int:
     options = _options(args)                          # usage errors (and a missing extra) first
     from ..adapter.application import Application
-    from ..adapter.media import call as place
+    from ..media import call as place
     from .common import client_options, install_stop, remove_stop, resolver, unless_stopped
     _hold(args.hold)
     show = _Printer(args.json)
@@ -215,8 +215,8 @@ async def _call_command(args: argparse.Namespace) -> int:
 async def _answer_command(args: argparse.Namespace) -> int:
     _options(args)                                    # usage errors (and a missing extra) first
     from ..adapter.application import Application
-    from ..adapter.media import answer
     from ..adapter.registration import Registration
+    from ..media import answer
     from .common import client_options, install_stop, remove_stop, resolver, unless_stopped
     _hold(args.hold)
     show = _Printer(args.json)

@@ -26,7 +26,11 @@ What a call does on the wire:
 
 The aiosip dialog stays the application's handle: in-dialog requests reach the call
 through :attr:`aiosip_ws.adapter.application.Dialog.request_handler` (the D13 hook)
-instead of aiosip's automatic 200.
+instead of aiosip's automatic 200.  This module does not import the adapter: what it
+uses of the application, its dialogs and a delivered request is written down as the
+protocols :class:`SIPApplication`, :class:`SIPDialog`, :class:`SIPConnection` and
+:class:`Delivered`, which ``aiosip_ws.Application``, its ``Dialog`` and connections and
+the requests its route handlers get satisfy.
 """
 from __future__ import annotations
 
@@ -37,9 +41,9 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..core import codec, sdp
 from ..core.codec import SIPMessage
@@ -56,7 +60,6 @@ from ..errors import (
     SIPParseError,
     TransactionTimeout,
 )
-from ..transport.websocket import WSConnection
 
 try:
     import aiortc
@@ -66,7 +69,8 @@ except ImportError as exc:       # the [media] extra is not installed
     raise MediaError('aiosip_ws.media needs aiortc: pip install "aiosip-ws[media]" (%s)'
                      % exc) from None
 
-__all__ = ['Call', 'CallEvent', 'MediaOptions', 'ToneTrack', 'answer', 'call']
+__all__ = ['Call', 'CallEvent', 'Delivered', 'MediaOptions', 'SIPApplication', 'SIPConnection',
+           'SIPDialog', 'ToneTrack', 'answer', 'call']
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +81,60 @@ CODECS = ('opus', 'PCMU')
 EVENT_QUEUE = 256
 #: how long a peer may take to answer an in-dialog request we send
 IN_DIALOG_TIMEOUT = TIMER_B
+
+
+# ------------------------------------------------------- what a call uses of the adapter
+class SIPConnection(Protocol):
+    """What a call uses of its dialog's connection (a
+    :class:`~aiosip_ws.transport.websocket.WSConnection`): the call sends its responses,
+    its CANCEL and the ACK of a non-2xx on it, and gives it to
+    :meth:`SIPApplication.send_request` for the rest."""
+
+    @property
+    def is_open(self) -> bool: ...
+    def send(self, message: SIPMessage) -> object: ...
+
+
+class SIPDialog(Protocol):
+    """What a call uses of a dialog (``aiosip_ws.adapter.application.Dialog``)."""
+
+    #: the D13 hook: given every in-dialog request (and ACK, CANCEL) while set
+    request_handler: Callable[[SIPMessage], None] | None
+    #: called when the dialog's connection is gone
+    lost_handler: Callable[[BaseException | None], None] | None
+
+    @property
+    def app(self) -> SIPApplication: ...
+    @property
+    def protocol(self) -> SIPConnection: ...
+    @property
+    def call_id(self) -> str: ...
+    @property
+    def contact_header(self) -> str | None: ...
+    @property
+    def from_details(self) -> Mapping[str, Mapping[str, object]]:
+        """aiosip's parsed From: ``['uri']['user']`` is the default Digest username."""
+    def request_uri_for(self, method: str) -> str: ...
+
+
+class SIPApplication(Protocol):
+    """What a call uses of an application (``aiosip_ws.Application``)."""
+
+    def start_dialog(self, from_uri: str, to_uri: str, *, remote_addr: str | None = ...,
+                     password: str | None = ...) -> Awaitable[SIPDialog]: ...
+
+    def send_request(self, conn: SIPConnection, request: SIPMessage, *,
+                     on_provisional: Callable[[SIPMessage], None] | None = ...
+                     ) -> Awaitable[SIPMessage]: ...
+
+    def end_dialog(self, dialog: SIPDialog) -> None: ...
+
+
+class Delivered(Protocol):
+    """An aiosip request as a route handler gets it: the codec message is its ``raw``."""
+
+    @property
+    def raw(self) -> SIPMessage: ...
 
 
 @dataclass
@@ -94,7 +152,7 @@ class MediaOptions:
     #: codecs, most preferred first: names from ``opus``, ``PCMU``, ``PCMA``, ``G722``
     codecs: Sequence[str] = CODECS
     #: STUN/TURN servers: URLs (``stun:host:port``) or ``aiortc.RTCIceServer`` objects
-    ice_servers: Sequence[Any] = ()
+    ice_servers: Sequence[str | aiortc.RTCIceServer] = ()
     #: end an answered call after this many seconds (None: when a side hangs up)
     duration: float | None = None
 
@@ -138,7 +196,7 @@ class CallEvent:
         return {key: value for key, value in self.__dict__.items() if value is not None}
 
 
-class ToneTrack(aiortc.MediaStreamTrack):  # type: ignore[misc]
+class ToneTrack(aiortc.MediaStreamTrack):
     """An audio track playing a sine tone, paced in real time (20 ms frames)."""
 
     kind = 'audio'
@@ -178,7 +236,7 @@ class ToneTrack(aiortc.MediaStreamTrack):  # type: ignore[misc]
         return frame
 
 
-def _ice_servers(servers: Sequence[Any]) -> list[Any]:
+def _ice_servers(servers: Sequence[str | aiortc.RTCIceServer]) -> list[aiortc.RTCIceServer]:
     return [server if isinstance(server, aiortc.RTCIceServer) else aiortc.RTCIceServer(str(server))
             for server in servers]
 
@@ -186,14 +244,15 @@ def _ice_servers(servers: Sequence[Any]) -> list[Any]:
 class Call:
     """One call with WebRTC media; made by :func:`answer` or :func:`call`."""
 
-    def __init__(self, app: Any, dialog: Any, options: MediaOptions, *, outgoing: bool,
+    def __init__(self, app: SIPApplication, dialog: SIPDialog, options: MediaOptions, *,
+                 outgoing: bool,
                  on_event: Callable[[CallEvent], None] | None = None) -> None:
         options.validate()
         #: called with each event instead of queueing it for :meth:`events`
         self.on_event = on_event
         self.app = app
         self.dialog = dialog
-        self.conn: WSConnection = dialog.protocol
+        self.conn = dialog.protocol
         self.options = options
         self.outgoing = outgoing
         self.call_id: str = dialog.call_id
@@ -204,15 +263,15 @@ class Call:
         self.pc = aiortc.RTCPeerConnection(aiortc.RTCConfiguration(
             iceServers=_ice_servers(options.ice_servers)))
         self._relay = MediaRelay()
-        self._player: Any = None
-        self._recorder: Any = None
-        self._remote_track: Any = None
+        self._player: MediaPlayer | None = None
+        self._recorder: MediaRecorder | None = None
+        self._remote_track: aiortc.MediaStreamTrack | None = None
         self._events: asyncio.Queue[CallEvent] = asyncio.Queue(EVENT_QUEUE)
         self._ended: asyncio.Future[CallEvent] = asyncio.get_running_loop().create_future()
         self._ack: asyncio.Future[SIPMessage] | None = None
         self._invite: SIPMessage | None = None     # the INVITE being answered (UAS)
         self._negotiating = False
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         dialog.request_handler = self._request_received
@@ -276,25 +335,25 @@ class Call:
             body = sdp.dtmf_relay_body(digit, duration)
             response = await self._send_in_dialog('INFO', body=body, content_type=sdp.DTMF_RELAY)
             if not 200 <= (response.status or 0) < 300:
-                raise CallFailed('the peer refused DTMF %r: %d %s' % (
+                raise CallFailed('the peer refused DTMF %r: %s %s' % (
                     digit, response.status, response.reason), response.status, response.reason)
             await asyncio.sleep(gap)
 
     # -- media ------------------------------------------------------------------------------
-    def _transceiver(self) -> Any:
+    def _transceiver(self) -> aiortc.RTCRtpTransceiver:
         transceivers = [t for t in self.pc.getTransceivers() if t.kind == 'audio']
         if not transceivers:
             raise MediaError('the SDP has no audio stream this call could use')
         return transceivers[0]
 
-    def _prefer_codecs(self, transceiver: Any) -> None:
+    def _prefer_codecs(self, transceiver: aiortc.RTCRtpTransceiver) -> None:
         wanted = [name.lower() for name in self.options.codecs]
         available = aiortc.RTCRtpSender.getCapabilities('audio').codecs
         chosen = sorted((c for c in available if c.mimeType.split('/', 1)[1].lower() in wanted),
                         key=lambda c: wanted.index(c.mimeType.split('/', 1)[1].lower()))
         transceiver.setCodecPreferences(chosen)
 
-    def _source(self) -> Any:
+    def _source(self) -> aiortc.MediaStreamTrack | None:
         options = self.options
         if options.play:
             try:
@@ -311,7 +370,7 @@ class Call:
             return ToneTrack(options.tone, rate=rate)
         return None
 
-    def _attach(self, transceiver: Any) -> None:
+    def _attach(self, transceiver: aiortc.RTCRtpTransceiver) -> None:
         """The track we send on ``transceiver``, before an offer or answer is made."""
         self._prefer_codecs(transceiver)
         transceiver.direction = 'sendrecv'     # aiortc answers recvonly while it has no track
@@ -408,12 +467,12 @@ class Call:
         except Exception:  # noqa: BLE001
             logger.exception('%s: the on_event callback failed', self.call_id)
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
+    def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
@@ -456,7 +515,7 @@ class Call:
         try:
             digit, duration = sdp.parse_dtmf(request.get('Content-Type'), request.body)
         except SIPParseError as exc:
-            known = request.get('Content-Type', '').split(';')[0].strip().lower() in (
+            known = (request.get('Content-Type') or '').split(';')[0].strip().lower() in (
                 sdp.DTMF, sdp.DTMF_RELAY)
             if known:
                 self._respond(request, 400, 'Bad Request (%s)' % str(exc)[:80])
@@ -521,7 +580,7 @@ class Call:
                 # offer goes again after 2.1-4 s.
                 await asyncio.sleep(2.1 + random.random() * 1.9)
             if not 200 <= (response.status or 0) < 300:
-                raise CallFailed('re-INVITE refused: %d %s' % (response.status, response.reason),
+                raise CallFailed('re-INVITE refused: %s %s' % (response.status, response.reason),
                                  response.status, response.reason)
             assert self.state is not None
             self.state.refresh_target(response)
@@ -597,7 +656,8 @@ class Call:
 
 
 # ---------------------------------------------------------------------------- the UAS
-async def answer(dialog: Any, request: Any, options: MediaOptions | None = None, *,
+async def answer(dialog: SIPDialog, request: SIPMessage | Delivered,
+                 options: MediaOptions | None = None, *,
                  ring: float = 0.0, on_event: Callable[[CallEvent], None] | None = None) -> Call:
     """Answer the INVITE ``request`` (the route handler's arguments) with media.
 
@@ -606,7 +666,7 @@ async def answer(dialog: Any, request: Any, options: MediaOptions | None = None,
     :class:`Call`; raises :class:`MediaError` (after answering 488) when the offer cannot
     be answered, :class:`CallFailed` when the caller cancelled or never ACKed.
     """
-    raw: SIPMessage = getattr(request, 'raw', request)
+    raw = request if isinstance(request, SIPMessage) else request.raw
     app = dialog.app
     call = Call(app, dialog, options or MediaOptions(), outgoing=False, on_event=on_event)
     call._invite = raw
@@ -658,7 +718,7 @@ async def answer(dialog: Any, request: Any, options: MediaOptions | None = None,
 
 
 # ---------------------------------------------------------------------------- the UAC
-async def call(app: Any, from_uri: str, to_uri: str, *, remote_addr: str | None = None,
+async def call(app: SIPApplication, from_uri: str, to_uri: str, *, remote_addr: str | None = None,
                password: str | None = None, username: str | None = None,
                options: MediaOptions | None = None, late_offer: bool = False,
                timeout: float = 60.0, on_event: Callable[[CallEvent], None] | None = None
@@ -739,7 +799,7 @@ async def _place(outgoing: Call, from_uri: str, to_uri: str, password: str | Non
             outgoing.conn.send(codec.invite_companion('ACK', response, uri=invite.uri or '',
                                                       to=response.get('To')))
         if status in (401, 407) and password and answered_auth < 2:
-            user = username or (dialog.from_details['uri']['user'] or '')
+            user = username or _from_user(dialog)
             try:
                 invite = authorized_retry(invite, response, username=user, password=password,
                                           nonce_counts=nonce_counts)
@@ -766,3 +826,9 @@ async def _place(outgoing: Call, from_uri: str, to_uri: str, password: str | Non
         await outgoing._remote('answer', response.body)
     await outgoing._start_receiving()
     outgoing._answered()
+
+
+def _from_user(dialog: SIPDialog) -> str:
+    """The user part of the dialog's From URI ('' when it has none)."""
+    user = dialog.from_details['uri']['user']
+    return user if isinstance(user, str) else ''
