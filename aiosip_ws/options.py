@@ -1,4 +1,4 @@
-"""Configuration of WebSocket connections and listeners (see README.rst, "Configuration")."""
+"""Configuration of WebSocket connections and listeners (see docs/library.rst, "Configuration reference")."""
 from __future__ import annotations
 
 import ipaddress
@@ -115,7 +115,7 @@ class ServerOptions(ConnectionOptions):
     #: ``refuse_handshakes()`` returns why new handshakes get HTTP 503 now (draining), or None
     refuse_handshakes: Callable[[], str | None] | None = None
     #: handshake authentication: ``authenticate(request)`` (sync or async) sees each
-    #: handshake that passed the other checks (a :class:`~aiosip_ws.transport.websocket.
+    #: handshake that passed the other checks (a :class:`~aiosip_ws.transport.listener.
     #: HandshakeRequest`: path, query, cookies, headers, client address) and returns the
     #: identity the connection gets (``WSConnection.identity``; None: anonymous), or
     #: raises :class:`~aiosip_ws.errors.HandshakeRefused` (HTTP 401/403, no SIP at all)
@@ -161,7 +161,7 @@ class ServerOptions(ConnectionOptions):
 
 @dataclass
 class RelayLimits:
-    """What one client may cost ``aiosip-ws serve`` (see README.rst, "``aiosip-ws serve``").
+    """What one client may cost ``aiosip-ws serve`` (see docs/serve.rst).
 
     Beyond the pending-transaction caps and the request rate, serve answers 503 with
     ``Retry-After`` (the only 503s it makes itself); a connection that stays over the

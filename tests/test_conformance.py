@@ -204,7 +204,7 @@ def test_every_cited_defect_and_conformance_id_resolves():
     sections = set(int(n) for n in DEFECT_HEADING.findall(text))
     row_ids = {row[0] for row in conformance_rows()}
     unresolved = []
-    for path in source_files('aiosip_ws', 'tests', 'benchmarks', 'README.rst',
+    for path in source_files('aiosip_ws', 'tests', 'benchmarks', 'README.rst', 'docs',
                              suffixes=('.py', '.js', '.rst', '.md')):
         prose = comments_and_strings(path)
         relative = path.relative_to(REPO)

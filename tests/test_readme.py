@@ -1,30 +1,29 @@
-"""README.rst stays true: its examples run exactly as written, its commands are CI's."""
+"""README.rst and the docs/ pages stay true: their examples run exactly as written, and
+README's commands are CI's."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-import textwrap
 import threading
 from pathlib import Path
 
 import pytest
 
-from tests.support import REPO
+from tests.support import REPO, doc_page
+from tests.support import code_block as support_code_block
 from tests.support.cli import interrupt
 from tests.support.net import closed_port
 
 README = (REPO / 'README.rst').read_text()
+#: the pages whose examples run here: the voice bot, the Authentication and bridging commands
+MEDIA = doc_page('media.rst')
+SERVE = doc_page('serve.rst')
 
 
-def code_block(first_line: str) -> str:
-    """The ``.. code-block:: python`` whose first line is ``first_line``, dedented."""
-    for match in re.finditer(r'\.\. code-block:: python\n\n((?:    .*\n|\n)+)', README):
-        code = textwrap.dedent(match.group(1))
-        if code.startswith(first_line):
-            return code
-    raise AssertionError('README.rst has no python block starting with %r' % first_line)
+def code_block(first_line: str, text: str = README, name: str = 'README.rst') -> str:
+    """README.rst's python block starting with ``first_line`` (or another page's)."""
+    return support_code_block(first_line, text, name)
 
 
 def python(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -125,9 +124,9 @@ def test_readme_test_command_is_what_ci_runs():
 
 
 def test_the_authentication_commands_work_as_written(tmp_path):
-    """The three commands of the Authentication section, as written, in a new directory:
+    """The three commands of docs/serve.rst's Authentication section, as written, in a new directory:
     passwd writes users.txt, serve challenges on port 8090, register answers and gets 200."""
-    block = README.split('The three commands a newcomer needs::\n\n', 1)[1].split('\n\n', 1)[0]
+    block = SERVE.split('The three commands a newcomer needs::\n\n', 1)[1].split('\n\n', 1)[0]
     passwd, serve, register = [line.strip() for line in block.splitlines()]
     script_dir = str(Path(aiosip_ws_command()).parent)
     env = dict(os.environ, PATH=script_dir + os.pathsep + os.environ.get('PATH', ''),
@@ -155,9 +154,9 @@ def test_the_authentication_commands_work_as_written(tmp_path):
 
 @pytest.mark.interop
 def test_the_voice_bot_example_answers_a_call_as_written(tmp_path):
-    """The media section: ``aiosip-ws serve`` on port 8080 (in a private network namespace,
+    """docs/media.rst: ``aiosip-ws serve`` on port 8080 (in a private network namespace,
     where 8080 is free and ICE sees loopback only), bot.py as written beside a greeting,
-    and the README's ``aiosip-ws call`` line: the bot answers, gets DTMF ``#`` and hangs
+    and the page's ``aiosip-ws call`` line: the bot answers, gets DTMF ``#`` and hangs
     up; the bot recorded the caller's 440 Hz and the caller heard the 880 Hz greeting."""
     import importlib.util
     if importlib.util.find_spec('aiortc') is None:
@@ -165,9 +164,9 @@ def test_the_voice_bot_example_answers_a_call_as_written(tmp_path):
         _unavailable('aiortc', RuntimeError('pip install "aiosip-ws[media]"'))
     from tests.support import audio
     from tests.support.cli import PRIVATE_NETWORK
-    (tmp_path / 'bot.py').write_text(code_block('# bot.py'))
+    (tmp_path / 'bot.py').write_text(code_block('# bot.py', MEDIA, 'docs/media.rst'))
     audio.write_tone(tmp_path / 'greeting.wav', 880, 4.0)
-    [line] = [text.strip() for text in README.splitlines()
+    [line] = [text.strip() for text in MEDIA.splitlines()
               if text.strip().startswith('aiosip-ws call ws://127.0.0.1:8080/')]
     script_dir = str(Path(aiosip_ws_command()).parent)
     env = dict(os.environ, PATH=script_dir + os.pathsep + os.environ.get('PATH', ''),
@@ -204,10 +203,10 @@ def test_the_voice_bot_example_answers_a_call_as_written(tmp_path):
 
 @pytest.mark.interop
 def test_the_bridging_command_starts_as_written():
-    """The bridging section's first command, as written (in a private network namespace,
+    """docs/serve.rst's bridging section's first command, as written (in a private network namespace,
     where 8080 and 5060 are free): serve listens on both, and answers OPTIONS over UDP."""
     from tests.support.cli import PRIVATE_NETWORK
-    block = README.split('Browsers and a PBX, desk phones registering over UDP or TCP::\n\n', 1)[1]
+    block = SERVE.split('Browsers and a PBX, desk phones registering over UDP or TCP::\n\n', 1)[1]
     command = block.split('\n\n', 1)[0].replace('\\\n', ' ').split()
     assert command[:2] == ['aiosip-ws', 'serve']
     script_dir = str(Path(aiosip_ws_command()).parent)

@@ -1,4 +1,5 @@
-"""`aiosip-ws serve --proxy-protocol` behind Debian's HAProxy (README: "Behind a reverse proxy").
+"""`aiosip-ws serve --proxy-protocol` behind Debian's HAProxy (docs/operations.rst: "Behind a
+reverse proxy").
 
 HAProxy passes TLS through in TCP mode and sends a PROXY v2 header first
 (``send-proxy-v2``, health checks with ``check-send-proxy``); serve terminates TLS itself
@@ -19,18 +20,19 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.interop.conftest import _unavailable, front_process
+from tests.support import doc_page
 from tests.support.net import free_port, http_get
 from tests.support.node import NodeAgent
 from tests.support.sip import register_request
 
 pytestmark = pytest.mark.interop
 
-README = (Path(__file__).resolve().parents[2] / 'README.rst').read_text()
+OPERATIONS = doc_page('operations.rst')
 
 
 def readme_haproxy_config(listen_port: int, serve_port: int) -> str:
-    """README.rst's HAProxy example, bound to ``listen_port`` on loopback, sent to serve."""
-    section = README.split('HAProxy in front of\n', 1)[1]
+    """docs/operations.rst's HAProxy example, bound to ``listen_port`` on loopback, sent to serve."""
+    section = OPERATIONS.split('HAProxy in front of\n', 1)[1]
     block = section.split('::\n\n', 1)[1].split('\n``tests/interop/test_haproxy.py``', 1)[0]
     config = ''.join(line[4:] + '\n' for line in block.splitlines())
     assert 'bind :443' in config and '127.0.0.1:8443 send-proxy-v2' in config

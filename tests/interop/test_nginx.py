@@ -1,4 +1,5 @@
-"""`aiosip-ws serve` behind Debian's nginx terminating TLS (README: "Behind a reverse proxy").
+"""`aiosip-ws serve` behind Debian's nginx terminating TLS (docs/operations.rst: "Behind a reverse
+proxy").
 
 nginx listens on wss:// (127.0.0.1, a test certificate) and proxies WebSocket upgrades to
 serve's ws:// port with ``X-Forwarded-For``; serve trusts it (``--trusted-proxy``).  JsSIP
@@ -21,6 +22,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.interop.conftest import _unavailable, front_process
+from tests.support import doc_page
 from tests.support.net import free_port, http_get
 from tests.support.node import NodeAgent
 from tests.support.prometheus import Prometheus, prometheus_binary
@@ -28,12 +30,12 @@ from tests.support.sip import register_request
 
 pytestmark = pytest.mark.interop
 
-README = (Path(__file__).resolve().parents[2] / 'README.rst').read_text()
+OPERATIONS = doc_page('operations.rst')
 
 
 def readme_location_block(serve_port: int) -> str:
-    """The ``location / { ... }`` of README.rst's nginx example, pointed at ``serve_port``."""
-    section = README.split('Behind a reverse proxy\n', 1)[1]
+    """The ``location / { ... }`` of docs/operations.rst's nginx example, pointed at ``serve_port``."""
+    section = OPERATIONS.split('Behind a reverse proxy\n', 1)[1]
     start = section.index('        location / {')
     end = section.index('        }\n', start) + len('        }\n')
     block = section[start:end]
@@ -41,7 +43,7 @@ def readme_location_block(serve_port: int) -> str:
     return block.replace('127.0.0.1:8080', '127.0.0.1:%d' % serve_port)
 
 
-#: the test's nginx: its own files and ports around README.rst's location block
+#: the test's nginx: its own files and ports around docs/operations.rst's location block
 NGINX_CONF = """\
 worker_processes 1;
 pid {tmp}/nginx.pid;

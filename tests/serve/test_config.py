@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
 from websockets.asyncio.client import connect
@@ -17,7 +16,7 @@ from websockets.asyncio.client import connect
 from aiosip_ws.errors import ConfigurationError
 from aiosip_ws.serve.config import ServeConfig
 from aiosip_ws.tools.cli import build_parser, serve_config
-from tests.support import REPO
+from tests.support import REPO, code_block, doc_page
 from tests.support.net import free_port
 from tests.support.sip import recv, register_request
 
@@ -122,10 +121,7 @@ def test_the_embedding_example_runs_as_written(tmp_path):
     """docs/pipeline.rst's my_serve.py, unchanged, in a process of its own: it listens
     with the options it set (one binding per AOR), prints registrations, and stops
     cleanly on SIGTERM."""
-    text = (REPO / 'docs' / 'pipeline.rst').read_text()
-    [block] = [textwrap.dedent(m.group(1)) for m in re.finditer(
-        r'\.\. code-block:: python\n\n((?:    .*\n|\n)+)', text)
-        if textwrap.dedent(m.group(1)).startswith('# my_serve.py')]
+    block = code_block('# my_serve.py', doc_page('pipeline.rst'), 'docs/pipeline.rst')
     (tmp_path / 'my_serve.py').write_text(block)
     url = 'ws://127.0.0.1:%d/' % free_port()
     process = subprocess.Popen([sys.executable, '-u', str(tmp_path / 'my_serve.py'), url],

@@ -229,17 +229,12 @@ async def test_registration_changes_say_why():
 def test_the_pipeline_docs_example_logs_registrations_as_written(tmp_path):
     """docs/pipeline.rst's call_log.py, unchanged, in a process of its own: a client
     registers and leaves; the program prints both changes, and stops on SIGINT."""
-    import re
     import subprocess
     import sys
-    import textwrap
 
-    from tests.support import REPO
+    from tests.support import code_block, doc_page
     from tests.support.net import free_port
-    text = (REPO / 'docs' / 'pipeline.rst').read_text()
-    [block] = [textwrap.dedent(m.group(1)) for m in re.finditer(
-        r'\.\. code-block:: python\n\n((?:    .*\n|\n)+)', text)
-        if textwrap.dedent(m.group(1)).startswith('# call_log.py')]
+    block = code_block('# call_log.py', doc_page('pipeline.rst'), 'docs/pipeline.rst')
     (tmp_path / 'call_log.py').write_text(block)
     url = 'ws://127.0.0.1:%d/' % free_port()
     process = subprocess.Popen([sys.executable, '-u', str(tmp_path / 'call_log.py'), url],

@@ -396,10 +396,10 @@ def test_a_bad_uri_option_is_a_usage_error():
 def test_serve_connection_cap_and_bad_message_options():
     """Without --max-connections the cap is the open file limit minus max(64, 5 %), shared
     among the listeners; a given value wins (0: no cap); --max-bad-messages 0 never closes.
-    --help and README.rst say so."""
+    --help and docs/serve.rst say so."""
     from aiosip_ws.serve.fdlimit import connection_cap
     from aiosip_ws.tools.cli import build_parser, serve_config
-    from tests.support import REPO
+    from tests.support import doc_page
 
     def options(*argv: str, fd_limit: int | None = 1024):
         return serve_config(build_parser().parse_args(['serve', *argv])).server_options(fd_limit)
@@ -416,9 +416,9 @@ def test_serve_connection_cap_and_bad_message_options():
                          .format_help().split())
     assert 'minus max(64, 5%) for other descriptors' in help_text
     assert '--max-bad-messages N close a connection with 1008' in help_text
-    readme = ' '.join((REPO / 'README.rst').read_text().split())
-    assert '``--max-bad-messages N`` close a connection with 1008' in readme
-    assert 'the open file limit minus max(64, 5 %)' in readme
+    page = ' '.join(doc_page('serve.rst').split())
+    assert '``--max-bad-messages N`` close a connection with 1008' in page
+    assert 'the open file limit minus max(64, 5 %)' in page
 
 
 def test_passwd_then_serve_with_users_and_the_cli_authenticates_with_sha256(serve_process,
