@@ -1,7 +1,7 @@
 """Which transport, and where: choosing from a config name, a URL or a SIP URI.
 
 All three ways of selecting a transport end in the registry
-(:mod:`aiosip_ws.registry`):
+(:mod:`aiosip_ws.adapter.registry`):
 
 * a config name: ``transport='ws'`` / ``'wss'`` / ``'udp'``;
 * a URL scheme: ``ws://...`` selects ``ws``, ``wss://...`` selects ``wss``;

@@ -7,7 +7,7 @@ double CRLF is a ping to answer with one CRLF, anything else a pong (RFC 7118 6,
 RFC 5626 §4.4 and §5.4); neither reaches the SIP layer.
 
 :func:`receive` turns an incoming WebSocket message into one event, and
-:func:`encode` turns an outgoing :class:`~aiosip_ws.codec.SIPMessage` into the
+:func:`encode` turns an outgoing :class:`~aiosip_ws.core.codec.SIPMessage` into the
 ``str`` (text frame) or ``bytes`` (binary frame) to hand to the WebSocket
 library.  Nothing here does I/O; :mod:`aiosip_ws.transport` does.
 

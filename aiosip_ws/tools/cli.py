@@ -49,7 +49,7 @@ from .common import client_options, install_stop, remove_stop, resolver, unless_
 
 __all__ = ['main', 'build_parser']
 
-logger = logging.getLogger('aiosip_ws.cli')
+logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:

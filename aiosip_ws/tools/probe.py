@@ -15,7 +15,7 @@ Example (inside a coroutine)::
         print(txn.status, txn.reason, txn.final_ms)
 
 Nothing here prints: results come back as :class:`ConnectTimings` and
-:class:`Transaction` objects, and progress goes to the ``aiosip_ws.probe`` logger.
+:class:`Transaction` objects, and progress goes to the ``aiosip_ws.tools.probe`` logger.
 """
 from __future__ import annotations
 
