@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import builtins
 import importlib
+import importlib.util
 import re
 from pathlib import Path
 from types import ModuleType
@@ -44,6 +45,17 @@ def _load(name: str) -> ModuleType | None:
         return importlib.import_module(name)
     except Exception:  # noqa: BLE001 - an optional extra (aiortc, redis) that is missing
         return None
+
+
+def _optional(name: str) -> bool:
+    """A module of the package that exists but cannot be imported here (its extra, such
+    as aiortc for aiosip_ws.media, is not installed)."""
+    if not name.startswith('aiosip_ws.') or _load(name) is not None:
+        return False
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
 
 
 def _chain(obj: Any, names: list[str]) -> bool:
@@ -96,7 +108,7 @@ def resolves(target: str, role: str, context: Any, module: ModuleType,
         target = package + target
     parts = target.split('.')
     if role == 'mod':
-        return _load(target) is not None
+        return _load(target) is not None or _optional(target)
     if context is not module and _chain(context, parts):
         return True
     if _chain(module, parts) or hasattr(builtins, target):
@@ -105,6 +117,8 @@ def resolves(target: str, role: str, context: Any, module: ModuleType,
         found = _load('.'.join(parts[:cut]))
         if found is not None:
             return _chain(found, parts[cut:])
+        if _optional('.'.join(parts[:cut])):
+            return True                  # a module of an extra not installed: checked where it is
     holders = [m for m in everything.values()          # defined in one module of the package
                if getattr(vars(m).get(parts[0]), '__module__', None) == m.__name__]
     return len(holders) == 1 and _chain(holders[0], parts)
