@@ -109,6 +109,18 @@ def canonical_name(name: str) -> str:
     return result
 
 
+def _lookup(name: str) -> tuple[str, str, int]:
+    """What a header lookup compares (see :meth:`SIPMessage.get`): the canonical name,
+    its lower case and its length, remembered per name asked for."""
+    wanted = canonical_name(name)
+    found = (wanted, wanted.lower(), len(wanted))
+    if len(_LOOKUP) < _NAMES_MAX:
+        _LOOKUP[name] = found
+    return found
+
+
+#: name as asked for -> _lookup(name), for SIPMessage.get and get_all
+_LOOKUP: dict[str, tuple[str, str, int]] = {}
 #: name as asked for -> canonical_name(name): the code asks for a few dozen names
 _CANONICAL_OF: dict[str, str] = {}
 
@@ -199,8 +211,7 @@ class SIPMessage:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (any case, compact form allowed)."""
-        wanted = canonical_name(name)
-        lower, size = wanted.lower(), len(wanted)
+        wanted, lower, size = _LOOKUP.get(name) or _lookup(name)
         for key, value in self.headers:
             if key == wanted or (len(key) == size and key.lower() == lower):
                 return value
@@ -208,8 +219,7 @@ class SIPMessage:
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``; comma-joined Via/Contact/Route values are split."""
-        wanted = canonical_name(name)
-        lower, size = wanted.lower(), len(wanted)
+        wanted, lower, size = _LOOKUP.get(name) or _lookup(name)
         values = [value for key, value in self.headers
                   if key == wanted or (len(key) == size and key.lower() == lower)]
         if lower in MULTI_VALUE_HEADERS:
