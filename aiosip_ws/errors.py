@@ -27,6 +27,8 @@ __all__ = [
     'ProxyHeaderError',
     'AllTargetsFailed',
     'MediaError',
+    'MediaRelayError',
+    'MediaRelayTimeout',
     'CallFailed',
     'Interrupted',
 ]
@@ -142,6 +144,16 @@ class RegistrationError(AiosipWSError):
 class MediaError(AiosipWSError):
     """A call's media cannot be set up: the ``[media]`` extra (aiortc) is missing, the
     peer's SDP cannot be answered, or a media file cannot be read or written."""
+
+
+class MediaRelayError(AiosipWSError):
+    """rtpengine (the media relay serve drives over its ng protocol) refused a command
+    (``result: error``, its ``error-reason`` in the message), did not answer in time, or
+    answered something that is not an ng reply."""
+
+
+class MediaRelayTimeout(MediaRelayError, TimeoutError):
+    """No rtpengine answered an ng command within its timeout (retransmitted meanwhile)."""
 
 
 class CallFailed(AiosipWSError):

@@ -24,7 +24,7 @@ say() { printf '\n=== %s\n' "$*"; }
 
 # --- Debian packages ------------------------------------------------------------
 packages=(dnsmasq-base kamailio kamailio-websocket-modules kamailio-tls-modules openssl nginx-light haproxy
-          chromium iproute2 util-linux redis-server sip-tester prometheus)
+          chromium iproute2 util-linux redis-server sip-tester prometheus rtpengine-daemon)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
@@ -45,6 +45,7 @@ if command -v systemctl >/dev/null 2>&1; then
     systemctl stop haproxy >/dev/null 2>&1 || true
     systemctl stop redis-server >/dev/null 2>&1 || true
     systemctl stop prometheus >/dev/null 2>&1 || true
+    systemctl stop rtpengine-daemon >/dev/null 2>&1 || true
 fi
 
 # --- npm packages for the interop peers -----------------------------------------

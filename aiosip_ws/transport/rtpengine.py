@@ -1,0 +1,173 @@
+"""A client of rtpengine's ng control protocol over UDP (:mod:`aiosip_ws.core.ng` is the
+protocol as data).
+
+:class:`NgClient` sends each command under a cookie of its own and waits for the reply
+with that cookie.  A datagram can be lost: the same datagram (same cookie) goes again
+every ``retransmit`` seconds until the reply comes or ``timeout`` has passed (rtpengine
+answers a cookie it has seen from its cache, so a command is never carried out twice);
+then :class:`~aiosip_ws.errors.MediaRelayTimeout`.  A reply whose ``result`` is
+``error`` raises :class:`~aiosip_ws.errors.MediaRelayError` with rtpengine's reason; a
+``warning`` is logged and the reply returned.  At most ``max_pending`` commands wait at
+once (more fail at once: the relay is not keeping up), replies nobody waits for are
+dropped and counted, and :meth:`NgClient.close` fails whatever still waits.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import socket
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..core.grammar import show_address, split_net_url
+from ..core.ng import decode_reply, encode_command
+from ..errors import ConfigurationError, ConnectionLost, MediaRelayError, MediaRelayTimeout
+from .throttle import LogThrottle
+
+__all__ = ['NgClient', 'open_ng']
+
+logger = logging.getLogger(__name__)
+peer_log = LogThrottle(logger)
+
+#: seconds a command may wait for its reply by default (Kamailio's rtpengine module: 1 s
+#: per try, 5 tries)
+DEFAULT_TIMEOUT = 5.0
+#: seconds between copies of a command that has no reply yet
+DEFAULT_RETRANSMIT = 1.0
+#: commands waiting at once, per relay
+DEFAULT_MAX_PENDING = 1000
+
+
+class NgClient(asyncio.DatagramProtocol):
+    """One rtpengine's ng port (see the module); made by :func:`open_ng`."""
+
+    def __init__(self, address: tuple[str, int], *, timeout: float = DEFAULT_TIMEOUT,
+                 retransmit: float = DEFAULT_RETRANSMIT,
+                 max_pending: int = DEFAULT_MAX_PENDING) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.retransmit = retransmit
+        self.max_pending = max_pending
+        self.transport: asyncio.DatagramTransport | None = None
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._prefix = secrets.token_hex(4)
+        self._counter = itertools.count(1)
+        #: replies that matched no waiting command (late, duplicated, or not ours)
+        self.unmatched = 0
+        #: copies sent again for want of a reply
+        self.retransmitted = 0
+        self._closed = asyncio.get_running_loop().create_future()
+
+    def __repr__(self) -> str:
+        return '<rtpengine ng %s>' % show_address(self.address)
+
+    # -- asyncio ---------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            cookie, reply = decode_reply(data)
+        except MediaRelayError as exc:
+            peer_log.warning('bad ng replies', '%r: dropped a reply that is not ng: %s',
+                             self, exc)
+            return
+        waiter = self._pending.get(cookie)
+        if waiter is None or waiter.done():
+            self.unmatched += 1
+            return
+        waiter.set_result(reply)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like: the relay is down; the command's own timeout
+        # decides, its retransmissions may yet reach a relay that comes back
+        peer_log.info('ng socket errors', '%r: %s', self, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+        for waiter in self._pending.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionLost('%r was closed' % self))
+
+    # -- commands --------------------------------------------------------------------------
+    async def command(self, command: Mapping[str, Any], *,
+                      timeout: float | None = None) -> dict[str, Any]:
+        """Send ``command`` (a dictionary with its ``command`` key) and return rtpengine's
+        reply; see the module for the failures."""
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionLost('%r is closed' % self)
+        if len(self._pending) >= self.max_pending:
+            raise MediaRelayError('%r: %d ng commands already wait for a reply'
+                                  % (self, len(self._pending)))
+        cookie = '%s_%d' % (self._prefix, next(self._counter))
+        datagram = encode_command(cookie, command)
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[cookie] = waiter
+        limit = self.timeout if timeout is None else timeout
+        name = command.get('command')
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        try:
+            while True:
+                transport = self.transport
+                if transport.is_closing():
+                    raise ConnectionLost('%r was closed' % self)
+                transport.sendto(datagram, self.address)
+                left = deadline - loop.time()
+                done, _ = await asyncio.wait({waiter}, timeout=min(self.retransmit, left))
+                if done:
+                    break
+                if left <= self.retransmit:
+                    raise MediaRelayTimeout('%r: no reply to %s within %g s'
+                                            % (self, name, limit))
+                self.retransmitted += 1
+        finally:
+            del self._pending[cookie]
+        reply = waiter.result()
+        result = reply.get('result')
+        if result == 'error':
+            raise MediaRelayError('%r refused %s: %s' % (self, name,
+                                                         reply.get('error-reason', '?')))
+        if result == 'warning':
+            peer_log.warning('ng warnings', '%r: %s: %s', self, name, reply.get('warning'))
+        return reply
+
+    async def ping(self) -> None:
+        """A ``ping``: MediaRelayError unless rtpengine answers ``pong``."""
+        reply = await self.command({'command': 'ping'})
+        if reply.get('result') != 'pong':
+            raise MediaRelayError('%r answered ping with %r' % (self, reply.get('result')))
+
+    async def statistics(self) -> dict[str, Any]:
+        """rtpengine's ``statistics`` (``currentstatistics``, ``totalstatistics``...)."""
+        reply = await self.command({'command': 'statistics'})
+        statistics = reply.get('statistics')
+        return statistics if isinstance(statistics, dict) else {}
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def wait_closed(self) -> None:
+        await self._closed
+
+
+async def open_ng(url: str, **options: Any) -> NgClient:
+    """An :class:`NgClient` for ``udp://HOST:PORT`` (rtpengine's ``--listen-ng``)."""
+    scheme, host, port = split_net_url(url)
+    if scheme != 'udp' or urlsplit(url).port is None:
+        raise ConfigurationError('an rtpengine ng address is udp://HOST:PORT (its '
+                                 '--listen-ng), not %r' % url)
+    loop = asyncio.get_running_loop()
+    infos = await asyncio.wait_for(loop.getaddrinfo(host.strip('[]'), port,
+                                                    type=socket.SOCK_DGRAM), 10)
+    address = (str(infos[0][4][0]), int(infos[0][4][1]))
+    _, client = await loop.create_datagram_endpoint(
+        lambda: NgClient(address, **options), remote_addr=None,
+        local_addr=('::' if ':' in address[0] else '0.0.0.0', 0))
+    return client

@@ -1,0 +1,52 @@
+"""rtpengine's ng protocol as data (aiosip_ws.core.ng): bencode both ways, the command
+datagram and the reply, and every malformed reply refused with MediaRelayError."""
+from __future__ import annotations
+
+import pytest
+
+from aiosip_ws.core.ng import MAX_DEPTH, bdecode, bencode, decode_reply, encode_command
+from aiosip_ws.errors import MediaRelayError
+
+
+def test_bencode_as_rtpengine_writes_it():
+    assert bencode({'command': 'ping'}) == b'd7:command4:pinge'
+    assert bencode({'b': 1, 'a': [-3, 'x', b'\x00'], 'flags': True}) == \
+        b'd1:ali-3e1:x1:\x00e1:bi1e5:flagsi1ee'              # keys sorted, as bencode says
+    assert bencode('h\u00e9') == b'3:h\xc3\xa9'                 # lengths count bytes
+
+
+@pytest.mark.parametrize('value', [
+    0, -12, 'offer', '', ['a', 1, ['b', {'c': 'd'}]],
+    {'command': 'offer', 'call-id': 'c1', 'sdp': 'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n',
+     'replace': ['origin', 'session connection'], 'ICE': 'remove'}])
+def test_round_trips(value):
+    assert bdecode(bencode(value)) == value
+
+
+@pytest.mark.parametrize('data, error', [
+    (b'', 'ends early'), (b'i12', 'without its end'), (b'ie', 'not an integer'),
+    (b'i1xe', 'not an integer'), (b'5:abc', 'longer than the data'),
+    (b'x', 'unexpected'), (b'l' * (MAX_DEPTH + 2), 'nested deeper'),
+    (b'di1ei2ee', 'key that is not a string'), (b'i1ei2e', 'after the value'),
+    (b'd3:key', 'ends early'), (b'3x:abc', 'without its length')])
+def test_malformed_bencode_is_refused(data, error):
+    with pytest.raises(MediaRelayError, match=error):
+        bdecode(data)
+
+
+def test_commands_and_replies():
+    assert encode_command('c_1', {'command': 'ping'}) == b'c_1 d7:command4:pinge'
+    assert decode_reply(b'c_1 d6:result4:ponge') == ('c_1', {'result': 'pong'})
+    for cookie in ('', 'a b'):
+        with pytest.raises(MediaRelayError, match='cookie'):
+            encode_command(cookie, {'command': 'ping'})
+    with pytest.raises(MediaRelayError, match='"command" key'):
+        encode_command('c', {'call-id': 'x'})
+    with pytest.raises(MediaRelayError, match='more than a datagram'):
+        encode_command('c', {'command': 'offer', 'sdp': 'x' * 70000})
+    with pytest.raises(MediaRelayError, match='cannot bencode float'):
+        encode_command('c', {'command': 'offer', 'x': 1.5})
+    for reply, error in ((b'd6:result4:ponge', 'without a cookie'),
+                         (b'c li1ee', 'not a dictionary')):
+        with pytest.raises(MediaRelayError, match=error):
+            decode_reply(reply)

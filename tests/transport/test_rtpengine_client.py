@@ -1,0 +1,108 @@
+"""The ng client (aiosip_ws.transport.rtpengine) against UDP sockets of the test on
+127.0.0.1, standing in for rtpengine where its behaviour is what is tested: a lost
+datagram is sent again under the same cookie; a relay that never answers times out after
+its retransmissions; an error reply raises with its reason; replies nobody waits for are
+counted; the pending commands are bounded.  Against the real rtpengine:
+tests/interop/test_rtpengine.py."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aiosip_ws.core.ng import bdecode, bencode
+from aiosip_ws.errors import ConfigurationError, ConnectionLost, MediaRelayError, MediaRelayTimeout
+from aiosip_ws.transport.rtpengine import open_ng
+
+
+class FakeRelay(asyncio.DatagramProtocol):
+    """Answers as ``answer(command)`` says (None: stays silent), after dropping the
+    first ``drop`` datagrams; keeps every datagram it got."""
+
+    def __init__(self, answer, drop=0):
+        self.answer, self.drop = answer, drop
+        self.got: list[bytes] = []
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.got.append(data)
+        if len(self.got) <= self.drop:
+            return
+        cookie, _, body = data.partition(b' ')
+        reply = self.answer(bdecode(body))
+        if reply is not None:
+            self.transport.sendto(cookie + b' ' + bencode(reply), addr)
+
+
+@pytest.fixture
+async def relay():
+    made = []
+
+    async def start(answer, drop=0):
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: FakeRelay(answer, drop), local_addr=('127.0.0.1', 0))
+        made.append(transport)
+        return protocol, 'udp://127.0.0.1:%d' % transport.get_extra_info('sockname')[1]
+    yield start
+    for transport in made:
+        transport.close()
+
+
+async def test_a_lost_command_is_sent_again_under_its_cookie(relay):
+    fake, url = await relay(lambda command: {'result': 'pong'}, drop=2)
+    client = await open_ng(url, retransmit=0.05, timeout=2)
+    try:
+        await client.ping()
+        assert len(fake.got) == 3 and len(set(fake.got)) == 1     # one datagram, three times
+        assert client.retransmitted == 2
+        await client.ping()
+        assert fake.got[3] != fake.got[0]                           # a new command, a new cookie
+    finally:
+        client.close()
+        await client.wait_closed()
+
+
+async def test_a_silent_relay_times_out_and_an_error_carries_its_reason(relay):
+    fake, url = await relay(lambda command: None)
+    client = await open_ng(url, retransmit=0.05, timeout=0.3)
+    try:
+        with pytest.raises(MediaRelayTimeout, match='no reply to offer within 0.3 s'):
+            await client.command({'command': 'offer', 'call-id': 'c1', 'sdp': 'v=0'})
+        assert 5 <= len(fake.got) <= 8 and len(set(fake.got)) == 1
+    finally:
+        client.close()
+        await client.wait_closed()
+    fake, url = await relay(lambda command: {'result': 'error',
+                                             'error-reason': 'Unknown call-id'})
+    client = await open_ng(url)
+    try:
+        with pytest.raises(MediaRelayError, match='refused answer: Unknown call-id'):
+            await client.command({'command': 'answer', 'call-id': 'nope'})
+    finally:
+        client.close()
+        await client.wait_closed()
+
+
+async def test_stray_replies_are_counted_pending_commands_bounded_and_close_fails_them(relay):
+    fake, url = await relay(lambda command: None)
+    client = await open_ng(url, retransmit=10, timeout=10, max_pending=2)
+    waiting = [asyncio.ensure_future(client.command({'command': 'ping'})) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    with pytest.raises(MediaRelayError, match='2 ng commands already wait'):
+        await client.command({'command': 'ping'})
+    client.datagram_received(b'other_1 d6:result4:ponge', ('127.0.0.1', 1))
+    client.datagram_received(b'not ng at all', ('127.0.0.1', 1))
+    assert client.unmatched == 1
+    client.close()
+    for future in waiting:
+        with pytest.raises(ConnectionLost):
+            await future
+    await client.wait_closed()
+    with pytest.raises(ConnectionLost):
+        await client.ping()
+    for url in ('udp://127.0.0.1', 'tcp://127.0.0.1:2222'):
+        with pytest.raises(ConfigurationError, match='udp://HOST:PORT'):
+            await open_ng(url)
