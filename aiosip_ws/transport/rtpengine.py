@@ -27,7 +27,7 @@ from ..core.ng import decode_reply, encode_command
 from ..errors import ConfigurationError, ConnectionLost, MediaRelayError, MediaRelayTimeout
 from .throttle import LogThrottle
 
-__all__ = ['NgClient', 'open_ng']
+__all__ = ['NgClient', 'RelaySet', 'open_ng']
 
 logger = logging.getLogger(__name__)
 peer_log = LogThrottle(logger)
@@ -171,3 +171,101 @@ async def open_ng(url: str, **options: Any) -> NgClient:
         lambda: NgClient(address, **options), remote_addr=None,
         local_addr=('::' if ':' in address[0] else '0.0.0.0', 0))
     return client
+
+
+class RelaySet:
+    """The rtpengines serve drives (``--rtpengine``, repeatable).
+
+    A call sticks to the relay its first command went to (rtpengine keeps its state); a
+    new call goes to the next live relay in turn.  A relay that lets a command time out
+    is skipped for ``retry`` seconds, then tried again; a new call whose relay times out
+    moves on to the next live one, and with none left the command fails with
+    :class:`~aiosip_ws.errors.MediaRelayError` (serve answers 503).  A call's relay that
+    stops answering is not replaced: the other relay knows nothing of the call.  At most
+    ``max_calls`` calls are remembered (the oldest forgotten first); ``delete`` forgets
+    its call.
+    """
+
+    def __init__(self, clients: list[NgClient], *, retry: float = 60.0,
+                 max_calls: int = 100000) -> None:
+        if not clients:
+            raise ConfigurationError('a relay set needs at least one rtpengine')
+        self.clients = list(clients)
+        self.retry = retry
+        self.max_calls = max_calls
+        #: call-id -> the relay that holds it (insertion order: the oldest first)
+        self._calls: dict[str, NgClient] = {}
+        #: relay -> when it may be tried again
+        self._dead_until: dict[NgClient, float] = {}
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def relay_of(self, call_id: str) -> NgClient | None:
+        return self._calls.get(call_id)
+
+    def live(self) -> list[NgClient]:
+        """The relays not skipped now, in the order new calls take them."""
+        now = asyncio.get_running_loop().time()
+        return [c for c in self.clients if self._dead_until.get(c, 0.0) <= now]
+
+    async def command(self, call_id: str, command: Mapping[str, Any]) -> dict[str, Any]:
+        """``command`` for the call ``call_id`` (its ``call-id`` key is set here), on the
+        call's relay, or for a new call on the next live one."""
+        command = dict(command, **{'call-id': call_id})
+        relay = self._calls.get(call_id)
+        if relay is not None:
+            try:
+                return await relay.command(command)
+            except MediaRelayTimeout:
+                self._mark_dead(relay)
+                raise
+            finally:
+                if command.get('command') == 'delete':
+                    self._calls.pop(call_id, None)
+        if command.get('command') == 'delete':
+            return {'result': 'ok'}                      # nothing was anchored for it
+        tried: list[str] = []
+        for relay in self._rotation():
+            try:
+                reply = await relay.command(command)
+            except MediaRelayTimeout as exc:
+                self._mark_dead(relay)
+                tried.append(str(exc))
+                continue
+            self._remember(call_id, relay)
+            return reply
+        raise MediaRelayError('no rtpengine answers%s' % (': ' + '; '.join(tried) if tried
+                                                          else ' (all skipped for now)'))
+
+    def forget(self, call_id: str) -> None:
+        self._calls.pop(call_id, None)
+
+    def _rotation(self) -> list[NgClient]:
+        live = self.live()
+        if not live:
+            return []
+        start = self._next % len(live)
+        self._next += 1
+        return live[start:] + live[:start]
+
+    def _remember(self, call_id: str, relay: NgClient) -> None:
+        calls = self._calls
+        calls[call_id] = relay
+        while len(calls) > self.max_calls:
+            del calls[next(iter(calls))]
+
+    def _mark_dead(self, relay: NgClient) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._dead_until.get(relay, 0.0) <= now:               # it was live: say so once
+            logger.warning('%r does not answer: new calls skip it for %g s', relay, self.retry)
+        self._dead_until[relay] = now + self.retry
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+    async def wait_closed(self) -> None:
+        for client in self.clients:
+            await client.wait_closed()

@@ -12,7 +12,7 @@ import pytest
 
 from aiosip_ws.core.ng import bdecode, bencode
 from aiosip_ws.errors import ConfigurationError, ConnectionLost, MediaRelayError, MediaRelayTimeout
-from aiosip_ws.transport.rtpengine import open_ng
+from aiosip_ws.transport.rtpengine import RelaySet, open_ng
 
 
 class FakeRelay(asyncio.DatagramProtocol):
@@ -106,3 +106,54 @@ async def test_stray_replies_are_counted_pending_commands_bounded_and_close_fail
     for url in ('udp://127.0.0.1', 'tcp://127.0.0.1:2222'):
         with pytest.raises(ConfigurationError, match='udp://HOST:PORT'):
             await open_ng(url)
+
+
+async def test_a_relay_set_keeps_each_call_on_its_relay_and_skips_a_silent_one(relay):
+    answering = {'up': True}
+
+    def maybe(command):
+        return {'result': 'ok', 'sdp': 'v=0'} if answering['up'] else None
+    first, first_url = await relay(maybe)
+    second, second_url = await relay(lambda command: {'result': 'ok', 'sdp': 'v=0'})
+    clients = [await open_ng(url, retransmit=0.05, timeout=0.2)
+               for url in (first_url, second_url)]
+    relays = RelaySet(clients, retry=0.5, max_calls=3)
+    try:
+        await relays.command('c1', {'command': 'offer', 'sdp': 'v=0'})
+        await relays.command('c2', {'command': 'offer', 'sdp': 'v=0'})
+        assert relays.relay_of('c1') is clients[0] and relays.relay_of('c2') is clients[1]
+        await relays.command('c1', {'command': 'answer', 'sdp': 'v=0'})     # sticks
+        sent = [bdecode(d.partition(b' ')[2]) for d in first.got]
+        assert [c['command'] for c in sent] == ['offer', 'answer']
+        assert all(c['call-id'] == 'c1' for c in sent)
+
+        answering['up'] = False                       # the first relay goes silent
+        with pytest.raises(MediaRelayTimeout):
+            await relays.command('c1', {'command': 'answer', 'sdp': 'v=0'})   # no failover
+        assert relays.live() == [clients[1]]
+        for call in ('c3', 'c4'):                     # new calls: only the live relay
+            await relays.command(call, {'command': 'offer', 'sdp': 'v=0'})
+            assert relays.relay_of(call) is clients[1]
+        assert len(relays) == 3 and relays.relay_of('c1') is None     # at most 3 calls kept
+        await relays.command('c4', {'command': 'delete'})
+        assert relays.relay_of('c4') is None and len(relays) == 2
+        assert await relays.command('never', {'command': 'delete'}) == {'result': 'ok'}
+
+        await asyncio.sleep(0.55)                     # retry: the first is tried again
+        assert relays.live() == clients
+        answering['up'] = True
+        await relays.command('c5', {'command': 'offer', 'sdp': 'v=0'})
+        await relays.command('c6', {'command': 'offer', 'sdp': 'v=0'})
+        assert {relays.relay_of('c5'), relays.relay_of('c6')} == set(clients)
+
+        answering['up'] = False
+        second.answer = lambda command: None          # both silent: a new call fails
+        with pytest.raises(MediaRelayError, match='no rtpengine answers: .*within 0.2 s'):
+            await relays.command('c7', {'command': 'offer', 'sdp': 'v=0'})
+        with pytest.raises(MediaRelayError, match='all skipped for now'):
+            await relays.command('c8', {'command': 'offer', 'sdp': 'v=0'})
+    finally:
+        relays.close()
+        await relays.wait_closed()
+    with pytest.raises(ConfigurationError):
+        RelaySet([])
