@@ -28,12 +28,11 @@ from ..core.grammar import show_address
 from ..core.stream import MAX_MESSAGE, Framed, FramingFailed, StreamFramer
 from ..errors import ConfigurationError, SIPParseError, TransportError
 from .stall import SendWatch, unsent
-from .throttle import LogThrottle
+from .throttle import LogThrottle, wire_logger
 
 __all__ = ['StreamConnection', 'StreamHandler', 'StreamListener', 'listen_tcp', 'connect_tcp']
 
 logger = logging.getLogger(__name__)
-wire_logger = logging.getLogger('aiosip_ws.wire')
 peer_log = LogThrottle(logger)
 
 Address = tuple[str, int]

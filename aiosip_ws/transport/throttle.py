@@ -20,7 +20,11 @@ import time
 import weakref
 from collections.abc import Callable
 
-__all__ = ['LogThrottle']
+__all__ = ['LogThrottle', 'wire_logger']
+
+#: every SIP message a transport sends or receives, at DEBUG (``aiosip-ws ... --trace``
+#: shows it): one logger for UDP, TCP, TLS and WebSocket, named for what it carries
+wire_logger = logging.getLogger('aiosip_ws.wire')
 
 
 class _Window:

@@ -23,12 +23,11 @@ from ..core import framing
 from ..core.codec import SIPMessage, mark_received, serialize
 from ..core.grammar import show_address
 from ..errors import ConfigurationError
-from .throttle import LogThrottle
+from .throttle import LogThrottle, wire_logger
 
 __all__ = ['UDPEndpoint', 'UDPFlow', 'UDPHandler', 'listen_udp', 'MAX_DATAGRAM']
 
 logger = logging.getLogger(__name__)
-wire_logger = logging.getLogger('aiosip_ws.wire')
 peer_log = LogThrottle(logger)
 
 #: the socket buffers asked for, bytes (the kernel may give less)

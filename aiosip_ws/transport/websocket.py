@@ -41,14 +41,13 @@ from ..core.grammar import WS_DEFAULT_PORTS, WS_SCHEMES, retry_after_seconds
 from ..errors import ConfigurationError, HandshakeError
 from ..options import ClientOptions, ServerOptions
 from .stall import SendWatch, unsent
-from .throttle import LogThrottle
+from .throttle import LogThrottle, wire_logger
 
 __all__ = ['WSConnection', 'ConnectionHandler', 'open_connection', 'random_invalid_host',
            'split_ws_url', 'sockaddr', 'user_agent']
 
 logger = logging.getLogger(__name__)
 #: Every SIP message and keep-alive sent or received, at DEBUG level (``--trace``).
-wire_logger = logging.getLogger('aiosip_ws.wire')
 #: what peers cause (malformed messages, refused requests and handshakes): at most a few
 #: lines of each kind per interval, then one "N similar suppressed" line
 peer_log = LogThrottle(logger)
