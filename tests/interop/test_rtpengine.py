@@ -1,39 +1,27 @@
 """The ng client against Debian's rtpengine-daemon (10.5) on 127.0.0.1: ping and
-statistics; an offer from a WebRTC leg rewritten for a plain RTP phone and the phone's
-answer rewritten back for the browser, with the flags serve is to send (ICE removed,
-RTP/AVP, rtcp-mux demuxed one way; ICE forced, UDP/TLS/RTP/SAVPF, no SDES the other);
-delete, after which rtpengine holds no session; a command rtpengine refuses raises with
-its reason; a relay that is gone times out."""
+statistics; with the flags serve chooses (aiosip_ws.core.mediaflags), an offer from a
+WebRTC leg rewritten for a plain RTP phone and the phone's answer rewritten back for the
+browser, and the other direction; delete, after which rtpengine holds no session; a
+command rtpengine refuses raises with its reason; a relay that is gone times out."""
 from __future__ import annotations
 
 import asyncio
 
 import pytest
 
+from aiosip_ws.core.mediaflags import PLAIN, WEBRTC, leg_flags, sdp_profile
 from aiosip_ws.errors import MediaRelayError, MediaRelayTimeout
 from aiosip_ws.transport.rtpengine import open_ng
 from tests.interop.conftest import _unavailable
 from tests.support.rtpengine import rtpengine, rtpengine_binary
+from tests.support.sdp import BROWSER_OFFER, PHONE_ANSWER, PHONE_OFFER
 
 pytestmark = pytest.mark.interop
 
-BROWSER_OFFER = (
-    'v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n'
-    'a=group:BUNDLE 0\r\na=msid-semantic: WMS\r\n'
-    'm=audio 9 UDP/TLS/RTP/SAVPF 111 0 8\r\nc=IN IP4 0.0.0.0\r\n'
-    'a=rtcp:9 IN IP4 0.0.0.0\r\n'
-    'a=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host generation 0\r\n'
-    'a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=ice-options:trickle\r\n'
-    'a=fingerprint:sha-256 7B:8B:F0:65:5F:78:E2:51:3B:AC:6F:F3:3F:46:1B:35:DC:B8:5F:64:'
-    '1A:24:C2:43:F0:A1:58:D0:A1:2C:19:08\r\na=setup:actpass\r\na=mid:0\r\n'
-    'a=sendrecv\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n'
-    'a=rtpmap:8 PCMA/8000\r\n')
-PHONE_ANSWER = ('v=0\r\no=bob 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n'
-                'm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n')
-TO_PLAIN = {'ICE': 'remove', 'transport-protocol': 'RTP/AVP', 'rtcp-mux': ['demux'],
-            'replace': ['origin', 'session-connection']}
-TO_WEBRTC = {'ICE': 'force', 'transport-protocol': 'UDP/TLS/RTP/SAVPF', 'SDES': ['off'],
-             'replace': ['origin', 'session-connection']}
+#: serve's own flags (aiosip_ws.core.mediaflags): an offer from a browser towards a phone
+#: and the phone's answer back towards the browser
+TO_PLAIN = leg_flags(PLAIN, offer=True, source=WEBRTC)
+TO_WEBRTC = leg_flags(WEBRTC, offer=False)
 
 
 @pytest.fixture
@@ -58,6 +46,7 @@ async def test_a_webrtc_offer_and_a_plain_answer_through_rtpengine(ng_url):
         offer = await client.command(dict(TO_PLAIN, command='offer', **{
             'call-id': 'call-1', 'from-tag': 'a1', 'sdp': BROWSER_OFFER}))
         sdp = offer['sdp']
+        assert sdp_profile(sdp) == PLAIN
         assert 'm=audio ' in sdp and ' RTP/AVP ' in sdp and 'SAVPF' not in sdp
         assert 'a=candidate' not in sdp and 'a=fingerprint' not in sdp
         assert 'a=rtcp-mux' not in sdp and 'c=IN IP4 127.0.0.1' in sdp
@@ -65,6 +54,8 @@ async def test_a_webrtc_offer_and_a_plain_answer_through_rtpengine(ng_url):
         answer = await client.command(dict(TO_WEBRTC, command='answer', **{
             'call-id': 'call-1', 'from-tag': 'a1', 'to-tag': 'b1', 'sdp': PHONE_ANSWER}))
         sdp = answer['sdp']
+        # DTLS-reverse=passive on the offer: rtpengine waits for the browser's ClientHello
+        assert sdp_profile(sdp) == WEBRTC and 'a=setup:passive' in sdp
         assert 'UDP/TLS/RTP/SAVPF' in sdp and 'a=fingerprint:' in sdp
         assert 'a=ice-ufrag:' in sdp and 'a=candidate:' in sdp and 'a=crypto' not in sdp
         assert await own_sessions(client) == 1
@@ -78,6 +69,36 @@ async def test_a_webrtc_offer_and_a_plain_answer_through_rtpengine(ng_url):
             await client.command(dict(TO_WEBRTC, command='answer', **{
                 'call-id': 'no-such-call', 'from-tag': 'a1', 'to-tag': 'b1',
                 'sdp': PHONE_ANSWER}))
+    finally:
+        client.close()
+        await client.wait_closed()
+
+
+async def test_a_phone_calling_a_browser_through_rtpengine(ng_url):
+    """The other direction: a plain offer made WebRTC for the browser (ICE, DTLS, rtcp-mux
+    offered, a=mid generated), the browser's answer made plain for the phone."""
+    client = await open_ng(ng_url, timeout=3)
+    try:
+        offer = await client.command(dict(leg_flags(WEBRTC, offer=True, source=PLAIN),
+                                          command='offer', **{'call-id': 'call-2',
+                                                              'from-tag': 'b2',
+                                                              'sdp': PHONE_OFFER}))
+        sdp = offer['sdp']
+        assert sdp_profile(sdp) == WEBRTC and 'a=rtcp-mux' in sdp and 'a=mid:' in sdp
+        assert 'a=ice-ufrag:' in sdp and 'a=fingerprint:' in sdp and 'a=crypto' not in sdp
+        assert 'a=rtpmap:0 PCMU/8000' in sdp
+        browser_answer = BROWSER_OFFER.replace('a=setup:actpass', 'a=setup:active')
+        answer = await client.command(dict(leg_flags(PLAIN, offer=False), command='answer',
+                                           **{'call-id': 'call-2', 'from-tag': 'b2',
+                                              'to-tag': 'a2', 'sdp': browser_answer}))
+        sdp = answer['sdp']
+        assert sdp_profile(sdp) == PLAIN and 'a=rtcp-mux' not in sdp
+        await client.command({'command': 'delete', 'call-id': 'call-2', 'from-tag': 'b2'})
+        for _ in range(20):
+            if await own_sessions(client) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await own_sessions(client) == 0
     finally:
         client.close()
         await client.wait_closed()
