@@ -19,7 +19,7 @@ import logging
 import secrets
 import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from ..core.grammar import show_address, split_net_url
@@ -66,8 +66,8 @@ class NgClient(asyncio.DatagramProtocol):
 
     # -- asyncio ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # (a datagram endpoint's transport; on Python 3.10 not an instance of the ABC)
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -152,6 +152,8 @@ class NgClient(asyncio.DatagramProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+        elif not self._closed.done():
+            self._closed.set_result(None)           # never opened: nothing to wait for
 
     async def wait_closed(self) -> None:
         await self._closed
