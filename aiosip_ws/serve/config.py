@@ -186,6 +186,38 @@ class ServeConfig:
         None, 'a reverse proxy or load balancer whose X-Forwarded-For / Forwarded names the '
         'client (ignored from anyone else), repeatable', metavar='CIDR', factory=list)
 
+    # -- media -------------------------------------------------------------------------------
+    rtpengine: list[str] = _option(
+        None, 'an rtpengine\'s ng control port (its --listen-ng), repeatable: a set; a call '
+        'sticks to one, new calls go round the live ones. With it, calls between a browser '
+        '(WebRTC) and a plain RTP phone get their media through rtpengine', metavar='udp://HOST:PORT',
+        factory=list)
+    rtpengine_timeout: float = _option(
+        5.0, 'how long an ng command waits for rtpengine\'s reply (sent again each second) '
+        'before the relay counts as down (default %(default)s)', metavar='SECONDS')
+    rtpengine_retry: float = _option(
+        60.0, 'a relay that let a command time out gets no new call for this long, then is '
+        'tried again (default %(default)s)', metavar='SECONDS')
+    media_relay: str | None = _option(
+        None, 'which calls go through rtpengine: auto (the default with --rtpengine) when one '
+        'leg is WebRTC and the other plain RTP, always every call, never none',
+        choices=('auto', 'always', 'never'))
+    media_profile: list[str] = _option(
+        None, 'say what a party speaks when serve would guess wrong (TARGET: an AOR, a domain '
+        'or a CIDR), repeatable; by default a party that registered over ws/wss or whose '
+        'Contact has +sip.ice is webrtc', metavar='TARGET=webrtc|plain', factory=list)
+    media_mismatch: str = _option(
+        'warn', 'without --rtpengine, a call between a WebRTC and a plain RTP party: warn (a '
+        'rate-limited log line and a metric; the call goes on, without audio) or refuse (488 '
+        'with a Warning) (default %(default)s)', choices=('warn', 'refuse'))
+    rtpengine_flags_webrtc: str | None = _option(
+        None, 'your own rtpengine flags towards a WebRTC party, in Kamailio\'s syntax '
+        '("ICE=force UDP/TLS/RTP/SAVPF SDES-off ..."; default: serve chooses them)',
+        metavar='FLAGS')
+    rtpengine_flags_plain: str | None = _option(
+        None, 'the same towards a plain RTP party ("ICE=remove RTP/AVP rtcp-mux-demux ...")',
+        metavar='FLAGS')
+
     # -- several processes, several nodes ----------------------------------------------------
     redis: str | None = _option(
         None, 'share bindings with the other nodes on this Redis and forward to them through '
@@ -261,6 +293,7 @@ class ServeConfig:
         if self.secret('flow_secret') and not self.registrar:
             raise ConfigurationError('--flow-secret needs --registrar (edge proxy mode)')
         self.next_hops()
+        self.media_settings()
         if self.users is None:
             for name in ('realm', 'domain', 'nonce_secret'):
                 if name == 'domain' and (self.route or self.route_unregistered):
@@ -362,6 +395,17 @@ class ServeConfig:
                                          'pbx.example.com=sip:192.0.2.10:5060 (got %r)' % route)
             hops[domain.strip()] = uri.strip()
         return hops
+
+    def media_settings(self) -> Any:
+        """The :class:`~aiosip_ws.serve.media.MediaSettings` of the media options, checked."""
+        from .media import MediaSettings
+        settings = MediaSettings(
+            rtpengine=list(self.rtpengine), timeout=self.rtpengine_timeout,
+            retry=self.rtpengine_retry, mode=self.media_relay,
+            profiles=list(self.media_profile), flags_webrtc=self.rtpengine_flags_webrtc,
+            flags_plain=self.rtpengine_flags_plain, mismatch=self.media_mismatch)
+        settings.validate()
+        return settings
 
     def flow_secret_bytes(self) -> bytes | None:
         secret = self.secret('flow_secret')

@@ -2,7 +2,8 @@
 
 The pipeline publishes typed events (:class:`MessageIn`, :class:`MessageOut`,
 :class:`ConnectionOpened`, :class:`ConnectionClosed`, :class:`RegistrationChanged`,
-:class:`CallChanged`, :class:`RequestRelayed`, :class:`RequestAnswered`) to an
+:class:`CallChanged`, :class:`RequestRelayed`, :class:`RequestAnswered`,
+:class:`MediaCommand`) to an
 :class:`EventStream`.  Each consumer subscribes with the kinds it wants and gets a
 :class:`Subscription` of its own: a bounded queue and a drop counter.  Publishing never
 waits: an event for a full queue is dropped and counted, so a slow consumer loses events
@@ -30,7 +31,7 @@ from ..transport.throttle import LogThrottle
 
 __all__ = ['Event', 'MessageIn', 'MessageOut', 'ConnectionOpened', 'ConnectionClosed',
            'RegistrationChanged', 'CallChanged', 'RequestRelayed', 'RequestAnswered',
-           'EventStream', 'Subscription', 'DEFAULT_QUEUE']
+           'MediaCommand',           'EventStream', 'Subscription', 'DEFAULT_QUEUE']
 
 logger = logging.getLogger(__name__)
 peer_log = LogThrottle(logger)
@@ -168,6 +169,22 @@ class RequestAnswered(Event):
     def __init__(self, method: str | None, status: int, seconds: float) -> None:
         self.time = _now()
         self.method, self.status, self.seconds = method, status, seconds
+
+
+class MediaCommand(Event):
+    """serve asked its media relay something for the call ``call_id``: ``command`` is an ng
+    command (``offer``, ``answer``, ``delete``) and ``outcome`` ``ok``, ``error`` or
+    ``timeout`` after ``seconds``; or ``command`` is ``mismatch`` (a call whose legs'
+    profiles differ, with no relay to anchor it) and ``outcome`` ``warn`` or ``refuse``."""
+
+    #: its fields, in the order its constructor (and a handler) takes them
+    FIELDS = ('command', 'call_id', 'outcome', 'seconds')
+    __slots__ = ('command', 'call_id', 'outcome', 'seconds')
+
+    def __init__(self, command: str, call_id: str, outcome: str, seconds: float) -> None:
+        self.time = _now()
+        self.command, self.call_id, self.outcome, self.seconds = (command, call_id, outcome,
+                                                                  seconds)
 
 
 Consumer = Callable[[Any], 'Awaitable[None] | None']

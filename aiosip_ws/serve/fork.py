@@ -9,16 +9,21 @@ INVITEs in progress for CANCEL.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..core.codec import SIPMessage, invite_companion, make_response
 from ..core.transaction import cancel_key
-from ..errors import TransactionTimeout
+from ..errors import AiosipWSError, TransactionTimeout
 from .context import SERVER_HEADER, Context
 from .events import CallChanged, RequestAnswered, RequestRelayed
 from .flow import NETWORK_TRANSPORTS, Flow
 from .registrar import Binding
+
+if TYPE_CHECKING:
+    from .media import AnchoredCall, Media
 
 __all__ = ['Forker', 'Fork', 'best_response', 'LEARN_FROM']
 
@@ -47,6 +52,8 @@ class Forker:
         #: an edge's flow token for the flow a dialog-creating request came from (its
         #: Record-Route names it, RFC 5626 §5.3), or None
         self.flow_token: Callable[[Flow], str | None] | None = None
+        #: the media relay (:mod:`~aiosip_ws.serve.media`): it anchors INVITEs' SDP
+        self.media: Media | None = None
 
     def relay(self, flow: Flow, request: SIPMessage, bindings: list[Binding],
               max_forwards: int, *, reconnect: bool = True) -> None:
@@ -60,6 +67,12 @@ class Forker:
         if reconnect and self.reconnect is not None and \
                 self.reconnect(flow, request, bindings, max_forwards):
             return
+        if self.media is not None and request.method == 'INVITE':
+            bindings, refusal = self.media.mismatched(flow, request, bindings)
+            if not bindings and refusal is not None:
+                status, reason, headers = refusal
+                ctx.reply(flow, request, status, reason, headers=headers)
+                return
         busy = self.over_pending_caps(flow, bindings[0].connection)
         if busy:
             ctx.busy(flow, request, busy)
@@ -117,13 +130,22 @@ def best_response(responses: list[SIPMessage]) -> SIPMessage:
 class _Branch:
     """One downstream copy of a forked request (a client transaction of the proxy)."""
 
-    __slots__ = ('binding', 'peer', 'forwarded', 'branch', 'done', 'provisional')
+    __slots__ = ('binding', 'peer', 'forwarded', 'branch', 'done', 'provisional', 'anchored',
+                 'backlog', 'final')
 
-    def __init__(self, binding: Binding, forwarded: SIPMessage, branch: str) -> None:
+    def __init__(self, binding: Binding, forwarded: SIPMessage, branch: str,
+                 anchored: bool = False) -> None:
         self.binding, self.peer, self.forwarded = binding, binding.connection, forwarded
         self.branch = branch
         self.done = False
         self.provisional = False
+        #: its SDP goes through the media relay
+        self.anchored = anchored
+        #: responses waiting for the media relay, in the order they came (None: none)
+        self.backlog: collections.deque[tuple[SIPMessage, Callable[[SIPMessage], None]]] | \
+            None = None
+        #: its final response came (it may still wait for the media relay)
+        self.final = False
 
 
 class Fork:
@@ -140,11 +162,14 @@ class Fork:
     to an INVITE are ACKed downstream here (§17.1.1.3).  Each INVITE branch waits Timer B
     (the transaction timeout) for a first provisional, then Timer C, re-armed by each
     provisional; Timer C CANCELs the branch, which counts as 408 (§16.8).  Callbacks
-    only, no task per request.
+    only, no task per request (but for a call whose media serve anchors: its branches'
+    offers, and each response with SDP on an anchored branch, wait for the media relay,
+    :mod:`~aiosip_ws.serve.media`).
     """
 
     __slots__ = ('ctx', 'forker', 'origin', 'request', 'groups', 'max_forwards', 'key', 'branches',
-                 'finals', 'answered', 'timed_out', 'finished', 'started', 'ringing')
+                 'finals', 'answered', 'timed_out', 'finished', 'started', 'ringing', 'call',
+                 'cancelled', 'winner', 'refusal')
 
     def __init__(self, forker: Forker, origin: Flow, request: SIPMessage,
                  bindings: list[Binding], max_forwards: int) -> None:
@@ -166,6 +191,14 @@ class Fork:
         self.started = asyncio.get_running_loop().time()
         #: a first 18x went upstream (the call is ringing)
         self.ringing = False
+        #: the call whose media serve anchors, or None
+        self.call: AnchoredCall | None = None
+        #: the caller CANCELled
+        self.cancelled = False
+        #: the branch whose 2xx went upstream first
+        self.winner: str | None = None
+        #: why serve itself could not launch a branch: (status, reason, headers)
+        self.refusal: tuple[int, str, list[tuple[str, str]]] | None = None
         origin.flow_state.relaying += 1
 
     def _answered_now(self, status: int) -> None:
@@ -196,21 +229,53 @@ class Fork:
             if self.origin.is_open:        # §16.2: at once, hop by hop, no To tag
                 self.ctx.send(self.origin, make_response(self.request, 100,
                                                          headers=[('Server', SERVER_HEADER)]))
+            if self.forker.media is not None:
+                self.call = self.forker.media.begin(self.origin, self.request)
         self._next_group()
 
     def _next_group(self) -> None:
         while self.groups:
             live = [b for b in self.groups.pop(0) if b.connection.is_open]
+            if live and self.call is not None:
+                self.ctx.spawn(self._launch_anchoring(live))
+                return
             for binding in live:
                 self._launch(binding)
             if live:
                 return
         self._finish()
 
-    def _launch(self, binding: Binding) -> None:
+    async def _launch_anchoring(self, live: list[Binding]) -> None:
+        """A group of a call whose media serve may anchor: the media relay's offers first."""
+        media, call = self.forker.media, self.call
+        assert media is not None and call is not None
+        try:
+            launches, refusals = await media.offers(call, self.request, live,
+                                                    lambda: self.ctx.new_branch(self.request))
+        except (AiosipWSError, OSError) as exc:        # not the relay's answer: a bug
+            logger.error('%s: the media relay\'s offers failed: %s', self.request.method, exc)
+            launches, refusals = [], [(500, 'Server Internal Error (media relay)', [])]
+        if self.finished:
+            return
+        if self.cancelled:
+            self._finish()
+            return
+        for binding, branch, body, anchored in launches:
+            self._launch(binding, branch, body, anchored)
+        if refusals and self.refusal is None:
+            self.refusal = refusals[0]
+        if not launches:
+            if self.groups:
+                self._next_group()
+            else:
+                self._finish()
+
+    def _launch(self, binding: Binding, branch_id: str | None = None,
+                body: bytes | None = None, anchored: bool = False) -> None:
         ctx, request = self.ctx, self.request
         forwarded = SIPMessage(method=request.method, uri=str(binding.uri),
-                               headers=list(request.headers), body=request.body)
+                               headers=list(request.headers),
+                               body=request.body if body is None else body)
         forwarded.set('Max-Forwards', str(self.max_forwards))
         forwarded.remove('Route')                      # loose routes pointing at us end here
         provisional = None
@@ -224,8 +289,11 @@ class Fork:
                 # RFC 5658: crossing transports, one entry per side; the callee's route set
                 # then names the side it is on first, the caller's the side it is on
                 forwarded.headers.insert(1, ('Record-Route', inbound))
-        branch = _Branch(binding, forwarded, ctx.new_branch(request))
-        if self.key is not None:
+        branch = _Branch(binding, forwarded, branch_id or ctx.new_branch(request), anchored)
+        if anchored:
+            provisional = lambda response: self._in_order(  # noqa: E731
+                branch, response, lambda r: self._provisional(branch, r))
+        elif self.key is not None:
             provisional = lambda response: self._provisional(branch, response)  # noqa: E731
         self.branches.append(branch)
         future = ctx.transactions.send(binding.connection, forwarded, branch.branch,
@@ -241,13 +309,52 @@ class Fork:
         if not self.answered:
             self.ctx.relay_provisional(self.origin, response)
 
+    def _in_order(self, branch: _Branch, response: SIPMessage,
+                  then: Callable[[SIPMessage], None]) -> None:
+        """``then(response)``, once the media relay rewrote its SDP if it has to, after the
+        branch's earlier responses."""
+        media, call = self.forker.media, self.call
+        assert media is not None and call is not None
+        if branch.backlog is None:
+            if not media.rewrites(call, branch.branch, response):
+                then(response)
+                return
+            branch.backlog = collections.deque()
+            branch.backlog.append((response, then))
+            self.ctx.spawn(self._rewrite_backlog(branch, branch.backlog))
+        else:
+            branch.backlog.append((response, then))
+
+    async def _rewrite_backlog(self, branch: _Branch, backlog: collections.deque[
+            tuple[SIPMessage, Callable[[SIPMessage], None]]]) -> None:
+        media, call = self.forker.media, self.call
+        assert media is not None and call is not None
+        try:
+            while backlog:
+                response, then = backlog[0]
+                if media.rewrites(call, branch.branch, response):
+                    await media.rewrite(call, branch.branch, response)
+                backlog.popleft()
+                then(response)
+        finally:
+            branch.backlog = None
+
     def _branch_done(self, branch: _Branch, future: asyncio.Future[SIPMessage]) -> None:
-        branch.done = True
+        branch.final = True
+        if future.cancelled() or future.exception() is not None or not branch.anchored:
+            self._branch_ended(branch, future)
+            return
+        self._in_order(branch, future.result(),
+                       lambda response: self._branch_response(branch, response))
+
+    def _branch_ended(self, branch: _Branch, future: asyncio.Future[SIPMessage]) -> None:
         if future.cancelled():
+            branch.done = True
             self._settle()
             return
         exc = future.exception()
         if exc is not None:
+            branch.done = True
             logger.info('relaying %s to %s failed: %s', self.request.method, branch.binding.uri,
                         exc)
             timeout = isinstance(exc, TransactionTimeout)
@@ -256,7 +363,10 @@ class Fork:
                 self._send_cancel(branch, None)                 # §16.8: Timer C fired
             self._settle()
             return
-        response = future.result()
+        self._branch_response(branch, future.result())
+
+    def _branch_response(self, branch: _Branch, response: SIPMessage) -> None:
+        branch.done = True
         status = response.status or 500
         if self.key is not None and status >= 300 and branch.peer.reliable:
             # hop by hop, RFC 3261 §17.1.1.3 (over UDP the transaction layer's state
@@ -270,6 +380,9 @@ class Fork:
                 self.answered = True
                 if first:
                     self._answered_now(status)
+                    self.winner = branch.branch
+                    if self.call is not None and self.forker.media is not None:
+                        self.forker.media.fork_ended(self.call, branch.branch)
                 self.ctx.relay_final(self.origin, branch.peer, self.request, response)
                 if self.key is not None and not branch.peer.reliable:
                     self.ctx.transactions.accepted(branch.branch, self.origin)
@@ -302,14 +415,20 @@ class Fork:
         if self.key is not None and invites.get(self.key) is self:
             del invites[self.key]
         self.origin.flow_state.relaying -= 1
+        if self.call is not None and self.winner is None and self.forker.media is not None:
+            self.forker.media.fork_ended(self.call, None)
         if self.answered:
             return
         if self.finals:
             response = best_response(self.finals)
             self._answered_now(response.status or 500)
             self.ctx.relay_final(self.origin, self.branches[-1].peer, self.request, response)
+        elif self.refusal is not None and not self.cancelled:
+            status, reason, headers = self.refusal
+            self._answered_now(status)
+            self.ctx.reply(self.origin, self.request, status, reason, headers=headers)
         else:
-            status = 408 if self.timed_out else 480
+            status = 487 if self.cancelled else 408 if self.timed_out else 480
             self._answered_now(status)
             self.ctx.reply(self.origin, self.request, status)
 
@@ -317,14 +436,15 @@ class Fork:
     def cancel(self, reason: str | None) -> None:
         """The caller CANCELled (§16.10): every pending branch is CANCELled; their 487s
         make the answer."""
+        self.cancelled = True
         for branch in self.branches:
-            if not branch.done:
+            if not branch.final:
                 self._send_cancel(branch, reason)
         self.groups = []                                   # no later group starts
 
     def _cancel_others(self, reason: str) -> None:
         for branch in self.branches:
-            if not branch.done:
+            if not branch.final:
                 self._send_cancel(branch, reason)
         self.groups = []
 

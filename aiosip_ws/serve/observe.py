@@ -31,6 +31,7 @@ from .events import (
     ConnectionClosed,
     ConnectionOpened,
     EventStream,
+    MediaCommand,
     MessageIn,
     MessageOut,
     RequestAnswered,
@@ -61,6 +62,9 @@ METHODS = ('REGISTER', 'INVITE', 'ACK', 'CANCEL', 'BYE', 'OPTIONS', 'MESSAGE', '
 CLOSE_CODES = ('1000', '1001', '1002', '1003', '1006', '1007', '1008', '1009', '1011')
 #: refusal-status label values
 REFUSALS = ('400', '403', '404', '426', '503')
+#: ng command label values, and their outcomes
+NG_COMMANDS = ('offer', 'answer', 'delete')
+NG_OUTCOMES = ('ok', 'error', 'timeout')
 #: transaction latency buckets (seconds)
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 32.0)
 
@@ -130,6 +134,24 @@ class Metrics:
         self.event_drops = Counter('aiosip_ws_event_drops',
                                    'Events a consumer of the event stream lost to its full '
                                    'queue, by consumer', ['consumer'], registry=registry)
+        self.ng_commands = Counter('aiosip_ws_rtpengine_commands',
+                                   'ng commands sent to rtpengine, by command and outcome',
+                                   ['command', 'outcome'], registry=registry)
+        self.ng_latency = Histogram('aiosip_ws_rtpengine_seconds',
+                                    'ng commands: from sent to rtpengine\'s reply (or failure), '
+                                    'by command', ['command'], buckets=BUCKETS,
+                                    registry=registry)
+        self.mismatches = Counter('aiosip_ws_media_mismatch',
+                                  'INVITEs towards a callee whose media profile (WebRTC or plain '
+                                  'RTP) differs from the caller\'s with no media relay to join '
+                                  'them, by what serve did (warn, refuse)', ['action'],
+                                  registry=registry)
+        self._media_calls = (Gauge('aiosip_ws_media_calls', 'Calls whose media rtpengine '
+                                   'relays for serve now', multiprocess_mode='livesum')
+                             if self.multiprocess else
+                             Gauge('aiosip_ws_media_calls', 'Calls whose media rtpengine '
+                                   'relays for serve now', registry=registry))
+        self._media: Any = None
         self._stream: EventStream | None = None
         self._subscription: Subscription | None = None
         self._drops_seen: dict[str, int] = {}
@@ -188,7 +210,7 @@ class Metrics:
     # -- the event stream's consumer ------------------------------------------------------
     #: the events the metrics count
     KINDS = (MessageIn, MessageOut, ConnectionOpened, ConnectionClosed, RequestRelayed,
-             RequestAnswered)
+             RequestAnswered, MediaCommand)
 
     def follow(self, stream: EventStream) -> Subscription:
         """Count from ``stream``'s events from now on (a subscription of its own)."""
@@ -197,8 +219,15 @@ class Metrics:
             'metrics', self.consume, self.KINDS, inline=True, handlers={
                 MessageIn: self._message_in, MessageOut: self._message_out,
                 ConnectionOpened: self._opened, ConnectionClosed: self._closed,
-                RequestRelayed: self._relayed, RequestAnswered: self._answered})
+                RequestRelayed: self._relayed, RequestAnswered: self._answered,
+                MediaCommand: self._media_command})
         return self._subscription
+
+    def follow_media(self, media: Any) -> None:
+        """``aiosip_ws_media_calls`` is the number of ``media.calls``."""
+        self._media = media
+        if not self.multiprocess:
+            self._media_calls.set_function(lambda: len(media.calls))
 
     def consume(self, event: Any) -> None:
         """Count one event (of :attr:`KINDS`)."""
@@ -230,6 +259,14 @@ class Metrics:
     def _answered(self, method: str | None, status: int, seconds: float) -> None:
         self.transaction(method, seconds)
 
+    def _media_command(self, command: str, call_id: str, outcome: str, seconds: float) -> None:
+        if command == 'mismatch':
+            self._child(self.mismatches, _bounded(outcome, ('warn', 'refuse'))).inc()
+            return
+        command = _bounded(command, NG_COMMANDS)
+        self.ng_commands.labels(command, _bounded(outcome, NG_OUTCOMES)).inc()
+        self._child(self.ng_latency, command).observe(seconds)
+
     def _catch_up(self) -> None:
         """What the event queue holds, counted now; the consumers' drops since the last
         look added to their counter."""
@@ -252,6 +289,8 @@ class Metrics:
             connections.set(len(self.server.connections))
             bindings.set(len(self.server.registrar))
             aors.set(self.server.registrar.aor_count)
+            if self._media is not None:
+                self._media_calls.set(len(self._media.calls))
 
     def exposition(self) -> bytes:
         self.update_gauges()

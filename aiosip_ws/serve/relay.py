@@ -29,8 +29,9 @@ This module is the composition and the life cycle: the path of a request is a li
 named stages (:attr:`RelayServer.stages`), each a method of a collaborator that sees a
 :class:`~aiosip_ws.serve.context.Context`, never the server: admission (the request rate
 and the identity, :mod:`~aiosip_ws.serve.admission`), the RFC 5626 edge
-(:mod:`~aiosip_ws.serve.edge`), CANCEL and forking (:mod:`~aiosip_ws.serve.fork`),
-in-dialog routing (:mod:`~aiosip_ws.serve.dialogs`), next hops
+(:mod:`~aiosip_ws.serve.edge`), CANCEL and forking (:mod:`~aiosip_ws.serve.fork`), the
+media relay (:mod:`~aiosip_ws.serve.media`), in-dialog routing
+(:mod:`~aiosip_ws.serve.dialogs`), next hops
 (:mod:`~aiosip_ws.serve.hops`) and REGISTER (:mod:`~aiosip_ws.serve.register`).
 """
 from __future__ import annotations
@@ -68,6 +69,7 @@ from .events import (
 from .flow import Flow, state_of
 from .fork import LEARN_FROM, Forker, best_response
 from .hops import Hops, hop_uri, reachable_at_contact
+from .media import IN_DIALOG_METHODS, Media, MediaSettings
 from .observe import AdminEndpoints, Metrics
 from .register import Registration
 from .registrar import Binding, Registrar
@@ -100,7 +102,8 @@ class RelayServer:
                  redis_url: str | None = None, node_id: str | None = None,
                  advertise: str | None = None, next_hops: dict[str, str] | None = None,
                  route_unregistered: str | None = None, domains: Iterable[str] = (),
-                 edge_registrar: str | None = None, flow_secret: bytes | None = None) -> None:
+                 edge_registrar: str | None = None, flow_secret: bytes | None = None,
+                 media: MediaSettings | None = None) -> None:
         #: True once :meth:`drain` began: new handshakes get 503, /healthz 503
         self.draining = False
         #: Prometheus metrics of this server (``GET /metrics``)
@@ -140,6 +143,9 @@ class RelayServer:
                          route_unregistered=route_unregistered, domains=domains,
                          upstream=upstream)
         self.dialogs = Dialogs(ctx, self.hops)
+        #: the media relay (``--rtpengine``): anchors calls between browsers and phones
+        self.media = self.forker.media = Media(ctx, media)
+        self.metrics.follow_media(self.media)
         #: RFC 5626 edge mode (``--registrar``), or None
         self.edge = Edge(ctx, self.hops, self.dialogs, upstream, flow_secret) \
             if upstream is not None else None
@@ -171,6 +177,7 @@ class RelayServer:
             ('rate', self.admission.over_rate, None),     # 503 over the request rate
             *([('edge token', self.edge.inbound, None)] if self.edge is not None else []),
             ('cancel', self._cancel, frozenset({'CANCEL'})),   # §16.10
+            ('media', self._media, IN_DIALOG_METHODS),    # ACK and BYE of anchored calls
             ('in-dialog', self.dialogs.in_dialog, None),  # by the Request-URI's flow
             ('learn', self._learn, LEARN_FROM),           # Contact and Record-Route hosts
             ('option tags', self._option_tags, None),     # 420
@@ -221,6 +228,9 @@ class RelayServer:
     def _cancel(self, flow: Flow, request: SIPMessage) -> bool:
         self.forker.cancel(flow, request)
         return True
+
+    def _media(self, flow: Flow, request: SIPMessage) -> bool:
+        return self.media.in_dialog(flow, request, self.dialogs.route)
 
     def _learn(self, flow: Flow, request: SIPMessage) -> bool:
         self.ctx.contacts.learn_contact(flow, request)
@@ -339,6 +349,7 @@ class RelayServer:
         try:
             if self.cluster is not None and not self.listeners:
                 await self.cluster.start()
+            await self.media.start()
             if self.metrics.multiprocess and not self.listeners:
                 self.spawn(self._update_gauges())
             bound: list[Any] = []
@@ -431,6 +442,7 @@ class RelayServer:
         if self.bridge is not None:
             await self.bridge.close()
         self.ctx.transactions.close()
+        await self.media.close()
         if self.cluster is not None:
             await self.cluster.close()
         await self.events.close()
@@ -505,6 +517,7 @@ class RelayServer:
             self.edge.flow_gone(conn)
         self.ctx.contacts.release(conn)
         self.ctx.transactions.flow_closed(conn)
+        self.media.flow_closed(conn)
         keep = reachable_at_contact if conn.transport_name in ('tcp', 'tls') else None
         removed = self.registrar.remove_connection(conn, keep)   # TCP without Outbound: by time
         if removed:

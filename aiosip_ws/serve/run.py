@@ -97,7 +97,8 @@ async def serve(config: ServeConfig, *,
                          advertise=config.advertise, next_hops=config.next_hops(),
                          route_unregistered=config.route_unregistered,
                          domains=config.domains, edge_registrar=config.registrar,
-                         flow_secret=config.flow_secret_bytes())
+                         flow_secret=config.flow_secret_bytes(),
+                         media=config.media_settings())
     if setup is not None:
         setup(server)
     stop = asyncio.Event()

@@ -118,3 +118,37 @@ async def next_framed(reader: asyncio.StreamReader, framer, timeout: float = 3) 
         for event in framer.feed(await asyncio.wait_for(reader.read(65536), timeout)):
             if isinstance(event, Framed):
                 return parse(event.data)
+
+
+class UdpUA(asyncio.DatagramProtocol):
+    """bob on UDP: what arrives is queued; ``send`` writes to serve."""
+
+    def __init__(self):
+        self.got: asyncio.Queue = asyncio.Queue()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.addr = transport.get_extra_info('sockname')
+
+    def datagram_received(self, data, addr):
+        if data.strip(b'\r\n'):
+            self.got.put_nowait(parse(data))
+
+    def send(self, message):
+        self.transport.sendto(serialize(message) if isinstance(message, SIPMessage)
+                              else message.encode(), self.server)
+
+    async def next(self, timeout=3.0):
+        return await asyncio.wait_for(self.got.get(), timeout)
+
+    @property
+    def contact(self):
+        return '<sip:bob@127.0.0.1:%d>' % self.addr[1]
+
+    def request(self, method, uri, *, to, call_id, cseq=1, branch='z9hG4bKub1', extra=(),
+                body=''):
+        return ('%s %s SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:%d;branch=%s;rport\r\n'
+                'Max-Forwards: 70\r\nFrom: <sip:bob@example.com>;tag=b1\r\nTo: %s\r\n'
+                'Call-ID: %s\r\nCSeq: %d %s\r\nContact: %s\r\n%s\r\n%s'
+                % (method, uri, self.addr[1], branch, to, call_id, cseq, method, self.contact,
+                   ''.join(line + '\r\n' for line in extra), body))

@@ -1,0 +1,136 @@
+"""serve's media options without a relay (aiosip_ws.serve.media): a call between a
+browser (WebRTC SDP) and a phone on UDP (plain RTP) that nothing can anchor is warned of
+once per burst and counted, or refused 488 with the Warning RFC 3261 §20.43 describes;
+calls of one profile pass untouched; the flags and their checks (each error names the
+option to change), the profile overrides by AOR, domain and CIDR."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from websockets.asyncio.client import connect
+
+from aiosip_ws.core.codec import make_response
+from aiosip_ws.core.mediaflags import PLAIN, WEBRTC
+from aiosip_ws.errors import ConfigurationError
+from aiosip_ws.serve.config import ServeConfig
+from aiosip_ws.serve.media import MISMATCH_WARNING, MediaSettings, ProfileRule
+from aiosip_ws.serve.relay import RelayServer
+from aiosip_ws.tools.cli import build_parser, serve_config
+from tests.support.net import http_get
+from tests.support.sdp import BROWSER_OFFER, PHONE_OFFER
+from tests.support.sip import UdpUA, recv, register_raw
+
+pytestmark = pytest.mark.filterwarnings('error')
+
+
+def invite(host: str, call_id: str, body: str, user: str = 'bob') -> str:
+    return ('INVITE sip:%s@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bK%s\r\n'
+            'From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:%s@example.com>\r\n'
+            'Call-ID: %s\r\nCSeq: 10 INVITE\r\nMax-Forwards: 70\r\n'
+            'Contact: <sip:alice@%s;transport=ws>\r\nContent-Type: application/sdp\r\n\r\n%s'
+            % (user, host, call_id, user, call_id, host, body))
+
+
+async def bridged(settings: MediaSettings):
+    server = RelayServer(media=settings)
+    ws_listener, udp = await server.start('ws://127.0.0.1:0/', 'udp://127.0.0.1:0')
+    loop = asyncio.get_running_loop()
+    transport, bob = await loop.create_datagram_endpoint(UdpUA, local_addr=('127.0.0.1', 0))
+    bob.server = ('127.0.0.1', int(udp.bound_url.rsplit(':', 1)[1]))
+    bob.send(bob.request('REGISTER', 'sip:example.com', to='<sip:bob@example.com>',
+                         call_id='reg-bob', extra=('Expires: 60',)))
+    assert (await bob.next()).status == 200
+    return server, ws_listener, transport, bob
+
+
+async def test_a_mismatched_call_is_warned_of_and_goes_on(caplog):
+    server, listener, transport, bob = await bridged(MediaSettings())
+    try:
+        async with connect(listener.bound_url, subprotocols=['sip'], proxy=None) as alice:
+            host = await register_raw(alice, 'alice')
+            with caplog.at_level(logging.WARNING, logger='aiosip_ws.serve.media'):
+                for n in range(3):
+                    await alice.send(invite(host, 'w-%d' % n, BROWSER_OFFER))
+                    assert (await recv(alice)).status == 100
+                    got = await bob.next()
+                    assert got.method == 'INVITE' and got.body == BROWSER_OFFER.encode()
+                    bob.send(make_response(got, 486, to_tag='b%d' % n))
+                    assert (await recv(alice)).status == 486
+                    assert (await bob.next()).method == 'ACK'
+            lines = [r for r in caplog.records if 'without a media relay' in r.getMessage()]
+            assert len(lines) == 1                  # rate-limited: one a minute
+            assert 'a webrtc caller and a plain callee' in lines[0].getMessage()
+            _, _, metrics = await http_get(listener.port, '/metrics')
+            assert 'aiosip_ws_media_mismatch_total{action="warn"} 3.0' in metrics.decode()
+            assert server.media.mismatches == 3 and not server.media.calls
+    finally:
+        transport.close()
+        await server.close()
+
+
+async def test_a_mismatched_call_is_refused_with_a_warning_and_others_pass():
+    server, listener, transport, bob = await bridged(MediaSettings(mismatch='refuse'))
+    try:
+        async with connect(listener.bound_url, subprotocols=['sip'], proxy=None) as alice, \
+                connect(listener.bound_url, subprotocols=['sip'], proxy=None) as carol:
+            host = await register_raw(alice, 'alice')
+            await register_raw(carol, 'carol')
+            await alice.send(invite(host, 'r-1', BROWSER_OFFER))
+            refused = await recv(alice)
+            assert refused.status == 488
+            warning = refused.get('Warning')
+            assert warning.startswith('399 ') and warning.endswith(' "%s"' % MISMATCH_WARNING)
+            with pytest.raises(asyncio.TimeoutError):
+                await bob.next(timeout=0.3)                      # the phone never rang
+            # a plain offer to the phone, a WebRTC offer to another browser: untouched
+            await alice.send(invite(host, 'r-2', PHONE_OFFER))
+            assert (await recv(alice)).status == 100
+            assert (await bob.next()).body == PHONE_OFFER.encode()
+            await alice.send(invite(host, 'r-3', BROWSER_OFFER, user='carol'))
+            assert (await recv(alice)).status == 100
+            assert (await recv(carol)).body == BROWSER_OFFER.encode()
+    finally:
+        transport.close()
+        await server.close()
+
+
+def test_the_media_flags_and_what_they_refuse():
+    def config(*argv: str) -> ServeConfig:
+        return serve_config(build_parser().parse_args(['serve', *argv]))
+    got = config('--rtpengine', 'udp://127.0.0.1:2223', '--rtpengine', 'udp://[::1]:2223',
+                 '--rtpengine-timeout', '2', '--media-relay', 'always', '--media-profile',
+                 'pbx.example.com=webrtc', '--rtpengine-flags-plain',
+                 'ICE=remove RTP/AVP rtcp-mux-demux replace-origin')
+    settings = got.media_settings()
+    assert settings.rtpengine == ['udp://127.0.0.1:2223', 'udp://[::1]:2223']
+    assert settings.timeout == 2.0 and settings.relay_mode == 'always'
+    assert settings.flags()[PLAIN] == {'ICE': 'remove', 'transport-protocol': 'RTP/AVP',
+                                       'rtcp-mux': ['demux'], 'replace': ['origin']}
+    assert settings.flags()[WEBRTC] is None                       # serve's own
+    assert 'rtpengine = ["udp://127.0.0.1:2223", "udp://[::1]:2223"]' in got.to_toml()
+    for argv, message in (
+            (('--media-relay', 'always'), '--media-relay always needs --rtpengine'),
+            (('--rtpengine', 'tcp://127.0.0.1:1'), '--rtpengine takes udp://HOST:PORT'),
+            (('--media-profile', 'bob'), '--media-profile takes TARGET=webrtc'),
+            (('--media-profile', 'sip:bob@example.com=sip'), 'TARGET=webrtc or TARGET=plain'),
+            (('--rtpengine', 'udp://127.0.0.1:1', '--rtpengine-flags-webrtc',
+              'ICE=force DTLS=passive'), 'must not say DTLS=passive'),
+            (('--rtpengine', 'udp://127.0.0.1:1', '--rtpengine-retry', '0'),
+             '--rtpengine-retry must be positive')):
+        with pytest.raises(ConfigurationError, match=message.replace('+', r'\+')):
+            config(*argv).validate()
+    with pytest.raises(SystemExit):                                # argparse: not a choice
+        config('--media-relay', 'sometimes')
+
+
+def test_profile_overrides_by_aor_domain_and_network():
+    aor = ProfileRule.parse('bob@example.com=webrtc')
+    assert aor.kind == 'aor' and aor.matches('sip:bob@example.com', None)
+    assert not aor.matches('sip:carol@example.com', None)
+    domain = ProfileRule.parse('pbx.example.com=plain')
+    assert domain.kind == 'domain' and domain.matches('sip:100@pbx.example.com', '192.0.2.1')
+    network = ProfileRule.parse('10.0.0.0/8=plain')
+    assert network.kind == 'network' and network.matches('sip:x@y', '10.1.2.3')
+    assert not network.matches('sip:x@y', '192.0.2.1') and not network.matches('sip:x@y', None)
