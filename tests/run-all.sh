@@ -24,7 +24,8 @@ say() { printf '\n=== %s\n' "$*"; }
 
 # --- Debian packages ------------------------------------------------------------
 packages=(dnsmasq-base kamailio kamailio-websocket-modules kamailio-tls-modules openssl nginx-light haproxy
-          chromium iproute2 util-linux redis-server sip-tester prometheus rtpengine-daemon)
+          chromium iproute2 util-linux redis-server sip-tester prometheus rtpengine-daemon
+          baresip-core)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \

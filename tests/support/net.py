@@ -1,9 +1,12 @@
-"""Ports on 127.0.0.1: free ones to listen on, closed ones to be refused by."""
+"""Ports on 127.0.0.1: free ones to listen on, closed ones to be refused by; sockets in
+the private network namespace of another process (its loopback is not ours)."""
 from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import socket
+import threading
 
 #: every test peer listens here only
 HOST = '127.0.0.1'
@@ -24,6 +27,39 @@ def free_port(host: str = HOST, *, udp: bool = False) -> int:
                     continue
                 return port
     raise OSError('no free UDP+TCP port on %s' % host)
+
+
+#: setns(2)'s flag for a network namespace
+CLONE_NEWNET = 0x40000000
+
+
+def netns_socket(pid: int, kind: int = socket.SOCK_DGRAM,
+                 connect: tuple[str, int] | None = None) -> socket.socket:
+    """An IPv4 socket in the network namespace of process ``pid`` (made by a thread that
+    enters it: a socket stays in the namespace it was made in), connected to ``connect``
+    there if given, non-blocking."""
+    made: list[socket.socket | BaseException] = []
+
+    def make() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open('/proc/%d/ns/net' % pid) as namespace:
+                if libc.setns(namespace.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), 'setns into the network of %d' % pid)
+            sock = socket.socket(socket.AF_INET, kind)
+            if connect is not None:
+                sock.settimeout(5)
+                sock.connect(connect)
+            sock.setblocking(False)
+            made.append(sock)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            made.append(exc)
+    thread = threading.Thread(target=make)   # the thread ends: the namespace goes with it
+    thread.start()
+    thread.join()
+    if isinstance(made[0], BaseException):
+        raise made[0]
+    return made[0]
 
 
 def closed_port(host: str = HOST) -> int:

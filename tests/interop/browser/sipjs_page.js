@@ -1,6 +1,6 @@
 'use strict';
 // SIP.js 0.21 (its SimpleUser) in a real browser: register, message, calls with WebRTC.
-/* global SIP, emit, watchIce, AUDIO_ONLY */
+/* global SIP, emit, watchIce, dominantFrequency, AUDIO_ONLY */
 
 let user = null;
 
@@ -68,5 +68,7 @@ window.agent = {
   hangup() {
     user.hangup().catch((err) => emit({ event: 'error', message: String(err) }));
   },
+  // The dominant frequency (Hz) of what the call's remote stream plays, over about a second.
+  listen() { return dominantFrequency(peerConnection()); },
   stop() { if (user) user.disconnect(); },
 };

@@ -1,0 +1,191 @@
+"""RFC 7118 §8.2's call with audio: Alice in Chromium (JsSIP, WebRTC: ICE, DTLS-SRTP,
+rtcp-mux) and Bob on Debian's baresip (a plain SIP phone on UDP: G.711 over RTP/AVP),
+through ``aiosip-ws serve --rtpengine`` and Debian's rtpengine-daemon, all in one private
+network namespace so that signalling and media stay on its loopback.
+
+Chromium's fake microphone plays 440 Hz, baresip plays 880 Hz; the page measures what it
+hears with WebAudio, baresip records what it hears (sndfile) and the recording's dominant
+frequency is checked: audio both ways, in both directions of the call, with BYE from
+either side; CANCEL while ringing, a busy phone (486), a SIP.js callee (which registers
+without ``+sip.ice``), rtpengine gone before a call (503) and during one (the call loses
+its audio, BYE still passes).  After each call rtpengine holds no session of its own
+within 2 s."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+
+from tests.interop.conftest import _unavailable
+from tests.support import audio
+from tests.support.baresip import Baresip, baresip_binary
+from tests.support.browser import Browser, chromium_binary, ensure_bundles
+from tests.support.cli import PRIVATE_NETWORK
+from tests.support.rtpengine import own_sessions, rtpengine, rtpengine_binary, stop_rtpengine
+
+pytestmark = pytest.mark.interop
+
+ALICE = 'sip:alice@example.com'
+BOB = 'sip:bob@example.com'
+#: ports inside the private network namespace (nothing else runs there)
+SERVE_UDP, NG_PORT = 5060, 2223
+
+
+class Setup:
+    def __init__(self, browser, url, process, phone, ng, tmp):
+        self.browser, self.url, self.process, self.phone, self.ng, self.tmp = (
+            browser, url, process, phone, ng, tmp)
+
+    @property
+    def pid(self) -> int:
+        return self.process.proc.pid
+
+    async def no_sessions(self, within: float = 2.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while (count := await asyncio.to_thread(own_sessions, self.ng, self.pid)) != 0:
+            assert loop.time() < deadline, 'rtpengine still holds %d session(s)' % count
+            await asyncio.sleep(0.1)
+
+
+def available() -> None:
+    try:
+        chromium_binary()
+        ensure_bundles()
+        baresip_binary()
+        rtpengine_binary()
+    except RuntimeError as exc:
+        _unavailable('browser, baresip and rtpengine', exc)
+    if not (shutil.which('unshare') and shutil.which('nsenter')):
+        _unavailable('browser, baresip and rtpengine', RuntimeError('unshare and nsenter'))
+
+
+@pytest.fixture
+async def setup(tmp_path, serve_process, node_agents_ready):
+    available()
+    microphone = audio.write_tone(tmp_path / 'browser-440.wav', 440, 20.0)
+    phone_tone = audio.write_tone(tmp_path / 'phone-880.wav', 880, 30.0, rate=8000)
+    process = serve_process('--listen', 'ws://127.0.0.1:0/', '--listen',
+                            'udp://127.0.0.1:%d' % SERVE_UDP, '--rtpengine',
+                            'udp://127.0.0.1:%d' % NG_PORT, '--rtpengine-timeout', '1',
+                            '--log-level', 'DEBUG', prefix=PRIVATE_NETWORK)
+    url = next(u for u in process.urls if u.startswith('ws:'))
+    with rtpengine(tmp_path, netns_pid=process.proc.pid, port=NG_PORT) as ng:
+        browser = Browser(tmp_path / 'chromium', netns_pid=process.proc.pid,
+                          microphone=microphone)
+        try:
+            await browser.start()
+        except RuntimeError as exc:
+            _unavailable('chromium', exc)
+        phone = Baresip(tmp_path / 'baresip', user='bob', domain='example.com',
+                        proxy='127.0.0.1:%d' % SERVE_UDP, tone=phone_tone,
+                        netns_pid=process.proc.pid)
+        try:
+            await phone.start()
+            await phone.registered()
+            yield Setup(browser, url, process, phone, ng, tmp_path)
+        finally:
+            await phone.stop()
+            await browser.close()
+
+
+async def heard_by_page(page, hz: float) -> None:
+    await page.wait_event('ice', timeout=15,
+                          predicate=lambda ev: ev['state'] in ('connected', 'completed'))
+    await asyncio.sleep(1.5)                              # the jitter buffer fills
+    heard = await page.run('listen')
+    assert heard is not None and abs(heard - hz) <= 15, heard
+
+
+def heard_by_phone(phone, hz: float) -> None:
+    sound = audio.read(phone.recording())
+    assert sound.seconds > 1.0, sound.seconds
+    heard = sound.dominant(start=sound.seconds - 1.0, length=0.5)
+    assert abs(heard - hz) <= 15, heard
+
+
+async def test_a_browser_calls_a_phone_audio_both_ways_the_phone_hangs_up(setup):
+    alice = await setup.browser.agent('jssip', url=setup.url, aor=ALICE, name='alice')
+    await alice.call(BOB)
+    await setup.phone.wait_event('CALL_INCOMING', timeout=10)
+    await setup.phone.answer()
+    await alice.wait_event('confirmed', timeout=10)
+    await setup.phone.wait_event('CALL_ESTABLISHED', timeout=10)
+    await heard_by_page(alice, 880)
+    await setup.phone.hangup()
+    await alice.wait_event('ended', timeout=10)
+    await setup.phone.wait_event('CALL_CLOSED', timeout=10)
+    heard_by_phone(setup.phone, 440)
+    await setup.no_sessions()
+
+
+async def test_a_phone_calls_a_browser_audio_both_ways_the_browser_hangs_up(setup):
+    alice = await setup.browser.agent('jssip', url=setup.url, aor=ALICE, name='alice')
+    assert (await alice.register())['status'] == 200
+    await setup.phone.dial(ALICE)
+    await alice.wait_event('incomingCall', timeout=10)
+    await alice.answer()
+    await setup.phone.wait_event('CALL_ESTABLISHED', timeout=10)
+    await heard_by_page(alice, 880)
+    sdps = await alice.run('sdps')
+    assert 'a=fingerprint:' in sdps['remote'] and 'UDP/TLS/RTP/SAVPF' in sdps['remote']
+    await alice.hangup()
+    await setup.phone.wait_event('CALL_CLOSED', timeout=10)
+    heard_by_phone(setup.phone, 440)
+    await setup.no_sessions()
+
+
+async def test_cancel_while_ringing_and_a_busy_phone(setup):
+    alice = await setup.browser.agent('jssip', url=setup.url, aor=ALICE, name='alice')
+    await alice.call(BOB)
+    await setup.phone.wait_event('CALL_INCOMING', timeout=10)
+    assert (await alice.wait_event('progress', timeout=10))['status'] == 180
+    await alice.hangup()                                             # CANCEL
+    failed = await alice.wait_event('failed', timeout=10)
+    assert failed['originator'] == 'local'
+    await setup.phone.wait_event('CALL_CLOSED', timeout=10)
+    await setup.no_sessions()
+
+    await alice.call(BOB)
+    await setup.phone.wait_event('CALL_INCOMING', timeout=10)
+    await setup.phone.hangup()                                       # busy: 486
+    failed = await alice.wait_event('failed', timeout=10)
+    assert failed['status'] == 486, failed
+    await setup.no_sessions()
+
+
+async def test_a_phone_calls_a_sipjs_page_which_registers_without_sip_ice(setup):
+    carol = await setup.browser.agent('sipjs', url=setup.url, aor='sip:carol@example.com',
+                                      name='carol')
+    await carol.register()
+    await setup.phone.dial('sip:carol@example.com')
+    await carol.wait_event('incomingCall', timeout=10)
+    await carol.answer()
+    await carol.wait_event('confirmed', timeout=10)
+    await setup.phone.wait_event('CALL_ESTABLISHED', timeout=10)
+    await heard_by_page(carol, 880)
+    await setup.phone.hangup()
+    await carol.wait_event('ended', timeout=10)
+    heard_by_phone(setup.phone, 440)
+    await setup.no_sessions()
+
+
+async def test_rtpengine_gone_during_a_call_and_before_the_next(setup):
+    alice = await setup.browser.agent('jssip', url=setup.url, aor=ALICE, name='alice')
+    await alice.call(BOB)
+    await setup.phone.wait_event('CALL_INCOMING', timeout=10)
+    await setup.phone.answer()
+    await alice.wait_event('confirmed', timeout=10)
+    await heard_by_page(alice, 880)
+    stop_rtpengine(setup.ng)
+    await asyncio.sleep(0.5)
+    before = (await alice.run('stats'))['received']
+    await asyncio.sleep(1.0)
+    assert (await alice.run('stats'))['received'] == before          # the call lost its audio
+    await alice.hangup()                                             # BYE still passes
+    await setup.phone.wait_event('CALL_CLOSED', timeout=10)
+    await alice.call(BOB)                                             # no relay: 503
+    failed = await alice.wait_event('failed', timeout=10)
+    assert failed['status'] == 503, failed
+    assert not [e for e in setup.phone.events if e['event'] == 'CALL_INCOMING'][1:]
