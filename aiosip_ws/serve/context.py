@@ -30,13 +30,15 @@ from .transactions import ClientTransactions, without_top_via
 if TYPE_CHECKING:
     from .cluster import Cluster
 
-__all__ = ['Context', 'SERVER_HEADER', 'ALLOWED_METHODS', 'max_forwards_of']
+__all__ = ['Context', 'SERVER_HEADER', 'ALLOWED_METHODS', 'max_forwards_of', 'Rewrite']
 
 logger = logging.getLogger(__name__)
 
 #: Methods the relay answers or relays (the Allow header of its responses).
 ALLOWED_METHODS = ('REGISTER', 'OPTIONS', 'MESSAGE', 'SUBSCRIBE', 'NOTIFY', 'PUBLISH', 'INFO',
                    'REFER', 'INVITE')
+#: what the media relay does to a 2xx with SDP before serve relays it (``rewrite(response)``)
+Rewrite = Callable[[SIPMessage], Awaitable[None]]
 #: the Server header of the responses serve builds itself
 SERVER_HEADER = 'aiosip-ws/%s' % __version__
 

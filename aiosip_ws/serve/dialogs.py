@@ -10,7 +10,7 @@ from ..core.codec import SIPMessage, make_response
 from ..core.sipuri import NameAddr, SipURI
 from ..errors import AiosipWSError, SIPParseError, TransactionTimeout
 from ..transport.throttle import LogThrottle
-from .context import Context, max_forwards_of
+from .context import Context, Rewrite, max_forwards_of
 from .events import CallChanged
 from .flow import Flow
 from .hops import Hops
@@ -37,9 +37,10 @@ class Dialogs:
             return self.route(flow, request)
         return False
 
-    def route(self, flow: Flow, message: SIPMessage) -> bool:
-        """Route an in-dialog request by the flow behind its Request-URI's host.  False:
-        ``tag=`` was not the To tag, the request is out of dialog after all."""
+    def route(self, flow: Flow, message: SIPMessage, rewrite: Rewrite | None = None) -> bool:
+        """Route an in-dialog request by the flow behind its Request-URI's host (its 2xx
+        with SDP through ``rewrite`` first, when given).  False: ``tag=`` was not the To
+        tag, the request is out of dialog after all."""
         self.ctx.contacts.learn_contact(flow, message)
         is_ack = message.method == 'ACK'
         try:
@@ -55,7 +56,7 @@ class Dialogs:
         if cluster is None and message.get('Route') is not None:
             routes = [value for value in message.get_all('Route') if not self.is_ours(value)]
             if routes:                                 # loose routing (RFC 3261 §16.12)
-                self.ctx.spawn(self._to_route(flow, message, routes, to_tag))
+                self.ctx.spawn(self._to_route(flow, message, routes, to_tag, rewrite))
                 return True
         host = target.host.lower()
         peer = self.ctx.contacts.get(host)
@@ -64,9 +65,9 @@ class Dialogs:
             if peer is None and self.hops.bridge is not None:
                 peer = self.hops.bridge.flow_for(target)      # an address: over UDP to it
         if (peer is None or not peer.is_open) and cluster is not None:
-            self.ctx.spawn(self._in_dialog_shared(flow, message, host, to_tag))
+            self.ctx.spawn(self._in_dialog_shared(flow, message, host, to_tag, rewrite))
             return True
-        self.forward(flow, message, peer, to_tag)
+        self.forward(flow, message, peer, to_tag, rewrite=rewrite)
         return True
 
     def is_ours(self, route: str) -> bool:
@@ -83,13 +84,13 @@ class Dialogs:
         return '%s:%d' % (host, port) in own or '*:%d' % port in own
 
     async def _to_route(self, flow: Flow, message: SIPMessage, routes: list[str],
-                        to_tag: str | None) -> None:
+                        to_tag: str | None, rewrite: Rewrite | None) -> None:
         """An in-dialog request from a client of the edge with a route set beyond us: to
         the first Route entry that is not ours, the rest kept."""
         first = NameAddr.parse(routes[0]).uri
         behind = self.ctx.contacts.get(first.host.lower())  # a proxy's `.invalid` connection
         if behind is not None and behind.is_open:
-            self.forward(flow, message, behind, to_tag, routes=routes)
+            self.forward(flow, message, behind, to_tag, routes=routes, rewrite=rewrite)
             return
         try:
             peer = await self.hops.hop_flow(first)
@@ -99,20 +100,22 @@ class Dialogs:
             if message.method != 'ACK':
                 self.ctx.busy(flow, message, 'the next hop is unreachable')
             return
-        self.forward(flow, message, peer, to_tag, routes=routes)
+        self.forward(flow, message, peer, to_tag, routes=routes, rewrite=rewrite)
 
     async def _in_dialog_shared(self, flow: Flow, message: SIPMessage, host: str,
-                                to_tag: str | None) -> None:
+                                to_tag: str | None, rewrite: Rewrite | None) -> None:
         """The Request-URI host is behind a connection of another node (or of none)."""
         assert self.ctx.cluster is not None
-        self.forward(flow, message, await self.ctx.cluster.peer_for(host), to_tag)
+        self.forward(flow, message, await self.ctx.cluster.peer_for(host), to_tag,
+                     rewrite=rewrite)
 
     def forward(self, flow: Flow, message: SIPMessage, peer: Flow | None, to_tag: str | None,
                 *, routes: list[str] | None = None,
-                record_route: list[str] | None = None) -> None:
+                record_route: list[str] | None = None, rewrite: Rewrite | None = None) -> None:
         """Relay a request over ``peer`` with its Request-URI; its Route headers become
         ``routes`` (none by default: the entries pointing at us end here), and
-        ``record_route`` go on top of its Record-Route."""
+        ``record_route`` go on top of its Record-Route; a 2xx with SDP goes through
+        ``rewrite`` before it is relayed."""
         ctx = self.ctx
         is_ack = message.method == 'ACK'
         if peer is None or not peer.is_open:
@@ -137,15 +140,19 @@ class Dialogs:
         future = ctx.send_request(
             peer, forwarded, on_provisional=lambda r: ctx.relay_provisional(flow, r))
         if not is_ack:
-            future.add_done_callback(lambda done: self._answered(flow, peer, message, done))
+            future.add_done_callback(
+                lambda done: self._answered(flow, peer, message, done, rewrite))
 
     def _answered(self, origin: Flow, peer: Flow, original: SIPMessage,
-                  done: asyncio.Future[SIPMessage]) -> None:
+                  done: asyncio.Future[SIPMessage], rewrite: Rewrite | None = None) -> None:
         if done.cancelled():
             return
         exc = done.exception()
         if exc is None:
             response = done.result()
+            if rewrite is not None and response.body and 200 <= (response.status or 0) < 300:
+                self.ctx.spawn(self._rewritten(origin, peer, original, response, rewrite))
+                return
             if original.method == 'BYE' and self.ctx.events.wants(CallChanged):
                 self.ctx.events.publish(CallChanged(
                     'ended', original.get('Call-ID') or '', original.get('From') or '',
@@ -156,6 +163,12 @@ class Dialogs:
         if origin.is_open:
             status = 408 if isinstance(exc, TransactionTimeout) else 480
             self.ctx.send(origin, make_response(original, status))
+
+
+    async def _rewritten(self, origin: Flow, peer: Flow, original: SIPMessage,
+                         response: SIPMessage, rewrite: Rewrite) -> None:
+        await rewrite(response)
+        self.ctx.relay_final(origin, peer, original, response)
 
 
 def _uri_host(uri: str) -> str:

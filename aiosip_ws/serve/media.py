@@ -63,7 +63,7 @@ from ..core.sipuri import NameAddr
 from ..errors import AiosipWSError, ConfigurationError, MediaRelayError, SIPParseError
 from ..transport.rtpengine import NgClient, RelaySet, open_ng
 from ..transport.throttle import LogThrottle
-from .context import Context
+from .context import Context, Rewrite
 from .events import MediaCommand
 from .flow import Flow
 from .registrar import Binding
@@ -80,7 +80,7 @@ ACK_WAIT = 32.0
 #: the Warning text of ``--media-mismatch refuse``'s 488
 MISMATCH_WARNING = 'no media relay for WebRTC to plain RTP'
 #: the in-dialog methods the media stage looks at
-IN_DIALOG_METHODS = frozenset({'ACK', 'BYE'})
+IN_DIALOG_METHODS = frozenset({'ACK', 'BYE', 'INVITE', 'UPDATE'})
 
 
 @dataclasses.dataclass
@@ -209,6 +209,8 @@ class AnchoredCall:
         return '<AnchoredCall %s %s>' % (self.call_id, self.state)
 
 
+#: in-dialog routing: ``route(flow, request, rewrite)`` (:meth:`Dialogs.route`)
+Route = Callable[[Flow, SIPMessage, 'Rewrite | None'], bool]
 #: what the fork launches for one binding: (binding, branch, body, anchored)
 Launch = tuple[Binding, str, bytes, bool]
 #: a branch serve could not launch: (status, reason, headers)
@@ -385,9 +387,9 @@ class Media:
             to_tag = response.to_addr().tag or ''
         except SIPParseError:
             to_tag = ''
+        found = sdp_profile(response.body)
         try:
             if call.late:
-                found = sdp_profile(response.body)
                 source = found or callee
                 flags = self._flags(call.caller_profile, offer=True, source=source)
                 reply = await self._command('offer', call, dict(flags, **{
@@ -405,7 +407,7 @@ class Media:
         response.body = _sdp_of(reply)
         if (response.status or 0) >= 200 and to_tag:
             call.callee_tag, call.callee = to_tag, flow
-            call.callee_profile = sdp_profile(response.body) and callee
+            call.callee_profile = found or callee
 
     def fork_ended(self, call: AnchoredCall, winner: str | None) -> None:
         """The fork of ``call`` is over: a 2xx from ``winner`` went upstream (None: the
@@ -432,17 +434,24 @@ class Media:
             self.end(call, 'no ACK')
 
     # -- the pipeline's media stage -------------------------------------------------------
-    def in_dialog(self, flow: Flow, request: SIPMessage,
-                  then: Callable[[Flow, SIPMessage], bool]) -> bool:
-        """The ``media`` stage: an ACK or BYE of an anchored call; ``then`` routes a
-        request whose SDP went through rtpengine first (the late offer's ACK)."""
+    def in_dialog(self, flow: Flow, request: SIPMessage, route: Route) -> bool:
+        """The ``media`` stage: an ACK, BYE, re-INVITE or UPDATE of an anchored call;
+        ``route`` (in-dialog routing) takes a request whose SDP went through rtpengine
+        first (the late offer's ACK, a new offer)."""
         if not self.calls:
             return False
         call = self.calls.get(request.get('Call-ID') or '')
         if call is None:
             return False
-        if request.method == 'BYE':
+        method = request.method
+        if method == 'BYE':
             self.end(call, 'BYE')
+            return False
+        if method == 'INVITE' or method == 'UPDATE':
+            if (request.body and call.callee_tag and call.state != 'offering'
+                    and 'tag=' in (request.get('To') or '')):
+                self._spawn(self._new_offer(call, flow, request, route))
+                return True
             return False
         if call.state == 'answered':                  # the ACK of the 2xx
             call.state = 'confirmed'
@@ -450,12 +459,50 @@ class Media:
                 call.ack_timer.cancel()
                 call.ack_timer = None
             if call.late and request.body and call.callee_tag:
-                self._spawn(self._answer_in_ack(call, flow, request, then))
+                self._spawn(self._answer_in_ack(call, flow, request, route))
                 return True
         return False
 
+    async def _new_offer(self, call: AnchoredCall, flow: Flow, request: SIPMessage,
+                         route: Route) -> None:
+        """A re-INVITE or UPDATE with an offer in an anchored call: an ng ``offer`` from
+        its sender (``from-tag``: the offerer's), then the 2xx's answer an ng ``answer``.
+        When rtpengine does not take the offer: 500 with a Warning, nothing relayed."""
+        try:
+            from_tag = request.from_addr().tag or ''
+            to_tag = request.to_addr().tag or ''
+        except SIPParseError as exc:
+            self.ctx.bad_request(flow, request, exc)
+            return
+        caller, callee = call.caller_profile, call.callee_profile or PLAIN
+        offerer, answerer = (caller, callee) if from_tag == call.caller_tag else (callee, caller)
+        try:
+            reply = await self._command('offer', call, dict(
+                self._flags(answerer, offer=True, source=offerer),
+                **{'from-tag': from_tag, 'to-tag': to_tag, 'sdp': request.body}))
+        except (AiosipWSError, OSError) as exc:
+            peer_log.warning('media relay failed', '%s: rtpengine did not take the %s\'s '
+                             'offer (%s): 500', call.call_id, request.method, exc)
+            self.ctx.reply(flow, request, 500, 'Server Internal Error (media relay)', headers=[
+                ('Warning', '399 %s "the media relay did not take the offer"'
+                 % flow.via_host)])
+            return
+        request.body = _sdp_of(reply)
+
+        async def answer(response: SIPMessage) -> None:
+            try:
+                reply = await self._command('answer', call, dict(
+                    self._flags(offerer, offer=False, source=answerer),
+                    **{'from-tag': from_tag, 'to-tag': to_tag, 'sdp': response.body}))
+                response.body = _sdp_of(reply)
+            except (AiosipWSError, OSError) as exc:
+                peer_log.warning('media relay failed', '%s: rtpengine did not take the '
+                                 'answer to the %s (%s): relayed as it came', call.call_id,
+                                 request.method, exc)
+        route(flow, request, answer)
+
     async def _answer_in_ack(self, call: AnchoredCall, flow: Flow, request: SIPMessage,
-                             then: Callable[[Flow, SIPMessage], bool]) -> None:
+                             route: Route) -> None:
         flags = self._flags(call.callee_profile or PLAIN, offer=False,
                             source=call.caller_profile)
         try:
@@ -466,7 +513,7 @@ class Media:
         except (AiosipWSError, OSError) as exc:
             peer_log.warning('media relay failed', '%s: rtpengine did not take the ACK\'s '
                              'SDP (%s): relayed as it came', call.call_id, exc)
-        then(flow, request)
+        route(flow, request, None)
 
     def flow_closed(self, flow: Flow) -> None:
         """A leg's connection is lost: its calls' media go."""

@@ -177,7 +177,7 @@ class RelayServer:
             ('rate', self.admission.over_rate, None),     # 503 over the request rate
             *([('edge token', self.edge.inbound, None)] if self.edge is not None else []),
             ('cancel', self._cancel, frozenset({'CANCEL'})),   # §16.10
-            ('media', self._media, IN_DIALOG_METHODS),    # ACK and BYE of anchored calls
+            ('media', self._media, IN_DIALOG_METHODS),    # anchored calls' SDP, their end
             ('in-dialog', self.dialogs.in_dialog, None),  # by the Request-URI's flow
             ('learn', self._learn, LEARN_FROM),           # Contact and Record-Route hosts
             ('option tags', self._option_tags, None),     # 420

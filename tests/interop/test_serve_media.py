@@ -6,7 +6,8 @@ rtcp-mux towards alice, none of them towards bob) and that rtpengine holds no se
 its own within 2 s of the call's end, whichever way it ended: BYE from either side,
 CANCEL while ringing, 486, a late offer, early media in a 183, the caller's connection
 lost, a 2xx never ACKed, Timer C; the relay gone before a call (503 with Retry-After)
-and during one (BYE still passes).  /metrics counts the ng commands."""
+and during one (a re-INVITE gets 500 with a Warning, BYE still passes).  A re-INVITE
+(hold) is a new offer and answer through rtpengine.  /metrics counts the ng commands."""
 from __future__ import annotations
 
 import asyncio
@@ -156,6 +157,25 @@ async def test_a_browser_calls_a_phone_and_the_phone_hangs_up(ng_url):
         await c.alice.send(c.alice_in_dialog('ACK', 'm-1', 'b1', routes))
         assert (await c.bob.next()).method == 'ACK'
         assert c.server.media.calls['m-1'].state == 'confirmed'
+        # alice puts bob on hold (a re-INVITE with sendonly): a new offer and answer, each
+        # side's SDP still its own profile
+        await c.alice.send(c.alice_in_dialog(
+            'INVITE', 'm-1', 'b1', routes, cseq=11, branch='z9hG4bKre1',
+            body=BROWSER_OFFER.replace('a=sendrecv', 'a=sendonly')))
+        reinvite = await c.bob.next()
+        while reinvite.method != 'INVITE':
+            reinvite = await c.bob.next()
+        assert is_plain(reinvite.body) and 'a=sendonly' in reinvite.body.decode()
+        c.bob.send(c.bob_answer(reinvite, 200, 'b1',
+                                PHONE_ANSWER.replace('a=sendrecv', 'a=recvonly')))
+        held = await recv(c.alice)
+        while held.status == 100:
+            held = await recv(c.alice)
+        assert held.status == 200 and is_webrtc(held.body) and 'a=recvonly' in held.body.decode()
+        await c.alice.send(c.alice_in_dialog('ACK', 'm-1', 'b1', routes, cseq=11,
+                                             branch='z9hG4bKra1'))
+        assert (await c.bob.next()).method == 'ACK'
+        assert await c.sessions() == 1
         c.bob.send(c.bob_in_dialog('BYE', 'm-1', 'b1', routes))
         bye = await recv(c.alice)
         assert bye.method == 'BYE'
@@ -164,10 +184,10 @@ async def test_a_browser_calls_a_phone_and_the_phone_hangs_up(ng_url):
         await c.no_sessions()
         status, _, metrics = await http_get(c.server.listeners[0].port, '/metrics')
         text = metrics.decode()
-        for command in ('offer', 'answer', 'delete'):
-            assert 'aiosip_ws_rtpengine_commands_total{command="%s",outcome="ok"} 1.0' % (
-                command) in text
-        assert 'aiosip_ws_rtpengine_seconds_count{command="offer"} 1.0' in text
+        for command, count in (('offer', 2), ('answer', 2), ('delete', 1)):
+            assert 'aiosip_ws_rtpengine_commands_total{command="%s",outcome="ok"} %d.0' % (
+                command, count) in text
+        assert 'aiosip_ws_rtpengine_seconds_count{command="offer"} 2.0' in text
         assert 'aiosip_ws_media_calls 0.0' in text
 
 
@@ -309,8 +329,18 @@ async def test_a_relay_gone_before_a_call_and_during_one(tmp_path):
             await c.alice.send(c.alice_in_dialog('ACK', 'm-9', 'b9', routes))
             assert (await c.bob.next()).method == 'ACK'
             c.server.media.relays.clients[0].address = ('127.0.0.1', 9)   # the relay is gone
+            # a re-INVITE whose offer rtpengine cannot take: 500 with a Warning, not relayed
+            await c.alice.send(c.alice_in_dialog('INVITE', 'm-9', 'b9', routes, cseq=11,
+                                                 body=BROWSER_OFFER, branch='z9hG4bKre9'))
+            refused = await recv(c.alice)
+            while refused.status == 100:
+                refused = await recv(c.alice)
+            assert refused.status == 500
+            assert refused.get('Warning').endswith('"the media relay did not take the offer"')
+            with pytest.raises(asyncio.TimeoutError):
+                await c.bob.next(timeout=0.3)
             # during the call: BYE passes at once, the failed delete is a log line
-            await c.alice.send(c.alice_in_dialog('BYE', 'm-9', 'b9', routes, cseq=11))
+            await c.alice.send(c.alice_in_dialog('BYE', 'm-9', 'b9', routes, cseq=12))
             bye = await c.bob.next()
             assert bye.method == 'BYE'
             c.bob.send(make_response(bye, 200))
