@@ -18,7 +18,9 @@ from aiosip_ws.serve.config import ServeConfig
 from aiosip_ws.serve.media import MISMATCH_WARNING, MediaSettings, ProfileRule
 from aiosip_ws.serve.relay import RelayServer
 from aiosip_ws.tools.cli import build_parser, serve_config
+from tests.support import doc_page
 from tests.support.net import http_get
+from tests.support.rtpengine import arguments
 from tests.support.sdp import BROWSER_OFFER, PHONE_OFFER
 from tests.support.sip import UdpUA, recv, register_raw
 
@@ -134,3 +136,19 @@ def test_profile_overrides_by_aor_domain_and_network():
     network = ProfileRule.parse('10.0.0.0/8=plain')
     assert network.kind == 'network' and network.matches('sip:x@y', '10.1.2.3')
     assert not network.matches('sip:x@y', '192.0.2.1') and not network.matches('sip:x@y', None)
+
+
+def test_the_commands_of_docs_calls_rst_are_the_tests_own():
+    page = doc_page('calls.rst')
+    [rtpengine] = [line.split() for line in page.splitlines()
+                   if line.strip().startswith('rtpengine --')]
+    assert rtpengine[1:] == arguments(2223, 30000, 30040)
+    [serve] = [line.split() for line in page.splitlines()
+               if line.strip().startswith('aiosip-ws serve') and '--rtpengine' in line]
+    config = serve_config(build_parser().parse_args(serve[1:]))
+    config.validate()
+    assert config.media_settings().rtpengine == ['udp://127.0.0.1:2223']
+    assert config.media_settings().relay_mode == 'auto'
+    for info in ServeConfig.options():                  # every media option is described
+        if info.name.startswith(('rtpengine', 'media_')):
+            assert '``--%s' % info.flag_name in page, info.flag_name

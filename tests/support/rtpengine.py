@@ -21,6 +21,14 @@ def rtpengine_binary() -> str:
     return debian_binary('rtpengine', 'rtpengine-daemon')
 
 
+def arguments(port: int, low: int, high: int) -> list[str]:
+    """rtpengine's options in the tests (docs/calls.rst shows them): the ng port, the media
+    ports, loopback only, user space, sessions deleted at once."""
+    return ['--config-file=none', '--foreground', '--log-stderr', '--table=-1',
+            '--delete-delay=0', '--interface=127.0.0.1', '--listen-ng=127.0.0.1:%d' % port,
+            '--port-min=%d' % low, '--port-max=%d' % high]
+
+
 def _ask(port: int, command: dict, netns_pid: int | None, timeout: float = 0.2) -> dict:
     """One ng command to rtpengine on 127.0.0.1:``port`` (of ``netns_pid``'s network)."""
     if netns_pid is None:
@@ -59,10 +67,8 @@ def rtpengine(tmp: Path, *, media_ports: int = 40, netns_pid: int | None = None,
     prefix = ['nsenter', '--net=/proc/%d/ns/net' % netns_pid, '--'] if netns_pid else []
     with log.open('w') as out:
         process = subprocess.Popen(
-            [*prefix, rtpengine_binary(), '--config-file=none', '--foreground', '--log-stderr',
-             '--table=-1', '--delete-delay=0', '--interface=127.0.0.1',
-             '--listen-ng=127.0.0.1:%d' % port, '--port-min=%d' % low,
-             '--port-max=%d' % (low + media_ports), '--pidfile=%s' % (tmp / 'rtpengine.pid')],
+            [*prefix, rtpengine_binary(), *arguments(port, low, low + media_ports),
+             '--pidfile=%s' % (tmp / 'rtpengine.pid')],
             stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 10
