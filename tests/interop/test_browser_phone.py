@@ -171,6 +171,26 @@ async def test_a_phone_calls_a_sipjs_page_which_registers_without_sip_ice(setup)
     await setup.no_sessions()
 
 
+async def test_a_late_offer_from_a_sipjs_page_to_the_phone(setup):
+    """SIP.js's INVITE without SDP: baresip offers plain RTP in its 200, serve has rtpengine
+    make it WebRTC for the page, and the page's answer in the ACK plain for the phone."""
+    carol = await setup.browser.agent('sipjs', url=setup.url, aor='sip:carol@example.com',
+                                      name='carol')
+    await carol.run('call', BOB, True)
+    await setup.phone.wait_event('CALL_INCOMING', timeout=10)
+    await setup.phone.answer()
+    await carol.wait_event('confirmed', timeout=10)
+    await setup.phone.wait_event('CALL_ESTABLISHED', timeout=10)
+    await heard_by_page(carol, 880)
+    sdps = await carol.run('sdps')
+    assert sdps['localType'] == 'answer'              # the page answered the phone's offer
+    assert 'a=fingerprint:' in sdps['remote'] and 'UDP/TLS/RTP/SAVPF' in sdps['remote']
+    await carol.hangup()
+    await setup.phone.wait_event('CALL_CLOSED', timeout=10)
+    heard_by_phone(setup.phone, 440)
+    await setup.no_sessions()
+
+
 async def test_rtpengine_gone_during_a_call_and_before_the_next(setup):
     alice = await setup.browser.agent('jssip', url=setup.url, aor=ALICE, name='alice')
     await alice.call(BOB)

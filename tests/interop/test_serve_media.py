@@ -6,7 +6,8 @@ rtcp-mux towards alice, none of them towards bob) and that rtpengine holds no se
 its own within 2 s of the call's end, whichever way it ended: BYE from either side,
 CANCEL while ringing, 486, a late offer, early media in a 183, the caller's connection
 lost, a 2xx never ACKed, Timer C; the relay gone before a call (503 with Retry-After)
-and during one (a re-INVITE gets 500 with a Warning, BYE still passes).  A re-INVITE
+and during one (a re-INVITE gets 500 with a Warning, BYE still passes), and a relay that
+does not answer skipped for the next.  A re-INVITE
 (hold) is a new offer and answer through rtpengine.  /metrics counts the ng commands."""
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from aiosip_ws.serve.media import MediaSettings
 from aiosip_ws.serve.relay import RelayServer
 from aiosip_ws.transport.rtpengine import open_ng
 from tests.interop.conftest import _unavailable
-from tests.support.net import http_get
+from tests.support.net import free_port, http_get
 from tests.support.rtpengine import rtpengine, rtpengine_binary
 from tests.support.sdp import BROWSER_OFFER, PHONE_ANSWER, PHONE_OFFER
 from tests.support.sip import UdpUA, recv, register_raw
@@ -375,4 +376,24 @@ async def test_calls_of_one_profile_pass_through_unless_always(ng_url):
             assert await c.sessions() == int(anchors)
             await carol.send(serialize(make_response(invite, 486, to_tag='c1')).decode())
             assert (await recv(c.alice)).status == 486
+            await c.no_sessions()
+
+
+async def test_a_relay_that_does_not_answer_is_skipped_for_the_next(ng_url):
+    """Two relays, the first gone: the call's offer times out there and goes to the next;
+    the next call skips the dead one at once (--rtpengine-retry)."""
+    dead = 'udp://127.0.0.1:%d' % free_port(udp=True)
+    async with anchored(ng_url, timeout=0.5, retry=30) as c:
+        c.server.media.relays.clients.insert(0, (await open_ng(dead, timeout=0.5)))
+        for n, call_id in enumerate(('f-1', 'f-2')):
+            started = asyncio.get_running_loop().time()
+            await c.alice.send(c.alice_invite(call_id, branch='z9hG4bKf%d' % n))
+            assert (await recv(c.alice)).status == 100
+            invite = await c.bob.next()
+            assert is_plain(invite.body) and await c.sessions() == 1
+            waited = asyncio.get_running_loop().time() - started
+            assert (waited >= 0.5) if n == 0 else (waited < 0.4), waited
+            c.bob.send(c.bob_answer(invite, 486, 'b%d' % n))
+            assert (await recv(c.alice)).status == 486
+            assert (await c.bob.next()).method == 'ACK'
             await c.no_sessions()

@@ -54,8 +54,10 @@ window.agent = {
   message(to, body) {
     user.message(to, body).catch((err) => emit({ event: 'messageFailed', cause: String(err) }));
   },
-  call(target) {
-    user.call(target, undefined, {
+  // lateOffer: the INVITE goes without SDP (the callee offers in its 2xx, SIP.js answers
+  // in the ACK)
+  call(target, lateOffer) {
+    user.call(target, lateOffer ? { inviteWithoutSdp: true } : undefined, {
       requestDelegate: {
         onProgress: (response) => emit({ event: 'progress', status: response.message.statusCode }),
         onReject: (response) => emit({ event: 'failed', status: response.message.statusCode }),
@@ -70,5 +72,14 @@ window.agent = {
   },
   // The dominant frequency (Hz) of what the call's remote stream plays, over about a second.
   listen() { return dominantFrequency(peerConnection()); },
+  // The call's SDPs, and which of them was the offer (a late offer: the remote one)
+  sdps() {
+    const pc = peerConnection();
+    return {
+      local: pc.localDescription.sdp,
+      localType: pc.localDescription.type,
+      remote: pc.remoteDescription.sdp,
+    };
+  },
   stop() { if (user) user.disconnect(); },
 };
