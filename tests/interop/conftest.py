@@ -74,6 +74,24 @@ def node_agents_ready() -> None:
         _unavailable("node agents", exc)
 
 
+def rtpengine_available() -> None:
+    """Skip (or fail, when peers are required) without Debian's rtpengine-daemon."""
+    from tests.support.rtpengine import rtpengine_binary
+    try:
+        rtpengine_binary()
+    except RuntimeError as exc:
+        _unavailable('rtpengine', exc)
+
+
+@pytest.fixture
+def ng_url(tmp_path):
+    """rtpengine on 127.0.0.1 (tests/support/rtpengine.py): its ng URL."""
+    from tests.support.rtpengine import rtpengine
+    rtpengine_available()
+    with rtpengine(tmp_path) as url:
+        yield url
+
+
 @pytest.fixture
 def kamailio_peer(kamailio_version, tmp_path):
     """Kamailio on a free port: ws only, digest auth on REGISTER, 5 s keepalive."""

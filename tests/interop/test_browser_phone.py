@@ -105,19 +105,30 @@ def heard_by_phone(phone, hz: float) -> None:
     assert abs(heard - hz) <= 15, heard
 
 
+async def talked(setup, page, *, page_hangs_up: bool) -> None:
+    """An answered call between ``page`` and the phone: each hears the other, one hangs
+    up, and rtpengine holds nothing afterwards."""
+    await setup.phone.wait_event('CALL_ESTABLISHED', timeout=10)
+    await heard_by_page(page, 880)
+    sdps = await page.run('sdps')
+    assert 'a=fingerprint:' in sdps['remote'] and 'UDP/TLS/RTP/SAVPF' in sdps['remote']
+    if page_hangs_up:
+        await page.hangup()
+        await setup.phone.wait_event('CALL_CLOSED', timeout=10)
+    else:
+        await setup.phone.hangup()
+        await page.wait_event('ended', timeout=10)
+    heard_by_phone(setup.phone, 440)
+    await setup.no_sessions()
+
+
 async def test_a_browser_calls_a_phone_audio_both_ways_the_phone_hangs_up(setup):
     alice = await setup.browser.agent('jssip', url=setup.url, aor=ALICE, name='alice')
     await alice.call(BOB)
     await setup.phone.wait_event('CALL_INCOMING', timeout=10)
     await setup.phone.answer()
     await alice.wait_event('confirmed', timeout=10)
-    await setup.phone.wait_event('CALL_ESTABLISHED', timeout=10)
-    await heard_by_page(alice, 880)
-    await setup.phone.hangup()
-    await alice.wait_event('ended', timeout=10)
-    await setup.phone.wait_event('CALL_CLOSED', timeout=10)
-    heard_by_phone(setup.phone, 440)
-    await setup.no_sessions()
+    await talked(setup, alice, page_hangs_up=False)
 
 
 async def test_a_phone_calls_a_browser_audio_both_ways_the_browser_hangs_up(setup):
@@ -126,14 +137,7 @@ async def test_a_phone_calls_a_browser_audio_both_ways_the_browser_hangs_up(setu
     await setup.phone.dial(ALICE)
     await alice.wait_event('incomingCall', timeout=10)
     await alice.answer()
-    await setup.phone.wait_event('CALL_ESTABLISHED', timeout=10)
-    await heard_by_page(alice, 880)
-    sdps = await alice.run('sdps')
-    assert 'a=fingerprint:' in sdps['remote'] and 'UDP/TLS/RTP/SAVPF' in sdps['remote']
-    await alice.hangup()
-    await setup.phone.wait_event('CALL_CLOSED', timeout=10)
-    heard_by_phone(setup.phone, 440)
-    await setup.no_sessions()
+    await talked(setup, alice, page_hangs_up=True)
 
 
 async def test_cancel_while_ringing_and_a_busy_phone(setup):
@@ -163,12 +167,7 @@ async def test_a_phone_calls_a_sipjs_page_which_registers_without_sip_ice(setup)
     await carol.wait_event('incomingCall', timeout=10)
     await carol.answer()
     await carol.wait_event('confirmed', timeout=10)
-    await setup.phone.wait_event('CALL_ESTABLISHED', timeout=10)
-    await heard_by_page(carol, 880)
-    await setup.phone.hangup()
-    await carol.wait_event('ended', timeout=10)
-    heard_by_phone(setup.phone, 440)
-    await setup.no_sessions()
+    await talked(setup, carol, page_hangs_up=False)
 
 
 async def test_a_late_offer_from_a_sipjs_page_to_the_phone(setup):
@@ -180,15 +179,8 @@ async def test_a_late_offer_from_a_sipjs_page_to_the_phone(setup):
     await setup.phone.wait_event('CALL_INCOMING', timeout=10)
     await setup.phone.answer()
     await carol.wait_event('confirmed', timeout=10)
-    await setup.phone.wait_event('CALL_ESTABLISHED', timeout=10)
-    await heard_by_page(carol, 880)
-    sdps = await carol.run('sdps')
-    assert sdps['localType'] == 'answer'              # the page answered the phone's offer
-    assert 'a=fingerprint:' in sdps['remote'] and 'UDP/TLS/RTP/SAVPF' in sdps['remote']
-    await carol.hangup()
-    await setup.phone.wait_event('CALL_CLOSED', timeout=10)
-    heard_by_phone(setup.phone, 440)
-    await setup.no_sessions()
+    assert (await carol.run('sdps'))['localType'] == 'answer'   # it answered the phone's offer
+    await talked(setup, carol, page_hangs_up=True)
 
 
 async def test_rtpengine_gone_during_a_call_and_before_the_next(setup):

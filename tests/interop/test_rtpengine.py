@@ -12,8 +12,8 @@ import pytest
 from aiosip_ws.core.mediaflags import PLAIN, WEBRTC, leg_flags, sdp_profile
 from aiosip_ws.errors import MediaRelayError, MediaRelayTimeout
 from aiosip_ws.transport.rtpengine import open_ng
-from tests.interop.conftest import _unavailable
-from tests.support.rtpengine import rtpengine, rtpengine_binary
+from tests.interop.conftest import rtpengine_available
+from tests.support.rtpengine import rtpengine
 from tests.support.sdp import BROWSER_OFFER, PHONE_ANSWER, PHONE_OFFER
 
 pytestmark = pytest.mark.interop
@@ -22,16 +22,6 @@ pytestmark = pytest.mark.interop
 #: and the phone's answer back towards the browser
 TO_PLAIN = leg_flags(PLAIN, offer=True, source=WEBRTC)
 TO_WEBRTC = leg_flags(WEBRTC, offer=False)
-
-
-@pytest.fixture
-def ng_url(tmp_path):
-    try:
-        rtpengine_binary()
-    except RuntimeError as exc:
-        _unavailable('rtpengine', exc)
-    with rtpengine(tmp_path) as url:
-        yield url
 
 
 async def own_sessions(client) -> int:
@@ -105,10 +95,7 @@ async def test_a_phone_calling_a_browser_through_rtpengine(ng_url):
 
 
 async def test_a_relay_that_is_gone_times_out(tmp_path):
-    try:
-        rtpengine_binary()
-    except RuntimeError as exc:
-        _unavailable('rtpengine', exc)
+    rtpengine_available()
     with rtpengine(tmp_path) as url:
         client = await open_ng(url, timeout=0.6, retransmit=0.2)
         await client.ping()

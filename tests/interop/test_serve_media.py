@@ -23,9 +23,9 @@ from aiosip_ws.serve import media as media_module
 from aiosip_ws.serve.media import MediaSettings
 from aiosip_ws.serve.relay import RelayServer
 from aiosip_ws.transport.rtpengine import open_ng
-from tests.interop.conftest import _unavailable
+from tests.interop.conftest import rtpengine_available
 from tests.support.net import free_port, http_get
-from tests.support.rtpengine import rtpengine, rtpengine_binary
+from tests.support.rtpengine import rtpengine
 from tests.support.sdp import BROWSER_OFFER, PHONE_ANSWER, PHONE_OFFER
 from tests.support.sip import UdpUA, recv, register_raw
 
@@ -33,16 +33,6 @@ pytestmark = pytest.mark.interop
 
 #: the browser's answer to an offer (DTLS active: the browser starts DTLS)
 BROWSER_ANSWER = BROWSER_OFFER.replace('a=setup:actpass', 'a=setup:active')
-
-
-@pytest.fixture
-def ng_url(tmp_path):
-    try:
-        rtpengine_binary()
-    except RuntimeError as exc:
-        _unavailable('rtpengine', exc)
-    with rtpengine(tmp_path) as url:
-        yield url
 
 
 class Call:
@@ -315,10 +305,7 @@ async def test_a_2xx_never_acked_and_timer_c_release_the_media(ng_url, monkeypat
 
 
 async def test_a_relay_gone_before_a_call_and_during_one(tmp_path):
-    try:
-        rtpengine_binary()
-    except RuntimeError as exc:
-        _unavailable('rtpengine', exc)
+    rtpengine_available()
     with rtpengine(tmp_path) as url:
         async with anchored(url, timeout=0.6, retry=30) as c:
             await c.alice.send(c.alice_invite('m-9'))
