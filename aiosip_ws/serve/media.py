@@ -179,7 +179,7 @@ class ProfileRule:
 class AnchoredCall:
     """One call serve has anchored on rtpengine (or is about to)."""
 
-    __slots__ = ('call_id', 'caller_tag', 'caller', 'caller_profile', 'late', 'legs',
+    __slots__ = ('call_id', 'caller_tag', 'caller', 'caller_profile', 'late', 'legs', 'tags',
                  'callee_tag', 'callee', 'callee_profile', 'state', 'ack_timer', 'ended')
 
     def __init__(self, call_id: str, caller_tag: str, caller: Flow, caller_profile: str,
@@ -192,6 +192,8 @@ class AnchoredCall:
         self.late = late
         #: branch -> (the callee's flow, its profile, anchored)
         self.legs: dict[str, tuple[Flow, str, bool]] = {}
+        #: branch -> the To tag its responses with SDP carried (for deleting it alone)
+        self.tags: dict[str, str] = {}
         self.callee_tag: str | None = None
         self.callee: Flow | None = None
         self.callee_profile: str | None = None
@@ -388,6 +390,8 @@ class Media:
         except SIPParseError:
             to_tag = ''
         found = sdp_profile(response.body)
+        if to_tag:
+            call.tags[branch] = to_tag
         try:
             if call.late:
                 source = found or callee
@@ -420,6 +424,9 @@ class Media:
                      else 'a branch without media relay answered')
             return
         call.state = 'answered'
+        for branch, (_, _, anchored) in call.legs.items():
+            if anchored and branch != winner:          # a losing branch goes alone
+                self._spawn(self._delete_branch(call, branch))
         if call.callee is None:
             call.callee = leg[0]
         self._index(call.caller, call)
@@ -549,6 +556,16 @@ class Media:
         except (AiosipWSError, OSError) as exc:
             peer_log.warning('media delete failed', '%s: rtpengine did not delete the call '
                              '(%s, after %s): its --timeout will', call.call_id, exc, why)
+
+    async def _delete_branch(self, call: AnchoredCall, branch: str) -> None:
+        arguments = {'from-tag': call.caller_tag, 'via-branch': branch}
+        if branch in call.tags:
+            arguments['to-tag'] = call.tags[branch]
+        try:
+            await self._command('delete', call, arguments)
+        except (AiosipWSError, OSError) as exc:
+            peer_log.warning('media delete failed', '%s: rtpengine did not delete a losing '
+                             'branch (%s): it goes with the call', call.call_id, exc)
 
     # -- helpers --------------------------------------------------------------------------
     async def _command(self, command: str, call: AnchoredCall,

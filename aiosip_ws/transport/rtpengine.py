@@ -184,8 +184,8 @@ class RelaySet:
     moves on to the next live one, and with none left the command fails with
     :class:`~aiosip_ws.errors.MediaRelayError` (serve answers 503).  A call's relay that
     stops answering is not replaced: the other relay knows nothing of the call.  At most
-    ``max_calls`` calls are remembered (the oldest forgotten first); ``delete`` forgets
-    its call.
+    ``max_calls`` calls are remembered (the oldest forgotten first); ``delete`` of the
+    whole call (without ``via-branch`` or ``to-tag``) forgets it.
     """
 
     def __init__(self, clients: list[NgClient], *, retry: float = 60.0,
@@ -224,7 +224,7 @@ class RelaySet:
                 self._mark_dead(relay)
                 raise
             finally:
-                if command.get('command') == 'delete':
+                if _whole_call_deleted(command):       # not one branch or dialogue of it
                     self._calls.pop(call_id, None)
         if command.get('command') == 'delete':
             return {'result': 'ok'}                      # nothing was anchored for it
@@ -271,3 +271,10 @@ class RelaySet:
     async def wait_closed(self) -> None:
         for client in self.clients:
             await client.wait_closed()
+
+
+def _whole_call_deleted(command: Mapping[str, Any]) -> bool:
+    """A ``delete`` of the call itself, not of one branch (``via-branch``) or dialogue
+    (``to-tag``) of it."""
+    return (command.get('command') == 'delete' and 'via-branch' not in command
+            and 'to-tag' not in command)

@@ -201,3 +201,34 @@ async def test_rtpengine_gone_during_a_call_and_before_the_next(setup):
     failed = await alice.wait_event('failed', timeout=10)
     assert failed['status'] == 503, failed
     assert not [e for e in setup.phone.events if e['event'] == 'CALL_INCOMING'][1:]
+
+
+async def test_a_call_forked_to_a_phone_and_a_browser_of_one_user(setup):
+    """bob is the phone and a JsSIP page at once: the branch to the phone is anchored, the
+    one to his page passes SDP through.  Answered on the phone, alice and the phone hear
+    each other; answered on the page, alice and the page hear each other directly and
+    rtpengine holds nothing (the phone's branch offer said DTLS-reverse=passive: rtpengine
+    never started DTLS towards alice)."""
+    alice = await setup.browser.agent('jssip', url=setup.url, aor=ALICE, name='alice')
+    desk = await setup.browser.agent('jssip', url=setup.url, aor=BOB, name='bob-page')
+    assert (await desk.register())['status'] == 200
+
+    await alice.call(BOB)
+    await setup.phone.wait_event('CALL_INCOMING', timeout=10)
+    await desk.wait_event('incomingCall', timeout=10)
+    await setup.phone.answer()
+    await alice.wait_event('confirmed', timeout=10)
+    failed = await desk.wait_event('failed', timeout=10)          # serve's CANCEL
+    assert 'cause=200' in (failed['reason'] or ''), failed
+    await talked(setup, alice, page_hangs_up=True)
+
+    await alice.call(BOB)
+    await setup.phone.wait_event('CALL_INCOMING', timeout=10)
+    await desk.wait_event('incomingCall', timeout=10)
+    await desk.answer()
+    await alice.wait_event('confirmed', timeout=10)
+    await setup.phone.wait_event('CALL_CLOSED', timeout=10)        # its branch CANCELled
+    await setup.no_sessions()                                      # nothing anchored now
+    await heard_by_page(alice, 440)                                # the page's microphone
+    await alice.hangup()
+    await desk.wait_event('ended', timeout=10)

@@ -384,3 +384,63 @@ async def test_a_relay_that_does_not_answer_is_skipped_for_the_next(ng_url):
             assert (await recv(c.alice)).status == 486
             assert (await c.bob.next()).method == 'ACK'
             await c.no_sessions()
+
+
+async def test_a_forked_call_offers_per_branch_and_deletes_the_loser_alone(ng_url):
+    """bob on a phone (UDP) and in a browser (WebSocket): with ``always`` each branch gets
+    an offer of its own (its via-branch, its profile); the phone answers after early
+    media, the browser's branch is CANCELled and deleted alone (its via-branch and To
+    tag), and the call keeps its media on rtpengine until BYE.  With ``auto`` only the
+    phone's branch is anchored; when the browser answers, nothing stays anchored."""
+    for mode in ('always', 'auto'):
+        async with anchored(ng_url, mode=mode) as c, \
+                connect(c.server.listeners[0].bound_url, subprotocols=['sip'],
+                        proxy=None) as desk:
+            await register_raw(desk, 'bob')
+            call_id = 'fork-' + mode
+            await c.alice.send(c.alice_invite(call_id))
+            assert (await recv(c.alice)).status == 100
+            to_phone, to_desk = await c.bob.next(), await recv(desk)
+            assert is_plain(to_phone.body) and is_webrtc(to_desk.body)
+            assert (to_desk.body == BROWSER_OFFER.encode()) is (mode == 'auto')
+            query = await c.ng.command({'command': 'query', 'call-id': call_id})
+            branches = {tag.get('via-branch') for tag in query['tags'].values()}
+            assert to_phone.vias[0].branch in branches
+            assert (to_desk.vias[0].branch in branches) is (mode == 'always')
+            if mode == 'always':
+                await desk.send(serialize(make_response(
+                    to_desk, 183, to_tag='d1', headers=[('Content-Type', 'application/sdp')],
+                    body=BROWSER_ANSWER.encode())).decode())
+                assert is_webrtc((await recv(c.alice)).body)
+                c.bob.send(c.bob_answer(to_phone, 200, 'p1', PHONE_ANSWER))
+                ok = await recv(c.alice)
+                assert ok.status == 200 and is_webrtc(ok.body)
+                cancel = await recv(desk)
+                assert cancel.method == 'CANCEL'
+                await desk.send(serialize(make_response(cancel, 200)).decode())
+                await desk.send(serialize(make_response(to_desk, 487, to_tag='d1')).decode())
+                await asyncio.sleep(0.3)
+                _, _, metrics = await http_get(c.server.listeners[0].port, '/metrics')
+                assert ('aiosip_ws_rtpengine_commands_total{command="delete",outcome="ok"} '
+                        '1.0') in metrics.decode()        # the desk's branch, rtpengine took it
+                query = await c.ng.command({'command': 'query', 'call-id': call_id})
+                assert query['tags']['a1']['subscribers'] == [
+                    {'tag': 'p1', 'type': 'offer/answer'}]        # the call is the phone's
+                assert await c.sessions() == 1
+                routes = ok.get_all('Record-Route')
+                await c.alice.send(c.alice_in_dialog('ACK', call_id, 'p1', routes))
+                await c.alice.send(c.alice_in_dialog('BYE', call_id, 'p1', routes, cseq=11))
+                while (got := await c.bob.next()).method != 'BYE':
+                    pass
+                c.bob.send(make_response(got, 200))
+            else:
+                await desk.send(serialize(make_response(
+                    to_desk, 200, to_tag='d2', headers=[('Content-Type', 'application/sdp')],
+                    body=BROWSER_ANSWER.encode())).decode())
+                ok = await recv(c.alice)
+                assert ok.status == 200 and ok.body == BROWSER_ANSWER.encode()
+                cancel = await c.bob.next()
+                assert cancel.method == 'CANCEL'
+                c.bob.send(make_response(cancel, 200))
+                c.bob.send(c.bob_answer(to_phone, 487, 'p2'))
+            await c.no_sessions()

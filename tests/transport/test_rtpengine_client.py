@@ -135,6 +135,8 @@ async def test_a_relay_set_keeps_each_call_on_its_relay_and_skips_a_silent_one(r
             await relays.command(call, {'command': 'offer', 'sdp': 'v=0'})
             assert relays.relay_of(call) is clients[1]
         assert len(relays) == 3 and relays.relay_of('c1') is None     # at most 3 calls kept
+        await relays.command('c4', {'command': 'delete', 'via-branch': 'z9hG4bKx'})
+        assert relays.relay_of('c4') is clients[1]     # one branch deleted: the call stays
         await relays.command('c4', {'command': 'delete'})
         assert relays.relay_of('c4') is None and len(relays) == 2
         assert await relays.command('never', {'command': 'delete'}) == {'result': 'ok'}
