@@ -24,8 +24,6 @@ from tests.support.rtpengine import arguments
 from tests.support.sdp import BROWSER_OFFER, PHONE_OFFER
 from tests.support.sip import UdpUA, recv, register_raw
 
-pytestmark = pytest.mark.filterwarnings('error')
-
 
 def invite(host: str, call_id: str, body: str, user: str = 'bob') -> str:
     return ('INVITE sip:%s@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bK%s\r\n'
