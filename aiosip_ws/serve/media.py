@@ -80,7 +80,7 @@ ACK_WAIT = 32.0
 #: the Warning text of ``--media-mismatch refuse``'s 488
 MISMATCH_WARNING = 'no media relay for WebRTC to plain RTP'
 #: the in-dialog methods the media stage looks at
-IN_DIALOG_METHODS = frozenset({'ACK', 'BYE', 'INVITE', 'UPDATE'})
+IN_DIALOG_METHODS = frozenset({'ACK', 'BYE', 'INVITE', 'UPDATE', 'PRACK'})
 
 
 @dataclasses.dataclass
@@ -180,7 +180,8 @@ class AnchoredCall:
     """One call serve has anchored on rtpengine (or is about to)."""
 
     __slots__ = ('call_id', 'caller_tag', 'caller', 'caller_profile', 'late', 'legs', 'tags',
-                 'callee_tag', 'callee', 'callee_profile', 'state', 'ack_timer', 'ended')
+                 'callee_tag', 'callee', 'callee_profile', 'state', 'ack_timer', 'ended',
+                 'pending')
 
     def __init__(self, call_id: str, caller_tag: str, caller: Flow, caller_profile: str,
                  late: bool) -> None:
@@ -202,6 +203,19 @@ class AnchoredCall:
         self.state = 'offering'
         self.ack_timer: asyncio.TimerHandle | None = None
         self.ended = False
+        #: an offer made in a response, whose answer the next ACK or PRACK carries:
+        #: (the offerer's tag, the answerer's tag, the offerer's profile)
+        self.pending: tuple[str, str, str] | None = None
+
+    def profiles(self, sender_tag: str) -> tuple[str, str]:
+        """(the profile of the party whose tag is ``sender_tag``, the other party's)."""
+        callee = self.callee_profile
+        if callee is None:
+            branch = next((b for b, tag in self.tags.items() if tag != self.caller_tag), None)
+            callee = self.legs[branch][1] if branch in self.legs else PLAIN
+        if sender_tag == self.caller_tag:
+            return self.caller_profile, callee
+        return callee, self.caller_profile
 
     @property
     def anchored(self) -> bool:
@@ -378,7 +392,8 @@ class Media:
         status = response.status or 0
         if leg is None or not leg[2] or not response.body or not 180 <= status < 300:
             return False
-        return not call.late or status >= 200
+        # a late offer's offer comes in the 2xx, or in a reliable 18x (RFC 3262)
+        return not call.late or status >= 200 or response.get('RSeq') is not None
 
     async def rewrite(self, call: AnchoredCall, branch: str, response: SIPMessage) -> None:
         """Run ``response``'s SDP through rtpengine: an ``answer`` to the INVITE's offer, or
@@ -398,6 +413,7 @@ class Media:
                 flags = self._flags(call.caller_profile, offer=True, source=source)
                 reply = await self._command('offer', call, dict(flags, **{
                     'from-tag': to_tag, 'to-tag': call.caller_tag, 'sdp': response.body}))
+                call.pending = (to_tag, call.caller_tag, source)
             else:
                 flags = self._flags(call.caller_profile, offer=False, source=callee)
                 reply = await self._command('answer', call, dict(flags, **{
@@ -454,20 +470,25 @@ class Media:
         if method == 'BYE':
             self.end(call, 'BYE')
             return False
-        if method == 'INVITE' or method == 'UPDATE':
-            if (request.body and call.callee_tag and call.state != 'offering'
-                    and 'tag=' in (request.get('To') or '')):
-                self._spawn(self._new_offer(call, flow, request, route))
-                return True
-            return False
-        if call.state == 'answered':                  # the ACK of the 2xx
+        if method == 'ACK' and call.state == 'answered':          # the ACK of the 2xx
             call.state = 'confirmed'
             if call.ack_timer is not None:
                 call.ack_timer.cancel()
                 call.ack_timer = None
-            if call.late and request.body and call.callee_tag:
-                self._spawn(self._answer_in_ack(call, flow, request, route))
+        if 'tag=' not in (request.get('To') or '') or not (call.callee_tag or call.tags):
+            return False
+        if method == 'ACK' or method == 'PRACK':
+            if call.pending is not None and request.body:     # the answer to its offer
+                self._spawn(self._answer_in_request(call, flow, request, route))
                 return True
+            if method == 'ACK':
+                return False
+        if request.body:                                       # a new offer
+            self._spawn(self._new_offer(call, flow, request, route))
+            return True
+        if method == 'INVITE':                 # no offer: the 2xx offers, the ACK answers
+            self._spawn(self._offer_in_answer(call, flow, request, route))
+            return True
         return False
 
     async def _new_offer(self, call: AnchoredCall, flow: Flow, request: SIPMessage,
@@ -481,8 +502,7 @@ class Media:
         except SIPParseError as exc:
             self.ctx.bad_request(flow, request, exc)
             return
-        caller, callee = call.caller_profile, call.callee_profile or PLAIN
-        offerer, answerer = (caller, callee) if from_tag == call.caller_tag else (callee, caller)
+        offerer, answerer = call.profiles(from_tag)
         try:
             reply = await self._command('offer', call, dict(
                 self._flags(answerer, offer=True, source=offerer),
@@ -508,18 +528,46 @@ class Media:
                                  request.method, exc)
         route(flow, request, answer)
 
-    async def _answer_in_ack(self, call: AnchoredCall, flow: Flow, request: SIPMessage,
-                             route: Route) -> None:
-        flags = self._flags(call.callee_profile or PLAIN, offer=False,
-                            source=call.caller_profile)
+    async def _offer_in_answer(self, call: AnchoredCall, flow: Flow, request: SIPMessage,
+                               route: Route) -> None:
+        """A re-INVITE without SDP: its 2xx carries the offer (an ng ``offer`` from the
+        party that answers it: ``from-tag`` its tag), the ACK the answer."""
         try:
-            reply = await self._command('answer', call, dict(flags, **{
-                'from-tag': call.callee_tag, 'to-tag': call.caller_tag,
-                'sdp': request.body}))
+            sender = request.from_addr().tag or ''
+            other = request.to_addr().tag or ''
+        except SIPParseError as exc:
+            self.ctx.bad_request(flow, request, exc)
+            return
+        answerer, offerer = call.profiles(sender)
+
+        async def offer(response: SIPMessage) -> None:
+            try:
+                reply = await self._command('offer', call, dict(
+                    self._flags(answerer, offer=True, source=offerer),
+                    **{'from-tag': other, 'to-tag': sender, 'sdp': response.body}))
+                response.body = _sdp_of(reply)
+                call.pending = (other, sender, offerer)
+            except (AiosipWSError, OSError) as exc:
+                peer_log.warning('media relay failed', '%s: rtpengine did not take the '
+                                 'offer in the 2xx to a re-INVITE (%s): relayed as it came',
+                                 call.call_id, exc)
+        route(flow, request, offer)
+
+    async def _answer_in_request(self, call: AnchoredCall, flow: Flow, request: SIPMessage,
+                                 route: Route) -> None:
+        """The ACK or PRACK that answers an offer made in a response."""
+        assert call.pending is not None
+        offerer_tag, answerer_tag, offerer = call.pending
+        call.pending = None
+        _, answerer = call.profiles(offerer_tag)
+        try:
+            reply = await self._command('answer', call, dict(
+                self._flags(offerer, offer=False, source=answerer),
+                **{'from-tag': offerer_tag, 'to-tag': answerer_tag, 'sdp': request.body}))
             request.body = _sdp_of(reply)
         except (AiosipWSError, OSError) as exc:
-            peer_log.warning('media relay failed', '%s: rtpengine did not take the ACK\'s '
-                             'SDP (%s): relayed as it came', call.call_id, exc)
+            peer_log.warning('media relay failed', '%s: rtpengine did not take the %s\'s '
+                             'SDP (%s): relayed as it came', call.call_id, request.method, exc)
         route(flow, request, None)
 
     def flow_closed(self, flow: Flow) -> None:

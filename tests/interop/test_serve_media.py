@@ -8,7 +8,8 @@ CANCEL while ringing, 486, a late offer, early media in a 183, the caller's conn
 lost, a 2xx never ACKed, Timer C; the relay gone before a call (503 with Retry-After)
 and during one (a re-INVITE gets 500 with a Warning, BYE still passes), and a relay that
 does not answer skipped for the next.  A re-INVITE
-(hold) is a new offer and answer through rtpengine.  /metrics counts the ng commands."""
+(hold), one without SDP (offer in the 2xx, answer in the ACK) and an UPDATE are new
+offers and answers through rtpengine.  /metrics counts the ng commands."""
 from __future__ import annotations
 
 import asyncio
@@ -167,6 +168,33 @@ async def test_a_browser_calls_a_phone_and_the_phone_hangs_up(ng_url):
                                              branch='z9hG4bKra1'))
         assert (await c.bob.next()).method == 'ACK'
         assert await c.sessions() == 1
+        # a re-INVITE without SDP (unhold): bob's 200 offers, alice's ACK answers
+        await c.alice.send(c.alice_in_dialog('INVITE', 'm-1', 'b1', routes, cseq=12,
+                                             branch='z9hG4bKre2'))
+        reinvite = await c.bob.next()
+        while reinvite.method != 'INVITE':
+            reinvite = await c.bob.next()
+        assert not reinvite.body
+        c.bob.send(c.bob_answer(reinvite, 200, 'b1', PHONE_OFFER))
+        offered = await recv(c.alice)
+        while offered.status == 100:
+            offered = await recv(c.alice)
+        assert offered.status == 200 and is_webrtc(offered.body)
+        await c.alice.send(c.alice_in_dialog('ACK', 'm-1', 'b1', routes, cseq=12,
+                                             branch='z9hG4bKra2', body=BROWSER_ANSWER))
+        ack = await c.bob.next()
+        assert ack.method == 'ACK' and is_plain(ack.body)
+        # an UPDATE from bob (RFC 3311): his offer made WebRTC, alice's answer plain
+        update = c.bob_in_dialog('UPDATE', 'm-1', 'b1', routes, cseq=2,
+                                 branch='z9hG4bKbu1').replace(
+            '\r\n\r\n', '\r\nContent-Type: application/sdp\r\n\r\n' + PHONE_OFFER, 1)
+        c.bob.send(update)
+        to_alice = await recv(c.alice)
+        assert to_alice.method == 'UPDATE' and is_webrtc(to_alice.body)
+        await c.alice_answer(to_alice, 200, 'a1', BROWSER_ANSWER)
+        updated = await c.bob.next()
+        assert updated.status == 200 and is_plain(updated.body)
+        assert await c.sessions() == 1
         c.bob.send(c.bob_in_dialog('BYE', 'm-1', 'b1', routes))
         bye = await recv(c.alice)
         assert bye.method == 'BYE'
@@ -175,10 +203,10 @@ async def test_a_browser_calls_a_phone_and_the_phone_hangs_up(ng_url):
         await c.no_sessions()
         status, _, metrics = await http_get(c.server.listeners[0].port, '/metrics')
         text = metrics.decode()
-        for command, count in (('offer', 2), ('answer', 2), ('delete', 1)):
+        for command, count in (('offer', 4), ('answer', 4), ('delete', 1)):
             assert 'aiosip_ws_rtpengine_commands_total{command="%s",outcome="ok"} %d.0' % (
                 command, count) in text
-        assert 'aiosip_ws_rtpengine_seconds_count{command="offer"} 2.0' in text
+        assert 'aiosip_ws_rtpengine_seconds_count{command="offer"} 4.0' in text
         assert 'aiosip_ws_media_calls 0.0' in text
 
 

@@ -1,7 +1,8 @@
 """SIPp (Debian's ``sip-tester``) over UDP through ``aiosip-ws serve`` to and from a
 WebSocket client (a raw one of the test, so that every header it gets is checked): a SIPp
 UAC sends MESSAGE and INVITE/ACK/BYE to the WebSocket client, and the WebSocket client
-calls a SIPp UAS reached by a static route.  The double Record-Route (RFC 5658), the Vias
+calls a SIPp UAS reached by a static route; SIPp on both legs of a call with reliable
+provisional responses (RFC 3262) through rtpengine.  The double Record-Route (RFC 5658), the Vias
 and the ACK and BYE reaching the far end are asserted on both sides; SIPp exits 0 only
 when its whole scenario ran."""
 from __future__ import annotations
@@ -14,9 +15,11 @@ import pytest
 from websockets.asyncio.client import connect
 
 from aiosip_ws.core.codec import make_response, serialize
+from aiosip_ws.serve.media import MediaSettings
 from aiosip_ws.serve.relay import RelayServer
 from tests.interop.conftest import _unavailable
 from tests.support.net import free_port
+from tests.support.rtpengine import own_sessions
 from tests.support.sip import SDP, recv, register_raw
 
 pytestmark = pytest.mark.interop
@@ -152,3 +155,39 @@ async def test_a_websocket_client_calls_a_sipp_uas(serve_for_sipp, tmp_path):
     assert 'ACK sip:sipp@127.0.0.1:%d SIP/2.0' % uas_port in text      # the ACK reached SIPp
     assert 'BYE sip:sipp@127.0.0.1:%d SIP/2.0' % uas_port in text
     assert text.count('Via: SIP/2.0/UDP 127.0.0.1:') >= 3
+
+
+@pytest.mark.parametrize('late', [False, True], ids=['offer-in-invite', 'offer-in-183'])
+async def test_reliable_provisional_responses_through_rtpengine(ng_url, tmp_path, late):
+    """RFC 3262 through ``serve --media-relay always`` and rtpengine, SIPp on both plain
+    legs: the answer in a reliable 183 (or, for a late offer, the offer in the 183 and the
+    answer in the PRACK) goes through rtpengine like any other; each SIPp sees rtpengine's
+    media port, never the other's, and rtpengine holds nothing after the BYE."""
+    sipp_binary()
+    uas_port, uac_media, uas_media = (free_port(udp=True) for _ in range(3))
+    server = RelayServer(next_hops={'sipp.example.com': 'sip:127.0.0.1:%d' % uas_port},
+                         domains=['example.com'],
+                         media=MediaSettings(rtpengine=[ng_url], mode='always'))
+    _, udp = await server.start('ws://127.0.0.1:0/', 'udp://127.0.0.1:0')
+    try:
+        suffix = '_late' if late else ''
+        uas, uas_log = await run_sipp(tmp_path, 'uas_prack%s.xml' % suffix, '-p', str(uas_port),
+                                      '-mp', str(uas_media), name='uas')
+        await asyncio.sleep(0.3)                              # SIPp binds its port
+        uac, uac_log = await run_sipp(tmp_path, 'uac_prack%s.xml' % suffix,
+                                      udp.bound_url.split('//', 1)[1], '-mp', str(uac_media),
+                                      name='uac')
+        uac_text = await finished(uac, uac_log)
+        uas_text = await finished(uas, uas_log)
+    finally:
+        await server.close()
+    assert uac_text.count('m=audio %d ' % uac_media) == 1         # its own offer or answer
+    assert uas_text.count('m=audio %d ' % uas_media) == 1
+    assert 'm=audio %d ' % uac_media not in uas_text and 'm=audio %d ' % uas_media not in uac_text
+    assert uas_text.count('m=audio ') == 2 and uac_text.count('m=audio ') == 2
+    assert ('PRACK sip:' in uas_text) and ('RAck: 1 1 INVITE' in uas_text)
+    for _ in range(20):
+        if own_sessions(ng_url) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert own_sessions(ng_url) == 0
