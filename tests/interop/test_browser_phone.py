@@ -91,7 +91,7 @@ async def setup(tmp_path, serve_process, node_agents_ready):
 
 
 async def heard_by_page(page, hz: float) -> None:
-    await page.wait_event('ice', timeout=15,
+    await page.wait_event('ice', timeout=15, consume=False,
                           predicate=lambda ev: ev['state'] in ('connected', 'completed'))
     await asyncio.sleep(1.5)                              # the jitter buffer fills
     heard = await page.run('listen')
@@ -232,3 +232,41 @@ async def test_a_call_forked_to_a_phone_and_a_browser_of_one_user(setup):
     await heard_by_page(alice, 440)                                # the page's microphone
     await alice.hangup()
     await desk.wait_event('ended', timeout=10)
+
+
+async def flowing(page, what: str, *, expect: bool) -> None:
+    """Whether RTP ``what`` (received, sent) still moves on the page's call over a second."""
+    await asyncio.sleep(0.5)                                  # the re-INVITE took effect
+    before = (await page.run('stats'))[what]
+    await asyncio.sleep(1.0)
+    after = (await page.run('stats'))[what]
+    assert (after > before) is expect, (what, before, after)
+
+
+async def test_hold_and_unhold_from_either_side(setup):
+    """Each hold is a re-INVITE whose offer and answer go through rtpengine: the held
+    party's audio stops and comes back on unhold, from the browser and from the phone."""
+    alice = await setup.browser.agent('jssip', url=setup.url, aor=ALICE, name='alice')
+    await alice.call(BOB)
+    await setup.phone.wait_event('CALL_INCOMING', timeout=10)
+    await setup.phone.answer()
+    await alice.wait_event('confirmed', timeout=10)
+    await heard_by_page(alice, 880)
+    await alice.run('hold')                           # alice: sendonly, bob: recvonly
+    assert (await alice.wait_event('hold', timeout=10))['originator'] == 'local'
+    await flowing(alice, 'received', expect=False)
+    await alice.run('unhold')
+    await alice.wait_event('unhold', timeout=10)
+    await flowing(alice, 'received', expect=True)
+    await heard_by_page(alice, 880)
+
+    await setup.phone.command('hold')                 # bob: sendonly, alice: recvonly
+    assert (await alice.wait_event('hold', timeout=10))['originator'] == 'remote'
+    await flowing(alice, 'sent', expect=False)
+    await setup.phone.command('resume')
+    await alice.wait_event('unhold', timeout=10)
+    await flowing(alice, 'sent', expect=True)
+    await alice.hangup()
+    await setup.phone.wait_event('CALL_CLOSED', timeout=10)
+    heard_by_phone(setup.phone, 440)
+    await setup.no_sessions()
