@@ -62,14 +62,17 @@ def available() -> None:
 
 
 @pytest.fixture
-async def setup(tmp_path, serve_process, node_agents_ready):
+async def setup(request, tmp_path, serve_process, node_agents_ready):
+    """serve (with ``request.param``'s extra options, if any), rtpengine, Chromium and
+    baresip registered as bob."""
     available()
     microphone = audio.write_tone(tmp_path / 'browser-440.wav', 440, 20.0)
     phone_tone = audio.write_tone(tmp_path / 'phone-880.wav', 880, 30.0, rate=8000)
     process = serve_process('--listen', 'ws://127.0.0.1:0/', '--listen',
                             'udp://127.0.0.1:%d' % SERVE_UDP, '--rtpengine',
                             'udp://127.0.0.1:%d' % NG_PORT, '--rtpengine-timeout', '1',
-                            '--log-level', 'DEBUG', prefix=PRIVATE_NETWORK)
+                            '--log-level', 'DEBUG', *getattr(request, 'param', ()),
+                            prefix=PRIVATE_NETWORK)
     url = next(u for u in process.urls if u.startswith('ws:'))
     with rtpengine(tmp_path, netns_pid=process.proc.pid, port=NG_PORT) as ng:
         browser = Browser(tmp_path / 'chromium', netns_pid=process.proc.pid,
@@ -269,4 +272,63 @@ async def test_hold_and_unhold_from_either_side(setup):
     await alice.hangup()
     await setup.phone.wait_event('CALL_CLOSED', timeout=10)
     heard_by_phone(setup.phone, 440)
+    await setup.no_sessions()
+
+
+async def test_video_offered_to_the_phone_and_dtmf_in_rtp(setup):
+    """A browser offering audio and video to a phone without video: the phone refuses the
+    video stream (port 0), the audio flows both ways.  RFC 4733 telephone-events from a
+    SIP.js page (RTCDTMFSender, not SIP INFO) reach the phone through rtpengine."""
+    alice = await setup.browser.agent('jssip', url=setup.url, aor=ALICE, name='alice')
+    await alice.run('call', BOB, True)
+    await setup.phone.wait_event('CALL_INCOMING', timeout=10)
+    await setup.phone.answer()
+    await alice.wait_event('confirmed', timeout=10)
+    sdps = await alice.run('sdps')
+    assert 'm=video ' in sdps['local'] and 'm=video 0 ' in sdps['remote']
+    await talked(setup, alice, page_hangs_up=True)
+
+    carol = await setup.browser.agent('sipjs', url=setup.url, aor='sip:carol@example.com',
+                                      name='carol')
+    await carol.call(BOB)
+    await setup.phone.wait_event('CALL_INCOMING', timeout=10)
+    await setup.phone.answer()
+    await carol.wait_event('confirmed', timeout=10)
+    await setup.phone.wait_event('CALL_ESTABLISHED', timeout=10)
+    await carol.wait_event('ice', timeout=15, consume=False,
+                           predicate=lambda ev: ev['state'] in ('connected', 'completed'))
+    await asyncio.sleep(0.5)
+    await carol.run('dtmf', '5')
+    digit = await setup.phone.wait_event('CALL_DTMF_START', timeout=10)
+    assert digit['param'] == '5', digit
+    await carol.hangup()
+    await setup.phone.wait_event('CALL_CLOSED', timeout=10)
+    await setup.no_sessions()
+
+
+@pytest.mark.parametrize('setup', [('--media-relay', 'always')], indirect=True)
+async def test_browser_to_browser_video_with_the_relay_always_on(setup):
+    """Two browsers with audio and video, ``--media-relay always``: rtpengine relays both
+    streams (Chromium bundles them on one port; rtpengine takes the BUNDLE apart and puts
+    it together again), and each page decodes the other's video frames."""
+    alice = await setup.browser.agent('jssip', url=setup.url, aor=ALICE, name='alice')
+    carol = await setup.browser.agent('jssip', url=setup.url, aor='sip:carol@example.com',
+                                      name='carol')
+    assert (await carol.register())['status'] == 200
+    await alice.run('call', 'sip:carol@example.com', True)
+    await carol.wait_event('incomingCall', timeout=10)
+    await carol.run('answer', True)
+    await alice.wait_event('confirmed', timeout=10)
+    assert await asyncio.to_thread(own_sessions, setup.ng, setup.pid) == 1
+    for page in (alice, carol):
+        await page.wait_event('ice', timeout=15, consume=False,
+                              predicate=lambda ev: ev['state'] in ('connected', 'completed'))
+    await asyncio.sleep(2.0)
+    for page in (alice, carol):
+        stats = await page.run('stats')
+        assert stats['framesDecoded'] > 10 and stats['received'] > 10, stats
+        remote = (await page.run('sdps'))['remote']
+        assert 'm=video ' in remote and 'a=candidate' in remote
+    await alice.hangup()
+    await carol.wait_event('ended', timeout=10)
     await setup.no_sessions()

@@ -72,10 +72,15 @@ window.agent = {
       },
     });
   },
-  call(target) {
-    attach(ua.call(target, { mediaConstraints: AUDIO_ONLY, pcConfig: { iceServers: [] } }));
+  // video: offer the fake camera too
+  call(target, video) {
+    const mediaConstraints = video ? { audio: true, video: true } : AUDIO_ONLY;
+    attach(ua.call(target, { mediaConstraints, pcConfig: { iceServers: [] } }));
   },
-  answer() { session.answer({ mediaConstraints: AUDIO_ONLY, pcConfig: { iceServers: [] } }); },
+  answer(video) {
+    const mediaConstraints = video ? { audio: true, video: true } : AUDIO_ONLY;
+    session.answer({ mediaConstraints, pcConfig: { iceServers: [] } });
+  },
   hangup() { session.terminate(); },
   dtmf(tones) { session.sendDTMF(tones); },          // SIP INFO, JsSIP's default
   hold() { session.hold(); },
@@ -83,9 +88,15 @@ window.agent = {
   // The dominant frequency (Hz) of what the call's remote stream plays, over about a second.
   listen() { return dominantFrequency(session.connection); },
   // RTP counters of the call (getStats): what came in and what went out.
+  // (and the video frames decoded and sent, when the call has video)
   async stats() {
-    const out = { received: 0, sent: 0 };
+    const out = { received: 0, sent: 0, framesDecoded: 0, framesSent: 0 };
     (await session.connection.getStats()).forEach((report) => {
+      if (report.kind === 'video') {
+        if (report.type === 'inbound-rtp') out.framesDecoded += report.framesDecoded || 0;
+        if (report.type === 'outbound-rtp') out.framesSent += report.framesSent || 0;
+        return;
+      }
       if (report.kind !== 'audio') return;
       if (report.type === 'inbound-rtp') out.received += report.packetsReceived || 0;
       if (report.type === 'outbound-rtp') out.sent += report.packetsSent || 0;

@@ -70,6 +70,11 @@ window.agent = {
   hangup() {
     user.hangup().catch((err) => emit({ event: 'error', message: String(err) }));
   },
+  // RFC 4733 telephone-events in the call's RTP (RTCDTMFSender), not SIP INFO
+  dtmf(tones) {
+    const handler = user.session.sessionDescriptionHandler;
+    if (!handler.sendDtmf(tones)) throw new Error('the call cannot send DTMF in RTP');
+  },
   // The dominant frequency (Hz) of what the call's remote stream plays, over about a second.
   listen() { return dominantFrequency(peerConnection()); },
   // The call's SDPs, and which of them was the offer (a late offer: the remote one)
