@@ -36,6 +36,12 @@ What it measures (all traffic on 127.0.0.1, every run bounded in count and time)
 (h) bridging: MESSAGE as in (b') from WebSocket clients through ``aiosip-ws serve`` to a
     callee registered over UDP (``--listen udp://``: serve's UDP transport and its
     transaction layer), next to the same run's WebSocket callee.
+(j) the media relay: calls with a G.711 tone both ways (SIPp's ``rtp_stream``) from a SIPp
+    UAC through the SIP server to a SIPp UAS, all plain RTP over UDP, every call anchored
+    on one rtpengine-daemon with the same flags: through ``serve --media-relay always``
+    and through Kamailio's ``rtpengine_manage()`` (``kamailio-rtpengine.cfg``), in pairs
+    (serve, Kamailio, serve, Kamailio...): calls per second, the SIP server's CPU per
+    call, the set-up time (INVITE to 200) and rtpengine's own CPU.
 (g) media (the ``[media]`` extra): CPU per concurrent call of the voice bot (``aiosip-ws
     answer --echo --codec PCMU`` through ``aiosip-ws serve``), for 10 and 25 calls from
     one Python caller process (``aiosip_ws.media.call``, a 440 Hz tone each), then more
@@ -254,6 +260,128 @@ def kamailio(tmp: Path, *, shm_mb: int = 512, tcp_children: int = 2,
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
         log.close()
+
+
+def sipp() -> str:
+    binary = shutil.which('sipp')
+    if binary is None:
+        raise RuntimeError('sipp is not installed (Debian package sip-tester)')
+    return binary
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _udp_bound(port: int) -> bool:
+    """Whether something on this machine listens on UDP ``port`` (from /proc/net/udp)."""
+    needle = ':%04X ' % port
+    return any(needle in line.split()[1] + ' ' for line in
+               Path('/proc/net/udp').read_text().splitlines()[1:] if line.split())
+
+
+@contextlib.contextmanager
+def rtpengine_daemon(tmp: Path, media_ports: int = 2000) -> Iterator[tuple[int, int]]:
+    """Debian's rtpengine on 127.0.0.1, user-space forwarding: (its ng port, its pid)."""
+    binary = shutil.which('rtpengine') or '/usr/bin/rtpengine'
+    if not os.access(binary, os.X_OK):
+        raise RuntimeError('rtpengine is not installed (Debian package rtpengine-daemon)')
+    port, low = free_port(udp=True), 30000
+    log = open(tmp / 'rtpengine.log', 'wb')  # noqa: SIM115 - open while rtpengine runs
+    proc = subprocess.Popen(
+        [binary, '--config-file=none', '--foreground', '--log-stderr', '--log-level=4',
+         '--table=-1', '--delete-delay=0', '--interface=%s' % HOST,
+         '--listen-ng=%s:%d' % (HOST, port), '--port-min=%d' % low,
+         '--port-max=%d' % (low + media_ports), '--pidfile=%s' % (tmp / 'rtpengine.pid')],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while not _udp_bound(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError('rtpengine did not start (log: %s)' % (tmp / 'rtpengine.log'))
+            time.sleep(0.1)
+        yield port, proc.pid
+    finally:
+        _stop_process(proc)
+        log.close()
+
+
+@contextlib.contextmanager
+def kamailio_udp(tmp: Path, port: int, ng_port: int, uas_port: int, *,
+                 children: int = 2) -> Iterator[int]:
+    """Kamailio with benchmarks/kamailio-rtpengine.cfg in its own session: its pgid."""
+    binary = shutil.which('kamailio') or '/usr/sbin/kamailio'
+    work = tmp / 'kamailio-j'
+    (work / 'run').mkdir(parents=True, exist_ok=True)
+    log = open(work / 'kamailio.log', 'wb')  # noqa: SIM115 - open while Kamailio runs
+    proc = subprocess.Popen(
+        [binary, '-DD', '-E', '-f', str(HERE / 'kamailio-rtpengine.cfg'), '-Y',
+         str(work / 'run'), '-P', str(work / 'kamailio.pid'), '-m', '128', '-M', '16', '-w',
+         str(work), '-A', 'SIP_PORT=%d' % port,
+         '-A', 'NG_SOCKET="udp:%s:%d"' % (HOST, ng_port),
+         '-A', 'UAS="sip:%s:%d"' % (HOST, uas_port), '-A', 'CHILDREN=%d' % children],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=str(work),
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not _udp_bound(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError('kamailio did not start (log: %s)' % (work / 'kamailio.log'))
+            time.sleep(0.1)
+        time.sleep(0.5)                                   # its children take the socket
+        yield proc.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        log.close()
+
+
+def write_ulaw_tone(path: Path, frequency: float, seconds: float, rate: int = 8000) -> Path:
+    """A G.711 mu-law WAV of a sine tone (what SIPp's rtp_stream plays as PCMU)."""
+    import math
+    import struct
+
+    def ulaw(sample: int) -> int:                      # ITU-T G.711, 16-bit linear in
+        sign = 0x80 if sample < 0 else 0
+        sample = min(abs(sample), 32635) + 0x84
+        exponent = max(0, sample.bit_length() - 8)
+        mantissa = (sample >> (exponent + 3)) & 0x0F
+        return ~(sign | (exponent << 4) | mantissa) & 0xFF
+    data = bytes(ulaw(int(16000 * math.sin(2 * math.pi * frequency * i / rate)))
+                 for i in range(int(rate * seconds)))
+    header = (b'RIFF' + struct.pack('<I', 38 + 12 + len(data)) + b'WAVE'
+              + b'fmt ' + struct.pack('<IHHIIHHH', 18, 7, 1, rate, rate, 1, 8, 0)
+              + b'fact' + struct.pack('<II', 4, len(data))
+              + b'data' + struct.pack('<I', len(data)))
+    path.write_bytes(header + data)
+    return path
+
+
+def _rtt_ms(directory: Path) -> list[float]:
+    """The set-up times SIPp's -trace_rtt wrote (ms), from every *_rtt.csv there."""
+    out = []
+    for csv in directory.glob('*_rtt.csv'):
+        for line in csv.read_text().splitlines()[1:]:
+            fields = line.split(';')
+            with contextlib.suppress(ValueError, IndexError):
+                out.append(float(fields[1]))        # Date_ms;response_time_ms;rtd_no
+    return out
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else None
 
 
 def _ws_ok(port: int) -> bool:
@@ -1234,6 +1362,88 @@ class Bench:
                                cpu_text(cpu)))
         return result
 
+    # -- (j) ---------------------------------------------------------------------
+    def part_j(self) -> None:
+        """Calls anchored on rtpengine through serve and through Kamailio, in pairs."""
+        a = self.args
+        tone = write_ulaw_tone(self.tmp / 'tone.wav', 440, 2.0)
+        with rtpengine_daemon(self.tmp) as (ng_port, rtpengine_pid):
+            for _ in range(a.relay_pairs):
+                for name in ('serve', 'kamailio'):
+                    if name == 'kamailio' and a.no_kamailio:
+                        continue
+                    result = self._relayed_calls(name, ng_port, rtpengine_pid, tone)
+                    self.results.setdefault('j_' + name, []).append(result)
+        runs = self.results.get('j_serve', [])
+        kamailio_runs = self.results.get('j_kamailio', [])
+        if runs and kamailio_runs:
+            ratios = [s['cpu_ms_per_call'] / k['cpu_ms_per_call']
+                      for s, k in zip(runs, kamailio_runs, strict=False)
+                      if k['cpu_ms_per_call']]
+            self.results['j_ratio'] = sorted(ratios)[len(ratios) // 2] if ratios else None
+            self.log('    serve / Kamailio CPU per call, median of %d pairs: %s' % (
+                len(ratios), fmt(self.results['j_ratio'], '%.2f')))
+
+    def _relayed_calls(self, name: str, ng_port: int, rtpengine_pid: int,
+                       tone: Path) -> dict[str, Any]:
+        a = self.args
+        self.wait_for_quiet()
+        self.log('(j) %d calls at %g/s held %g s with RTP both ways, through %s and '
+                 'rtpengine ...' % (a.relay_calls, a.relay_rate, a.relay_hold, name))
+        port, uas_port = free_port(udp=True), free_port(udp=True)
+        with contextlib.ExitStack() as stack:
+            if name == 'serve':
+                server = serve(self.tmp, 'serve-j', '--listen', 'udp://%s:%d' % (HOST, port),
+                               '--rtpengine', 'udp://%s:%d' % (HOST, ng_port),
+                               '--media-relay', 'always', '--route',
+                               'bench.test=sip:%s:%d' % (HOST, uas_port),
+                               profile=self.tmp / 'serve-j.prof' if a.profile else None)
+                stack.callback(server.stop)
+                pid, pgid = server.pid, 0
+            else:
+                pid, pgid = 0, stack.enter_context(kamailio_udp(self.tmp, port, ng_port,
+                                                                 uas_port))
+
+            def cpu_of() -> float:
+                return cpu_seconds(pid) if pid else group_cpu_seconds(pgid)
+            common = ['-i', HOST, '-mi', HOST, '-nostdin',
+                      '-timeout', '%ds' % (a.relay_calls / a.relay_rate + 60), '-timeout_error']
+            uas = subprocess.Popen(
+                [sipp(), '-sf', str(HERE / 'sipp' / 'uas_rtp.xml'), '-p', str(uas_port),
+                 *common, '-trace_err', '-error_file', str(self.tmp / ('uas-%s.err' % name))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.tmp)
+            stack.callback(_stop_process, uas)
+            time.sleep(0.5)
+            rtt = self.tmp / ('uac-%s-%d' % (name, len(self.results.get('j_' + name, []))))
+            rtt.mkdir(exist_ok=True)
+            shutil.copy(tone, rtt / tone.name)            # rtp_stream reads it from the cwd
+            before, engine_before = cpu_of(), cpu_seconds(rtpengine_pid)
+            started = time.monotonic()
+            uac = subprocess.run(
+                [sipp(), '%s:%d' % (HOST, port), '-sf', str(HERE / 'sipp' / 'uac_rtp.xml'),
+                 '-p', str(free_port(udp=True)), *common, '-d',
+                 str(int(a.relay_hold * 1000)), '-r', str(a.relay_rate), '-m',
+                 str(a.relay_calls), '-trace_rtt', '-rtt_freq', '1', '-trace_err',
+                 '-error_file', str(self.tmp / ('uac-%s.err' % name))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=rtt,
+                timeout=a.relay_calls / a.relay_rate + 120)
+            elapsed = time.monotonic() - started
+            used, engine = cpu_of() - before, cpu_seconds(rtpengine_pid) - engine_before
+        setup_ms = sorted(_rtt_ms(rtt))
+        failed = uac.returncode != 0
+        result = {'calls': a.relay_calls, 'failed': failed,
+                  'rate': a.relay_calls / elapsed, 'cpu_ms_per_call': used * 1000 / a.relay_calls,
+                  'rtpengine_ms_per_call': engine * 1000 / a.relay_calls,
+                  'setup_ms': {'p50': _pct(setup_ms, 0.5), 'p99': _pct(setup_ms, 0.99)}}
+        self.log('    %s: %.1f calls/s, %s, CPU per call %.2f ms (rtpengine %.2f ms), set-up '
+                 'p50 %s ms p99 %s ms' % (name, result['rate'], 'SOME FAILED (%s)'
+                                          % uac.stderr.decode()[-300:] if failed else 'all ok',
+                                          result['cpu_ms_per_call'],
+                                          result['rtpengine_ms_per_call'],
+                                          fmt(result['setup_ms']['p50'], '%.1f'),
+                                          fmt(result['setup_ms']['p99'], '%.1f')))
+        return result
+
     # -- (g) ---------------------------------------------------------------------
     def part_g(self) -> None:
         """Media: the bot's CPU per concurrent PCMU echo call against aiortc alone."""
@@ -1859,7 +2069,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--only', default='a,b,c,d,e,f,i',
                         help='parts to run (default a,b,c,d,e,f,i; g, media, needs the [media] '
-                        'extra and unshare; h: bridging to UDP)')
+                        'extra and unshare; h: bridging to UDP; j: the media relay, needs '
+                        'rtpengine-daemon and SIPp)')
     parser.add_argument('--clients', type=int, default=50, help='(a)/(b) client connections')
     parser.add_argument('--window', type=int, default=4, help='(a)/(b) outstanding per client')
     parser.add_argument('--duration', type=float, default=8.0, help='(a)/(b) seconds')
@@ -1883,6 +2094,14 @@ def main() -> int:
                         help='(i) clients, each calling the next one (default 200)')
     parser.add_argument('--call-hold', type=float, default=0.5,
                         help='(i) seconds each call is held (default 0.5)')
+    parser.add_argument('--relay-calls', type=int, default=250,
+                        help='(j) calls per run (default 250)')
+    parser.add_argument('--relay-rate', type=float, default=25.0,
+                        help='(j) calls started per second (default 25)')
+    parser.add_argument('--relay-hold', type=float, default=1.0,
+                        help='(j) seconds of RTP per call (default 1)')
+    parser.add_argument('--relay-pairs', type=int, default=3,
+                        help='(j) serve/Kamailio pairs of runs (default 3)')
     parser.add_argument('--media-hold', type=float, default=8.0,
                         help='(g) seconds measured per step')
     parser.add_argument('--json', metavar='FILE', help='write every figure to FILE')
@@ -1921,6 +2140,8 @@ def main() -> int:
             bench.part_h()
         if 'i' in parts:
             bench.part_i()
+        if 'j' in parts:
+            bench.part_j()
         if args.profile:
             bench.profile_runs()
         table = report(bench)

@@ -134,13 +134,73 @@ def encode_command(cookie: str, command: Mapping[str, Value]) -> bytes:
     return data
 
 
-def decode_reply(data: bytes) -> tuple[str, dict[str, Value]]:
+def decode_reply(data: bytes, *, brief: bool = False) -> tuple[str, dict[str, Value]]:
     """The cookie and the dictionary of a reply datagram; :class:`MediaRelayError` when it
-    is not one."""
+    is not one.  ``brief``: only the reply's strings and integers (``result``,
+    ``error-reason``...), its lists and dictionaries checked and skipped unbuilt (a
+    ``delete``'s reply carries the call's whole statistics)."""
     cookie, space, body = data.partition(b' ')
     if not space or not cookie:
         raise MediaRelayError('an ng reply without a cookie')
-    reply = bdecode(body)
+    if brief:
+        reply: Value = _decode_brief(body)
+    else:
+        reply = bdecode(body)
     if not isinstance(reply, dict):
         raise MediaRelayError('an ng reply that is not a dictionary')
     return cookie.decode('ascii', 'replace'), reply
+
+
+def _decode_brief(data: bytes) -> dict[str, Value]:
+    if data[:1] != b'd':
+        raise MediaRelayError('an ng reply that is not a dictionary')
+    result: dict[str, Value] = {}
+    at = 1
+    while data[at:at + 1] != b'e':
+        key, at = _decode(data, at, 1)
+        if not isinstance(key, str):
+            raise MediaRelayError('bencode: a dictionary key that is not a string')
+        if data[at:at + 1] in (b'l', b'd'):
+            at = _skip(data, at)
+        else:
+            result[key], at = _decode(data, at, 1)
+    if at + 1 != len(data):
+        raise MediaRelayError('bencode: %d byte(s) after the value' % (len(data) - at - 1))
+    return result
+
+
+def _skip(data: bytes, at: int) -> int:
+    """Where the value at ``at`` ends, nothing built (iterative: lists and dictionaries
+    by their depth)."""
+    depth, size = 0, len(data)
+    while True:
+        if at >= size:
+            raise MediaRelayError('bencode: the data ends early')
+        lead = data[at]
+        if lead == 0x6c or lead == 0x64:                          # l, d
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise MediaRelayError('bencode: nested deeper than %d' % MAX_DEPTH)
+            at += 1
+            continue
+        if lead == 0x65:                                          # e
+            depth -= 1
+            if depth < 0:
+                raise MediaRelayError('bencode: unexpected end at byte %d' % at)
+            at += 1
+        elif lead == 0x69:                                        # i
+            end = data.find(b'e', at)
+            if end < 0:
+                raise MediaRelayError('bencode: an integer without its end')
+            at = end + 1
+        elif 0x30 <= lead <= 0x39:
+            colon = data.find(b':', at)
+            if colon < 0 or not data[at:colon].isdigit():
+                raise MediaRelayError('bencode: a string without its length')
+            at = colon + 1 + int(data[at:colon])
+            if at > size:
+                raise MediaRelayError('bencode: a string longer than the data')
+        else:
+            raise MediaRelayError('bencode: unexpected %r at byte %d' % (data[at:at + 1], at))
+        if depth == 0:
+            return at

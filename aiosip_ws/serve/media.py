@@ -618,13 +618,16 @@ class Media:
     # -- helpers --------------------------------------------------------------------------
     async def _command(self, command: str, call: AnchoredCall,
                        arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """An ng command for ``call``, counted (:class:`MediaCommand`); a ``delete``'s
+        reply is read briefly (its statistics are not needed)."""
         if self.relays is None:
             raise MediaRelayError('no --rtpengine is configured')
         events = self.ctx.events
         started = time.monotonic()
         outcome = 'ok'
         try:
-            return await self.relays.command(call.call_id, dict(arguments, command=command))
+            return await self.relays.command(call.call_id, dict(arguments, command=command),
+                                             brief=command == 'delete')
         except MediaRelayError as exc:
             outcome = 'timeout' if 'no rtpengine answers' in str(exc) else 'error'
             raise

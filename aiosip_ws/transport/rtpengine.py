@@ -52,7 +52,8 @@ class NgClient(asyncio.DatagramProtocol):
         self.retransmit = retransmit
         self.max_pending = max_pending
         self.transport: asyncio.DatagramTransport | None = None
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        #: cookie -> (what waits for its reply, whether a brief one will do)
+        self._pending: dict[bytes, tuple[asyncio.Future[dict[str, Any]], bool]] = {}
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
         #: replies that matched no waiting command (late, duplicated, or not ours)
@@ -70,15 +71,16 @@ class NgClient(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        pending = self._pending.get(data.partition(b' ')[0])
+        if pending is None or pending[0].done():     # late, duplicated, not ours: unread
+            self.unmatched += 1
+            return
+        waiter, brief = pending
         try:
-            cookie, reply = decode_reply(data)
+            _, reply = decode_reply(data, brief=brief)
         except MediaRelayError as exc:
             peer_log.warning('bad ng replies', '%r: dropped a reply that is not ng: %s',
                              self, exc)
-            return
-        waiter = self._pending.get(cookie)
-        if waiter is None or waiter.done():
-            self.unmatched += 1
             return
         waiter.set_result(reply)
 
@@ -90,15 +92,16 @@ class NgClient(asyncio.DatagramProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._closed.done():
             self._closed.set_result(None)
-        for waiter in self._pending.values():
+        for waiter, _ in self._pending.values():
             if not waiter.done():
                 waiter.set_exception(ConnectionLost('%r was closed' % self))
 
     # -- commands --------------------------------------------------------------------------
-    async def command(self, command: Mapping[str, Any], *,
-                      timeout: float | None = None) -> dict[str, Any]:
+    async def command(self, command: Mapping[str, Any], *, timeout: float | None = None,
+                      brief: bool = False) -> dict[str, Any]:
         """Send ``command`` (a dictionary with its ``command`` key) and return rtpengine's
-        reply; see the module for the failures."""
+        reply (``brief``: its strings and integers only, see
+        :func:`~aiosip_ws.core.ng.decode_reply`); see the module for the failures."""
         if self.transport is None or self.transport.is_closing():
             raise ConnectionLost('%r is closed' % self)
         if len(self._pending) >= self.max_pending:
@@ -106,29 +109,23 @@ class NgClient(asyncio.DatagramProtocol):
                                   % (self, len(self._pending)))
         cookie = '%s_%d' % (self._prefix, next(self._counter))
         datagram = encode_command(cookie, command)
-        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[cookie] = waiter
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[dict[str, Any]] = loop.create_future()
+        key = cookie.encode('ascii')
+        self._pending[key] = (waiter, brief)
         limit = self.timeout if timeout is None else timeout
         name = command.get('command')
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
+        self.transport.sendto(datagram, self.address)
+        # one timer: the same datagram again each retransmit seconds, then the timeout
+        timer = loop.call_later(min(self.retransmit, limit), self._again, waiter, datagram,
+                                deadline, '%r: no reply to %s within %g s' % (self, name,
+                                                                               limit))
         try:
-            while True:
-                transport = self.transport
-                if transport.is_closing():
-                    raise ConnectionLost('%r was closed' % self)
-                transport.sendto(datagram, self.address)
-                left = deadline - loop.time()
-                done, _ = await asyncio.wait({waiter}, timeout=min(self.retransmit, left))
-                if done:
-                    break
-                if left <= self.retransmit:
-                    raise MediaRelayTimeout('%r: no reply to %s within %g s'
-                                            % (self, name, limit))
-                self.retransmitted += 1
+            reply = await waiter
         finally:
-            del self._pending[cookie]
-        reply = waiter.result()
+            timer.cancel()
+            del self._pending[key]
         result = reply.get('result')
         if result == 'error':
             raise MediaRelayError('%r refused %s: %s' % (self, name,
@@ -136,6 +133,25 @@ class NgClient(asyncio.DatagramProtocol):
         if result == 'warning':
             peer_log.warning('ng warnings', '%r: %s: %s', self, name, reply.get('warning'))
         return reply
+
+    def _again(self, waiter: asyncio.Future[dict[str, Any]], datagram: bytes,
+               deadline: float, timed_out: str) -> None:
+        if waiter.done():
+            return
+        loop = asyncio.get_running_loop()
+        left = deadline - loop.time()
+        if left <= 0.001:
+            waiter.set_exception(MediaRelayTimeout(timed_out))
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            waiter.set_exception(ConnectionLost('%r was closed' % self))
+            return
+        transport.sendto(datagram, self.address)
+        self.retransmitted += 1
+        waiter_timer = loop.call_later(min(self.retransmit, left), self._again, waiter,
+                                       datagram, deadline, timed_out)
+        waiter.add_done_callback(lambda _: waiter_timer.cancel())
 
     async def ping(self) -> None:
         """A ``ping``: MediaRelayError unless rtpengine answers ``pong``."""
@@ -212,14 +228,16 @@ class RelaySet:
         now = asyncio.get_running_loop().time()
         return [c for c in self.clients if self._dead_until.get(c, 0.0) <= now]
 
-    async def command(self, call_id: str, command: Mapping[str, Any]) -> dict[str, Any]:
+    async def command(self, call_id: str, command: Mapping[str, Any], *,
+                      brief: bool = False) -> dict[str, Any]:
         """``command`` for the call ``call_id`` (its ``call-id`` key is set here), on the
-        call's relay, or for a new call on the next live one."""
+        call's relay, or for a new call on the next live one (``brief``: see
+        :meth:`NgClient.command`)."""
         command = dict(command, **{'call-id': call_id})
         relay = self._calls.get(call_id)
         if relay is not None:
             try:
-                return await relay.command(command)
+                return await relay.command(command, brief=brief)
             except MediaRelayTimeout:
                 self._mark_dead(relay)
                 raise
@@ -231,7 +249,7 @@ class RelaySet:
         tried: list[str] = []
         for relay in self._rotation():
             try:
-                reply = await relay.command(command)
+                reply = await relay.command(command, brief=brief)
             except MediaRelayTimeout as exc:
                 self._mark_dead(relay)
                 tried.append(str(exc))

@@ -109,8 +109,12 @@ class TransactionLayer:
         self._send: Callable[[Flow, SIPMessage], bool] = send or _flow_send
         self._client: dict[tuple[str, str], _Entry | _Reliable] = {}
         self._server: dict[tuple[str, str, str], _Entry] = {}
-        #: flow -> its client transactions, in the order they were sent
+        #: flow -> its client transactions waiting for a final response, in the order
+        #: they were sent
         self._by_flow: dict[Flow, dict[Any, _Entry | _Reliable]] = {}
+        #: flow -> its client transactions over UDP that have their final response and
+        #: linger for retransmissions (Timers D, K; RFC 6026's Accepted state, 32 s)
+        self._answered_by_flow: dict[Flow, dict[Any, _Entry | _Reliable]] = {}
         #: flow -> its server transactions
         self._server_by_flow: dict[Flow, dict[Any, _Entry | _Reliable]] = {}
 
@@ -127,7 +131,9 @@ class TransactionLayer:
         return len(self) >= self.max_transactions
 
     def pending_on(self, flow: Flow) -> int:
-        """How many client transactions ``flow`` carries now."""
+        """How many client transactions over ``flow`` wait for their final response (those
+        that have it and only absorb retransmissions do not count: a trunk carrying 25
+        calls a second has 800 INVITEs in RFC 6026's Accepted state)."""
         entries = self._by_flow.get(flow)
         return 0 if entries is None else len(entries)
 
@@ -409,6 +415,9 @@ class TransactionLayer:
         future = entry.future
         if future is not None and not future.done() and (message.status or 0) >= 200:
             future.set_result(message)
+            if not entry.server and not entry.txn.terminated:     # it lingers: answered
+                self._unindex(self._by_flow, entry.flow, entry.key)
+                self._index(self._answered_by_flow, entry.flow, entry.key, entry)
 
     def _timed_out(self, entry: _Entry, timer: str) -> None:
         future = entry.future
@@ -433,8 +442,11 @@ class TransactionLayer:
                                                 else self._client)
         if table.get(entry.key) is entry:
             del table[entry.key]
-        self._unindex(self._server_by_flow if entry.server else self._by_flow, entry.flow,
-                      entry.key)
+        if entry.server:
+            self._unindex(self._server_by_flow, entry.flow, entry.key)
+        else:
+            self._unindex(self._by_flow, entry.flow, entry.key)
+            self._unindex(self._answered_by_flow, entry.flow, entry.key)
         if entry.future is not None and not entry.future.done():
             entry.future.set_exception(ConnectionLost(
                 why or 'the %s transaction ended without a final response' % entry.txn.method))
@@ -442,7 +454,7 @@ class TransactionLayer:
     def flow_lost(self, flow: Flow, why: str | None = None) -> None:
         """A connection closed: its transactions end at once (the TU sees
         :class:`ConnectionLost`, saying ``why`` when given)."""
-        for index in (self._by_flow, self._server_by_flow):
+        for index in (self._by_flow, self._answered_by_flow, self._server_by_flow):
             for entry in list(index.pop(flow, {}).values()):
                 if type(entry) is _Reliable:
                     self._end(entry, ConnectionLost(

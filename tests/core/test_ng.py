@@ -50,3 +50,16 @@ def test_commands_and_replies():
                          (b'c li1ee', 'not a dictionary')):
         with pytest.raises(MediaRelayError, match=error):
             decode_reply(reply)
+
+
+def test_a_brief_reply_keeps_the_scalars_and_skips_the_rest_checked():
+    body = {'created': 1796644878, 'tags': {'a': {'medias': [{'streams': [
+        {'local port': 44826, 'flags': ['RTP', 'ICE']}]}]}}, 'totals': {'RTP': {'packets': 0}},
+        'result': 'ok', 'warning': 'x'}
+    data = b'c1 ' + bencode(body)
+    assert decode_reply(data, brief=True) == ('c1', {'created': 1796644878, 'result': 'ok',
+                                                     'warning': 'x'})
+    assert decode_reply(data)[1] == body
+    for broken in (data[:-1], data[:-5], data + b'e', data.replace(b'5:flags', b'9:flags')):
+        with pytest.raises(MediaRelayError):
+            decode_reply(broken, brief=True)

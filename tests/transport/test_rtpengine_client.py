@@ -95,7 +95,10 @@ async def test_stray_replies_are_counted_pending_commands_bounded_and_close_fail
         await client.command({'command': 'ping'})
     client.datagram_received(b'other_1 d6:result4:ponge', ('127.0.0.1', 1))
     client.datagram_received(b'not ng at all', ('127.0.0.1', 1))
-    assert client.unmatched == 1
+    assert client.unmatched == 2                           # no command of ours: unread
+    cookie = next(iter(client._pending))                   # a waiting command's cookie,
+    client.datagram_received(cookie + b' d6:result', ('127.0.0.1', 1))   # a broken reply
+    assert not any(future.done() for future in waiting)    # dropped, the command waits on
     client.close()
     for future in waiting:
         with pytest.raises(ConnectionLost):

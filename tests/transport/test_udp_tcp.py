@@ -145,12 +145,14 @@ async def test_timer_f_ends_an_unanswered_request(udp_server, peer):
 
 async def test_rfc6026_a_dropped_200_retransmitted_by_the_uas_reaches_the_caller(udp_server, peer):
     """The UAS's first 200 is lost; its retransmission is delivered, and so is a later
-    one: the INVITE client transaction stays in Accepted (Timer M), it does not end."""
+    one: the INVITE client transaction stays in Accepted (Timer M), it does not end, and
+    it is no longer pending on its flow."""
     server = await udp_server(lambda m: None)
     flow = server.endpoint.flow(peer.addr)
     seen = []
     invite = request('INVITE', via=flow.via(new_branch()), body=b'v=0\r\n')
     future = server.layer.send_request(flow, invite, on_response=seen.append)
+    assert server.layer.pending_on(flow) == 1
     received = await peer.next()
     peer.send(make_response(received, 180, to_tag='b'), server.endpoint.local_addr)
     ok = make_response(received, 200, to_tag='b', headers=[('Contact', '<sip:bob@127.0.0.1>')])
@@ -161,6 +163,9 @@ async def test_rfc6026_a_dropped_200_retransmitted_by_the_uas_reaches_the_caller
     await asyncio.sleep(5 * T1)
     assert [r.status for r in seen] == [180, 200, 200]
     assert len(server.layer) == 1                       # Accepted, until Timer M
+    # answered: it no longer counts against the flow's pending cap (a trunk carrying 25
+    # calls a second would hold 800 INVITEs in Accepted)
+    assert server.layer.pending_on(flow) == 0
     await asyncio.sleep(64 * T1 + 0.2)
     assert len(server.layer) == 0
     assert peer.count() == 0                            # a 2xx is never ACKed by the layer
