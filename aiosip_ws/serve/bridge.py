@@ -169,14 +169,31 @@ class NetworkSide:
             return None
         return self.wrap(self.endpoints[0].flow((host, uri.port or 5060)))
 
+    def next_hop_now(self, uri: SipURI) -> BridgedFlow | None:
+        """The flow to a next hop when it needs no wait (an IP address over UDP, or a
+        connection already open to one), else None: :meth:`next_hop`."""
+        host = ip_literal(uri.host)
+        if host is None:
+            return None
+        transport = hop_transport(uri)
+        port = uri.port or (5061 if transport == 'tls' else 5060)
+        if transport == 'udp':
+            return self.wrap(self.endpoints[0].flow((host, port))) if self.endpoints else None
+        conn = self._outgoing.get((host, port, transport == 'tls'))
+        return self.wrap(conn) if conn is not None and conn.is_open else None
+
     async def next_hop(self, uri: SipURI) -> BridgedFlow:
         """The flow to a next hop (``--route``): a UDP peer, or a TCP/TLS connection opened
         on first use and kept."""
         transport = hop_transport(uri)
         port = uri.port or (5061 if transport == 'tls' else 5060)
-        loop = asyncio.get_running_loop()
-        infos = await asyncio.wait_for(loop.getaddrinfo(uri.host.strip('[]'), port), 10)
-        address = str(infos[0][4][0])
+        literal = ip_literal(uri.host)
+        if literal is not None:
+            address = literal                     # no resolver thread for an address
+        else:
+            loop = asyncio.get_running_loop()
+            infos = await asyncio.wait_for(loop.getaddrinfo(uri.host.strip('[]'), port), 10)
+            address = str(infos[0][4][0])
         if transport == 'udp':
             if not self.endpoints:
                 raise ConfigurationError('a UDP next hop needs --listen udp://HOST:PORT')

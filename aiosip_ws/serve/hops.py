@@ -111,6 +111,11 @@ class Hops:
         hop = self.next_hop_for(target)
         if hop is None:
             return False
+        ready = self.bridge.next_hop_now(hop) if self.bridge is not None and \
+            (hop.transport or '').lower() not in ('ws', 'wss') else None
+        if ready is not None:                            # no wait: no task either
+            self.relay_to(flow, request, hop, ready, max_forwards)
+            return True
         self.ctx.spawn(self.to_hop(flow, request, hop, max_forwards))
         return True
 
@@ -146,13 +151,18 @@ class Hops:
             peer_log.warning('%s unreachable' % what, '%s %s is unreachable: %s', what, hop, exc)
             self.ctx.busy(flow, request, '%s is unreachable' % what)
             return
+        if prepare is not None:
+            prepare(hop_flow)
+        self.relay_to(flow, request, hop, hop_flow, max_forwards)
+
+    def relay_to(self, flow: Flow, request: SIPMessage, hop: SipURI, hop_flow: Flow,
+                 max_forwards: int) -> None:
+        """Relay ``request`` (its Request-URI kept) over ``hop_flow``, the flow to ``hop``."""
         try:
             contact = NameAddr(uri=SipURI.parse(request.uri or ''))
         except SIPParseError as exc:
             self.ctx.bad_request(flow, request, exc)
             return
-        if prepare is not None:
-            prepare(hop_flow)
         hop_binding = Binding(aor='', contact=contact, connection=hop_flow,
                               expires_at=float('inf'), call_id='', cseq=0)
         self.forker.relay(flow, request, [hop_binding], max_forwards)
