@@ -588,6 +588,33 @@ class Cluster:
         except REDIS_ERRORS as exc:
             self._unreachable(exc)
 
+    # -- calls anchored on a media relay ---------------------------------------------
+    def record_media(self, call_id: str, fields: dict[str, str], ttl: int) -> None:
+        """An anchored call, for whichever node gets its in-dialog requests:
+        ``aiosip-ws:media:<Call-ID>`` (JSON: the relay, the tags and the profiles)."""
+        if len(self._outbox) < MAX_OUTBOX:
+            self._outbox.append(('SET', PREFIX + 'media:' + call_id, json.dumps(fields),
+                                 'EX', str(ttl)))
+            self._wake.set()
+
+    def forget_media(self, call_id: str) -> None:
+        if len(self._outbox) < MAX_OUTBOX:
+            self._outbox.append(('DEL', PREFIX + 'media:' + call_id))
+            self._wake.set()
+
+    async def media_of(self, call_id: str) -> dict[str, str] | None:
+        """What :meth:`record_media` wrote for ``call_id``, or None."""
+        try:
+            value = await self.redis.get(PREFIX + 'media:' + call_id)
+        except REDIS_ERRORS as exc:
+            self._unreachable(exc)
+            return None
+        try:
+            fields = json.loads(value) if value else None
+        except ValueError:
+            return None
+        return fields if isinstance(fields, dict) else None
+
     # -- the bus ----------------------------------------------------------------------
     def branch(self) -> str:
         """A branch that names this node, for the requests it relays."""

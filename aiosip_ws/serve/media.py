@@ -43,6 +43,11 @@ whose ``answer`` fails is relayed as it came, a failed ``delete`` is a rate-limi
 line, BYE always passes.  The calls serve remembers are bounded (``max_calls``; the
 oldest established one is forgotten first: rtpengine's ``--timeout`` reaps it).
 
+With ``--redis`` an answered call is recorded for the other nodes
+(``aiosip-ws:media:<Call-ID>``: its relay, tags and profiles; :data:`SHARED_TTL`): a
+node that gets a BYE, re-INVITE, UPDATE or PRACK of a call it does not know looks there,
+and drives the relay that call started on.
+
 Without ``--rtpengine`` a call whose legs' profiles differ gets one rate-limited WARNING
 and counts in ``aiosip_ws_media_mismatch``; ``--media-mismatch refuse`` answers it 488
 with ``Warning: 399 HOST "no media relay for WebRTC to plain RTP"`` instead.
@@ -57,7 +62,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ..core.codec import SIPMessage
-from ..core.grammar import address_in, parse_networks
+from ..core.grammar import address_in, parse_networks, show_address
 from ..core.mediaflags import PLAIN, WEBRTC, check_flags, leg_flags, parse_kamailio_flags, sdp_profile
 from ..core.sipuri import NameAddr
 from ..errors import AiosipWSError, ConfigurationError, MediaRelayError, SIPParseError
@@ -79,6 +84,10 @@ mismatch_log = LogThrottle(logger, interval=60.0, burst=1)
 ACK_WAIT = 32.0
 #: the Warning text of ``--media-mismatch refuse``'s 488
 MISMATCH_WARNING = 'no media relay for WebRTC to plain RTP'
+#: seconds an anchored call stays readable by the other nodes of a cluster (Redis)
+SHARED_TTL = 24 * 3600
+#: in-dialog requests another node may get for a call it did not anchor
+SHARED_METHODS = frozenset({'BYE', 'INVITE', 'UPDATE', 'PRACK'})
 #: the in-dialog methods the media stage looks at
 IN_DIALOG_METHODS = frozenset({'ACK', 'BYE', 'INVITE', 'UPDATE', 'PRACK'})
 
@@ -183,8 +192,8 @@ class AnchoredCall:
                  'callee_tag', 'callee', 'callee_profile', 'state', 'ack_timer', 'ended',
                  'pending')
 
-    def __init__(self, call_id: str, caller_tag: str, caller: Flow, caller_profile: str,
-                 late: bool) -> None:
+    def __init__(self, call_id: str, caller_tag: str, caller: Flow | None,
+                 caller_profile: str, late: bool) -> None:
         self.call_id = call_id
         self.caller_tag = caller_tag
         self.caller = caller
@@ -445,9 +454,18 @@ class Media:
                 self._spawn(self._delete_branch(call, branch))
         if call.callee is None:
             call.callee = leg[0]
-        self._index(call.caller, call)
+        if call.caller is not None:
+            self._index(call.caller, call)
         self._index(leg[0], call)
         call.ack_timer = asyncio.get_running_loop().call_later(ACK_WAIT, self._unacked, call)
+        cluster = self.ctx.cluster
+        relay = self.relays.relay_of(call.call_id) if self.relays is not None else None
+        if cluster is not None and relay is not None and call.callee_tag:
+            cluster.record_media(call.call_id, {
+                'relay': show_address(relay.address), 'caller-tag': call.caller_tag,
+                'caller-profile': call.caller_profile, 'callee-tag': call.callee_tag,
+                'callee-profile': call.callee_profile or leg[1],
+                'node': cluster.node}, SHARED_TTL)
 
     def _unacked(self, call: AnchoredCall) -> None:
         call.ack_timer = None
@@ -461,11 +479,36 @@ class Media:
         """The ``media`` stage: an ACK, BYE, re-INVITE or UPDATE of an anchored call;
         ``route`` (in-dialog routing) takes a request whose SDP went through rtpengine
         first (the late offer's ACK, a new offer)."""
-        if not self.calls:
-            return False
-        call = self.calls.get(request.get('Call-ID') or '')
-        if call is None:
-            return False
+        call = self.calls.get(request.get('Call-ID') or '') if self.calls else None
+        if call is not None:
+            return self._in_call(call, flow, request, route)
+        if (self.ctx.cluster is not None and self.relays is not None
+                and request.method in SHARED_METHODS and 'tag=' in (request.get('To') or '')):
+            self._spawn(self._from_cluster(flow, request, route))   # another node's call?
+            return True
+        return False
+
+    async def _from_cluster(self, flow: Flow, request: SIPMessage, route: Route) -> None:
+        """An in-dialog request of a call this node does not know: another node may have
+        anchored it (``aiosip-ws:media:<Call-ID>``); then it goes on as one of ours, on
+        the relay that call started on."""
+        assert self.ctx.cluster is not None and self.relays is not None
+        call_id = request.get('Call-ID') or ''
+        fields = await self.ctx.cluster.media_of(call_id)
+        call = self.calls.get(call_id)
+        if call is None and fields is not None and self.relays.stick(
+                call_id, fields.get('relay', '')):
+            call = AnchoredCall(call_id, fields.get('caller-tag', ''), None,
+                                fields.get('caller-profile', PLAIN), late=False)
+            call.callee_tag = fields.get('callee-tag') or None
+            call.callee_profile = fields.get('callee-profile') or PLAIN
+            call.state = 'confirmed'
+            self._remember(call)
+        if call is None or not self._in_call(call, flow, request, route):
+            route(flow, request, None)
+
+    def _in_call(self, call: AnchoredCall, flow: Flow, request: SIPMessage,
+                 route: Route) -> bool:
         method = request.method
         if method == 'BYE':
             self.end(call, 'BYE')
@@ -597,10 +640,18 @@ class Media:
         if self.relays is not None and self.relays.relay_of(call.call_id) is not None:
             logger.debug('%s: deleting its media (%s)', call.call_id, why)
             self._spawn(self._delete(call, why))
+            if self.ctx.cluster is not None:
+                self.ctx.cluster.forget_media(call.call_id)
 
     async def _delete(self, call: AnchoredCall, why: str) -> None:
         try:
             await self._command('delete', call, {'from-tag': call.caller_tag})
+        except MediaRelayError as exc:
+            if 'nknown call' in str(exc):            # another node deleted it first
+                logger.debug('%s: already deleted: %s', call.call_id, exc)
+                return
+            peer_log.warning('media delete failed', '%s: rtpengine did not delete the call '
+                             '(%s, after %s): its --timeout will', call.call_id, exc, why)
         except (AiosipWSError, OSError) as exc:
             peer_log.warning('media delete failed', '%s: rtpengine did not delete the call '
                              '(%s, after %s): its --timeout will', call.call_id, exc, why)

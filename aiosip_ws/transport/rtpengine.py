@@ -259,6 +259,15 @@ class RelaySet:
         raise MediaRelayError('no rtpengine answers%s' % (': ' + '; '.join(tried) if tried
                                                           else ' (all skipped for now)'))
 
+    def stick(self, call_id: str, address: str) -> bool:
+        """``call_id`` goes to the relay at ``address`` (``host:port``, as another node
+        recorded it); False when no relay of this set is there."""
+        for client in self.clients:
+            if show_address(client.address) == address:
+                self._remember(call_id, client)
+                return True
+        return False
+
     def forget(self, call_id: str) -> None:
         self._calls.pop(call_id, None)
 

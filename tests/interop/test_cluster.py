@@ -6,6 +6,7 @@ keeps serving its own clients, 503 for the others, bindings published again afte
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from websockets.asyncio.client import connect
@@ -480,3 +481,83 @@ async def test_an_unreachable_redis_stops_start_and_its_password_is_never_shown(
         await node.start('ws://127.0.0.1:0/')
     await node.close()
     assert 's3cret' not in caplog.text
+
+
+async def test_a_call_anchored_by_one_node_goes_on_through_the_other(redis_server, ng_url):
+    """``--rtpengine`` with ``--redis``: node a anchors alice's call to bob (``always``)
+    and records it in Redis (``aiosip-ws:media:<Call-ID>``: the relay, the tags, the
+    profiles); bob's re-INVITE and BYE land on node b, which finds the call there and
+    drives the same rtpengine: a new offer and answer, then the delete, after which
+    rtpengine holds nothing and the key is gone."""
+    from aiosip_ws.serve.media import MediaSettings
+    from tests.support.rtpengine import own_sessions
+    from tests.support.sdp import BROWSER_OFFER
+    media = MediaSettings(rtpengine=[ng_url], mode='always')
+    a = await start_node(redis_server, 'a', media=media)
+    b = await start_node(redis_server, 'b', media=media)
+    try:
+        async with ws(a.listeners[0].bound_url) as alice, ws(b.listeners[0].bound_url) as bob:
+            alice_host = await register_raw(alice, 'alice')
+            bob_host = await register_device(bob, 'bob', 'desk')
+            await alice.send(invite(alice_host).split('\r\n\r\n')[0] + '\r\n\r\n' + BROWSER_OFFER)
+            assert (await recv(alice)).status == 100
+            offer = await recv(bob)
+            assert offer.body != BROWSER_OFFER.encode() and b'a=fingerprint' in offer.body
+            answer_sdp = BROWSER_OFFER.replace('a=setup:actpass', 'a=setup:active').encode()
+            await answer(bob, offer, 200, 'b', headers=[
+                ('Contact', '<sip:bob@%s;transport=ws>' % bob_host),
+                ('Content-Type', 'application/sdp')], body=answer_sdp)
+            ok = await recv(alice)
+            assert ok.status == 200 and ok.body != answer_sdp
+            for _ in range(50):
+                if await keys(redis_server, 'aiosip-ws:media:*'):
+                    break
+                await asyncio.sleep(0.02)
+            client = redis_async.Redis.from_url(redis_server.url, decode_responses=True)
+            try:
+                recorded = json.loads(await client.get('aiosip-ws:media:call-1'))
+            finally:
+                await client.aclose()
+            assert recorded['relay'] == ng_url.split('//', 1)[1]
+            assert recorded['caller-tag'] == 'a1' and recorded['callee-tag'] == 'b'
+            assert recorded['node'] == 'a' and 'call-1' not in b.media.calls
+
+            def in_dialog(method, cseq, target, via, caller, body=b''):
+                ends = ('From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>;'
+                        'tag=b' if caller else 'From: <sip:bob@example.com>;tag=b\r\nTo: '
+                        '<sip:alice@example.com>;tag=a1')
+                return ('%s sip:%s;transport=ws SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bK%s'
+                        '%d\r\n%s\r\nCall-ID: call-1\r\nCSeq: %d %s\r\nMax-Forwards: 70\r\n%s'
+                        '\r\n%s' % (method, target, via, method.lower(), cseq, ends, cseq,
+                                    method, 'Content-Type: application/sdp\r\n' if body
+                                    else '', body.decode()))
+            await alice.send(in_dialog('ACK', 10, 'bob@' + bob_host, alice_host, True))
+            assert (await recv(bob)).method == 'ACK'
+            hold = BROWSER_OFFER.replace('a=sendrecv', 'a=sendonly').encode()
+            await bob.send(in_dialog('INVITE', 1, 'alice@' + alice_host, bob_host, False, hold))
+            reinvite = await recv(alice)                      # b -> rtpengine -> Redis -> a
+            assert reinvite.method == 'INVITE' and b'a=sendonly' in reinvite.body
+            assert reinvite.body != hold and b'a=fingerprint' in reinvite.body
+            assert 'call-1' in b.media.calls                  # b took the call from Redis
+            held = BROWSER_OFFER.replace('a=sendrecv', 'a=recvonly').replace(
+                'a=setup:actpass', 'a=setup:active').encode()
+            await answer(alice, reinvite, 200, 'a1', headers=[
+                ('Content-Type', 'application/sdp')], body=held)
+            ok = await recv(bob)
+            while ok.status == 100:
+                ok = await recv(bob)
+            assert ok.status == 200 and b'a=recvonly' in ok.body and ok.body != held
+            await bob.send(in_dialog('BYE', 2, 'alice@' + alice_host, bob_host, False))
+            bye = await recv(alice)
+            await answer(alice, bye, 200, 'a1')
+            assert (await recv(bob)).status == 200
+            for _ in range(40):
+                if own_sessions(ng_url) == 0 and not await keys(redis_server,
+                                                                'aiosip-ws:media:*'):
+                    break
+                await asyncio.sleep(0.05)
+            assert own_sessions(ng_url) == 0
+            assert await keys(redis_server, 'aiosip-ws:media:*') == []
+    finally:
+        await a.close()
+        await b.close()
