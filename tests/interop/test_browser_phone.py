@@ -332,3 +332,30 @@ async def test_browser_to_browser_video_with_the_relay_always_on(setup):
     await alice.hangup()
     await carol.wait_event('ended', timeout=10)
     await setup.no_sessions()
+
+
+async def test_dtmf_in_rtp_from_the_phone_reaches_the_browser(setup):
+    """baresip's RFC 4733 telephone-events (``sndcode``) reach the page through rtpengine:
+    the page counts the RTP it receives by payload type (encoded insertable streams), and
+    the telephone-event type its SDP says appears beside the audio's."""
+    alice = await setup.browser.agent('jssip', url=setup.url, aor=ALICE, name='alice')
+    assert (await alice.register())['status'] == 200
+    await setup.phone.dial(ALICE)
+    await alice.wait_event('incomingCall', timeout=10)
+    await alice.run('answer', False, True)
+    await setup.phone.wait_event('CALL_ESTABLISHED', timeout=10)
+    await heard_by_page(alice, 880)
+    remote = (await alice.run('sdps'))['remote']
+    events = [line.split()[0].split(':')[1] for line in remote.splitlines()
+              if 'telephone-event/8000' in line]
+    assert events, remote
+    before = (await alice.run('payloadTypes')).get(events[0], 0)
+    for digit in '123':
+        await setup.phone.command('sndcode', digit)
+        await asyncio.sleep(0.3)
+    await asyncio.sleep(0.5)
+    counted = await alice.run('payloadTypes')
+    assert counted.get(events[0], 0) > before, (counted, events)
+    await alice.hangup()
+    await setup.phone.wait_event('CALL_CLOSED', timeout=10)
+    await setup.no_sessions()

@@ -4,6 +4,33 @@
 
 let ua = null;
 let session = null;
+// payload type -> RTP frames received, when the call counts them (countPayloads)
+const payloads = new Map();
+
+// Encoded insertable streams on every sender and receiver of the call's peer connection
+// (Chromium asks for all of them once the connection has encodedInsertableStreams), the
+// received frames counted by payload type: RFC 4733 telephone-events show up there.
+function countPayloads(pc) {
+  const pipe = (endpoint, count) => {
+    const { readable, writable } = endpoint.createEncodedStreams();
+    readable.pipeThrough(new TransformStream({
+      transform(frame, controller) {
+        if (count) {
+          const type = frame.getMetadata().payloadType;
+          payloads.set(type, (payloads.get(type) || 0) + 1);
+        }
+        controller.enqueue(frame);
+      },
+    })).pipeTo(writable);
+  };
+  pc.addEventListener('track', (e) => pipe(e.receiver, true));
+  const addTrack = pc.addTrack.bind(pc);
+  pc.addTrack = (...args) => {
+    const sender = addTrack(...args);
+    pipe(sender, false);
+    return sender;
+  };
+}
 
 function attach(s) {
   session = s;
@@ -77,10 +104,15 @@ window.agent = {
     const mediaConstraints = video ? { audio: true, video: true } : AUDIO_ONLY;
     attach(ua.call(target, { mediaConstraints, pcConfig: { iceServers: [] } }));
   },
-  answer(video) {
+  // counting: count the received RTP frames by payload type (payloadTypes)
+  answer(video, counting) {
     const mediaConstraints = video ? { audio: true, video: true } : AUDIO_ONLY;
-    session.answer({ mediaConstraints, pcConfig: { iceServers: [] } });
+    const pcConfig = counting ? { iceServers: [], encodedInsertableStreams: true }
+      : { iceServers: [] };
+    if (counting) session.on('peerconnection', (e) => countPayloads(e.peerconnection));
+    session.answer({ mediaConstraints, pcConfig });
   },
+  payloadTypes() { return Object.fromEntries(payloads); },
   hangup() { session.terminate(); },
   dtmf(tones) { session.sendDTMF(tones); },          // SIP INFO, JsSIP's default
   hold() { session.hold(); },
