@@ -161,7 +161,7 @@ class Metrics:
                                  registry=registry)
         # label children cached at first use: one dict lookup per message, and series
         # only for the values seen (the scrape stays small)
-        self._children: dict[tuple[int, str], Any] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
         #: counts of the per-message counters not yet added to their series, by (metric,
         #: label value): a dict update per message instead of a call into
         #: prometheus_client and its lock.  Added at each scrape (:meth:`exposition`)
@@ -172,11 +172,11 @@ class Metrics:
         self._relay_keys = {method: (self.relayed, method) for method in METHODS}
         self._class_keys = {klass: (self.responses, '%dxx' % klass) for klass in range(1, 7)}
 
-    def _child(self, metric: Any, value: str) -> Any:
-        key = (id(metric), value)
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (id(metric), *values)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(value)
+            child = self._children[key] = metric.labels(*values)
         return child
 
     def _count(self, key: tuple[Any, str]) -> None:
@@ -264,7 +264,7 @@ class Metrics:
             self._child(self.mismatches, _bounded(outcome, ('warn', 'refuse'))).inc()
             return
         command = _bounded(command, NG_COMMANDS)
-        self.ng_commands.labels(command, _bounded(outcome, NG_OUTCOMES)).inc()
+        self._child(self.ng_commands, command, _bounded(outcome, NG_OUTCOMES)).inc()
         self._child(self.ng_latency, command).observe(seconds)
 
     def _catch_up(self) -> None:

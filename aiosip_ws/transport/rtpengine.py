@@ -119,8 +119,7 @@ class NgClient(asyncio.DatagramProtocol):
         self.transport.sendto(datagram, self.address)
         # one timer: the same datagram again each retransmit seconds, then the timeout
         timer = loop.call_later(min(self.retransmit, limit), self._again, waiter, datagram,
-                                deadline, '%r: no reply to %s within %g s' % (self, name,
-                                                                               limit))
+                                deadline, (name, limit))
         try:
             reply = await waiter
         finally:
@@ -135,13 +134,14 @@ class NgClient(asyncio.DatagramProtocol):
         return reply
 
     def _again(self, waiter: asyncio.Future[dict[str, Any]], datagram: bytes,
-               deadline: float, timed_out: str) -> None:
+               deadline: float, what: tuple[Any, float]) -> None:
         if waiter.done():
             return
         loop = asyncio.get_running_loop()
         left = deadline - loop.time()
         if left <= 0.001:
-            waiter.set_exception(MediaRelayTimeout(timed_out))
+            waiter.set_exception(MediaRelayTimeout('%r: no reply to %s within %g s'
+                                                   % (self, what[0], what[1])))
             return
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -150,7 +150,7 @@ class NgClient(asyncio.DatagramProtocol):
         transport.sendto(datagram, self.address)
         self.retransmitted += 1
         waiter_timer = loop.call_later(min(self.retransmit, left), self._again, waiter,
-                                       datagram, deadline, timed_out)
+                                       datagram, deadline, what)
         waiter.add_done_callback(lambda _: waiter_timer.cancel())
 
     async def ping(self) -> None:
