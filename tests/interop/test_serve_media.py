@@ -472,3 +472,40 @@ async def test_a_forked_call_offers_per_branch_and_deletes_the_loser_alone(ng_ur
                 c.bob.send(make_response(cancel, 200))
                 c.bob.send(c.bob_answer(to_phone, 487, 'p2'))
             await c.no_sessions()
+
+
+async def test_media_profile_overrides_and_kamailio_style_flags(ng_url):
+    """``--media-profile`` says what a party speaks where serve would guess wrong: the
+    UDP phone declared WebRTC (by AOR, then by CIDR) gets the browser's offer untouched
+    (``auto``: both WebRTC).  With ``--rtpengine-flags-plain`` in Kamailio's syntax the
+    operator's flags, not serve's, go towards the phone (``SDES-off`` is no plain flag of
+    serve's; rtpengine still makes the SDP plain RTP)."""
+    for rule in ('sip:bob@example.com=webrtc', '127.0.0.0/8=webrtc'):
+        async with anchored(ng_url, profiles=[rule]) as c:
+            await c.alice.send(c.alice_invite('o-' + rule[:3]))
+            assert (await recv(c.alice)).status == 100
+            invite = await c.bob.next()
+            assert invite.body == BROWSER_OFFER.encode()            # passed through
+            assert await c.sessions() == 0 and not c.server.media.calls
+            c.bob.send(c.bob_answer(invite, 486, 'b'))
+            assert (await recv(c.alice)).status == 486
+    flags = 'ICE=remove RTP/AVP rtcp-mux-demux SDES-off replace-origin replace-session-connection'
+    async with anchored(ng_url, flags_plain=flags) as c:
+        sent = []
+        relay = c.server.media.relays.clients[0]
+        original = relay.command
+
+        async def spy(command, **kwargs):
+            sent.append(dict(command))
+            return await original(command, **kwargs)
+        relay.command = spy
+        await c.alice.send(c.alice_invite('k-1'))
+        assert (await recv(c.alice)).status == 100
+        invite = await c.bob.next()
+        assert is_plain(invite.body)
+        offer = next(command for command in sent if command['command'] == 'offer')
+        assert offer['SDES'] == ['off'] and offer['ICE'] == 'remove'
+        assert 'DTLS-reverse' not in offer                    # serve's own flag: not sent
+        c.bob.send(c.bob_answer(invite, 486, 'b'))
+        assert (await recv(c.alice)).status == 486
+        await c.no_sessions()
