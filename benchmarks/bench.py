@@ -251,14 +251,7 @@ def kamailio(tmp: Path, *, shm_mb: int = 512, tcp_children: int = 2,
             time.sleep(0.2)
         yield 'ws://%s:%d/' % (HOST, port), proc.pid, version
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
+        _stop_session(proc)
         log.close()
 
 
@@ -337,14 +330,7 @@ def kamailio_udp(tmp: Path, port: int, ng_port: int, uas_port: int, *,
         time.sleep(0.5)                                   # its children take the socket
         yield proc.pid
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
+        _stop_session(proc)
         log.close()
 
 
@@ -382,6 +368,19 @@ def _rtt_ms(directory: Path) -> list[float]:
 
 def _pct(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q * len(values)))] if values else None
+
+
+def _stop_session(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to a server started in a session of its own, then SIGKILL to what is left
+    of its process group (Kamailio's children)."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
 
 
 def _ws_ok(port: int) -> bool:

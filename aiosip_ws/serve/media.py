@@ -416,24 +416,21 @@ class Media:
         found = sdp_profile(response.body)
         if to_tag:
             call.tags[branch] = to_tag
-        try:
-            if call.late:
-                source = found or callee
-                flags = self._flags(call.caller_profile, offer=True, source=source)
-                reply = await self._command('offer', call, dict(flags, **{
-                    'from-tag': to_tag, 'to-tag': call.caller_tag, 'sdp': response.body}))
+        what = 'the %d\'s SDP' % (response.status or 0)
+        if call.late:
+            source = found or callee
+            sdp = await self._sdp(call, 'offer', self._flags(
+                call.caller_profile, offer=True, source=source), what,
+                from_tag=to_tag, to_tag=call.caller_tag, sdp=response.body)
+            if sdp is not None:
                 call.pending = (to_tag, call.caller_tag, source)
-            else:
-                flags = self._flags(call.caller_profile, offer=False, source=callee)
-                reply = await self._command('answer', call, dict(flags, **{
-                    'from-tag': call.caller_tag, 'to-tag': to_tag, 'via-branch': branch,
-                    'sdp': response.body}))
-        except (AiosipWSError, OSError) as exc:
-            peer_log.warning('media relay failed', '%s: rtpengine did not take the %d\'s SDP '
-                             '(%s): relayed as it came, the call has no media',
-                             call.call_id, response.status, exc)
+        else:
+            sdp = await self._sdp(call, 'answer', self._flags(
+                call.caller_profile, offer=False, source=callee), what,
+                from_tag=call.caller_tag, to_tag=to_tag, sdp=response.body, branch=branch)
+        if sdp is None:
             return
-        response.body = _sdp_of(reply)
+        response.body = sdp
         if (response.status or 0) >= 200 and to_tag:
             call.callee_tag, call.callee = to_tag, flow
             call.callee_profile = found or callee
@@ -539,12 +536,10 @@ class Media:
         """A re-INVITE or UPDATE with an offer in an anchored call: an ng ``offer`` from
         its sender (``from-tag``: the offerer's), then the 2xx's answer an ng ``answer``.
         When rtpengine does not take the offer: 500 with a Warning, nothing relayed."""
-        try:
-            from_tag = request.from_addr().tag or ''
-            to_tag = request.to_addr().tag or ''
-        except SIPParseError as exc:
-            self.ctx.bad_request(flow, request, exc)
+        tags = self._tags(flow, request)
+        if tags is None:
             return
+        from_tag, to_tag = tags
         offerer, answerer = call.profiles(from_tag)
         try:
             reply = await self._command('offer', call, dict(
@@ -560,40 +555,30 @@ class Media:
         request.body = _sdp_of(reply)
 
         async def answer(response: SIPMessage) -> None:
-            try:
-                reply = await self._command('answer', call, dict(
-                    self._flags(offerer, offer=False, source=answerer),
-                    **{'from-tag': from_tag, 'to-tag': to_tag, 'sdp': response.body}))
-                response.body = _sdp_of(reply)
-            except (AiosipWSError, OSError) as exc:
-                peer_log.warning('media relay failed', '%s: rtpengine did not take the '
-                                 'answer to the %s (%s): relayed as it came', call.call_id,
-                                 request.method, exc)
+            sdp = await self._sdp(call, 'answer', self._flags(
+                offerer, offer=False, source=answerer), 'the answer to the %s'
+                % request.method, from_tag=from_tag, to_tag=to_tag, sdp=response.body)
+            if sdp is not None:
+                response.body = sdp
         route(flow, request, answer)
 
     async def _offer_in_answer(self, call: AnchoredCall, flow: Flow, request: SIPMessage,
                                route: Route) -> None:
         """A re-INVITE without SDP: its 2xx carries the offer (an ng ``offer`` from the
         party that answers it: ``from-tag`` its tag), the ACK the answer."""
-        try:
-            sender = request.from_addr().tag or ''
-            other = request.to_addr().tag or ''
-        except SIPParseError as exc:
-            self.ctx.bad_request(flow, request, exc)
+        tags = self._tags(flow, request)
+        if tags is None:
             return
+        sender, other = tags
         answerer, offerer = call.profiles(sender)
 
         async def offer(response: SIPMessage) -> None:
-            try:
-                reply = await self._command('offer', call, dict(
-                    self._flags(answerer, offer=True, source=offerer),
-                    **{'from-tag': other, 'to-tag': sender, 'sdp': response.body}))
-                response.body = _sdp_of(reply)
+            sdp = await self._sdp(call, 'offer', self._flags(
+                answerer, offer=True, source=offerer), 'the offer in the 2xx to a re-INVITE',
+                from_tag=other, to_tag=sender, sdp=response.body)
+            if sdp is not None:
+                response.body = sdp
                 call.pending = (other, sender, offerer)
-            except (AiosipWSError, OSError) as exc:
-                peer_log.warning('media relay failed', '%s: rtpengine did not take the '
-                                 'offer in the 2xx to a re-INVITE (%s): relayed as it came',
-                                 call.call_id, exc)
         route(flow, request, offer)
 
     async def _answer_in_request(self, call: AnchoredCall, flow: Flow, request: SIPMessage,
@@ -603,15 +588,36 @@ class Media:
         offerer_tag, answerer_tag, offerer = call.pending
         call.pending = None
         _, answerer = call.profiles(offerer_tag)
-        try:
-            reply = await self._command('answer', call, dict(
-                self._flags(offerer, offer=False, source=answerer),
-                **{'from-tag': offerer_tag, 'to-tag': answerer_tag, 'sdp': request.body}))
-            request.body = _sdp_of(reply)
-        except (AiosipWSError, OSError) as exc:
-            peer_log.warning('media relay failed', '%s: rtpengine did not take the %s\'s '
-                             'SDP (%s): relayed as it came', call.call_id, request.method, exc)
+        sdp = await self._sdp(call, 'answer', self._flags(
+            offerer, offer=False, source=answerer), 'the %s\'s SDP' % request.method,
+            from_tag=offerer_tag, to_tag=answerer_tag, sdp=request.body)
+        if sdp is not None:
+            request.body = sdp
         route(flow, request, None)
+
+    async def _sdp(self, call: AnchoredCall, command: str, flags: dict[str, Any], what: str,
+                   *, from_tag: str, to_tag: str, sdp: bytes, branch: str | None = None
+                   ) -> bytes | None:
+        """rtpengine's SDP for an ``offer`` or ``answer`` of ``call``; None when it did not
+        take it (a rate-limited line: the message goes on as it came, the call loses its
+        media, its signalling goes on)."""
+        arguments = dict(flags, **{'from-tag': from_tag, 'to-tag': to_tag, 'sdp': sdp})
+        if branch is not None:
+            arguments['via-branch'] = branch
+        try:
+            return _sdp_of(await self._command(command, call, arguments))
+        except (AiosipWSError, OSError) as exc:
+            peer_log.warning('media relay failed', '%s: rtpengine did not take %s (%s): '
+                             'relayed as it came, without media', call.call_id, what, exc)
+            return None
+
+    def _tags(self, flow: Flow, request: SIPMessage) -> tuple[str, str] | None:
+        """An in-dialog request's From and To tags (None: answered 400)."""
+        try:
+            return request.from_addr().tag or '', request.to_addr().tag or ''
+        except SIPParseError as exc:
+            self.ctx.bad_request(flow, request, exc)
+            return None
 
     def flow_closed(self, flow: Flow) -> None:
         """A leg's connection is lost: its calls' media go."""
