@@ -20,7 +20,7 @@ from aiosip_ws.serve.relay import RelayServer
 from aiosip_ws.tools.cli import build_parser, serve_config
 from tests.support import doc_page
 from tests.support.net import http_get
-from tests.support.rtpengine import arguments
+from tests.support.rtpengine import FakeRelay, arguments
 from tests.support.sdp import BROWSER_OFFER, PHONE_OFFER
 from tests.support.sip import UdpUA, recv, register_raw
 
@@ -150,3 +150,43 @@ def test_the_commands_of_docs_calls_rst_are_the_tests_own():
     for info in ServeConfig.options():                  # every media option is described
         if info.name.startswith(('rtpengine', 'media_')):
             assert '``--%s' % info.flag_name in page, info.flag_name
+
+
+async def test_a_cancel_while_the_offer_waits_for_the_relay():
+    """The caller CANCELs while rtpengine has not answered the offer yet (its first copy
+    lost; the ng client sends it again a second later): the caller gets 487 once the
+    offer is back, the callee never rings, and the call is deleted on the relay."""
+    loop = asyncio.get_running_loop()
+    commands = []
+
+    def answer(command):
+        commands.append(command['command'])
+        return {'result': 'ok', 'sdp': PHONE_OFFER}
+    transport, _ = await loop.create_datagram_endpoint(lambda: FakeRelay(answer, drop=1),
+                                                       local_addr=('127.0.0.1', 0))
+    url = 'udp://127.0.0.1:%d' % transport.get_extra_info('sockname')[1]
+    server, listener, bob_transport, bob = await bridged(MediaSettings(rtpengine=[url],
+                                                                       mode='always'))
+    try:
+        async with connect(listener.bound_url, subprotocols=['sip'], proxy=None) as alice:
+            host = await register_raw(alice, 'alice')
+            request = invite(host, 'c-1', BROWSER_OFFER)
+            await alice.send(request)
+            assert (await recv(alice)).status == 100
+            await alice.send(request.split('\r\n\r\n')[0].replace('INVITE sip:', 'CANCEL sip:')
+                             .replace('CSeq: 10 INVITE', 'CSeq: 10 CANCEL')
+                             .replace('Content-Type: application/sdp\r\n', '') + '\r\n\r\n')
+            assert (await recv(alice)).status == 200                    # the CANCEL's
+            cancelled = await asyncio.wait_for(recv(alice), 5)
+            assert cancelled.status == 487 and cancelled.cseq == (10, 'INVITE')
+            with pytest.raises(asyncio.TimeoutError):
+                await bob.next(timeout=0.3)                             # never rang
+            for _ in range(20):
+                if 'delete' in commands:
+                    break
+                await asyncio.sleep(0.05)
+            assert commands == ['offer', 'delete'] and not server.media.calls
+    finally:
+        bob_transport.close()
+        await server.close()
+        transport.close()

@@ -1,9 +1,12 @@
 """Debian's rtpengine-daemon for a test: user-space forwarding on 127.0.0.1 only (no
 kernel table), sessions deleted at once (``--delete-delay=0``), its ng port and media
 ports chosen free, stopped (and waited for) at the end; in the private network namespace
-of another process when asked (``netns_pid``), where :func:`own_sessions` reads it."""
+of another process when asked (``netns_pid``), where :func:`own_sessions` reads it; and
+:class:`FakeRelay`, a UDP socket standing in for rtpengine where its behaviour is what a
+test is about (a lost datagram, a silence, an error)."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import socket
@@ -12,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from aiosip_ws.core.ng import decode_reply, encode_command
+from aiosip_ws.core.ng import bdecode, bencode, decode_reply, encode_command
 from tests.support import debian_binary, tail
 from tests.support.net import free_port, netns_socket
 
@@ -102,3 +105,24 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+class FakeRelay(asyncio.DatagramProtocol):
+    """Answers as ``answer(command)`` says (None: stays silent), after dropping the
+    first ``drop`` datagrams; keeps every datagram it got."""
+
+    def __init__(self, answer, drop=0):
+        self.answer, self.drop = answer, drop
+        self.got: list[bytes] = []
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.got.append(data)
+        if len(self.got) <= self.drop:
+            return
+        cookie, _, body = data.partition(b' ')
+        reply = self.answer(bdecode(body))
+        if reply is not None:
+            self.transport.sendto(cookie + b' ' + bencode(reply), addr)

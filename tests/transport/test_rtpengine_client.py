@@ -10,30 +10,10 @@ import asyncio
 
 import pytest
 
-from aiosip_ws.core.ng import bdecode, bencode
+from aiosip_ws.core.ng import bdecode
 from aiosip_ws.errors import ConfigurationError, ConnectionLost, MediaRelayError, MediaRelayTimeout
 from aiosip_ws.transport.rtpengine import RelaySet, open_ng
-
-
-class FakeRelay(asyncio.DatagramProtocol):
-    """Answers as ``answer(command)`` says (None: stays silent), after dropping the
-    first ``drop`` datagrams; keeps every datagram it got."""
-
-    def __init__(self, answer, drop=0):
-        self.answer, self.drop = answer, drop
-        self.got: list[bytes] = []
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def datagram_received(self, data, addr):
-        self.got.append(data)
-        if len(self.got) <= self.drop:
-            return
-        cookie, _, body = data.partition(b' ')
-        reply = self.answer(bdecode(body))
-        if reply is not None:
-            self.transport.sendto(cookie + b' ' + bencode(reply), addr)
+from tests.support.rtpengine import FakeRelay
 
 
 @pytest.fixture
