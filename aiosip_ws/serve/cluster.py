@@ -192,6 +192,8 @@ class ClusterHost(Protocol):
 
     def spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task[Any]: ...
 
+    def media_ended(self, call_id: str) -> None: ...
+
 
 class RemoteConnection:
     """A client connection that another node holds, as the relay core sees a connection:
@@ -692,6 +694,8 @@ class Cluster:
                                     message.get('connection', '')))
             if peer is not None:
                 self.relay.transactions.response_received(peer, sip)
+        elif kind == 'media-ended':               # a call this node anchored, ended there
+            self.relay.media_ended(str(message.get('call-id', '')))
         elif kind == 'gone':
             gone = ConnectionLost('the client left node %s before the request reached it'
                                   % origin)

@@ -190,7 +190,7 @@ class AnchoredCall:
 
     __slots__ = ('call_id', 'caller_tag', 'caller', 'caller_profile', 'late', 'legs', 'tags',
                  'callee_tag', 'callee', 'callee_profile', 'state', 'ack_timer', 'ended',
-                 'pending')
+                 'pending', 'node')
 
     def __init__(self, call_id: str, caller_tag: str, caller: Flow | None,
                  caller_profile: str, late: bool) -> None:
@@ -215,6 +215,8 @@ class AnchoredCall:
         #: an offer made in a response, whose answer the next ACK or PRACK carries:
         #: (the offerer's tag, the answerer's tag, the offerer's profile)
         self.pending: tuple[str, str, str] | None = None
+        #: the cluster node that anchored it, when another one did ('' when this one)
+        self.node = ''
 
     def profiles(self, sender_tag: str) -> tuple[str, str]:
         """(the profile of the party whose tag is ``sender_tag``, the other party's)."""
@@ -500,6 +502,7 @@ class Media:
             call.callee_tag = fields.get('callee-tag') or None
             call.callee_profile = fields.get('callee-profile') or PLAIN
             call.state = 'confirmed'
+            call.node = fields.get('node', '')
             self._remember(call)
         if call is None or not self._in_call(call, flow, request, route):
             route(flow, request, None)
@@ -619,6 +622,13 @@ class Media:
             self.ctx.bad_request(flow, request, exc)
             return None
 
+    def ended_elsewhere(self, call_id: str) -> None:
+        """Another node of the cluster deleted ``call_id`` on its relay: forget it here
+        without a delete of our own."""
+        call = self.calls.get(call_id)
+        if call is not None:
+            self._forget(call, 'ended on another node')
+
     def flow_closed(self, flow: Flow) -> None:
         """A leg's connection is lost: its calls' media go."""
         for call_id in self._by_flow.pop(flow, ()):
@@ -646,8 +656,11 @@ class Media:
         if self.relays is not None and self.relays.relay_of(call.call_id) is not None:
             logger.debug('%s: deleting its media (%s)', call.call_id, why)
             self._spawn(self._delete(call, why))
-            if self.ctx.cluster is not None:
-                self.ctx.cluster.forget_media(call.call_id)
+            cluster = self.ctx.cluster
+            if cluster is not None:
+                cluster.forget_media(call.call_id)
+                if call.node and call.node != cluster.node:   # its own entry goes too
+                    cluster.publish(call.node, {'type': 'media-ended', 'call-id': call.call_id})
 
     async def _delete(self, call: AnchoredCall, why: str) -> None:
         try:
@@ -704,15 +717,16 @@ class Media:
         calls[call.call_id] = call
         while len(calls) > self.settings.max_calls:
             oldest = next(iter(calls.values()))
-            self._forget(oldest)
+            logger.info('%s forgotten: more than %d anchored calls (rtpengine\'s --timeout '
+                        'ends its media)', oldest.call_id, self.settings.max_calls)
+            self._forget(oldest, 'forgotten')
 
-    def _forget(self, call: AnchoredCall) -> None:
-        """Over ``max_calls``: the oldest call is forgotten without a delete."""
-        logger.info('%s forgotten: more than %d anchored calls (rtpengine\'s --timeout ends '
-                    'its media)', call.call_id, self.settings.max_calls)
-        relays, self.relays = self.relays, None
+    def _forget(self, call: AnchoredCall, why: str) -> None:
+        """``call`` ended without a delete of ours (over ``max_calls``; deleted by another
+        node)."""
+        relays, self.relays = self.relays, None            # end() deletes nothing then
         try:
-            self.end(call, 'forgotten')
+            self.end(call, why)
         finally:
             self.relays = relays
         if relays is not None:

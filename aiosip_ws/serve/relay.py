@@ -493,6 +493,10 @@ class RelayServer:
         count or close (what it registers expires by time)."""
         state_of(flow)
 
+    def media_ended(self, call_id: str) -> None:
+        """Another node ended a call this one anchored (the cluster's bus)."""
+        self.media.ended_elsewhere(call_id)
+
     def _token_expired(self, conn: WSConnection) -> None:
         logger.info('%r: its token expired: closing with 1008', conn)
         self.spawn(conn.close(1008, 'token expired'))

@@ -558,6 +558,11 @@ async def test_a_call_anchored_by_one_node_goes_on_through_the_other(redis_serve
                 await asyncio.sleep(0.05)
             assert own_sessions(ng_url) == 0
             assert await keys(redis_server, 'aiosip-ws:media:*') == []
+            for _ in range(40):                   # a, which anchored it, forgot it too
+                if 'call-1' not in a.media.calls:
+                    break
+                await asyncio.sleep(0.05)
+            assert 'call-1' not in a.media.calls and 'call-1' not in b.media.calls
     finally:
         await a.close()
         await b.close()
