@@ -31,8 +31,12 @@ pipeline's ``media`` stage (:meth:`Media.in_dialog`, before in-dialog routing):
   Retry-After;
 * each 18x or 2xx with SDP on an anchored branch: an ng ``answer`` (its To tag, the same
   ``via-branch``) before it is relayed, in the order the branch's responses came;
-* a late offer (an INVITE without SDP): the 2xx's offer is an ng ``offer`` from the
-  callee, the ACK's answer an ng ``answer`` (ng's ``from-tag`` is always the offerer's);
+* a late offer (an INVITE without SDP): the 2xx's offer (or a reliable 18x's) is an ng
+  ``offer`` from the callee, the ACK's (or PRACK's) answer an ng ``answer`` (ng's
+  ``from-tag`` is always the offerer's);
+* a re-INVITE, UPDATE or PRACK with SDP: a new ``offer`` from its sender, its 2xx's
+  SDP the ``answer`` (an offer rtpengine does not take: 500 with a Warning, nothing
+  relayed); a re-INVITE without SDP: the 2xx offers, the ACK answers;
 * ``delete`` when the INVITE fails (any final non-2xx: 486, 487 after CANCEL, 408 from
   Timer C...), when a branch serve did not anchor wins, on BYE, when the 2xx is not
   ACKed within 64*T1, and when a leg's connection is lost.  serve's ``delete`` leaves
@@ -41,7 +45,7 @@ pipeline's ``media`` stage (:meth:`Media.in_dialog`, before in-dialog routing):
 A relay lost during a call costs the call its media, never its signalling: a response
 whose ``answer`` fails is relayed as it came, a failed ``delete`` is a rate-limited log
 line, BYE always passes.  The calls serve remembers are bounded (``max_calls``; the
-oldest established one is forgotten first: rtpengine's ``--timeout`` reaps it).
+oldest is forgotten first: rtpengine's ``--timeout`` reaps it).
 
 With ``--redis`` an answered call is recorded for the other nodes
 (``aiosip-ws:media:<Call-ID>``: its relay, tags and profiles; :data:`SHARED_TTL`): a
