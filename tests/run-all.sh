@@ -25,7 +25,7 @@ say() { printf '\n=== %s\n' "$*"; }
 # --- Debian packages ------------------------------------------------------------
 packages=(dnsmasq-base kamailio kamailio-websocket-modules kamailio-tls-modules openssl nginx-light haproxy
           chromium iproute2 util-linux redis-server sip-tester prometheus rtpengine-daemon
-          baresip-core)
+          baresip-core tshark)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \

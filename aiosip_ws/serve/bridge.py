@@ -118,9 +118,12 @@ class NetworkSide:
     """serve's UDP endpoints and TCP/TLS listeners, and the transaction layer of UDP."""
 
     def __init__(self, relay: BridgeHost, *, ssl_context: ssl.SSLContext | None = None,
+                 client_ssl: ssl.SSLContext | None = None,
                  advertise: str | None = None) -> None:
         self.relay = relay
         self.ssl_context = ssl_context
+        #: the TLS context of the connections to next hops (None: the default one)
+        self.client_ssl = client_ssl
         self.advertise = advertise
         self.options = ServerOptions()
         #: the relay's transaction layer: UDP's server transactions are kept here too
@@ -204,7 +207,8 @@ class NetworkSide:
             pending = self._connecting.get(key)
             if pending is None:
                 pending = self._connecting[key] = asyncio.ensure_future(connect_tcp(
-                    address, port, self, ssl_context=ssl.create_default_context()
+                    address, port, self, ssl_context=(self.client_ssl
+                                                      or ssl.create_default_context())
                     if transport == 'tls' else None, server_hostname=uri.host,
                     send_timeout=self.relay.server_options.send_timeout))
                 pending.add_done_callback(lambda _: self._connecting.pop(key, None))

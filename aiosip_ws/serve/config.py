@@ -80,6 +80,11 @@ class ServeConfig:
         'listens on a wildcard address or sits behind NAT)', metavar='HOST[:PORT]')
     tls_cert: str | None = _option(None, 'PEM certificate chain for wss://', metavar='FILE')
     tls_key: str | None = _option(None, 'PEM private key for wss://', metavar='FILE')
+    tls_keylog: str | None = _option(
+        None, 'append the secrets of every TLS session (wss:// and tls:// listeners, and '
+        'the TLS connections serve opens) to FILE in the NSS key log format, so that '
+        'Wireshark or tshark can decrypt a capture; anyone who can read FILE can, too (a '
+        'WARNING at start)', metavar='FILE')
     allow_origin: list[str] | None = _option(
         None, 'allowed Origin (repeatable); others get HTTP 403. Default: any',
         metavar='ORIGIN')
@@ -335,7 +340,28 @@ class ServeConfig:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.load_certificate(context)
+        self.log_keys(context)
         return context
+
+    def client_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of the connections serve opens (next hops over ``sips:``, TLS
+        or ``wss``): the default one, with the key log when ``tls_keylog`` is given (None
+        without it: each connection takes the default)."""
+        if not self.tls_keylog:
+            return None
+        context = ssl.create_default_context()
+        self.log_keys(context)
+        return context
+
+    def log_keys(self, context: ssl.SSLContext) -> None:
+        """``tls_keylog``, if given, on ``context``."""
+        if not self.tls_keylog:
+            return
+        try:
+            context.keylog_filename = self.tls_keylog
+        except OSError as exc:
+            raise ConfigurationError('--tls-keylog %s: %s' % (self.tls_keylog,
+                                                              exc.strerror)) from None
 
     def load_certificate(self, context: ssl.SSLContext) -> None:
         try:

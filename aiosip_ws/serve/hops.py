@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -79,6 +80,8 @@ class Hops:
         self.upstream = upstream
         #: the UDP, TCP and TLS side, once serve listens there
         self.bridge: NetworkSide | None = None
+        #: the TLS context of the ``wss`` connections serve opens (None: the default one)
+        self.client_ssl: ssl.SSLContext | None = None
         #: WebSocket connections serve opened to next hops, by URL
         self._ws_hops: dict[str, WSConnection] = {}
         self._ws_connecting: dict[str, asyncio.Future[WSConnection]] = {}
@@ -185,7 +188,7 @@ class Hops:
         pending = self._ws_connecting.get(url)
         if pending is None:
             pending = self._ws_connecting[url] = asyncio.ensure_future(
-                open_connection(url, self.handler, ClientOptions()))
+                open_connection(url, self.handler, ClientOptions(ssl=self.client_ssl)))
             pending.add_done_callback(lambda _: self._ws_connecting.pop(url, None))
         conn = self._ws_hops[url] = await asyncio.shield(pending)
         return conn

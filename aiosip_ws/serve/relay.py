@@ -42,6 +42,7 @@ import inspect
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -103,7 +104,8 @@ class RelayServer:
                  advertise: str | None = None, next_hops: dict[str, str] | None = None,
                  route_unregistered: str | None = None, domains: Iterable[str] = (),
                  edge_registrar: str | None = None, flow_secret: bytes | None = None,
-                 media: MediaSettings | None = None) -> None:
+                 media: MediaSettings | None = None,
+                 client_ssl: ssl.SSLContext | None = None) -> None:
         #: True once :meth:`drain` began: new handshakes get 503, /healthz 503
         self.draining = False
         #: Prometheus metrics of this server (``GET /metrics``)
@@ -163,6 +165,8 @@ class RelayServer:
         self.bridge: NetworkSide | None = None
         #: the host[:port] serve writes in Via and Record-Route on UDP/TCP/TLS (--advertise)
         self.advertise = advertise
+        #: the TLS context of the connections serve opens (None: the default one)
+        self.client_ssl = self.hops.client_ssl = client_ssl
         if redis_url is not None:
             from .cluster import Cluster
             self.cluster = ctx.cluster = Cluster(
@@ -357,7 +361,8 @@ class RelayServer:
                 if is_net_url(url):
                     if self.bridge is None:
                         self.bridge = self.hops.bridge = NetworkSide(
-                            self, ssl_context=self.server_options.ssl, advertise=self.advertise)
+                            self, ssl_context=self.server_options.ssl, advertise=self.advertise,
+                            client_ssl=self.client_ssl)
                     bound.append(await self.bridge.listen(url))
                 else:
                     listener = await listen(url, self, self._options_for(url))

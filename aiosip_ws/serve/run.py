@@ -86,6 +86,9 @@ async def serve(config: ServeConfig, *,
         from .workers import supervise
         return await supervise(config)
     base = config.server_options(raise_open_file_limit())
+    if config.tls_keylog:
+        logger.warning('--tls-keylog %s: the secrets of every TLS session go there; whoever '
+                       'reads that file can decrypt captures of them', config.tls_keylog)
     token = config.token_authenticator()
     if token is not None:
         base.authenticate = token
@@ -98,6 +101,7 @@ async def serve(config: ServeConfig, *,
                          route_unregistered=config.route_unregistered,
                          domains=config.domains, edge_registrar=config.registrar,
                          flow_secret=config.flow_secret_bytes(),
+                         client_ssl=config.client_ssl_context(),
                          media=config.media_settings())
     if setup is not None:
         setup(server)
