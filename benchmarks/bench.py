@@ -279,6 +279,17 @@ def _udp_bound(port: int) -> bool:
                Path('/proc/net/udp').read_text().splitlines()[1:] if line.split())
 
 
+def _until_udp_bound(proc: subprocess.Popen[bytes], port: int, timeout: float, what: str,
+                     log: Path) -> None:
+    """Wait until ``proc`` (``what``) listens on UDP ``port``; RuntimeError if it exits or
+    takes longer than ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not _udp_bound(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError('%s did not start (log: %s)' % (what, log))
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def rtpengine_daemon(tmp: Path, media_ports: int = 2000) -> Iterator[tuple[int, int]]:
     """Debian's rtpengine on 127.0.0.1, user-space forwarding: (its ng port, its pid)."""
@@ -294,11 +305,7 @@ def rtpengine_daemon(tmp: Path, media_ports: int = 2000) -> Iterator[tuple[int, 
          '--port-max=%d' % (low + media_ports), '--pidfile=%s' % (tmp / 'rtpengine.pid')],
         stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 10
-        while not _udp_bound(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError('rtpengine did not start (log: %s)' % (tmp / 'rtpengine.log'))
-            time.sleep(0.1)
+        _until_udp_bound(proc, port, 10, 'rtpengine', tmp / 'rtpengine.log')
         yield port, proc.pid
     finally:
         _stop_process(proc)
@@ -322,11 +329,7 @@ def kamailio_udp(tmp: Path, port: int, ng_port: int, uas_port: int, *,
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=str(work),
         start_new_session=True)
     try:
-        deadline = time.monotonic() + 20
-        while not _udp_bound(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError('kamailio did not start (log: %s)' % (work / 'kamailio.log'))
-            time.sleep(0.1)
+        _until_udp_bound(proc, port, 20, 'kamailio', work / 'kamailio.log')
         time.sleep(0.5)                                   # its children take the socket
         yield proc.pid
     finally:

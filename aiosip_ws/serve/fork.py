@@ -320,10 +320,8 @@ class Fork:
                 then(response)
                 return
             branch.backlog = collections.deque()
-            branch.backlog.append((response, then))
-            self.ctx.spawn(self._rewrite_backlog(branch, branch.backlog))
-        else:
-            branch.backlog.append((response, then))
+            self.ctx.spawn(self._rewrite_backlog(branch, branch.backlog))   # runs later
+        branch.backlog.append((response, then))
 
     async def _rewrite_backlog(self, branch: _Branch, backlog: collections.deque[
             tuple[SIPMessage, Callable[[SIPMessage], None]]]) -> None:

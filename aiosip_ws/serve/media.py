@@ -395,10 +395,9 @@ class Media:
 
     async def _offer(self, call: AnchoredCall, request: SIPMessage, branch: str,
                      callee: str) -> bytes:
-        flags = self._flags(callee, offer=True, source=call.caller_profile)
-        reply = await self._command('offer', call, dict(flags, **{
-            'from-tag': call.caller_tag, 'via-branch': branch, 'sdp': request.body}))
-        return _sdp_of(reply)
+        return await self._ng_sdp(call, 'offer', self._flags(
+            callee, offer=True, source=call.caller_profile), from_tag=call.caller_tag,
+            to_tag=None, sdp=request.body, branch=branch)
 
     def rewrites(self, call: AnchoredCall, branch: str, response: SIPMessage) -> bool:
         """Whether ``response`` on ``branch`` must go through rtpengine before it is relayed
@@ -549,9 +548,9 @@ class Media:
         from_tag, to_tag = tags
         offerer, answerer = call.profiles(from_tag)
         try:
-            reply = await self._command('offer', call, dict(
-                self._flags(answerer, offer=True, source=offerer),
-                **{'from-tag': from_tag, 'to-tag': to_tag, 'sdp': request.body}))
+            sdp = await self._ng_sdp(call, 'offer', self._flags(
+                answerer, offer=True, source=offerer), from_tag=from_tag, to_tag=to_tag,
+                sdp=request.body)
         except (AiosipWSError, OSError) as exc:
             peer_log.warning('media relay failed', '%s: rtpengine did not take the %s\'s '
                              'offer (%s): 500', call.call_id, request.method, exc)
@@ -559,7 +558,7 @@ class Media:
                 ('Warning', '399 %s "the media relay did not take the offer"'
                  % flow.via_host)])
             return
-        request.body = _sdp_of(reply)
+        request.body = sdp
 
         async def answer(response: SIPMessage) -> None:
             sdp = await self._sdp(call, 'answer', self._flags(
@@ -605,18 +604,28 @@ class Media:
     async def _sdp(self, call: AnchoredCall, command: str, flags: dict[str, Any], what: str,
                    *, from_tag: str, to_tag: str, sdp: bytes, branch: str | None = None
                    ) -> bytes | None:
-        """rtpengine's SDP for an ``offer`` or ``answer`` of ``call``; None when it did not
-        take it (a rate-limited line: the message goes on as it came, the call loses its
-        media, its signalling goes on)."""
-        arguments = dict(flags, **{'from-tag': from_tag, 'to-tag': to_tag, 'sdp': sdp})
-        if branch is not None:
-            arguments['via-branch'] = branch
+        """:meth:`_ng_sdp`, or None when rtpengine did not take it (a rate-limited line:
+        the message goes on as it came, the call loses its media, its signalling goes
+        on)."""
         try:
-            return _sdp_of(await self._command(command, call, arguments))
+            return await self._ng_sdp(call, command, flags, from_tag=from_tag,
+                                      to_tag=to_tag, sdp=sdp, branch=branch)
         except (AiosipWSError, OSError) as exc:
             peer_log.warning('media relay failed', '%s: rtpengine did not take %s (%s): '
                              'relayed as it came, without media', call.call_id, what, exc)
             return None
+
+    async def _ng_sdp(self, call: AnchoredCall, command: str, flags: dict[str, Any], *,
+                      from_tag: str, to_tag: str | None, sdp: bytes,
+                      branch: str | None = None) -> bytes:
+        """rtpengine's SDP for an ``offer`` or ``answer`` of ``call`` (``from-tag``: the
+        offerer's; ``via-branch``: a fork branch's)."""
+        arguments = dict(flags, **{'from-tag': from_tag, 'sdp': sdp})
+        if to_tag is not None:
+            arguments['to-tag'] = to_tag
+        if branch is not None:
+            arguments['via-branch'] = branch
+        return _sdp_of(await self._command(command, call, arguments))
 
     def _tags(self, flow: Flow, request: SIPMessage) -> tuple[str, str] | None:
         """An in-dialog request's From and To tags (None: answered 400)."""

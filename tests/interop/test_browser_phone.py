@@ -108,6 +108,16 @@ def heard_by_phone(phone, hz: float) -> None:
     assert abs(heard - hz) <= 15, heard
 
 
+async def alice_calls_the_phone(setup):
+    """A JsSIP page (alice) calls bob's phone, which answers: the page, its call up."""
+    alice = await setup.browser.agent('jssip', url=setup.url, aor=ALICE, name='alice')
+    await alice.call(BOB)
+    await setup.phone.wait_event('CALL_INCOMING', timeout=10)
+    await setup.phone.answer()
+    await alice.wait_event('confirmed', timeout=10)
+    return alice
+
+
 async def talked(setup, page, *, page_hangs_up: bool) -> None:
     """An answered call between ``page`` and the phone: each hears the other, one hangs
     up, and rtpengine holds nothing afterwards."""
@@ -126,11 +136,7 @@ async def talked(setup, page, *, page_hangs_up: bool) -> None:
 
 
 async def test_a_browser_calls_a_phone_audio_both_ways_the_phone_hangs_up(setup):
-    alice = await setup.browser.agent('jssip', url=setup.url, aor=ALICE, name='alice')
-    await alice.call(BOB)
-    await setup.phone.wait_event('CALL_INCOMING', timeout=10)
-    await setup.phone.answer()
-    await alice.wait_event('confirmed', timeout=10)
+    alice = await alice_calls_the_phone(setup)
     await talked(setup, alice, page_hangs_up=False)
 
 
@@ -187,11 +193,7 @@ async def test_a_late_offer_from_a_sipjs_page_to_the_phone(setup):
 
 
 async def test_rtpengine_gone_during_a_call_and_before_the_next(setup):
-    alice = await setup.browser.agent('jssip', url=setup.url, aor=ALICE, name='alice')
-    await alice.call(BOB)
-    await setup.phone.wait_event('CALL_INCOMING', timeout=10)
-    await setup.phone.answer()
-    await alice.wait_event('confirmed', timeout=10)
+    alice = await alice_calls_the_phone(setup)
     await heard_by_page(alice, 880)
     stop_rtpengine(setup.ng)
     await asyncio.sleep(0.5)
@@ -249,11 +251,7 @@ async def flowing(page, what: str, *, expect: bool) -> None:
 async def test_hold_and_unhold_from_either_side(setup):
     """Each hold is a re-INVITE whose offer and answer go through rtpengine: the held
     party's audio stops and comes back on unhold, from the browser and from the phone."""
-    alice = await setup.browser.agent('jssip', url=setup.url, aor=ALICE, name='alice')
-    await alice.call(BOB)
-    await setup.phone.wait_event('CALL_INCOMING', timeout=10)
-    await setup.phone.answer()
-    await alice.wait_event('confirmed', timeout=10)
+    alice = await alice_calls_the_phone(setup)
     await heard_by_page(alice, 880)
     await alice.run('hold')                           # alice: sendonly, bob: recvonly
     assert (await alice.wait_event('hold', timeout=10))['originator'] == 'local'

@@ -82,6 +82,20 @@ class Call:
                                                       headers=headers,
                                                       body=body.encode())).decode())
 
+    async def bye_reaches_bob(self):
+        """The BYE alice sent reaches bob, whose 200 reaches alice."""
+        bye = await self.bob.next()
+        assert bye.method == 'BYE'
+        self.bob.send(make_response(bye, 200))
+        assert (await recv(self.alice)).status == 200
+
+    async def bob_is_cancelled(self, invite, tag, *, timeout=3.0):
+        """serve CANCELs bob's INVITE: bob answers the CANCEL 200 and the INVITE 487."""
+        cancel = await self.bob.next(timeout=timeout)
+        assert cancel.method == 'CANCEL'
+        self.bob.send(make_response(cancel, 200))
+        self.bob.send(self.bob_answer(invite, 487, tag))
+
     async def sessions(self) -> int:
         stats = await self.ng.statistics()
         return int(stats['currentstatistics']['sessionsown'])
@@ -233,10 +247,7 @@ async def test_a_phone_calls_a_browser_and_the_browser_hangs_up(ng_url):
                'Call-ID: m-2\r\nCSeq: 1 BYE\r\nMax-Forwards: 70\r\n\r\n'
                % (c.bob.addr[1], c.alice_host, ''.join('Route: %s\r\n' % r for r in routes)))
         await c.alice.send(bye)
-        got = await c.bob.next()
-        assert got.method == 'BYE'
-        c.bob.send(make_response(got, 200))
-        assert (await recv(c.alice)).status == 200
+        await c.bye_reaches_bob()
         await c.no_sessions()
 
 
@@ -250,10 +261,7 @@ async def test_cancel_while_ringing_and_a_busy_phone_leave_nothing(ng_url):
         await c.alice.send(c.alice_invite('m-3').replace('INVITE', 'CANCEL').replace(
             'CSeq: 10 CANCEL', 'CSeq: 10 CANCEL').split('Content-Type')[0] + '\r\n')
         assert (await recv(c.alice)).status == 200
-        cancel = await c.bob.next()
-        assert cancel.method == 'CANCEL'
-        c.bob.send(make_response(cancel, 200))
-        c.bob.send(c.bob_answer(invite, 487, 'b3'))
+        await c.bob_is_cancelled(invite, 'b3')
         assert (await recv(c.alice)).status == 487
         assert (await c.bob.next()).method == 'ACK'           # serve's, of the 487
         await c.no_sessions()
@@ -283,9 +291,7 @@ async def test_a_late_offer_is_offered_by_the_2xx_and_answered_by_the_ack(ng_url
         assert ack.method == 'ACK' and is_plain(ack.body)      # the answer, made plain
         assert await c.sessions() == 1
         await c.alice.send(c.alice_in_dialog('BYE', 'm-5', 'b5', routes, cseq=11))
-        bye = await c.bob.next()
-        c.bob.send(make_response(bye, 200))
-        assert (await recv(c.alice)).status == 200
+        await c.bye_reaches_bob()
         await c.no_sessions()
 
 
@@ -324,10 +330,7 @@ async def test_a_2xx_never_acked_and_timer_c_release_the_media(ng_url, monkeypat
         invite = await c.bob.next()
         c.bob.send(c.bob_answer(invite, 180, 'b8'))
         assert (await recv(c.alice)).status == 180
-        cancel = await c.bob.next(timeout=3)               # Timer C: serve CANCELs
-        assert cancel.method == 'CANCEL'
-        c.bob.send(make_response(cancel, 200))
-        c.bob.send(c.bob_answer(invite, 487, 'b8'))
+        await c.bob_is_cancelled(invite, 'b8')             # Timer C: serve CANCELs
         assert (await recv(c.alice)).status == 408                # §16.8: Timer C's answer
         await c.no_sessions()
 
@@ -357,10 +360,7 @@ async def test_a_relay_gone_before_a_call_and_during_one(tmp_path):
                 await c.bob.next(timeout=0.3)
             # during the call: BYE passes at once, the failed delete is a log line
             await c.alice.send(c.alice_in_dialog('BYE', 'm-9', 'b9', routes, cseq=12))
-            bye = await c.bob.next()
-            assert bye.method == 'BYE'
-            c.bob.send(make_response(bye, 200))
-            assert (await recv(c.alice)).status == 200
+            await c.bye_reaches_bob()
             # before a call: 503 with Retry-After, the phone never rings
             await c.alice.send(c.alice_invite('m-10', branch='z9hG4bKai10'))
             assert (await recv(c.alice)).status == 100
@@ -467,10 +467,7 @@ async def test_a_forked_call_offers_per_branch_and_deletes_the_loser_alone(ng_ur
                     body=BROWSER_ANSWER.encode())).decode())
                 ok = await recv(c.alice)
                 assert ok.status == 200 and ok.body == BROWSER_ANSWER.encode()
-                cancel = await c.bob.next()
-                assert cancel.method == 'CANCEL'
-                c.bob.send(make_response(cancel, 200))
-                c.bob.send(c.bob_answer(to_phone, 487, 'p2'))
+                await c.bob_is_cancelled(to_phone, 'p2')
             await c.no_sessions()
 
 
