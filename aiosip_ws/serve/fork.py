@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from ..core.codec import SIPMessage, invite_companion, make_response
 from ..core.transaction import cancel_key
 from ..errors import AiosipWSError, TransactionTimeout
+from ..transport.throttle import LogThrottle
 from .context import SERVER_HEADER, Context
 from .events import CallChanged, RequestAnswered, RequestRelayed
 from .flow import NETWORK_TRANSPORTS, Flow
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 __all__ = ['Forker', 'Fork', 'best_response', 'LEARN_FROM']
 
 logger = logging.getLogger(__name__)
+peer_log = LogThrottle(logger)
+
+#: responses of one branch waiting for the media relay, at most (beyond: provisionals dropped)
+MAX_BACKLOG = 32
 
 #: out-of-dialog requests whose Contact becomes a remote target of a dialog
 LEARN_FROM = frozenset({'INVITE', 'SUBSCRIBE', 'REFER'})
@@ -321,6 +326,11 @@ class Fork:
                 return
             branch.backlog = collections.deque()
             self.ctx.spawn(self._rewrite_backlog(branch, branch.backlog))   # runs later
+        elif len(branch.backlog) >= MAX_BACKLOG and (response.status or 0) < 200:
+            peer_log.warning('media backlog', '%s: a callee sends provisional responses '
+                             'faster than the media relay answers: one dropped',
+                             self.request.get('Call-ID'))
+            return                                     # a provisional may be lost; a final not
         branch.backlog.append((response, then))
 
     async def _rewrite_backlog(self, branch: _Branch, backlog: collections.deque[

@@ -15,6 +15,7 @@ from aiosip_ws.core.codec import make_response
 from aiosip_ws.core.mediaflags import PLAIN, WEBRTC
 from aiosip_ws.errors import ConfigurationError
 from aiosip_ws.serve.config import ServeConfig
+from aiosip_ws.serve.fork import MAX_BACKLOG
 from aiosip_ws.serve.media import MISMATCH_WARNING, MediaSettings, ProfileRule
 from aiosip_ws.serve.relay import RelayServer
 from aiosip_ws.tools.cli import build_parser, serve_config
@@ -186,6 +187,48 @@ async def test_a_cancel_while_the_offer_waits_for_the_relay():
                     break
                 await asyncio.sleep(0.05)
             assert commands == ['offer', 'delete'] and not server.media.calls
+    finally:
+        bob_transport.close()
+        await server.close()
+        transport.close()
+
+
+async def test_provisionals_faster_than_the_relay_are_bounded_finals_never_dropped():
+    """A callee that sends 40 183s with SDP while rtpengine takes a second to answer the
+    first: a branch keeps at most MAX_BACKLOG responses waiting (the extra provisionals
+    are dropped, one log line), and its 200 still reaches the caller, in order."""
+    loop = asyncio.get_running_loop()
+    answers = []
+
+    def answer(command):
+        if command['command'] == 'answer':
+            answers.append(command)
+            if len(answers) == 1:
+                return None                    # the first answer: silent, resent in 1 s
+        return {'result': 'ok', 'sdp': BROWSER_OFFER if command['command'] == 'answer'
+                else PHONE_OFFER}
+    transport, _ = await loop.create_datagram_endpoint(lambda: FakeRelay(answer),
+                                                       local_addr=('127.0.0.1', 0))
+    url = 'udp://127.0.0.1:%d' % transport.get_extra_info('sockname')[1]
+    server, listener, bob_transport, bob = await bridged(MediaSettings(rtpengine=[url],
+                                                                       mode='always'))
+    try:
+        async with connect(listener.bound_url, subprotocols=['sip'], proxy=None) as alice:
+            host = await register_raw(alice, 'alice')
+            await alice.send(invite(host, 'b-1', BROWSER_OFFER))
+            assert (await recv(alice)).status == 100
+            to_bob = await bob.next()
+            for _ in range(40):
+                bob.send(make_response(to_bob, 183, to_tag='b', headers=[
+                    ('Content-Type', 'application/sdp')], body=PHONE_OFFER.encode()))
+            bob.send(make_response(to_bob, 200, to_tag='b', headers=[
+                ('Content-Type', 'application/sdp'), ('Contact', bob.contact)],
+                body=PHONE_OFFER.encode()))
+            statuses = []
+            while not statuses or statuses[-1] < 200:
+                statuses.append((await asyncio.wait_for(recv(alice), 10)).status)
+            assert statuses[-1] == 200 and set(statuses[:-1]) == {183}
+            assert len(statuses) - 1 <= MAX_BACKLOG < 40
     finally:
         bob_transport.close()
         await server.close()
