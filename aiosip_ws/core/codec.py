@@ -47,7 +47,15 @@ from .grammar import (
     parse_cseq_number,
     parse_max_forwards,
 )
-from .sipuri import NameAddr, SipURI, format_params, param_value, parse_params, split_header_values
+from .sipuri import (
+    PARSE_CACHE_SIZE,
+    NameAddr,
+    SipURI,
+    format_params,
+    param_value,
+    parse_params,
+    split_header_values,
+)
 
 __all__ = ['SIPMessage', 'Via', 'parse', 'serialize', 'COMPACT_FORMS', 'MULTI_VALUE_HEADERS',
            'MANDATORY_HEADERS', 'mark_received']
@@ -137,6 +145,15 @@ class Via:
 
     @classmethod
     def parse(cls, value: str) -> Via:
+        """Parse one Via entry.  Remembered as :meth:`SipURI.parse` is: a proxy asks for a
+        request's top Via several times (the received mark, the server and client
+        transaction keys, the CANCEL key) and a Via is immutable."""
+        if cls is Via:
+            return _cached_via(value)
+        return cls._parse(value)
+
+    @classmethod
+    def _parse(cls, value: str) -> Via:
         m = _VIA.match(value)
         if not m:
             raise SIPParseError('bad Via header %s' % _excerpt(value))
@@ -160,6 +177,24 @@ class Via:
         return 'SIP/%s/%s %s%s' % (self.version, self.transport, sent_by, format_params(self.params))
 
 
+#: Via text -> Via, the last PARSE_CACHE_SIZE parsed (oldest out first; errors never kept)
+_VIAS: dict[str, Via] = {}
+
+
+def _cached_via(value: str) -> Via:
+    via = _VIAS.get(value)
+    if via is None:
+        via = Via._parse(value)
+        _remember_via(value, via)
+    return via
+
+
+def _remember_via(value: str, via: Via) -> None:
+    if len(_VIAS) >= PARSE_CACHE_SIZE:
+        del _VIAS[next(iter(_VIAS))]
+    _VIAS[value] = via
+
+
 def mark_received(request: SIPMessage, host: str, port: int) -> None:
     """What a server does to the top Via of a request from ``host``:``port`` (RFC 3261
     §18.2.1, RFC 3581 §4): ``received=HOST`` when the sent-by host differs from it, and,
@@ -176,7 +211,9 @@ def mark_received(request: SIPMessage, host: str, port: int) -> None:
             kept.append(('received', host))
         if wants_rport:
             kept.append(('rport', str(port)))
-        marked = str(Via(via.transport, via.host, via.port, tuple(kept), via.version))
+        marked_via = Via(via.transport, via.host, via.port, tuple(kept), via.version)
+        marked = str(marked_via)
+        _remember_via(marked, marked_via)        # the transaction layer asks for it next
         request.headers[index] = (name, ', '.join([marked, *parts[1:]]))
         return
 

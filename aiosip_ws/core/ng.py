@@ -38,6 +38,18 @@ def bencode(value: Value) -> bytes:
 
 
 def _encode(value: Value, out: list[bytes]) -> None:
+    kind = type(value)
+    if kind is str:                     # the common kinds first, by exact type (no ABC check)
+        data = value.encode('utf-8', 'surrogateescape')
+        out.append(b'%d:' % len(data))
+        out.append(data)
+        return
+    if kind is list:
+        out.append(b'l')
+        for item in value:
+            _encode(item, out)
+        out.append(b'e')
+        return
     if isinstance(value, bool):
         value = int(value)
     if isinstance(value, int):
@@ -138,10 +150,15 @@ def decode_reply(data: bytes, *, brief: bool = False) -> tuple[str, dict[str, Va
     """The cookie and the dictionary of a reply datagram; :class:`MediaRelayError` when it
     is not one.  ``brief``: only the reply's strings and integers (``result``,
     ``error-reason``...), its lists and dictionaries checked and skipped unbuilt (a
-    ``delete``'s reply carries the call's whole statistics)."""
+    ``delete``'s reply carries the call's whole statistics); a reply whose last entry is
+    ``result`` ``ok``, as rtpengine writes a success, is ``{'result': 'ok'}`` unread."""
     cookie, space, body = data.partition(b' ')
     if not space or not cookie:
         raise MediaRelayError('an ng reply without a cookie')
+    if brief and body.endswith(_BRIEF_OK) and body[:1] == b'd':
+        # rtpengine adds "result" to a reply last (an error's "error-reason" after it): a
+        # reply ending in result "ok" is a success, whatever statistics come before it
+        return cookie.decode('ascii', 'replace'), {'result': 'ok'}
     if brief:
         reply: Value = _decode_brief(body)
     else:
@@ -149,6 +166,9 @@ def decode_reply(data: bytes, *, brief: bool = False) -> tuple[str, dict[str, Va
     if not isinstance(reply, dict):
         raise MediaRelayError('an ng reply that is not a dictionary')
     return cookie.decode('ascii', 'replace'), reply
+
+
+_BRIEF_OK = b'6:result2:oke'
 
 
 def _decode_brief(data: bytes) -> dict[str, Value]:

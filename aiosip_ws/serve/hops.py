@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -32,6 +33,9 @@ __all__ = ['Hops', 'hop_uri', 'reachable_at_contact']
 
 logger = logging.getLogger(__name__)
 peer_log = LogThrottle(logger)
+
+#: a branch carrying a loop key (Context.new_branch): the cookie, 16 hex digits and a dot
+_LOOP_MARKED = re.compile(re.escape(MAGIC_COOKIE) + r'[0-9a-f]{16}\.')
 
 
 def hop_uri(text: str, what: str) -> SipURI:
@@ -135,6 +139,8 @@ class Hops:
     def looped(request: SIPMessage) -> bool:
         """Whether a Via of ours carries this request's loop key (we sent it before, and
         nothing on the way changed its Request-URI: a loop, not a spiral)."""
+        if not any(_LOOP_MARKED.search(value) for value in request.get_all('Via')):
+            return False                        # no Via carries a loop key: nothing to hash
         marker = MAGIC_COOKIE + loop_key(request) + '.'
         return any((via.branch or '').startswith(marker) for via in request.vias)
 

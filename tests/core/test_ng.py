@@ -63,3 +63,16 @@ def test_a_brief_reply_keeps_the_scalars_and_skips_the_rest_checked():
     for broken in (data[:-1], data[:-5], data + b'e', data.replace(b'5:flags', b'9:flags')):
         with pytest.raises(MediaRelayError):
             decode_reply(broken, brief=True)
+
+
+def test_a_brief_reply_ending_in_result_ok_is_a_success_unread():
+    # rtpengine appends "result" last: its statistics (unsorted, as rtpengine writes them)
+    # come first and are not walked; anything else is decoded as above
+    stats = bencode({'tags': {'a': {'medias': [{'streams': [{'local port': 44826}]}]}}})
+    ok = b'c2 ' + stats[:-1] + b'6:result2:oke'
+    assert decode_reply(ok, brief=True) == ('c2', {'result': 'ok'})
+    error = b'c3 ' + stats[:-1] + b'6:result5:error12:error-reason15:Unknown call-ide'
+    assert decode_reply(error, brief=True) == ('c3', {'result': 'error',
+                                                      'error-reason': 'Unknown call-id'})
+    nested = b'c4 d1:xd6:result2:okee'          # "ok" inside a value, not the reply's own
+    assert decode_reply(nested, brief=True) == ('c4', {})
