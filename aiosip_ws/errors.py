@@ -29,6 +29,7 @@ __all__ = [
     'MediaError',
     'MediaRelayError',
     'MediaRelayTimeout',
+    'HepError',
     'CallFailed',
     'Interrupted',
 ]
@@ -154,6 +155,11 @@ class MediaRelayError(AiosipWSError):
 
 class MediaRelayTimeout(MediaRelayError, TimeoutError):
     """No rtpengine answered an ng command within its timeout (retransmitted meanwhile)."""
+
+
+class HepError(AiosipWSError, ValueError):
+    """A HEP packet that cannot be built (a message too large, an address that is not an
+    IP literal) or read (not HEP3, a cut or malformed chunk)."""
 
 
 class CallFailed(AiosipWSError):

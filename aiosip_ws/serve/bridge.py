@@ -26,6 +26,7 @@ from ..core.grammar import ip_literal, show_address, split_net_url
 from ..core.sipuri import SipURI
 from ..errors import ConfigurationError
 from ..options import RelayLimits, ServerOptions
+from ..transport.tap import tap_of
 from ..transport.tcp import StreamConnection, StreamListener, connect_tcp, listen_tcp
 from ..transport.udp import UDPEndpoint, UDPFlow, listen_udp
 from .flow import FlowState
@@ -121,6 +122,8 @@ class NetworkSide:
                  client_ssl: ssl.SSLContext | None = None,
                  advertise: str | None = None) -> None:
         self.relay = relay
+        #: the relay's wire tap: the UDP, TCP and TLS transports report their bytes to it
+        self.wire_tap = tap_of(relay)
         self.ssl_context = ssl_context
         #: the TLS context of the connections to next hops (None: the default one)
         self.client_ssl = client_ssl

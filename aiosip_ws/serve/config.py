@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..options import DEFAULT_MAX_SIZE, RelayLimits, ServerOptions
+from ..transport.hep import parse_hep_url
 
 __all__ = ['ServeConfig', 'OptionInfo', 'DEFAULT_LISTEN']
 
@@ -243,6 +244,23 @@ class ServeConfig:
         None, 'who may GET /metrics and /registrations on the listening port, repeatable '
         '(default: loopback, 127.0.0.0/8 and ::1)', metavar='CIDR')
 
+    # -- seeing inside: HEP, traces ------------------------------------------------------------
+    hep: list[str] = _option(
+        None, 'send every SIP message serve receives or sends (WebSocket and TLS decrypted) '
+        'as HEP v3 to a collector: Homer (heplify-server) or sngrep -L (repeatable)',
+        metavar='udp://HOST:PORT|tcp://HOST:PORT', factory=list)
+    hep_id: int = _option(
+        2001, 'the capture agent id in each HEP packet (default %(default)s)', metavar='N')
+    hep_password: str | None = _option(
+        None, 'the HEP auth key the collector expects (sngrep: eep.listen.pass; default: '
+        '$AIOSIP_WS_HEP_PASSWORD)', metavar='KEY', env='AIOSIP_WS_HEP_PASSWORD')
+    trace_secrets: bool = _option(
+        False, 'leave Digest responses, Bearer tokens and Cookie values in what HEP and traces '
+        'send (redacted by default)')
+    trace_bodies: bool = _option(
+        False, 'leave the bodies of MESSAGE requests in what HEP and traces send (removed by '
+        'default; SDP and other bodies always stay)')
+
     # -- the process -------------------------------------------------------------------------
     log_format: str = _option(
         'text', 'log lines as text or as one JSON object each (default %(default)s)',
@@ -284,6 +302,11 @@ class ServeConfig:
         to change.  (Numbers are checked again by the options they become.)"""
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigurationError('--tls-cert and --tls-key go together')
+        for url in self.hep:
+            parse_hep_url(url)
+        if not 0 <= self.hep_id <= 0xFFFFFFFF:
+            raise ConfigurationError('--hep-id %d: give a number from 0 to 4294967295'
+                                     % self.hep_id)
         for url in self.listen_urls:
             if url.lower().startswith(('wss:', 'tls:')) and not self.tls_cert:
                 raise ConfigurationError('%s needs --tls-cert and --tls-key' % url)

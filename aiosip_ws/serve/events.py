@@ -3,7 +3,7 @@
 The pipeline publishes typed events (:class:`MessageIn`, :class:`MessageOut`,
 :class:`ConnectionOpened`, :class:`ConnectionClosed`, :class:`RegistrationChanged`,
 :class:`CallChanged`, :class:`RequestRelayed`, :class:`RequestAnswered`,
-:class:`MediaCommand`) to an
+:class:`MediaCommand`, :class:`WireMessage`) to an
 :class:`EventStream`.  Each consumer subscribes with the kinds it wants and gets a
 :class:`Subscription` of its own: a bounded queue and a drop counter.  Publishing never
 waits: an event for a full queue is dropped and counted, so a slow consumer loses events
@@ -31,7 +31,7 @@ from ..transport.throttle import LogThrottle
 
 __all__ = ['Event', 'MessageIn', 'MessageOut', 'ConnectionOpened', 'ConnectionClosed',
            'RegistrationChanged', 'CallChanged', 'RequestRelayed', 'RequestAnswered',
-           'MediaCommand',           'EventStream', 'Subscription', 'DEFAULT_QUEUE']
+           'MediaCommand', 'WireMessage', 'EventStream', 'Subscription', 'DEFAULT_QUEUE']
 
 logger = logging.getLogger(__name__)
 peer_log = LogThrottle(logger)
@@ -185,6 +185,38 @@ class MediaCommand(Event):
         self.time = _now()
         self.command, self.call_id, self.outcome, self.seconds = (command, call_id, outcome,
                                                                   seconds)
+
+
+class WireMessage(Event):
+    """The bytes of a SIP message as they crossed the wire, ``direction`` ``in`` or
+    ``out``, on ``flow`` (a transport's connection or UDP flow: its ``transport_name``,
+    ``local_addr`` and ``remote_addr``): every message a transport received (a malformed
+    one too) or sent (each retransmission too), WebSocket and TLS decrypted.  What HEP
+    export and traces read; made only while a consumer wants it (see
+    :mod:`aiosip_ws.transport.tap`)."""
+
+    #: its fields, in the order its constructor (and a handler) takes them
+    FIELDS = ('direction', 'flow', 'data')
+    __slots__ = ('direction', 'flow', 'data')
+
+    def __init__(self, direction: str, flow: Any, data: bytes) -> None:
+        self.time = _now()
+        self.direction, self.flow, self.data = direction, flow, data
+
+    @property
+    def transport(self) -> str:
+        """``ws``, ``wss``, ``udp``, ``tcp`` or ``tls``."""
+        return str(self.flow.transport_name)
+
+    @property
+    def source(self) -> tuple[str, int]:
+        """Who sent it, as serve's socket sees it."""
+        return self.flow.remote_addr if self.direction == 'in' else self.flow.local_addr  # type: ignore[no-any-return]
+
+    @property
+    def destination(self) -> tuple[str, int]:
+        """Who it went to, as serve's socket sees it."""
+        return self.flow.local_addr if self.direction == 'in' else self.flow.remote_addr  # type: ignore[no-any-return]
 
 
 Consumer = Callable[[Any], 'Awaitable[None] | None']

@@ -151,6 +151,13 @@ class Metrics:
                              if self.multiprocess else
                              Gauge('aiosip_ws_media_calls', 'Calls whose media rtpengine '
                                    'relays for serve now', registry=registry))
+        self.hep_packets = Counter('aiosip_ws_hep_packets',
+                                   'SIP messages exported as HEP, by collector and outcome: '
+                                   'sent, dropped (the collector is down or slow), too_large '
+                                   '(collector "*": larger than a HEP packet)',
+                                   ['collector', 'outcome'], registry=registry)
+        self._hep: Any = None
+        self._hep_seen: dict[tuple[str, str], int] = {}
         self._media: Any = None
         self._stream: EventStream | None = None
         self._subscription: Subscription | None = None
@@ -229,6 +236,11 @@ class Metrics:
         if not self.multiprocess:
             self._media_calls.set_function(lambda: len(media.calls))
 
+    def follow_hep(self, export: Any) -> None:
+        """``aiosip_ws_hep_packets_total`` counts what ``export`` (a
+        :class:`~aiosip_ws.serve.hep.HepExport`) did, as of each scrape."""
+        self._hep = export
+
     def consume(self, event: Any) -> None:
         """Count one event (of :attr:`KINDS`)."""
         handler = self._subscription.handlers.get(type(event)) if self._subscription else None
@@ -279,6 +291,12 @@ class Metrics:
                     self._child(self.event_drops, subscription.name).inc(
                         subscription.dropped - seen)
                     self._drops_seen[subscription.name] = subscription.dropped
+        if self._hep is not None:
+            for key, count in self._hep.counts().items():
+                seen = self._hep_seen.get(key, 0)
+                if count > seen:
+                    self._child(self.hep_packets, *key).inc(count - seen)
+                    self._hep_seen[key] = count
 
     def update_gauges(self) -> None:
         """Multiprocess mode: this worker's share of the gauges and its counts, now."""

@@ -52,6 +52,7 @@ from ..core.grammar import SIP_SCHEMES, is_net_url
 from ..errors import SIPParseError
 from ..options import RelayLimits, ServerOptions
 from ..transport.listener import WSListener, listen, shut_down
+from ..transport.tap import WireTap
 from ..transport.websocket import WSConnection
 from .admission import Admission
 from .auth import DigestAuthenticator, Identity
@@ -66,6 +67,7 @@ from .events import (
     EventStream,
     MessageIn,
     RegistrationChanged,
+    WireMessage,
 )
 from .flow import Flow, state_of
 from .fork import LEARN_FROM, Forker, best_response
@@ -131,6 +133,8 @@ class RelayServer:
         #: what happens in serve, typed events for whoever subscribes (the metrics do)
         self.events = EventStream()
         self.events.on_change = self._events_wanted
+        #: the transports' SIP bytes: a WireMessage each, while a consumer wants them
+        self.wire_tap = WireTap()
         self.metrics.follow(self.events)
         #: what the stages share
         self.ctx: Context = Context(self.metrics, self.limits, timer_c=timer_c,
@@ -486,6 +490,10 @@ class RelayServer:
         """The registrar tells its changes only while a consumer wants them."""
         self.registrar.on_change = (self._registration_changed
                                     if self.events.wants(RegistrationChanged) else None)
+        self.wire_tap.sink = self._wire if self.events.wants(WireMessage) else None
+
+    def _wire(self, direction: str, flow: Any, data: bytes) -> None:
+        self.events.emit(WireMessage, direction, flow, data)
 
     def _registration_changed(self, change: str, binding: Binding, why: str) -> None:
         flow = binding.connection

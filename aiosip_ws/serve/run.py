@@ -105,6 +105,21 @@ async def serve(config: ServeConfig, *,
                          media=config.media_settings())
     if setup is not None:
         setup(server)
+    export = None
+    if config.hep:
+        from .hep import HepExport
+        export = HepExport(config.hep, capture_id=config.hep_id, password=config.hep_password,
+                           node=server.cluster.node if server.cluster is not None
+                           else config.node_id, secrets=config.trace_secrets,
+                           bodies=config.trace_bodies)
+        try:
+            await export.start(server.events)
+        except (OSError, asyncio.TimeoutError) as exc:
+            print('aiosip-ws serve: --hep: cannot reach the collector: %s' % exc,
+                  file=sys.stderr)
+            await export.close()
+            return 2
+        server.metrics.follow_hep(export)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -138,6 +153,8 @@ async def serve(config: ServeConfig, *,
         await stop.wait()
         print('aiosip-ws serve: shutting down', flush=True)
         await server.close(spread=config.shutdown_window)
+        if export is not None:
+            await export.close()
         await accept_failures.settle()            # asyncio's accept retries of closed listeners
         left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         if left:

@@ -28,6 +28,7 @@ from ..core.grammar import show_address
 from ..core.stream import MAX_MESSAGE, Framed, FramingFailed, StreamFramer
 from ..errors import ConfigurationError, SIPParseError, TransportError
 from .stall import SendWatch, unsent
+from .tap import tap_of
 from .throttle import LogThrottle, wire_logger
 
 __all__ = ['StreamConnection', 'StreamHandler', 'StreamListener', 'listen_tcp', 'connect_tcp']
@@ -58,6 +59,8 @@ class StreamConnection(asyncio.Protocol):
                  max_buffer: int = 1 << 20, advertise: str | None = None,
                  send_timeout: float | None = 20.0) -> None:
         self.handler = handler
+        #: where the bytes of each SIP message go (see :mod:`aiosip_ws.transport.tap`)
+        self.tap = tap_of(handler)
         self.role = role
         self.secure = secure
         self.via_transport = 'TLS' if secure else 'TCP'
@@ -118,6 +121,10 @@ class StreamConnection(asyncio.Protocol):
 
     def _message(self, data: bytes) -> None:
         event = framing.receive(data)
+        sink = self.tap.sink
+        if sink is not None and isinstance(event, (framing.MessageReceived,
+                                                   framing.MessageRejected)):
+            sink('in', self, data)
         if isinstance(event, framing.MessageReceived):
             message = event.message
             if wire_logger.isEnabledFor(logging.DEBUG):
@@ -194,6 +201,9 @@ class StreamConnection(asyncio.Protocol):
         data = serialize(message)
         if wire_logger.isEnabledFor(logging.DEBUG):
             wire_logger.debug('%r sent:\n%s', self, data.decode('utf-8', 'replace'))
+        sink = self.tap.sink
+        if sink is not None and self.is_open:
+            sink('out', self, data)
         return self._write(data)
 
     def _write(self, data: bytes) -> bool:
@@ -256,6 +266,7 @@ class _Tracking:
 
     def __init__(self, handler: StreamHandler, connections: set[StreamConnection]) -> None:
         self.handler, self.connections = handler, connections
+        self.wire_tap = tap_of(handler)
 
     def connection_made(self, conn: StreamConnection) -> None:
         self.connections.add(conn)

@@ -23,6 +23,7 @@ from ..core import framing
 from ..core.codec import SIPMessage, mark_received, serialize
 from ..core.grammar import show_address
 from ..errors import ConfigurationError
+from .tap import tap_of
 from .throttle import LogThrottle, wire_logger
 
 __all__ = ['UDPEndpoint', 'UDPFlow', 'UDPHandler', 'listen_udp', 'MAX_DATAGRAM']
@@ -83,6 +84,8 @@ class UDPEndpoint(asyncio.DatagramProtocol):
     def __init__(self, handler: UDPHandler, *, max_flows: int = 20000,
                  advertise: str | None = None) -> None:
         self.handler = handler
+        #: where the bytes of each SIP message go (see :mod:`aiosip_ws.transport.tap`)
+        self.tap = tap_of(handler)
         self.max_flows = max_flows
         self.advertise = advertise
         self.transport: asyncio.DatagramTransport | None = None
@@ -116,6 +119,10 @@ class UDPEndpoint(asyncio.DatagramProtocol):
         remote: Address = (addr[0], addr[1])
         flow = self.flow(remote)
         event = framing.receive(data)
+        sink = self.tap.sink
+        if sink is not None and isinstance(event, (framing.MessageReceived,
+                                                   framing.MessageRejected)):
+            sink('in', flow, data)
         if isinstance(event, framing.MessageReceived):
             message = event.message
             if wire_logger.isEnabledFor(logging.DEBUG):
@@ -162,6 +169,9 @@ class UDPEndpoint(asyncio.DatagramProtocol):
         if wire_logger.isEnabledFor(logging.DEBUG):
             wire_logger.debug('<UDPFlow %s> sent:\n%s', show_address(remote),
                               data.decode('utf-8', 'replace'))
+        sink = self.tap.sink
+        if sink is not None and self.is_open:
+            sink('out', self.flow(remote), data)
         return self._sendto(data, remote)
 
     def _sendto(self, data: bytes, remote: Address) -> bool:

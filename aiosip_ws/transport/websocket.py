@@ -41,6 +41,7 @@ from ..core.grammar import WS_DEFAULT_PORTS, WS_SCHEMES, retry_after_seconds
 from ..errors import ConfigurationError, HandshakeError
 from ..options import ClientOptions, ServerOptions
 from .stall import SendWatch, unsent
+from .tap import tap_of
 from .throttle import LogThrottle, wire_logger
 
 __all__ = ['WSConnection', 'ConnectionHandler', 'open_connection', 'random_invalid_host',
@@ -131,7 +132,7 @@ class WSConnection:
                  'transport', 'dialogs', 'state', '_queue', '_queued', '_overflowed', '_closer',
                  '_writer', '_reader_writes', '_reader_flushed', '_tasks', '_pong_waiter',
                  '_run_task', 'bad_messages', '_max_bad_messages', 'closed', 'close_exception',
-                 'identity', '_send_watch', '_aborted_with', 'flow_state', '__dict__',
+                 'identity', '_send_watch', '_aborted_with', 'flow_state', 'tap', '__dict__',
                  '__weakref__')
 
     #: a WebSocket is a reliable transport (RFC 3261 §18: no retransmissions over it)
@@ -144,6 +145,8 @@ class WSConnection:
         loop = asyncio.get_running_loop()
         self.websocket = websocket
         self.handler = handler
+        #: where the bytes of each SIP message go (see :mod:`aiosip_ws.transport.tap`)
+        self.tap = tap_of(handler)
         self.role = role
         self.secure = secure
         self.options = options
@@ -223,6 +226,9 @@ class WSConnection:
         and its send queue is full (the connection is then closed with 1008).
         """
         data, text = framing.encode_frame(message)
+        sink = self.tap.sink
+        if sink is not None:
+            sink('out', self, data)
         if wire_logger.isEnabledFor(logging.DEBUG):
             wire_logger.debug('%r sent %s:\n%s', self, 'text' if text else 'binary',
                               data.decode('utf-8', 'replace'))
@@ -456,6 +462,11 @@ class WSConnection:
 
     def _data_received(self, data: str | bytes) -> None:
         event = framing.receive(data, server_header=getattr(self.options, 'server_header', None))
+        sink = self.tap.sink
+        if sink is not None and isinstance(event, (framing.MessageReceived,
+                                                   framing.MessageRejected)):
+            sink('in', self, data.encode('utf-8', 'surrogateescape') if isinstance(data, str)
+                 else data)
         if isinstance(event, framing.MessageReceived):
             if wire_logger.isEnabledFor(logging.DEBUG):
                 wire_logger.debug('%r received %s:\n%s', self, 'binary' if event.binary else 'text',
