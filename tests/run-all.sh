@@ -25,7 +25,7 @@ say() { printf '\n=== %s\n' "$*"; }
 # --- Debian packages ------------------------------------------------------------
 packages=(dnsmasq-base kamailio kamailio-websocket-modules kamailio-tls-modules openssl nginx-light haproxy
           chromium iproute2 util-linux redis-server sip-tester prometheus rtpengine-daemon
-          baresip-core tshark)
+          baresip-core tshark sngrep)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
@@ -51,7 +51,7 @@ fi
 
 # --- npm packages for the interop peers -----------------------------------------
 if [ -f tests/interop/node/package.json ]; then
-    say "installing JsSIP and SIP.js (npm ci)"
+    say "installing JsSIP, SIP.js and hep-js (npm ci)"
     (cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
 

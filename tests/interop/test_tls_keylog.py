@@ -16,6 +16,7 @@ from aiosip_ws.errors import ConfigurationError
 from aiosip_ws.serve.config import ServeConfig
 from aiosip_ws.serve.relay import RelayServer
 from tests.interop.conftest import _unavailable
+from tests.support.cli import stop_process
 from tests.support.net import free_port
 from tests.support.sip import register_raw
 
@@ -54,12 +55,7 @@ async def test_tshark_decrypts_a_wss_session_with_the_key_log(tmp_path, certs):
         await asyncio.sleep(0.5)
     finally:
         await server.close()
-        dumper.send_signal(signal.SIGINT)
-        try:
-            dumper.wait(10)
-        except subprocess.TimeoutExpired:
-            dumper.kill()
-            dumper.wait()
+        stop_process(dumper, signal.SIGINT)
     lines = keylog.read_text().splitlines()
     assert lines and all(line.split(' ', 1)[0] in (
         'CLIENT_HANDSHAKE_TRAFFIC_SECRET', 'SERVER_HANDSHAKE_TRAFFIC_SECRET',

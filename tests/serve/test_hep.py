@@ -12,12 +12,14 @@ from websockets.asyncio.client import connect
 
 from aiosip_ws.core.codec import make_response, parse
 from aiosip_ws.core.hep import IPPROTO_TCP, IPPROTO_UDP, HepPacket, decode, split_stream
+from aiosip_ws.core.stream import StreamFramer
+from aiosip_ws.options import ServerOptions
 from aiosip_ws.serve.hep import HepExport
 from aiosip_ws.serve.relay import RelayServer
 from aiosip_ws.transport.hep import HepSender
 from tests.serve.test_bridge import bridge  # noqa: F401 - the fixture
 from tests.support.net import free_port
-from tests.support.sip import recv, register_raw
+from tests.support.sip import next_framed, recv, register_raw
 
 pytestmark = pytest.mark.filterwarnings('error')
 
@@ -229,3 +231,33 @@ async def test_a_udp_sender_drops_what_its_socket_will_not_take():
     assert sender.send(b'HEP3') is True and sender.sent == 1
     await sender.close()
     assert sender.send(b'x') is False and sender.dropped == 2
+
+
+@pytest.mark.parametrize('scheme', ['tcp', 'tls'])
+async def test_tcp_and_tls_messages_are_exported_decrypted(scheme, certs, collector):
+    server = RelayServer(server_options=ServerOptions(ssl=certs.server_context()))
+    [listener] = await server.start('%s://127.0.0.1:0' % scheme)
+    export = await exporting(server, collector.url)
+    port = int(listener.bound_url.rsplit(':', 1)[1])
+    reader, writer = await asyncio.open_connection(
+        '127.0.0.1', port, ssl=certs.client_context() if scheme == 'tls' else None,
+        server_hostname='localhost' if scheme == 'tls' else None)
+    local = writer.get_extra_info('sockname')[:2]
+    register = ('REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/%s 127.0.0.1:%d;branch=z9hG4bK'
+                '%s\r\nMax-Forwards: 70\r\nFrom: <sip:carol@example.com>;tag=c1\r\nTo: <sip:'
+                'carol@example.com>\r\nCall-ID: hep-%s\r\nCSeq: 1 REGISTER\r\nContact: <sip:'
+                'carol@127.0.0.1:%d;transport=%s>\r\nContent-Length: 0\r\n\r\n'
+                % (scheme.upper(), local[1], scheme, scheme, local[1], scheme)).encode()
+    try:
+        writer.write(register)
+        ok = await next_framed(reader, StreamFramer())
+        assert ok.status == 200
+        request, reply = await collector.next(), await collector.next()
+        assert request.payload == register and request.protocol == IPPROTO_TCP
+        assert request.source == local and request.destination == ('127.0.0.1', port)
+        assert reply.source == ('127.0.0.1', port) and reply.destination == local
+        assert parse(reply.payload).status == 200 and reply.correlation_id == 'hep-' + scheme
+    finally:
+        writer.close()
+        await export.close()
+        await server.close()

@@ -71,6 +71,20 @@ class ServeProcess:
         return self.proc.returncode, out, err
 
 
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM,
+                 timeout: float = 10.0) -> None:
+    """Send ``sig`` to a helper program (a peer, a capture) and wait for it to end; killed
+    after ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def interrupt(process: subprocess.Popen) -> tuple[int, str]:
     """SIGINT to a program run by a test (as Ctrl-C would); its exit status and stderr,
     within 15 s (then it is killed and the test fails)."""

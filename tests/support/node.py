@@ -17,7 +17,7 @@ from typing import Any
 from tests.support import REPO, tail
 
 NODE_DIR = REPO / "tests" / "interop" / "node"
-NODE_PACKAGES = ("jssip", "sip.js", "ws", "esbuild")
+NODE_PACKAGES = ("jssip", "sip.js", "ws", "esbuild", "hep-js")
 
 AGENT_SCRIPTS = {
     "jssip": NODE_DIR / "jssip_agent.js",

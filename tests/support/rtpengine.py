@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiosip_ws.core.ng import bdecode, bencode, decode_reply, encode_command
 from tests.support import debian_binary, tail
+from tests.support.cli import stop_process
 from tests.support.net import free_port, netns_socket
 
 
@@ -97,14 +98,7 @@ def stop_rtpengine(url: str) -> None:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_process(process)
 
 
 class FakeRelay(asyncio.DatagramProtocol):

@@ -15,8 +15,7 @@
 'use strict';
 const dgram = require('dgram');
 const net = require('net');
-const path = require('path');
-const hep = require(path.join(__dirname, 'node_modules', 'hep-js'));
+const hep = require('hep-js');
 
 const [mode, portArg, host = '127.0.0.1'] = process.argv.slice(2);
 if (!['udp', 'tcp', 'both'].includes(mode) || portArg === undefined) {
