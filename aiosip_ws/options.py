@@ -120,6 +120,12 @@ class ServerOptions(ConnectionOptions):
     #: identity the connection gets (``WSConnection.identity``; None: anonymous), or
     #: raises :class:`~aiosip_ws.errors.HandshakeRefused` (HTTP 401/403, no SIP at all)
     authenticate: Callable[[Any], Any] | None = None
+    #: a second service on the listener's port, for handshakes offering its subprotocol
+    #: (serve's admin WebSocket): ``admin.subprotocol``; ``admin.check(path, headers,
+    #: client_ip)`` returns ``(status, reason)`` to refuse the handshake, or None; then
+    #: ``await admin.serve(websocket, client)`` runs the connection.  Its handshakes skip
+    #: the SIP checks (path, Origin, caps, ``authenticate``): ``check`` is all there is
+    admin: Any = None
     #: reverse proxies (addresses or CIDR networks) whose ``X-Forwarded-For`` or
     #: ``Forwarded`` header names the client; from anyone else those headers are ignored.
     #: The client address found is the connection's ``remote_addr`` (per-IP caps, logs,

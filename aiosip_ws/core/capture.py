@@ -16,16 +16,22 @@ Everything else stays as it was on the wire, SDP included.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
-__all__ = ['Summary', 'summary', 'redact', 'REDACTED']
+__all__ = ['Summary', 'summary', 'redact', 'ip_of', 'REDACTED']
 
 REDACTED = b'[redacted]'
 
 _HEAD_END = b'\r\n\r\n'
 _CALL_ID = re.compile(rb'\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)', re.IGNORECASE)
 _STATUS = re.compile(rb'SIP/2\.0[ \t]+(\d{3})')
+_CSEQ = re.compile(rb'\r\ncseq[ \t]*:[ \t]*\d+[ \t]+([A-Za-z]+)', re.IGNORECASE)
+#: the user@host of a sip:/sips: URI (parameters, port and headers left out)
+_USER_HOST = re.compile(rb'sips?:([^@\s;>:?]+@[^\s;>:?]+)', re.IGNORECASE)
+_PARTY = re.compile(rb'\r\n(?:from|to|f|t)[ \t]*:[^\r\n]*?sips?:([^@\s;>:?]+@[^\s;>:?]+)',
+                    re.IGNORECASE)
 _AUTH_LINE = re.compile(rb'\r\n((?:proxy-)?authorization)([ \t]*:)([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)',
                         re.IGNORECASE)
 _RESPONSE = re.compile(rb'(\bresponse[ \t]*=[ \t]*)("[^"]*"|[^ \t,]+)', re.IGNORECASE)
@@ -36,12 +42,15 @@ _LENGTH = re.compile(rb'\r\n(content-length|l)([ \t]*:[ \t]*)\d+', re.IGNORECASE
 
 @dataclass(frozen=True)
 class Summary:
-    """A message's method (a request) or status (a response), and its Call-ID ('' when
-    it has none that can be read)."""
+    """A message's method (a request) or status (a response), its Call-ID ('' when it
+    has none that can be read), its CSeq method (what a response answers) and the
+    ``user@host`` of its Request-URI, From and To (lower case)."""
 
     method: str | None
     status: int | None
     call_id: str
+    cseq_method: str | None = None
+    parties: frozenset[str] = frozenset()
 
 
 def summary(data: bytes) -> Summary:
@@ -59,7 +68,15 @@ def summary(data: bytes) -> Summary:
             method = word.decode('ascii').upper()
     found = _CALL_ID.search(head)
     call_id = found.group(1).strip().decode('utf-8', 'replace') if found else ''
-    return Summary(method, status, call_id)
+    cseq = _CSEQ.search(head)
+    parties = {m.group(1).decode('utf-8', 'replace').lower() for m in _PARTY.finditer(head)}
+    if method is not None:
+        uri = _USER_HOST.search(first)
+        if uri is not None:
+            parties.add(uri.group(1).decode('utf-8', 'replace').lower())
+    return Summary(method, status, call_id,
+                   cseq.group(1).decode('ascii').upper() if cseq else method,
+                   frozenset(parties))
 
 
 def redact(data: bytes, *, secrets: bool = False, bodies: bool = False) -> bytes:
@@ -86,3 +103,12 @@ def _hide_credentials(m: re.Match[bytes]) -> bytes:
     value = _RESPONSE.sub(lambda r: r.group(1) + b'"' + REDACTED + b'"', m.group(3))
     value = _BEARER.sub(lambda r: r.group(1) + REDACTED, value)
     return b'\r\n' + m.group(1) + m.group(2) + value
+
+
+def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IP address a socket reported (``[v6]`` and a zone allowed); an IPv4-mapped
+    IPv6 address as IPv4, as a capture shows it.  :class:`ValueError` for a name."""
+    ip = ipaddress.ip_address(text.strip('[]').split('%', 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip

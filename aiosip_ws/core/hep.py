@@ -35,6 +35,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import HepError
+from .capture import ip_of
 
 __all__ = ['HepPacket', 'encode', 'decode', 'split_stream', 'MAX_PACKET', 'PROTO_SIP',
            'IPPROTO_TCP', 'IPPROTO_UDP']
@@ -87,14 +88,10 @@ class HepPacket:
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """An IP literal (``[v6]``, a zone dropped); an IPv4-mapped IPv6 address as IPv4."""
     try:
-        ip = ipaddress.ip_address(text.strip('[]').split('%', 1)[0])
+        return ip_of(text)
     except ValueError:
         raise HepError('HEP needs IP addresses, not %r' % text[:60]) from None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def encode(packet: HepPacket) -> bytes:

@@ -254,6 +254,18 @@ class ServeConfig:
     hep_password: str | None = _option(
         None, 'the HEP auth key the collector expects (sngrep: eep.listen.pass; default: '
         '$AIOSIP_WS_HEP_PASSWORD)', metavar='KEY', env='AIOSIP_WS_HEP_PASSWORD')
+    admin_token: str | None = _option(
+        None, 'open the admin WebSocket (subprotocol aiosip-ws.admin on the listening ports: '
+        'aiosip-ws trace) to clients that present this token (Authorization: Bearer, or the '
+        'subprotocol aiosip-ws.token.BASE64URL; never in the URL); default: '
+        '$AIOSIP_WS_ADMIN_TOKEN, else no admin WebSocket', metavar='TOKEN',
+        env='AIOSIP_WS_ADMIN_TOKEN')
+    admin_origin: list[str] = _option(
+        None, 'an Origin allowed on the admin WebSocket (repeatable); a client that sends '
+        'another Origin (a browser page) is refused', metavar='ORIGIN', factory=list)
+    max_tracers: int = _option(
+        4, 'most live traces at once on the admin WebSocket (default %(default)s)',
+        metavar='N')
     trace_secrets: bool = _option(
         False, 'leave Digest responses, Bearer tokens and Cookie values in what HEP and traces '
         'send (redacted by default)')
@@ -304,6 +316,12 @@ class ServeConfig:
             raise ConfigurationError('--tls-cert and --tls-key go together')
         for url in self.hep:
             parse_hep_url(url)
+        if self.max_tracers < 1:
+            raise ConfigurationError('--max-tracers %d: give at least 1' % self.max_tracers)
+        admin_token = self.secret('admin_token')
+        if admin_token is not None and len(admin_token) < 16:
+            raise ConfigurationError('--admin-token: give at least 16 characters (it opens '
+                                     'every SIP message to whoever has it)')
         if not 0 <= self.hep_id <= 0xFFFFFFFF:
             raise ConfigurationError('--hep-id %d: give a number from 0 to 4294967295'
                                      % self.hep_id)
@@ -351,8 +369,8 @@ class ServeConfig:
         return 'asyncio' if self.proxy_protocol and loop == 'auto' else loop
 
     def secret(self, name: str) -> str | None:
-        """A secret option (``flow_secret``, ``nonce_secret``, ``jwt_secret``), else its
-        environment variable."""
+        """A secret option (``flow_secret``, ``nonce_secret``, ``jwt_secret``,
+        ``hep_password``, ``admin_token``), else its environment variable."""
         value: str | None = getattr(self, name)
         env = OptionInfo(next(f for f in dataclasses.fields(self) if f.name == name)).env
         return value or (os.environ.get(env) if env else None) or None

@@ -326,9 +326,11 @@ class Subscription:
         self.queue.clear()
 
     async def close(self) -> None:
-        """Leave the stream (see :meth:`stop`)."""
+        """Leave the stream (see :meth:`stop`); what it dropped stays counted under its
+        name (:meth:`EventStream.dropped_by_name`)."""
         self.stream._unsubscribe(self)
         await self.stop()
+        self.stream._retire(self)
 
 
 class EventStream:
@@ -346,6 +348,8 @@ class EventStream:
         #: called when the kinds wanted change (a publisher may then start or stop
         #: gathering what some kind of event needs)
         self.on_change: Callable[[], None] | None = None
+        #: name -> events the closed subscriptions of that name dropped
+        self._retired: dict[str, int] = {}
 
     @property
     def subscriptions(self) -> list[Subscription]:
@@ -373,6 +377,17 @@ class EventStream:
         self._subscriptions.append(subscription)
         self._index()
         return subscription
+
+    def dropped_by_name(self) -> dict[str, int]:
+        """Consumer name -> the events its subscriptions, open and closed, dropped."""
+        totals = dict(self._retired)
+        for subscription in self._subscriptions:
+            totals[subscription.name] = totals.get(subscription.name, 0) + subscription.dropped
+        return totals
+
+    def _retire(self, subscription: Subscription) -> None:
+        name = subscription.name
+        self._retired[name] = self._retired.get(name, 0) + subscription.dropped
 
     def _unsubscribe(self, subscription: Subscription) -> None:
         if subscription in self._subscriptions:

@@ -285,12 +285,11 @@ class Metrics:
         if self._subscription is not None:
             self._subscription.drain()
         if self._stream is not None:
-            for subscription in self._stream.subscriptions:
-                seen = self._drops_seen.get(subscription.name, 0)
-                if subscription.dropped > seen:
-                    self._child(self.event_drops, subscription.name).inc(
-                        subscription.dropped - seen)
-                    self._drops_seen[subscription.name] = subscription.dropped
+            for name, dropped in self._stream.dropped_by_name().items():
+                seen = self._drops_seen.get(name, 0)
+                if dropped > seen:
+                    self._child(self.event_drops, name).inc(dropped - seen)
+                    self._drops_seen[name] = dropped
         if self._hep is not None:
             for key, count in self._hep.counts().items():
                 seen = self._hep_seen.get(key, 0)

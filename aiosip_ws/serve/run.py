@@ -103,12 +103,20 @@ async def serve(config: ServeConfig, *,
                          flow_secret=config.flow_secret_bytes(),
                          client_ssl=config.client_ssl_context(),
                          media=config.media_settings())
+    admin_token = config.secret('admin_token')
+    if admin_token:
+        from .trace import TraceService
+        server.server_options.admin = TraceService(
+            server.events, token=admin_token, origins=config.admin_origin,
+            max_tracers=config.max_tracers, secrets=config.trace_secrets,
+            bodies=config.trace_bodies)
     if setup is not None:
         setup(server)
     export = None
     if config.hep:
         from .hep import HepExport
-        export = HepExport(config.hep, capture_id=config.hep_id, password=config.hep_password,
+        export = HepExport(config.hep, capture_id=config.hep_id,
+                           password=config.secret('hep_password'),
                            node=server.cluster.node if server.cluster is not None
                            else config.node_id, secrets=config.trace_secrets,
                            bodies=config.trace_bodies)

@@ -186,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_bench_command)
     from .calls import add_commands  # answer, call
     add_commands(commands, _client_arguments)
+    from .trace import add_trace_arguments, trace_command
+    trace = commands.add_parser(
+        'trace', help='print the SIP messages a running serve receives and sends',
+        description='Open the admin WebSocket of a running aiosip-ws serve (its --admin-token '
+        'given with --token or $AIOSIP_WS_ADMIN_TOKEN) and print each SIP message it '
+        'receives or sends that matches the filters, as it passes (secrets redacted unless '
+        'serve runs with --trace-secrets). Stops on Ctrl-C, SIGTERM, --count or --duration. '
+        'Exit 0; 1 when serve refused or could not be reached.')
+    add_trace_arguments(trace)
+    trace.set_defaults(func=trace_command)
     return parser
 
 

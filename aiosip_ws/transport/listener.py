@@ -130,7 +130,7 @@ def forwarded_client(peer: Address, headers: Any, proxies: list[Any]) -> Address
 class _Handshake:
     """A connection in its opening handshake, as :func:`listen` sees it."""
 
-    __slots__ = ('client', 'head', 'identity', 'served')
+    __slots__ = ('client', 'head', 'identity', 'served', 'admin')
 
     def __init__(self, client: Address) -> None:
         #: the client's address (behind a trusted proxy: the forwarded one)
@@ -141,6 +141,8 @@ class _Handshake:
         self.served = False
         #: a HEAD request: the answer goes without its body
         self.head = False
+        #: a handshake for the admin service (ServerOptions.admin), not for SIP
+        self.admin = False
 
 
 def http_response(status: int, body: bytes | str,
@@ -187,6 +189,12 @@ class HandshakeRequest:
 
 #: query parameters and cookies whose values never reach a log line
 _SECRET = re.compile(r'((?:^|[?&;\s])(?:token|access_token|password|auth)=)[^&;\s]*', re.I)
+
+
+def _offered(request: Request) -> list[str]:
+    """The subprotocols a handshake offers."""
+    return [name.strip() for header in request.headers.get_all('Sec-WebSocket-Protocol')
+            for name in header.split(',')]
 
 
 def redact(text: str) -> str:
@@ -270,6 +278,9 @@ class HandshakeChecks:
             client = forwarded_client(client, request.headers, self.proxies)
         state = self.handshakes[connection] = _Handshake(client)
         state.head = getattr(request, 'method', 'GET') == 'HEAD'
+        admin = self.options.admin
+        if admin is not None and admin.subprotocol in _offered(request):
+            return self.check_admin(connection, request, state)
         for check in (self.serve_page, self.check_version, self.check_draining,
                       self.check_capacity, self.check_capacity_per_ip, self.check_path,
                       self.check_origin, self.check_rate):
@@ -279,6 +290,19 @@ class HandshakeChecks:
         if self.options.authenticate is not None:
             return self.authenticate(connection, request, state)
         return None
+
+    def check_admin(self, connection: ServerConnection, request: Request,
+                    state: _Handshake) -> Response | None:
+        """A handshake offering the admin service's subprotocol: its ``check`` alone
+        (the SIP checks are not for it); a refusal is one INFO line."""
+        state.admin = True
+        refusal = self.options.admin.check(request.path, request.headers, state.client[0])
+        if refusal is None:
+            return None
+        status, reason = refusal
+        peer_log.info('refused admin handshakes', 'refused admin handshake from %s: HTTP %d '
+                      '%s', connection.remote_address, status, reason)
+        return http_response(status, reason + '\n')
 
     def busy(self, connection: ServerConnection, why: str) -> Response:
         """503 with a ``Retry-After`` of ``retry_after`` to twice that (spread retries),
@@ -513,6 +537,11 @@ async def listen(url: str, handler: ConnectionHandler,
     handshakes = checks.handshakes
 
     async def on_connection(websocket: ServerConnection) -> None:
+        if options.admin is not None and websocket.subprotocol == options.admin.subprotocol:
+            state = handshakes.pop(websocket, None)
+            await options.admin.serve(websocket, state.client if state is not None
+                                      else sockaddr(websocket.remote_address))
+            return
         conn = WSConnection(websocket, handler, role='server', secure=secure, options=options)
         # The handshake is over and what serve keeps of it is in conn: the headers of its
         # request and response would cost about 4 KiB for each idle client.
@@ -550,7 +579,8 @@ async def listen(url: str, handler: ConnectionHandler,
     # passed on to loop.create_server: several processes on one port (serve --workers)
     listen_extra: dict[str, Any] = {'reuse_port': True} if options.reuse_port else {}
     server = await serve(
-        on_connection, host, port, subprotocols=[Subprotocol(SUBPROTOCOL)],
+        on_connection, host, port, subprotocols=[Subprotocol(SUBPROTOCOL)] + (
+            [Subprotocol(options.admin.subprotocol)] if options.admin is not None else []),
         process_request=checks.check_request, create_connection=create_connection,
         process_response=checks.log_refusal,
         logger=_HandshakeLogger(logging.getLogger('websockets.server')),

@@ -36,11 +36,13 @@ PRIVATE_NETWORK = ('unshare', '--net', '--', 'sh', '-c',
                    'ip link set lo up && ip addr add 127.0.0.2/8 dev lo && exec "$@"', '_')
 
 
-def start_aiosip_ws(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
-    """Start ``aiosip-ws ARGS`` (after ``prefix``, e.g. ``PRIVATE_NETWORK``), its stdout
-    and stderr piped (text)."""
+def start_aiosip_ws(*args: str, prefix: tuple[str, ...] = (),
+                    env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start ``aiosip-ws ARGS`` (after ``prefix``, e.g. ``PRIVATE_NETWORK``; ``env``: more
+    environment variables), its stdout and stderr piped (text)."""
     return subprocess.Popen([*prefix, *aiosip_ws_command(*args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+                            stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**_env(), **(env or {})})
 
 
 class ServeProcess:
