@@ -209,14 +209,25 @@ class WireMessage(Event):
         return str(self.flow.transport_name)
 
     @property
+    def peer(self) -> tuple[str, int]:
+        """The other end as serve's socket sees it (behind nginx: nginx; with the PROXY
+        protocol: the client the header names)."""
+        flow = self.flow
+        return getattr(flow, 'peer_addr', None) or flow.remote_addr  # type: ignore[no-any-return]
+
+    @property
     def source(self) -> tuple[str, int]:
         """Who sent it, as serve's socket sees it."""
-        return self.flow.remote_addr if self.direction == 'in' else self.flow.local_addr  # type: ignore[no-any-return]
+        if self.direction == 'in':
+            return self.peer
+        return self.flow.local_addr  # type: ignore[no-any-return]
 
     @property
     def destination(self) -> tuple[str, int]:
         """Who it went to, as serve's socket sees it."""
-        return self.flow.local_addr if self.direction == 'in' else self.flow.remote_addr  # type: ignore[no-any-return]
+        if self.direction == 'in':
+            return self.flow.local_addr  # type: ignore[no-any-return]
+        return self.peer
 
 
 Consumer = Callable[[Any], 'Awaitable[None] | None']

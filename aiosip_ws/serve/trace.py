@@ -87,9 +87,10 @@ class TraceFilter:
             return False
         if self.aor is not None and self.aor not in about.parties:
             return False
-        if self.address is not None:
+        if self.address is not None:               # the socket's peer or the client it serves
             try:
-                return ip_of(str(event.flow.remote_addr[0])) == self.address
+                return self.address in (ip_of(str(event.peer[0])),
+                                        ip_of(str(event.flow.remote_addr[0])))
             except ValueError:
                 return False
         return True

@@ -132,7 +132,8 @@ class WSConnection:
                  'transport', 'dialogs', 'state', '_queue', '_queued', '_overflowed', '_closer',
                  '_writer', '_reader_writes', '_reader_flushed', '_tasks', '_pong_waiter',
                  '_run_task', 'bad_messages', '_max_bad_messages', 'closed', 'close_exception',
-                 'identity', '_send_watch', '_aborted_with', 'flow_state', 'tap', '__dict__',
+                 'identity', '_send_watch', '_aborted_with', 'flow_state', 'tap', 'peer_addr',
+                 '__dict__',
                  '__weakref__')
 
     #: a WebSocket is a reliable transport (RFC 3261 §18: no retransmissions over it)
@@ -157,6 +158,9 @@ class WSConnection:
         self.via_transport = 'WSS' if secure else 'WS'
         self.local_addr: Address = sockaddr(websocket.local_address)
         self.remote_addr: Address = sockaddr(websocket.remote_address)
+        #: the peer as the socket sees it (with the PROXY protocol: the header's client);
+        #: ``remote_addr`` may become the client a trusted proxy's X-Forwarded-For names
+        self.peer_addr: Address = self.remote_addr
         if via_host is None:
             via_host = random_invalid_host() if role == 'client' else '%s:%d' % self.local_addr
         #: the sent-by of Vias added on this connection

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import shutil
 import subprocess
 
@@ -73,10 +74,12 @@ async def test_a_wss_call_traced_live_and_read_back_by_tshark(serve_process, cer
 
 def test_the_commands_of_docs_tracing_rst_trace_section_are_valid():
     page = doc_page('tracing.rst')
-    [serve] = [line.split() for line in page.splitlines()
-               if line.strip().startswith('aiosip-ws serve') and '--admin-token' in line]
-    config = serve_config(build_parser().parse_args(serve[1:]))
-    config.validate()
+    serves = [shlex.split(line) for line in page.splitlines()
+              if line.strip().startswith('aiosip-ws serve')]
+    assert len(serves) == 3                               # trace, sngrep, Homer
+    for serve in serves:                                  # each one runs as written
+        config = serve_config(build_parser().parse_args(serve[1:]))
+        config.validate()
     [trace] = [line.split() for line in page.splitlines()
                if line.strip().startswith('aiosip-ws trace')]
     args = build_parser().parse_args(trace[1:])

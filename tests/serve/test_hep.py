@@ -5,6 +5,7 @@ a collector that is down, over UDP and TCP; a consumer that cannot keep up."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -259,5 +260,42 @@ async def test_tcp_and_tls_messages_are_exported_decrypted(scheme, certs, collec
         assert parse(reply.payload).status == 200 and reply.correlation_id == 'hep-' + scheme
     finally:
         writer.close()
+        await export.close()
+        await server.close()
+
+
+async def test_behind_a_proxy_the_addresses_are_the_sockets(collector):
+    """With the PROXY protocol, the client the header names; behind a proxy that only
+    adds X-Forwarded-For, the proxy (as serve's socket sees it)."""
+    server = RelayServer(server_options=ServerOptions(proxy_protocol=True,
+                                                      trusted_proxies=['127.0.0.1']))
+    [listener] = await server.start('ws://127.0.0.1:0/')
+    export = await exporting(server, collector.url)
+    port = int(listener.bound_url.rsplit(':', 1)[1].strip('/'))
+    try:
+        sock = socket.create_connection(('127.0.0.1', port))
+        sock.sendall(b'PROXY TCP4 198.51.100.7 203.0.113.1 51234 443\r\n')
+        sock.setblocking(False)
+        async with connect(listener.bound_url, sock=sock, subprotocols=['sip'],
+                           proxy=None) as alice:
+            await register_raw(alice, 'alice')
+        request = await collector.until(lambda p: p.correlation_id == 'reg-alice')
+        assert request.source == ('198.51.100.7', 51234)
+        assert request.destination == ('127.0.0.1', port)
+    finally:
+        await export.close()
+        await server.close()
+    server = RelayServer(server_options=ServerOptions(trusted_proxies=['127.0.0.1']))
+    [listener] = await server.start('ws://127.0.0.1:0/')
+    export = await exporting(server, collector.url)
+    try:
+        async with connect(listener.bound_url, subprotocols=['sip'], proxy=None,
+                           additional_headers={'X-Forwarded-For': '198.51.100.9'}) as bob:
+            await register_raw(bob, 'bob')
+            assert [c.remote_addr[0] for c in server.connections] == ['198.51.100.9']
+            nginx = bob.local_address[:2]
+        request = await collector.until(lambda p: p.correlation_id == 'reg-bob')
+        assert request.source == nginx
+    finally:
         await export.close()
         await server.close()
