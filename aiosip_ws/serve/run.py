@@ -105,9 +105,9 @@ async def serve(config: ServeConfig, *,
                          media=config.media_settings())
     admin_token = config.secret('admin_token')
     if admin_token:
-        from .trace import TraceService
-        server.server_options.admin = TraceService(
-            server.events, token=admin_token, origins=config.admin_origin,
+        from .admin import AdminSocket
+        server.server_options.admin = AdminSocket(
+            server, token=admin_token, origins=config.admin_origin,
             max_tracers=config.max_tracers, secrets=config.trace_secrets,
             bodies=config.trace_bodies)
     if setup is not None:

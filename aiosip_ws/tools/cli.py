@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_bench_command)
     from .calls import add_commands  # answer, call
     add_commands(commands, _client_arguments)
-    from .trace import add_trace_arguments, trace_command
+    from .admin import add_admin_arguments, add_trace_arguments, admin_command, trace_command
     trace = commands.add_parser(
         'trace', help='print the SIP messages a running serve receives and sends',
         description='Open the admin WebSocket of a running aiosip-ws serve (its --admin-token '
@@ -196,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
         'Exit 0; 1 when serve refused or could not be reached.')
     add_trace_arguments(trace)
     trace.set_defaults(func=trace_command)
+    admin = commands.add_parser(
+        'admin', help='act on a running serve: list or close connections, unbind, drain',
+        description='Over the admin WebSocket of a running aiosip-ws serve (its --admin-token '
+        'given with --token or $AIOSIP_WS_ADMIN_TOKEN): connections lists the WebSocket '
+        'connections; close ID closes one with --code and --reason; unbind AOR removes its '
+        'bindings (--contact: one); drain closes the clients over --window seconds, as '
+        'SIGUSR1 does. Exit 0; 1 when serve refused, could not be reached or answered an '
+        'error.')
+    add_admin_arguments(admin)
+    admin.set_defaults(func=admin_command)
     return parser
 
 

@@ -133,7 +133,7 @@ class WSConnection:
                  '_writer', '_reader_writes', '_reader_flushed', '_tasks', '_pong_waiter',
                  '_run_task', 'bad_messages', '_max_bad_messages', 'closed', 'close_exception',
                  'identity', '_send_watch', '_aborted_with', 'flow_state', 'tap', 'peer_addr',
-                 '__dict__',
+                 'opened_at', '__dict__',
                  '__weakref__')
 
     #: a WebSocket is a reliable transport (RFC 3261 §18: no retransmissions over it)
@@ -161,6 +161,8 @@ class WSConnection:
         #: the peer as the socket sees it (with the PROXY protocol: the header's client);
         #: ``remote_addr`` may become the client a trusted proxy's X-Forwarded-For names
         self.peer_addr: Address = self.remote_addr
+        #: when it was made (the event loop's clock)
+        self.opened_at = loop.time()
         if via_host is None:
             via_host = random_invalid_host() if role == 'client' else '%s:%d' % self.local_addr
         #: the sent-by of Vias added on this connection
@@ -220,6 +222,11 @@ class WSConnection:
         if self._aborted_with is not None:
             return self._aborted_with
         return self.websocket.close_code
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting for the peer to read them (its send queue)."""
+        return self._queued
 
     # -- sending ----------------------------------------------------------------
     def send(self, message: SIPMessage) -> bool:

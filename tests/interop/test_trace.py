@@ -1,7 +1,8 @@
-"""``aiosip-ws trace`` against a running ``aiosip-ws serve`` (two real processes), and
-its pcap against tshark: a WSS call, traced by Call-ID with ``--json --pcap``, comes out
-as the client sent it; tshark reads the file and shows the SIP with its addresses; the
-wrong token is refused (exit 1)."""
+"""``aiosip-ws trace`` and ``aiosip-ws admin`` against a running ``aiosip-ws serve``
+(real processes), and the trace's pcap against tshark: a WSS call, traced by Call-ID
+with ``--json --pcap``, comes out as the client sent it; tshark reads the file and shows
+the SIP with its addresses; the wrong token is refused (exit 1); the admin CLI lists a
+raw client's connection and closes it (the client sees the close code)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,13 +12,16 @@ import shutil
 import subprocess
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from aiosip_ws.serve.config import ServeConfig
 from aiosip_ws.tools.cli import build_parser, serve_config
 from tests.interop.conftest import _unavailable
 from tests.interop.test_hep import a_wss_call
 from tests.support import doc_page
-from tests.support.cli import start_aiosip_ws
+from tests.support.cli import run_aiosip_ws, start_aiosip_ws
+from tests.support.sip import register_raw
 
 pytestmark = pytest.mark.interop
 
@@ -84,6 +88,38 @@ def test_the_commands_of_docs_tracing_rst_trace_section_are_valid():
                if line.strip().startswith('aiosip-ws trace')]
     args = build_parser().parse_args(trace[1:])
     assert args.command == 'trace' and args.pcap and args.call_id
+    admins = [shlex.split(line) for line in page.splitlines()
+              if line.strip().startswith('aiosip-ws admin')]
+    assert sorted(build_parser().parse_args(line[1:]).action for line in admins) == [
+        'close', 'connections', 'drain', 'unbind']
     for info in ServeConfig.options():
         if info.name.startswith(('admin', 'max_tracers')):
             assert '``--%s' % info.flag_name in page, info.flag_name
+
+
+async def test_the_admin_cli_lists_and_closes_a_raw_clients_connection(serve_process):
+    serve = serve_process('--listen', 'ws://127.0.0.1:0/', '--admin-token', TOKEN)
+    url = serve.urls[0]
+    async with connect(url, subprotocols=['sip'], proxy=None) as alice:
+        await register_raw(alice, 'alice')
+        listed = await asyncio.to_thread(run_aiosip_ws, 'admin', url, 'connections', '--json',
+                                         '--token', TOKEN)
+        assert listed.returncode == 0, listed.stderr
+        [row] = [r for r in json.loads(listed.stdout)
+                 if tuple(r['address']) == alice.local_address[:2]]
+        assert row['aors'] == ['sip:alice@example.com']
+        table = await asyncio.to_thread(run_aiosip_ws, 'admin', url, 'connections', '--token',
+                                        TOKEN)
+        assert row['id'] in table.stdout and 'sip:alice@example.com' in table.stdout
+        closed = await asyncio.to_thread(run_aiosip_ws, 'admin', url, 'close', row['id'],
+                                         '--code', '4002', '--reason', 'maintenance',
+                                         '--token', TOKEN)
+        assert closed.returncode == 0, closed.stderr
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(alice.recv(), 5)
+        assert alice.close_code == 4002 and alice.close_reason == 'maintenance'
+    again = await asyncio.to_thread(run_aiosip_ws, 'admin', url, 'close', row['id'], '--token',
+                                    TOKEN)
+    assert again.returncode == 1 and 'no connection' in again.stderr
+    _, _, err = serve.stop()
+    assert 'closed connection %s' % row['id'] in err

@@ -19,6 +19,7 @@ from aiosip_ws.serve.hep import HepExport
 from aiosip_ws.serve.relay import RelayServer
 from aiosip_ws.transport.hep import HepSender
 from tests.serve.test_bridge import bridge  # noqa: F401 - the fixture
+from tests.support import eventually
 from tests.support.net import free_port
 from tests.support.sip import next_framed, recv, register_raw
 
@@ -38,11 +39,12 @@ class Collector(asyncio.DatagramProtocol):
         return await asyncio.wait_for(self.packets.get(), timeout)
 
     async def until(self, predicate, timeout: float = 3.0) -> HepPacket:
-        async with asyncio.timeout(timeout):
+        async def first() -> HepPacket:
             while True:
                 packet = await self.packets.get()
                 if predicate(packet):
                     return packet
+        return await asyncio.wait_for(first(), timeout)
 
 
 @pytest.fixture
@@ -174,9 +176,7 @@ async def test_a_tcp_collector_that_is_down_costs_counted_drops_then_gets_packet
         writer.close()
     collector = await asyncio.start_server(collect, '127.0.0.1', port)
     try:
-        async with asyncio.timeout(10):                   # the next try is 1 s later
-            while sender._transport is None:
-                await asyncio.sleep(0.05)
+        await eventually(lambda: sender._transport is not None, 10)   # a try each 1 s
         await register_raw(alice, 'alice3')
         await asyncio.wait_for(got.wait(), 5)
         await asyncio.sleep(0.1)

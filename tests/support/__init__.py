@@ -3,9 +3,11 @@ WebSocket client, the RFC 4475 vectors and launchers for real peers (dnsmasq, Ka
 aiosip-ws serve, the Node agents)."""
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 #: the repository's top folder
@@ -43,3 +45,13 @@ def debian_binary(name: str, package: str) -> str:
     if not Path(found).exists():
         raise RuntimeError('%s not found (Debian package %s)' % (name, package))
     return found
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0,
+                     step: float = 0.01) -> None:
+    """Wait until ``check()`` is true, looking every ``step`` seconds; TimeoutError after
+    ``timeout`` (Python 3.10 has no asyncio.timeout)."""
+    async def poll() -> None:
+        while not check():
+            await asyncio.sleep(step)
+    await asyncio.wait_for(poll(), timeout)

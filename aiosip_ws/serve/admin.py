@@ -1,4 +1,5 @@
-"""The admin WebSocket and its live traces (``aiosip-ws trace``).
+"""The admin WebSocket: live traces (``aiosip-ws trace``) and admin actions
+(``aiosip-ws admin``).
 
 serve's listeners take a second kind of WebSocket connection on the same port: one that
 offers the subprotocol ``aiosip-ws.admin`` (:data:`SUBPROTOCOL`).  Its handshake passes
@@ -9,21 +10,35 @@ only with ``--admin-token``:
   ``aiosip-ws.token.BASE64URL`` (the token in URL-safe base64 without padding); a token
   in the URL (``?token=``) is refused with 400: URLs end up in logs and histories;
 * an ``Origin``, when the client sends one (browsers do), in ``--admin-origin``;
-* at most ``--max-tracers`` at once (503 beyond).
+* at most ``--max-tracers`` admin connections at once (503 beyond).
 
-Without ``--admin-token`` there is no admin WebSocket (404).
+Without ``--admin-token`` there is no admin WebSocket (the subprotocol is refused).
 
-A tracer sends one JSON text frame, ``{"trace": {"aor": ..., "address": ..., "call_id":
-..., "method": ...}}`` (each filter optional; all given must match), and gets
-``{"type": "tracing", "filter": {...}}``, then a frame for each SIP message serve
-receives or sends that matches: ``{"type": "message", "time", "direction", "transport",
-"source", "destination", "call_id", "method", "status", "text"}`` (``base64`` instead of
-``text`` for a message that is not UTF-8), redacted as HEP is (:mod:`aiosip_ws.core.
-capture`).  A tracer is a consumer of the event stream's
-:class:`~aiosip_ws.serve.events.WireMessage` events with a queue of its own: one that reads
-slowly loses messages, counted in ``aiosip_ws_event_drops_total{consumer="trace"}`` and
-told to it (``{"type": "dropped", "count": N}``), and one that does not read for
-``SEND_TIMEOUT`` seconds is closed (1008).  The relay never waits for it.
+Each request is one JSON text frame; one that asks nothing within
+``FIRST_MESSAGE_TIMEOUT`` seconds is closed.
+
+* ``{"trace": {"aor": ..., "address": ..., "call_id": ..., "method": ...}}`` (each filter
+  optional; all given must match) makes the connection a tracer: ``{"type": "tracing",
+  "filter": {...}}``, then a frame for each SIP message serve receives or sends that
+  matches: ``{"type": "message", "time", "direction", "transport", "source",
+  "destination", "call_id", "method", "status", "text"}`` (``base64`` instead of
+  ``text`` for a message that is not UTF-8), redacted as HEP is
+  (:mod:`aiosip_ws.core.capture`).  A tracer is a consumer of the event stream's
+  :class:`~aiosip_ws.serve.events.WireMessage` events with a queue of its own: one that
+  reads slowly loses messages, counted in ``aiosip_ws_event_drops_total{consumer=
+  "trace"}`` and told to it (``{"type": "dropped", "count": N}``), and one that does not
+  read for ``SEND_TIMEOUT`` seconds is closed (1008).  The relay never waits for it.
+* ``{"action": NAME, "id": ANY, ...}`` runs an admin action and answers ``{"type":
+  "result", "id", "action", "result"}`` or ``{"type": "error", "id", "action",
+  "error"}``; each action logs one INFO line (what, from where):
+
+  - ``connections``: the WebSocket connections (``id``, transport, address, socket peer,
+    identity, AORs, age in seconds, requests in progress, bytes waiting to be sent);
+  - ``close`` ``{"connection": ID, "code": 1000, "reason": ""}``: close one (Kamailio's
+    ``ws.close``);
+  - ``unbind`` ``{"aor": AOR, "contact": URI}``: remove an AOR's bindings (all, or the one
+    whose Contact URI is given; one node only);
+  - ``drain`` ``{"window": SECONDS}``: what SIGUSR1 does.
 """
 from __future__ import annotations
 
@@ -41,7 +56,7 @@ from ..core.capture import Summary, ip_of, redact, summary
 from ..transport.throttle import LogThrottle
 from .events import EventStream, Subscription, WireMessage
 
-__all__ = ['TraceService', 'TraceFilter', 'SUBPROTOCOL', 'TOKEN_SUBPROTOCOL']
+__all__ = ['AdminSocket', 'TraceFilter', 'SUBPROTOCOL', 'TOKEN_SUBPROTOCOL', 'ACTIONS']
 
 logger = logging.getLogger(__name__)
 peer_log = LogThrottle(logger)
@@ -104,15 +119,17 @@ def _user_host(aor: str) -> str:
     return text.split(';', 1)[0]
 
 
-class TraceService:
+class AdminSocket:
     """The admin WebSocket (``ServerOptions.admin``) of one serve: see the module."""
 
     subprotocol = SUBPROTOCOL
 
-    def __init__(self, events: EventStream, *, token: str, origins: Iterable[str] = (),
+    def __init__(self, server: Any, *, token: str, origins: Iterable[str] = (),
                  max_tracers: int = 4, queue: int = QUEUE, secrets: bool = False,
                  bodies: bool = False) -> None:
-        self.events = events
+        #: the RelayServer it acts on
+        self.server = server
+        self.events: EventStream = server.events
         self._token = token.encode()
         self.origins = frozenset(origins)
         self.max_tracers = max_tracers
@@ -120,8 +137,8 @@ class TraceService:
         self.secrets, self.bodies = secrets, bodies
         #: the tracers connected now
         self.tracers: set[_Tracer] = set()
-        #: connections in their handshake or before their filter: they hold a place too
-        self._arriving = 0
+        #: the admin connections open now (tracers and actions)
+        self.connections = 0
 
     # -- the handshake ----------------------------------------------------------------------
     def check(self, path: str, headers: Any, client_ip: str) -> tuple[int, str] | None:
@@ -134,8 +151,8 @@ class TraceService:
             return 403, 'Origin not allowed for the admin WebSocket (--admin-origin)'
         if not self._authorized(headers):
             return 401, 'the admin WebSocket needs the --admin-token'
-        if len(self.tracers) + self._arriving >= self.max_tracers:
-            return 503, 'too many tracers (%d, --max-tracers)' % self.max_tracers
+        if self.connections >= self.max_tracers:
+            return 503, 'too many admin connections (%d, --max-tracers)' % self.max_tracers
         return None
 
     def _authorized(self, headers: Any) -> bool:
@@ -157,25 +174,42 @@ class TraceService:
 
     # -- a connection -----------------------------------------------------------------------
     async def serve(self, websocket: Any, client: tuple[str, int]) -> None:
-        """Run one admin connection: its filter, then the messages, until it closes."""
-        self._arriving += 1
+        """Run one admin connection: its requests, until it closes."""
+        self.connections += 1
         try:
-            try:
-                first = await asyncio.wait_for(websocket.recv(), FIRST_MESSAGE_TIMEOUT)
-                request = json.loads(first)
-                trace = TraceFilter.from_json(request.get('trace') if isinstance(request, dict)
-                                              else None)
-            except asyncio.TimeoutError:
-                await websocket.close(1008, 'say what to trace within %g s'
-                                      % FIRST_MESSAGE_TIMEOUT)
-                return
-            except (ValueError, TypeError) as exc:
-                await websocket.close(1008, ('bad trace request: %s' % exc)[:120])
-                return
-        except Exception:  # noqa: BLE001 - the connection went away before its filter
+            first = True
+            while True:
+                try:
+                    frame = await asyncio.wait_for(
+                        websocket.recv(), FIRST_MESSAGE_TIMEOUT if first else None)
+                except asyncio.TimeoutError:
+                    await websocket.close(1008, 'ask something within %g s'
+                                          % FIRST_MESSAGE_TIMEOUT)
+                    return
+                first = False
+                try:
+                    request = json.loads(frame)
+                    if not isinstance(request, dict):
+                        raise ValueError('a request is a JSON object')
+                except ValueError as exc:
+                    await websocket.close(1008, ('bad request: %s' % exc)[:120])
+                    return
+                if 'trace' in request:
+                    try:
+                        trace = TraceFilter.from_json(request['trace'])
+                    except (ValueError, TypeError) as exc:
+                        await websocket.close(1008, ('bad trace request: %s' % exc)[:120])
+                        return
+                    await self._trace(websocket, client, trace)
+                    return
+                await websocket.send(json.dumps(await self._act(request, client)))
+        except Exception:  # noqa: BLE001 - the connection failing is its own end
             return
         finally:
-            self._arriving -= 1
+            self.connections -= 1
+
+    async def _trace(self, websocket: Any, client: tuple[str, int],
+                     trace: TraceFilter) -> None:
         tracer = _Tracer(self, websocket, trace)
         self.tracers.add(tracer)
         logger.info('tracer %s:%d connected (%s)', client[0], client[1],
@@ -186,19 +220,107 @@ class TraceService:
                                                         (WireMessage,), maxsize=self.queue)
             async for _ in websocket:            # nothing more is asked; until it closes
                 pass
-        except Exception:  # noqa: BLE001 - a tracer's connection failing is its own end
-            pass
         finally:
             self.tracers.discard(tracer)
             if tracer.subscription is not None:
                 await tracer.subscription.close()
             logger.info('tracer %s:%d left', client[0], client[1])
 
+    # -- actions --------------------------------------------------------------------------
+    async def _act(self, request: dict[str, Any], client: tuple[str, int]) -> dict[str, Any]:
+        name = request.get('action')
+        answer: dict[str, Any] = {'id': request.get('id'), 'action': name}
+        action = ACTIONS.get(name) if isinstance(name, str) else None
+        if action is None:
+            answer.update(type='error', error='no action %r (one of %s)'
+                          % (name, ', '.join(sorted(ACTIONS))))
+            return answer
+        try:
+            result, done = await action(self, request)
+        except (KeyError, TypeError, ValueError) as exc:
+            answer.update(type='error', error='bad %s request: %s' % (name, exc))
+            return answer
+        logger.info('admin %s:%d: %s', client[0], client[1], done)
+        answer.update(type='result', result=result)
+        return answer
+
+    def _connection(self, key: Any) -> Any:
+        for conn in self.server.connections:
+            if _connection_id(conn) == key:
+                return conn
+        raise ValueError('no connection %r (see the connections action)' % (key,))
+
+
+def _connection_id(conn: Any) -> str:
+    return '%x' % id(conn)
+
+
+async def _connections(admin: AdminSocket, request: dict[str, Any]) -> tuple[Any, str]:
+    server = admin.server
+    now = asyncio.get_running_loop().time()
+    rows = []
+    for conn in list(server.connections):
+        identity = getattr(conn, 'identity', None)
+        state = conn.flow_state
+        rows.append({
+            'id': _connection_id(conn), 'transport': conn.transport_name,
+            'address': list(conn.remote_addr), 'peer': list(conn.peer_addr),
+            'identity': None if identity is None else str(getattr(identity, 'user', identity)),
+            'aors': sorted({b.aor for b in server.registrar.bindings_of(conn)}),
+            'age': round(now - conn.opened_at, 3),
+            'pending': state.relaying if state is not None else 0,
+            'queued_bytes': conn.queued_bytes})
+    return rows, 'listed %d connection(s)' % len(rows)
+
+
+async def _close(admin: AdminSocket, request: dict[str, Any]) -> tuple[Any, str]:
+    conn = admin._connection(request['connection'])
+    code = int(request.get('code', 1000))
+    reason = str(request.get('reason', ''))
+    if not (code in (1000, 1001, 1008, 1011, 1012, 1013) or 3000 <= code <= 4999):
+        raise ValueError('close code %d: give 1000, 1001, 1008, 1011-1013 or 3000-4999' % code)
+    if len(reason.encode()) > 123:
+        raise ValueError('a close reason has at most 123 bytes')
+    admin.server.spawn(conn.close(code, reason))
+    return {'closed': request['connection']}, 'closed connection %s (%r) with %d %s' % (
+        request['connection'], conn, code, reason)
+
+
+async def _unbind(admin: AdminSocket, request: dict[str, Any]) -> tuple[Any, str]:
+    server = admin.server
+    if server.cluster is not None:
+        raise ValueError('unbind works on one node; in a cluster, un-REGISTER instead')
+    aor = str(request['aor'])
+    contact = request.get('contact')
+    registrar = server.registrar
+    bindings = registrar.lookup(aor)
+    if not bindings:
+        raise ValueError('%s has no bindings' % aor)
+    keep = [b for b in bindings if contact is not None and str(b.uri) != contact]
+    if len(keep) == len(bindings):
+        raise ValueError('%s has no binding with Contact %s' % (aor, contact))
+    registrar.store(aor, keep, why='removed by an admin')
+    removed = len(bindings) - len(keep)
+    return {'removed': removed}, 'removed %d binding(s) of %s' % (removed, aor)
+
+
+async def _drain(admin: AdminSocket, request: dict[str, Any]) -> tuple[Any, str]:
+    window = float(request.get('window', 30.0))
+    if not 0 <= window <= 3600:
+        raise ValueError('a drain window from 0 to 3600 s')
+    server = admin.server
+    if not server.draining:
+        server.spawn(server.drain(window))
+    return {'draining': True, 'window': window}, 'drain over %g s' % window
+
+
+ACTIONS = {'connections': _connections, 'close': _close, 'unbind': _unbind, 'drain': _drain}
+
 
 class _Tracer:
     """One admin connection that traces."""
 
-    def __init__(self, service: TraceService, websocket: Any, trace: TraceFilter) -> None:
+    def __init__(self, service: AdminSocket, websocket: Any, trace: TraceFilter) -> None:
         self.service = service
         self.websocket = websocket
         self.trace = trace

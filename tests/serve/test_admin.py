@@ -1,19 +1,21 @@
-"""The admin WebSocket and its live traces, in process on real sockets: who may open it
-(token in a header or the subprotocol, never the URL; Origin; how many), what a tracer
-gets (filters, redaction), a tracer that stops reading (loses messages, counted and told;
-the relay answers on), and shutdown."""
+"""The admin WebSocket, in process on real sockets: who may open it (token in a header
+or the subprotocol, never the URL; Origin; how many), what a tracer gets (filters,
+redaction), a tracer that stops reading (loses messages, counted and told; the relay
+answers on), the admin actions (list, close, unbind, drain), and shutdown."""
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import logging
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from aiosip_ws.serve.admin import SUBPROTOCOL, AdminSocket
 from aiosip_ws.serve.relay import RelayServer
-from aiosip_ws.serve.trace import SUBPROTOCOL, TraceService
+from tests.support import eventually
 from tests.support.sip import recv, register_raw
 
 pytestmark = pytest.mark.filterwarnings('error')
@@ -24,8 +26,8 @@ TOKEN = 'a-token-of-some-length'
 @pytest.fixture
 async def traced():
     server = RelayServer()
-    service = server.server_options.admin = TraceService(
-        server.events, token=TOKEN, origins=['https://admin.example.com'], max_tracers=2)
+    service = server.server_options.admin = AdminSocket(
+        server, token=TOKEN, origins=['https://admin.example.com'], max_tracers=2)
     [listener] = await server.start('ws://127.0.0.1:0/')
     try:
         yield server, service, listener.bound_url
@@ -71,9 +73,7 @@ async def test_who_may_open_the_admin_websocket(traced):
         await trace(one)
         await trace(two)
         assert await refused(url) == 503                               # --max-tracers 2
-    async with asyncio.timeout(5):
-        while service.tracers:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: not service.tracers)
     assert not [s for s in server.events.subscriptions if s.name == 'trace']
     # SIP clients are not affected, and a SIP listener without a token has no admin side
     async with connect(url, subprotocols=['sip'], proxy=None) as sip:
@@ -140,9 +140,11 @@ async def test_a_tracer_that_stops_reading_loses_messages_never_the_relay(traced
         assert 'aiosip_ws_event_drops_total{consumer="trace"}' in text
         slow.transport.resume_reading()
         frames = []
-        async with asyncio.timeout(10):
+
+        async def until_told() -> None:
             while not any(f['type'] == 'dropped' for f in frames):
                 frames.append(await next_frame(slow))
+        await asyncio.wait_for(until_told(), 10)
         lost = sum(f['count'] for f in frames if f['type'] == 'dropped')
         assert 0 < lost <= subscription.dropped
 
@@ -156,3 +158,49 @@ async def test_shutdown_closes_the_tracers(traced):
             await asyncio.wait_for(ws.recv(), 5)
         assert ws.close_code == 1001
     assert not service.tracers
+
+
+async def act(url: str, **request) -> dict:
+    async with tracer(url) as ws:
+        await ws.send(json.dumps(request))
+        return await next_frame(ws)
+
+
+async def test_admin_actions_list_close_unbind_and_drain(traced, caplog):
+    server, service, url = traced
+    caplog.set_level(logging.INFO, 'aiosip_ws.serve.admin')
+    async with connect(url, subprotocols=['sip'], proxy=None) as alice, \
+            connect(url, subprotocols=['sip'], proxy=None) as bob:
+        await register_raw(alice, 'alice')
+        await register_raw(bob, 'bob')
+        answer = await act(url, action='connections', id=7)
+        assert answer['type'] == 'result' and answer['id'] == 7
+        rows = {tuple(row['address']): row for row in answer['result']}
+        row = rows[alice.local_address[:2]]
+        assert row['aors'] == ['sip:alice@example.com'] and row['transport'] == 'ws'
+        assert row['peer'] == row['address'] and 0 <= row['age'] < 10
+        assert row['pending'] == 0 and row['queued_bytes'] == 0
+        closed = await act(url, action='close', connection=row['id'], code=4001,
+                           reason='admin says bye')
+        assert closed['type'] == 'result'
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(alice.recv(), 5)
+        assert alice.close_code == 4001 and alice.close_reason == 'admin says bye'
+        assert 'closed connection %s' % row['id'] in caplog.text
+        wrong = await act(url, action='close', connection=row['id'])
+        assert wrong['type'] == 'error' and 'no connection' in wrong['error']
+        bad = await act(url, action='close', connection=rows[bob.local_address[:2]]['id'],
+                        code=1005)
+        assert bad['type'] == 'error' and 'close code 1005' in bad['error']
+        assert (await act(url, action='unbind', aor='sip:bob@example.com'))['result'] == {
+            'removed': 1}
+        assert server.registrar.lookup('sip:bob@example.com') == []
+        assert 'removed 1 binding(s) of sip:bob@example.com' in caplog.text
+        missing = await act(url, action='unbind', aor='sip:bob@example.com')
+        assert missing['type'] == 'error' and 'has no bindings' in missing['error']
+        unknown = await act(url, action='reboot')
+        assert unknown['type'] == 'error' and 'no action' in unknown['error']
+        assert (await act(url, action='drain', window=0))['result']['draining']
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(bob.recv(), 5)
+        assert bob.close_code == 1001 and server.draining
