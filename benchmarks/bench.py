@@ -1046,9 +1046,10 @@ class Bench:
 
     # -- (b) ---------------------------------------------------------------------
     def part_b(self, fast: bool, profile: bool = False, key: str | None = None,
-               lean: bool = False, via_kamailio: bool = False) -> dict[str, Any]:
+               lean: bool = False, via_kamailio: bool = False,
+               extra: tuple[str, ...] = ()) -> dict[str, Any]:
         for attempt in (1, 2):
-            result = self._part_b(fast, profile, key, lean, via_kamailio)
+            result = self._part_b(fast, profile, key, lean, via_kamailio, extra)
             foreign = others(result['cpu'])
             if profile or foreign <= DISTURBED or attempt == 2:
                 return result
@@ -1056,7 +1057,8 @@ class Bench:
         return result
 
     def _part_b(self, fast: bool, profile: bool = False, key: str | None = None,
-                lean: bool = False, via_kamailio: bool = False) -> dict[str, Any]:
+                lean: bool = False, via_kamailio: bool = False,
+                extra: tuple[str, ...] = ()) -> dict[str, Any]:
         if via_kamailio:
             with kamailio(self.tmp) as (url, pgid, _):
                 return self._part_b_on(url, None, {'kamailio': pgid}, fast, False, key or 'b-K')
@@ -1066,7 +1068,7 @@ class Bench:
         if lean:
             server = Helper([PY, __file__, '_lean-relay'], log=self.tmp / 'lean-relay.log')
         else:
-            server = serve(self.tmp, 'serve-%s' % key, profile=prof('serve'))
+            server = serve(self.tmp, 'serve-%s' % key, *extra, profile=prof('serve'))
         try:
             return self._part_b_on(url_of(server), server, {}, fast, profile, key, lean=lean)
         finally:
@@ -1445,6 +1447,36 @@ class Bench:
                                           fmt(result['setup_ms']['p50'], '%.1f'),
                                           fmt(result['setup_ms']['p99'], '%.1f')))
         return result
+
+    # -- (k) ---------------------------------------------------------------------
+    def part_k(self) -> None:
+        """HEP export: serve's CPU per MESSAGE in (b') with ``--hep`` to a UDP collector
+        against the same without, in pairs (the order alternating)."""
+        a = self.args
+        sink = Helper([PY, __file__, '_hep-sink'], ready='READY', log=self.tmp / 'hep-sink.log')
+        url = 'udp://127.0.0.1:%s' % sink.ready_line.split()[1]
+        ratios, runs = [], []
+        try:
+            for n in range(a.hep_pairs):
+                order = (False, True) if n % 2 == 0 else (True, False)
+                pair = {}
+                for hep in order:
+                    result = self.part_b(fast=True, key='k-hep' if hep else 'k-plain',
+                                         extra=('--hep', url) if hep else ())
+                    pair[hep] = result['cpu']['serve'] * 1e6 / (result['rate'] or 1)
+                runs.append({'hep_us': pair[True], 'plain_us': pair[False]})
+                ratios.append(pair[True] / pair[False])
+                self.log('    serve CPU per MESSAGE: %.1f us with --hep, %.1f us without '
+                         '(%.2f)' % (pair[True], pair[False], ratios[-1]))
+        finally:
+            assert sink.proc.stdin is not None
+            sink.proc.stdin.close()
+            received = sink.wait_line('COUNT', 30).split()[1]
+            sink.stop()
+        ratio = sorted(ratios)[len(ratios) // 2]
+        self.results['k'] = {'pairs': runs, 'ratio': ratio, 'packets': int(received)}
+        self.log('    with / without --hep, median of %d pairs: %.2f (%s HEP packets '
+                 'received)' % (len(ratios), ratio, received))
 
     # -- (g) ---------------------------------------------------------------------
     def part_g(self) -> None:
@@ -2072,7 +2104,7 @@ def main() -> int:
     parser.add_argument('--only', default='a,b,c,d,e,f,i',
                         help='parts to run (default a,b,c,d,e,f,i; g, media, needs the [media] '
                         'extra and unshare; h: bridging to UDP; j: the media relay, needs '
-                        'rtpengine-daemon and SIPp)')
+                        'rtpengine-daemon and SIPp; k: the cost of --hep)')
     parser.add_argument('--clients', type=int, default=50, help='(a)/(b) client connections')
     parser.add_argument('--window', type=int, default=4, help='(a)/(b) outstanding per client')
     parser.add_argument('--duration', type=float, default=8.0, help='(a)/(b) seconds')
@@ -2104,6 +2136,8 @@ def main() -> int:
                         help='(j) seconds of RTP per call (default 1)')
     parser.add_argument('--relay-pairs', type=int, default=3,
                         help='(j) serve/Kamailio pairs of runs (default 3)')
+    parser.add_argument('--hep-pairs', type=int, default=3,
+                        help='(k) pairs of (b\') runs with and without --hep (default 3)')
     parser.add_argument('--media-hold', type=float, default=8.0,
                         help='(g) seconds measured per step')
     parser.add_argument('--json', metavar='FILE', help='write every figure to FILE')
@@ -2144,6 +2178,8 @@ def main() -> int:
             bench.part_i()
         if 'j' in parts:
             bench.part_j()
+        if 'k' in parts:
+            bench.part_k()
         if args.profile:
             bench.profile_runs()
         table = report(bench)
@@ -2188,6 +2224,26 @@ def run_helper(coro: Any) -> None:
         asyncio.run(coro)
 
 
+def mode_hep_sink() -> None:
+    """A HEP collector that only counts: READY PORT, then COUNT N once stdin closes."""
+    import socket
+    import threading
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sock.bind(('127.0.0.1', 0))
+    count = [0]
+
+    def receive() -> None:
+        while True:
+            data = sock.recv(65535)
+            if data[:4] == b'HEP3':
+                count[0] += 1
+    threading.Thread(target=receive, daemon=True).start()
+    print('READY %d' % sock.getsockname()[1], flush=True)
+    sys.stdin.read()
+    print('COUNT %d' % count[0], flush=True)
+
+
 def helper_main(argv: list[str]) -> int:
     mode, rest = argv[0], argv[1:]
     if mode == '_raw-relay':
@@ -2211,6 +2267,8 @@ def helper_main(argv: list[str]) -> int:
         asyncio.run(mode_p2p_echo())
     elif mode == '_media-part':
         mode_media_part(float(rest[0]), int(rest[1]))
+    elif mode == '_hep-sink':
+        mode_hep_sink()
     elif mode == '_idle-clients':
         run_helper(mode_idle_clients(rest[0], int(rest[1]), int(rest[2]), rest[3], int(rest[4])))
     else:

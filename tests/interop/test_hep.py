@@ -24,6 +24,7 @@ from aiosip_ws.core.codec import make_response, parse, serialize
 from aiosip_ws.serve.config import ServeConfig
 from aiosip_ws.tools.cli import build_parser, serve_config
 from tests.interop.conftest import _unavailable
+from tests.serve.test_hep import Collector
 from tests.support import doc_page
 from tests.support.cli import stop_process
 from tests.support.net import free_port
@@ -236,3 +237,41 @@ async def test_hep_js_decodes_every_chunk_over_udp_and_tcp(serve_process, tmp_pa
         assert (response['rcinfo']['srcIp'], response['rcinfo']['srcPort']) == \
             ('127.0.0.1', server_port)
         assert not request['not_decoded_by_hepjs']        # every chunk serve sent, decoded
+
+
+async def test_two_nodes_on_one_redis_export_one_call_with_their_names(serve_process,
+                                                                      redis_server):
+    """alice on node n1 sends a MESSAGE to bob on node n2 (forwarded through Redis): the
+    collector gets each node's messages under that node's name and one correlation id,
+    the merged view of the call."""
+    loop = asyncio.get_running_loop()
+    transport, collector = await loop.create_datagram_endpoint(Collector,
+                                                               local_addr=('127.0.0.1', 0))
+    url = 'udp://127.0.0.1:%d' % transport.get_extra_info('sockname')[1]
+    try:
+        nodes = [serve_process('--listen', 'ws://127.0.0.1:0/', '--redis', redis_server.url,
+                               '--node-id', name, '--hep', url) for name in ('n1', 'n2')]
+        async with connect(nodes[0].urls[0], subprotocols=['sip'], proxy=None) as alice, \
+                connect(nodes[1].urls[0], subprotocols=['sip'], proxy=None) as bob:
+            alice_host = await register_raw(alice, 'alice')
+            await register_raw(bob, 'bob')
+            await alice.send('MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch'
+                             '=z9hG4bKn1\r\nFrom: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@'
+                             'example.com>\r\nCall-ID: across-1\r\nCSeq: 1 MESSAGE\r\nMax-Forwar'
+                             'ds: 70\r\nContent-Type: text/plain\r\n\r\nhi' % alice_host)
+            got = await recv(bob)
+            await bob.send(serialize(make_response(got, 200, to_tag='b1')).decode())
+            assert (await recv(alice)).status == 200
+        packets = []
+        while len(packets) < 4:
+            packet = await collector.next(5)
+            if packet.correlation_id == 'across-1':
+                packets.append(packet)
+    finally:
+        transport.close()
+    by_node = {(p.node, parse(p.payload).method or parse(p.payload).status,
+                'in' if p.source[1] != int(nodes[0 if p.node == 'n1' else 1].urls[0]
+                                           .rsplit(':', 1)[1].strip('/')) else 'out')
+               for p in packets}
+    assert by_node == {('n1', 'MESSAGE', 'in'), ('n2', 'MESSAGE', 'out'),
+                       ('n2', 200, 'in'), ('n1', 200, 'out')}
