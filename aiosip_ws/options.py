@@ -104,9 +104,10 @@ class ServerOptions(ConnectionOptions):
     #: or answered 400/505/416) is closed with 1008, policy violation (None: never)
     max_bad_messages: int | None = 20
     #: plain HTTP on the listener: ``http_handler(path, headers, client_ip)`` sees every
-    #: request without ``Upgrade: websocket`` and returns ``(status, content_type, body)``,
-    #: or None to leave it to the handshake checks (426).  Sync; it must not block.
-    http_handler: Callable[[str, Any, str], tuple[int, str, bytes] | None] | None = None
+    #: request without ``Upgrade: websocket`` and returns ``(status, content_type, body)``
+    #: (or with a fourth item, more ``(name, value)`` headers), or None to leave it to the
+    #: handshake checks (426).  Sync; it must not block.
+    http_handler: Callable[[str, Any, str], tuple[Any, ...] | None] | None = None
     #: most handshakes accepted per second on one listener (a token bucket of
     #: ``handshake_burst``); more get HTTP 503 with Retry-After (None: no cap).  After a
     #: restart or a network blip every client reconnects at once: this spreads them out.

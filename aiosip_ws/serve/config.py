@@ -263,6 +263,12 @@ class ServeConfig:
     admin_origin: list[str] = _option(
         None, 'an Origin allowed on the admin WebSocket (repeatable); a client that sends '
         'another Origin (a browser page) is refused', metavar='ORIGIN', factory=list)
+    call_history: int = _option(
+        1000, 'with --admin-token: the calls and transactions /calls keeps, newest last '
+        'active kept (default %(default)s)', metavar='N')
+    call_history_age: float = _option(
+        3600.0, 'with --admin-token: forget a call this long after its last message '
+        '(default %(default)s)', metavar='SECONDS')
     max_tracers: int = _option(
         4, 'most live traces at once on the admin WebSocket (default %(default)s)',
         metavar='N')
@@ -316,6 +322,9 @@ class ServeConfig:
             raise ConfigurationError('--tls-cert and --tls-key go together')
         for url in self.hep:
             parse_hep_url(url)
+        if self.call_history < 1 or self.call_history_age <= 0:
+            raise ConfigurationError('--call-history and --call-history-age: give at least 1 '
+                                     'call and a positive age')
         if self.max_tracers < 1:
             raise ConfigurationError('--max-tracers %d: give at least 1' % self.max_tracers)
         admin_token = self.secret('admin_token')

@@ -104,12 +104,20 @@ async def serve(config: ServeConfig, *,
                          client_ssl=config.client_ssl_context(),
                          media=config.media_settings())
     admin_token = config.secret('admin_token')
+    history = None
     if admin_token:
         from .admin import AdminSocket
+        from .history import CallHistory
         server.server_options.admin = AdminSocket(
             server, token=admin_token, origins=config.admin_origin,
             max_tracers=config.max_tracers, secrets=config.trace_secrets,
             bodies=config.trace_bodies)
+        history = CallHistory(size=config.call_history, age=config.call_history_age,
+                              secrets=config.trace_secrets, bodies=config.trace_bodies,
+                              node=server.cluster.node if server.cluster is not None
+                              else config.node_id)
+        history.follow(server.events)
+        server.admin.history, server.admin.token = history, admin_token.encode()
     if setup is not None:
         setup(server)
     export = None
@@ -163,6 +171,8 @@ async def serve(config: ServeConfig, *,
         await server.close(spread=config.shutdown_window)
         if export is not None:
             await export.close()
+        if history is not None:
+            await history.close()
         await accept_failures.settle()            # asyncio's accept retries of closed listeners
         left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         if left:

@@ -329,8 +329,9 @@ class HandshakeChecks:
         if getattr(request, 'method', 'GET') not in ('GET', 'HEAD'):
             return http_response(http.HTTPStatus.METHOD_NOT_ALLOWED, 'GET or HEAD only\n',
                                  headers=[('Allow', 'GET, HEAD')])
-        status, content_type, body = answer
-        return http_response(status, body, content_type)
+        status, content_type, body = answer[:3]
+        return http_response(status, body, content_type,
+                             headers=answer[3] if len(answer) > 3 else ())
 
     def check_version(self, connection: ServerConnection, request: Request,
                       state: _Handshake) -> Response | None:

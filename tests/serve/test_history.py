@@ -1,0 +1,147 @@
+"""The call history and /calls, in process on real sockets: what a call's record holds
+(messages both ways in order, who took part, the final status, redaction), its bounds
+(calls, entries, age), who may read it (address and token), what the page escapes, and
+the pcap tshark reads."""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import urllib.parse
+
+import pytest
+
+from aiosip_ws.core.codec import make_response
+from aiosip_ws.serve.events import WireMessage
+from aiosip_ws.serve.history import CallHistory
+from tests.serve.test_bridge import bridge  # noqa: F401 - the fixture
+from tests.support.net import http_get
+from tests.support.sip import recv
+
+pytestmark = pytest.mark.filterwarnings('error')
+
+TOKEN = 'history-token-0123456789'
+
+
+@pytest.fixture
+async def history(bridge):  # noqa: F811
+    server, bob, alice, alice_host = bridge
+    history = CallHistory(node='n1')
+    history.follow(server.events)
+    server.admin.history, server.admin.token = history, TOKEN.encode()
+    port = int(server.listeners[0].bound_url.rsplit(':', 1)[1].strip('/'))
+    yield server, bob, alice, alice_host, history, port
+    await history.close()
+
+
+def message(host: str, call_id: str, display: str = 'Alice') -> str:
+    return ('MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WS %s;branch=z9hG4bK%s\r\n'
+            'From: "%s" <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n'
+            'Call-ID: %s\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Type: text/plain\r\n'
+            '\r\nhello' % (host, abs(hash(call_id)), display, call_id))
+
+
+async def exchange(bob, alice, host: str, call_id: str, display: str = 'Alice') -> None:
+    await alice.send(message(host, call_id, display))
+    got = await bob.next()
+    bob.send(make_response(got, 202, to_tag='b1'))
+    assert (await recv(alice)).status == 202
+    await asyncio.sleep(0.05)                          # the history's batch ran
+
+
+async def test_a_call_is_recorded_both_ways_redacted_and_served_to_the_token(history):
+    server, bob, alice, host, history, port = history
+    await exchange(bob, alice, host, 'h-1')
+    record = history.get('h-1')
+    assert record.method == 'MESSAGE' and record.status == 202 and record.node == 'n1'
+    assert record.from_ == '"Alice" <sip:alice@example.com>;tag=a1'
+    assert [(e.direction, e.transport, e.label) for e in record.entries] == [
+        ('in', 'ws', 'MESSAGE'), ('out', 'udp', 'MESSAGE'), ('in', 'udp', '202'),
+        ('out', 'ws', '202')]
+    assert record.peers == {'ws:%s:%d' % alice.local_address[:2],
+                            'udp:127.0.0.1:%d' % bob.addr[1]}
+    assert b'hello' not in record.entries[0].data                 # a MESSAGE body: redacted
+    status, headers, _ = await http_get(port, '/calls')
+    assert status == 401 and headers['www-authenticate'].startswith('Bearer')
+    status, _, _ = await http_get(port, '/calls', headers=('Authorization: Bearer wrong',))
+    assert status == 401
+    auth = ('Authorization: Bearer ' + TOKEN,)
+    status, headers, body = await http_get(port, '/calls.json', headers=auth)
+    assert status == 200 and [row['call_id'] for row in json.loads(body)] == ['h-1']
+    assert headers['content-security-policy'] == "default-src 'self'"
+    status, _, body = await http_get(port, '/calls/h-1.json', headers=auth)
+    assert [e['label'] for e in json.loads(body)['entries']] == ['MESSAGE', 'MESSAGE', '202',
+                                                                 '202']
+    status, _, body = await http_get(port, '/calls.json?aor=bob@example.com', headers=auth)
+    assert len(json.loads(body)) == 1
+    status, _, body = await http_get(port, '/calls.json?address=192.0.2.1', headers=auth)
+    assert json.loads(body) == []
+    assert (await http_get(port, '/calls/nothing.pcap', headers=auth))[0] == 404
+    server.admin.allow = server.admin.allow[:0]                     # no address allowed
+    assert (await http_get(port, '/calls', headers=auth))[0] == 403
+
+
+async def test_the_page_shows_sip_strings_as_text(history):
+    server, bob, alice, host, history, port = history
+    await exchange(bob, alice, host, 'odd/id <1>', display='</svg><script>alert(1)</script>')
+    auth = ('Authorization: Bearer ' + TOKEN,)
+    status, headers, body = await http_get(port, '/calls', headers=auth)
+    page = body.decode()
+    assert status == 200 and headers['content-type'].startswith('text/html')
+    assert '<script' not in page and '&lt;/svg&gt;&lt;script&gt;alert(1)' in page
+    assert 'odd/id &lt;1&gt;' in page and '/calls/odd%2Fid%20%3C1%3E.pcap' in page
+    status, _, data = await http_get(port, '/calls/%s.pcap' % urllib.parse.quote(
+        'odd/id <1>', safe=''), headers=auth)
+    assert status == 200 and data[:4] in (b'\xd4\xc3\xb2\xa1', b'\xa1\xb2\xc3\xd4')
+
+
+async def test_tshark_reads_a_calls_pcap(history, tmp_path):
+    tshark = shutil.which('tshark')
+    if tshark is None:
+        pytest.skip('tshark not installed (Debian package tshark)')
+    server, bob, alice, host, history, port = history
+    await exchange(bob, alice, host, 'h-pcap')
+    path = tmp_path / 'call.pcap'
+    path.write_bytes(history.pcap('h-pcap'))
+    shown = subprocess.run([tshark, '-r', str(path), '-Y', 'sip', '-T', 'fields', '-e',
+                            'ip.src', '-e', 'udp.srcport', '-e', 'sip.Method', '-e',
+                            'sip.Status-Code', '-e', 'sip.Call-ID'],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    rows = [line.split('\t') for line in shown.stdout.splitlines()]
+    assert [(r[2] or r[3], r[4]) for r in rows] == [('MESSAGE', 'h-pcap'), ('MESSAGE', 'h-pcap'),
+                                                   ('202', 'h-pcap'), ('202', 'h-pcap')]
+    assert (rows[0][0], int(rows[0][1])) == alice.local_address[:2]
+
+
+class _Flow:
+    transport_name = 'udp'
+    remote_addr = peer_addr = ('192.0.2.7', 5060)
+    local_addr = ('192.0.2.1', 5060)
+
+
+def test_the_history_is_bounded_by_calls_entries_and_age():
+    now = [1000.0]
+    history = CallHistory(size=2, per_call=3, age=60, clock=lambda: now[0])
+    flow = _Flow()
+
+    def seen(call_id: str, at: float, count: int = 1) -> None:
+        for _ in range(count):
+            event = WireMessage('in', flow, b'OPTIONS sip:a@b SIP/2.0\r\nCall-ID: %s\r\n'
+                                b'CSeq: 1 OPTIONS\r\n\r\n' % call_id.encode())
+            event.time = at
+            history.consume(event)
+    seen('one', 1000, count=5)
+    assert len(history.get('one').entries) == 3 and history.get('one').lost == 2
+    seen('two', 1001)
+    seen('three', 1002)
+    assert list(history.calls) == ['two', 'three']                 # 'one' forgotten
+    now[0] = 1070
+    assert [row['call_id'] for row in history.recent()] == []      # both past 60 s
+    assert history.cost == 0
+    small = CallHistory(max_bytes=3000, clock=lambda: now[0])
+    history = small
+    for name in ('a', 'b', 'c', 'd'):
+        seen(name, 1070, count=2)                                  # about 1.1 KB a call
+    assert list(small.calls) == ['c', 'd'] and 0 < small.cost <= 3000
