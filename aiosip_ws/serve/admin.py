@@ -9,7 +9,10 @@ only with ``--admin-token``:
   set headers on a WebSocket), as a second offered subprotocol
   ``aiosip-ws.token.BASE64URL`` (the token in URL-safe base64 without padding); a token
   in the URL (``?token=``) is refused with 400: URLs end up in logs and histories;
-* an ``Origin``, when the client sends one (browsers do), in ``--admin-origin``;
+* or the console's cookie (:mod:`aiosip_ws.serve.console`), which the console's pages
+  send;
+* an ``Origin``, when the client sends one (browsers do), in ``--admin-origin``, by
+  default the listener's own (the console's pages);
 * at most ``--max-tracers`` admin connections at once (503 beyond).
 
 Without ``--admin-token`` there is no admin WebSocket (the subprotocol is refused).
@@ -54,6 +57,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..core.capture import Summary, ip_of, redact, summary
 from ..transport.throttle import LogThrottle
+from .console import valid_cookie
 from .events import EventStream, Subscription, WireMessage
 
 __all__ = ['AdminSocket', 'TraceFilter', 'SUBPROTOCOL', 'TOKEN_SUBPROTOCOL', 'ACTIONS']
@@ -147,13 +151,20 @@ class AdminSocket:
             return 400, ('the admin token goes in an Authorization: Bearer header or the '
                          'subprotocol, never in the URL')
         origin = headers.get('Origin')
-        if origin is not None and origin not in self.origins:
+        if origin is not None and not self._origin_allowed(origin, headers):
             return 403, 'Origin not allowed for the admin WebSocket (--admin-origin)'
-        if not self._authorized(headers):
+        if not (self._authorized(headers) or valid_cookie(self._token, headers)):
             return 401, 'the admin WebSocket needs the --admin-token'
         if self.connections >= self.max_tracers:
             return 503, 'too many admin connections (%d, --max-tracers)' % self.max_tracers
         return None
+
+    def _origin_allowed(self, origin: str, headers: Any) -> bool:
+        """``--admin-origin``, or without it the page's own origin (the console)."""
+        if self.origins:
+            return origin in self.origins
+        host = headers.get('Host')
+        return host is not None and origin in ('http://' + host, 'https://' + host)
 
     def _authorized(self, headers: Any) -> bool:
         offered: list[bytes] = []

@@ -16,12 +16,8 @@ set of values: the SIP methods serve knows and ``other``, the standard close cod
 """
 from __future__ import annotations
 
-import hmac
-import html
 import json
 import os
-import time
-import urllib.parse
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, Protocol
 
@@ -318,11 +314,6 @@ class Metrics:
         return bytes(generate_latest(self.registry))
 
 
-_PAGE_HEADERS = [('Content-Security-Policy', "default-src 'self'"),
-                 ('X-Content-Type-Options', 'nosniff'), ('Cache-Control', 'no-store'),
-                 ('Referrer-Policy', 'no-referrer')]
-
-
 class AdminEndpoints:
     """The plain-HTTP side of the listener (``ServerOptions.http_handler``)."""
 
@@ -331,10 +322,9 @@ class AdminEndpoints:
         self.server = server
         self.allow = parse_networks(allow, '--metrics-allow')
         self.healthy = healthy or (lambda: True)
-        #: the call history (``/calls``) and the admin token it needs (set by serve's
-        #: life cycle with ``--admin-token``; None: no /calls)
-        self.history: Any = None
-        self.token: bytes | None = None
+        #: the console's pages (``/calls``: :class:`~aiosip_ws.serve.console.Console`, set
+        #: by serve's life cycle with ``--admin-token``; None: no /calls)
+        self.console: Any = None
 
     def allowed(self, address: str) -> bool:
         return address_in(address, self.allow)
@@ -345,8 +335,10 @@ class AdminEndpoints:
             if self.healthy():
                 return 200, 'text/plain; charset=utf-8', b'ok\n'
             return 503, 'text/plain; charset=utf-8', b'draining\n'
-        if route == '/calls' or route.startswith('/calls/') or route == '/calls.json':
-            return self._calls(path, headers, address)
+        if route in ('/calls', '/calls.json') or route.startswith('/calls/'):
+            if self.console is None:
+                return 404, 'text/plain; charset=utf-8', b'no console here (--admin-token)\n'
+            return self.console(path, headers, address)  # type: ignore[no-any-return]
         if route not in ('/metrics', '/registrations'):
             return None
         if not self.allowed(address):
@@ -359,76 +351,3 @@ class AdminEndpoints:
                  'expires': b.remaining(now)}
                 for b in self.server.registrar.bindings()]
         return 200, 'application/json', (json.dumps(rows, indent=1) + '\n').encode()
-
-    # -- the call history ---------------------------------------------------------------------
-    def _calls(self, path: str, headers: Any, address: str) -> tuple[Any, ...]:
-        """``/calls`` (HTML), ``/calls.json``, ``/calls/<Call-ID>.json`` and
-        ``/calls/<Call-ID>.pcap`` (the Call-ID percent-encoded): only to ``--metrics-allow``
-        addresses that present the admin token in an ``Authorization: Bearer`` header."""
-        text = 'text/plain; charset=utf-8'
-        if self.history is None or self.token is None:
-            return 404, text, b'no call history here (--admin-token)\n', _PAGE_HEADERS
-        if not self.allowed(address):
-            return 403, text, b'not from this address\n', _PAGE_HEADERS
-        offered = [value.strip().partition(' ') for value in headers.get_all('Authorization')]
-        if not any(scheme.lower() == 'bearer' and hmac.compare_digest(
-                credentials.strip().encode(), self.token) for scheme, _, credentials in offered):
-            return 401, text, b'the admin token, in Authorization: Bearer\n', \
-                [*_PAGE_HEADERS, ('WWW-Authenticate', 'Bearer realm="aiosip-ws"')]
-        parts = urllib.parse.urlsplit(path)
-        query = {k: v[0] for k, v in urllib.parse.parse_qs(parts.query).items()}
-        route = parts.path
-        try:
-            wanted = {name: query[name] for name in ('aor', 'address', 'call_id')
-                      if query.get(name)}
-            if route in ('/calls', '/calls.json'):
-                rows = self.history.recent(**wanted)
-                if route == '/calls.json':
-                    return 200, 'application/json', (json.dumps(rows, indent=1) + '\n'
-                                                     ).encode(), _PAGE_HEADERS
-                return 200, 'text/html; charset=utf-8', _calls_page(rows, wanted), \
-                    _PAGE_HEADERS
-        except ValueError as exc:
-            return 400, text, ('%s\n' % exc).encode(), _PAGE_HEADERS
-        name = route[len('/calls/'):]
-        for suffix in ('.json', '.pcap'):
-            if name.endswith(suffix):
-                call_id = urllib.parse.unquote(name[:-len(suffix)])
-                record = self.history.get(call_id)
-                if record is None:
-                    break
-                if suffix == '.pcap':
-                    return 200, 'application/vnd.tcpdump.pcap', self.history.pcap(call_id), [
-                        *_PAGE_HEADERS, ('Content-Disposition', 'attachment; filename="%s.pcap"'
-                                         % urllib.parse.quote(call_id, safe=''))]
-                body = {**record.summary(), 'entries': [e.as_json() for e in record.entries]}
-                return 200, 'application/json', (json.dumps(body, indent=1) + '\n').encode(), \
-                    _PAGE_HEADERS
-        return 404, text, b'no such call in the history\n', _PAGE_HEADERS
-
-
-def _calls_page(rows: list[dict[str, Any]], wanted: dict[str, str]) -> bytes:
-    """The /calls page: every string from SIP escaped, no script, no outside asset."""
-    esc = html.escape
-    lines = ['<!DOCTYPE html><html><head><meta charset="utf-8"><title>aiosip-ws: recent calls'
-             '</title></head><body><h1>Recent calls</h1>',
-             '<form method="get" action="/calls">',
-             *('<label>%s <input name="%s" value="%s"></label> ' % (label, name,
-                                                                  esc(wanted.get(name, '')))
-               for name, label in (('aor', 'AOR'), ('address', 'address'),
-                                   ('call_id', 'Call-ID'))),
-             '<button>filter</button></form>',
-             '<table><tr><th>started</th><th>method</th><th>From</th><th>To</th><th>status'
-             '</th><th>duration (s)</th><th>peers</th><th>node</th><th>Call-ID</th></tr>']
-    for row in rows:
-        quoted = urllib.parse.quote(row['call_id'], safe='')
-        lines.append('<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>'
-                     '<td>%s</td><td>%s</td><td>%s <a href="/calls/%s.pcap">pcap</a> '
-                     '<a href="/calls/%s.json">json</a></td></tr>' % (
-                         esc(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row['started']))),
-                         esc(row['method'] or ''), esc(row['from']), esc(row['to']),
-                         esc(str(row['status'] or '')), row['duration'],
-                         esc(' '.join(row['peers'])), esc(row['node'] or ''),
-                         esc(row['call_id']), quoted, quoted))
-    lines.append('</table></body></html>')
-    return '\n'.join(lines).encode()

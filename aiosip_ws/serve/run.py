@@ -117,7 +117,8 @@ async def serve(config: ServeConfig, *,
                               node=server.cluster.node if server.cluster is not None
                               else config.node_id)
         history.follow(server.events)
-        server.admin.history, server.admin.token = history, admin_token.encode()
+        from .console import Console
+        server.admin.console = Console(history, admin_token.encode(), server.admin.allowed)
     if setup is not None:
         setup(server)
     export = None

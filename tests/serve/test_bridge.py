@@ -21,7 +21,14 @@ pytestmark = pytest.mark.filterwarnings('error')
 
 @pytest.fixture
 async def bridge():
-    server = RelayServer()
+    async with bridged(RelayServer()) as parts:
+        yield parts
+
+
+@contextlib.asynccontextmanager
+async def bridged(server: RelayServer):
+    """``server`` listening on ws:// and udp://, bob registered over UDP and alice over a
+    WebSocket: (server, bob, alice, alice's Contact host); the server closed at the end."""
     ws_listener, udp = await server.start('ws://127.0.0.1:0/', 'udp://127.0.0.1:0')
     assert udp.bound_url.startswith('udp://127.0.0.1:')
     loop = asyncio.get_running_loop()

@@ -11,11 +11,16 @@ import subprocess
 import urllib.parse
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from aiosip_ws.core.codec import make_response
+from aiosip_ws.serve.admin import SUBPROTOCOL, AdminSocket
+from aiosip_ws.serve.console import Console
 from aiosip_ws.serve.events import WireMessage
 from aiosip_ws.serve.history import CallHistory
-from tests.serve.test_bridge import bridge  # noqa: F401 - the fixture
+from aiosip_ws.serve.relay import RelayServer
+from tests.serve.test_bridge import bridged
 from tests.support.net import http_get
 from tests.support.sip import recv
 
@@ -25,13 +30,15 @@ TOKEN = 'history-token-0123456789'
 
 
 @pytest.fixture
-async def history(bridge):  # noqa: F811
-    server, bob, alice, alice_host = bridge
+async def history():
+    server = RelayServer()
+    server.server_options.admin = AdminSocket(server, token=TOKEN)
     history = CallHistory(node='n1')
     history.follow(server.events)
-    server.admin.history, server.admin.token = history, TOKEN.encode()
-    port = int(server.listeners[0].bound_url.rsplit(':', 1)[1].strip('/'))
-    yield server, bob, alice, alice_host, history, port
+    server.admin.console = Console(history, TOKEN.encode(), server.admin.allowed)
+    async with bridged(server) as (server, bob, alice, alice_host):
+        port = int(server.listeners[0].bound_url.rsplit(':', 1)[1].strip('/'))
+        yield server, bob, alice, alice_host, history, port
     await history.close()
 
 
@@ -68,13 +75,14 @@ async def test_a_call_is_recorded_both_ways_redacted_and_served_to_the_token(his
     assert status == 401
     auth = ('Authorization: Bearer ' + TOKEN,)
     status, headers, body = await http_get(port, '/calls.json', headers=auth)
-    assert status == 200 and [row['call_id'] for row in json.loads(body)] == ['h-1']
+    assert status == 200 and [row['call_id'] for row in json.loads(body)] == [
+        'h-1', 'reg-alice', 'reg-bob']                                 # newest first
     assert headers['content-security-policy'] == "default-src 'self'"
     status, _, body = await http_get(port, '/calls/h-1.json', headers=auth)
     assert [e['label'] for e in json.loads(body)['entries']] == ['MESSAGE', 'MESSAGE', '202',
                                                                  '202']
-    status, _, body = await http_get(port, '/calls.json?aor=bob@example.com', headers=auth)
-    assert len(json.loads(body)) == 1
+    status, _, body = await http_get(port, '/calls.json?aor=alice@example.com', headers=auth)
+    assert [row['call_id'] for row in json.loads(body)] == ['h-1', 'reg-alice']
     status, _, body = await http_get(port, '/calls.json?address=192.0.2.1', headers=auth)
     assert json.loads(body) == []
     assert (await http_get(port, '/calls/nothing.pcap', headers=auth))[0] == 404
@@ -89,7 +97,8 @@ async def test_the_page_shows_sip_strings_as_text(history):
     status, headers, body = await http_get(port, '/calls', headers=auth)
     page = body.decode()
     assert status == 200 and headers['content-type'].startswith('text/html')
-    assert '<script' not in page and '&lt;/svg&gt;&lt;script&gt;alert(1)' in page
+    assert page.count('<script') == 1 and '<script src="/calls/console.js"' in page
+    assert '&lt;/svg&gt;&lt;script&gt;alert(1)' in page
     assert 'odd/id &lt;1&gt;' in page and '/calls/odd%2Fid%20%3C1%3E.pcap' in page
     status, _, data = await http_get(port, '/calls/%s.pcap' % urllib.parse.quote(
         'odd/id <1>', safe=''), headers=auth)
@@ -145,3 +154,35 @@ def test_the_history_is_bounded_by_calls_entries_and_age():
     for name in ('a', 'b', 'c', 'd'):
         seen(name, 1070, count=2)                                  # about 1.1 KB a call
     assert list(small.calls) == ['c', 'd'] and 0 < small.cost <= 3000
+
+
+async def test_the_login_gives_a_cookie_for_the_pages_and_the_admin_websocket(history):
+    server, bob, alice, host, history, port = history
+    await exchange(bob, alice, host, 'h-cookie')
+    status, headers, page = await http_get(port, '/calls/login')
+    assert status == 200 and b'<script src="/calls/console.js"' in page
+    assert headers['content-security-policy'] == "default-src 'self'"
+    assert (await http_get(port, '/calls/console.js'))[0] == 200
+    assert (await http_get(port, '/calls/session'))[0] == 401
+    status, headers, _ = await http_get(port, '/calls/session',
+                                        headers=('Authorization: Bearer ' + TOKEN,))
+    cookie = headers['set-cookie']
+    assert status == 204 and 'HttpOnly' in cookie and 'SameSite=Strict' in cookie
+    assert TOKEN not in cookie
+    pair = cookie.split(';', 1)[0]
+    status, _, body = await http_get(port, '/calls/h-cookie', headers=('Cookie: ' + pair,))
+    assert status == 200 and b'data-call-id="h-cookie"' in body
+    forged = pair.rsplit('.', 1)[0] + '.' + '0' * 64
+    assert (await http_get(port, '/calls', headers=('Cookie: ' + forged,)))[0] == 401
+    url = server.listeners[0].bound_url
+    same = 'http://127.0.0.1:%d' % port
+    async with connect(url, subprotocols=[SUBPROTOCOL], proxy=None, origin=same,
+                       additional_headers={'Cookie': pair}) as ws:   # the ladder page's way
+        await ws.send(json.dumps({'trace': {'call_id': 'h-cookie'}}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))['type'] == 'tracing'
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url, subprotocols=[SUBPROTOCOL], proxy=None,
+                           origin='https://evil.example.com',
+                           additional_headers={'Cookie': pair}):
+            pass
+    assert refused.value.response.status_code == 403
