@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import shutil
 import subprocess
 import urllib.parse
@@ -16,11 +17,14 @@ from websockets.exceptions import InvalidStatus
 
 from aiosip_ws.core.codec import make_response
 from aiosip_ws.serve.admin import SUBPROTOCOL, AdminSocket
+from aiosip_ws.serve.config import ServeConfig
 from aiosip_ws.serve.console import Console
 from aiosip_ws.serve.events import WireMessage
 from aiosip_ws.serve.history import CallHistory
 from aiosip_ws.serve.relay import RelayServer
+from aiosip_ws.tools.cli import build_parser, serve_config
 from tests.serve.test_bridge import bridged
+from tests.support import DOCS, doc_page
 from tests.support.net import http_get
 from tests.support.sip import recv
 
@@ -186,3 +190,16 @@ async def test_the_login_gives_a_cookie_for_the_pages_and_the_admin_websocket(hi
                            additional_headers={'Cookie': pair}):
             pass
     assert refused.value.response.status_code == 403
+
+
+def test_the_commands_of_docs_console_rst_run_as_written():
+    page = doc_page('console.rst')
+    [serve] = [shlex.split(line) for line in page.splitlines()
+               if line.strip().startswith('aiosip-ws serve')]
+    config = serve_config(build_parser().parse_args(serve[1:]))
+    config.validate()
+    assert config.admin_token == '$AIOSIP_WS_ADMIN_TOKEN'
+    for info in ServeConfig.options():
+        if info.name.startswith('call_history'):
+            assert '``--%s' % info.flag_name in page, info.flag_name
+    assert (DOCS / 'console-ladder.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
