@@ -12,7 +12,9 @@ Plain HTTP on the listeners (:class:`Console`, reached through
   ``/calls/console.js`` (one column per party, one arrow per message; a click shows the
   message), live while the call goes on: the page follows it over the admin WebSocket
   (:mod:`aiosip_ws.serve.admin`), which takes the console's cookie too;
-* ``/calls/<Call-ID>.json`` and ``/calls/<Call-ID>.pcap``.
+* ``/calls/<Call-ID>.json``, and ``/calls/<Call-ID>.pcap``: a pcapng file, one UDP
+  datagram per message with the real addresses and ports (a comment names the real
+  transport), or with ``?framing=tcp`` TCP segments that reassemble.
 
 Every view answers only ``--metrics-allow`` addresses that present the admin token (the
 header or the cookie).  Pages carry ``Content-Security-Policy: default-src 'self'``; the
@@ -121,7 +123,10 @@ class Console:
         if record is None:
             return 404, TEXT, b'no such call in the history\n', PAGE_HEADERS
         if suffix == '.pcap':
-            return 200, 'application/vnd.tcpdump.pcap', self.history.pcap(call_id), [
+            framing = query.get('framing', 'udp')
+            if framing not in ('udp', 'tcp'):
+                return 400, TEXT, b'framing=udp or framing=tcp\n', PAGE_HEADERS
+            return 200, 'application/octet-stream', self.history.pcap(call_id, framing), [
                 *PAGE_HEADERS, ('Content-Disposition', 'attachment; filename="%s.pcap"'
                                 % urllib.parse.quote(call_id, safe=''))]
         if suffix == '.json':

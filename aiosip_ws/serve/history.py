@@ -218,20 +218,26 @@ class CallHistory:
     def get(self, call_id: str) -> CallRecord | None:
         return self.calls.get(call_id)
 
-    def pcap(self, call_id: str) -> bytes | None:
-        """The call's messages as a pcap file (one UDP datagram each, real addresses and
-        ports), or None when the history has no such call."""
+    def pcap(self, call_id: str, framing: str = 'udp') -> bytes | None:
+        """The call's messages as a pcapng file, or None when the history has no such
+        call: one UDP datagram per message (``framing`` ``udp``) or TCP segments with
+        consistent sequence numbers (``tcp``), with the real addresses and ports; each
+        packet's comment names the transport that carried it (:mod:`aiosip_ws.core.pcap`).
+        """
         record = self.calls.get(call_id)
         if record is None:
             return None
-        out = [pcap.file_header()]
+        tcp = pcap.TcpFraming() if framing == 'tcp' else None
+        out = [pcap.pcapng_header()]
         for entry in record.entries:
-            if entry.kind == 'message':
-                try:
-                    out.append(pcap.record(entry.time, entry.source, entry.destination,
-                                           entry.data))
-                except ValueError:
-                    continue                        # larger than a datagram: left out
+            if entry.kind != 'message':
+                continue
+            try:
+                packet = tcp.packet(entry.source, entry.destination, entry.data) if tcp \
+                    else pcap.udp_packet(entry.source, entry.destination, entry.data)
+            except ValueError:
+                continue                            # too large for a packet: left out
+            out.append(pcap.pcapng_packet(entry.time, packet, 'transport=%s' % entry.transport))
         return b''.join(out)
 
 

@@ -106,26 +106,35 @@ async def test_the_page_shows_sip_strings_as_text(history):
     assert 'odd/id &lt;1&gt;' in page and '/calls/odd%2Fid%20%3C1%3E.pcap' in page
     status, _, data = await http_get(port, '/calls/%s.pcap' % urllib.parse.quote(
         'odd/id <1>', safe=''), headers=auth)
-    assert status == 200 and data[:4] in (b'\xd4\xc3\xb2\xa1', b'\xa1\xb2\xc3\xd4')
+    assert status == 200 and data[:4] == b'\x0a\x0d\x0d\x0a'           # pcapng
 
 
-async def test_tshark_reads_a_calls_pcap(history, tmp_path):
+@pytest.mark.parametrize('framing', ['udp', 'tcp'])
+async def test_tshark_reads_a_calls_pcap(history, tmp_path, framing):
     tshark = shutil.which('tshark')
     if tshark is None:
         pytest.skip('tshark not installed (Debian package tshark)')
     server, bob, alice, host, history, port = history
     await exchange(bob, alice, host, 'h-pcap')
-    path = tmp_path / 'call.pcap'
-    path.write_bytes(history.pcap('h-pcap'))
+    status, _, data = await http_get(port, '/calls/h-pcap.pcap?framing=' + framing,
+                                     headers=('Authorization: Bearer ' + TOKEN,))
+    assert status == 200
+    path = tmp_path / 'call.pcapng'
+    path.write_bytes(data)
+    kind = 'udp' if framing == 'udp' else 'tcp'
     shown = subprocess.run([tshark, '-r', str(path), '-Y', 'sip', '-T', 'fields', '-e',
-                            'ip.src', '-e', 'udp.srcport', '-e', 'sip.Method', '-e',
-                            'sip.Status-Code', '-e', 'sip.Call-ID'],
+                            'ip.src', '-e', '%s.srcport' % kind, '-e', 'sip.Method', '-e',
+                            'sip.Status-Code', '-e', 'sip.Call-ID', '-e', 'frame.comment',
+                            '-e', 'tcp.analysis.flags'],
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     rows = [line.split('\t') for line in shown.stdout.splitlines()]
     assert [(r[2] or r[3], r[4]) for r in rows] == [('MESSAGE', 'h-pcap'), ('MESSAGE', 'h-pcap'),
                                                    ('202', 'h-pcap'), ('202', 'h-pcap')]
     assert (rows[0][0], int(rows[0][1])) == alice.local_address[:2]
+    assert [r[5] for r in rows] == ['transport=ws', 'transport=udp', 'transport=udp',
+                                    'transport=ws']
+    assert not any(r[6] for r in rows)                  # no TCP complaint: the stream adds up
 
 
 class _Flow:
