@@ -36,7 +36,8 @@ Each request is one JSON text frame; one that asks nothing within
   "error"}``; each action logs one INFO line (what, from where):
 
   - ``connections``: the WebSocket connections (``id``, transport, address, socket peer,
-    identity, AORs, age in seconds, requests in progress, bytes waiting to be sent);
+    identity, AORs, age in seconds, requests in progress, bytes of SIP received and sent,
+    bytes waiting to be sent);
   - ``close`` ``{"connection": ID, "code": 1000, "reason": ""}``: close one (Kamailio's
     ``ws.close``);
   - ``unbind`` ``{"aor": AOR, "contact": URI}``: remove an AOR's bindings (all, or the one
@@ -280,6 +281,7 @@ async def _connections(admin: AdminSocket, request: dict[str, Any]) -> tuple[Any
             'aors': sorted({b.aor for b in server.registrar.bindings_of(conn)}),
             'age': round(now - conn.opened_at, 3),
             'pending': state.relaying if state is not None else 0,
+            'bytes_in': conn.bytes_in, 'bytes_out': conn.bytes_out,
             'queued_bytes': conn.queued_bytes})
     return rows, 'listed %d connection(s)' % len(rows)
 

@@ -226,7 +226,8 @@ SCRIPT = br"""'use strict';
   function peerOf(entry) {
     const end = entry.direction === 'in' ? entry.source : entry.destination;
     if (entry.kind === 'media') return null;
-    if (entry.kind === 'closed') return entry.transport + ' ' + entry.source.join(':');
+    if (entry.kind === 'closed' || entry.kind === 'opened')
+      return entry.transport + ' ' + entry.source.join(':');
     return entry.transport + ' ' + end.join(':');
   }
   function draw() {
@@ -238,7 +239,7 @@ SCRIPT = br"""'use strict';
     }
     const columns = [peers[0], 'serve', ...peers.slice(1)].filter((c) => c !== undefined);
     const x = (name) => 110 + 220 * columns.indexOf(name);
-    const width = 220 * columns.length, height = 60 + 34 * entries.length;
+    const width = 220 * columns.length + 120, height = 60 + 34 * entries.length;
     const drawing = svg('svg', {width: width, height: height, viewBox: '0 0 ' + width + ' ' + height});
     const defs = svg('defs');
     const marker = svg('marker', {id: 'head', markerWidth: 10, markerHeight: 8, refX: 10, refY: 4,
@@ -253,10 +254,12 @@ SCRIPT = br"""'use strict';
                                       stroke: '#999'}));
       drawing.appendChild(column);
     }
-    const start = entries.length ? entries[0].time : 0;
+    const first = entries.find((e) => e.kind === 'message');
+    const start = first ? first.time : 0;
     entries.forEach((entry, i) => {
       const y = 55 + 34 * i;
-      const since = '+' + Math.round((entry.time - start) * 1000) + ' ms';
+      const ms = Math.round((entry.time - start) * 1000);
+      const since = (ms >= 0 ? '+' : '') + ms + ' ms';
       if (entry.kind === 'message') {
         const peer = x(peerOf(entry)), serve = x('serve');
         const [from, to] = entry.direction === 'in' ? [peer, serve] : [serve, peer];
@@ -275,7 +278,8 @@ SCRIPT = br"""'use strict';
         const where = entry.kind === 'media' ? x('serve') : x(peerOf(entry));
         const note = svg('g', {'class': entry.kind});
         note.appendChild(svg('text', {x: where + 6, y: y, 'font-size': 11},
-                             (entry.kind === 'closed' ? 'connection closed ' : 'media: ')
+                             (entry.kind === 'closed' ? 'connection closed '
+                              : entry.kind === 'opened' ? 'connection ' : 'media: ')
                              + entry.label + ' ' + since));
         drawing.appendChild(note);
       }

@@ -40,9 +40,9 @@ ENTRY_COST = 450
 
 @dataclass
 class Entry:
-    """One thing that happened in a call: a message (``kind`` ``message``), a connection
-    that closed (``closed``, ``label`` its close code) or a media relay command
-    (``media``)."""
+    """One thing that happened in a call: a message (``kind`` ``message``), a WebSocket
+    connection it used that opened (``opened``: when, even before the call) or closed
+    (``closed``, ``label`` its close code), or a media relay command (``media``)."""
 
     time: float
     kind: str
@@ -162,7 +162,13 @@ class CallHistory:
             record.status = about.status
         record.parties |= about.parties
         peer = event.peer
-        record.peers.add('%s:%s:%d' % (event.transport, peer[0], peer[1]))
+        name = '%s:%s:%d' % (event.transport, peer[0], peer[1])
+        if name not in record.peers:
+            record.peers.add(name)
+            opened = getattr(event.flow, 'opened_time', None)    # a connection's open
+            if opened is not None:
+                self._add(record, Entry(opened, 'opened', 'opened', transport=event.transport,
+                                        source=(str(peer[0]), int(peer[1]))))
         self._by_flow.setdefault(id(event.flow), set()).add(about.call_id)
         label = about.method or str(about.status or '?')
         self._add(record, Entry(event.time, 'message', label, event.direction,

@@ -147,13 +147,14 @@ async def admin_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     elif args.action == 'connections':
-        print('%-14s %-4s %-22s %-16s %8s %7s %7s  %s' % (
-            'ID', 'TYPE', 'ADDRESS', 'IDENTITY', 'AGE', 'PENDING', 'QUEUED', 'AORS'))
+        print('%-14s %-4s %-22s %-16s %8s %7s %9s %9s %7s  %s' % (
+            'ID', 'TYPE', 'ADDRESS', 'IDENTITY', 'AGE', 'PENDING', 'BYTES-IN', 'BYTES-OUT',
+            'QUEUED', 'AORS'))
         for row in result:
-            print('%-14s %-4s %-22s %-16s %8.1f %7d %7d  %s' % (
+            print('%-14s %-4s %-22s %-16s %8.1f %7d %9d %9d %7d  %s' % (
                 row['id'], row['transport'], '%s:%d' % tuple(row['address']),
-                row['identity'] or '-', row['age'], row['pending'], row['queued_bytes'],
-                ' '.join(row['aors']) or '-'))
+                row['identity'] or '-', row['age'], row['pending'], row['bytes_in'],
+                row['bytes_out'], row['queued_bytes'], ' '.join(row['aors']) or '-'))
     else:
         print(json.dumps(result))
     return 0

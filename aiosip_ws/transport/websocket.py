@@ -24,6 +24,7 @@ import logging
 import random
 import secrets
 import ssl as _ssl
+import time
 from collections.abc import Coroutine
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
@@ -133,7 +134,7 @@ class WSConnection:
                  '_writer', '_reader_writes', '_reader_flushed', '_tasks', '_pong_waiter',
                  '_run_task', 'bad_messages', '_max_bad_messages', 'closed', 'close_exception',
                  'identity', '_send_watch', '_aborted_with', 'flow_state', 'tap', 'peer_addr',
-                 'opened_at', '__dict__',
+                 'opened_at', 'opened_time', 'bytes_in', 'bytes_out', '__dict__',
                  '__weakref__')
 
     #: a WebSocket is a reliable transport (RFC 3261 §18: no retransmissions over it)
@@ -161,8 +162,12 @@ class WSConnection:
         #: the peer as the socket sees it (with the PROXY protocol: the header's client);
         #: ``remote_addr`` may become the client a trusted proxy's X-Forwarded-For names
         self.peer_addr: Address = self.remote_addr
-        #: when it was made (the event loop's clock)
+        #: when it was made (the event loop's clock, and seconds since the epoch)
         self.opened_at = loop.time()
+        self.opened_time = time.time()
+        #: bytes of the SIP messages it received and sent (keep-alives left out)
+        self.bytes_in = 0
+        self.bytes_out = 0
         if via_host is None:
             via_host = random_invalid_host() if role == 'client' else '%s:%d' % self.local_addr
         #: the sent-by of Vias added on this connection
@@ -237,6 +242,7 @@ class WSConnection:
         and its send queue is full (the connection is then closed with 1008).
         """
         data, text = framing.encode_frame(message)
+        self.bytes_out += len(data)
         sink = self.tap.sink
         if sink is not None:
             sink('out', self, data)
@@ -473,6 +479,7 @@ class WSConnection:
 
     def _data_received(self, data: str | bytes) -> None:
         event = framing.receive(data, server_header=getattr(self.options, 'server_header', None))
+        self.bytes_in += len(data)
         sink = self.tap.sink
         if sink is not None and isinstance(event, (framing.MessageReceived,
                                                    framing.MessageRejected)):

@@ -180,6 +180,7 @@ async def test_admin_actions_list_close_unbind_and_drain(traced, caplog):
         assert row['aors'] == ['sip:alice@example.com'] and row['transport'] == 'ws'
         assert row['peer'] == row['address'] and 0 <= row['age'] < 10
         assert row['pending'] == 0 and row['queued_bytes'] == 0
+        assert row['bytes_in'] > 200 and row['bytes_out'] > 200     # its REGISTER and 200
         closed = await act(url, action='close', connection=row['id'], code=4001,
                            reason='admin says bye')
         assert closed['type'] == 'result'

@@ -19,12 +19,12 @@ from aiosip_ws.core.codec import make_response
 from aiosip_ws.serve.admin import SUBPROTOCOL, AdminSocket
 from aiosip_ws.serve.config import ServeConfig
 from aiosip_ws.serve.console import Console
-from aiosip_ws.serve.events import WireMessage
+from aiosip_ws.serve.events import MediaCommand, WireMessage
 from aiosip_ws.serve.history import CallHistory
 from aiosip_ws.serve.relay import RelayServer
 from aiosip_ws.tools.cli import build_parser, serve_config
 from tests.serve.test_bridge import bridged
-from tests.support import DOCS, doc_page
+from tests.support import DOCS, doc_page, eventually
 from tests.support.net import http_get
 from tests.support.sip import recv
 
@@ -67,9 +67,18 @@ async def test_a_call_is_recorded_both_ways_redacted_and_served_to_the_token(his
     record = history.get('h-1')
     assert record.method == 'MESSAGE' and record.status == 202 and record.node == 'n1'
     assert record.from_ == '"Alice" <sip:alice@example.com>;tag=a1'
-    assert [(e.direction, e.transport, e.label) for e in record.entries] == [
-        ('in', 'ws', 'MESSAGE'), ('out', 'udp', 'MESSAGE'), ('in', 'udp', '202'),
-        ('out', 'ws', '202')]
+    assert [(e.kind, e.direction, e.transport, e.label) for e in record.entries] == [
+        ('opened', '', 'ws', 'opened'), ('message', 'in', 'ws', 'MESSAGE'),
+        ('message', 'out', 'udp', 'MESSAGE'), ('message', 'in', 'udp', '202'),
+        ('message', 'out', 'ws', '202')]
+    assert record.entries[0].time < record.entries[1].time      # alice's connection opened
+    assert record.entries[0].source == alice.local_address[:2]    # before the call
+    server.events.emit(MediaCommand, 'offer', 'h-1', 'ok', 0.002)   # as serve/media.py does
+    alice_conn = next(iter(server.connections))
+    await alice.close()
+    await eventually(lambda: record.entries[-1].kind == 'closed')
+    assert record.entries[-2].kind == 'media' and record.entries[-2].label == 'offer ok'
+    assert record.entries[-1].label == '1000' and alice_conn.close_code == 1000
     assert record.peers == {'ws:%s:%d' % alice.local_address[:2],
                             'udp:127.0.0.1:%d' % bob.addr[1]}
     assert b'hello' not in record.entries[0].data                 # a MESSAGE body: redacted
@@ -83,8 +92,8 @@ async def test_a_call_is_recorded_both_ways_redacted_and_served_to_the_token(his
         'h-1', 'reg-alice', 'reg-bob']                                 # newest first
     assert headers['content-security-policy'] == "default-src 'self'"
     status, _, body = await http_get(port, '/calls/h-1.json', headers=auth)
-    assert [e['label'] for e in json.loads(body)['entries']] == ['MESSAGE', 'MESSAGE', '202',
-                                                                 '202']
+    assert [e['label'] for e in json.loads(body)['entries']] == [
+        'opened', 'MESSAGE', 'MESSAGE', '202', '202', 'offer ok', '1000']
     status, _, body = await http_get(port, '/calls.json?aor=alice@example.com', headers=auth)
     assert [row['call_id'] for row in json.loads(body)] == ['h-1', 'reg-alice']
     status, _, body = await http_get(port, '/calls.json?address=192.0.2.1', headers=auth)
