@@ -30,6 +30,7 @@ type  what                             value
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from ..errors import HepError
 from .capture import ip_of
 
-__all__ = ['HepPacket', 'encode', 'decode', 'split_stream', 'MAX_PACKET', 'PROTO_SIP',
+__all__ = ['HepPacket', 'encode', 'encode_message', 'decode', 'split_stream', 'MAX_PACKET', 'PROTO_SIP',
            'IPPROTO_TCP', 'IPPROTO_UDP']
 
 MAGIC = b'HEP3'
@@ -94,40 +95,54 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         raise HepError('HEP needs IP addresses, not %r' % text[:60]) from None
 
 
+@functools.lru_cache(maxsize=4096)
+def _addresses(source: str, destination: str) -> bytes:
+    """The family chunk and the two address chunks (a capture's addresses repeat: they
+    are parsed once)."""
+    src, dst = _address(source), _address(destination)
+    if src.version != dst.version:
+        raise HepError('HEP needs one address family: %s and %s' % (src, dst))
+    v4 = src.version == 4
+    return (_u8(1, _AF_INET if v4 else _AF_INET6) + _raw(3 if v4 else 5, src.packed)
+            + _raw(4 if v4 else 6, dst.packed))
+
+
+#: protocol, ports, seconds, microseconds, protocol type, capture id: chunks 2, 7-12
+_FIXED = struct.Struct('!HHHB' 'HHHH' 'HHHH' 'HHHI' 'HHHI' 'HHHB' 'HHHI')
+
+
 def encode(packet: HepPacket) -> bytes:
     """The bytes of ``packet``; :class:`HepError` when an address is not an IP literal of
     one family, a port or the capture id is out of range, or the packet would pass
     :data:`MAX_PACKET` bytes (a message too large for HEP is not sent: count it)."""
-    source, destination = _address(packet.source[0]), _address(packet.destination[0])
-    if source.version != destination.version:
-        raise HepError('HEP needs one address family: %s and %s' % (source, destination))
-    for port in (packet.source[1], packet.destination[1]):
-        if not 0 <= port <= 0xFFFF:
-            raise HepError('port %d is out of range' % port)
-    if not 0 <= packet.capture_id <= 0xFFFFFFFF:
-        raise HepError('the capture agent id %d is not a 32-bit number' % packet.capture_id)
-    seconds = int(packet.time)
-    micros = min(int(round((packet.time - seconds) * 1e6)), 999999)
-    v4 = source.version == 4
-    chunks = [
-        _u8(1, _AF_INET if v4 else _AF_INET6),
-        _u8(2, packet.protocol),
-        _raw(3 if v4 else 5, source.packed),
-        _raw(4 if v4 else 6, destination.packed),
-        _u16(7, packet.source[1]),
-        _u16(8, packet.destination[1]),
-        _u32(9, seconds),
-        _u32(10, micros),
-        _u8(11, packet.payload_type),
-        _u32(12, packet.capture_id),
-    ]
-    if packet.password:
-        chunks.append(_raw(14, packet.password.encode('utf-8')))
-    if packet.correlation_id:
-        chunks.append(_raw(17, packet.correlation_id.encode('utf-8', 'surrogateescape')))
-    if packet.node:
-        chunks.append(_raw(19, packet.node.encode('utf-8')))
-    chunks.append(_raw(15, packet.payload))
+    return encode_message(packet.source, packet.destination, packet.protocol, packet.time,
+                          packet.payload, capture_id=packet.capture_id,
+                          password=packet.password, correlation_id=packet.correlation_id,
+                          node=packet.node, payload_type=packet.payload_type)
+
+
+def encode_message(source: tuple[str, int], destination: tuple[str, int], protocol: int,
+                   time: float, payload: bytes, *, capture_id: int = 0,
+                   password: str | None = None, correlation_id: str | None = None,
+                   node: str | None = None, payload_type: int = PROTO_SIP) -> bytes:
+    """:func:`encode` of the packet these fields make, without making it."""
+    if not (0 <= source[1] <= 0xFFFF and 0 <= destination[1] <= 0xFFFF):
+        raise HepError('port %d or %d is out of range' % (source[1], destination[1]))
+    if not 0 <= capture_id <= 0xFFFFFFFF:
+        raise HepError('the capture agent id %d is not a 32-bit number' % capture_id)
+    seconds = int(time)
+    micros = min(int(round((time - seconds) * 1e6)), 999999)
+    chunks = [_addresses(source[0], destination[0]),
+              _FIXED.pack(0, 2, 7, protocol, 0, 7, 8, source[1], 0, 8, 8, destination[1],
+                          0, 9, 10, seconds, 0, 10, 10, micros, 0, 11, 7, payload_type,
+                          0, 12, 10, capture_id)]
+    if password:
+        chunks.append(_raw(14, password.encode('utf-8')))
+    if correlation_id:
+        chunks.append(_raw(17, correlation_id.encode('utf-8', 'surrogateescape')))
+    if node:
+        chunks.append(_raw(19, node.encode('utf-8')))
+    chunks.append(_raw(15, payload))
     size = 6 + sum(len(chunk) for chunk in chunks)
     if size > MAX_PACKET:
         raise HepError('a HEP packet of %d bytes is larger than %d' % (size, MAX_PACKET))

@@ -66,12 +66,11 @@ class HepExport:
         """One message to every collector (called by the event stream, in batches)."""
         data = capture.redact(event.data, secrets=self.secrets, bodies=self.bodies)
         try:
-            packet = hep.encode(hep.HepPacket(
-                source=event.source, destination=event.destination,
-                protocol=hep.IPPROTO_UDP if event.transport == 'udp' else hep.IPPROTO_TCP,
-                time=event.time, payload=data, capture_id=self.capture_id,
-                password=self.password, correlation_id=capture.summary(data).call_id or None,
-                node=self.node))
+            packet = hep.encode_message(
+                event.source, event.destination,
+                hep.IPPROTO_UDP if event.transport == 'udp' else hep.IPPROTO_TCP,
+                event.time, data, capture_id=self.capture_id, password=self.password,
+                correlation_id=capture.call_id_of(data) or None, node=self.node)
         except HepError as exc:
             self.too_large += 1
             peer_log.warning('hep not sent', 'a SIP message was not exported as HEP: %s', exc)

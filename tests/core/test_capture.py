@@ -1,7 +1,7 @@
 """What captures read of a message's bytes, and what they keep out."""
 from __future__ import annotations
 
-from aiosip_ws.core.capture import redact, summary
+from aiosip_ws.core.capture import call_id_of, redact, summary
 
 REGISTER = (b'REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bK1\r\n'
             b'i: reg-1@x\r\nCSeq: 2 REGISTER\r\n'
@@ -20,6 +20,9 @@ def test_the_summary_reads_method_status_and_call_id_without_parsing():
     ok = summary(b'SIP/2.0 200 OK\r\nCall-ID:  c2 \r\n\r\n')
     assert ok.status == 200 and ok.method is None and ok.call_id == 'c2'
     assert summary(b'\x00\xffgarbage').call_id == '' and summary(b'').method is None
+    for data in (REGISTER, MESSAGE, INVITE, b'SIP/2.0 200 OK\r\nCall-ID:  c2 \r\n\r\n',
+                 b'', b'OPTIONS x SIP/2.0\r\n\r\nCall-ID: in-the-body'):
+        assert call_id_of(data) == summary(data).call_id
 
 
 def test_credentials_and_cookies_are_redacted_unless_asked():

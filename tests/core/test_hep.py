@@ -73,6 +73,8 @@ def test_what_cannot_be_a_packet_is_refused():
         encode(HepPacket(('::1', 1), ('127.0.0.1', 2), 6, 0.0, b''))
     with pytest.raises(HepError, match='larger than'):
         encode(HepPacket(('::1', 1), ('::1', 2), 6, 0.0, b'x' * (MAX_PACKET - 80)))
+    with pytest.raises(HepError, match='out of range'):
+        encode(HepPacket(('::1', 70000), ('::1', 2), 6, 0.0, b''))
     with pytest.raises(HepError, match='capture agent id'):
         encode(HepPacket(('::1', 1), ('::1', 2), 6, 0.0, b'', capture_id=1 << 32))
     good = encode(HepPacket(('::1', 1), ('::1', 2), 6, 0.0, b'abc'))
