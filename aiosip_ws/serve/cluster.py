@@ -53,6 +53,7 @@ from ..core.sipuri import NameAddr
 from ..core.transaction import new_branch
 from ..errors import ConfigurationError, ConnectionLost, SIPParseError
 from ..options import ServerOptions
+from ..transport.tap import WireTap
 from ..transport.throttle import LogThrottle
 from .contacts import ContactIndex
 from .flow import Flow, FlowState
@@ -194,6 +195,9 @@ class ClusterHost(Protocol):
 
     def media_ended(self, call_id: str) -> None: ...
 
+    #: where the bytes of SIP messages go (the bus is tapped too: see RemoteConnection)
+    wire_tap: WireTap
+
 
 class RemoteConnection:
     """A client connection that another node holds, as the relay core sees a connection:
@@ -223,10 +227,18 @@ class RemoteConnection:
     def via(self, branch: str) -> str:
         return 'SIP/2.0/%s %s;branch=%s' % (self.via_transport, self.via_host, branch)
 
+    #: not a socket of this node: what it carries goes over the bus (traces and the call
+    #: history show it as going to the node; HEP leaves it to the node that holds it)
+    local_addr = ('0.0.0.0', 0)
+
     def send(self, message: SIPMessage) -> bool:
+        data = serialize(message)
+        sink = self.cluster.relay.wire_tap.sink
+        if sink is not None:
+            sink('out', self, data)
         return self.cluster.publish(self.node, {
             'type': 'send', 'incarnation': self.incarnation, 'connection': self.connection,
-            'message': serialize(message).decode('utf-8', 'surrogateescape')})
+            'message': data.decode('utf-8', 'surrogateescape')})
 
 
 class Cluster:
@@ -693,6 +705,9 @@ class Cluster:
             peer = self._peers.get((origin, message.get('incarnation', ''),
                                     message.get('connection', '')))
             if peer is not None:
+                sink = self.relay.wire_tap.sink
+                if sink is not None:
+                    sink('in', peer, message['message'].encode('utf-8', 'surrogateescape'))
                 self.relay.transactions.response_received(peer, sip)
         elif kind == 'media-ended':               # a call this node anchored, ended there
             self.relay.media_ended(str(message.get('call-id', '')))

@@ -205,8 +205,13 @@ class WireMessage(Event):
 
     @property
     def transport(self) -> str:
-        """``ws``, ``wss``, ``udp``, ``tcp`` or ``tls``."""
-        return str(self.flow.transport_name)
+        """``ws``, ``wss``, ``udp``, ``tcp`` or ``tls``; ``node NAME`` for a client of
+        another node of the cluster (the message went over the Redis bus, not a socket of
+        this node: HEP leaves it to that node)."""
+        flow = self.flow
+        if getattr(flow, 'is_remote', False):
+            return 'node %s' % flow.node
+        return str(flow.transport_name)
 
     @property
     def peer(self) -> tuple[str, int]:

@@ -64,6 +64,8 @@ class HepExport:
 
     def consume(self, event: WireMessage) -> None:
         """One message to every collector (called by the event stream, in batches)."""
+        if getattr(event.flow, 'is_remote', False):
+            return                   # over the bus: the node holding the client exports it
         data = capture.redact(event.data, secrets=self.secrets, bodies=self.bodies)
         try:
             packet = hep.encode_message(

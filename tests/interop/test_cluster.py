@@ -566,3 +566,47 @@ async def test_a_call_anchored_by_one_node_goes_on_through_the_other(redis_serve
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_nodes_history_shows_the_other_node_as_a_party(nodes):
+    """alice on node a sends a MESSAGE to bob on node b: a's history (its ladder) shows
+    the request going to node b and the answer coming from it, labelled with the node;
+    a's HEP export leaves that leg to b (it crossed no socket of a)."""
+    from aiosip_ws.serve.hep import HepExport
+    from aiosip_ws.serve.history import CallHistory
+    from tests.serve.test_hep import Collector
+    (a, url_a), (b, url_b) = nodes
+    history = CallHistory(node='a')
+    history.follow(a.events)
+    loop = asyncio.get_running_loop()
+    transport, collector = await loop.create_datagram_endpoint(Collector,
+                                                               local_addr=('127.0.0.1', 0))
+    export = HepExport(['udp://127.0.0.1:%d' % transport.get_extra_info('sockname')[1]])
+    await export.start(a.events)
+    try:
+        async with ws(url_a) as alice, ws(url_b) as bob:
+            alice_host = await register_raw(alice, 'alice')
+            await register_device(bob, 'bob', 'desk')
+            await alice.send(message(alice_host, 'across').replace('Call-ID: ',
+                                                                   'Call-ID: across-'))
+            got = await recv(bob)
+            await answer(bob, got, 202, 'b1')
+            assert (await recv(alice)).status == 202
+            await asyncio.sleep(0.1)
+        [call_id] = [c for c in history.calls if c.startswith('across-')]
+        record = history.get(call_id)
+        steps = [(e.direction, e.transport, e.label) for e in record.entries
+                 if e.kind == 'message']
+        assert steps == [('in', 'ws', 'MESSAGE'), ('out', 'node b', 'MESSAGE'),
+                         ('in', 'node b', '202'), ('out', 'ws', '202')]
+        assert any(peer.startswith('node b:') for peer in record.peers)
+        exported = []
+        while not collector.packets.empty():
+            exported.append(collector.packets.get_nowait())
+        mine = [p for p in exported if p.correlation_id == call_id]
+        assert [parse(p.payload).method or parse(p.payload).status for p in mine] == [
+            'MESSAGE', 202]                              # alice's leg only, on a's sockets
+    finally:
+        await export.close()
+        await history.close()
+        transport.close()
