@@ -42,7 +42,8 @@ Each request is one JSON text frame; one that asks nothing within
     ``ws.close``);
   - ``unbind`` ``{"aor": AOR, "contact": URI}``: remove an AOR's bindings (all, or the one
     whose Contact URI is given; one node only);
-  - ``drain`` ``{"window": SECONDS}``: what SIGUSR1 does.
+  - ``drain`` ``{"window": SECONDS}``: what SIGUSR1 does;
+  - ``reload``: what SIGHUP does (the TLS certificate, the ``--users`` file).
 """
 from __future__ import annotations
 
@@ -327,7 +328,16 @@ async def _drain(admin: AdminSocket, request: dict[str, Any]) -> tuple[Any, str]
     return {'draining': True, 'window': window}, 'drain over %g s' % window
 
 
-ACTIONS = {'connections': _connections, 'close': _close, 'unbind': _unbind, 'drain': _drain}
+async def _reload(admin: AdminSocket, request: dict[str, Any]) -> tuple[Any, str]:
+    hook = getattr(admin.server, 'reload_hook', None)
+    if hook is None:
+        raise ValueError('this serve has nothing to reload')
+    done = hook('admin reload')
+    return {'reloaded': done}, 'reload (%s)' % (', '.join(done) or 'nothing')
+
+
+ACTIONS = {'connections': _connections, 'close': _close, 'unbind': _unbind, 'drain': _drain,
+           'reload': _reload}
 
 
 class _Tracer:

@@ -135,6 +135,9 @@ class RelayServer:
         self.events.on_change = self._events_wanted
         #: the transports' SIP bytes: a WireMessage each, while a consumer wants them
         self.wire_tap = WireTap()
+        #: what SIGHUP and the admin reload action do (set by serve's life cycle): loads
+        #: what can be loaded again, returns what it loaded
+        self.reload_hook: Callable[..., list[str]] | None = None
         self.metrics.follow(self.events)
         #: what the stages share
         self.ctx: Context = Context(self.metrics, self.limits, timer_c=timer_c,

@@ -7,7 +7,8 @@ is what ``aiosip-ws serve`` does once its flags are read:
 * it raises the open file limit to its hard limit (the connection caps follow from it),
   builds the server from the options and listens on every ``listen`` URL, printing
   ``aiosip-ws serve: listening on URL`` for each;
-* SIGHUP loads the TLS certificate again (new handshakes get it), SIGUSR1 drains
+* SIGHUP (or the admin ``reload`` action) loads the TLS certificate again (new handshakes
+  get it) and the ``--users`` file, SIGUSR1 drains
   (``drain_window``), SIGINT and SIGTERM close the clients over ``shutdown_window`` and
   stop; accept() failures (out of descriptors) are summarised, not logged one by one;
 * what is alive once it listens is frozen out of the garbage collector's sight (a full
@@ -21,6 +22,7 @@ It returns the exit status: 0 after a clean stop, 1 if tasks were left behind (l
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import importlib
 import ipaddress
@@ -141,8 +143,8 @@ async def serve(config: ServeConfig, *,
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    if base.ssl is not None:
-        loop.add_signal_handler(signal.SIGHUP, _reload_certificate, base.ssl, config)
+    server.reload_hook = functools.partial(_reload, server, base.ssl, config)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_hook)
     loop.add_signal_handler(signal.SIGUSR1, _start_drain, server, config.drain_window)
     accept_failures = AcceptFailureHandler()      # out of descriptors: summaries, no tracebacks
     accept_failures.install(loop)
@@ -188,16 +190,34 @@ async def serve(config: ServeConfig, *,
         LogThrottle.flush_all()                    # the "N similar suppressed" lines still due
 
 
-def _reload_certificate(context: ssl.SSLContext, config: ServeConfig) -> None:
-    """SIGHUP: load the certificate and key files again into the listeners' TLS context:
-    new handshakes get the new certificate, established connections keep theirs.  A file
-    that cannot be loaded leaves the old certificate in place (logged)."""
-    try:
-        config.load_certificate(context)
-    except ConfigurationError as exc:
-        logger.error('SIGHUP: the TLS certificate was not reloaded, the old one stays: %s', exc)
-        return
-    logger.info('SIGHUP: reloaded the TLS certificate %s', config.tls_cert)
+def _reload(server: Any, context: ssl.SSLContext | None, config: ServeConfig,
+            why: str = 'SIGHUP') -> list[str]:
+    """SIGHUP and the admin ``reload`` action: load the TLS certificate and key files again
+    into the listeners' TLS context (new handshakes get it, established connections keep
+    theirs) and the ``--users`` file into the Digest authenticator.  A file that cannot be
+    loaded leaves the old one in place (logged).  What was reloaded."""
+    done = []
+    if context is not None:
+        try:
+            config.load_certificate(context)
+        except ConfigurationError as exc:
+            logger.error('%s: the TLS certificate was not reloaded, the old one stays: %s',
+                         why, exc)
+        else:
+            logger.info('%s: reloaded the TLS certificate %s', why, config.tls_cert)
+            done.append('tls-cert')
+    if config.users is not None and server.auth is not None:
+        from .auth import UserFile
+        try:
+            server.auth.users = UserFile.load(config.users)
+        except (ConfigurationError, OSError) as exc:
+            logger.error('%s: %s was not reloaded, the old users stay: %s', why, config.users,
+                         exc)
+        else:
+            logger.info('%s: reloaded %d user(s) from %s', why, len(server.auth.users),
+                        config.users)
+            done.append('users')
+    return done
 
 
 def _start_drain(server: Any, window: float) -> None:

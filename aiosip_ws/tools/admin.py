@@ -12,7 +12,8 @@ where, then the message (``--json``: one JSON object per line, as serve sent it)
 messages or ``--duration`` seconds, or when serve closes.
 
 ``admin`` runs one action: ``connections`` (a table, or ``--json``), ``close ID``
-(``--code``, ``--reason``), ``unbind AOR`` (``--contact``), ``drain`` (``--window``).
+(``--code``, ``--reason``), ``unbind AOR`` (``--contact``), ``drain`` (``--window``), ``reload`` (what
+SIGHUP does).
 
 Exit status: 0; 1 when serve refused, could not be reached or answered an error; 2 for
 a usage error.
@@ -56,7 +57,8 @@ def _admin_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_admin_arguments(parser: argparse.ArgumentParser) -> None:
     _admin_arguments(parser)
-    parser.add_argument('action', choices=('connections', 'close', 'unbind', 'drain'),
+    parser.add_argument('action', choices=('connections', 'close', 'unbind', 'drain',
+                                           'reload'),
                         help='what to do')
     parser.add_argument('subject', nargs='?', metavar='ID|AOR',
                         help='close: the connection\'s id (see connections); unbind: the AOR')

@@ -197,12 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_trace_arguments(trace)
     trace.set_defaults(func=trace_command)
     admin = commands.add_parser(
-        'admin', help='act on a running serve: list or close connections, unbind, drain',
+        'admin', help='act on a running serve: list or close connections, unbind, drain, reload',
         description='Over the admin WebSocket of a running aiosip-ws serve (its --admin-token '
         'given with --token or $AIOSIP_WS_ADMIN_TOKEN): connections lists the WebSocket '
         'connections; close ID closes one with --code and --reason; unbind AOR removes its '
         'bindings (--contact: one); drain closes the clients over --window seconds, as '
-        'SIGUSR1 does. Exit 0; 1 when serve refused, could not be reached or answered an '
+        'SIGUSR1 does; reload loads the TLS certificate and the --users file again, as '
+        'SIGHUP does. Exit 0; 1 when serve refused, could not be reached or answered an '
         'error.')
     add_admin_arguments(admin)
     admin.set_defaults(func=admin_command)

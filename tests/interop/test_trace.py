@@ -91,7 +91,7 @@ def test_the_commands_of_docs_tracing_rst_trace_section_are_valid():
     admins = [shlex.split(line) for line in page.splitlines()
               if line.strip().startswith('aiosip-ws admin')]
     assert sorted(build_parser().parse_args(line[1:]).action for line in admins) == [
-        'close', 'connections', 'drain', 'unbind']
+        'close', 'connections', 'drain', 'reload', 'unbind']
     for info in ServeConfig.options():
         if info.name.startswith(('admin', 'max_tracers')):
             assert '``--%s' % info.flag_name in page, info.flag_name
@@ -123,3 +123,18 @@ async def test_the_admin_cli_lists_and_closes_a_raw_clients_connection(serve_pro
     assert again.returncode == 1 and 'no connection' in again.stderr
     _, _, err = serve.stop()
     assert 'closed connection %s' % row['id'] in err
+
+
+async def test_the_admin_cli_reloads_the_users_file(serve_process, users_file):
+    serve = serve_process('--listen', 'ws://127.0.0.1:0/', '--users', str(users_file),
+                          '--realm', 'example.com', '--admin-token', TOKEN)
+    made = await asyncio.to_thread(run_aiosip_ws, 'passwd', str(users_file), 'carol',
+                                   '--realm', 'example.com', stdin='secret\n')
+    assert made.returncode == 0, made.stderr
+    reloaded = await asyncio.to_thread(run_aiosip_ws, 'admin', serve.urls[0], 'reload',
+                                       '--token', TOKEN)
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert json.loads(reloaded.stdout) == {'reloaded': ['users']}
+    _, _, err = serve.stop()
+    assert 'admin reload: reloaded 3 user(s) from %s' % users_file in err
+    assert 'reload (users)' in err                        # the action's own INFO line
