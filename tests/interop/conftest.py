@@ -148,3 +148,50 @@ def front_process(what: str, command: list[str], port: int, log: Path | None = N
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def browser_beside_serve(tmp_path, serve_process, *serve_args: str):
+    """``aiosip-ws serve SERVE_ARGS`` (listening on ws://127.0.0.1) and a headless Chromium
+    in one private network namespace: (browser, serve's URL, the serve process); what is
+    missing makes the test unavailable."""
+    import shutil
+
+    from tests.support.browser import Browser, chromium_binary, ensure_bundles
+    from tests.support.cli import PRIVATE_NETWORK
+    try:
+        chromium_binary()
+        ensure_bundles()
+    except RuntimeError as exc:
+        _unavailable('browser agents', exc)
+    if not (shutil.which('unshare') and shutil.which('nsenter') and shutil.which('ip')):
+        _unavailable('browser agents', RuntimeError('unshare, nsenter and ip (util-linux, '
+                                                    'iproute2) are needed'))
+    process = serve_process('--listen', 'ws://127.0.0.1:0/', *serve_args,
+                            prefix=PRIVATE_NETWORK)
+    [url] = process.urls
+    browser = Browser(tmp_path / 'chromium', netns_pid=process.proc.pid)
+    try:
+        await browser.start()
+    except RuntimeError as exc:
+        _unavailable('chromium', exc)
+    try:
+        yield browser, url, process
+    finally:
+        await browser.close()
+
+
+async def answered_jssip_call(browser, url: str):
+    """alice and bob, two JsSIP pages registered (password ``secret``) at ``url``; alice
+    calls bob and bob answers: (alice, bob) once alice sees the call confirmed."""
+    alice = await browser.agent('jssip', url=url, aor='sip:alice@example.com',
+                                password='secret', name='alice')
+    bob = await browser.agent('jssip', url=url, aor='sip:bob@example.com', password='secret',
+                              name='bob')
+    for agent in (alice, bob):
+        assert (await agent.register())['status'] == 200
+    await alice.call('sip:bob@example.com')
+    await bob.wait_event('incomingCall', timeout=15)
+    await bob.answer()
+    await alice.wait_event('confirmed', timeout=15)
+    return alice, bob

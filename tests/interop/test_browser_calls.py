@@ -11,11 +11,10 @@ password) calls JsSIP and hangs up.
 from __future__ import annotations
 
 import asyncio
-import shutil
 
 import pytest
 
-from tests.interop.conftest import _unavailable
+from tests.interop.conftest import _unavailable, answered_jssip_call, browser_beside_serve
 from tests.support.browser import Browser, chromium_binary, ensure_bundles
 from tests.support.cli import PRIVATE_NETWORK
 
@@ -28,26 +27,9 @@ ALICE = 'sip:alice@example.com'
 @pytest.fixture
 async def browser_and_serve(tmp_path, serve_process, users_file, node_agents_ready):
     """serve (Digest, realm example.com) and Chromium in one private network namespace."""
-    try:
-        chromium_binary()
-        ensure_bundles()
-    except RuntimeError as exc:
-        _unavailable('browser agents', exc)
-    if not (shutil.which('unshare') and shutil.which('nsenter') and shutil.which('ip')):
-        _unavailable('browser agents', RuntimeError('unshare, nsenter and ip (util-linux, '
-                                                    'iproute2) are needed'))
-    process = serve_process('--listen', 'ws://127.0.0.1:0/', '--users', str(users_file),
-                            '--realm', 'example.com', prefix=PRIVATE_NETWORK)
-    [url] = process.urls
-    browser = Browser(tmp_path / 'chromium', netns_pid=process.proc.pid)
-    try:
-        await browser.start()
-    except RuntimeError as exc:
-        _unavailable('chromium', exc)
-    try:
-        yield browser, url, process
-    finally:
-        await browser.close()
+    async with browser_beside_serve(tmp_path, serve_process, '--users', str(users_file),
+                                    '--realm', 'example.com') as parts:
+        yield parts
 
 
 async def test_two_browsers_of_one_user_ring_and_the_one_that_answers_gets_the_call(
@@ -102,14 +84,7 @@ async def test_a_browser_call_carries_media_goes_on_hold_and_ends(browser_and_se
     the other on hold and flows again after unhold, BYE ends it; a second call cancelled
     while ringing ends both sides with Canceled."""
     browser, url, process = browser_and_serve
-    alice = await browser.agent('jssip', url=url, aor=ALICE, password='secret', name='alice')
-    bob = await browser.agent('jssip', url=url, aor=BOB, password='secret', name='bob')
-    for agent in (alice, bob):
-        assert (await agent.register())['status'] == 200
-    await alice.call(BOB)
-    await bob.wait_event('incomingCall', timeout=15)
-    await bob.answer()
-    await alice.wait_event('confirmed', timeout=15)
+    alice, bob = await answered_jssip_call(browser, url)
     await bob.wait_event('confirmed', timeout=15)
     for page in (alice, bob):
         assert await packets(page, 'received', more_than=25) > 25, page.name

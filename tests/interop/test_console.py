@@ -12,15 +12,13 @@ import asyncio
 import base64
 import json
 import os
-import shutil
 import urllib.parse
 
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.interop.conftest import _unavailable
-from tests.support.browser import Browser, chromium_binary, ensure_bundles
-from tests.support.cli import PRIVATE_NETWORK
+from tests.interop.conftest import answered_jssip_call, browser_beside_serve
+from tests.support.browser import Browser
 from tests.support.net import netns_socket
 from tests.support.sip import recv
 
@@ -67,26 +65,10 @@ class Page:
 
 @pytest.fixture
 async def console(tmp_path, serve_process, users_file, node_agents_ready):
-    try:
-        chromium_binary()
-        ensure_bundles()
-    except RuntimeError as exc:
-        _unavailable('browser agents', exc)
-    if not (shutil.which('unshare') and shutil.which('nsenter') and shutil.which('ip')):
-        _unavailable('browser agents', RuntimeError('unshare, nsenter and ip are needed'))
-    process = serve_process('--listen', 'ws://127.0.0.1:0/', '--users', str(users_file),
-                            '--realm', 'example.com', '--admin-token', TOKEN,
-                            prefix=PRIVATE_NETWORK)
-    [url] = process.urls
-    browser = Browser(tmp_path / 'chromium', netns_pid=process.proc.pid)
-    try:
-        await browser.start()
-    except RuntimeError as exc:
-        _unavailable('chromium', exc)
-    try:
-        yield browser, url, process
-    finally:
-        await browser.close()
+    async with browser_beside_serve(tmp_path, serve_process, '--users', str(users_file),
+                                    '--realm', 'example.com', '--admin-token',
+                                    TOKEN) as parts:
+        yield parts
 
 
 LABELS = "[...document.querySelectorAll('#ladder g.message text.label')].map(t => t.textContent)"
@@ -95,14 +77,7 @@ LABELS = "[...document.querySelectorAll('#ladder g.message text.label')].map(t =
 async def test_the_ladder_of_a_jssip_call(console):
     browser, url, process = console
     base = 'http://' + url.split('//', 1)[1].rstrip('/')
-    alice = await browser.agent('jssip', url=url, aor=ALICE, password='secret', name='alice')
-    bob = await browser.agent('jssip', url=url, aor=BOB, password='secret', name='bob')
-    for agent in (alice, bob):
-        assert (await agent.register())['status'] == 200
-    await alice.call(BOB)
-    await bob.wait_event('incomingCall', timeout=15)
-    await bob.answer()
-    await alice.wait_event('confirmed', timeout=15)
+    alice, bob = await answered_jssip_call(browser, url)
 
     page = await Page.open(browser, base + '/calls/login')
     await page.until("document.readyState === 'complete' && !!document.getElementById('token')")
