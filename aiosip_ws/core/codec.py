@@ -205,6 +205,9 @@ def mark_received(request: SIPMessage, host: str, port: int) -> None:
             continue
         parts = split_header_values(value) if ',' in value else [value]
         via = Via.parse(parts[0])
+        if via.host.strip('[]').lower() == host.lower() and not any(
+                k.lower() in ('received', 'rport') for k, _ in via.params):
+            return                # sent from where it says, no rport asked: nothing to add
         kept = [(k, v) for k, v in via.params if k.lower() not in ('received', 'rport')]
         wants_rport = any(k.lower() == 'rport' for k, _ in via.params)
         if wants_rport or via.host.strip('[]').lower() != host.lower():

@@ -26,7 +26,7 @@ from aiosip_ws.serve.relay import RelayServer
 from aiosip_ws.transport.rtpengine import open_ng
 from tests.interop.conftest import rtpengine_available
 from tests.support.net import free_port, http_get
-from tests.support.rtpengine import rtpengine
+from tests.support.rtpengine import rtpengine, stop_rtpengine
 from tests.support.sdp import BROWSER_OFFER, PHONE_ANSWER, PHONE_OFFER
 from tests.support.sip import UdpUA, recv, register_raw
 
@@ -347,7 +347,7 @@ async def test_a_relay_gone_before_a_call_and_during_one(tmp_path):
             routes = ok.get_all('Record-Route')
             await c.alice.send(c.alice_in_dialog('ACK', 'm-9', 'b9', routes))
             assert (await c.bob.next()).method == 'ACK'
-            c.server.media.relays.clients[0].address = ('127.0.0.1', 9)   # the relay is gone
+            stop_rtpengine(url)                                            # the relay is gone
             # a re-INVITE whose offer rtpengine cannot take: 500 with a Warning, not relayed
             await c.alice.send(c.alice_in_dialog('INVITE', 'm-9', 'b9', routes, cseq=11,
                                                  body=BROWSER_OFFER, branch='z9hG4bKre9'))
