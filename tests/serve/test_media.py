@@ -6,6 +6,7 @@ option to change), the profile overrides by AOR, domain and CIDR."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
@@ -19,11 +20,12 @@ from aiosip_ws.serve.fork import MAX_BACKLOG
 from aiosip_ws.serve.media import MISMATCH_WARNING, MediaSettings, ProfileRule
 from aiosip_ws.serve.relay import RelayServer
 from aiosip_ws.tools.cli import build_parser, serve_config
+from tests.serve.test_bridge import bridged
 from tests.support import doc_page
 from tests.support.net import http_get
 from tests.support.rtpengine import FakeRelay, arguments
 from tests.support.sdp import BROWSER_OFFER, PHONE_OFFER
-from tests.support.sip import UdpUA, recv, register_raw
+from tests.support.sip import recv, register_raw
 
 
 def invite(host: str, call_id: str, body: str, user: str = 'bob') -> str:
@@ -34,67 +36,62 @@ def invite(host: str, call_id: str, body: str, user: str = 'bob') -> str:
             % (user, host, call_id, user, call_id, host, body))
 
 
-async def bridged(settings: MediaSettings):
-    server = RelayServer(media=settings)
-    ws_listener, udp = await server.start('ws://127.0.0.1:0/', 'udp://127.0.0.1:0')
+@contextlib.asynccontextmanager
+async def behind_fake_relay(answer, *, drop: int = 0):
+    """serve anchoring every call (``always``) on a FakeRelay that answers as ``answer``
+    says (after dropping ``drop`` datagrams); what :func:`bridged` yields (server, bob,
+    alice, alice's Contact host), all closed at the end."""
     loop = asyncio.get_running_loop()
-    transport, bob = await loop.create_datagram_endpoint(UdpUA, local_addr=('127.0.0.1', 0))
-    bob.server = ('127.0.0.1', int(udp.bound_url.rsplit(':', 1)[1]))
-    bob.send(bob.request('REGISTER', 'sip:example.com', to='<sip:bob@example.com>',
-                         call_id='reg-bob', extra=('Expires: 60',)))
-    assert (await bob.next()).status == 200
-    return server, ws_listener, transport, bob
+    transport, _ = await loop.create_datagram_endpoint(lambda: FakeRelay(answer, drop=drop),
+                                                       local_addr=('127.0.0.1', 0))
+    url = 'udp://127.0.0.1:%d' % transport.get_extra_info('sockname')[1]
+    try:
+        async with bridged(RelayServer(media=MediaSettings(rtpengine=[url],
+                                                           mode='always'))) as parts:
+            yield parts
+    finally:
+        transport.close()
 
 
 async def test_a_mismatched_call_is_warned_of_and_goes_on(caplog):
-    server, listener, transport, bob = await bridged(MediaSettings())
-    try:
-        async with connect(listener.bound_url, subprotocols=['sip'], proxy=None) as alice:
-            host = await register_raw(alice, 'alice')
-            with caplog.at_level(logging.WARNING, logger='aiosip_ws.serve.media'):
-                for n in range(3):
-                    await alice.send(invite(host, 'w-%d' % n, BROWSER_OFFER))
-                    assert (await recv(alice)).status == 100
-                    got = await bob.next()
-                    assert got.method == 'INVITE' and got.body == BROWSER_OFFER.encode()
-                    bob.send(make_response(got, 486, to_tag='b%d' % n))
-                    assert (await recv(alice)).status == 486
-                    assert (await bob.next()).method == 'ACK'
-            lines = [r for r in caplog.records if 'without a media relay' in r.getMessage()]
-            assert len(lines) == 1                  # rate-limited: one a minute
-            assert 'a webrtc caller and a plain callee' in lines[0].getMessage()
-            _, _, metrics = await http_get(listener.port, '/metrics')
-            assert 'aiosip_ws_media_mismatch_total{action="warn"} 3.0' in metrics.decode()
-            assert server.media.mismatches == 3 and not server.media.calls
-    finally:
-        transport.close()
-        await server.close()
+    async with bridged(RelayServer(media=MediaSettings())) as (server, bob, alice, host):
+        listener = server.listeners[0]
+        with caplog.at_level(logging.WARNING, logger='aiosip_ws.serve.media'):
+            for n in range(3):
+                await alice.send(invite(host, 'w-%d' % n, BROWSER_OFFER))
+                assert (await recv(alice)).status == 100
+                got = await bob.next()
+                assert got.method == 'INVITE' and got.body == BROWSER_OFFER.encode()
+                bob.send(make_response(got, 486, to_tag='b%d' % n))
+                assert (await recv(alice)).status == 486
+                assert (await bob.next()).method == 'ACK'
+        lines = [r for r in caplog.records if 'without a media relay' in r.getMessage()]
+        assert len(lines) == 1                  # rate-limited: one a minute
+        assert 'a webrtc caller and a plain callee' in lines[0].getMessage()
+        _, _, metrics = await http_get(listener.port, '/metrics')
+        assert 'aiosip_ws_media_mismatch_total{action="warn"} 3.0' in metrics.decode()
+        assert server.media.mismatches == 3 and not server.media.calls
 
 
 async def test_a_mismatched_call_is_refused_with_a_warning_and_others_pass():
-    server, listener, transport, bob = await bridged(MediaSettings(mismatch='refuse'))
-    try:
-        async with connect(listener.bound_url, subprotocols=['sip'], proxy=None) as alice, \
-                connect(listener.bound_url, subprotocols=['sip'], proxy=None) as carol:
-            host = await register_raw(alice, 'alice')
-            await register_raw(carol, 'carol')
-            await alice.send(invite(host, 'r-1', BROWSER_OFFER))
-            refused = await recv(alice)
-            assert refused.status == 488
-            warning = refused.get('Warning')
-            assert warning.startswith('399 ') and warning.endswith(' "%s"' % MISMATCH_WARNING)
-            with pytest.raises(asyncio.TimeoutError):
-                await bob.next(timeout=0.3)                      # the phone never rang
-            # a plain offer to the phone, a WebRTC offer to another browser: untouched
-            await alice.send(invite(host, 'r-2', PHONE_OFFER))
-            assert (await recv(alice)).status == 100
-            assert (await bob.next()).body == PHONE_OFFER.encode()
-            await alice.send(invite(host, 'r-3', BROWSER_OFFER, user='carol'))
-            assert (await recv(alice)).status == 100
-            assert (await recv(carol)).body == BROWSER_OFFER.encode()
-    finally:
-        transport.close()
-        await server.close()
+    async with bridged(RelayServer(media=MediaSettings(mismatch='refuse'))) as (
+            server, bob, alice, host), connect(server.listeners[0].bound_url, subprotocols=['sip'],
+                       proxy=None) as carol:
+        await register_raw(carol, 'carol')
+        await alice.send(invite(host, 'r-1', BROWSER_OFFER))
+        refused = await recv(alice)
+        assert refused.status == 488
+        warning = refused.get('Warning')
+        assert warning.startswith('399 ') and warning.endswith(' "%s"' % MISMATCH_WARNING)
+        with pytest.raises(asyncio.TimeoutError):
+            await bob.next(timeout=0.3)                      # the phone never rang
+        # a plain offer to the phone, a WebRTC offer to another browser: untouched
+        await alice.send(invite(host, 'r-2', PHONE_OFFER))
+        assert (await recv(alice)).status == 100
+        assert (await bob.next()).body == PHONE_OFFER.encode()
+        await alice.send(invite(host, 'r-3', BROWSER_OFFER, user='carol'))
+        assert (await recv(alice)).status == 100
+        assert (await recv(carol)).body == BROWSER_OFFER.encode()
 
 
 def test_the_media_flags_and_what_they_refuse():
@@ -157,47 +154,34 @@ async def test_a_cancel_while_the_offer_waits_for_the_relay():
     """The caller CANCELs while rtpengine has not answered the offer yet (its first copy
     lost; the ng client sends it again a second later): the caller gets 487 once the
     offer is back, the callee never rings, and the call is deleted on the relay."""
-    loop = asyncio.get_running_loop()
     commands = []
 
     def answer(command):
         commands.append(command['command'])
         return {'result': 'ok', 'sdp': PHONE_OFFER}
-    transport, _ = await loop.create_datagram_endpoint(lambda: FakeRelay(answer, drop=1),
-                                                       local_addr=('127.0.0.1', 0))
-    url = 'udp://127.0.0.1:%d' % transport.get_extra_info('sockname')[1]
-    server, listener, bob_transport, bob = await bridged(MediaSettings(rtpengine=[url],
-                                                                       mode='always'))
-    try:
-        async with connect(listener.bound_url, subprotocols=['sip'], proxy=None) as alice:
-            host = await register_raw(alice, 'alice')
-            request = invite(host, 'c-1', BROWSER_OFFER)
-            await alice.send(request)
-            assert (await recv(alice)).status == 100
-            await alice.send(request.split('\r\n\r\n')[0].replace('INVITE sip:', 'CANCEL sip:')
-                             .replace('CSeq: 10 INVITE', 'CSeq: 10 CANCEL')
-                             .replace('Content-Type: application/sdp\r\n', '') + '\r\n\r\n')
-            assert (await recv(alice)).status == 200                    # the CANCEL's
-            cancelled = await asyncio.wait_for(recv(alice), 5)
-            assert cancelled.status == 487 and cancelled.cseq == (10, 'INVITE')
-            with pytest.raises(asyncio.TimeoutError):
-                await bob.next(timeout=0.3)                             # never rang
-            for _ in range(20):
-                if 'delete' in commands:
-                    break
-                await asyncio.sleep(0.05)
-            assert commands == ['offer', 'delete'] and not server.media.calls
-    finally:
-        bob_transport.close()
-        await server.close()
-        transport.close()
+    async with behind_fake_relay(answer, drop=1) as (server, bob, alice, host):
+        request = invite(host, 'c-1', BROWSER_OFFER)
+        await alice.send(request)
+        assert (await recv(alice)).status == 100
+        await alice.send(request.split('\r\n\r\n')[0].replace('INVITE sip:', 'CANCEL sip:')
+                         .replace('CSeq: 10 INVITE', 'CSeq: 10 CANCEL')
+                         .replace('Content-Type: application/sdp\r\n', '') + '\r\n\r\n')
+        assert (await recv(alice)).status == 200                    # the CANCEL's
+        cancelled = await asyncio.wait_for(recv(alice), 5)
+        assert cancelled.status == 487 and cancelled.cseq == (10, 'INVITE')
+        with pytest.raises(asyncio.TimeoutError):
+            await bob.next(timeout=0.3)                             # never rang
+        for _ in range(20):
+            if 'delete' in commands:
+                break
+            await asyncio.sleep(0.05)
+        assert commands == ['offer', 'delete'] and not server.media.calls
 
 
 async def test_provisionals_faster_than_the_relay_are_bounded_finals_never_dropped():
     """A callee that sends 40 183s with SDP while rtpengine takes a second to answer the
     first: a branch keeps at most MAX_BACKLOG responses waiting (the extra provisionals
     are dropped, one log line), and its 200 still reaches the caller, in order."""
-    loop = asyncio.get_running_loop()
     answers = []
 
     def answer(command):
@@ -207,29 +191,18 @@ async def test_provisionals_faster_than_the_relay_are_bounded_finals_never_dropp
                 return None                    # the first answer: silent, resent in 1 s
         return {'result': 'ok', 'sdp': BROWSER_OFFER if command['command'] == 'answer'
                 else PHONE_OFFER}
-    transport, _ = await loop.create_datagram_endpoint(lambda: FakeRelay(answer),
-                                                       local_addr=('127.0.0.1', 0))
-    url = 'udp://127.0.0.1:%d' % transport.get_extra_info('sockname')[1]
-    server, listener, bob_transport, bob = await bridged(MediaSettings(rtpengine=[url],
-                                                                       mode='always'))
-    try:
-        async with connect(listener.bound_url, subprotocols=['sip'], proxy=None) as alice:
-            host = await register_raw(alice, 'alice')
-            await alice.send(invite(host, 'b-1', BROWSER_OFFER))
-            assert (await recv(alice)).status == 100
-            to_bob = await bob.next()
-            for _ in range(40):
-                bob.send(make_response(to_bob, 183, to_tag='b', headers=[
-                    ('Content-Type', 'application/sdp')], body=PHONE_OFFER.encode()))
-            bob.send(make_response(to_bob, 200, to_tag='b', headers=[
-                ('Content-Type', 'application/sdp'), ('Contact', bob.contact)],
-                body=PHONE_OFFER.encode()))
-            statuses = []
-            while not statuses or statuses[-1] < 200:
-                statuses.append((await asyncio.wait_for(recv(alice), 10)).status)
-            assert statuses[-1] == 200 and set(statuses[:-1]) == {183}
-            assert len(statuses) - 1 <= MAX_BACKLOG < 40
-    finally:
-        bob_transport.close()
-        await server.close()
-        transport.close()
+    async with behind_fake_relay(answer) as (server, bob, alice, host):
+        await alice.send(invite(host, 'b-1', BROWSER_OFFER))
+        assert (await recv(alice)).status == 100
+        to_bob = await bob.next()
+        for _ in range(40):
+            bob.send(make_response(to_bob, 183, to_tag='b', headers=[
+                ('Content-Type', 'application/sdp')], body=PHONE_OFFER.encode()))
+        bob.send(make_response(to_bob, 200, to_tag='b', headers=[
+            ('Content-Type', 'application/sdp'), ('Contact', bob.contact)],
+            body=PHONE_OFFER.encode()))
+        statuses = []
+        while not statuses or statuses[-1] < 200:
+            statuses.append((await asyncio.wait_for(recv(alice), 10)).status)
+        assert statuses[-1] == 200 and set(statuses[:-1]) == {183}
+        assert len(statuses) - 1 <= MAX_BACKLOG < 40
