@@ -16,11 +16,10 @@ Everything else stays as it was on the wire, SDP included.
 """
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 
-__all__ = ['Summary', 'summary', 'call_id_of', 'redact', 'ip_of', 'REDACTED']
+__all__ = ['Summary', 'summary', 'user_host', 'call_id_of', 'redact', 'REDACTED']
 
 REDACTED = b'[redacted]'
 
@@ -67,8 +66,7 @@ def summary(data: bytes) -> Summary:
         word = first.split(b' ', 1)[0]
         if word.isalpha() and word.isascii():
             method = word.decode('ascii').upper()
-    found = _CALL_ID.search(head)
-    call_id = found.group(1).strip().decode('utf-8', 'replace') if found else ''
+    call_id = _call_id(head, len(head))
     cseq = _CSEQ.search(head)
     parties = {m.group(1).decode('utf-8', 'replace').lower() for m in _PARTY.finditer(head)}
     if method is not None:
@@ -80,11 +78,25 @@ def summary(data: bytes) -> Summary:
                    frozenset(parties))
 
 
+def user_host(aor: str) -> str:
+    """An AOR as :attr:`Summary.parties` holds it: ``sip:Alice@Example.com;x`` and
+    ``alice@example.com`` are both ``alice@example.com``."""
+    text = aor.strip().lower()
+    for prefix in ('sip:', 'sips:'):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return text.split(';', 1)[0]
+
+
 def call_id_of(data: bytes) -> str:
     """The Call-ID of ``data`` (one SIP message), '' when it has none that can be read:
     what :func:`summary` gives, for less (one search of the head)."""
     end = data.find(_HEAD_END)
-    found = _CALL_ID.search(data, 0, end if end >= 0 else len(data))
+    return _call_id(data, end if end >= 0 else len(data))
+
+
+def _call_id(data: bytes, end: int) -> str:
+    found = _CALL_ID.search(data, 0, end)
     return found.group(1).strip().decode('utf-8', 'replace') if found else ''
 
 
@@ -117,11 +129,3 @@ def _hide_credentials(m: re.Match[bytes]) -> bytes:
     value = _BEARER.sub(lambda r: r.group(1) + REDACTED, value)
     return b'\r\n' + m.group(1) + m.group(2) + value
 
-
-def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The IP address a socket reported (``[v6]`` and a zone allowed); an IPv4-mapped
-    IPv6 address as IPv4, as a capture shows it.  :class:`ValueError` for a name."""
-    ip = ipaddress.ip_address(text.strip('[]').split('%', 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip

@@ -19,6 +19,7 @@ __all__ = [
     'DEFAULT_MAX_FORWARDS', 'SIP_SCHEMES',
     'WS_SCHEMES', 'WS_TRANSPORT_PARAMS', 'WS_DEFAULT_PORTS', 'ws_scheme_for',
     'is_ws_url', 'is_sip_uri', 'strip_brackets', 'url_host', 'show_address', 'ip_literal',
+    'ip_of',
     'DELTA_SECONDS_MAX', 'CSEQ_LIMIT', 'MAX_FORWARDS_MAX', 'parse_delta_seconds',
     'parse_cseq_number', 'parse_max_forwards', 'parse_content_length', 'parse_qvalue',
     'retry_after_seconds', 'parse_networks', 'address_in', 'NET_SCHEMES', 'is_net_url',
@@ -101,6 +102,15 @@ def ip_literal(host: str) -> str | None:
         return str(ipaddress.ip_address(strip_brackets(host)))
     except ValueError:
         return None
+
+
+def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IP address a socket reported (``[v6]`` and a zone allowed); an IPv4-mapped
+    IPv6 address as IPv4, as a capture shows it.  :class:`ValueError` for a name."""
+    ip = ipaddress.ip_address(strip_brackets(text).split('%', 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 # ---------------------------------------------------------------------------- numbers

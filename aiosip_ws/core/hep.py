@@ -36,7 +36,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import HepError
-from .capture import ip_of
+from .grammar import ip_of
 
 __all__ = ['HepPacket', 'encode', 'encode_message', 'decode', 'split_stream', 'MAX_PACKET', 'PROTO_SIP',
            'IPPROTO_TCP', 'IPPROTO_UDP']

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 
-from .capture import ip_of
+from .grammar import ip_of
 
 __all__ = ['file_header', 'record', 'udp_packet', 'TcpFraming', 'with_content_length',
            'pcapng_header', 'pcapng_packet', 'LINKTYPE_RAW', 'MAX_PAYLOAD']

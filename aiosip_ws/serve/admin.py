@@ -57,9 +57,11 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ..core.capture import Summary, ip_of, redact, summary
+from ..core.capture import Summary, redact, summary, user_host
+from ..core.grammar import ip_of
+from ..transport.listener import offered_subprotocols
 from ..transport.throttle import LogThrottle
-from .console import valid_cookie
+from .console import token_offered, valid_cookie
 from .events import EventStream, Subscription, WireMessage
 
 __all__ = ['AdminSocket', 'TraceFilter', 'SUBPROTOCOL', 'TOKEN_SUBPROTOCOL', 'ACTIONS']
@@ -83,7 +85,7 @@ class TraceFilter:
 
     def __init__(self, *, aor: str | None = None, address: str | None = None,
                  call_id: str | None = None, method: str | None = None) -> None:
-        self.aor = _user_host(aor) if aor else None
+        self.aor = user_host(aor) if aor else None
         self.address = ip_of(address) if address else None
         self.call_id = call_id or None
         self.method = method.upper() if method else None
@@ -117,14 +119,6 @@ class TraceFilter:
         return True
 
 
-def _user_host(aor: str) -> str:
-    text = aor.strip().lower()
-    for prefix in ('sip:', 'sips:'):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-    return text.split(';', 1)[0]
-
-
 class AdminSocket:
     """The admin WebSocket (``ServerOptions.admin``) of one serve: see the module."""
 
@@ -155,7 +149,7 @@ class AdminSocket:
         origin = headers.get('Origin')
         if origin is not None and not self._origin_allowed(origin, headers):
             return 403, 'Origin not allowed for the admin WebSocket (--admin-origin)'
-        if not (self._authorized(headers) or valid_cookie(self._token, headers)):
+        if not self._authorized(headers):
             return 401, 'the admin WebSocket needs the --admin-token'
         if self.connections >= self.max_tracers:
             return 503, 'too many admin connections (%d, --max-tracers)' % self.max_tracers
@@ -169,21 +163,20 @@ class AdminSocket:
         return host is not None and origin in ('http://' + host, 'https://' + host)
 
     def _authorized(self, headers: Any) -> bool:
-        offered: list[bytes] = []
-        for value in headers.get_all('Authorization'):
-            scheme, _, credentials = value.strip().partition(' ')
-            if scheme.lower() == 'bearer':
-                offered.append(credentials.strip().encode())
-        for header in headers.get_all('Sec-WebSocket-Protocol'):
-            for name in header.split(','):
-                name = name.strip()
-                if name.startswith(TOKEN_SUBPROTOCOL):
-                    encoded = name[len(TOKEN_SUBPROTOCOL):]
-                    try:
-                        offered.append(base64.urlsafe_b64decode(encoded + '=' * (-len(encoded) % 4)))
-                    except (binascii.Error, ValueError):
-                        continue
-        return any(hmac.compare_digest(value, self._token) for value in offered)
+        """The token in an Authorization: Bearer header or the subprotocol, or the
+        console's cookie."""
+        if token_offered(self._token, headers) or valid_cookie(self._token, headers):
+            return True
+        for name in offered_subprotocols(headers):
+            if name.startswith(TOKEN_SUBPROTOCOL):
+                encoded = name[len(TOKEN_SUBPROTOCOL):]
+                try:
+                    value = base64.urlsafe_b64decode(encoded + '=' * (-len(encoded) % 4))
+                except (binascii.Error, ValueError):
+                    continue
+                if hmac.compare_digest(value, self._token):
+                    return True
+        return False
 
     # -- a connection -----------------------------------------------------------------------
     async def serve(self, websocket: Any, client: tuple[str, int]) -> None:

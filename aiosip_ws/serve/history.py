@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import pcap
-from ..core.capture import ip_of, redact, summary
+from ..core.capture import redact, summary, user_host
+from ..core.grammar import ip_of
 from .events import ConnectionClosed, EventStream, MediaCommand, Subscription, WireMessage
 
 __all__ = ['CallHistory', 'CallRecord', 'Entry']
@@ -72,8 +73,8 @@ class CallRecord:
     to: str = ''
     status: int | None = None
     updated: float = 0.0
-    #: ``transport:address:port`` of every peer that took part (serve's own side excluded)
-    peers: set[str] = field(default_factory=set)
+    #: (transport, address, port) of every peer that took part (serve's own side excluded)
+    peers: set[tuple[str, str, int]] = field(default_factory=set)
     parties: set[str] = field(default_factory=set)
     entries: list[Entry] = field(default_factory=list)
     #: entries not kept: the record was full
@@ -88,7 +89,7 @@ class CallRecord:
         return {'call_id': self.call_id, 'started': self.started, 'method': self.method,
                 'from': self.from_, 'to': self.to, 'status': self.status,
                 'duration': round(self.updated - self.started, 3),
-                'peers': sorted(self.peers), 'node': self.node,
+                'peers': ['%s:%s:%d' % peer for peer in sorted(self.peers)], 'node': self.node,
                 'messages': sum(1 for e in self.entries if e.kind == 'message'),
                 'lost': self.lost}
 
@@ -162,9 +163,9 @@ class CallHistory:
             record.status = about.status
         record.parties |= about.parties
         peer = event.peer
-        name = '%s:%s:%d' % (event.transport, peer[0], peer[1])
-        if name not in record.peers:
-            record.peers.add(name)
+        party = (event.transport, str(peer[0]), int(peer[1]))
+        if party not in record.peers:
+            record.peers.add(party)
             opened = getattr(event.flow, 'opened_time', None)    # a connection's open
             if opened is not None:
                 self._add(record, Entry(opened, 'opened', 'opened', transport=event.transport,
@@ -205,7 +206,7 @@ class CallHistory:
         """The newest records first, as summaries, filtered like a trace."""
         self._expire(self.clock())
         wanted_ip = ip_of(address) if address else None
-        wanted_aor = aor.lower().removeprefix('sip:').removeprefix('sips:') if aor else None
+        wanted_aor = user_host(aor) if aor else None
         found = []
         for record in reversed(self.calls.values()):
             if call_id is not None and record.call_id != call_id:
@@ -213,8 +214,7 @@ class CallHistory:
             if wanted_aor is not None and wanted_aor not in record.parties:
                 continue
             if wanted_ip is not None and not any(
-                    _same_ip(peer.split(':', 1)[1].rsplit(':', 1)[0], wanted_ip)
-                    for peer in record.peers):
+                    _same_ip(host, wanted_ip) for _, host, _ in record.peers):
                 continue
             found.append(record.summary())
             if len(found) >= limit:

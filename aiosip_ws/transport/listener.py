@@ -77,7 +77,7 @@ from .websocket import (
 )
 
 __all__ = ['WSListener', 'listen', 'shut_down', 'http_response', 'HandshakeRequest',
-           'HandshakeChecks']
+           'HandshakeChecks', 'offered_subprotocols']
 
 logger = logging.getLogger(__name__)
 #: what peers cause (refused handshakes), rate-limited
@@ -191,9 +191,9 @@ class HandshakeRequest:
 _SECRET = re.compile(r'((?:^|[?&;\s])(?:token|access_token|password|auth)=)[^&;\s]*', re.I)
 
 
-def _offered(request: Request) -> list[str]:
-    """The subprotocols a handshake offers."""
-    return [name.strip() for header in request.headers.get_all('Sec-WebSocket-Protocol')
+def offered_subprotocols(headers: Any) -> list[str]:
+    """The subprotocols a handshake's ``headers`` offer."""
+    return [name.strip() for header in headers.get_all('Sec-WebSocket-Protocol')
             for name in header.split(',')]
 
 
@@ -279,7 +279,7 @@ class HandshakeChecks:
         state = self.handshakes[connection] = _Handshake(client)
         state.head = getattr(request, 'method', 'GET') == 'HEAD'
         admin = self.options.admin
-        if admin is not None and admin.subprotocol in _offered(request):
+        if admin is not None and admin.subprotocol in offered_subprotocols(request.headers):
             return self.check_admin(connection, request, state)
         for check in (self.serve_page, self.check_version, self.check_draining,
                       self.check_capacity, self.check_capacity_per_ip, self.check_path,

@@ -79,8 +79,7 @@ async def test_a_call_is_recorded_both_ways_redacted_and_served_to_the_token(his
     await eventually(lambda: record.entries[-1].kind == 'closed')
     assert record.entries[-2].kind == 'media' and record.entries[-2].label == 'offer ok'
     assert record.entries[-1].label == '1000' and alice_conn.close_code == 1000
-    assert record.peers == {'ws:%s:%d' % alice.local_address[:2],
-                            'udp:127.0.0.1:%d' % bob.addr[1]}
+    assert record.peers == {('ws', *alice.local_address[:2]), ('udp', '127.0.0.1', bob.addr[1])}
     assert b'hello' not in record.entries[0].data                 # a MESSAGE body: redacted
     status, headers, _ = await http_get(port, '/calls')
     assert status == 401 and headers['www-authenticate'].startswith('Bearer')
