@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,8 @@ class CallRecord:
     lost: int = 0
     #: what it holds (its messages' bytes, ENTRY_COST each)
     cost: int = 0
+    #: the flows its messages crossed (held weakly: a record keeps no connection alive)
+    flows: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
 
     def __post_init__(self) -> None:
         self.updated = max(self.updated, self.started)
@@ -112,7 +115,9 @@ class CallHistory:
         #: Call-ID -> record, least recently active first
         self.calls: collections.OrderedDict[str, CallRecord] = collections.OrderedDict()
         #: a flow (by identity) -> the Call-IDs of the records it appears in
-        self._by_flow: dict[int, set[str]] = {}
+        #: a flow -> the Call-IDs of the records it appears in (a record forgets its
+        #: flows when it goes; a flow that goes takes its entry with it)
+        self._by_flow: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
         self._subscription: Subscription | None = None
 
     def follow(self, events: EventStream) -> None:
@@ -131,7 +136,7 @@ class CallHistory:
         if type(event) is WireMessage:
             self._message(event)
         elif type(event) is ConnectionClosed:
-            for call_id in self._by_flow.pop(id(event.flow), ()):
+            for call_id in self._by_flow.pop(event.flow, ()):
                 record = self.calls.get(call_id)
                 if record is not None:
                     self._add(record, Entry(event.time, 'closed', str(event.code or 1006),
@@ -170,7 +175,9 @@ class CallHistory:
             if opened is not None:
                 self._add(record, Entry(opened, 'opened', 'opened', transport=event.transport,
                                         source=(str(peer[0]), int(peer[1]))))
-        self._by_flow.setdefault(id(event.flow), set()).add(about.call_id)
+        if event.flow not in record.flows:
+            record.flows.add(event.flow)
+            self._by_flow.setdefault(event.flow, set()).add(about.call_id)
         label = about.method or str(about.status or '?')
         self._add(record, Entry(event.time, 'message', label, event.direction,
                                 event.transport, event.source, event.destination, data))
@@ -196,9 +203,12 @@ class CallHistory:
                 break
             del calls[call_id]
             self.cost -= oldest.cost
-        if len(self._by_flow) > 4 * self.size:              # flows of forgotten calls
-            self._by_flow = {flow: ids for flow, ids in self._by_flow.items()
-                             if any(i in calls for i in ids)}
+            for flow in oldest.flows:
+                ids = self._by_flow.get(flow)
+                if ids is not None:
+                    ids.discard(call_id)
+                    if not ids:
+                        del self._by_flow[flow]
 
     # -- reading ------------------------------------------------------------------------------
     def recent(self, *, aor: str | None = None, address: str | None = None,

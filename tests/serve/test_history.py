@@ -167,6 +167,7 @@ def test_the_history_is_bounded_by_calls_entries_and_age():
     seen('two', 1001)
     seen('three', 1002)
     assert list(history.calls) == ['two', 'three']                 # 'one' forgotten
+    assert history._by_flow[flow] == {'two', 'three'}              # and by its flow too
     now[0] = 1070
     assert [row['call_id'] for row in history.recent()] == []      # both past 60 s
     assert history.cost == 0
