@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import socket
 from typing import Any, cast
@@ -111,11 +110,9 @@ class HepSender:
         loop = asyncio.get_running_loop()
         wait = 1.0
         while not self._closing:
-            stream = _Stream(loop.create_future())
             try:
-                transport, _ = await asyncio.wait_for(loop.create_connection(
-                    functools.partial(_Stream.again, stream), self.host.strip('[]'),
-                    self.port), self.connect_timeout)
+                transport, stream = await asyncio.wait_for(loop.create_connection(
+                    _Stream, self.host.strip('[]'), self.port), self.connect_timeout)
             except (OSError, asyncio.TimeoutError) as exc:
                 peer_log.warning('hep collector down', 'HEP collector %s: cannot connect '
                                  '(%s); packets are dropped until it is back', self.url,
@@ -151,12 +148,8 @@ class HepSender:
 class _Stream(asyncio.Protocol):
     """A TCP collector's connection: what it sends is ignored; its end is told."""
 
-    def __init__(self, lost: asyncio.Future[None]) -> None:
-        self.lost = lost
-
-    def again(self) -> _Stream:
-        """Itself (the protocol factory of one connection)."""
-        return self
+    def __init__(self) -> None:
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
         pass
