@@ -105,6 +105,8 @@ async def serve(config: ServeConfig, *,
                          flow_secret=config.flow_secret_bytes(),
                          client_ssl=config.client_ssl_context(),
                          media=config.media_settings())
+    # the name HEP and the call history give this node
+    node = server.cluster.node if server.cluster is not None else config.node_id
     admin_token = config.secret('admin_token')
     history = None
     if admin_token:
@@ -116,8 +118,7 @@ async def serve(config: ServeConfig, *,
             bodies=config.trace_bodies)
         history = CallHistory(size=config.call_history, age=config.call_history_age,
                               secrets=config.trace_secrets, bodies=config.trace_bodies,
-                              node=server.cluster.node if server.cluster is not None
-                              else config.node_id)
+                              node=node)
         history.follow(server.events)
         from .console import Console
         server.admin.console = Console(history, admin_token.encode(), server.admin.allowed)
@@ -127,10 +128,8 @@ async def serve(config: ServeConfig, *,
     if config.hep:
         from .hep import HepExport
         export = HepExport(config.hep, capture_id=config.hep_id,
-                           password=config.secret('hep_password'),
-                           node=server.cluster.node if server.cluster is not None
-                           else config.node_id, secrets=config.trace_secrets,
-                           bodies=config.trace_bodies)
+                           password=config.secret('hep_password'), node=node,
+                           secrets=config.trace_secrets, bodies=config.trace_bodies)
         try:
             await export.start(server.events)
         except (OSError, asyncio.TimeoutError) as exc:
