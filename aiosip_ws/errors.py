@@ -30,6 +30,7 @@ __all__ = [
     'MediaRelayError',
     'MediaRelayTimeout',
     'HepError',
+    'RoutingError',
     'CallFailed',
     'Interrupted',
 ]
@@ -160,6 +161,12 @@ class MediaRelayTimeout(MediaRelayError, TimeoutError):
 class HepError(AiosipWSError, ValueError):
     """A HEP packet that cannot be built (a message too large, an address that is not an
     IP literal) or read (not HEP3, a cut or malformed chunk)."""
+
+
+class RoutingError(AiosipWSError, ValueError):
+    """What a routing app (``aiosip-ws serve --app``) asked of serve cannot be done: a
+    header that stays serve's, a Reply serve cannot send, an app that cannot be loaded.
+    The message names what to change."""
 
 
 class CallFailed(AiosipWSError):

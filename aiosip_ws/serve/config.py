@@ -68,6 +68,14 @@ class ServeConfig:
     route_unregistered: str | None = _option(
         None, 'where requests for unregistered users of a local domain go (default: 404)',
         metavar='SIP-URI')
+    app: Any = _option(
+        None, 'route with a Python app: FILE.py or package.module[:attribute], whose '
+        'on_request, on_failure and on_in_dialog coroutines decide where requests go '
+        '(see docs/routing.rst); SIGHUP loads it again. In Python: also an object',
+        metavar='FILE.py|MODULE[:ATTR]')
+    app_timeout: float = _option(
+        5.0, 'longest time one call of an --app hook may take; past it the request gets 500 '
+        'and a log line (default %(default)s)', metavar='SECONDS')
     registrar: str | None = _option(
         None, 'edge proxy mode (RFC 5626): forward every REGISTER to this registrar with a '
         'Path naming the client\'s connection by a signed flow token, keep no bindings, '
@@ -337,6 +345,12 @@ class ServeConfig:
         for url in self.listen_urls:
             if url.lower().startswith(('wss:', 'tls:')) and not self.tls_cert:
                 raise ConfigurationError('%s needs --tls-cert and --tls-key' % url)
+        if not self.app_timeout > 0:
+            raise ConfigurationError('--app-timeout %r: give a positive number of seconds'
+                                     % self.app_timeout)
+        if self.app is not None and not isinstance(self.app, str) and self.workers:
+            raise ConfigurationError('app: with --workers, give the app as FILE.py or '
+                                     'package.module[:attribute] (each worker loads it)')
         if self.workers < 0:
             raise ConfigurationError('--workers must be at least 1')
         if self.workers and not self.redis:

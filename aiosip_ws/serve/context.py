@@ -123,11 +123,20 @@ class Context:
                     response: SIPMessage) -> None:
         """Send a downstream final response back upstream, our Via removed; a 503 becomes
         500 (RFC 3261 §16.7: a downstream overload is not ours to advertise)."""
+        self.upstream_final(peer, response)
+        self.send_response(origin, request, response)
+
+    def upstream_final(self, peer: Flow, response: SIPMessage) -> None:
+        """Make a downstream final response one for upstream: its Contact learnt, our Via
+        removed, a 503 made 500."""
         self.contacts.learn_contact(peer, response)
         response.headers = without_top_via(response.headers)
         if response.status == 503:
             response.status, response.reason = 500, 'Server Internal Error (downstream 503)'
             response.remove('Retry-After')
+
+    def send_response(self, origin: Flow, request: SIPMessage, response: SIPMessage) -> None:
+        """Send a response to ``request`` over ``origin``, unless the requester left."""
         if origin.is_open:
             self.send(origin, response)
         elif not self.closing:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..core.codec import SIPMessage, invite_companion, make_response
-from ..core.transaction import cancel_key
+from ..core.transaction import cancel_key, new_tag
 from ..errors import AiosipWSError, TransactionTimeout
 from ..transport.throttle import LogThrottle
 from .context import SERVER_HEADER, Context
@@ -43,6 +43,12 @@ Unregistered = Callable[[Flow, SIPMessage, int], bool]
 #: bindings over TCP/TLS whose connection is gone, reached at their Contact first:
 #: ``reconnect(flow, request, bindings, max_forwards)`` -> True when it took the request
 Reconnect = Callable[[Flow, SIPMessage, 'list[Binding]', int], bool]
+#: failure routing (``--app``): ``failure(origin, invite, response, by_serve, rounds,
+#: deliver)`` -> True when it took the final non-2xx ``response`` (our Via already off)
+#: the caller would get; ``deliver(final)`` sends the caller that final response (the
+#: same, or another) as the end of the INVITE's transaction
+Failure = Callable[[Flow, SIPMessage, SIPMessage, bool, int, Callable[[SIPMessage], None]],
+                   bool]
 
 
 class Forker:
@@ -59,15 +65,25 @@ class Forker:
         self.flow_token: Callable[[Flow], str | None] | None = None
         #: the media relay (:mod:`~aiosip_ws.serve.media`): it anchors INVITEs' SDP
         self.media: Media | None = None
+        #: failure routing: asked before a final non-2xx goes to the caller of an INVITE
+        self.failure: Failure | None = None
+        #: INVITEs no fork holds now (an app decides where they go): their CANCEL calls
+        #: the function, by (Call-ID, CSeq, branch)
+        self.held: dict[tuple[str, int, str], Callable[[], None]] = {}
+        #: INVITEs that already got 100 Trying (an app decided first)
+        self.tried: set[tuple[str, int, str]] = set()
 
     def relay(self, flow: Flow, request: SIPMessage, bindings: list[Binding],
-              max_forwards: int, *, reconnect: bool = True) -> None:
-        """Relay ``request`` from ``flow`` to ``bindings`` (``max_forwards`` as it came)."""
+              max_forwards: int, *, reconnect: bool = True,
+              timeouts: dict[int, float] | None = None, rounds: int = 0) -> None:
+        """Relay ``request`` from ``flow`` to ``bindings`` (``max_forwards`` as it came);
+        ``timeouts``: seconds a binding (by ``id()``) may take to answer; ``rounds``: how
+        many failures of this INVITE were routed again before."""
         ctx = self.ctx
         if not bindings:
             if self.unregistered is not None and self.unregistered(flow, request, max_forwards):
                 return
-            ctx.reply(flow, request, 404)
+            self.refuse(flow, request, 404, rounds=rounds)
             return
         if reconnect and self.reconnect is not None and \
                 self.reconnect(flow, request, bindings, max_forwards):
@@ -82,7 +98,23 @@ class Forker:
         if busy:
             ctx.busy(flow, request, busy)
             return
-        Fork(self, flow, request, bindings, max_forwards - 1).start()
+        Fork(self, flow, request, bindings, max_forwards - 1, timeouts, rounds).start()
+
+    def refuse(self, flow: Flow, request: SIPMessage, status: int, reason: str | None = None,
+               headers: list[tuple[str, str]] | None = None, *, rounds: int = 0) -> None:
+        """Answer ``request`` with a failure of serve's own, which failure routing may
+        turn into another attempt (an INVITE's)."""
+        response = make_response(request, status, reason, to_tag=new_tag(),
+                                 headers=list(headers or ()) + [('Server', SERVER_HEADER)])
+        self.fail(flow, request, response, True, rounds,
+                  lambda final: self.ctx.send_response(flow, request, final))
+
+    def fail(self, origin: Flow, request: SIPMessage, response: SIPMessage, by_serve: bool,
+             rounds: int, deliver: Callable[[SIPMessage], None]) -> None:
+        """A final non-2xx for the caller: to failure routing first (an INVITE's)."""
+        if self.failure is None or request.method != 'INVITE' or \
+                not self.failure(origin, request, response, by_serve, rounds, deliver):
+            deliver(response)
 
     def over_pending_caps(self, origin: Flow, peer: Flow) -> str | None:
         """Why a new relayed request would exceed a pending-transaction cap, or None."""
@@ -99,9 +131,15 @@ class Forker:
 
     def cancel(self, flow: Flow, cancel: SIPMessage) -> None:
         """RFC 3261 §16.10: answer the CANCEL, then cancel the INVITE we forwarded."""
-        entry = self.invites.get(cancel_key(cancel))
+        key = cancel_key(cancel)
+        entry = self.invites.get(key)
         if entry is None:
-            self.ctx.reply(flow, cancel, 481)
+            held = self.held.get(key)
+            if held is None:
+                self.ctx.reply(flow, cancel, 481)
+                return
+            self.ctx.reply(flow, cancel, 200)
+            held()
             return
         self.ctx.reply(flow, cancel, 200)
         entry.cancel(cancel.get('Reason'))
@@ -136,7 +174,7 @@ class _Branch:
     """One downstream copy of a forked request (a client transaction of the proxy)."""
 
     __slots__ = ('binding', 'peer', 'forwarded', 'branch', 'done', 'provisional', 'anchored',
-                 'backlog', 'final')
+                 'backlog', 'final', 'timer', 'no_answer')
 
     def __init__(self, binding: Binding, forwarded: SIPMessage, branch: str,
                  anchored: bool = False) -> None:
@@ -151,6 +189,10 @@ class _Branch:
             None = None
         #: its final response came (it may still wait for the media relay)
         self.final = False
+        #: the app's no-answer timer of this branch (a Target's timeout), or None
+        self.timer: asyncio.TimerHandle | None = None
+        #: that timer fired: the branch is CANCELled, its 487 counts as 408
+        self.no_answer = False
 
 
 class Fork:
@@ -174,10 +216,11 @@ class Fork:
 
     __slots__ = ('ctx', 'forker', 'origin', 'request', 'groups', 'max_forwards', 'key', 'branches',
                  'finals', 'answered', 'timed_out', 'finished', 'started', 'ringing', 'call',
-                 'cancelled', 'winner', 'refusal')
+                 'cancelled', 'winner', 'refusal', 'timeouts', 'rounds')
 
     def __init__(self, forker: Forker, origin: Flow, request: SIPMessage,
-                 bindings: list[Binding], max_forwards: int) -> None:
+                 bindings: list[Binding], max_forwards: int,
+                 timeouts: dict[int, float] | None = None, rounds: int = 0) -> None:
         self.forker, self.ctx = forker, forker.ctx
         self.origin, self.request = origin, request
         by_q: dict[float, list[Binding]] = {}
@@ -204,6 +247,10 @@ class Fork:
         self.winner: str | None = None
         #: why serve itself could not launch a branch: (status, reason, headers)
         self.refusal: tuple[int, str, list[tuple[str, str]]] | None = None
+        #: seconds a binding (by id()) may take to answer (an app's Target timeouts)
+        self.timeouts = timeouts
+        #: failures of this INVITE routed again before this fork (failure routing)
+        self.rounds = rounds
         origin.flow_state.relaying += 1
 
     def _answered_now(self, status: int) -> None:
@@ -230,8 +277,10 @@ class Fork:
             events.emit(RequestRelayed, self.request.method, self.origin)
         if self.key is not None:
             self.forker.invites[self.key] = self
-            self._call('attempted')
-            if self.origin.is_open:        # §16.2: at once, hop by hop, no To tag
+            tried = self.rounds > 0 or self.key in self.forker.tried
+            if self.rounds == 0:
+                self._call('attempted')
+            if self.origin.is_open and not tried:   # §16.2: at once, hop by hop, no To tag
                 self.ctx.send(self.origin, make_response(self.request, 100,
                                                          headers=[('Server', SERVER_HEADER)]))
             if self.forker.media is not None:
@@ -301,11 +350,32 @@ class Fork:
         elif self.key is not None:
             provisional = lambda response: self._provisional(branch, response)  # noqa: E731
         self.branches.append(branch)
+        if self.timeouts is not None and id(binding) in self.timeouts:
+            branch.timer = asyncio.get_running_loop().call_later(
+                self.timeouts[id(binding)], self._no_answer, branch)
+            if provisional is None:
+                provisional = lambda response: self._provisional(branch, response)  # noqa: E731
         future = ctx.transactions.send(binding.connection, forwarded, branch.branch,
                                        on_provisional=provisional)
         future.add_done_callback(lambda done: self._branch_done(branch, done))
 
+    def _no_answer(self, branch: _Branch) -> None:
+        """The app's timeout for this branch: CANCEL it (once it sent a provisional
+        response, RFC 3261 §9.1: else at its first); its 487 counts as 408."""
+        branch.timer = None
+        if branch.final or self.finished:
+            return
+        branch.no_answer = True
+        if branch.provisional:
+            self._send_cancel(branch, 'SIP;cause=408;text="No answer"')
+
     def _provisional(self, branch: _Branch, response: SIPMessage) -> None:
+        if branch.no_answer and not branch.provisional:     # CANCEL now allowed (§9.1)
+            branch.provisional = True
+            self._send_cancel(branch, 'SIP;cause=408;text="No answer"')
+            return
+        if branch.no_answer:
+            return
         if not self.ringing and 180 <= (response.status or 0) < 190 and not self.answered:
             self.ringing = True
             self._call('ringing', response.status)
@@ -349,6 +419,9 @@ class Fork:
 
     def _branch_done(self, branch: _Branch, future: asyncio.Future[SIPMessage]) -> None:
         branch.final = True
+        if branch.timer is not None:
+            branch.timer.cancel()
+            branch.timer = None
         if future.cancelled() or future.exception() is not None or not branch.anchored:
             self._branch_ended(branch, future)
             return
@@ -398,13 +471,29 @@ class Fork:
                     self._cancel_others('SIP;cause=200;text="Call completed elsewhere"')
         elif status >= 600 and not self.answered:
             self.answered = True
-            self._answered_now(status)
-            self.ctx.relay_final(self.origin, branch.peer, self.request, response)
             if self.key is not None:
                 self._cancel_others('SIP;cause=%d;text="%s"' % (status, response.reason))
+            self._fail_upstream(branch.peer, response, False)
         elif not self.answered:
+            if status == 487 and branch.no_answer:       # the app's timer CANCELled it
+                response.status, response.reason = 408, 'Request Timeout (no answer)'
             self.finals.append(response)
         self._settle()
+
+    def _fail_upstream(self, peer: Flow, response: SIPMessage, by_serve: bool) -> None:
+        """A final non-2xx goes to the caller (``by_serve``: serve made it; else it came
+        from ``peer``): failure routing may send the INVITE elsewhere first (never after
+        the caller's CANCEL)."""
+        if not by_serve:
+            self.ctx.upstream_final(peer, response)      # our Via off, a 503 made 500
+
+        def deliver(final: SIPMessage) -> None:
+            self._answered_now(final.status or 500)
+            self.ctx.send_response(self.origin, self.request, final)
+        if self.cancelled or self.key is None:
+            deliver(response)
+            return
+        self.forker.fail(self.origin, self.request, response, by_serve, self.rounds, deliver)
 
     def _settle(self) -> None:
         """After a branch ended: the next group, or the answer, once every branch is done."""
@@ -425,20 +514,24 @@ class Fork:
         self.origin.flow_state.relaying -= 1
         if self.call is not None and self.winner is None and self.forker.media is not None:
             self.forker.media.fork_ended(self.call, None)
+        for branch in self.branches:
+            if branch.timer is not None:
+                branch.timer.cancel()
+                branch.timer = None
         if self.answered:
             return
         if self.finals:
             response = best_response(self.finals)
-            self._answered_now(response.status or 500)
-            self.ctx.relay_final(self.origin, self.branches[-1].peer, self.request, response)
-        elif self.refusal is not None and not self.cancelled:
+            self._fail_upstream(self.branches[-1].peer, response, False)
+            return
+        if self.refusal is not None and not self.cancelled:
             status, reason, headers = self.refusal
-            self._answered_now(status)
-            self.ctx.reply(self.origin, self.request, status, reason, headers=headers)
         else:
             status = 487 if self.cancelled else 408 if self.timed_out else 480
-            self._answered_now(status)
-            self.ctx.reply(self.origin, self.request, status)
+            reason, headers = None, []
+        self._fail_upstream(self.origin, make_response(
+            self.request, status, reason, to_tag=new_tag(),
+            headers=list(headers) + [('Server', SERVER_HEADER)]), True)
 
     # -- CANCEL ---------------------------------------------------------------------------
     def cancel(self, reason: str | None) -> None:

@@ -156,6 +156,14 @@ class Metrics:
                                    'sent, dropped (the collector is down or slow), too_large '
                                    '(collector "*": larger than a HEP packet)',
                                    ['collector', 'outcome'], registry=registry)
+        self.app_hooks = Counter('aiosip_ws_app_hooks',
+                                 'Calls of the routing app\'s hooks (--app), by hook and '
+                                 'outcome: reply, relay, default, error, timeout',
+                                 ['hook', 'outcome'], registry=registry)
+        self.loop_blocked = Counter('aiosip_ws_loop_blocked',
+                                    'Times the event loop was held longer than 100 ms (with '
+                                    '--app), by whose code held it: app or other',
+                                    ['culprit'], registry=registry)
         self._hep: Any = None
         self._hep_seen: dict[tuple[str, str], int] = {}
         self._media: Any = None

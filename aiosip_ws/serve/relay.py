@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.codec import SIPMessage, unsupported_option_tags
 from ..core.grammar import SIP_SCHEMES, is_net_url
-from ..errors import SIPParseError
+from ..errors import ConfigurationError, SIPParseError
 from ..options import RelayLimits, ServerOptions
 from ..transport.listener import WSListener, listen, shut_down
 from ..transport.tap import WireTap
@@ -79,6 +79,7 @@ from .registrar import Binding, Registrar
 from .transactions import ClientTransactions
 
 if TYPE_CHECKING:
+    from .app import AppRouter
     from .cluster import Cluster
 
 __all__ = ['RelayServer', 'ALLOWED_METHODS', 'SERVER_HEADER', 'Stage', 'best_response']
@@ -196,15 +197,46 @@ class RelayServer:
             ('identity', self.admission.identify, None),  # token or Digest (401/407/403)
             ('route', self._route, None),                 # the method's route
         ]
-        #: method -> (the stages it meets, where those after 'identity' begin)
-        self._plans: dict[str, tuple[tuple[Stage, ...], int]] = {}
+        #: method -> (the stages it meets, where those after 'identity' begin, their names)
+        self._plans: dict[str, tuple[tuple[Stage, ...], int, tuple[str, ...]]] = {}
+        #: the routing app (``--app``, :meth:`use_app`), or None
+        self.app_router: AppRouter | None = None
+
+    def use_app(self, app: object, *, timeout: float = 5.0,
+                watchdog: bool = True) -> AppRouter:
+        """Route with ``app`` (see :mod:`~aiosip_ws.serve.routing`): ``FILE.py``,
+        ``package.module[:attribute]`` or an object.  Its stages join the pipeline (the
+        ``app`` stage before ``route``, ``app in-dialog`` after ``cancel``); its
+        ``startup`` runs in :meth:`start`.  Call before :meth:`start`."""
+        from .app import AppRouter, load_app
+        if self.app_router is not None:
+            raise ConfigurationError('serve has an app already')
+        router = self.app_router = AppRouter(
+            load_app(app), ctx=self.ctx, forker=self.forker, hops=self.hops,
+            lookup=self._bindings_of, timeout=timeout, metrics=self.metrics,
+            watchdog=watchdog)
+        router.resume = self._resume
+        names = [name for name, _, _ in self.stages]
+        self.stages.insert(names.index('route'), ('app', router.request_stage, None))
+        self.stages.insert(names.index('cancel') + 1,
+                           ('app in-dialog', router.in_dialog_stage, None))
+        self.stages_changed()
+        return router
+
+    async def _bindings_of(self, aor: str) -> list[Binding]:
+        """An AOR's bindings: the cluster's (this node's if Redis is unreachable)."""
+        if self.cluster is not None:
+            bindings = await self.cluster.lookup(aor)
+            if bindings is not None:
+                return bindings
+        return self.registrar.lookup(aor)
 
     # -- the pipeline ---------------------------------------------------------------------
     def stages_changed(self) -> None:
         """:attr:`stages` changed: plan the methods' paths again."""
         self._plans.clear()
 
-    def _plan(self, method: str) -> tuple[tuple[Stage, ...], int]:
+    def _plan(self, method: str) -> tuple[tuple[Stage, ...], int, tuple[str, ...]]:
         plan = self._plans.get(method)
         if plan is None:
             # a method with a route passes 'method' (405) whatever it is: left out
@@ -213,7 +245,8 @@ class RelayServer:
                     and not (stage == self._method and method in self.routes)]
             names = [name for name, _ in mine]
             after = names.index('identity') + 1 if 'identity' in names else len(mine)
-            plan = self._plans[method] = (tuple(stage for _, stage in mine), after)
+            plan = self._plans[method] = (tuple(stage for _, stage in mine), after,
+                                          tuple(names))
             if len(self._plans) > 64:                    # methods are tokens: bounded
                 self._plans.clear()
         return plan
@@ -224,7 +257,7 @@ class RelayServer:
         only, when it has been settled); a header a stage cannot parse is answered 400
         here."""
         plan = self._plans.get(request.method or '')
-        stages, after = plan if plan is not None else self._plan(request.method or '')
+        stages, after, _ = plan if plan is not None else self._plan(request.method or '')
         try:
             for stage in stages[after:] if after_identity else stages:
                 if stage(flow, request):
@@ -235,6 +268,17 @@ class RelayServer:
     def _after_identity(self, flow: Flow, request: SIPMessage) -> None:
         """The identity stage settled later (a cluster's nonce count): the rest now."""
         self._request_received(flow, request, after_identity=True)
+
+    def _resume(self, flow: Flow, request: SIPMessage, after: str) -> None:
+        """A stage that took ``request`` to a task hands it on: the stages after ``after``."""
+        stages, _, names = self._plan(request.method or '')
+        start = names.index(after) + 1 if after in names else len(stages)
+        try:
+            for stage in stages[start:]:
+                if stage(flow, request):
+                    return
+        except SIPParseError as exc:
+            self.ctx.bad_request(flow, request, exc)
 
     def _cancel(self, flow: Flow, request: SIPMessage) -> bool:
         self.forker.cancel(flow, request)
@@ -360,6 +404,8 @@ class RelayServer:
         try:
             if self.cluster is not None and not self.listeners:
                 await self.cluster.start()
+            if self.app_router is not None and not self.listeners:
+                await self.app_router.start()
             await self.media.start()
             if self.metrics.multiprocess and not self.listeners:
                 self.spawn(self._update_gauges())
@@ -455,6 +501,8 @@ class RelayServer:
             await self.bridge.close()
         self.ctx.transactions.close()
         await self.media.close()
+        if self.app_router is not None:
+            await self.app_router.close()
         if self.cluster is not None:
             await self.cluster.close()
         await self.events.close()

@@ -8,7 +8,7 @@ is what ``aiosip-ws serve`` does once its flags are read:
   builds the server from the options and listens on every ``listen`` URL, printing
   ``aiosip-ws serve: listening on URL`` for each;
 * SIGHUP (or the admin ``reload`` action) loads the TLS certificate again (new handshakes
-  get it) and the ``--users`` file, SIGUSR1 drains
+  get it), the ``--users`` file and the ``--app``, SIGUSR1 drains
   (``drain_window``), SIGINT and SIGTERM close the clients over ``shutdown_window`` and
   stop; accept() failures (out of descriptors) are summarised, not logged one by one;
 * what is alive once it listens is frozen out of the garbage collector's sight (a full
@@ -34,7 +34,7 @@ import urllib.parse
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, RoutingError
 from ..transport.accept import AcceptFailureHandler
 from ..transport.throttle import LogThrottle
 from .config import ServeConfig
@@ -105,6 +105,13 @@ async def serve(config: ServeConfig, *,
                          flow_secret=config.flow_secret_bytes(),
                          client_ssl=config.client_ssl_context(),
                          media=config.media_settings())
+    if config.app is not None:
+        try:
+            server.use_app(config.app, timeout=config.app_timeout)
+        except RoutingError as exc:
+            print('aiosip-ws serve: %s' % exc, file=sys.stderr)
+            await server.close()
+            return 2
     # the name HEP and the call history give this node
     node = server.cluster.node if server.cluster is not None else config.node_id
     admin_token = config.secret('admin_token')
@@ -152,6 +159,9 @@ async def serve(config: ServeConfig, *,
             listeners = await server.start(*config.listen_urls)
         except OSError as exc:
             print('aiosip-ws serve: cannot listen: %s' % exc, file=sys.stderr)
+            return 2
+        except RoutingError as exc:                # the app's startup failed
+            print('aiosip-ws serve: %s' % exc, file=sys.stderr)
             return 2
         for listener in listeners:
             print('aiosip-ws serve: listening on %s' % listener.bound_url, flush=True)
@@ -216,6 +226,8 @@ def _reload(server: Any, context: ssl.SSLContext | None, config: ServeConfig,
             logger.info('%s: reloaded %d user(s) from %s', why, len(server.auth.users),
                         config.users)
             done.append('users')
+    if server.app_router is not None and server.app_router.reload(why):
+        done.append('app')
     return done
 
 

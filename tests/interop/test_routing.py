@@ -1,0 +1,238 @@
+"""docs/routing.rst's examples (examples/routing/), each started exactly as the page shows
+it, in a network namespace of its own (where 8080, 5060 and 5070 are free and media stays
+on loopback), with real clients on the wire: ``aiosip-ws message`` and ``aiosip-ws call``
+refused by the blocklist; ``aiosip-ws call`` playing 440 Hz to a user who is not
+registered, one who does not answer (``aiosip-ws answer --ring``) and one who is busy (an
+aiosip-ws Application answering 486), each ending at the voicemail ``aiosip-ws answer
+--record``, whose recordings hold the tone; SIPp calling numbers through the dial plan to a
+SIPp gateway that checks the number it gets with a regexp, and SIPp without credentials
+refused with 407 before the gateway."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.interop.test_media import AGENTS, assert_tone, media_available
+from tests.support import REPO, doc_page
+from tests.support.cli import PRIVATE_NETWORK, interrupt
+from tests.support.media import CommandAgent
+
+pytestmark = pytest.mark.interop
+
+ROUTING = doc_page('routing.rst')
+PEER = Path(__file__).parent / 'routing' / 'peer.py'
+SIPP = Path(__file__).parent / 'sipp'
+URL = 'ws://127.0.0.1:8080/'
+
+
+def documented(prefix: str) -> str:
+    """The command of docs/routing.rst that starts with ``prefix``."""
+    [line] = [text.strip() for text in ROUTING.splitlines() if text.strip().startswith(prefix)]
+    return line
+
+
+class Documented:
+    """The page's ``ENV=... aiosip-ws serve --app ...`` line as written (its variables in
+    the environment, as a shell would), in a network namespace of its own, from a folder
+    where ``examples/`` is the project's."""
+
+    def __init__(self, line: str, cwd: Path) -> None:
+        assert ' aiosip-ws serve --app examples/routing/' in line, line
+        if not (cwd / 'examples').exists():
+            (cwd / 'examples').symlink_to(REPO / 'examples')
+        script_dir = str(Path(sys.executable).parent)
+        env = dict(os.environ, PATH=script_dir + os.pathsep + os.environ.get('PATH', ''),
+                   PYTHONUNBUFFERED='1', AIOSIP_WS_LOOP='asyncio')
+        words = shlex.split(line)                  # NAME=VALUE ... aiosip-ws serve ...
+        while '=' in words[0]:
+            name, _, value = words.pop(0).partition('=')
+            env[name] = value
+        assert words[:2] == ['aiosip-ws', 'serve'], words
+        self.proc = subprocess.Popen([*PRIVATE_NETWORK, *words], cwd=cwd, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.cwd = cwd
+        assert self.proc.stdout is not None
+        listens = max(1, line.count('--listen '))
+        lines = [self.proc.stdout.readline().strip() for _ in range(listens)]
+        assert lines[0] == 'aiosip-ws serve: listening on %s' % URL, \
+            lines + [self.proc.stderr.read() if self.proc.stderr else '']
+        #: run a command in serve's namespace
+        self.inside = ('nsenter', '--net=/proc/%d/ns/net' % self.proc.pid, '--')
+
+    def run(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.inside, *args], capture_output=True, text=True,
+                              timeout=timeout, cwd=REPO,
+                              env=dict(os.environ, AIOSIP_WS_LOOP='asyncio'))
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([*self.inside, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                env=dict(os.environ, PYTHONUNBUFFERED='1'))
+
+    def stop(self) -> str:
+        code, err = interrupt(self.proc)
+        assert code == 0 and 'Traceback' not in err, err
+        return err
+
+
+def aiosip_ws(*args: str) -> list[str]:
+    return [sys.executable, '-W', 'error::DeprecationWarning', '-m', 'aiosip_ws', *args]
+
+
+def peer(serve: Documented, aor: str, status: int) -> subprocess.Popen[str]:
+    """An aiosip-ws Application registered as ``aor``: MESSAGE 200, INVITE ``status``."""
+    process = serve.start(sys.executable, str(PEER), URL, aor, str(status))
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == 'registered', process.stderr.read()
+    return process
+
+
+def ended(process: subprocess.Popen[str]) -> str:
+    """Stop a peer; what it printed."""
+    process.terminate()
+    out, err = process.communicate(timeout=15)
+    assert 'Traceback' not in err, err
+    return out
+
+
+def test_the_blocklist_refuses_listed_callers_and_lets_the_others_through(tmp_path):
+    serve = Documented(documented('BLOCKED='), tmp_path)
+    try:
+        bob = peer(serve, 'sip:bob@example.com', 486)
+        try:
+            blocked = serve.run(*aiosip_ws('message', URL, '--aor', 'sip:spam@EXAMPLE.com',
+                                           '--to', 'sip:bob@example.com', '--body', 'buy'))
+            assert blocked.returncode == 1, blocked.stdout + blocked.stderr
+            assert '403 Forbidden (caller blocked)' in blocked.stdout + blocked.stderr
+            allowed = serve.run(*aiosip_ws('message', URL, '--aor', 'sip:alice@example.com',
+                                           '--to', 'sip:bob@example.com', '--body', 'hello'))
+            assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+            robot = serve.run(*aiosip_ws('call', URL, '--aor', 'sip:robot@example.net',
+                                         '--to', 'sip:bob@example.com', '--timeout', '10'))
+            assert robot.returncode == 1 and '403' in robot.stderr, robot.stderr
+            alice = serve.run(*aiosip_ws('call', URL, '--aor', 'sip:alice@example.com',
+                                         '--to', 'sip:bob@example.com', '--timeout', '10'))
+            assert alice.returncode == 1 and '486' in alice.stderr, alice.stderr
+        finally:
+            printed = ended(bob)
+        # bob got alice's MESSAGE and INVITE, nothing from the listed callers
+        assert [line.split()[0] + ' ' + line.split()[-1] for line in printed.splitlines()] == \
+            ['MESSAGE hello', 'INVITE 486'], printed
+        assert 'spam' not in printed and 'robot' not in printed
+    finally:
+        serve.stop()
+
+
+async def test_calls_nobody_takes_reach_the_voicemail_and_leave_their_tone(tmp_path):
+    """Three calls playing 440 Hz: to carol (not registered), to bob (rings, never answers:
+    CANCELled after NO_ANSWER_SECONDS) and to dave (486): each recorded by the voicemail."""
+    media_available()
+    line = documented('VOICEMAIL_URI=')
+    assert 'NO_ANSWER_SECONDS=4' in line
+    serve = Documented(line, tmp_path)
+    pid = serve.proc.pid
+    voicemail_line = documented("aiosip-ws answer ws://127.0.0.1:8080/ --aor sip:voicemail@")
+    args = shlex.split(voicemail_line)[2:]
+    args[args.index('--record') + 1] = str(tmp_path / 'message-{n}.wav')
+    voicemail = await CommandAgent('answer', *args, netns_pid=pid, name='voicemail').start()
+    AGENTS.append(voicemail)
+    bob = await CommandAgent('answer', URL, '--aor', 'sip:bob@example.com', '--ring', '30',
+                             netns_pid=pid, name='bob').start()
+    AGENTS.append(bob)
+    dave = None
+    try:
+        await voicemail.wait_event('registered', timeout=15)
+        await bob.wait_event('registered', timeout=15)
+        dave = peer(serve, 'sip:dave@example.com', 486)
+        for callee, rings in (('carol', False), ('bob', True), ('dave', False)):
+            caller = CommandAgent('call', URL, '--aor', 'sip:alice@example.com', '--to',
+                                  'sip:%s@example.com' % callee, '--tone', '440',
+                                  '--duration', '2', netns_pid=pid, name='call %s' % callee)
+            AGENTS.append(caller)
+            started = time.monotonic()
+            async with caller:
+                await caller.wait_event('answered', timeout=25)
+                waited = time.monotonic() - started
+                assert await caller.wait(20) == 0, caller._describe()
+            incoming = await voicemail.wait_event('incoming', timeout=5)
+            assert incoming['from'] == 'sip:alice@example.com'
+            if rings:                     # bob rang NO_ANSWER_SECONDS, then was CANCELled
+                assert (await bob.wait_event('ended', timeout=5))['cause'] == 'cancelled'
+                assert 3.8 <= waited < 15, waited
+            else:
+                assert waited < 3.8, waited
+            await voicemail.wait_event('ended', timeout=10)
+    finally:
+        if dave is not None:
+            assert 'INVITE' in ended(dave)
+        assert await voicemail.stop() == 0, voicemail._describe()
+        assert await bob.stop() == 0, bob._describe()
+        serve.stop()
+    for n in (1, 2, 3):
+        assert_tone(tmp_path / ('message-%d.wav' % n), 440, 2.0)
+
+
+def sipp(serve: Documented, tmp_path: Path, scenario: str, *args: str,
+         name: str) -> subprocess.Popen[str]:
+    binary = shutil.which('sipp')
+    if binary is None:
+        from tests.interop.conftest import _unavailable
+        _unavailable('SIPp', RuntimeError('sipp not found (Debian package sip-tester)'))
+    return serve.start(binary, *args, '-sf', str(SIPP / scenario), '-i', '127.0.0.1',
+                       '-timeout', '20s', '-timeout_error', '-nostdin', '-trace_msg',
+                       '-message_file', str(tmp_path / ('%s.log' % name)),
+                       '-trace_err', '-error_file', str(tmp_path / ('%s-errors.log' % name)))
+
+
+def sipp_done(process: subprocess.Popen[str], tmp_path: Path, name: str) -> str:
+    try:
+        _, err = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+    log = tmp_path / ('%s.log' % name)
+    text = log.read_text(errors='replace') if log.exists() else ''
+    errors = tmp_path / ('%s-errors.log' % name)
+    assert process.returncode == 0, 'SIPp %s failed (%s): %s\n%s\n%s' % (
+        name, process.returncode, err[-2000:], text[-4000:],
+        errors.read_text(errors='replace')[-2000:] if errors.exists() else '')
+    return text
+
+
+def test_the_dial_plan_sends_numbers_to_the_gateway_normalised(tmp_path):
+    """Unauthenticated, ``+49.30.1234567`` gets 407 and never reaches the gateway; with
+    Digest credentials ``030-123 4567`` and ``0049(30)1234567`` both reach the SIPp
+    gateway as sip:+49301234567@...;user=phone (its regexp fails the call otherwise)."""
+    line = documented('GATEWAY_URI=')
+    assert '--users users.htdigest --realm example.com' in line
+    ha1 = hashlib.md5(b'sipp:example.com:secret').hexdigest()
+    (tmp_path / 'users.htdigest').write_text('sipp:example.com:%s\n' % ha1)
+    serve = Documented(line, tmp_path)
+    try:
+        gateway = sipp(serve, tmp_path, 'uas_gateway.xml', '-p', '5070', '-m', '2',
+                       name='gateway')
+        refused = sipp(serve, tmp_path, 'uac_number_refused.xml', '127.0.0.1:5060', '-m', '1',
+                       '-s', '+49.30.1234567', name='refused')
+        text = sipp_done(refused, tmp_path, 'refused')
+        assert 'SIP/2.0 407 ' in text
+        for n, dialled in enumerate(('030-123%204567', '0049(30)1234567')):
+            caller = sipp(serve, tmp_path, 'uac_number_auth.xml', '127.0.0.1:5060', '-m', '1',
+                          '-s', dialled, '-au', 'sipp', '-ap', 'secret', '-auth_uri',
+                          '%s@example.com;user=phone' % dialled, name='caller%d' % n)
+            text = sipp_done(caller, tmp_path, 'caller%d' % n)
+            assert 'SIP/2.0 200 OK' in text
+        received = sipp_done(gateway, tmp_path, 'gateway')
+    finally:
+        serve.stop()
+    invites = [line for line in received.splitlines() if line.startswith('INVITE ')]
+    assert len(invites) == 2 and all(i.startswith('INVITE sip:+49301234567@127.0.0.1:5070;'
+                                                  'user=phone ') for i in invites), invites
+    assert 'Proxy-Authorization' not in received       # serve's credentials end at serve
