@@ -260,8 +260,8 @@ class Target:
 @dataclass(frozen=True)
 class Registered:
     """The bindings of an address-of-record registered at serve (in a cluster: at any
-    node), all rung at once; ``timeout`` as for :class:`Target`.  None registered: the
-    branch fails with 480 (and :meth:`App.on_failure` hears it)."""
+    node), all rung at once; ``timeout`` as for :class:`Target`.  None registered (and no
+    other target): serve's 404, which :meth:`App.on_failure` hears."""
 
     aor: str
     timeout: float | None = None

@@ -111,8 +111,10 @@ class Call:
 
 
 @contextlib.asynccontextmanager
-async def anchored(ng_url, **settings):
+async def anchored(ng_url, app=None, **settings):
     server = RelayServer(media=MediaSettings(rtpengine=[ng_url], **settings))
+    if app is not None:
+        server.use_app(app)
     ws_listener, udp = await server.start('ws://127.0.0.1:0/', 'udp://127.0.0.1:0')
     loop = asyncio.get_running_loop()
     transport, bob = await loop.create_datagram_endpoint(UdpUA, local_addr=('127.0.0.1', 0))
@@ -273,6 +275,40 @@ async def test_cancel_while_ringing_and_a_busy_phone_leave_nothing(ng_url):
         c.bob.send(c.bob_answer(invite, 486, 'b4'))
         assert (await recv(c.alice)).status == 486
         assert (await c.bob.next()).method == 'ACK'
+        await c.no_sessions()
+
+
+async def test_a_failure_routed_again_by_an_app_is_anchored_afresh(ng_url):
+    """``--app``: bob's 486 goes to the app's on_failure, which rings bob again (a second
+    fork of the same call: its media were deleted with the first, and offered anew); bob
+    answers; alice gets WebRTC SDP, bob's leg is plain, and the BYE leaves nothing."""
+    from aiosip_ws.serve.routing import App, Registered, Relay
+
+    class Again(App):
+        async def on_failure(self, request, response):
+            return Relay(Registered('sip:bob@example.com')) if response.attempt == 1 else None
+
+    async with anchored(ng_url, app=Again()) as c:
+        await c.alice.send(c.alice_invite('m-r'))
+        assert (await recv(c.alice)).status == 100
+        invite = await c.bob.next()
+        assert is_plain(invite.body)
+        c.bob.send(c.bob_answer(invite, 486, 'r1'))
+        assert (await c.bob.next()).method == 'ACK'
+        again = await c.bob.next()
+        assert again.method == 'INVITE' and is_plain(again.body)
+        assert again.vias[0].branch != invite.vias[0].branch
+        c.bob.send(c.bob_answer(again, 200, 'r2', PHONE_ANSWER))
+        ok = await recv(c.alice)
+        assert ok.status == 200 and is_webrtc(ok.body)
+        await asyncio.sleep(0.3)                    # a delete of the first fork would land
+        assert await c.sessions() == 1
+        routes = ok.get_all('Record-Route')
+        await c.alice.send(c.alice_in_dialog('ACK', 'm-r', 'r2', routes, body=''))
+        assert (await c.bob.next()).method == 'ACK'
+        await c.alice.send(c.alice_in_dialog('BYE', 'm-r', 'r2', routes, cseq=11,
+                                             branch='z9hG4bKrb'))
+        await c.bye_reaches_bob()
         await c.no_sessions()
 
 

@@ -510,3 +510,78 @@ async def test_serve_loads_the_app_reloads_it_on_sighup_and_refuses_a_broken_one
                                    '--app', str(app_file))
     assert done.returncode == 2
     assert 'cannot be loaded: RuntimeError: no database' in done.stderr, done.stderr
+
+
+async def test_a_cancel_while_on_failure_decides_ends_the_call_with_487(serve_with):
+    deciding = asyncio.Event()
+
+    class SlowVoicemail(App):
+        async def on_failure(self, request, response):
+            deciding.set()
+            await asyncio.sleep(0.5)
+            return Relay(Registered('sip:vm@example.com'))
+
+    _, url = await serve_with(SlowVoicemail())
+    async with ws(url) as caller, ws(url) as bob, ws(url) as vm:
+        caller_host = await register_raw(caller, 'alice')
+        await register_raw(bob, 'bob')
+        await register_raw(vm, 'vm')
+        await caller.send(invite(caller_host))
+        assert (await recv(caller)).status == 100
+        to_bob = await recv(bob)
+        await answer(bob, to_bob, 486, 'b')
+        await asyncio.wait_for(deciding.wait(), 5)
+        await caller.send(cancel_of(caller_host))
+        assert (await recv(caller)).status == 200
+        terminated = await recv(caller)
+        assert (terminated.status, terminated.cseq) == (487, (10, 'INVITE'))
+        await quiet(vm)                                    # the voicemail never rang
+
+
+def _routing_block(first_line: str) -> str:
+    """docs/routing.rst's literal block that holds ``first_line``, dedented."""
+    import textwrap
+
+    from tests.support import doc_page
+    page = doc_page('routing.rst')
+    start = page.index(first_line)
+    start = page.rindex('::\n\n', 0, start) + 4
+    end = page.find('\n\n', start)
+    while end != -1 and page[end + 2:end + 6] == '    ':
+        end = page.find('\n\n', end + 2)
+    return textwrap.dedent(page[start:end if end != -1 else None])
+
+
+async def test_the_pages_kamailio_translation_does_what_its_request_route_does(tmp_path):
+    from aiosip_ws.core.codec import parse
+    from aiosip_ws.serve.app import load_app
+    code = _routing_block("if request.from_uri.user == 'spam':")
+    (tmp_path / 'translated.py').write_text(
+        'import re\nfrom aiosip_ws.serve.routing import Registered, Relay, Reply, Target\n\n'
+        + code)
+    app = load_app(str(tmp_path / 'translated.py'))
+
+    def request(uri='sip:bob@example.com', sender='alice', method='INVITE'):
+        text = invite('x.invalid').replace('INVITE sip:bob@example.com', '%s %s' % (method, uri))
+        text = text.replace('CSeq: 10 INVITE', 'CSeq: 10 %s' % method)
+        return Request(parse(text.replace('sip:alice@', 'sip:%s@' % sender)), identity=None,
+                       source=None, transport='ws')
+    refused = await app.hooks['on_request'](request(sender='spam'))
+    assert (refused.status, refused.reason) == (403, 'Blocked')
+    national = await app.hooks['on_request'](request('sip:0301234567@example.com'))
+    assert [t.uri for t in national.targets] == ['sip:+49301234567@10.0.0.5:5060']
+    call = await app.hooks['on_request'](request())
+    assert call.targets == (Registered('sip:bob@example.com', timeout=20),)
+    assert await app.hooks['on_request'](request(method='MESSAGE')) is None
+    from aiosip_ws.core.codec import make_response
+    from aiosip_ws.serve.routing import Response
+    busy = Response(make_response(parse(invite('x.invalid')), 486), by_serve=False, attempt=1)
+    assert (await app.hooks['on_failure'](request(), busy)).targets == \
+        (Registered('sip:voicemail@example.com'),)
+
+
+def test_the_pages_app_skeleton_loads_with_every_hook(tmp_path):
+    from aiosip_ws.serve.app import load_app
+    (tmp_path / 'skeleton.py').write_text(_routing_block('class MyApp(App):'))
+    assert set(load_app(str(tmp_path / 'skeleton.py')).hooks) == {
+        'startup', 'shutdown', 'on_request', 'on_failure', 'on_in_dialog'}
