@@ -585,3 +585,78 @@ def test_the_pages_app_skeleton_loads_with_every_hook(tmp_path):
     (tmp_path / 'skeleton.py').write_text(_routing_block('class MyApp(App):'))
     assert set(load_app(str(tmp_path / 'skeleton.py')).hooks) == {
         'startup', 'shutdown', 'on_request', 'on_failure', 'on_in_dialog'}
+
+
+async def test_the_app_sees_the_verified_identity_and_never_an_unauthenticated_request():
+    """With --users: a MESSAGE without credentials is challenged before the app sees it;
+    with them, the app's Request carries Identity(user, aor, 'digest')."""
+    import hashlib
+
+    from aiosip_ws.serve.auth import DigestAuthenticator, UserFile
+    from aiosip_ws.serve.routing import Identity
+    from tests.support.digest import digest_authorization
+    seen = []
+
+    class Who(App):
+        async def on_request(self, request):
+            seen.append((request.method, request.identity))
+            return Reply(202 if request.method == 'MESSAGE' else 403)
+
+    ha1 = hashlib.md5(b'alice:example.com:wonderland').hexdigest()
+    auth = DigestAuthenticator(UserFile.parse('alice:example.com:%s' % ha1), 'example.com',
+                               domains=['example.com'])
+    server = RelayServer(auth=auth)
+    server.use_app(Who())
+    [listener] = await server.start('ws://127.0.0.1:0/')
+    try:
+        async with ws(listener.bound_url) as alice:
+            text = message('alice.invalid')
+            await alice.send(text)
+            challenge = await recv(alice)
+            assert challenge.status == 407 and seen == []
+            credentials = digest_authorization(
+                challenge.get('Proxy-Authenticate'), method='MESSAGE',
+                uri='sip:bob@example.com', username='alice', password='wonderland',
+                header='Proxy-Authorization')
+            await alice.send(text.replace('CSeq: 1 MESSAGE', 'CSeq: 2 MESSAGE').replace(
+                'Max-Forwards: 70\r\n', 'Max-Forwards: 70\r\n%s\r\n' % credentials))
+            assert (await recv(alice)).status == 202
+    finally:
+        await server.close()
+    assert seen == [('MESSAGE', Identity('alice', 'sip:alice@example.com', 'digest'))]
+
+
+async def test_requests_in_progress_finish_with_the_old_app_after_a_reload(serve_with,
+                                                                           tmp_path):
+    app_file = tmp_path / 'slow.py'
+    app_file.write_text('import asyncio\nfrom aiosip_ws.serve.routing import Reply\n\n\n'
+                        'async def on_request(request):\n'
+                        '    if request.method == "MESSAGE":\n'
+                        '        await asyncio.sleep(float(request.body or 0))\n'
+                        '        return Reply(480, "old")\n')
+    server, url = await serve_with(str(app_file))
+    router = server.app_router
+    async with ws(url) as caller:
+        caller_host = await register_raw(caller, 'alice')
+        await caller.send(message(caller_host, '0.6'))         # in progress at the reload
+        await asyncio.sleep(0.1)
+        old = router.current
+        app_file.write_text(app_file.read_text().replace('"old"', '"new"'))
+        router.reload('test')
+        await eventually(lambda: router.current is not old)
+        await caller.send(message(caller_host, '0').replace('msg-1', 'msg-2'))
+        first, second = await recv(caller), await recv(caller)
+        assert (first.get('Call-ID'), first.reason) == ('msg-2', 'new')
+        assert (second.get('Call-ID'), second.reason) == ('msg-1', 'old')
+    await eventually(lambda: old.module_name not in __import__('sys').modules)
+
+
+def test_the_app_options_from_toml_and_their_checks():
+    from aiosip_ws.errors import ConfigurationError
+    from aiosip_ws.serve.config import ServeConfig
+    assert ServeConfig.from_mapping({'app': 'routing.py', 'app-timeout': 2}) == \
+        {'app': 'routing.py', 'app_timeout': 2.0}
+    with pytest.raises(ConfigurationError, match='--app-timeout 0'):
+        ServeConfig(app_timeout=0).validate()
+    with pytest.raises(ConfigurationError, match='each worker loads it'):
+        ServeConfig(app=App(), workers=2, redis='redis://127.0.0.1:6379/0').validate()
