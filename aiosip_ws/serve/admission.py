@@ -11,6 +11,7 @@ from ..core.ratelimit import TokenBucket
 from ..errors import SIPParseError
 from .auth import DigestAuthenticator, Identity, aor_key
 from .context import Context
+from .credentials import CredentialsPending, CredentialsUnavailable
 from .flow import Flow
 
 __all__ = ['Admission']
@@ -29,6 +30,8 @@ class Admission:
         self.resume = resume
         #: Digest authentication of REGISTERs and of requests from local domains, or None
         self.auth = auth
+        #: checks a request again from the identity stage (its user was looked up)
+        self.again: Callable[[Flow, SIPMessage], None] | None = None
 
     def over_rate(self, flow: Flow, request: SIPMessage) -> bool:
         """A token bucket per flow (``max_requests_per_second``, ``burst``): over it a
@@ -76,7 +79,14 @@ class Admission:
             state.identity = token_identity
             return False
         if self.auth is not None and self.auth.needs_challenge(request, flow.remote_addr[0]):
-            identity = self.authenticate(flow, request)
+            try:
+                identity = self.authenticate(flow, request)
+            except CredentialsPending as pending:     # the app's store is asked first
+                self.ctx.spawn(self._after_lookup(flow, request, pending))
+                return True
+            except CredentialsUnavailable as exc:
+                self.ctx.busy(flow, request, 'the user store: %s' % exc)
+                return True
             if identity is None:
                 return True
             state.identity = identity     # for the route, read before it awaits
@@ -84,6 +94,12 @@ class Admission:
                 self.ctx.spawn(self._after_shared_nonce_count(flow, request))
                 return True
         return False
+
+    async def _after_lookup(self, flow: Flow, request: SIPMessage,
+                            pending: CredentialsPending) -> None:
+        await pending.wait()         # failed: credentials get 503 when checked again
+        if self.again is not None and flow.is_open:
+            self.again(flow, request)
 
     async def _after_shared_nonce_count(self, flow: Flow, request: SIPMessage) -> None:
         if await self.shared_nonce_count(flow, request) and self.resume is not None:

@@ -30,21 +30,32 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+import types
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ..core.codec import SIPMessage, make_response
 from ..core.sipuri import NameAddr, SipURI
-from ..core.transaction import cancel_key, new_tag
+from ..core.transaction import cancel_key, new_branch, new_call_id, new_tag
 from ..errors import AiosipWSError, RoutingError, SIPParseError
+from ..options import ConnectionOptions
 from ..transport.throttle import LogThrottle
 from .auth import Identity as Verified
 from .context import SERVER_HEADER, Context, max_forwards_of
-from .flow import Flow
+from .events import (
+    CallChanged,
+    ConnectionClosed,
+    ConnectionOpened,
+    Event,
+    EventStream,
+    RegistrationChanged,
+)
+from .flow import Flow, FlowState
 from .fork import Forker
 from .registrar import Binding
 from .routing import (
+    Credentials,
     Identity,
     Registered,
     Relay,
@@ -52,6 +63,7 @@ from .routing import (
     Request,
     Response,
     Target,
+    TokenUser,
     aor_key,
     hooks_of,
     reply_parts,
@@ -61,7 +73,8 @@ if TYPE_CHECKING:
     from .hops import Hops
     from .observe import Metrics
 
-__all__ = ['AppRouter', 'LoadedApp', 'load_app', 'LoopWatchdog', 'MAX_FAILURE_ROUNDS']
+__all__ = ['AppRouter', 'LoadedApp', 'load_app', 'LoopWatchdog', 'MAX_FAILURE_ROUNDS',
+           'ServeHandle', 'APP_EVENTS']
 
 logger = logging.getLogger(__name__)
 app_log = LogThrottle(logger)
@@ -77,11 +90,62 @@ Resume = Callable[[Flow, SIPMessage, str], None]
 
 _generation = itertools.count(1)
 
+#: the events an app's on_event gets unless its ``events`` attribute names others
+APP_EVENTS: tuple[type[Event], ...] = (RegistrationChanged, CallChanged, ConnectionOpened,
+                                       ConnectionClosed)
+#: the events an app's on_event queue holds before it drops
+APP_EVENT_QUEUE = 10000
+
+
+def _start(hook: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+    """Call ``hook``: ``(True, its result)`` when it finished without waiting (a plain
+    function, or a coroutine that never suspended: no task, no timer), else ``(False,
+    an awaitable that goes on from where it stopped)``.  What it raises propagates."""
+    result = hook(*args)
+    if not isinstance(result, types.CoroutineType):
+        if inspect.isawaitable(result):
+            return False, result
+        return True, result
+    try:
+        yielded = result.send(None)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, _continued(result, yielded)
+
+
+@types.coroutine
+def _continued(coro: Any, yielded: Any) -> Generator[Any, Any, Any]:
+    """The rest of a coroutine :func:`_start` began: what it yields goes to the task that
+    awaits this, what the task sends or throws goes back to it."""
+    try:
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the task's (CancelledError)
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    yielded = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+    finally:
+        coro.close()
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
 
 class LoadedApp:
     """An app as loaded: the object whose hooks serve calls, and where its code lives."""
 
-    __slots__ = ('spec', 'target', 'hooks', 'files', 'inflight', 'module_name', 'name')
+    __slots__ = ('spec', 'target', 'hooks', 'files', 'inflight', 'module_name', 'name',
+                 'startup_takes_serve', 'events')
 
     def __init__(self, spec: object, target: object, files: Iterable[str],
                  module_name: str | None = None) -> None:
@@ -90,10 +154,30 @@ class LoadedApp:
         self.target = target
         #: hook name -> the function
         self.hooks = hooks_of(target)
-        if not {'on_request', 'on_failure', 'on_in_dialog'} & self.hooks.keys():
-            raise RoutingError('the app %s defines none of on_request, on_failure and '
-                               'on_in_dialog (as functions of the module, or methods of its '
-                               '"app" object)' % (spec,))
+        if not {'on_request', 'on_failure', 'on_in_dialog', 'credentials', 'on_event',
+                'token_identity'} & self.hooks.keys():
+            raise RoutingError('the app %s defines none of on_request, on_failure, '
+                               'on_in_dialog, credentials, token_identity and on_event (as '
+                               'functions of the module, or methods of its "app" object)'
+                               % (spec,))
+        token = self.hooks.get('token_identity')
+        if token is not None and inspect.iscoroutinefunction(token):
+            raise RoutingError('the app %s: token_identity must be a plain function (it '
+                               'runs in the WebSocket handshake), not a coroutine' % (spec,))
+        startup = self.hooks.get('startup')
+        try:
+            parameters = inspect.signature(startup).parameters if startup else {}
+        except (TypeError, ValueError):
+            parameters = {}
+        #: ``startup(serve)`` rather than ``startup()``
+        self.startup_takes_serve = bool(parameters)
+        kinds = getattr(target, 'events', APP_EVENTS)
+        if not isinstance(kinds, (tuple, list, frozenset, set)) or not all(
+                isinstance(k, type) and issubclass(k, Event) for k in kinds):
+            raise RoutingError('the app %s: its "events" names classes of '
+                               'aiosip_ws.serve.events, e.g. (CallChanged,)' % (spec,))
+        #: the events its on_event gets
+        self.events: tuple[type[Event], ...] = tuple(kinds)
         #: the source files the watchdog blames (the app's own code)
         self.files = frozenset(os.path.realpath(f) for f in files)
         #: hook calls in progress (a retired app shuts down once none is)
@@ -180,7 +264,8 @@ class AppRouter:
 
     def __init__(self, app: LoadedApp, *, ctx: Context, forker: Forker, hops: Hops,
                  lookup: Lookup, timeout: float = 5.0, metrics: Metrics | None = None,
-                 watchdog: bool = True) -> None:
+                 watchdog: bool = True, events: EventStream | None = None,
+                 domains: Iterable[str] = ()) -> None:
         if not timeout > 0:
             raise RoutingError('--app-timeout %r: give a positive number of seconds'
                                % (timeout,))
@@ -195,13 +280,41 @@ class AppRouter:
             if watchdog else None
         self._retiring: set[asyncio.Task[None]] = set()
         forker.failure = self.failed
+        #: what the app may ask of serve (handed to its ``startup``)
+        self.serve = ServeHandle(self, frozenset(d.lower() for d in domains))
+        #: the event stream on_event is subscribed to (when the app has one)
+        self.events = events
+        self._subscribed: tuple[type[Event], ...] = ()
+        self._subscription: Any = None
+        #: credentials looked up (see :mod:`~aiosip_ws.serve.credentials`), or None
+        self.credential_store: Any = None
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
         """The app's ``startup``; a failure is a :class:`RoutingError`."""
         await self._life_cycle(self.current, 'startup')
+        self._subscribe()
         if self.watchdog is not None:
             self.watchdog.start()
+
+    def _subscribe(self) -> None:
+        """on_event to the event stream, for the kinds the current app asks for."""
+        stream, app = self.events, self.current
+        kinds = app.events if 'on_event' in app.hooks else ()
+        if stream is None or kinds == self._subscribed:
+            return
+        if self._subscription is not None:
+            self.ctx.spawn(self._subscription.close())
+            self._subscription = None
+        if kinds:
+            self._subscription = stream.subscribe('app', self._on_event, kinds,
+                                                  maxsize=APP_EVENT_QUEUE)
+        self._subscribed = kinds
+
+    async def _on_event(self, event: Event) -> None:
+        app = self.current
+        if 'on_event' in app.hooks:
+            await self._ask(app, 'on_event', event)
 
     async def close(self) -> None:
         if self.watchdog is not None:
@@ -209,6 +322,10 @@ class AppRouter:
         for task in list(self._retiring):
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self._subscription is not None:
+            await self._subscription.close()
+            self._subscription = None
+            self._subscribed = ()
         try:
             await self._life_cycle(self.current, 'shutdown')
         except RoutingError as exc:
@@ -220,9 +337,10 @@ class AppRouter:
         if hook is None:
             return
         try:
-            result = hook()
+            result = hook(self.serve) if name == 'startup' and app.startup_takes_serve \
+                else hook()
             if inspect.isawaitable(result):
-                await asyncio.wait_for(result, LIFE_CYCLE_TIMEOUT)
+                await asyncio.wait_for(_awaited(result), LIFE_CYCLE_TIMEOUT)
         except asyncio.TimeoutError:
             raise RoutingError('the app %s: %s took longer than %g s'
                                % (app.name, name, LIFE_CYCLE_TIMEOUT)) from None
@@ -256,6 +374,9 @@ class AppRouter:
             self._forget(new)
             return
         self.current = new
+        self._subscribe()
+        if self.credential_store is not None:
+            self.credential_store.clear()           # the new app's store may say otherwise
         logger.info('%s: reloaded the app %s (%d hook call(s) of the old one in progress)',
                     why, new.name, old.inflight)
         task = asyncio.ensure_future(self._retire(old))
@@ -279,30 +400,51 @@ class AppRouter:
             sys.modules.pop(app.module_name, None)
 
     # -- calling the app -------------------------------------------------------------------
-    async def _ask(self, app: LoadedApp, name: str, *args: Any) -> tuple[bool, Any]:
-        """``(True, what the hook returned)``, or ``(False, None)`` when it failed or took
-        longer than the timeout (logged)."""
-        hook = app.hooks[name]
+    def _begin(self, app: LoadedApp, name: str, *args: Any) -> tuple[str, Any]:
+        """Call a hook: ``('done', its result)`` when it finished at once, ``('wait', an
+        awaitable)`` for :meth:`_wait` when it waits, ``('error', None)`` (logged)."""
         app.inflight += 1
         try:
-            result = hook(*args)
-            if inspect.isawaitable(result):
-                result = await asyncio.wait_for(result, self.timeout)
-            return True, result
+            done, value = _start(app.hooks[name], *args)
+        except Exception as exc:  # noqa: BLE001 - the app's bug must not be serve's
+            app.inflight -= 1
+            self._raised(name, exc)
+            return 'error', None
+        if done:
+            app.inflight -= 1
+            return 'done', value
+        return 'wait', value
+
+    async def _wait(self, app: LoadedApp, name: str, awaitable: Awaitable[Any]
+                    ) -> tuple[bool, Any]:
+        """The rest of a hook :meth:`_begin` began, within the timeout: ``(True, what it
+        returned)``, or ``(False, None)`` when it failed or took too long (logged)."""
+        try:
+            return True, await asyncio.wait_for(_awaited(awaitable), self.timeout)
         except asyncio.TimeoutError:
             self._count(name, 'timeout')
             app_log.warning('app timeout ' + name, 'the app\'s %s took longer than '
                             '--app-timeout %g s: 500', name, self.timeout)
             return False, None
-        except Exception as exc:  # noqa: BLE001 - the app's bug must not be serve's
-            self._count(name, 'error')
-            where = ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            app_log.log(logging.ERROR, 'app error %s %s' % (name, type(exc).__name__),
-                        'the app\'s %s raised %s: 500\n%s', name, type(exc).__name__,
-                        where.rstrip())
+        except Exception as exc:  # noqa: BLE001
+            self._raised(name, exc)
             return False, None
         finally:
             app.inflight -= 1
+
+    async def _ask(self, app: LoadedApp, name: str, *args: Any) -> tuple[bool, Any]:
+        """:meth:`_begin`, then :meth:`_wait` if it waits."""
+        state, value = self._begin(app, name, *args)
+        if state == 'wait':
+            return await self._wait(app, name, value)
+        return state == 'done', value
+
+    def _raised(self, name: str, exc: BaseException) -> None:
+        self._count(name, 'error')
+        where = ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        app_log.log(logging.ERROR, 'app error %s %s' % (name, type(exc).__name__),
+                    'the app\'s %s raised %s: 500\n%s', name, type(exc).__name__,
+                    where.rstrip())
 
     def _count(self, hook: str, outcome: str) -> None:
         if self.metrics is not None:
@@ -349,6 +491,18 @@ class AppRouter:
             return False                                 # the route stage answers it
         if uri.scheme not in ('sip', 'sips'):
             return False
+        state, value = self._begin(app, 'on_request',
+                                   self._view(flow, request, self.identity_of(flow, request)))
+        if state == 'done':                      # decided at once: no task, no timer
+            if value is None:
+                self._count('on_request', 'default')
+                return False                     # on to the next stage, now
+            if isinstance(value, Reply):
+                self._reply_now('on_request', flow, request, value)
+                return True
+        elif state == 'error':
+            self.ctx.send_response(flow, request, self._failed_reply(flow, request))
+            return True
         held = None
         if request.method == 'INVITE':
             held = _Held()
@@ -357,16 +511,29 @@ class AppRouter:
             if flow.is_open:                             # §16.2: at once, hop by hop
                 self.ctx.send(flow, make_response(request, 100,
                                                   headers=[('Server', SERVER_HEADER)]))
-        self.ctx.spawn(self._on_request(app, flow, request, self.identity_of(flow, request),
-                                        held))
+        self.ctx.spawn(self._on_request(app, flow, request, state, value, held))
         return True
 
+    def _reply_now(self, hook: str, flow: Flow, request: SIPMessage, reply: Reply) -> None:
+        try:
+            status, reason, headers, body = reply_parts(reply, request.method or '')
+        except RoutingError as exc:
+            self._broken(hook, exc)
+            self.ctx.send_response(flow, request, self._failed_reply(flow, request))
+            return
+        self._count(hook, 'reply')
+        self.ctx.send_response(flow, request, make_response(
+            request, status, reason, to_tag=new_tag(),
+            headers=headers + [('Server', SERVER_HEADER)], body=body))
+
     async def _on_request(self, app: LoadedApp, flow: Flow, request: SIPMessage,
-                          identity: Identity | None, held: _Held | None) -> None:
+                          state: str, value: Any, held: _Held | None) -> None:
         key = cancel_key(request) if held is not None else None
         try:
-            ok, outcome = await self._ask(app, 'on_request',
-                                          self._view(flow, request, identity))
+            if state == 'wait':
+                ok, outcome = await self._wait(app, 'on_request', value)
+            else:
+                ok, outcome = True, value
             if held is not None and held.cancelled:
                 self.ctx.send_response(flow, request, self._failed_reply(
                     flow, request, 487, 'Request Terminated'))
@@ -546,13 +713,22 @@ class AppRouter:
                 return False
         except SIPParseError:
             return False
-        self.ctx.spawn(self._on_in_dialog(app, flow, request,
-                                          self.identity_of(flow, request)))
+        state, value = self._begin(app, 'on_in_dialog',
+                                   self._view(flow, request, self.identity_of(flow, request)))
+        if state == 'done':
+            if value is None:
+                self._count('on_in_dialog', 'default')
+                return False
+            self._refusal(flow, request, value)
+        elif state == 'error':
+            self.ctx.send_response(flow, request, self._failed_reply(flow, request))
+        else:
+            self.ctx.spawn(self._on_in_dialog(app, flow, request, value))
         return True
 
     async def _on_in_dialog(self, app: LoadedApp, flow: Flow, request: SIPMessage,
-                            identity: Identity | None) -> None:
-        ok, outcome = await self._ask(app, 'on_in_dialog', self._view(flow, request, identity))
+                            awaitable: Awaitable[Any]) -> None:
+        ok, outcome = await self._wait(app, 'on_in_dialog', awaitable)
         if not ok:
             self.ctx.send_response(flow, request, self._failed_reply(flow, request))
             return
@@ -561,6 +737,9 @@ class AppRouter:
             assert self.resume is not None
             self.resume(flow, request, 'app in-dialog')
             return
+        self._refusal(flow, request, outcome)
+
+    def _refusal(self, flow: Flow, request: SIPMessage, outcome: object) -> None:
         try:
             if not isinstance(outcome, Reply):
                 raise RoutingError('on_in_dialog returned %r: in-dialog requests are routed '
@@ -576,6 +755,136 @@ class AppRouter:
         self._count('on_in_dialog', 'reply')
         self.ctx.send_response(flow, request, make_response(
             request, status, reason, headers=headers + [('Server', SERVER_HEADER)], body=body))
+
+
+    # -- identity from the app -------------------------------------------------------------
+    async def credentials(self, user: str, realm: str) -> Credentials | None:
+        """The current app's ``credentials(user, realm)``, within the timeout; a failure
+        raises :class:`RoutingError` (the store answers 503 then, and caches nothing)."""
+        app = self.current
+        if 'credentials' not in app.hooks:
+            raise RoutingError('the app has no credentials hook any more')
+        ok, found = await self._ask(app, 'credentials', user, realm)
+        if not ok:
+            raise RoutingError('the app\'s credentials failed')
+        if found is not None and not isinstance(found, Credentials):
+            self._broken('credentials', RoutingError(
+                'credentials returned %r: return Credentials or None' % (found,)))
+            raise RoutingError('the app\'s credentials returned no Credentials')
+        self._count('credentials', 'found' if found is not None else 'unknown')
+        return found
+
+    def token_user(self, claims: Mapping[str, Any]) -> TokenUser | None:
+        """The current app's ``token_identity(claims)`` (None: refused); what it raises
+        refuses too, logged."""
+        app = self.current
+        hook = app.hooks.get('token_identity')
+        if hook is None:
+            raise RoutingError('the app has no token_identity hook any more')
+        try:
+            found = hook(claims)
+        except Exception as exc:  # noqa: BLE001
+            self._raised('token_identity', exc)
+            return None
+        if found is not None and not isinstance(found, TokenUser):
+            self._broken('token_identity', RoutingError(
+                'token_identity returned %r: return TokenUser or None' % (found,)))
+            return None
+        self._count('token_identity', 'found' if found is not None else 'refused')
+        return found
+
+
+class LocalOrigin:
+    """Where the final response to a request serve itself sends (:meth:`ServeHandle.
+    send_message`) comes back: a flow in the pipeline's terms, no socket."""
+
+    transport_name = 'local'
+    via_transport = 'WS'
+    reliable = True
+    remote_addr = ('127.0.0.1', 0)
+    options = ConnectionOptions()
+    via_host = 'serve.invalid'
+
+    def __init__(self) -> None:
+        self.flow_state = FlowState()
+        self.final: asyncio.Future[SIPMessage] = asyncio.get_running_loop().create_future()
+
+    @property
+    def is_open(self) -> bool:
+        return not self.final.done()
+
+    def via(self, branch: str) -> str:
+        return 'SIP/2.0/WS %s;branch=%s' % (self.via_host, branch)
+
+    def send(self, message: SIPMessage) -> bool:
+        if (message.status or 0) >= 200 and not self.final.done():
+            self.final.set_result(message)
+        return True
+
+    def __repr__(self) -> str:
+        return '<serve itself>'
+
+
+class ServeHandle:
+    """What an app may ask of serve: see :class:`aiosip_ws.serve.routing.Serve`."""
+
+    def __init__(self, router: AppRouter, domains: frozenset[str]) -> None:
+        self._router = router
+        self.domains = domains
+
+    @property
+    def node(self) -> str | None:
+        node: str | None = self._router.ctx.calls.node
+        return node
+
+    def spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task[Any]:
+        """Run ``coroutine`` in a task serve ends at shutdown (what it raises is logged)."""
+        return self._router.ctx.spawn(self._logged(coroutine))
+
+    @staticmethod
+    async def _logged(coroutine: Awaitable[Any]) -> Any:
+        try:
+            return await coroutine
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the app's task: logged, not lost
+            logger.exception('a task the app spawned failed')
+            return None
+
+    async def lookup(self, aor: str) -> list[str]:
+        try:
+            key = SipURI.parse(aor).aor
+        except SIPParseError as exc:
+            raise RoutingError('lookup(%r): not a SIP URI (%s)' % (aor, exc)) from None
+        return [str(b.contact.uri) for b in await self._router.lookup(key)]
+
+    async def send_message(self, sender: str, to: str, body: str | bytes,
+                           content_type: str = 'text/plain') -> int:
+        router = self._router
+        try:
+            target = SipURI.parse(to)
+            SipURI.parse(sender)
+        except SIPParseError as exc:
+            raise RoutingError('send_message(%r, %r): not a SIP URI (%s)' % (sender, to, exc)
+                               ) from None
+        if any(c in text for text in (sender, to, content_type) for c in '\r\n<>'):
+            raise RoutingError('send_message: a URI or content type holds <, > or a line break')
+        data = body.encode('utf-8') if isinstance(body, str) else bytes(body)
+        origin = LocalOrigin()
+        request = SIPMessage(method='MESSAGE', uri=str(target), headers=[
+            ('Via', origin.via(new_branch())), ('Max-Forwards', '70'),
+            ('From', '<%s>;tag=%s' % (sender, new_tag())), ('To', '<%s>' % to),
+            ('Call-ID', new_call_id()), ('CSeq', '1 MESSAGE'),
+            ('Content-Type', content_type)], body=data)
+        bindings = await router.lookup(target.aor)
+        if bindings or not router.hops.route(origin, request, target, 70):
+            router.forker.relay(origin, request, bindings, 70)
+        try:
+            response = await asyncio.wait_for(
+                asyncio.shield(origin.final), router.ctx.timer_c if bindings else 40.0)
+        except asyncio.TimeoutError:
+            return 408
+        return response.status or 500
 
 
 class LoopWatchdog:

@@ -67,6 +67,8 @@ class User:
     ha1: dict[str, str]
     #: the AOR the file names, or None: ``sip:NAME@DOMAIN`` for every local domain
     aor: str | None = None
+    #: several AORs the user may use (an app's credentials), or None
+    aors: frozenset[str] | None = None
 
 
 def aor_key(uri: SipURI) -> str:
@@ -152,7 +154,9 @@ class UserFile:
                                          ) from None
         return User(name, realm, ha1, aor or None)
 
-    def get(self, name: str, realm: str) -> User | None:
+    def get(self, name: str, realm: str, *, needed: bool = True) -> User | None:
+        """The user, or None (``needed``: whether the caller cannot do without; a file
+        always knows)."""
         return self.users.get((name, realm))
 
     def __len__(self) -> int:
@@ -213,7 +217,9 @@ class DigestAuthenticator:
                  nonce_lifetime: float = 300.0, trusted: Iterable[str] = (),
                  max_nonces: int = 100_000, max_failures: int = 3,
                  clock: Callable[[], float] = time.time) -> None:
-        self.users = users
+        #: where users come from: a :class:`UserFile`, or an app's credentials
+        #: (:class:`~aiosip_ws.serve.credentials.CredentialStore`)
+        self.users: Any = users
         self.realm = realm
         self.domains = frozenset(d.lower() for d in (list(domains) or [realm]))
         self.algorithms = tuple(a.upper() for a in algorithms)
@@ -234,7 +240,8 @@ class DigestAuthenticator:
         self._nc: collections.OrderedDict[str, int] = collections.OrderedDict()
         #: nonces issued up to this time (ms) may have been forgotten: treated as stale
         self._forgotten_before = 0
-        without = [u.name for u in users.users.values() if not set(u.ha1) & set(self.algorithms)]
+        without = [u.name for u in getattr(users, 'users', {}).values()
+                   if not set(u.ha1) & set(self.algorithms)]
         if without:
             logger.warning('%d user(s) have no HA1 for %s and cannot log in: %s', len(without),
                            '/'.join(self.algorithms), ', '.join(sorted(without)[:10]))
@@ -259,6 +266,8 @@ class DigestAuthenticator:
             return True
 
     def aors_of(self, user: User) -> frozenset[str]:
+        if user.aors:
+            return user.aors
         if user.aor is not None:
             return frozenset({_aor_key(user.aor)})
         return frozenset('sip:%s@%s' % (user.name, domain) for domain in self.domains)
@@ -281,17 +290,18 @@ class DigestAuthenticator:
                 break
         if credentials is None:
             return self._challenge(proxy, self._named_user(request))
-        user = self.users.get(credentials.get('username', ''), self.realm)
+        # what serve can check alone first: a made-up nonce never costs a user lookup
         algorithm = credentials.get('algorithm', 'MD5').upper()
         nonce = credentials.get('nonce', '')
         age = digest.nonce_age(self.nonce_secret, nonce, self.clock(), self.realm)
         if age is None or age < -5:
-            return self._failed(state, proxy, user, 'a nonce serve did not make')
-        if age > self.nonce_lifetime or self._forgotten(nonce):
-            return self._challenge(proxy, user, stale=True)
+            return self._failed(state, proxy, None, 'a nonce serve did not make')
         if credentials.get('uri') != request.uri:
             return AuthOutcome(status=400, reason='Bad Request (the digest uri is not the '
                                'Request-URI)')
+        user = self.users.get(credentials.get('username', ''), self.realm)
+        if age > self.nonce_lifetime or self._forgotten(nonce):
+            return self._challenge(proxy, user, stale=True)
         if credentials.get('qop', '').lower() != 'auth' or not credentials.get('cnonce'):
             return self._failed(state, proxy, user, 'no qop=auth answer')
         try:
@@ -323,13 +333,15 @@ class DigestAuthenticator:
             return None
         if not uri.user or not self.is_local(uri):
             return None
-        return self.users.get(uri.user, self.realm)
+        user: User | None = self.users.get(uri.user, self.realm, needed=False)
+        return user
 
     def replayed(self, request: SIPMessage, state: FailureCount | dict[str, object],
                  user: str) -> AuthOutcome:
         """Credentials accepted here whose nonce count another node had already seen (the
         cluster's shared store): refused as a replay, like one seen here."""
-        return self._failed(state, request.method != 'REGISTER', self.users.get(user, self.realm),
+        return self._failed(state, request.method != 'REGISTER',
+                            self.users.get(user, self.realm, needed=False),
                             'a replayed nc (seen by another node)')
 
     def _challenge(self, proxy: bool, user: User | None, *, stale: bool = False
@@ -407,6 +419,9 @@ class TokenAuthenticator:
         self._jwt = jwt
         self.secret, self.leeway = secret, leeway
         self.audience, self.issuer, self.domain = audience, issuer, domain
+        #: an app's ``token_identity``: who verified claims stand for (None: refused),
+        #: in place of the ``sub`` rule
+        self.claims_hook: Callable[[dict[str, Any]], Any] | None = None
 
     def __call__(self, request: Any) -> Identity:
         token = request.query.get('token') or request.cookies.get('token')
@@ -421,6 +436,8 @@ class TokenAuthenticator:
             raise HandshakeRefused(401, 'the token has expired') from None
         except jwt.InvalidTokenError as exc:
             raise HandshakeRefused(403, 'invalid token (%s)' % type(exc).__name__) from None
+        if self.claims_hook is not None:
+            return self._from_hook(claims)
         subject = str(claims['sub'])
         if ':' not in subject and self.domain:
             subject = 'sip:%s@%s' % (subject, self.domain)
@@ -429,3 +446,22 @@ class TokenAuthenticator:
         except SIPParseError:
             raise HandshakeRefused(403, 'the token\'s sub is no SIP AOR') from None
         return Identity(aor, frozenset({aor}), float(claims['exp']))
+
+    def _from_hook(self, claims: dict[str, Any]) -> Identity:
+        assert self.claims_hook is not None
+        user = self.claims_hook(claims)
+        if user is None:
+            raise HandshakeRefused(403, 'the token stands for no user here')
+        aors = set()
+        for aor in user.aors:
+            text = str(aor)
+            if ':' not in text and self.domain:
+                text = 'sip:%s@%s' % (text, self.domain)
+            try:
+                aors.add(_aor_key(text))
+            except SIPParseError:
+                raise HandshakeRefused(403, 'the token stands for an AOR that is no SIP '
+                                       'URI') from None
+        if not aors:
+            raise HandshakeRefused(403, 'the token stands for no AOR')
+        return Identity(str(user.user), frozenset(aors), float(claims['exp']))

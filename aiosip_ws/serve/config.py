@@ -76,6 +76,17 @@ class ServeConfig:
     app_timeout: float = _option(
         5.0, 'longest time one call of an --app hook may take; past it the request gets 500 '
         'and a log line (default %(default)s)', metavar='SECONDS')
+    credentials_cache: int = _option(
+        10000, 'with an --app that has credentials(): the users kept in the cache (default '
+        '%(default)s)', metavar='N')
+    credentials_ttl: float = _option(
+        60.0, 'with an --app that has credentials(): how long an answer, and a user not '
+        'found, is kept (default %(default)s): a user added to the store can register this '
+        'long after a failed attempt at most', metavar='SECONDS')
+    credentials_rate: float = _option(
+        50.0, 'with an --app that has credentials(): most user lookups a second (default '
+        '%(default)s); more: a first challenge offers every algorithm, credentials get 503',
+        metavar='N')
     registrar: str | None = _option(
         None, 'edge proxy mode (RFC 5626): forward every REGISTER to this registrar with a '
         'Path naming the client\'s connection by a signed flow token, keep no bindings, '
@@ -363,13 +374,17 @@ class ServeConfig:
             raise ConfigurationError('--flow-secret needs --registrar (edge proxy mode)')
         self.next_hops()
         self.media_settings()
-        if self.users is None:
+        if self.credentials_cache < 1 or not self.credentials_ttl > 0 or \
+                not self.credentials_rate > 0:
+            raise ConfigurationError('--credentials-cache, --credentials-ttl and '
+                                     '--credentials-rate: give positive numbers')
+        if self.users is None and self.app is None:
             for name in ('realm', 'domain', 'nonce_secret'):
                 if name == 'domain' and (self.route or self.route_unregistered):
                     continue                  # --domain says which domains are not routed
                 if getattr(self, name) and not (name == 'domain' and self.secret('jwt_secret')):
                     raise ConfigurationError('--%s needs --users FILE' % name.replace('_', '-'))
-        elif not self.realm:
+        elif self.users is not None and not self.realm:
             raise ConfigurationError('--users needs --realm REALM (the realm of its HA1 values)')
 
     # -- what serve is built from ----------------------------------------------------------
@@ -501,12 +516,13 @@ class ServeConfig:
         secret = self.secret('flow_secret')
         return secret.encode('utf-8') if secret else None
 
-    def authenticator(self) -> Any:
-        """The :class:`~aiosip_ws.serve.auth.DigestAuthenticator` of ``users``, or None."""
+    def authenticator(self, store: Any = None) -> Any:
+        """The :class:`~aiosip_ws.serve.auth.DigestAuthenticator` of ``users`` (or of an
+        app's credentials, ``store``), or None."""
         from .auth import DigestAuthenticator, UserFile
-        if self.users is None:
+        if self.users is None and store is None:
             return None
-        users = UserFile.load(self.users)
+        users = store if store is not None else UserFile.load(str(self.users))
         secret = self.secret('nonce_secret')
         algorithms = [a.strip() for a in self.digest_algorithms.split(',') if a.strip()]
         auth = DigestAuthenticator(users, self.realm or '', domains=self.domain or (),
@@ -514,7 +530,8 @@ class ServeConfig:
                                    nonce_secret=secret.encode('utf-8') if secret else None,
                                    nonce_lifetime=self.nonce_lifetime,
                                    trusted=self.trusted_peer)
-        logger.info('digest authentication: %d user(s), realm %s, domains %s, %s', len(users),
+        logger.info('digest authentication: %s, realm %s, domains %s, %s',
+                    'users from the app' if store is not None else '%d user(s)' % len(users),
                     self.realm, ', '.join(sorted(auth.domains)), '/'.join(auth.algorithms))
         return auth
 

@@ -21,6 +21,7 @@ from ..core.grammar import MAGIC_COOKIE
 from ..core.transaction import loop_key, new_branch, new_tag
 from ..errors import SIPParseError
 from ..options import RelayLimits
+from .callbook import CallBook
 from .contacts import ContactIndex
 from .events import EventStream, MessageOut
 from .flow import NETWORK_TRANSPORTS, Flow
@@ -75,6 +76,8 @@ class Context:
         self.loop_detection = False
         #: True once the server is closing: answers that cannot be sent are not logged
         self.closing = False
+        #: the calls in progress, while a consumer wants CallChanged
+        self.calls = CallBook()
 
     # -- sending ---------------------------------------------------------------------------
     def send(self, flow: Flow, message: SIPMessage) -> bool:

@@ -154,9 +154,7 @@ class Dialogs:
                 self.ctx.spawn(self._rewritten(origin, peer, original, response, rewrite))
                 return
             if original.method == 'BYE' and self.ctx.events.wants(CallChanged):
-                self.ctx.events.publish(CallChanged(
-                    'ended', original.get('Call-ID') or '', original.get('From') or '',
-                    original.get('To') or '', response.status, origin))
+                self._ended(origin, original, response.status)
             self.ctx.relay_final(origin, peer, original, response)
             return
         logger.info('relaying in-dialog %s failed: %s', original.method, exc)
@@ -164,6 +162,25 @@ class Dialogs:
             status = 408 if isinstance(exc, TransactionTimeout) else 480
             self.ctx.send(origin, make_response(original, status))
 
+
+    def _ended(self, origin: Flow, bye: SIPMessage, status: int | None) -> None:
+        """A BYE's final response: the call ended, by whoever sent the BYE."""
+        call_id = bye.get('Call-ID') or ''
+        book = self.ctx.calls
+        record = book.ended(call_id)
+        try:
+            tag = bye.from_addr().tag
+        except SIPParseError:
+            tag = None
+        if record is None:
+            self.ctx.events.publish(CallChanged(
+                'ended', call_id, bye.get('From') or '', bye.get('To') or '', status, origin,
+                node=book.node))
+            return
+        self.ctx.events.publish(CallChanged(
+            'ended', call_id, record.caller, record.callee, status, origin, record.started,
+            record.answered, 'caller' if tag is not None and tag == record.caller_tag
+            else 'callee', book.node))
 
     async def _rewritten(self, origin: Flow, peer: Flow, original: SIPMessage,
                          response: SIPMessage, rewrite: Rewrite) -> None:

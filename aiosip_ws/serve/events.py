@@ -132,18 +132,31 @@ class RegistrationChanged(Event):
 
 class CallChanged(Event):
     """An INVITE's progress through serve: ``attempted`` (relayed), ``ringing`` (a first
-    18x), ``answered`` (a 2xx), ``ended`` (a final failure, with its ``status``, or a
-    BYE)."""
+    18x), ``answered`` (a 2xx), ``ended`` (a final failure, with its ``status``; a BYE,
+    with the BYE's final status; or a party's connection lost, status None).
+
+    ``caller`` and ``callee`` are the INVITE's From and To (a BYE's own, when this node
+    did not see the INVITE).  ``started`` and ``answered`` are when the INVITE came and
+    its 2xx went (seconds since the epoch; None when unknown); ``ended_by`` of an ended
+    call is ``caller`` (its BYE, or its CANCEL), ``callee`` (its BYE, or its failure
+    response) or ``serve`` (a failure of serve's own: no binding, Timer C); when a party's
+    connection went during the call (no BYE, status None), that party.  ``node`` is the
+    node that saw it (``--node-id``, the cluster's name), or None."""
 
     #: its fields, in the order its constructor (and a handler) takes them
-    FIELDS = ('change', 'call_id', 'caller', 'callee', 'status', 'flow')
-    __slots__ = ('change', 'call_id', 'caller', 'callee', 'status', 'flow')
+    FIELDS = ('change', 'call_id', 'caller', 'callee', 'status', 'flow', 'started',
+              'answered', 'ended_by', 'node')
+    __slots__ = ('change', 'call_id', 'caller', 'callee', 'status', 'flow', 'started',
+                 'answered', 'ended_by', 'node')
 
     def __init__(self, change: str, call_id: str, caller: str, callee: str,
-                 status: int | None, flow: Any) -> None:
+                 status: int | None, flow: Any, started: float | None = None,
+                 answered: float | None = None, ended_by: str | None = None,
+                 node: str | None = None) -> None:
         self.time = _now()
         self.change, self.call_id, self.caller, self.callee = change, call_id, caller, callee
         self.status, self.flow = status, flow
+        self.started, self.answered, self.ended_by, self.node = started, answered, ended_by, node
 
 
 class RequestRelayed(Event):

@@ -24,6 +24,7 @@ from .flow import NETWORK_TRANSPORTS, Flow
 from .registrar import Binding
 
 if TYPE_CHECKING:
+    from .callbook import CallRecord
     from .media import AnchoredCall, Media
 
 __all__ = ['Forker', 'Fork', 'best_response', 'LEARN_FROM']
@@ -106,8 +107,40 @@ class Forker:
         turn into another attempt (an INVITE's)."""
         response = make_response(request, status, reason, to_tag=new_tag(),
                                  headers=list(headers or ()) + [('Server', SERVER_HEADER)])
-        self.fail(flow, request, response, True, rounds,
-                  lambda final: self.ctx.send_response(flow, request, final))
+        invite = request.method == 'INVITE'
+        if invite and rounds == 0:
+            self.call_changed('attempted', flow, request)
+
+        def deliver(final: SIPMessage) -> None:
+            if invite:
+                self.call_changed('ended', flow, request, final.status, 'serve')
+            self.ctx.send_response(flow, request, final)
+        self.fail(flow, request, response, True, rounds, deliver)
+
+    def call_changed(self, change: str, origin: Flow, request: SIPMessage,
+                     status: int | None = None, ended_by: str | None = None,
+                     peer: Flow | None = None) -> None:
+        """Publish what became of an INVITE (:class:`CallChanged`), its times from the
+        call book, while some consumer wants it."""
+        events = self.ctx.events
+        if not events.wants(CallChanged):
+            return
+        book = self.ctx.calls
+        call_id = request.get('Call-ID') or ''
+        caller, callee = request.get('From') or '', request.get('To') or ''
+        record: CallRecord | None
+        if change == 'attempted':
+            record = book.attempted(call_id, caller, callee, origin)
+        elif change == 'answered':
+            record = book.answered(call_id, peer)
+        elif change == 'ended':
+            record = book.ended(call_id)
+        else:
+            record = book.get(call_id)
+        events.publish(CallChanged(
+            change, call_id, caller, callee, status, origin,
+            record.started if record is not None else None,
+            record.answered if record is not None else None, ended_by, book.node))
 
     def fail(self, origin: Flow, request: SIPMessage, response: SIPMessage, by_serve: bool,
              rounds: int, deliver: Callable[[SIPMessage], None]) -> None:
@@ -253,23 +286,20 @@ class Fork:
         self.rounds = rounds
         origin.flow_state.relaying += 1
 
-    def _answered_now(self, status: int) -> None:
+    def _answered_now(self, status: int, ended_by: str | None = None,
+                      peer: Flow | None = None) -> None:
         """The final response goes upstream now: how long it took, and for an INVITE
-        what became of the call."""
+        what became of the call (``ended_by`` a failure; ``peer``: who answered)."""
         events = self.ctx.events
         if RequestAnswered in events.wanted:
             events.emit(RequestAnswered, self.request.method, status,
                         asyncio.get_running_loop().time() - self.started)
         if self.key is not None:
-            self._call('answered' if status < 300 else 'ended', status)
+            self._call('answered' if status < 300 else 'ended', status, ended_by, peer)
 
-    def _call(self, change: str, status: int | None = None) -> None:
-        events = self.ctx.events
-        if events.wants(CallChanged):
-            request = self.request
-            events.publish(CallChanged(change, request.get('Call-ID') or '',
-                                       request.get('From') or '', request.get('To') or '',
-                                       status, self.origin))
+    def _call(self, change: str, status: int | None = None, ended_by: str | None = None,
+              peer: Flow | None = None) -> None:
+        self.forker.call_changed(change, self.origin, self.request, status, ended_by, peer)
 
     def start(self) -> None:
         events = self.ctx.events
@@ -460,7 +490,7 @@ class Fork:
                 first = not self.answered
                 self.answered = True
                 if first:
-                    self._answered_now(status)
+                    self._answered_now(status, peer=branch.peer)
                     self.winner = branch.branch
                     if self.call is not None and self.forker.media is not None:
                         self.forker.media.fork_ended(self.call, branch.branch)
@@ -488,7 +518,9 @@ class Fork:
             self.ctx.upstream_final(peer, response)      # our Via off, a 503 made 500
 
         def deliver(final: SIPMessage) -> None:
-            self._answered_now(final.status or 500)
+            by = 'caller' if self.cancelled else 'serve' if by_serve or final is not response \
+                else 'callee'
+            self._answered_now(final.status or 500, by)
             self.ctx.send_response(self.origin, self.request, final)
         if self.cancelled or self.key is None:
             deliver(response)

@@ -62,6 +62,7 @@ from .context import ALLOWED_METHODS, SERVER_HEADER, Context, max_forwards_of
 from .dialogs import Dialogs
 from .edge import Edge
 from .events import (
+    CallChanged,
     ConnectionClosed,
     ConnectionOpened,
     EventStream,
@@ -146,6 +147,7 @@ class RelayServer:
         ctx = self.ctx
         self._responses = ctx.transactions.response_received
         self.admission = Admission(ctx, auth, resume=self._after_identity)
+        self.admission.again = self._identify_again
         self.registration = Registration(ctx, self.registrar)
         self.forker = Forker(ctx)
         upstream = hop_uri(edge_registrar, '--registrar ') if edge_registrar else None
@@ -181,6 +183,8 @@ class RelayServer:
                 self, redis_url, node_id or socket.gethostname().split('.')[0])
             ctx.contacts.shared = self.cluster.claim
             ctx.transactions.forward = self.cluster.forward_response
+        #: the name of this node in the call events: the cluster's, else ``node_id``
+        ctx.calls.node = self.cluster.node if self.cluster is not None else node_id
         #: the pipeline: every request meets these stages in this order, until one takes
         #: it (returns True).  Each is a plain method of a collaborator; the third item
         #: names the only methods it is for (None: every method).  After a change to the
@@ -214,7 +218,8 @@ class RelayServer:
         router = self.app_router = AppRouter(
             load_app(app), ctx=self.ctx, forker=self.forker, hops=self.hops,
             lookup=self._bindings_of, timeout=timeout, metrics=self.metrics,
-            watchdog=watchdog)
+            watchdog=watchdog, events=self.events,
+            domains=self.hops.domains | (self.auth.domains if self.auth is not None else set()))
         router.resume = self._resume
         names = [name for name, _, _ in self.stages]
         self.stages.insert(names.index('route'), ('app', router.request_stage, None))
@@ -269,10 +274,15 @@ class RelayServer:
         """The identity stage settled later (a cluster's nonce count): the rest now."""
         self._request_received(flow, request, after_identity=True)
 
-    def _resume(self, flow: Flow, request: SIPMessage, after: str) -> None:
-        """A stage that took ``request`` to a task hands it on: the stages after ``after``."""
+    def _identify_again(self, flow: Flow, request: SIPMessage) -> None:
+        """The identity stage waited for a user lookup: from that stage again."""
+        self._resume(flow, request, 'identity', at=True)
+
+    def _resume(self, flow: Flow, request: SIPMessage, after: str, *, at: bool = False) -> None:
+        """A stage that took ``request`` to a task hands it on: the stages after ``after``
+        (``at``: from ``after`` itself)."""
         stages, _, names = self._plan(request.method or '')
-        start = names.index(after) + 1 if after in names else len(stages)
+        start = (names.index(after) + (0 if at else 1)) if after in names else len(stages)
         try:
             for stage in stages[start:]:
                 if stage(flow, request):
@@ -583,6 +593,8 @@ class RelayServer:
             state.expiry = None
         if self.edge is not None:
             self.edge.flow_gone(conn)
+        if self.ctx.calls:
+            self._calls_lost(conn)
         self.ctx.contacts.release(conn)
         self.ctx.transactions.flow_closed(conn)
         self.media.flow_closed(conn)
@@ -590,6 +602,15 @@ class RelayServer:
         removed = self.registrar.remove_connection(conn, keep)   # TCP without Outbound: by time
         if removed:
             logger.info('%r closed: removed %d binding(s)', conn, removed)
+
+    def _calls_lost(self, conn: Any) -> None:
+        """A party's connection went during calls it was in: those calls ended (no BYE)."""
+        for record in self.ctx.calls.flow_lost(conn):
+            if self.events.wants(CallChanged):
+                self.events.publish(CallChanged(
+                    'ended', record.call_id, record.caller, record.callee, None, conn,
+                    record.started, record.answered,
+                    'caller' if conn is record.origin else 'callee', self.ctx.calls.node))
 
     def message_received(self, conn: Any, message: SIPMessage) -> None:
         events = self.events

@@ -12,8 +12,20 @@ An app is an object (or a module) with any of these coroutine functions, each op
 ``on_in_dialog(request)``
     every in-dialog request but ACK; returns None (serve routes it) or a :class:`Reply`
     of 300-699 (refused).
-``startup()`` / ``shutdown()``
-    when serve starts and stops, and around a reload.
+``startup(serve)`` / ``shutdown()``
+    when serve starts and stops, and around a reload; ``serve`` (:class:`Serve`) lets
+    the app act: send a MESSAGE, look up a user's bindings.
+``credentials(user, realm)``
+    the :class:`Credentials` of a user, from the operator's own store, in place of
+    ``--users FILE`` (cached by serve); None for a user who does not exist.
+``token_identity(claims)``
+    a plain function: the :class:`TokenUser` a verified JWT's claims stand for, or None
+    to refuse the handshake (with ``--jwt-secret``).
+``on_event(event)``
+    each event of serve's event stream the app asked for (its ``events`` attribute: the
+    classes of :mod:`aiosip_ws.serve.events`; by default registrations, calls and
+    connections), from a bounded queue of its own: a slow app loses events (counted in
+    ``aiosip_ws_event_drops_total{consumer="app"}``), never slows serve.
 
 The :class:`App` base class declares them with their types; subclassing it is optional.
 Everything here is plain data: the stage that calls the app is
@@ -21,16 +33,17 @@ Everything here is plain data: the stage that calls the app is
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from ..core.codec import SIPMessage, canonical_name
 from ..core.sipuri import NameAddr, SipURI
 from ..errors import RoutingError, SIPParseError
 
 __all__ = ['App', 'Request', 'Response', 'Reply', 'Relay', 'Target', 'Registered',
-           'Identity', 'Outcome', 'aor_key', 'PROTECTED_HEADERS']
+           'Identity', 'Outcome', 'Credentials', 'TokenUser', 'Serve', 'aor_key',
+           'PROTECTED_HEADERS', 'HOOKS']
 
 #: headers that stay serve's: the transaction, the hop count, the route serve records and
 #: the framing (a change raises :class:`~aiosip_ws.errors.RoutingError` naming the header)
@@ -296,12 +309,66 @@ class Relay:
 Outcome = Reply | Relay | None
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """What serve needs to check a user's Digest answers (:meth:`App.credentials`): the
+    HA1 for each algorithm the store has (``{'MD5': ..., 'SHA-256': ...}``, hex), or the
+    password (serve derives both); and the addresses-of-record the user may use (none:
+    ``sip:USER@DOMAIN`` for each ``--domain``).  serve challenges a user only with the
+    algorithms it can verify for that user."""
+
+    ha1: Mapping[str, str] = field(default_factory=dict)
+    password: str | None = None
+    aors: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class TokenUser:
+    """Who a verified JWT stands for (:meth:`App.token_identity`): the user, and the
+    addresses-of-record its connection may use."""
+
+    user: str
+    aors: Sequence[str]
+
+
+class Serve(Protocol):
+    """What an app may ask of serve (handed to ``startup(serve)``)."""
+
+    @property
+    def node(self) -> str | None:
+        """This node's name (``--node-id``, the cluster's), or None."""
+
+    @property
+    def domains(self) -> frozenset[str]:
+        """The local domains (``--domain``, else ``--realm``), lower case."""
+
+    async def send_message(self, sender: str, to: str, body: str | bytes,
+                           content_type: str = 'text/plain') -> int:
+        """Send a MESSAGE (RFC 3428) from ``sender`` to ``to``: to the bindings of ``to``
+        when it is registered here (at any node of a cluster), else to its ``--route``;
+        the final status (404 when nobody is there, 408 when no answer came)."""
+
+    async def lookup(self, aor: str) -> list[str]:
+        """The Contact URIs registered for ``aor`` (at any node of a cluster)."""
+
+    def spawn(self, coroutine: Any) -> Any:
+        """Run ``coroutine`` in a task of serve's (ended at shutdown; what it raises is
+        logged): work a hook starts and does not wait for, such as a reply MESSAGE."""
+
+
+#: the hooks an app may define
+HOOKS = ('startup', 'shutdown', 'on_request', 'on_failure', 'on_in_dialog', 'credentials',
+         'token_identity', 'on_event')
+
+
 class App:
     """The hooks an app may define (every one optional; see the module).  Subclass it, or
     give serve any object or module with some of these names."""
 
-    async def startup(self) -> None:
-        """Before serve takes requests (and, on reload, before the new app does)."""
+    async def startup(self, serve: Serve) -> None:
+        """Before serve takes requests (and, on reload, before the new app does); keep
+        ``serve`` to act later.  (A ``startup()`` without the parameter is called
+        without it.)"""
 
     async def shutdown(self) -> None:
         """When serve stops (and when a reload retired this app and its requests ended)."""
@@ -320,11 +387,23 @@ class App:
         """An in-dialog request (not ACK): None (serve routes it) or a 300-699 Reply."""
         return None
 
+    async def credentials(self, user: str, realm: str) -> Credentials | None:
+        """The credentials of ``user`` in ``realm``, or None: no such user."""
+        return None
+
+    def token_identity(self, claims: Mapping[str, Any]) -> TokenUser | None:
+        """Who a verified token's ``claims`` stand for, or None to refuse it (403).  A
+        plain function: it runs in the WebSocket handshake."""
+        return None
+
+    async def on_event(self, event: Any) -> None:
+        """An event of serve's (see ``events``)."""
+
 
 def hooks_of(app: Any) -> dict[str, Any]:
     """The hooks ``app`` defines (those of :class:`App` it did not override left out)."""
     found = {}
-    for name in ('startup', 'shutdown', 'on_request', 'on_failure', 'on_in_dialog'):
+    for name in HOOKS:
         hook = getattr(app, name, None)
         if hook is None or getattr(hook, '__func__', None) is getattr(App, name):
             continue

@@ -107,8 +107,8 @@ async def serve(config: ServeConfig, *,
                          media=config.media_settings())
     if config.app is not None:
         try:
-            server.use_app(config.app, timeout=config.app_timeout)
-        except RoutingError as exc:
+            _use_app(server, config, token)
+        except (RoutingError, ConfigurationError) as exc:
             print('aiosip-ws serve: %s' % exc, file=sys.stderr)
             await server.close()
             return 2
@@ -229,6 +229,34 @@ def _reload(server: Any, context: ssl.SSLContext | None, config: ServeConfig,
     if server.app_router is not None and server.app_router.reload(why):
         done.append('app')
     return done
+
+
+def _use_app(server: Any, config: ServeConfig, token: Any) -> None:
+    """``--app``: into the pipeline; its credentials (in place of ``--users``) and its
+    token_identity (with ``--jwt-secret``) where it has them."""
+    from .credentials import CredentialStore
+    router = server.use_app(config.app, timeout=config.app_timeout)
+    hooks = router.current.hooks
+    if 'credentials' in hooks:
+        if config.users is not None:
+            raise ConfigurationError('--users and an --app with credentials(): give one source '
+                                     'of users')
+        if not config.realm:
+            raise ConfigurationError('the app\'s credentials() need --realm REALM')
+        store = router.credential_store = CredentialStore(
+            router.credentials, config.realm, size=config.credentials_cache,
+            ttl=config.credentials_ttl, rate=config.credentials_rate,
+            timeout=config.app_timeout)
+        server.admission.auth = config.authenticator(store)
+    elif config.users is None and (config.realm or config.nonce_secret or
+                                   (config.domain and not config.secret('jwt_secret')
+                                    and not (config.route or config.route_unregistered))):
+        raise ConfigurationError('--realm, --domain and --nonce-secret need --users FILE or '
+                                 'an --app with credentials()')
+    if 'token_identity' in hooks:
+        if token is None:
+            raise ConfigurationError('the app\'s token_identity() needs --jwt-secret')
+        token.claims_hook = router.token_user
 
 
 def _start_drain(server: Any, window: float) -> None:
