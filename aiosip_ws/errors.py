@@ -31,6 +31,8 @@ __all__ = [
     'MediaRelayTimeout',
     'HepError',
     'RoutingError',
+    'CredentialsPending',
+    'CredentialsUnavailable',
     'CallFailed',
     'Interrupted',
 ]
@@ -167,6 +169,20 @@ class RoutingError(AiosipWSError, ValueError):
     """What a routing app (``aiosip-ws serve --app``) asked of serve cannot be done: a
     header that stays serve's, a Reply serve cannot send, an app that cannot be loaded.
     The message names what to change."""
+
+
+class CredentialsUnavailable(AiosipWSError):
+    """A routing app's credentials() could not be asked (over ``--credentials-rate``) or
+    failed: serve answers 503 with Retry-After."""
+
+
+class CredentialsPending(AiosipWSError):
+    """The user ``name`` is not in the credentials cache yet: its lookup by ``store``
+    (``await store.wait(name)``) comes first, then the request is checked again."""
+
+    def __init__(self, store: Any, name: str) -> None:
+        super().__init__('looking up the user %s' % name)
+        self.store, self.name = store, name
 
 
 class CallFailed(AiosipWSError):

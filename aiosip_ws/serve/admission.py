@@ -8,10 +8,9 @@ from collections.abc import Callable
 
 from ..core.codec import SIPMessage
 from ..core.ratelimit import TokenBucket
-from ..errors import SIPParseError
+from ..errors import CredentialsPending, CredentialsUnavailable, SIPParseError
 from .auth import DigestAuthenticator, Identity, aor_key
 from .context import Context
-from .credentials import CredentialsPending, CredentialsUnavailable
 from .flow import Flow
 
 __all__ = ['Admission']
@@ -97,7 +96,7 @@ class Admission:
 
     async def _after_lookup(self, flow: Flow, request: SIPMessage,
                             pending: CredentialsPending) -> None:
-        await pending.wait()         # failed: credentials get 503 when checked again
+        await pending.store.wait(pending.name)    # failed: credentials get 503 then
         if self.again is not None and flow.is_open:
             self.again(flow, request)
 

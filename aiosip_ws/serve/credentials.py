@@ -15,9 +15,9 @@ of the app:
 * concurrent requests for one user wait on one lookup;
 * a store that fails or is slow (``timeout``) caches nothing and answers 503.
 
-:meth:`get` is synchronous (the Digest check is): a user not cached raises
-:class:`CredentialsPending`, whose :meth:`~CredentialsPending.wait` the admission stage
-awaits before it checks the request again.
+:meth:`CredentialStore.get` is synchronous (the Digest check is): a user not cached raises
+:class:`~aiosip_ws.errors.CredentialsPending`; the admission stage awaits
+:meth:`CredentialStore.wait` before it checks the request again.
 """
 from __future__ import annotations
 
@@ -30,40 +30,23 @@ from collections.abc import Awaitable, Callable
 from ..core import digest
 from ..core.ratelimit import TokenBucket
 from ..core.sipuri import SipURI
-from ..errors import AiosipWSError, ConfigurationError, SIPParseError
+from ..errors import (
+    ConfigurationError,
+    CredentialsPending,
+    CredentialsUnavailable,
+    SIPParseError,
+)
 from ..transport.throttle import LogThrottle
 from .auth import ALGORITHMS, User
 from .routing import Credentials
 
-__all__ = ['CredentialStore', 'CredentialsPending', 'CredentialsUnavailable']
+__all__ = ['CredentialStore']
 
 logger = logging.getLogger(__name__)
 store_log = LogThrottle(logger)
 
 #: ``provider(user, realm)`` -> the user's credentials, or None: no such user
 Provider = Callable[[str, str], Awaitable[Credentials | None]]
-
-
-class CredentialsUnavailable(AiosipWSError):
-    """The store could not be asked (over the lookup rate) or failed: serve answers 503."""
-
-
-class CredentialsPending(AiosipWSError):
-    """A user :meth:`CredentialStore.get` does not have yet: await :meth:`wait`, then
-    check the request again."""
-
-    def __init__(self, store: CredentialStore, name: str) -> None:
-        super().__init__('looking up %s' % name)
-        self.store, self.name = store, name
-
-    async def wait(self) -> bool:
-        """Until the lookup ended: True; False when it failed (a first challenge then goes
-        without it for a second; credentials get 503)."""
-        try:
-            await self.store.lookup(self.name)
-        except CredentialsUnavailable:
-            return False
-        return True
 
 
 class CredentialStore:
@@ -126,6 +109,15 @@ class CredentialStore:
         self._cache.clear()
 
     # -- lookups --------------------------------------------------------------------------
+    async def wait(self, name: str) -> bool:
+        """Until the lookup of ``name`` ended: True; False when it failed (a first
+        challenge then goes without it for a second; credentials get 503)."""
+        try:
+            await self.lookup(name)
+        except CredentialsUnavailable:
+            return False
+        return True
+
     def lookup(self, name: str) -> asyncio.Future[User | None]:
         """The lookup of ``name`` in progress (shielded: a waiter's cancellation does not
         end it for the others)."""

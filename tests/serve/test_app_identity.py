@@ -21,6 +21,7 @@ from tests.support.digest import digest_authorization
 from tests.support.sip import SDP, answer, invite, message, recv, register_raw
 
 REALM = 'example.com'
+SECRET = 'a secret of thirty-two bytes, at least'
 
 
 def ws(url):
@@ -267,7 +268,7 @@ async def test_token_identity_maps_claims_and_refuses_what_it_does_not_know():
                 return TokenUser('alice', ['sip:alice@example.com', 'support'])
             return None
 
-    tokens = TokenAuthenticator('a secret of thirty-two bytes, at least', domain='example.com')
+    tokens = TokenAuthenticator(SECRET, domain='example.com')
     server = RelayServer(server_options=ServerOptions(authenticate=tokens))
     router = server.use_app(Accounts())
     tokens.claims_hook = router.token_user
@@ -275,8 +276,8 @@ async def test_token_identity_maps_claims_and_refuses_what_it_does_not_know():
     url = listener.bound_url
 
     def token(**claims):
-        return jwt.encode({'sub': 'anyone', 'exp': int(time.time()) + 60, **claims}, 'a secret of thirty-two bytes, at least',
-                          algorithm='HS256')
+        return jwt.encode({'sub': 'anyone', 'exp': int(time.time()) + 60, **claims},
+                          SECRET, algorithm='HS256')
     try:
         async with ws(url + '?token=' + token(account='acme-42')) as alice:
             await register_raw(alice, 'alice')
