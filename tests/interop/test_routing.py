@@ -9,6 +9,7 @@ SIPp gateway that checks the number it gets with a regexp, and SIPp without cred
 refused with 407 before the gateway."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shlex
@@ -236,3 +237,144 @@ def test_the_dial_plan_sends_numbers_to_the_gateway_normalised(tmp_path):
     assert len(invites) == 2 and all(i.startswith('INVITE sip:+49301234567@127.0.0.1:5070;'
                                                   'user=phone ') for i in invites), invites
     assert 'Proxy-Authorization' not in received       # serve's credentials end at serve
+
+
+# -- the second half: call records, users from SQLite, a chatbot ------------------------------
+
+async def test_call_records_say_who_ended_each_call_and_how_long_it_lasted(tmp_path):
+    """Four calls with ``aiosip-ws call`` and ``answer``: bob hangs up after 1 s, the
+    caller hangs up after 1 s, nobody is there (404), carol rings while the caller gives
+    up (487): four lines in CDR_FILE, each as the page says."""
+    import json
+    media_available()
+    line = documented('CDR_FILE=')
+    serve = Documented(line, tmp_path)
+    pid = serve.proc.pid
+    cdr_file = tmp_path / line.split('CDR_FILE=', 1)[1].split()[0]
+    bob = await CommandAgent('answer', URL, '--aor', 'sip:bob@example.com', '--tone', '440',
+                             netns_pid=pid, name='bob').start()
+    carol = await CommandAgent('answer', URL, '--aor', 'sip:carol@example.com', '--ring', '20',
+                               netns_pid=pid, name='carol').start()
+    AGENTS.extend([bob, carol])
+    try:
+        await bob.wait_event('registered', timeout=15)
+        await carol.wait_event('registered', timeout=15)
+        for to, args, code in (('bob', ('--duration', '1'), 0),
+                               ('nobody', (), 1),
+                               ('carol', ('--ring-timeout', '1'), 1)):
+            caller = CommandAgent('call', URL, '--aor', 'sip:alice@example.com', '--to',
+                                  'sip:%s@example.com' % to, *args, netns_pid=pid,
+                                  name='call %s' % to)
+            AGENTS.append(caller)
+            async with caller:
+                assert await caller.wait(30) == code, caller._describe()
+        # bob hangs up this one (his own --duration)
+        await bob.stop()
+        bob = await CommandAgent('answer', URL, '--aor', 'sip:bob@example.com', '--duration',
+                                 '1', netns_pid=pid, name='bob hangs up').start()
+        AGENTS.append(bob)
+        await bob.wait_event('registered', timeout=15)
+        caller = CommandAgent('call', URL, '--aor', 'sip:alice@example.com', '--to',
+                              'sip:bob@example.com', netns_pid=pid, name='call bob again')
+        AGENTS.append(caller)
+        async with caller:
+            assert await caller.wait(30) == 0, caller._describe()
+    finally:
+        await bob.stop()
+        await carol.stop()
+        serve.stop()
+    records = [json.loads(text) for text in cdr_file.read_text().splitlines()]
+    assert [(r['to'], r['status'], r['ended_by']) for r in records] == [
+        ('sip:bob@example.com', 200, 'caller'), ('sip:nobody@example.com', 404, 'serve'),
+        ('sip:carol@example.com', 487, 'caller'), ('sip:bob@example.com', 200, 'callee')]
+    for record in records:
+        assert record['from'] == 'sip:alice@example.com' and record['call_id']
+        assert record['start'] <= record['end'] and record['start'].endswith('Z')
+    for answered in (records[0], records[3]):
+        assert 0.8 <= answered['duration'] <= 5 and answered['answer'] is not None
+    assert records[1]['answer'] is None and records[1]['duration'] == 0
+
+
+async def test_users_from_sqlite_register_and_call_in_chromium(tmp_path):
+    """JsSIP in Chromium registers and calls with users of USERS_DB; a wrong password
+    fails as with --users; a user added while serve runs registers once the documented
+    cache TTL has passed (not before)."""
+    import sqlite3
+
+    from tests.interop.conftest import _unavailable, answered_jssip_call
+    from tests.support.browser import Browser, chromium_binary, ensure_bundles
+    try:
+        chromium_binary()
+        ensure_bundles()
+    except RuntimeError as exc:
+        _unavailable('browser agents', exc)
+    line = documented('USERS_DB=')
+    ttl = float(line.split('--credentials-ttl ', 1)[1].split()[0])
+    database = tmp_path / line.split('USERS_DB=', 1)[1].split()[0]
+
+    def add(user, password):
+        with sqlite3.connect(database) as connection:
+            connection.execute('INSERT INTO users VALUES (?, ?, ?)', (user, 'example.com',
+                               hashlib.md5(('%s:example.com:%s' % (user, password)).encode())
+                               .hexdigest()))
+    with sqlite3.connect(database) as connection:
+        connection.execute('CREATE TABLE users(username TEXT, realm TEXT, ha1 TEXT)')
+    add('alice', 'secret')
+    add('bob', 'secret')
+    serve = Documented(line, tmp_path)
+    browser = Browser(tmp_path / 'chromium', netns_pid=serve.proc.pid)
+    try:
+        try:
+            await browser.start()
+        except RuntimeError as exc:
+            _unavailable('chromium', exc)
+        alice, bob = await answered_jssip_call(browser, URL)
+        await alice.hangup()
+        await bob.wait_event('ended', timeout=10)
+        wrong = await browser.agent('jssip', url=URL, aor='sip:alice@example.com',
+                                    password='guess', name='wrong password')
+        await wrong.wait_event('connected', timeout=10)
+        await wrong.run('register')
+        failed = await wrong.wait_event('registrationFailed', timeout=10)
+        assert failed['status'] in (401, 403), failed
+        dave = await browser.agent('jssip', url=URL, aor='sip:dave@example.com',
+                                   password='secret', name='dave')
+        await dave.wait_event('connected', timeout=10)
+        await dave.run('register')
+        assert (await dave.wait_event('registrationFailed', timeout=10))['status'] == 401
+        add('dave', 'secret')
+        missed = time.monotonic()
+        await dave.run('register')                        # the miss is cached: not yet
+        assert (await dave.wait_event('registrationFailed', timeout=10))['status'] == 401
+        await asyncio.sleep(max(0.0, ttl - (time.monotonic() - missed)) + 0.5)
+        assert (await dave.register())['status'] == 200
+    finally:
+        await browser.close()
+        serve.stop()
+
+
+async def test_the_chatbot_echoes_a_message_sent_from_chromium(tmp_path):
+    from tests.interop.conftest import _unavailable
+    from tests.support.browser import Browser, chromium_binary, ensure_bundles
+    try:
+        chromium_binary()
+        ensure_bundles()
+    except RuntimeError as exc:
+        _unavailable('browser agents', exc)
+    serve = Documented(documented('ECHO_USER='), tmp_path)
+    browser = Browser(tmp_path / 'chromium', netns_pid=serve.proc.pid)
+    try:
+        try:
+            await browser.start()
+        except RuntimeError as exc:
+            _unavailable('chromium', exc)
+        alice = await browser.agent('jssip', url=URL, aor='sip:alice@example.com',
+                                    name='alice')
+        assert (await alice.register())['status'] == 200
+        await alice.message('sip:echo@example.com', 'hello, bot')
+        assert (await alice.wait_event('messageSent', timeout=10))['status'] == 200
+        echoed = await alice.wait_event('message', timeout=10)
+        assert (echoed['from'], echoed['body']) == ('sip:echo@example.com', 'hello, bot')
+    finally:
+        await browser.close()
+        serve.stop()

@@ -290,3 +290,34 @@ async def test_token_identity_maps_claims_and_refuses_what_it_does_not_know():
                 pass
     finally:
         await server.close()
+
+
+def test_the_call_record_lines_of_two_processes_never_mix(tmp_path):
+    """cdr.py's lines, written by two processes at once into one CDR_FILE (as --workers
+    do): every line whole."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+    script = (
+        'import asyncio, sys\n'
+        'from aiosip_ws.serve.app import load_app\n'
+        'from aiosip_ws.serve.events import CallChanged\n'
+        'app = load_app(sys.argv[1]).target\n'
+        'async def main():\n'
+        '    await app.startup()\n'
+        '    for n in range(2000):\n'
+        '        await app.on_event(CallChanged("ended", "%s-%d-" % (sys.argv[2], n) + "x" * 200,'
+        ' "<sip:a@example.com>;tag=1", "<sip:b@example.com>", 200, None, 1.0, 2.0, "caller"))\n'
+        '    await app.shutdown()\n'
+        'asyncio.run(main())\n')
+    env = dict(__import__('os').environ, CDR_FILE=str(tmp_path / 'calls.jsonl'))
+    writers = [subprocess.Popen([sys.executable, '-c', script,
+                                 str(REPO / 'examples/routing/cdr.py'), name], env=env)
+               for name in ('w1', 'w2')]
+    assert [w.wait(60) for w in writers] == [0, 0]
+    records = [json.loads(line) for line in (tmp_path / 'calls.jsonl').read_text().splitlines()]
+    assert len(records) == 4000
+    assert {r['call_id'].split('-')[0] for r in records} == {'w1', 'w2'}
+    assert records[0]['duration'] > 0 and records[0]['ended_by'] == 'caller'
