@@ -42,6 +42,10 @@ What it measures (all traffic on 127.0.0.1, every run bounded in count and time)
     and through Kamailio's ``rtpengine_manage()`` (``kamailio-rtpengine.cfg``), in pairs
     (serve, Kamailio, serve, Kamailio...): calls per second, the SIP server's CPU per
     call, the set-up time (INVITE to 200) and rtpengine's own CPU.
+(l) routing apps (``--app``): serve's CPU per MESSAGE (the (b') pattern) and per REGISTER
+    (at a fixed rate, as (c)'s p99 run) with a no-op app and with
+    ``examples/routing/blocklist.py``, against the same without an app, in rounds
+    whose order rotates (none, no-op, blocklist; no-op, blocklist, none; ...).
 (g) media (the ``[media]`` extra): CPU per concurrent call of the voice bot (``aiosip-ws
     answer --echo --codec PCMU`` through ``aiosip-ws serve``), for 10 and 25 calls from
     one Python caller process (``aiosip_ws.media.call``, a 440 Hz tone each), then more
@@ -1478,6 +1482,56 @@ class Bench:
         self.log('    with / without --hep, median of %d pairs: %.2f (%s HEP packets '
                  'received)' % (len(ratios), ratio, received))
 
+    # -- (l) ---------------------------------------------------------------------
+    def part_l(self) -> None:
+        """Routing apps: serve's CPU per MESSAGE and per REGISTER with ``--app`` loading a
+        no-op app and the blocklist example, against the same without, in rounds."""
+        a = self.args
+        noop = self.tmp / 'noop_app.py'
+        noop.write_text('async def on_request(request):\n    return None\n')
+        # the blocklist's configuration; none of the bench's users is listed
+        os.environ['BLOCKED'] = 'sip:spam@example.com,sip:robot@example.net'
+        variants = [('none', ()), ('noop', ('--app', str(noop))),
+                    ('blocklist', ('--app', str(REPO / 'examples/routing/blocklist.py')))]
+        per_message: dict[str, list[float]] = {name: [] for name, _ in variants}
+        per_register: dict[str, list[float]] = {name: [] for name, _ in variants}
+        self.log('(l) routing apps: serve CPU per MESSAGE and per REGISTER (%d/s), without '
+                 'an app, with a no-op app, with blocklist.py, %d rounds ...'
+                 % (a.app_register_rate, a.app_rounds))
+        for n in range(a.app_rounds):
+            for name, extra in variants[n % 3:] + variants[:n % 3]:
+                result = self.part_b(fast=True, key='l-%s' % name, extra=extra)
+                per_message[name].append(result['cpu']['serve'] * 1e6 / (result['rate'] or 1))
+                server = serve(self.tmp, 'serve-l-%s' % name, *extra)
+                try:
+                    report = self._register_run(url_of(server), a.app_register_rate,
+                                                {'serve': server.pid}, {}, 'l-reg-%s' % name,
+                                                duration=a.register_duration,
+                                                source='127.0.0.6')
+                finally:
+                    server.stop()
+                per_register[name].append(report['server_cpu']['serve'] * 1e6 /
+                                          (report['achieved_rate'] or 1))
+            self.log('    round %d: us per MESSAGE %s; per REGISTER %s' % (n + 1, ', '.join(
+                '%s %.1f' % (k, v[-1]) for k, v in per_message.items()), ', '.join(
+                '%s %.1f' % (k, v[-1]) for k, v in per_register.items())))
+
+        def ratios(table: dict[str, list[float]], name: str) -> list[float]:
+            return [x / y for x, y in zip(table[name], table['none'], strict=True)]
+        summary = {}
+        for name in ('noop', 'blocklist'):
+            for what, table in (('message', per_message), ('register', per_register)):
+                values = sorted(ratios(table, name))
+                summary['%s_%s' % (name, what)] = {'ratios': values,
+                                                    'median': values[len(values) // 2]}
+        self.results['l'] = {'us_per_message': per_message, 'us_per_register': per_register,
+                             'ratios': summary}
+        self.log('    with / without an app, median of %d rounds: no-op %.2f per MESSAGE, %.2f '
+                 'per REGISTER; blocklist %.2f per MESSAGE, %.2f per REGISTER' % (
+                     a.app_rounds, summary['noop_message']['median'],
+                     summary['noop_register']['median'], summary['blocklist_message']['median'],
+                     summary['blocklist_register']['median']))
+
     # -- (g) ---------------------------------------------------------------------
     def part_g(self) -> None:
         """Media: the bot's CPU per concurrent PCMU echo call against aiortc alone."""
@@ -2138,6 +2192,11 @@ def main() -> int:
                         help='(j) serve/Kamailio pairs of runs (default 3)')
     parser.add_argument('--hep-pairs', type=int, default=3,
                         help='(k) pairs of (b\') runs with and without --hep (default 3)')
+    parser.add_argument('--app-rounds', type=int, default=3,
+                        help='(l) rounds of runs without an app, with a no-op app, with '
+                        'blocklist.py (default 3)')
+    parser.add_argument('--app-register-rate', type=int, default=1500,
+                        help='(l) REGISTER/s of the REGISTER runs (default 1500)')
     parser.add_argument('--media-hold', type=float, default=8.0,
                         help='(g) seconds measured per step')
     parser.add_argument('--json', metavar='FILE', help='write every figure to FILE')
@@ -2180,6 +2239,8 @@ def main() -> int:
             bench.part_j()
         if 'k' in parts:
             bench.part_k()
+        if 'l' in parts:
+            bench.part_l()
         if args.profile:
             bench.profile_runs()
         table = report(bench)

@@ -448,7 +448,7 @@ class AppRouter:
 
     def _count(self, hook: str, outcome: str) -> None:
         if self.metrics is not None:
-            self.metrics.app_hooks.labels(hook, outcome).inc()
+            self.metrics.app_hook(hook, outcome)
 
     def _broken(self, name: str, exc: RoutingError) -> None:
         self._count(name, 'error')

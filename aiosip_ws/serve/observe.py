@@ -181,7 +181,7 @@ class Metrics:
         #: label value): a dict update per message instead of a call into
         #: prometheus_client and its lock.  Added at each scrape (:meth:`exposition`)
         #: and, with ``serve --workers``, every second (:meth:`update_gauges`).
-        self._pending: dict[tuple[Any, str], int] = {}
+        self._pending: dict[tuple[Any, ...], int] = {}
         #: the keys of _pending for each method, and for each response class
         self._request_keys = {method: (self.requests, method) for method in METHODS}
         self._relay_keys = {method: (self.relayed, method) for method in METHODS}
@@ -194,7 +194,7 @@ class Metrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
-    def _count(self, key: tuple[Any, str]) -> None:
+    def _count(self, key: tuple[Any, ...]) -> None:
         pending = self._pending
         pending[key] = pending.get(key, 0) + 1
 
@@ -206,11 +206,18 @@ class Metrics:
     def relay(self, method: str | None) -> None:
         self._count(self._relay_keys.get(method or '') or (self.relayed, 'other'))
 
+    def app_hook(self, hook: str, outcome: str) -> None:
+        """A call of a routing app's hook, by what came of it (counted per request: kept
+        here until the next scrape, as the per-message counts are)."""
+        pending = self._pending
+        key = (self.app_hooks, hook, outcome)
+        pending[key] = pending.get(key, 0) + 1
+
     def flush(self) -> None:
         """Add the per-message counts to their Prometheus series."""
         pending, self._pending = self._pending, {}
-        for (metric, value), count in pending.items():
-            self._child(metric, value).inc(count)
+        for (metric, *values), count in pending.items():
+            self._child(metric, *values).inc(count)
 
     def transaction(self, method: str | None, seconds: float) -> None:
         self._child(self.latency, _bounded(method or '', METHODS)).observe(seconds)

@@ -122,6 +122,11 @@ def test_the_blocklist_refuses_listed_callers_and_lets_the_others_through(tmp_pa
             alice = serve.run(*aiosip_ws('call', URL, '--aor', 'sip:alice@example.com',
                                          '--to', 'sip:bob@example.com', '--timeout', '10'))
             assert alice.returncode == 1 and '486' in alice.stderr, alice.stderr
+            scraped = serve.run(sys.executable, '-c', 'import urllib.request; print(urllib.'
+                                'request.urlopen("http://127.0.0.1:8080/metrics").read()'
+                                '.decode())')
+            assert 'aiosip_ws_app_hooks_total{hook="on_request",outcome="reply"} 2.0' in \
+                scraped.stdout, scraped.stdout + scraped.stderr
         finally:
             printed = ended(bob)
         # bob got alice's MESSAGE and INVITE, nothing from the listed callers

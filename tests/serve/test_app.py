@@ -116,6 +116,7 @@ async def test_the_app_refuses_relays_and_changes_what_it_may(serve_with):
         assert (await recv(caller)).status == 200
     assert seen[2] == ('INVITE', 'sip:alice@example.com', None, 'ws')
     assert [m for m, *_ in seen] == ['REGISTER', 'REGISTER', 'INVITE', 'MESSAGE', 'MESSAGE']
+    server.metrics.flush()
     assert server.metrics.app_hooks.labels('on_request', 'reply')._value.get() == 1
     assert server.metrics.app_hooks.labels('on_request', 'relay')._value.get() == 1
 
@@ -343,6 +344,7 @@ async def test_a_hook_is_bounded_in_time_and_its_exceptions_answer_500(serve_wit
     assert sum('took longer than --app-timeout 0.3 s' in m for m in logged) == 1
     raised = [m for m in logged if 'raised KeyError' in m]
     assert len(raised) == 10 and "KeyError: 'no such route'" in raised[0]   # rate-limited
+    server.metrics.flush()
     assert server.metrics.app_hooks.labels('on_request', 'error')._value.get() == 15
 
 

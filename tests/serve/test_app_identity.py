@@ -115,6 +115,7 @@ async def test_users_come_from_the_app_cached_with_misses_and_their_algorithms(w
     async with ws(url) as conn:
         assert await register_with(conn, 'alice', 'wrong') == 401
     metrics = server.metrics
+    metrics.flush()
     assert metrics.app_hooks.labels('credentials', 'found')._value.get() >= 3
     assert metrics.app_hooks.labels('credentials', 'unknown')._value.get() >= 2
 
