@@ -49,6 +49,12 @@ store_log = LogThrottle(logger)
 Provider = Callable[[str, str], Awaitable[Credentials | None]]
 
 
+def _retrieved(task: asyncio.Future[User | None]) -> None:
+    """A lookup whose waiters all left: its failure is not "never retrieved"."""
+    if not task.cancelled():
+        task.exception()
+
+
 class CredentialStore:
     """See the module."""
 
@@ -91,7 +97,8 @@ class CredentialStore:
             return None                                   # a challenge of every algorithm
         if name in self._pending or self._bucket.take(self.clock()):
             if name not in self._pending:
-                self._pending[name] = asyncio.ensure_future(self._look_up(name))
+                task = self._pending[name] = asyncio.ensure_future(self._look_up(name))
+                task.add_done_callback(_retrieved)
             raise CredentialsPending(self, name)
         self.refused += 1
         store_log.warning('credentials rate', 'more than %g user lookups a second: %s',
@@ -107,6 +114,13 @@ class CredentialStore:
     def clear(self) -> None:
         """Forget every answer (a reload: the store may say otherwise now)."""
         self._cache.clear()
+
+    async def close(self) -> None:
+        """End the lookups in progress (serve stops)."""
+        pending = list(self._pending.values())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     # -- lookups --------------------------------------------------------------------------
     async def wait(self, name: str) -> bool:
