@@ -246,6 +246,30 @@ def test_the_dial_plan_sends_numbers_to_the_gateway_normalised(tmp_path):
 
 # -- the second half: call records, users from SQLite, a chatbot ------------------------------
 
+def browsers_available() -> None:
+    """Chromium and the JsSIP bundles, or the test is unavailable."""
+    from tests.interop.conftest import _unavailable
+    from tests.support.browser import chromium_binary, ensure_bundles
+    try:
+        chromium_binary()
+        ensure_bundles()
+    except RuntimeError as exc:
+        _unavailable('browser agents', exc)
+
+
+async def chromium_beside(serve: Documented, tmp_path: Path):
+    """A headless Chromium in serve's network namespace, started."""
+    from tests.interop.conftest import _unavailable
+    from tests.support.browser import Browser
+    browser = Browser(tmp_path / 'chromium', netns_pid=serve.proc.pid)
+    try:
+        await browser.start()
+    except RuntimeError as exc:
+        await browser.close()
+        _unavailable('chromium', exc)
+    return browser
+
+
 async def test_call_records_say_who_ended_each_call_and_how_long_it_lasted(tmp_path):
     """Four calls with ``aiosip-ws call`` and ``answer``: bob hangs up after 1 s, the
     caller hangs up after 1 s, nobody is there (404), carol rings while the caller gives
@@ -306,13 +330,8 @@ async def test_users_from_sqlite_register_and_call_in_chromium(tmp_path):
     cache TTL has passed (not before)."""
     import sqlite3
 
-    from tests.interop.conftest import _unavailable, answered_jssip_call
-    from tests.support.browser import Browser, chromium_binary, ensure_bundles
-    try:
-        chromium_binary()
-        ensure_bundles()
-    except RuntimeError as exc:
-        _unavailable('browser agents', exc)
+    from tests.interop.conftest import answered_jssip_call
+    browsers_available()
     line = documented('USERS_DB=')
     ttl = float(line.split('--credentials-ttl ', 1)[1].split()[0])
     database = tmp_path / line.split('USERS_DB=', 1)[1].split()[0]
@@ -327,12 +346,12 @@ async def test_users_from_sqlite_register_and_call_in_chromium(tmp_path):
     add('alice', 'secret')
     add('bob', 'secret')
     serve = Documented(line, tmp_path)
-    browser = Browser(tmp_path / 'chromium', netns_pid=serve.proc.pid)
     try:
-        try:
-            await browser.start()
-        except RuntimeError as exc:
-            _unavailable('chromium', exc)
+        browser = await chromium_beside(serve, tmp_path)
+    except BaseException:
+        serve.stop()
+        raise
+    try:
         alice, bob = await answered_jssip_call(browser, URL)
         await alice.hangup()
         await bob.wait_event('ended', timeout=10)
@@ -359,20 +378,14 @@ async def test_users_from_sqlite_register_and_call_in_chromium(tmp_path):
 
 
 async def test_the_chatbot_echoes_a_message_sent_from_chromium(tmp_path):
-    from tests.interop.conftest import _unavailable
-    from tests.support.browser import Browser, chromium_binary, ensure_bundles
-    try:
-        chromium_binary()
-        ensure_bundles()
-    except RuntimeError as exc:
-        _unavailable('browser agents', exc)
+    browsers_available()
     serve = Documented(documented('ECHO_USER='), tmp_path)
-    browser = Browser(tmp_path / 'chromium', netns_pid=serve.proc.pid)
     try:
-        try:
-            await browser.start()
-        except RuntimeError as exc:
-            _unavailable('chromium', exc)
+        browser = await chromium_beside(serve, tmp_path)
+    except BaseException:
+        serve.stop()
+        raise
+    try:
         alice = await browser.agent('jssip', url=URL, aor='sip:alice@example.com',
                                     name='alice')
         assert (await alice.register())['status'] == 200
