@@ -514,7 +514,8 @@ class AppRouter:
             if flow.is_open:                             # §16.2: at once, hop by hop
                 self.ctx.send(flow, make_response(request, 100,
                                                   headers=[('Server', SERVER_HEADER)]))
-        self.ctx.spawn(self._on_request(app, flow, request, state, value, held))
+        self.ctx.spawn(self._on_request(app, flow, request, state, value, held,
+                                        flow.flow_state.identity))
         return True
 
     def _reply_now(self, hook: str, flow: Flow, request: SIPMessage, reply: Reply) -> None:
@@ -530,7 +531,8 @@ class AppRouter:
             headers=headers + [('Server', SERVER_HEADER)], body=body))
 
     async def _on_request(self, app: LoadedApp, flow: Flow, request: SIPMessage,
-                          state: str, value: Any, held: _Held | None) -> None:
+                          state: str, value: Any, held: _Held | None,
+                          verified: Verified | None) -> None:
         key = cancel_key(request) if held is not None else None
         try:
             if state == 'wait':
@@ -549,6 +551,9 @@ class AppRouter:
                 assert self.resume is not None
                 if key is not None:
                     self.forker.tried.add(key)
+                # the flow's identity is the request in hand's: another request of the
+                # flow may have come through the identity stage while the app decided
+                flow.flow_state.identity = verified
                 try:
                     self.resume(flow, request, 'app')
                 finally:
