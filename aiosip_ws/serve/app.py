@@ -465,9 +465,11 @@ class AppRouter:
                        transport=flow.transport_name, attempt=attempt)
 
     @staticmethod
-    def identity_of(flow: Flow, request: SIPMessage) -> Identity | None:
-        """The identity the identity stage verified for ``request``, as the app sees it."""
-        verified = flow.flow_state.identity
+    def identity_of(flow: Flow, request: SIPMessage, verified: Any = False) -> Identity | None:
+        """The identity the identity stage verified for ``request`` (``verified``: the one
+        kept for it, else its flow's now), as the app sees it."""
+        if verified is False:
+            verified = flow.flow_state.identity
         if not isinstance(verified, Verified) or verified.user is None:
             return None
         how = 'token' if getattr(flow, 'identity', None) is verified else 'digest'
@@ -560,7 +562,7 @@ class AppRouter:
                     if key is not None:
                         self.forker.tried.discard(key)
                 return
-            await self._outcome('on_request', flow, request, outcome, 0, None, held)
+            await self._outcome('on_request', flow, request, outcome, 0, None, held, verified)
         finally:
             if key is not None and held is not None and \
                     self.forker.held.get(key) == held.cancel:
@@ -568,7 +570,7 @@ class AppRouter:
 
     async def _outcome(self, hook: str, flow: Flow, request: SIPMessage, outcome: object,
                        rounds: int, deliver: Callable[[SIPMessage], None] | None,
-                       held: _Held | None) -> None:
+                       held: _Held | None, verified: Any) -> None:
         """Carry out a Reply or a Relay (``deliver``: how a failure's answer goes back)."""
         send = deliver or (lambda response: self.ctx.send_response(flow, request, response))
         try:
@@ -583,7 +585,7 @@ class AppRouter:
                 return
             if isinstance(outcome, Relay):
                 self._count(hook, 'relay')
-                await self._relay(flow, request, outcome, rounds, held)
+                await self._relay(flow, request, outcome, rounds, held, verified)
                 return
             raise RoutingError('%s returned %r: return a Reply, a Relay or None'
                                % (hook, outcome))
@@ -592,7 +594,7 @@ class AppRouter:
             send(self._failed_reply(flow, request))
 
     async def _relay(self, flow: Flow, request: SIPMessage, relay: Relay, rounds: int,
-                     held: _Held | None) -> None:
+                     held: _Held | None, verified: Any) -> None:
         """Send ``request`` to the app's targets, as a fork of serve's."""
         ctx = self.ctx
         max_forwards = max_forwards_of(request)
@@ -638,17 +640,17 @@ class AppRouter:
                 self.forker.refuse(flow, request, 503, 'Service Unavailable (the app\'s '
                                    'targets are unreachable)',
                                    [('Retry-After', str(ctx.limits.retry_after))],
-                                   rounds=rounds)
+                                   rounds=rounds, identity=verified)
             else:
                 self.forker.refuse(flow, request, 404, 'Not Found (not registered)',
-                                   rounds=rounds)
+                                   rounds=rounds, identity=verified)
             return
         key = cancel_key(request) if request.method == 'INVITE' and rounds == 0 else None
         if key is not None:
             self.forker.tried.add(key)                  # 100 Trying went at the stage
         try:
             self.forker.relay(flow, request, bindings, max_forwards, reconnect=True,
-                              timeouts=timeouts or None, rounds=rounds)
+                              timeouts=timeouts or None, rounds=rounds, identity=verified)
         finally:
             if key is not None:
                 self.forker.tried.discard(key)
@@ -674,7 +676,7 @@ class AppRouter:
 
     # -- failure routing ------------------------------------------------------------------
     def failed(self, origin: Flow, request: SIPMessage, response: SIPMessage, by_serve: bool,
-               rounds: int, deliver: Callable[[SIPMessage], None]) -> bool:
+               rounds: int, deliver: Callable[[SIPMessage], None], verified: Any) -> bool:
         """Forker.failure: an INVITE's final non-2xx, to ``on_failure`` (True: taken)."""
         app = self.current
         if 'on_failure' not in app.hooks or rounds >= MAX_FAILURE_ROUNDS:
@@ -683,17 +685,18 @@ class AppRouter:
         key = cancel_key(request)
         self.forker.held[key] = held.cancel
         self.ctx.spawn(self._on_failure(app, origin, request, response, by_serve, rounds,
-                                        deliver, held, key))
+                                        deliver, held, key, verified))
         return True
 
     async def _on_failure(self, app: LoadedApp, origin: Flow, request: SIPMessage,
                           response: SIPMessage, by_serve: bool, rounds: int,
                           deliver: Callable[[SIPMessage], None], held: _Held,
-                          key: tuple[str, int, str]) -> None:
+                          key: tuple[str, int, str], verified: Any) -> None:
         try:
             ok, outcome = await self._ask(
                 app, 'on_failure',
-                self._view(origin, request, self.identity_of(origin, request), rounds + 1),
+                self._view(origin, request, self.identity_of(origin, request, verified),
+                           rounds + 1),
                 Response(response, by_serve=by_serve, attempt=rounds + 1))
             if held.cancelled:
                 deliver(self._failed_reply(origin, request, 487, 'Request Terminated'))
@@ -704,7 +707,7 @@ class AppRouter:
                 deliver(response)
             else:
                 await self._outcome('on_failure', origin, request, outcome, rounds + 1,
-                                    deliver, held)
+                                    deliver, held, verified)
         finally:
             if self.forker.held.get(key) == held.cancel:
                 del self.forker.held[key]

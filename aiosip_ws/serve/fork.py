@@ -12,7 +12,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..core.codec import SIPMessage, invite_companion, make_response
 from ..core.transaction import cancel_key, new_tag
@@ -45,11 +45,12 @@ Unregistered = Callable[[Flow, SIPMessage, int], bool]
 #: ``reconnect(flow, request, bindings, max_forwards)`` -> True when it took the request
 Reconnect = Callable[[Flow, SIPMessage, 'list[Binding]', int], bool]
 #: failure routing (``--app``): ``failure(origin, invite, response, by_serve, rounds,
-#: deliver)`` -> True when it took the final non-2xx ``response`` (our Via already off)
-#: the caller would get; ``deliver(final)`` sends the caller that final response (the
-#: same, or another) as the end of the INVITE's transaction
-Failure = Callable[[Flow, SIPMessage, SIPMessage, bool, int, Callable[[SIPMessage], None]],
-                   bool]
+#: deliver, identity)`` -> True when it took the final non-2xx ``response`` (our Via
+#: already off) the caller would get; ``deliver(final)`` sends the caller that final
+#: response (the same, or another) as the end of the INVITE's transaction; ``identity``
+#: is the one the INVITE was admitted with
+Failure = Callable[[Flow, SIPMessage, SIPMessage, bool, int, Callable[[SIPMessage], None],
+                    Any], bool]
 
 
 class Forker:
@@ -76,15 +77,19 @@ class Forker:
 
     def relay(self, flow: Flow, request: SIPMessage, bindings: list[Binding],
               max_forwards: int, *, reconnect: bool = True,
-              timeouts: dict[int, float] | None = None, rounds: int = 0) -> None:
+              timeouts: dict[int, float] | None = None, rounds: int = 0,
+              identity: Any = None) -> None:
         """Relay ``request`` from ``flow`` to ``bindings`` (``max_forwards`` as it came);
         ``timeouts``: seconds a binding (by ``id()``) may take to answer; ``rounds``: how
-        many failures of this INVITE were routed again before."""
+        many failures of this INVITE were routed again before; ``identity``: the one it
+        was admitted with (default: its flow's now)."""
+        if identity is None:
+            identity = flow.flow_state.identity
         ctx = self.ctx
         if not bindings:
             if self.unregistered is not None and self.unregistered(flow, request, max_forwards):
                 return
-            self.refuse(flow, request, 404, rounds=rounds)
+            self.refuse(flow, request, 404, rounds=rounds, identity=identity)
             return
         if reconnect and self.reconnect is not None and \
                 self.reconnect(flow, request, bindings, max_forwards):
@@ -99,10 +104,12 @@ class Forker:
         if busy:
             ctx.busy(flow, request, busy)
             return
-        Fork(self, flow, request, bindings, max_forwards - 1, timeouts, rounds).start()
+        Fork(self, flow, request, bindings, max_forwards - 1, timeouts, rounds,
+             identity).start()
 
     def refuse(self, flow: Flow, request: SIPMessage, status: int, reason: str | None = None,
-               headers: list[tuple[str, str]] | None = None, *, rounds: int = 0) -> None:
+               headers: list[tuple[str, str]] | None = None, *, rounds: int = 0,
+               identity: Any = None) -> None:
         """Answer ``request`` with a failure of serve's own, which failure routing may
         turn into another attempt (an INVITE's)."""
         response = make_response(request, status, reason, to_tag=new_tag(),
@@ -115,7 +122,8 @@ class Forker:
             if invite:
                 self.call_changed('ended', flow, request, final.status, 'serve')
             self.ctx.send_response(flow, request, final)
-        self.fail(flow, request, response, True, rounds, deliver)
+        self.fail(flow, request, response, True, rounds, deliver,
+                  identity if identity is not None else flow.flow_state.identity)
 
     def call_changed(self, change: str, origin: Flow, request: SIPMessage,
                      status: int | None = None, ended_by: str | None = None,
@@ -143,10 +151,11 @@ class Forker:
             record.answered if record is not None else None, ended_by, book.node))
 
     def fail(self, origin: Flow, request: SIPMessage, response: SIPMessage, by_serve: bool,
-             rounds: int, deliver: Callable[[SIPMessage], None]) -> None:
+             rounds: int, deliver: Callable[[SIPMessage], None], identity: Any = None) -> None:
         """A final non-2xx for the caller: to failure routing first (an INVITE's)."""
         if self.failure is None or request.method != 'INVITE' or \
-                not self.failure(origin, request, response, by_serve, rounds, deliver):
+                not self.failure(origin, request, response, by_serve, rounds, deliver,
+                                 identity):
             deliver(response)
 
     def over_pending_caps(self, origin: Flow, peer: Flow) -> str | None:
@@ -249,11 +258,12 @@ class Fork:
 
     __slots__ = ('ctx', 'forker', 'origin', 'request', 'groups', 'max_forwards', 'key', 'branches',
                  'finals', 'answered', 'timed_out', 'finished', 'started', 'ringing', 'call',
-                 'cancelled', 'winner', 'refusal', 'timeouts', 'rounds')
+                 'cancelled', 'winner', 'refusal', 'timeouts', 'rounds', 'identity')
 
     def __init__(self, forker: Forker, origin: Flow, request: SIPMessage,
                  bindings: list[Binding], max_forwards: int,
-                 timeouts: dict[int, float] | None = None, rounds: int = 0) -> None:
+                 timeouts: dict[int, float] | None = None, rounds: int = 0,
+                 identity: Any = None) -> None:
         self.forker, self.ctx = forker, forker.ctx
         self.origin, self.request = origin, request
         by_q: dict[float, list[Binding]] = {}
@@ -284,6 +294,8 @@ class Fork:
         self.timeouts = timeouts
         #: failures of this INVITE routed again before this fork (failure routing)
         self.rounds = rounds
+        #: the identity the request was admitted with (for failure routing)
+        self.identity = identity
         origin.flow_state.relaying += 1
 
     def _answered_now(self, status: int, ended_by: str | None = None,
@@ -525,7 +537,8 @@ class Fork:
         if self.cancelled or self.key is None:
             deliver(response)
             return
-        self.forker.fail(self.origin, self.request, response, by_serve, self.rounds, deliver)
+        self.forker.fail(self.origin, self.request, response, by_serve, self.rounds, deliver,
+                         self.identity)
 
     def _settle(self) -> None:
         """After a branch ended: the next group, or the answer, once every branch is done."""

@@ -322,3 +322,36 @@ def test_the_call_record_lines_of_two_processes_never_mix(tmp_path):
     assert len(records) == 4000
     assert {r['call_id'].split('-')[0] for r in records} == {'w1', 'w2'}
     assert records[0]['duration'] > 0 and records[0]['ended_by'] == 'caller'
+
+
+async def test_on_failure_sees_the_identity_the_invite_was_admitted_with(with_store):
+    """alice's authenticated INVITE to bob (486): on_failure's request carries alice's
+    identity, though another request of the connection came through meanwhile."""
+    from aiosip_ws.serve.routing import Identity
+    seen = []
+
+    class Failures(Store):
+        async def on_failure(self, request, response):
+            seen.append(request.identity)
+            return None
+
+    _, url = await with_store(Failures())
+    async with ws(url) as alice, ws(url) as bob:
+        assert await register_with(alice, 'alice', 'wonderland') == 200
+        assert await register_with(bob, 'bob', 'builder') == 200
+        text = invite('alice.invalid')
+        await alice.send(text)
+        challenge = await recv(alice)
+        line = digest_authorization(challenge.get('Proxy-Authenticate'), method='INVITE',
+                                    uri='sip:bob@example.com', username='alice',
+                                    password='wonderland', header='Proxy-Authorization')
+        await alice.send(text.replace('CSeq: 10 INVITE', 'CSeq: 11 INVITE').replace(
+            'z9hG4bKinv1', 'z9hG4bKinv2').replace('Max-Forwards: 70\r\n',
+                                                  'Max-Forwards: 70\r\n%s\r\n' % line))
+        assert (await recv(alice)).status == 100
+        to_bob = await recv(bob)
+        await alice.send(message('alice.invalid').replace('sip:alice@', 'sip:nobody@'))
+        assert (await recv(alice)).status == 407        # the flow's identity is now None
+        await answer(bob, to_bob, 486, 'b')
+        assert (await recv(alice)).status == 486
+    assert seen == [Identity('alice', 'sip:alice@example.com', 'digest')]
