@@ -584,8 +584,10 @@ async def test_the_pages_kamailio_translation_does_what_its_request_route_does(t
 def test_the_pages_app_skeleton_loads_with_every_hook(tmp_path):
     from aiosip_ws.serve.app import load_app
     (tmp_path / 'skeleton.py').write_text(_routing_block('class MyApp(App):'))
-    assert set(load_app(str(tmp_path / 'skeleton.py')).hooks) == {
-        'startup', 'shutdown', 'on_request', 'on_failure', 'on_in_dialog'}
+    loaded = load_app(str(tmp_path / 'skeleton.py'))
+    assert set(loaded.hooks) == {'startup', 'shutdown', 'on_request', 'on_failure',
+                                 'on_in_dialog', 'credentials', 'token_identity', 'on_event'}
+    assert loaded.startup_takes_serve
 
 
 async def test_the_app_sees_the_verified_identity_and_never_an_unauthenticated_request():
