@@ -281,6 +281,8 @@ class AppRouter:
             if watchdog else None
         self._retiring: set[asyncio.Task[None]] = set()
         forker.failure = self.failed
+        #: hook calls that wait (a task each), at most ``--max-pending``
+        self.waiting = 0
         #: what the app may ask of serve (handed to its ``startup``)
         self.serve = ServeHandle(self, frozenset(d.lower() for d in domains))
         #: the event stream on_event is subscribed to (when the app has one)
@@ -416,6 +418,7 @@ class AppRouter:
         if done:
             app.inflight -= 1
             return 'done', value
+        self.waiting += 1
         return 'wait', value
 
     async def _wait(self, app: LoadedApp, name: str, awaitable: Awaitable[Any]
@@ -434,6 +437,12 @@ class AppRouter:
             return False, None
         finally:
             app.inflight -= 1
+            self.waiting -= 1
+
+    def over_cap(self) -> bool:
+        """Whether as many hook calls wait as requests may be relayed at once
+        (``--max-pending``): then a request the app would see gets 503."""
+        return self.waiting >= self.ctx.limits.max_pending
 
     async def _ask(self, app: LoadedApp, name: str, *args: Any) -> tuple[bool, Any]:
         """:meth:`_begin`, then :meth:`_wait` if it waits."""
@@ -496,6 +505,9 @@ class AppRouter:
             return False                                 # the route stage answers it
         if uri.scheme not in ('sip', 'sips'):
             return False
+        if self.over_cap():
+            self.ctx.busy(flow, request, 'too many requests wait for the routing app')
+            return True
         state, value = self._begin(app, 'on_request',
                                    self._view(flow, request, self.identity_of(flow, request)))
         if state == 'done':                      # decided at once: no task, no timer
@@ -679,7 +691,7 @@ class AppRouter:
                rounds: int, deliver: Callable[[SIPMessage], None], verified: Any) -> bool:
         """Forker.failure: an INVITE's final non-2xx, to ``on_failure`` (True: taken)."""
         app = self.current
-        if 'on_failure' not in app.hooks or rounds >= MAX_FAILURE_ROUNDS:
+        if 'on_failure' not in app.hooks or rounds >= MAX_FAILURE_ROUNDS or self.over_cap():
             return False
         held = _Held()
         key = cancel_key(request)
@@ -724,6 +736,9 @@ class AppRouter:
                 return False
         except SIPParseError:
             return False
+        if self.over_cap():
+            self.ctx.busy(flow, request, 'too many requests wait for the routing app')
+            return True
         state, value = self._begin(app, 'on_in_dialog',
                                    self._view(flow, request, self.identity_of(flow, request)))
         if state == 'done':

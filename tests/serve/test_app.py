@@ -663,3 +663,32 @@ def test_the_app_options_from_toml_and_their_checks():
         ServeConfig(app_timeout=0).validate()
     with pytest.raises(ConfigurationError, match='each worker loads it'):
         ServeConfig(app=App(), workers=2, redis='redis://127.0.0.1:6379/0').validate()
+
+
+async def test_hook_calls_that_wait_are_bounded_by_max_pending():
+    from aiosip_ws.options import RelayLimits
+    release = asyncio.Event()
+
+    class Slow(App):
+        async def on_request(self, request):
+            if request.method == 'MESSAGE':
+                await release.wait()
+            return None
+
+    server = RelayServer(limits=RelayLimits(max_pending=2))
+    router = server.use_app(Slow(), timeout=5)
+    [listener] = await server.start('ws://127.0.0.1:0/')
+    try:
+        async with ws(listener.bound_url) as caller:
+            caller_host = await register_raw(caller, 'alice')
+            for n in range(3):
+                await caller.send(message(caller_host).replace('msg-1', 'msg-%d' % n))
+            busy = await recv(caller)
+            assert (busy.status, busy.get('Call-ID')) == (503, 'msg-2')
+            assert 'wait for the routing app' in busy.reason and busy.get('Retry-After')
+            assert router.waiting == 2
+            release.set()
+            assert {(await recv(caller)).status for _ in range(2)} == {404}
+            assert router.waiting == 0
+    finally:
+        await server.close()
