@@ -857,6 +857,8 @@ class ServeHandle:
     def __init__(self, router: AppRouter, domains: frozenset[str]) -> None:
         self._router = router
         self.domains = domains
+        #: tasks of the app's (spawn) running now
+        self.running = 0
 
     @property
     def node(self) -> str | None:
@@ -864,8 +866,23 @@ class ServeHandle:
         return node
 
     def spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task[Any]:
-        """Run ``coroutine`` in a task serve ends at shutdown (what it raises is logged)."""
-        return self._router.ctx.spawn(self._logged(coroutine))
+        """Run ``coroutine`` in a task serve ends at shutdown (what it raises is logged);
+        at most ``--max-pending`` at once (beyond: :class:`RoutingError`, and the
+        coroutine is closed)."""
+        router = self._router
+        if self.running >= router.ctx.limits.max_pending:
+            close = getattr(coroutine, 'close', None)
+            if close is not None:
+                close()
+            raise RoutingError('the app has %d tasks running already (--max-pending)'
+                               % self.running)
+        self.running += 1
+        task = router.ctx.spawn(self._logged(coroutine))
+        task.add_done_callback(self._ended)
+        return task
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self.running -= 1
 
     @staticmethod
     async def _logged(coroutine: Awaitable[Any]) -> Any:

@@ -353,7 +353,8 @@ class Serve(Protocol):
 
     def spawn(self, coroutine: Any) -> Any:
         """Run ``coroutine`` in a task of serve's (ended at shutdown; what it raises is
-        logged): work a hook starts and does not wait for, such as a reply MESSAGE."""
+        logged): work a hook starts and does not wait for, such as a reply MESSAGE.  At
+        most ``--max-pending`` run at once; beyond, :class:`~aiosip_ws.errors.RoutingError`."""
 
 
 #: the hooks an app may define

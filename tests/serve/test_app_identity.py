@@ -355,3 +355,42 @@ async def test_on_failure_sees_the_identity_the_invite_was_admitted_with(with_st
         await answer(bob, to_bob, 486, 'b')
         assert (await recv(alice)).status == 486
     assert seen == [Identity('alice', 'sip:alice@example.com', 'digest')]
+
+
+async def test_the_apps_tasks_are_bounded_and_their_failures_logged(caplog):
+    import logging
+
+    from aiosip_ws.errors import RoutingError
+    from aiosip_ws.options import RelayLimits
+
+    class Tasks(App):
+        async def startup(self, serve):
+            self.serve = serve
+
+        async def on_event(self, event):
+            pass
+
+    app = Tasks()
+    server = RelayServer(limits=RelayLimits(max_pending=2))
+    server.use_app(app)
+    await server.start('ws://127.0.0.1:0/')
+    try:
+        gate = asyncio.Event()
+
+        async def wait():
+            await gate.wait()
+
+        async def fail():
+            raise ValueError('the app\'s own bug')
+        tasks = [app.serve.spawn(wait()), app.serve.spawn(wait())]
+        with pytest.raises(RoutingError, match='tasks running already'):
+            app.serve.spawn(wait())
+        gate.set()
+        await asyncio.gather(*tasks)
+        await asyncio.sleep(0)
+        with caplog.at_level(logging.ERROR, 'aiosip_ws.serve.app'):
+            await app.serve.spawn(fail())
+        assert 'a task the app spawned failed' in caplog.text and 'own bug' in caplog.text
+        assert app.serve.running == 0
+    finally:
+        await server.close()
