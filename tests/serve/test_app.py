@@ -692,3 +692,30 @@ async def test_hook_calls_that_wait_are_bounded_by_max_pending():
             assert router.waiting == 0
     finally:
         await server.close()
+
+
+async def test_the_watchdog_leaves_a_sigalrm_handler_alone_and_restores_the_default(caplog):
+    import signal
+
+    from aiosip_ws.serve.app import LoopWatchdog
+
+    def mine(signum, frame):
+        pass
+    previous = signal.signal(signal.SIGALRM, mine)
+    try:
+        watchdog = LoopWatchdog(lambda: frozenset())
+        with caplog.at_level(logging.INFO, 'aiosip_ws.serve.app'):
+            watchdog.start()
+        assert 'SIGALRM has a handler already' in caplog.text
+        assert signal.getsignal(signal.SIGALRM) is mine
+        watchdog.stop()
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        watchdog = LoopWatchdog(lambda: frozenset())
+        watchdog.start()
+        assert signal.getsignal(signal.SIGALRM) == watchdog._alarm
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 0
+        watchdog.stop()
+        assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
