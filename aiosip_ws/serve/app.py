@@ -4,10 +4,11 @@ reload, and the watchdog that names a hook blocking the event loop.
 The app's API (what it is handed and returns) is :mod:`aiosip_ws.serve.routing`.  Here
 :class:`AppRouter` puts the app into serve's pipeline:
 
-* the ``app`` stage, after ``identity``: an out-of-dialog request goes to ``on_request``
-  in a task of its own (an INVITE gets 100 Trying first, and its CANCEL is answered
-  while the app decides); its outcome is a reply, a relay to the app's targets (a
-  :class:`~aiosip_ws.serve.fork.Fork` like any other), or the stages after ``app``;
+* the ``app`` stage, after ``identity``: an out-of-dialog request goes to ``on_request``,
+  run at once; only a hook that awaits gets a task of its own (and an INVITE then gets
+  100 Trying first, its CANCEL answered while the app decides); the outcome is a reply,
+  a relay to the app's targets (a :class:`~aiosip_ws.serve.fork.Fork` like any other),
+  or the stages after ``app``;
 * the ``app in-dialog`` stage, after ``cancel``: ``on_in_dialog`` may refuse;
 * failure routing (:attr:`Forker.failure <aiosip_ws.serve.fork.Forker.failure>`): a
   final non-2xx bound for the caller of an INVITE goes to ``on_failure`` first.
@@ -43,7 +44,7 @@ from ..errors import AiosipWSError, RoutingError, SIPParseError
 from ..options import ConnectionOptions
 from ..transport.throttle import LogThrottle
 from .auth import Identity as Verified
-from .context import SERVER_HEADER, Context, max_forwards_of
+from .context import SERVER_HEADER, Context, forwarding_refusal, max_forwards_of
 from .events import (
     CallChanged,
     ConnectionClosed,
@@ -96,6 +97,8 @@ APP_EVENTS: tuple[type[Event], ...] = (RegistrationChanged, CallChanged, Connect
                                        ConnectionClosed)
 #: the events an app's on_event queue holds before it drops
 APP_EVENT_QUEUE = 10000
+#: the reason of the 500 a request gets when the app failed to decide
+FAILED = 'Server Internal Error (routing app)'
 
 
 def _start(hook: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
@@ -287,7 +290,6 @@ class AppRouter:
         self.serve = ServeHandle(self, frozenset(d.lower() for d in domains))
         #: the event stream on_event is subscribed to (when the app has one)
         self.events = events
-        self._subscribed: tuple[type[Event], ...] = ()
         self._subscription: Any = None
         #: credentials looked up (see :mod:`~aiosip_ws.serve.credentials`), or None
         self.credential_store: Any = None
@@ -302,17 +304,16 @@ class AppRouter:
 
     def _subscribe(self) -> None:
         """on_event to the event stream, for the kinds the current app asks for."""
-        stream, app = self.events, self.current
-        kinds = app.events if 'on_event' in app.hooks else ()
-        if stream is None or kinds == self._subscribed:
+        stream, app, subscription = self.events, self.current, self._subscription
+        kinds = frozenset(app.events if 'on_event' in app.hooks else ())
+        if stream is None or kinds == (subscription.kinds if subscription else frozenset()):
             return
-        if self._subscription is not None:
-            self.ctx.spawn(self._subscription.close())
+        if subscription is not None:
+            self.ctx.spawn(subscription.close())
             self._subscription = None
         if kinds:
             self._subscription = stream.subscribe('app', self._on_event, kinds,
                                                   maxsize=APP_EVENT_QUEUE)
-        self._subscribed = kinds
 
     async def _on_event(self, event: Event) -> None:
         app = self.current
@@ -328,7 +329,6 @@ class AppRouter:
         if self._subscription is not None:
             await self._subscription.close()
             self._subscription = None
-            self._subscribed = ()
         if self.credential_store is not None:
             await self.credential_store.close()
         try:
@@ -488,10 +488,25 @@ class AppRouter:
             aor = ''
         return Identity(verified.user, aor, how)
 
-    def _failed_reply(self, flow: Flow, request: SIPMessage, status: int = 500,
-                      reason: str = 'Server Internal Error (routing app)') -> SIPMessage:
-        return make_response(request, status, reason, to_tag=new_tag(),
-                             headers=[('Server', SERVER_HEADER)])
+    def _failed(self, request: SIPMessage, status: int = 500,
+                reason: str = FAILED) -> SIPMessage:
+        """serve's answer when the app could not decide (500), or the caller left (487)."""
+        return self.ctx.answer(request, status, reason)
+
+    def _answer_of(self, hook: str, request: SIPMessage, reply: object,
+                   lowest: int = 200) -> SIPMessage:
+        """The response of a :class:`Reply` the app returned (at least ``lowest``), counted;
+        :class:`RoutingError` for anything else."""
+        if not isinstance(reply, Reply):
+            raise RoutingError('%s returned %r: return %s' % (
+                hook, reply, 'a Reply, a Relay or None' if hook != 'on_in_dialog'
+                else 'None or a Reply of 300-699 (in-dialog requests are routed by serve)'))
+        status, reason, headers, body = reply_parts(reply, request.method or '')
+        if status < lowest:
+            raise RoutingError('%s returned Reply(%d): answer with %d-699 here'
+                               % (hook, status, lowest))
+        self._count(hook, 'reply')
+        return self.ctx.answer(request, status, reason, headers=headers, body=body)
 
     # -- the app stage --------------------------------------------------------------------
     def request_stage(self, flow: Flow, request: SIPMessage) -> bool:
@@ -518,7 +533,7 @@ class AppRouter:
                 self._reply_now('on_request', flow, request, value)
                 return True
         elif state == 'error':
-            self.ctx.send_response(flow, request, self._failed_reply(flow, request))
+            self.ctx.reply(flow, request, 500, FAILED)
             return True
         held = None
         if request.method == 'INVITE':
@@ -532,17 +547,14 @@ class AppRouter:
                                         flow.flow_state.identity))
         return True
 
-    def _reply_now(self, hook: str, flow: Flow, request: SIPMessage, reply: Reply) -> None:
+    def _reply_now(self, hook: str, flow: Flow, request: SIPMessage, reply: object,
+                   lowest: int = 200) -> None:
         try:
-            status, reason, headers, body = reply_parts(reply, request.method or '')
+            response = self._answer_of(hook, request, reply, lowest)
         except RoutingError as exc:
             self._broken(hook, exc)
-            self.ctx.send_response(flow, request, self._failed_reply(flow, request))
-            return
-        self._count(hook, 'reply')
-        self.ctx.send_response(flow, request, make_response(
-            request, status, reason, to_tag=new_tag(),
-            headers=headers + [('Server', SERVER_HEADER)], body=body))
+            response = self._failed(request)
+        self.ctx.send_response(flow, request, response)
 
     async def _on_request(self, app: LoadedApp, flow: Flow, request: SIPMessage,
                           state: str, value: Any, held: _Held | None,
@@ -554,11 +566,10 @@ class AppRouter:
             else:
                 ok, outcome = True, value
             if held is not None and held.cancelled:
-                self.ctx.send_response(flow, request, self._failed_reply(
-                    flow, request, 487, 'Request Terminated'))
+                self.ctx.reply(flow, request, 487)
                 return
             if not ok:
-                self.ctx.send_response(flow, request, self._failed_reply(flow, request))
+                self.ctx.reply(flow, request, 500, FAILED)
                 return
             if outcome is None:
                 self._count('on_request', 'default')
@@ -586,38 +597,29 @@ class AppRouter:
         """Carry out a Reply or a Relay (``deliver``: how a failure's answer goes back)."""
         send = deliver or (lambda response: self.ctx.send_response(flow, request, response))
         try:
-            if isinstance(outcome, Reply):
-                status, reason, headers, body = reply_parts(outcome, request.method or '')
-                if deliver is not None and status < 300:
-                    raise RoutingError('on_failure returned Reply(%d): a failure is answered '
-                                       'with 300-699' % status)
-                self._count(hook, 'reply')
-                send(make_response(request, status, reason, to_tag=new_tag(),
-                                   headers=headers + [('Server', SERVER_HEADER)], body=body))
-                return
             if isinstance(outcome, Relay):
                 self._count(hook, 'relay')
-                await self._relay(flow, request, outcome, rounds, held, verified)
+                await self._relay(flow, request, outcome, rounds, held, verified, send)
                 return
-            raise RoutingError('%s returned %r: return a Reply, a Relay or None'
-                               % (hook, outcome))
+            send(self._answer_of(hook, request, outcome, 300 if deliver is not None else 200))
         except RoutingError as exc:
             self._broken(hook, exc)
-            send(self._failed_reply(flow, request))
+            send(self._failed(request))
 
     async def _relay(self, flow: Flow, request: SIPMessage, relay: Relay, rounds: int,
-                     held: _Held | None, verified: Any) -> None:
-        """Send ``request`` to the app's targets, as a fork of serve's."""
+                     held: _Held | None, verified: Any,
+                     send: Callable[[SIPMessage], None]) -> None:
+        """Send ``request`` to the app's targets, as a fork of serve's (``send``: how an
+        answer of serve's own goes back)."""
         ctx = self.ctx
         max_forwards = max_forwards_of(request)
-        if max_forwards is None:
-            ctx.reply(flow, request, 400, 'Bad Request (Max-Forwards must be a number 0-255)')
+        refusal = forwarding_refusal(max_forwards)
+        if refusal is not None:
+            send(ctx.answer(request, *refusal))
             return
-        if max_forwards == 0:
-            ctx.reply(flow, request, 483)
-            return
+        assert max_forwards is not None
         if self.hops.looped(request):                    # RFC 3261 §16.3 step 4
-            ctx.reply(flow, request, 482)
+            send(ctx.answer(request, 482))
             return
         bindings: list[Binding] = []
         timeouts: dict[int, float] = {}
@@ -644,8 +646,7 @@ class AppRouter:
                 if target.timeout is not None:
                     timeouts[id(binding)] = target.timeout
         if held is not None and held.cancelled:
-            ctx.send_response(flow, request, self._failed_reply(flow, request, 487,
-                                                                'Request Terminated'))
+            send(self._failed(request, 487, 'Request Terminated'))
             return
         if not bindings:
             if unreachable:
@@ -711,9 +712,9 @@ class AppRouter:
                            rounds + 1),
                 Response(response, by_serve=by_serve, attempt=rounds + 1))
             if held.cancelled:
-                deliver(self._failed_reply(origin, request, 487, 'Request Terminated'))
+                deliver(self._failed(request, 487, 'Request Terminated'))
             elif not ok:
-                deliver(self._failed_reply(origin, request))
+                deliver(self._failed(request))
             elif outcome is None:
                 self._count('on_failure', 'default')
                 deliver(response)
@@ -745,9 +746,9 @@ class AppRouter:
             if value is None:
                 self._count('on_in_dialog', 'default')
                 return False
-            self._refusal(flow, request, value)
+            self._reply_now('on_in_dialog', flow, request, value, 300)
         elif state == 'error':
-            self.ctx.send_response(flow, request, self._failed_reply(flow, request))
+            self.ctx.reply(flow, request, 500, FAILED)
         else:
             self.ctx.spawn(self._on_in_dialog(app, flow, request, value))
         return True
@@ -756,32 +757,14 @@ class AppRouter:
                             awaitable: Awaitable[Any]) -> None:
         ok, outcome = await self._wait(app, 'on_in_dialog', awaitable)
         if not ok:
-            self.ctx.send_response(flow, request, self._failed_reply(flow, request))
+            self.ctx.reply(flow, request, 500, FAILED)
             return
         if outcome is None:
             self._count('on_in_dialog', 'default')
             assert self.resume is not None
             self.resume(flow, request, 'app in-dialog')
             return
-        self._refusal(flow, request, outcome)
-
-    def _refusal(self, flow: Flow, request: SIPMessage, outcome: object) -> None:
-        try:
-            if not isinstance(outcome, Reply):
-                raise RoutingError('on_in_dialog returned %r: in-dialog requests are routed '
-                                   'by serve; return None or a Reply of 300-699' % (outcome,))
-            status, reason, headers, body = reply_parts(outcome, request.method or '')
-            if status < 300:
-                raise RoutingError('on_in_dialog returned Reply(%d): it may refuse (300-699) '
-                                   'and nothing more' % status)
-        except RoutingError as exc:
-            self._broken('on_in_dialog', exc)
-            self.ctx.send_response(flow, request, self._failed_reply(flow, request))
-            return
-        self._count('on_in_dialog', 'reply')
-        self.ctx.send_response(flow, request, make_response(
-            request, status, reason, headers=headers + [('Server', SERVER_HEADER)], body=body))
-
+        self._reply_now('on_in_dialog', flow, request, outcome, 300)
 
     # -- identity from the app -------------------------------------------------------------
     async def credentials(self, user: str, realm: str) -> Credentials | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..core.sipuri import NameAddr
 from ..errors import SIPParseError
+from .events import CallChanged
 
 __all__ = ['CallBook', 'CallRecord']
 
@@ -53,6 +54,17 @@ class CallBook:
 
     def get(self, call_id: str) -> CallRecord | None:
         return self._calls.get(call_id)
+
+    def event(self, change: str, record: CallRecord | None, status: int | None, flow: Any,
+              ended_by: str | None = None, *, call_id: str = '', caller: str = '',
+              callee: str = '') -> CallChanged:
+        """The :class:`CallChanged` of a call: its parties and times from ``record``, or,
+        when the book has none, the ``call_id``, ``caller`` and ``callee`` given."""
+        if record is None:
+            return CallChanged(change, call_id, caller, callee, status, flow, None, None,
+                               ended_by, self.node)
+        return CallChanged(change, record.call_id, record.caller, record.callee, status, flow,
+                           record.started, record.answered, ended_by, self.node)
 
     def attempted(self, call_id: str, caller: str, callee: str, origin: Any) -> CallRecord:
         record = self._calls.get(call_id)

@@ -31,7 +31,8 @@ from .transactions import ClientTransactions, without_top_via
 if TYPE_CHECKING:
     from .cluster import Cluster
 
-__all__ = ['Context', 'SERVER_HEADER', 'ALLOWED_METHODS', 'max_forwards_of', 'Rewrite']
+__all__ = ['Context', 'SERVER_HEADER', 'ALLOWED_METHODS', 'max_forwards_of',
+           'forwarding_refusal', 'Rewrite']
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,17 @@ def max_forwards_of(message: SIPMessage) -> int | None:
         return message.max_forwards()
     except SIPParseError:
         return None
+
+
+def forwarding_refusal(max_forwards: int | None) -> tuple[int, str | None] | None:
+    """Why a request that came with ``max_forwards`` (:func:`max_forwards_of`) cannot be
+    relayed (RFC 3261 §16.3 step 3): ``(400, reason)`` when it is malformed, ``(483,
+    None)`` at 0; None when it may go on."""
+    if max_forwards is None:
+        return 400, 'Bad Request (Max-Forwards must be a number 0-255)'
+    if max_forwards == 0:
+        return 483, None
+    return None
 
 
 class Context:
@@ -96,13 +108,21 @@ class Context:
         Call-ID, CSeq, plus ``headers`` and our Server header.  ACKs get no answer."""
         if request.method == 'ACK':
             return
-        response = make_response(request, status, reason, to_tag=new_tag(),
-                                 headers=list(headers or ()) + [('Server', SERVER_HEADER)])
+        response = self.answer(request, status, reason, headers=headers)
         if flow.is_open:
             self.send(flow, response)
         elif not self.closing:         # RFC 3261 §18.2.2: a WebSocket client cannot be reached
             logger.info('dropped %d %s to %s: the WebSocket connection is gone', status,
                         response.reason, request.method)
+
+    @staticmethod
+    def answer(request: SIPMessage, status: int, reason: str | None = None, *,
+               headers: list[tuple[str, str]] | None = None, body: bytes = b'') -> SIPMessage:
+        """serve's own response to ``request`` (not sent): a To tag, ``headers``, our Server
+        header, ``body``."""
+        return make_response(request, status, reason, to_tag=new_tag(),
+                             headers=list(headers or ()) + [('Server', SERVER_HEADER)],
+                             body=body)
 
     def bad_request(self, flow: Flow, request: SIPMessage, error: SIPParseError) -> None:
         """400 for a header that cannot be parsed: the one place serve writes it."""

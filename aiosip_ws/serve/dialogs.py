@@ -172,15 +172,11 @@ class Dialogs:
             tag = bye.from_addr().tag
         except SIPParseError:
             tag = None
-        if record is None:
-            self.ctx.events.publish(CallChanged(
-                'ended', call_id, bye.get('From') or '', bye.get('To') or '', status, origin,
-                node=book.node))
-            return
-        self.ctx.events.publish(CallChanged(
-            'ended', call_id, record.caller, record.callee, status, origin, record.started,
-            record.answered, 'caller' if tag is not None and tag == record.caller_tag
-            else 'callee', book.node))
+        ended_by = None if record is None else \
+            'caller' if tag is not None and tag == record.caller_tag else 'callee'
+        self.ctx.events.publish(book.event('ended', record, status, origin, ended_by,
+                                           call_id=call_id, caller=bye.get('From') or '',
+                                           callee=bye.get('To') or ''))
 
     async def _rewritten(self, origin: Flow, peer: Flow, original: SIPMessage,
                          response: SIPMessage, rewrite: Rewrite) -> None:

@@ -13,7 +13,7 @@ from ..core.flowtoken import FlowTokenError, FlowTokens
 from ..core.sipuri import SipURI
 from ..errors import SIPParseError
 from ..transport.throttle import LogThrottle
-from .context import Context, max_forwards_of
+from .context import Context, forwarding_refusal, max_forwards_of
 from .dialogs import Dialogs
 from .flow import Flow
 from .fork import LEARN_FROM
@@ -66,9 +66,11 @@ class Edge:
         ``<sip:TOKEN@EDGE;lr>``, ``;ob`` when the Contact asks for Outbound (``reg-id``)."""
         token = self.flow_tokens.issue(flow.flow_state.flow_id)
         max_forwards = max_forwards_of(request)
-        if max_forwards is None or max_forwards == 0:
-            self.ctx.reply(flow, request, 400 if max_forwards is None else 483)
+        refusal = forwarding_refusal(max_forwards)
+        if refusal is not None:
+            self.ctx.reply(flow, request, *refusal)
             return
+        assert max_forwards is not None
         outbound = any('reg-id=' in value.replace(' ', '') for value in request.get_all('Contact'))
 
         def add_path(hop: Any) -> None:

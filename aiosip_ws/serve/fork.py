@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core.codec import SIPMessage, invite_companion, make_response
-from ..core.transaction import cancel_key, new_tag
+from ..core.transaction import cancel_key
 from ..errors import AiosipWSError, TransactionTimeout
 from ..transport.throttle import LogThrottle
 from .context import SERVER_HEADER, Context
@@ -112,8 +112,7 @@ class Forker:
                identity: Any = None) -> None:
         """Answer ``request`` with a failure of serve's own, which failure routing may
         turn into another attempt (an INVITE's)."""
-        response = make_response(request, status, reason, to_tag=new_tag(),
-                                 headers=list(headers or ()) + [('Server', SERVER_HEADER)])
+        response = self.ctx.answer(request, status, reason, headers=headers)
         invite = request.method == 'INVITE'
         if invite and rounds == 0:
             self.call_changed('attempted', flow, request)
@@ -145,10 +144,8 @@ class Forker:
             record = book.ended(call_id)
         else:
             record = book.get(call_id)
-        events.publish(CallChanged(
-            change, call_id, caller, callee, status, origin,
-            record.started if record is not None else None,
-            record.answered if record is not None else None, ended_by, book.node))
+        events.publish(book.event(change, record, status, origin, ended_by, call_id=call_id,
+                                  caller=caller, callee=callee))
 
     def fail(self, origin: Flow, request: SIPMessage, response: SIPMessage, by_serve: bool,
              rounds: int, deliver: Callable[[SIPMessage], None], identity: Any = None) -> None:
@@ -574,9 +571,8 @@ class Fork:
         else:
             status = 487 if self.cancelled else 408 if self.timed_out else 480
             reason, headers = None, []
-        self._fail_upstream(self.origin, make_response(
-            self.request, status, reason, to_tag=new_tag(),
-            headers=list(headers) + [('Server', SERVER_HEADER)]), True)
+        self._fail_upstream(self.origin, self.ctx.answer(self.request, status, reason,
+                                                         headers=headers), True)
 
     # -- CANCEL ---------------------------------------------------------------------------
     def cancel(self, reason: str | None) -> None:

@@ -209,9 +209,7 @@ class Metrics:
     def app_hook(self, hook: str, outcome: str) -> None:
         """A call of a routing app's hook, by what came of it (counted per request: kept
         here until the next scrape, as the per-message counts are)."""
-        pending = self._pending
-        key = (self.app_hooks, hook, outcome)
-        pending[key] = pending.get(key, 0) + 1
+        self._count((self.app_hooks, hook, outcome))
 
     def flush(self) -> None:
         """Add the per-message counts to their Prometheus series."""

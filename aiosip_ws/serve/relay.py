@@ -58,7 +58,13 @@ from .admission import Admission
 from .auth import DigestAuthenticator, Identity
 from .bridge import NetworkSide
 from .contacts import ContactIndex
-from .context import ALLOWED_METHODS, SERVER_HEADER, Context, max_forwards_of
+from .context import (
+    ALLOWED_METHODS,
+    SERVER_HEADER,
+    Context,
+    forwarding_refusal,
+    max_forwards_of,
+)
 from .dialogs import Dialogs
 from .edge import Edge
 from .events import (
@@ -183,8 +189,10 @@ class RelayServer:
                 self, redis_url, node_id or socket.gethostname().split('.')[0])
             ctx.contacts.shared = self.cluster.claim
             ctx.transactions.forward = self.cluster.forward_response
-        #: the name of this node in the call events: the cluster's, else ``node_id``
-        ctx.calls.node = self.cluster.node if self.cluster is not None else node_id
+        #: this node's name (in the call events, HEP, the call history): the cluster's,
+        #: else ``node_id``, or None
+        self.node = ctx.calls.node = self.cluster.node if self.cluster is not None \
+            else node_id
         #: the pipeline: every request meets these stages in this order, until one takes
         #: it (returns True).  Each is a plain method of a collaborator; the third item
         #: names the only methods it is for (None: every method).  After a change to the
@@ -201,8 +209,8 @@ class RelayServer:
             ('identity', self.admission.identify, None),  # token or Digest (401/407/403)
             ('route', self._route, None),                 # the method's route
         ]
-        #: method -> (the stages it meets, where those after 'identity' begin, their names)
-        self._plans: dict[str, tuple[tuple[Stage, ...], int, tuple[str, ...]]] = {}
+        #: method -> (the stages it meets, their names)
+        self._plans: dict[str, tuple[tuple[Stage, ...], tuple[str, ...]]] = {}
         #: the routing app (``--app``, :meth:`use_app`), or None
         self.app_router: AppRouter | None = None
 
@@ -241,30 +249,26 @@ class RelayServer:
         """:attr:`stages` changed: plan the methods' paths again."""
         self._plans.clear()
 
-    def _plan(self, method: str) -> tuple[tuple[Stage, ...], int, tuple[str, ...]]:
+    def _plan(self, method: str) -> tuple[tuple[Stage, ...], tuple[str, ...]]:
         plan = self._plans.get(method)
         if plan is None:
             # a method with a route passes 'method' (405) whatever it is: left out
             mine = [(name, stage) for name, stage, methods in self.stages
                     if (methods is None or method in methods)
                     and not (stage == self._method and method in self.routes)]
-            names = [name for name, _ in mine]
-            after = names.index('identity') + 1 if 'identity' in names else len(mine)
-            plan = self._plans[method] = (tuple(stage for _, stage in mine), after,
-                                          tuple(names))
+            plan = self._plans[method] = (tuple(stage for _, stage in mine),
+                                          tuple(name for name, _ in mine))
             if len(self._plans) > 64:                    # methods are tokens: bounded
                 self._plans.clear()
         return plan
 
-    def _request_received(self, flow: Flow, request: SIPMessage,
-                          after_identity: bool = False) -> None:
-        """Run ``request`` through its method's :attr:`stages` (those after 'identity'
-        only, when it has been settled); a header a stage cannot parse is answered 400
-        here."""
+    def _request_received(self, flow: Flow, request: SIPMessage, start: int = 0) -> None:
+        """Run ``request`` through its method's :attr:`stages` (from the ``start``-th); a
+        header a stage cannot parse is answered 400 here."""
         plan = self._plans.get(request.method or '')
-        stages, after, _ = plan if plan is not None else self._plan(request.method or '')
+        stages = (plan if plan is not None else self._plan(request.method or ''))[0]
         try:
-            for stage in stages[after:] if after_identity else stages:
+            for stage in stages[start:] if start else stages:
                 if stage(flow, request):
                     return
         except SIPParseError as exc:
@@ -272,7 +276,7 @@ class RelayServer:
 
     def _after_identity(self, flow: Flow, request: SIPMessage) -> None:
         """The identity stage settled later (a cluster's nonce count): the rest now."""
-        self._request_received(flow, request, after_identity=True)
+        self._resume(flow, request, 'identity')
 
     def _identify_again(self, flow: Flow, request: SIPMessage) -> None:
         """The identity stage waited for a user lookup: from that stage again."""
@@ -280,15 +284,10 @@ class RelayServer:
 
     def _resume(self, flow: Flow, request: SIPMessage, after: str, *, at: bool = False) -> None:
         """A stage that took ``request`` to a task hands it on: the stages after ``after``
-        (``at``: from ``after`` itself)."""
-        stages, _, names = self._plan(request.method or '')
-        start = (names.index(after) + (0 if at else 1)) if after in names else len(stages)
-        try:
-            for stage in stages[start:]:
-                if stage(flow, request):
-                    return
-        except SIPParseError as exc:
-            self.ctx.bad_request(flow, request, exc)
+        (``at``: from ``after`` itself; none when the method's path has no such stage)."""
+        stages, names = self._plan(request.method or '')
+        if after in names:
+            self._request_received(flow, request, names.index(after) + (0 if at else 1))
 
     def _cancel(self, flow: Flow, request: SIPMessage) -> bool:
         self.forker.cancel(flow, request)
@@ -364,12 +363,11 @@ class RelayServer:
                 ctx.reply(flow, request, 404, 'Not Found (no user in the Request-URI)')
             return None
         max_forwards = max_forwards_of(request)
-        if max_forwards is None:
-            ctx.reply(flow, request, 400, 'Bad Request (Max-Forwards must be a number 0-255)')
+        refusal = forwarding_refusal(max_forwards)
+        if refusal is not None:
+            ctx.reply(flow, request, *refusal)
             return None
-        if max_forwards == 0:
-            ctx.reply(flow, request, 483)
-            return None
+        assert max_forwards is not None
         if self.hops.active and self.hops.route(flow, request, target, max_forwards):
             return None
         if self.cluster is not None:
@@ -605,12 +603,11 @@ class RelayServer:
 
     def _calls_lost(self, conn: Any) -> None:
         """A party's connection went during calls it was in: those calls ended (no BYE)."""
-        for record in self.ctx.calls.flow_lost(conn):
+        book = self.ctx.calls
+        for record in book.flow_lost(conn):
             if self.events.wants(CallChanged):
-                self.events.publish(CallChanged(
-                    'ended', record.call_id, record.caller, record.callee, None, conn,
-                    record.started, record.answered,
-                    'caller' if conn is record.origin else 'callee', self.ctx.calls.node))
+                self.events.publish(book.event('ended', record, None, conn,
+                                               'caller' if conn is record.origin else 'callee'))
 
     def message_received(self, conn: Any, message: SIPMessage) -> None:
         events = self.events

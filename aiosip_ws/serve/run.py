@@ -112,8 +112,7 @@ async def serve(config: ServeConfig, *,
             print('aiosip-ws serve: %s' % exc, file=sys.stderr)
             await server.close()
             return 2
-    # the name HEP and the call history give this node
-    node = server.cluster.node if server.cluster is not None else config.node_id
+    node = server.node                   # what HEP and the call history name this node
     admin_token = config.secret('admin_token')
     history = None
     if admin_token:
