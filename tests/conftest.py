@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -48,6 +49,29 @@ async def relay() -> AsyncIterator[tuple[RelayServer, str]]:
         yield server, listener.bound_url
     finally:
         await server.close()
+
+
+@pytest.fixture
+async def serve_with() -> AsyncIterator[Any]:
+    """``start(app, prepare=None, **use_app_options)``: serve in-process on a free port
+    routing with ``app`` (``prepare(server, router)`` sees both before it listens):
+    (server, ws URL); every server started is closed at the end."""
+    servers: list[RelayServer] = []
+
+    async def start(app: object, prepare: Any = None,
+                    **options: Any) -> tuple[RelayServer, str]:
+        server = RelayServer()
+        router = server.use_app(app, **options)
+        if prepare is not None:
+            prepare(server, router)
+        [listener] = await server.start('ws://127.0.0.1:0/')
+        servers.append(server)
+        return server, listener.bound_url
+    try:
+        yield start
+    finally:
+        for server in servers:
+            await server.close()
 
 
 @pytest.fixture

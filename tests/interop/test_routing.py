@@ -10,6 +10,7 @@ refused with 407 before the gateway."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shlex
@@ -257,17 +258,27 @@ def browsers_available() -> None:
         _unavailable('browser agents', exc)
 
 
-async def chromium_beside(serve: Documented, tmp_path: Path):
-    """A headless Chromium in serve's network namespace, started."""
+@contextlib.asynccontextmanager
+async def chromium_beside(line: str, tmp_path: Path):
+    """The page's serve line started as written, and a headless Chromium in its network
+    namespace; both stopped at the end (serve cleanly)."""
     from tests.interop.conftest import _unavailable
     from tests.support.browser import Browser
-    browser = Browser(tmp_path / 'chromium', netns_pid=serve.proc.pid)
+    browsers_available()
+    serve = Documented(line, tmp_path)
     try:
-        await browser.start()
-    except RuntimeError as exc:
-        await browser.close()
-        _unavailable('chromium', exc)
-    return browser
+        browser = Browser(tmp_path / 'chromium', netns_pid=serve.proc.pid)
+        try:
+            await browser.start()
+        except RuntimeError as exc:
+            await browser.close()
+            _unavailable('chromium', exc)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+    finally:
+        serve.stop()
 
 
 async def test_call_records_say_who_ended_each_call_and_how_long_it_lasted(tmp_path):
@@ -345,13 +356,7 @@ async def test_users_from_sqlite_register_and_call_in_chromium(tmp_path):
         connection.execute('CREATE TABLE users(username TEXT, realm TEXT, ha1 TEXT)')
     add('alice', 'secret')
     add('bob', 'secret')
-    serve = Documented(line, tmp_path)
-    try:
-        browser = await chromium_beside(serve, tmp_path)
-    except BaseException:
-        serve.stop()
-        raise
-    try:
+    async with chromium_beside(line, tmp_path) as browser:
         alice, bob = await answered_jssip_call(browser, URL)
         await alice.hangup()
         await bob.wait_event('ended', timeout=10)
@@ -372,20 +377,10 @@ async def test_users_from_sqlite_register_and_call_in_chromium(tmp_path):
         assert (await dave.wait_event('registrationFailed', timeout=10))['status'] == 401
         await asyncio.sleep(max(0.0, ttl - (time.monotonic() - missed)) + 0.5)
         assert (await dave.register())['status'] == 200
-    finally:
-        await browser.close()
-        serve.stop()
 
 
 async def test_the_chatbot_echoes_a_message_sent_from_chromium(tmp_path):
-    browsers_available()
-    serve = Documented(documented('ECHO_USER='), tmp_path)
-    try:
-        browser = await chromium_beside(serve, tmp_path)
-    except BaseException:
-        serve.stop()
-        raise
-    try:
+    async with chromium_beside(documented('ECHO_USER='), tmp_path) as browser:
         alice = await browser.agent('jssip', url=URL, aor='sip:alice@example.com',
                                     name='alice')
         assert (await alice.register())['status'] == 200
@@ -393,6 +388,3 @@ async def test_the_chatbot_echoes_a_message_sent_from_chromium(tmp_path):
         assert (await alice.wait_event('messageSent', timeout=10))['status'] == 200
         echoed = await alice.wait_event('message', timeout=10)
         assert (echoed['from'], echoed['body']) == ('sip:echo@example.com', 'hello, bot')
-    finally:
-        await browser.close()
-        serve.stop()

@@ -19,23 +19,6 @@ from tests.support import REPO, eventually
 from tests.support.sip import SDP, answer, invite, message, quiet, recv, register_raw
 
 
-@pytest.fixture
-async def serve_with():
-    servers = []
-
-    async def start(app, **kwargs):
-        server = RelayServer()
-        server.use_app(app, **kwargs)
-        [listener] = await server.start('ws://127.0.0.1:0/')
-        servers.append(server)
-        return server, listener.bound_url
-    try:
-        yield start
-    finally:
-        for server in servers:
-            await server.close()
-
-
 def ws(url):
     return connect(url, subprotocols=['sip'], proxy=None)
 

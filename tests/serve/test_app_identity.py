@@ -70,23 +70,15 @@ class Store(App):
 
 
 @pytest.fixture
-async def with_store():
-    servers = []
-
-    async def start(app, **store_options):
-        server = RelayServer()
-        router = server.use_app(app)
-        store = router.credential_store = CredentialStore(router.credentials, REALM,
-                                                          **store_options)
-        server.admission.auth = DigestAuthenticator(store, REALM)
-        [listener] = await server.start('ws://127.0.0.1:0/')
-        servers.append(server)
-        return server, listener.bound_url
-    try:
-        yield start
-    finally:
-        for server in servers:
-            await server.close()
+def with_store(serve_with):
+    """``serve_with`` whose users come from the app's credentials (as ``run`` wires them)."""
+    def start(app, **store_options):
+        def prepare(server, router):
+            store = router.credential_store = CredentialStore(router.credentials, REALM,
+                                                              **store_options)
+            server.admission.auth = DigestAuthenticator(store, REALM)
+        return serve_with(app, prepare)
+    return start
 
 
 async def test_users_come_from_the_app_cached_with_misses_and_their_algorithms(with_store):
