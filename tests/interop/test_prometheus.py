@@ -69,14 +69,19 @@ async def assert_gauges(prometheus: Prometheus, connections: int, bindings: int)
 
 
 async def test_one_process_is_up_and_its_gauges_follow_a_client(serve_process, prometheus, tmp_path):
+    """With a routing app (``--app``), whose hook calls Prometheus counts too."""
     port = free_port()
     scraper = prometheus(['127.0.0.1:%d' % port])      # first: its discovery takes 5 s
-    process = serve_process('--listen', 'ws://127.0.0.1:%d/' % port)
+    app = tmp_path / 'app.py'
+    app.write_text('async def on_request(request):\n    return None\n')
+    process = serve_process('--listen', 'ws://127.0.0.1:%d/' % port, '--app', str(app))
     await assert_up(scraper)
     await assert_gauges(scraper, 0, 0)
     async with ws(process.urls[0]) as alice:
         await register(alice, 'alice')
         await assert_gauges(scraper, 1, 1)
+        assert await scraper.wait_value('aiosip_ws_app_hooks_total{job="aiosip-ws",'
+                                        'hook="on_request",outcome="default"}', 1) == 1
     await assert_gauges(scraper, 0, 0)                  # gone: its binding with it
     code, _, err = process.stop()
     assert code == 0 and 'Traceback' not in err, err
