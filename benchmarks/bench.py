@@ -1931,7 +1931,8 @@ def machine() -> dict[str, str]:
         kamailio = m.group(1) if m else kamailio
     return {'cpu': '%s, %d cores' % (cpu, os.cpu_count() or 0), 'memory': mem,
             'os': '%s %s' % (platform.system(), platform.release()),
-            'python': platform.python_version(), 'websockets': websockets.__version__,
+            'python': '%s (%s)' % (platform.python_version(), sys.base_prefix),
+            'websockets': websockets.__version__,
             'aiosip': '0.2.0', 'aiosip-ws': aiosip_ws.__version__, 'kamailio': kamailio,
             'loop': event_loop()}
 

@@ -276,23 +276,22 @@ class SIPMessage:
 
     def set(self, name: str, value: str) -> None:
         """Replace every ``name`` header by one with ``value`` (kept at the first one's place)."""
-        wanted = canonical_name(name).lower()
-        out: list[tuple[str, str]] = []
-        placed = False
-        for key, old in self.headers:
-            if key.lower() == wanted:
-                if not placed:
-                    out.append((key, value))
-                    placed = True
-            else:
-                out.append((key, old))
-        if not placed:
-            out.append((canonical_name(name), value))
-        self.headers = out
+        wanted, lower, size = _LOOKUP.get(name) or _lookup(name)
+        headers = self.headers              # a new list: another message may share this one
+        for at, (key, _) in enumerate(headers):
+            if key == wanted or (len(key) == size and key.lower() == lower):
+                out = headers[:at]
+                out.append((key, value))
+                out.extend((k, v) for k, v in headers[at + 1:]          # later ones go
+                           if not (k == wanted or (len(k) == size and k.lower() == lower)))
+                self.headers = out
+                return
+        self.headers = [*headers, (wanted, value)]
 
     def remove(self, name: str) -> None:
-        wanted = canonical_name(name).lower()
-        self.headers = [(k, v) for k, v in self.headers if k.lower() != wanted]
+        wanted, lower, size = _LOOKUP.get(name) or _lookup(name)
+        self.headers = [(k, v) for k, v in self.headers
+                        if not (k == wanted or (len(k) == size and k.lower() == lower))]
 
     @property
     def cseq(self) -> tuple[int, str]:
@@ -617,7 +616,9 @@ def _check_headers(msg: SIPMessage, body: bytes, is_request: bool, strict: bool)
                 and len(number) < 10:
             msg._cseq_parsed = (cseq, (int(number), cseq_method))
         else:                                   # the whole check, and what is wrong
-            _, cseq_method = _parse_cseq(cseq)
+            parsed = _parse_cseq(cseq)
+            msg._cseq_parsed = (cseq, parsed)
+            cseq_method = parsed[1]
         if is_request and cseq_method != msg.method:
             raise SIPParseError('CSeq method %s does not match request method %s' % (
                 _excerpt(cseq_method, quote=False), _excerpt(msg.method, quote=False)))
@@ -718,8 +719,10 @@ def make_response(request: SIPMessage, status: int, reason: str | None = None, *
             value = '%s;tag=%s' % (value, to_tag)
         copied.append((name, value))
     copied.extend(headers)
-    return SIPMessage(status=status, reason=reason or REASONS.get(status, ''), headers=copied,
-                      body=body)
+    response = SIPMessage(status=status, reason=reason or REASONS.get(status, ''),
+                          headers=copied, body=body)
+    response._cseq_parsed = request._cseq_parsed    # its CSeq is the request's (same str)
+    return response
 
 
 def invite_companion(method: str, invite: SIPMessage, *, uri: str,

@@ -44,12 +44,30 @@ def _encode(value: Value, out: list[bytes]) -> None:
         out.append(b'%d:' % len(data))
         out.append(data)
         return
+    if kind is bytes:
+        out.append(b'%d:' % len(value))
+        out.append(value)
+        return
     if kind is list:
         out.append(b'l')
         for item in value:
             _encode(item, out)
         out.append(b'e')
         return
+    if kind is dict:
+        try:
+            keys = sorted(value)        # str keys: their UTF-8 sorts as they do
+        except TypeError:
+            keys = None
+        if keys is not None and all(type(key) is str for key in keys):
+            out.append(b'd')
+            for key in keys:
+                data = key.encode('utf-8')
+                out.append(b'%d:' % len(data))
+                out.append(data)
+                _encode(value[key], out)
+            out.append(b'e')
+            return
     if isinstance(value, bool):
         value = int(value)
     if isinstance(value, int):

@@ -8,6 +8,7 @@ this module says how long the timers are, what matches what, and, in
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,12 +37,12 @@ TIMER_F = 64 * T1
 
 def new_branch() -> str:
     """An RFC 3261 §8.1.1.7 branch: the magic cookie and 64 random bits."""
-    return MAGIC_COOKIE + secrets.token_hex(8)
+    return MAGIC_COOKIE + os.urandom(8).hex()          # secrets.token_hex, minus 3 calls
 
 
 def new_tag() -> str:
     """A From/To tag with 48 random bits (RFC 3261 §19.3 asks for at least 32)."""
-    return secrets.token_hex(6)
+    return os.urandom(6).hex()
 
 
 def new_call_id() -> str:

@@ -375,9 +375,19 @@ class Media:
         if offers:
             if call.call_id not in self.calls:
                 self._remember(call)
-            results = await asyncio.gather(*(
-                self._offer(call, request, branch, callee) for _, branch, callee in offers),
-                return_exceptions=True)
+            results: list[Any]
+            if len(offers) == 1:                # the usual case: no gather, no task
+                _, branch, callee = offers[0]
+                try:
+                    results = [await self._offer(call, request, branch, callee)]
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - as gather's return_exceptions
+                    results = [exc]
+            else:
+                results = await asyncio.gather(*(
+                    self._offer(call, request, branch, callee) for _, branch, callee in offers),
+                    return_exceptions=True)
             for (binding, branch, _), result in zip(offers, results, strict=True):
                 if isinstance(result, BaseException):
                     if isinstance(result, asyncio.CancelledError):
