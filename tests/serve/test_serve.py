@@ -196,3 +196,20 @@ def test_serve_logs_the_bound_address_not_port_0(serve_process):
     assert code == 0, err
     assert 'listening for SIP over WebSocket on %s' % url in err
     assert ':0/' not in err
+
+
+def test_serve_collects_young_objects_less_often():
+    """serve raises the young generation's threshold (its transactions live 32 s), keeps a
+    higher one and leaves a disabled collector (threshold 0) alone."""
+    import gc
+
+    from aiosip_ws.serve.run import GC_YOUNG_THRESHOLD, _collect_less
+    saved = gc.get_threshold()
+    try:
+        for before, after in (((700, 10, 10), (GC_YOUNG_THRESHOLD, 10, 10)),
+                              ((50_000, 5, 7), (50_000, 5, 7)), ((0, 10, 10), (0, 10, 10))):
+            gc.set_threshold(*before)
+            _collect_less()
+            assert gc.get_threshold() == after
+    finally:
+        gc.set_threshold(*saved)
