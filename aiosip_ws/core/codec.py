@@ -35,6 +35,7 @@ import contextlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ..errors import SIPParseError
 from .grammar import (
@@ -179,20 +180,25 @@ class Via:
 
 #: Via text -> Via, the last PARSE_CACHE_SIZE parsed (oldest out first; errors never kept)
 _VIAS: dict[str, Via] = {}
+#: CSeq text -> (number, method), the same way: a proxy asks for the CSeq of the messages
+#: it builds from a parsed one (a response, a relayed copy) as much as of that one
+_CSEQS: dict[str, tuple[int, str]] = {}
+_Parsed = TypeVar('_Parsed')
 
 
 def _cached_via(value: str) -> Via:
     via = _VIAS.get(value)
     if via is None:
         via = Via._parse(value)
-        _remember_via(value, via)
+        _remember(_VIAS, value, via)
     return via
 
 
-def _remember_via(value: str, via: Via) -> None:
-    if len(_VIAS) >= PARSE_CACHE_SIZE:
-        del _VIAS[next(iter(_VIAS))]
-    _VIAS[value] = via
+def _remember(table: dict[str, _Parsed], text: str, parsed: _Parsed) -> None:
+    """Keep ``parsed`` for ``text`` in ``table`` (at most PARSE_CACHE_SIZE, oldest out)."""
+    if len(table) >= PARSE_CACHE_SIZE:
+        del table[next(iter(table))]
+    table[text] = parsed
 
 
 def mark_received(request: SIPMessage, host: str, port: int) -> None:
@@ -216,7 +222,7 @@ def mark_received(request: SIPMessage, host: str, port: int) -> None:
             kept.append(('rport', str(port)))
         marked_via = Via(via.transport, via.host, via.port, tuple(kept), via.version)
         marked = str(marked_via)
-        _remember_via(marked, marked_via)        # the transaction layer asks for it next
+        _remember(_VIAS, marked, marked_via)        # the transaction layer asks for it next
         request.headers[index] = (name, ', '.join([marked, *parts[1:]]))
         return
 
@@ -237,9 +243,6 @@ class SIPMessage:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b''
     version: str = 'SIP/2.0'
-    #: (the CSeq value, what it parsed to): the parser checked it, the property reuses it
-    _cseq_parsed: tuple[str, tuple[int, str]] | None = field(
-        default=None, init=False, repr=False, compare=False)
 
     @property
     def is_request(self) -> bool:
@@ -277,16 +280,18 @@ class SIPMessage:
     def set(self, name: str, value: str) -> None:
         """Replace every ``name`` header by one with ``value`` (kept at the first one's place)."""
         wanted, lower, size = _LOOKUP.get(name) or _lookup(name)
-        headers = self.headers              # a new list: another message may share this one
-        for at, (key, _) in enumerate(headers):
+        out: list[tuple[str, str]] = []
+        placed = False
+        for key, old in self.headers:
             if key == wanted or (len(key) == size and key.lower() == lower):
-                out = headers[:at]
-                out.append((key, value))
-                out.extend((k, v) for k, v in headers[at + 1:]          # later ones go
-                           if not (k == wanted or (len(k) == size and k.lower() == lower)))
-                self.headers = out
-                return
-        self.headers = [*headers, (wanted, value)]
+                if not placed:
+                    out.append((key, value))
+                    placed = True
+            else:
+                out.append((key, old))
+        if not placed:
+            out.append((wanted, value))
+        self.headers = out
 
     def remove(self, name: str) -> None:
         wanted, lower, size = _LOOKUP.get(name) or _lookup(name)
@@ -299,12 +304,11 @@ class SIPMessage:
         value = self.get('CSeq')
         if value is None:
             raise SIPParseError('missing CSeq header')
-        parsed = self._cseq_parsed
-        if parsed is not None and parsed[0] is value:
-            return parsed[1]
-        result = _parse_cseq(value)
-        self._cseq_parsed = (value, result)
-        return result
+        parsed = _CSEQS.get(value)
+        if parsed is None:
+            parsed = _parse_cseq(value)
+            _remember(_CSEQS, value, parsed)
+        return parsed
 
     @property
     def vias(self) -> list[Via]:
@@ -611,14 +615,16 @@ def _check_headers(msg: SIPMessage, body: bytes, is_request: bool, strict: bool)
             raise SIPParseError('missing mandatory header%s %s' % (
                 's' if len(missing) > 1 else '', ', '.join(missing)))
     if cseq is not None:
-        number, _, cseq_method = cseq.partition(' ')
-        if cseq_method == msg.method and number.isdigit() and number.isascii() \
-                and len(number) < 10:
-            msg._cseq_parsed = (cseq, (int(number), cseq_method))
-        else:                                   # the whole check, and what is wrong
-            parsed = _parse_cseq(cseq)
-            msg._cseq_parsed = (cseq, parsed)
-            cseq_method = parsed[1]
+        parsed = _CSEQS.get(cseq)
+        if parsed is None:
+            number, _, cseq_method = cseq.partition(' ')
+            if cseq_method == msg.method and number.isdigit() and number.isascii() \
+                    and len(number) < 10:
+                parsed = (int(number), cseq_method)
+            else:                               # the whole check, and what is wrong
+                parsed = _parse_cseq(cseq)
+            _remember(_CSEQS, cseq, parsed)
+        cseq_method = parsed[1]
         if is_request and cseq_method != msg.method:
             raise SIPParseError('CSeq method %s does not match request method %s' % (
                 _excerpt(cseq_method, quote=False), _excerpt(msg.method, quote=False)))
@@ -719,10 +725,8 @@ def make_response(request: SIPMessage, status: int, reason: str | None = None, *
             value = '%s;tag=%s' % (value, to_tag)
         copied.append((name, value))
     copied.extend(headers)
-    response = SIPMessage(status=status, reason=reason or REASONS.get(status, ''),
-                          headers=copied, body=body)
-    response._cseq_parsed = request._cseq_parsed    # its CSeq is the request's (same str)
-    return response
+    return SIPMessage(status=status, reason=reason or REASONS.get(status, ''), headers=copied,
+                      body=body)
 
 
 def invite_companion(method: str, invite: SIPMessage, *, uri: str,

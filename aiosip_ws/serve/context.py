@@ -171,7 +171,6 @@ class Context:
             return                                     # 100 Trying is hop-by-hop
         relayed = SIPMessage(status=response.status, reason=response.reason,
                              headers=without_top_via(response.headers), body=response.body)
-        relayed._cseq_parsed = response._cseq_parsed     # checked against its value on use
         self.send(origin, relayed)
 
     # -- what serve writes ----------------------------------------------------------------

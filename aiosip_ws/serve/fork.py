@@ -369,7 +369,6 @@ class Fork:
         forwarded = SIPMessage(method=request.method, uri=str(binding.uri),
                                headers=list(request.headers),
                                body=request.body if body is None else body)
-        forwarded._cseq_parsed = request._cseq_parsed      # checked against its value on use
         forwarded.set('Max-Forwards', str(self.max_forwards))
         forwarded.remove('Route')                      # loose routes pointing at us end here
         provisional = None
